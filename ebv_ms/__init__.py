@@ -1,0 +1,7 @@
+"""ebv-ms: Equiangular Basis Vectors (Shen, Sun, Wei, CVPR 2023) for MindSpore.
+
+Folders by role: ``ebv`` (the vector set: files, metrics), ``generation`` (making sets),
+``models`` (backbones, heads, classifier factory), ``loss``, ``data``, ``optim``,
+``scheduler``, ``engine`` (training/evaluation loops, checkpoints, logs).
+"""
+__version__ = "0.1.0"

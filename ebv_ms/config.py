@@ -1,0 +1,180 @@
+"""YAML configs: defaults, validation that names the bad key, and ``key.sub=value`` overrides.
+
+A config file only needs the keys it changes; everything else comes from ``DEFAULTS``.
+An unknown key, or a value of the wrong type, is an error that names the key and the file.
+Sections mirror the factories' arguments (``model`` -> ``create_classifier``, ``data`` ->
+``create_dataset``, ``optim`` -> ``create_optimizer``, ``scheduler`` -> ``create_scheduler``).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Any, Iterable, Mapping, Optional
+
+import yaml
+
+# A default of None accepts any value; otherwise the value's type must match the default's
+# (an int is accepted where a float is expected). Each section is owned by the module that
+# consumes it; add keys there, with a comment saying what they do.
+DEFAULTS: dict = {
+    "seed": 42,                 # one seed for every rank: init, shuffling, augmentation
+    "device_target": "CPU",     # CPU | GPU | Ascend
+    "mode": "graph",            # graph | pynative
+    "output_dir": "runs/default",
+    "ebv": {
+        "path": None,           # an existing set (.npy/.npz/.pkl); else generated and cached
+        "alpha": None,          # coherence target when generating (None: method's default)
+        "method": "auto",       # auto | official | default method name | closed form
+        "seed": 0,
+        "max_steps": None,
+        "cache_dir": "ebv_cache",
+    },
+    "model": {
+        "backbone": "resnet50",
+        "head": "ebv",          # ebv | fc | fixed_random_dot | fixed_random_cos
+        "num_classes": 1000,
+        "embed_dim": 1000,      # d of the EBVs (and of the random class vectors)
+        "tau": 0.07,            # temperature of the EBV logits
+        "scale": None,          # S of the fixed-random heads (None: head's default)
+        "ebv_dtype": "float32",  # storage dtype of the frozen EBV matrix: float32 | float16
+        "pretrained": False,
+    },
+    "loss": {
+        "label_smoothing": 0.0,
+    },
+    "data": {},
+    "optim": {},
+    "scheduler": {},
+    "train": {},
+    "eval": {},
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and what to do."""
+
+
+class Config(dict):
+    """A dict with attribute access (``cfg.model.head``), nested."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key '{name}'") from None
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+def _plain(x):
+    if isinstance(x, Mapping):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _wrap(x):
+    if isinstance(x, Mapping):
+        return Config({k: _wrap(v) for k, v in x.items()})
+    if isinstance(x, list):
+        return [_wrap(v) for v in x]
+    return x
+
+
+def _type_ok(default, value) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, dict):
+        return isinstance(value, Mapping)
+    return isinstance(value, type(default))
+
+
+def _merge(base: dict, update: Mapping, where: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if key not in base:
+            close = difflib.get_close_matches(str(key), [str(k) for k in base], n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}: unknown config key '{path}'{hint} "
+                              f"(known keys here: {', '.join(sorted(map(str, base))) or 'none'})")
+        default = base[key]
+        if isinstance(default, dict) and default:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: config key '{path}' must be a mapping, got {value!r}")
+            _merge(default, value, where, path + ".")
+            continue
+        if not _type_ok(default, value):
+            raise ConfigError(f"{where}: config key '{path}' expects {type(default).__name__} "
+                              f"(default {default!r}), got {value!r} ({type(value).__name__})")
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        base[key] = copy.deepcopy(value)
+
+
+def parse_override(text: str) -> dict:
+    """``model.head=fc`` -> {"model": {"head": "fc"}}; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
+                base: Optional[Mapping] = None) -> Config:
+    """DEFAULTS <- base (e.g. a checkpoint's config) <- YAML file <- ``key=value`` overrides."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if base:
+        _merge(cfg, base, "checkpoint config")
+    if path:
+        _merge(cfg, load_yaml(path), str(path))
+    for text in overrides:
+        _merge(cfg, parse_override(text), f"override '{text}'")
+    return _wrap(cfg)
+
+
+def save_config(cfg: Mapping, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(_plain(cfg), f, sort_keys=False)
+
+
+def require(cfg: Mapping, dotted: str, what: str = "") -> Any:
+    """Value at ``a.b.c``, or a ConfigError naming the key if it is missing or None."""
+    node: Any = cfg
+    for p in dotted.split("."):
+        if not isinstance(node, Mapping) or node.get(p) is None:
+            raise ConfigError(f"config key '{dotted}' must be set{': ' + what if what else ''}")
+        node = node[p]
+    return node

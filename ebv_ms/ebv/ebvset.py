@@ -1,0 +1,74 @@
+"""`EBVSet`: an N x d matrix of unit class vectors plus how it was made."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+
+class EBVError(ValueError):
+    """A matrix or file that is not a usable EBV set (wrong rank, NaN, zero rows, ...)."""
+
+
+@dataclass
+class EBVSet:
+    """N fixed unit vectors in R^d (rows of ``vectors``, float32, C-contiguous).
+
+    ``alpha`` is the coherence target it was made for (None if unknown), ``method`` how it
+    was made ("official", "closed_form:simplex", "pytorch_pkl", ...), ``seed`` the seed.
+    """
+
+    vectors: np.ndarray
+    alpha: Optional[float] = None
+    method: str = "unknown"
+    seed: Optional[int] = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.vectors = validate_matrix(self.vectors)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def checksum(self) -> str:
+        """sha256 (hex, 16 chars) of shape + float32 bytes: the set's identity in checkpoints."""
+        h = hashlib.sha256(f"{self.num_classes}x{self.dim}:".encode())
+        h.update(np.ascontiguousarray(self.vectors, dtype=np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return (f"EBVSet(N={self.num_classes}, d={self.dim}, alpha={self.alpha}, "
+                f"method={self.method!r}, seed={self.seed}, checksum={self.checksum()})")
+
+
+def validate_matrix(w, normalize: bool = True) -> np.ndarray:
+    """Check ``w`` is a finite real N x d matrix with non-zero rows; return float32 unit rows."""
+    try:
+        arr = np.asarray(w)
+    except Exception as exc:  # noqa: BLE001 - anything that is not array-like
+        raise EBVError(f"not an array of numbers: {type(w).__name__} ({exc})") from exc
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)
+                                    or np.issubdtype(arr.dtype, np.integer)):
+        raise EBVError(f"EBV matrix must be numeric, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise EBVError(f"EBV matrix must be 2-D (num_classes x dim), got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise EBVError(f"EBV matrix is empty: shape {arr.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise EBVError(f"EBV matrix has NaN/inf in {int(bad.sum())} row(s), first row {int(np.argmax(bad))}")
+    norms = np.linalg.norm(arr.astype(np.float64), axis=1)
+    zero = norms < 1e-12
+    if zero.any():
+        raise EBVError(f"EBV matrix has {int(zero.sum())} zero row(s), first row {int(np.argmax(zero))}")
+    if normalize and np.abs(norms - 1.0).max() > 1e-6:
+        arr = (arr / norms[:, None]).astype(np.float32)
+    return np.ascontiguousarray(arr)
