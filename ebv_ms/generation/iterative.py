@@ -1,0 +1,183 @@
+"""The two iterative generators, driven by MindSpore Cells.
+
+* ``official``: Algorithm 1 of the paper as the authors released it (SGD on the hinge
+  ``relu(|cos| - alpha)``, rows normalised every step, row slices, stop when
+  max |cos| <= alpha + 1e-4).
+* ``smoothmax`` (the default): Adam on a log-sum-exp smooth maximum of |cos| with a rising
+  sharpness, optionally started from a padded closed-form set. It minimises the coherence
+  itself rather than a hinge count, so it keeps improving below any fixed alpha.
+
+Both work on row slices (an |S| x N block at a time) so memory stays a small multiple of W.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from .cells import EBVParams, OfficialSliceLoss, SmoothMaxLoss
+
+OFFICIAL_TOL = 1e-4   # Algorithm 1 stops when max|cos| <= alpha + 1e-4
+OFFICIAL_LR = 1e-3
+OFFICIAL_SLICE = 130  # the authors' slice size (any size gives the same summed gradient)
+
+
+@dataclass
+class RunResult:
+    vectors: np.ndarray          # best set seen (rows normalised, float32)
+    coherence: float             # its max |cos| as measured during the run (float32 blocks)
+    steps: int                   # optimisation steps taken
+    reached: bool                # stopped because the target was met
+    seconds: float
+    history: List[tuple] = field(default_factory=list)  # (seconds, step, coherence)
+
+
+def block_rows(num_classes: int, dim: int, budget_mb: float = 256.0) -> int:
+    """Rows per slice so that a slice's |S| x N block and its gradients fit in ``budget_mb``."""
+    per_row = 4.0 * (3 * num_classes + dim)          # block, its grad, and the |c| temp
+    return int(max(1, min(num_classes, budget_mb * 2 ** 20 // per_row)))
+
+
+def _slices(n: int, size: int) -> List[np.ndarray]:
+    return [np.arange(s, min(n, s + size), dtype=np.int32) for s in range(0, n, size)]
+
+
+def _onehots(slices, n):
+    out = []
+    for rows in slices:
+        oh = np.zeros((rows.size, n), dtype=np.float32)
+        oh[np.arange(rows.size), rows] = 1.0
+        out.append(Tensor(oh))
+    return out
+
+
+def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = OFFICIAL_LR,
+                 slice_size: Optional[int] = None, time_limit: Optional[float] = None,
+                 callback: Optional[Callable[[int, float], None]] = None) -> RunResult:
+    """Algorithm 1. Each step: normalise rows; for every slice accumulate the gradient of
+    sum relu(|W_S W^T| - onehot - alpha) and the max; stop if max <= alpha + 1e-4 (returning
+    that normalised W); else one SGD step on the summed gradient."""
+    n, d = init.shape
+    params = EBVParams(init)
+    loss_cell = OfficialSliceLoss(params, alpha)
+    opt = nn.SGD([params.weight], learning_rate=lr)
+    grad_fn = ms.value_and_grad(loss_cell, None, opt.parameters, has_aux=True)
+    size = slice_size or max(OFFICIAL_SLICE, block_rows(n, d))
+    slices = _slices(n, size)
+    rows_t = [Tensor(r) for r in slices]
+    onehots = _onehots(slices, n)
+    t0 = time.perf_counter()
+    best, best_w, history = math.inf, None, []
+    step = 0
+    reached = False
+    while True:
+        params.normalize_()
+        mx = float(alpha)
+        total = None
+        for rows, oh in zip(rows_t, onehots):
+            (_, m), grads = grad_fn(rows, oh)
+            mx = max(mx, float(m.asnumpy()))
+            total = grads[0] if total is None else total + grads[0]
+        elapsed = time.perf_counter() - t0
+        history.append((elapsed, step, mx))
+        if mx < best:
+            best, best_w = mx, params.numpy().copy()
+        if callback is not None:
+            callback(step, mx)
+        if mx <= alpha + OFFICIAL_TOL:
+            reached = True
+            break
+        if step >= max_steps or (time_limit is not None and elapsed >= time_limit):
+            break
+        opt((total,))
+        step += 1
+    return RunResult(best_w, best, step, reached, time.perf_counter() - t0, history)
+
+
+def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
+                  lr: float = 2e-3, beta0: float = 50.0, beta_max: float = 2000.0,
+                  beta_growth: float = 1.01, patience: int = 50, min_lr: float = 2e-5,
+                  slice_size: Optional[int] = None, seed: int = 0,
+                  time_limit: Optional[float] = None,
+                  callback: Optional[Callable[[int, float], None]] = None) -> RunResult:
+    """Adam on the smooth max of |cos| (see ``SmoothMaxLoss``).
+
+    beta (sharpness) starts at ``beta0 / coherence`` scale and grows geometrically to
+    ``beta_max``; the learning rate halves when the best coherence has not improved for
+    ``patience`` epochs. Rows are re-normalised after each step. With several slices, an
+    epoch visits every slice once in a seeded order and its coherence is the max over slices.
+    Stops when the best coherence <= alpha (if given), after ``max_steps`` steps, or after
+    ``time_limit`` seconds; returns the best set seen.
+    """
+    n, d = init.shape
+    params = EBVParams(init)
+    loss_cell = SmoothMaxLoss(params)
+    lr_t = ms.Parameter(Tensor(lr, ms.float32), name="lr", requires_grad=False)
+    opt = nn.Adam([params.weight], learning_rate=lr_t)
+    grad_fn = ms.value_and_grad(loss_cell, None, opt.parameters, has_aux=True)
+    weight = params.weight
+
+    @ms.jit
+    def train_step(rows, onehot, beta):
+        (_, m), grads = grad_fn(rows, onehot, beta)
+        opt(grads)
+        w = weight.value()
+        ops.assign(weight, w / ops.norm(w, dim=1, keepdim=True))
+        return m
+
+    @ms.jit
+    def load_state(w, new_lr):
+        # Parameters a compiled graph uses must be written from a graph: set_data from Python
+        # would detach them from the graph's buffers.
+        ops.assign(weight, w)
+        ops.assign(lr_t, new_lr)
+        return new_lr
+
+    size = slice_size or block_rows(n, d)
+    slices = _slices(n, size)
+    rows_t = [Tensor(r) for r in slices]
+    onehots = _onehots(slices, n)
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    best, best_w, history = math.inf, init.astype(np.float32).copy(), []
+    beta = beta0
+    since_best, cur_lr = 0, lr
+    step, reached = 0, False
+    while step < max_steps:
+        order = rng.permutation(len(slices)) if len(slices) > 1 else [0]
+        epoch_max = 0.0
+        w_before = params.numpy().copy() if len(slices) > 1 else None
+        for k in order:
+            if len(slices) == 1:
+                w_before = params.numpy().copy()
+            m = train_step(rows_t[k], onehots[k], Tensor(beta, ms.float32))
+            epoch_max = max(epoch_max, float(m.asnumpy()))
+            step += 1
+            if step >= max_steps:
+                break
+        elapsed = time.perf_counter() - t0
+        history.append((elapsed, step, epoch_max))
+        if callback is not None:
+            callback(step, min(best, epoch_max))
+        if epoch_max < best - 1e-6:
+            best, since_best = epoch_max, 0
+            best_w = w_before / np.linalg.norm(w_before, axis=1, keepdims=True)
+        else:
+            since_best += 1
+            if since_best >= patience and cur_lr > min_lr:
+                cur_lr *= 0.5
+                load_state(Tensor(best_w.astype(np.float32)), Tensor(cur_lr, ms.float32))
+                since_best = 0
+        beta = min(beta_max, beta * beta_growth)
+        if alpha is not None and best <= alpha:
+            reached = True
+            break
+        if time_limit is not None and elapsed >= time_limit:
+            break
+    return RunResult(best_w.astype(np.float32), best, step, reached,
+                     time.perf_counter() - t0, history)
