@@ -346,6 +346,12 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
     if layout in ("auto", "lists"):
         result = _detect_lists(names, lookup, read, root, split_lists or {}, list_columns,
                                list_delimiter, strict=layout == "lists")
+    if layout == "auto" and result is not None:
+        folders = _detect_folders(names, image_ids, root, {})
+        if folders is not None:
+            logger.warning("%s holds both list files and class folders; using the lists (%s). Set "
+                           "data.layout: folders to use the folders instead", where,
+                           ", ".join(v.origin for v in result.splits.values()))
     if result is None and layout in ("auto", "folders"):
         result = _detect_folders(names, image_ids, root, split_dirs or {})
     if result is None:
