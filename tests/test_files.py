@@ -147,6 +147,9 @@ def test_torch_layout_offset_strides_and_dtypes(tmp_path):
     half = np.array([[1, 2], [3, 4]], dtype=np.float16)
     p.write_bytes(torch_tensor_pickle(legacy_storage_bytes(half, "HalfStorage", "cpu"), 0, (2, 2), (2, 1)))
     assert np.allclose(load_ebv(p).vectors[0], np.array([1, 2]) / np.sqrt(5), atol=1e-6)
+    bf16 = np.array([0x3F80, 0x4000, 0x4040, 0x4080], dtype="<u2")   # 1, 2, 3, 4 in bfloat16
+    p.write_bytes(torch_tensor_pickle(legacy_storage_bytes(bf16, "BFloat16Storage"), 0, (2, 2), (2, 1)))
+    assert np.allclose(load_ebv(p).vectors[1], np.array([3, 4]) / 5.0, atol=1e-6)
 
 
 def test_torch_view_outside_storage_is_refused(tmp_path):

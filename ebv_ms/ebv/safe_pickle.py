@@ -20,7 +20,8 @@ What the formats need (checked against the released files with ``pickletools``):
   (1001), sys info (``little_endian``, type sizes), the storage object as a persistent id
   ``('storage', torch.FloatStorage, key, location, numel, view_metadata)``, the list of
   storage keys -- then, per key, an int64 little-endian element count and the raw data.
-  The location ("cuda:0") is ignored: the data are plain bytes.
+  The location ("cuda:0") is ignored: the data are plain bytes, little-endian (torch converts
+  on big-endian machines when writing), so ``sys_info['little_endian']`` is not consulted.
 """
 from __future__ import annotations
 
@@ -341,8 +342,7 @@ def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
     _, version = load(what="protocol version")
     if version != TORCH_LEGACY_PROTOCOL:
         raise EBVError(f"unsupported torch legacy protocol version {version!r}")
-    _, sys_info = load(what="sys info")
-    little = bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
+    load(what="sys info")  # torch writes counts and data little-endian whatever this says
     u, obj = load(_TorchStorageUnpickler, "storage record")
     _, keys = load(what="storage keys")
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
@@ -359,8 +359,7 @@ def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
             raise EBVError(f"torch storage {key}: {count} elements recorded, {numel} declared, "
                            f"{remaining} bytes left: file truncated or corrupt")
         raw = _read_exact(f, count * itemsize, f"data of storage {key}")
-        dt = stype.dtype if little else stype.dtype.newbyteorder(">")
-        arr = np.frombuffer(raw, dtype=dt)
+        arr = np.frombuffer(raw, dtype=stype.dtype)
         if stype.name == "BFloat16Storage":  # bfloat16 = top half of a float32
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         arrays[key] = arr.astype(arr.dtype.newbyteorder("="), copy=False)
