@@ -64,7 +64,7 @@ DEFAULTS: dict = {
         "cutmix_alpha": 1.0,    # A2 cutmix Beta(alpha, alpha)
         "mix_switch_prob": 0.5,  # A2: probability a batch uses cutmix instead of mixup
         "num_workers": 2,       # parallel workers for reading/decoding and for the per-image ops
-        "python_multiprocessing": True,  # decode in worker processes (else threads)
+        "python_multiprocessing": False,  # decode in worker processes instead of threads (see docs/data.md)
     },
     "optim": {},
     "scheduler": {},

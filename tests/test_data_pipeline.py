@@ -8,7 +8,7 @@ import pytest
 from ebv_ms.data import DataError, LayoutError, create_dataset, save_class_mapping, shard_indices
 from ebv_ms.data import inspect as inspect_cli
 from ebv_ms.data.demo import write_demo_archive
-from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD, MixupCutmix
+from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD, MixupCutmix, erase_batch
 from ebv_ms.data.synthetic import encode, flat_jpeg, read_tag, tagged_image, write_zip
 from ebv_ms.data.zip_index import ArchiveError
 
@@ -89,6 +89,21 @@ def test_mixup_cutmix_soft_targets():
     np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_random_erasing_per_batch():
+    images = np.ones((50, 3, 20, 20), np.float32)
+    assert erase_batch(images, 0.0, np.random.default_rng(0)) == 0 and images.min() == 1
+    assert erase_batch(images, 1.0, np.random.default_rng(0)) == 50
+    zero = (images == 0).all(axis=1)  # (B, H, W): erased pixels, same in every channel
+    frac = zero.mean(axis=(1, 2))
+    assert ((frac >= 0.015) & (frac <= 0.34)).all()
+    for z in zero:  # one axis-aligned rectangle each
+        rows, cols = np.flatnonzero(z.any(1)), np.flatnonzero(z.any(0))
+        assert z[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all() and z.sum() == len(rows) * len(cols)
+    some = np.ones((400, 3, 8, 8), np.float32)
+    n = erase_batch(some, 0.1, np.random.default_rng(1))
+    assert 20 <= n <= 60
+
+
 def test_every_image_keeps_its_label_with_worker_processes(tmp_path):
     path = _tagged_archive(tmp_path, 30)
     ds, info = create_dataset({"path": path, **TAG, "num_workers": 2, "python_multiprocessing": True},
@@ -108,8 +123,8 @@ def test_bad_members_are_skipped_counted_and_named(tmp_path):
         "ds/train/c0/bad_text.png": b"this is not an image\n" * 5,
     }
     path = _tagged_archive(tmp_path, 20, extra=bad)
-    ds, info = create_dataset({"path": path, **TAG, "num_workers": 2}, "train", batch_size=4,
-                              is_training=True, recipe="eval", seed=5)
+    ds, info = create_dataset({"path": path, **TAG, "num_workers": 2, "python_multiprocessing": True},
+                              "train", batch_size=4, is_training=True, recipe="eval", seed=5)
     assert info.num_samples == 24 and info.steps_per_epoch == 6
     e0, e1 = _epoch(ds, epochs=2)
     for rows in (e0, e1):

@@ -19,7 +19,7 @@ import numpy as np
 
 from .imagenet import count_folder_samples, folder_dataset, list_samples, lists_num_classes
 from .layouts import Layout, LayoutError, SplitSamples, detect_layout
-from .presets import MixupCutmix, check_recipe, create_transforms
+from .presets import BatchAugment, check_recipe, create_batch_transform, create_transforms
 from .readers import ZipMemberReader
 from .sampler import ShardSampler
 from .source import DataError, ImageSource
@@ -50,7 +50,7 @@ DATA_DEFAULTS: Dict[str, object] = {
     "cutmix_alpha": 1.0,
     "mix_switch_prob": 0.5,
     "num_workers": 2,
-    "python_multiprocessing": True,
+    "python_multiprocessing": False,
 }
 
 
@@ -267,15 +267,14 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
 
     ops = create_transforms(recipe, int(cfg["image_size"]), cfg["eval_resize"], cfg["eval_crop"],
                             tuple(cfg["scale"]), float(cfg["color_jitter"]), float(cfg["random_erasing"]))
-    dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers,
-                          python_multiprocessing=multiproc and recipe != "eval")
+    # C++ ops only: threads, no process hop (decoded images would cross shared memory again)
+    dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
 
     bad_log = BadSampleLog(source.name) if source is not None else None
-    mixer = None
-    if recipe == "A2":
-        mixer = MixupCutmix(len(class_names), float(cfg["mixup_alpha"]), float(cfg["cutmix_alpha"]),
-                            float(cfg["mix_switch_prob"]), seed=seed * 1000003 + shard_id)
-    dataset = _batch(dataset, batch_size, drop_remainder, bad_log, mixer)
+    batch_aug = create_batch_transform(recipe, len(class_names), float(cfg["random_erasing"]),
+                                       float(cfg["mixup_alpha"]), float(cfg["cutmix_alpha"]),
+                                       float(cfg["mix_switch_prob"]), seed=seed * 1000003 + shard_id)
+    dataset = _batch(dataset, batch_size, drop_remainder, bad_log, batch_aug)
 
     shard_samples = len(sampler)
     steps = shard_samples // batch_size if drop_remainder else math.ceil(shard_samples / batch_size)
@@ -284,7 +283,7 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
                         f"of {batch_size}; lower the batch size")
     info = DatasetInfo(split=split, num_classes=len(class_names), class_names=list(class_names),
                        num_samples=n, shard_samples=shard_samples, steps_per_epoch=steps,
-                       batch_size=batch_size, recipe=recipe, soft_targets=mixer is not None,
+                       batch_size=batch_size, recipe=recipe, soft_targets=recipe == "A2",
                        description=description, source=source, bad=bad_log, sampler=sampler)
     logger.info("data %s: %d samples (%d on shard %d/%d), %d steps of %d, recipe %s; %s", split, n,
                 shard_samples, shard_id, num_shards, steps, batch_size, recipe, description)
@@ -292,7 +291,7 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
 
 
 def _batch(dataset, batch_size: int, drop_remainder: bool, bad_log: Optional[BadSampleLog],
-           mixer: Optional[MixupCutmix]):
+           mixer: Optional[BatchAugment]):
     if bad_log is None and mixer is None:
         return dataset.batch(batch_size, drop_remainder=drop_remainder)
     columns = ["image", "label"] + (["bad"] if bad_log is not None else [])
