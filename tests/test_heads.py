@@ -122,7 +122,7 @@ def test_amp_o2_keeps_head_fp32_at_small_tau(ebv, amp_dtype):
     assert out.dtype == np.float32
     assert net32.head.ebv.dtype == ms.float32
     heads = [c for _, c in net16.cells_and_names() if isinstance(c, EBVHead)]
-    assert heads and heads[0].mixed_precision_type is None and heads[0].ebv.dtype == ms.float32
+    assert heads and heads[0].ebv.dtype == ms.float32
     np.testing.assert_array_equal(out.argmax(1), ref.argmax(1))
     # the only error left is the fp16 rounding of the embedding (~1e-3 relative), not of the logits
     assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
@@ -163,3 +163,22 @@ def test_fp16_storage_checkpoint_check(tmp_path, ebv):
     check_ebv_matches(path, ebv)  # same set, stored as fp16: accepted
     with pytest.raises(EBVError):
         check_ebv_matches(path, EBVSet(ebv.vectors[::-1].copy()))
+
+
+@pytest.mark.parametrize("level", ["O2", "O3", "auto"])
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_amp_head_computes_in_fp32(level, mode):
+    """fp16 embedding into an amp-converted head: logits equal fp64 math on the same fp16 values
+    (an fp16 head would be off by >0.03 at |logit| ~ 143)."""
+    ebv = EBVSet(np.random.default_rng(6).standard_normal((40, 16)).astype(np.float32))
+    v16 = (np.random.default_rng(7).standard_normal((32, 16)) * 4).astype(np.float16)
+    ref = _ref_cos_logits(v16.astype(np.float64), ebv.vectors, 0.007)
+    net = ms.amp.auto_mixed_precision(EBVHead(ebv, tau=0.007), level, dtype=ms.float16)
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    try:
+        out = net(Tensor(v16)).asnumpy()
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    assert out.dtype == np.float32
+    assert np.abs(out - ref).max() < 2e-3, np.abs(out - ref).max()
+    np.testing.assert_array_equal(out.argmax(1), ref.argmax(1))

@@ -5,9 +5,9 @@ ONE non-trainable ``Parameter`` (``requires_grad=False``): it is saved by ``ms.s
 (so a checkpoint alone evaluates correctly), it is not in ``trainable_params()`` (so no optimizer
 sees it and no gradient is computed for it), and it is used through ``MatMul(transpose_b=True)``
 so no transposed copy is made per step. The fixed heads also refuse mixed-precision cast flags
-(``auto_mixed_precision`` O2/O3, ``Cell.to_float``): under amp the embedding arrives in fp16/bf16
-and the head casts *it* to fp32, normalises and divides by tau in fp32; the matrix itself is
-never cast (a 100k x 5000 matrix would otherwise be copied every step).
+(``auto_mixed_precision`` O1/O2/O3/auto, ``Cell.to_float``): under amp the embedding arrives in
+fp16/bf16 and the head casts *it* to fp32, normalises and divides by tau in fp32; the matrix
+itself is never cast (a 100k x 5000 matrix would otherwise be copied every step).
 """
 from __future__ import annotations
 
@@ -69,16 +69,20 @@ class FrozenVectorHead(nn.Cell):
         data = np.ascontiguousarray(vectors, dtype=STORAGE_DTYPES[storage_dtype])
         setattr(self, self.param_name, Parameter(Tensor(data), name=self.param_name, requires_grad=False))
         self.matmul_nt = ops.MatMul(transpose_b=True)
+        if not self.low_precision_storage:
+            self.to_float(ms.float32)
 
     @property
     def matrix(self) -> Parameter:
         return getattr(self, self.param_name)
 
     def add_flags_recursive(self, **flags):
-        # Mixed precision must not cast the frozen matrix (one copy per step); see module doc.
-        for key in _AMP_FLAGS:
-            if flags.get(key):
-                flags[key] = False
+        # Mixed precision must not cast the frozen matrix (a copy per step) nor compute the
+        # logits in fp16: an fp32-stored head stays marked fp32 (amp O2/O3 and "auto" keep it
+        # fp32, O1 skips cells whose precision is set), an fp16-stored head carries no flag
+        # and handles dtypes itself in construct.
+        if any(key in flags for key in _AMP_FLAGS):
+            flags.update(fp16=False, bf16=False, fp32=not self.low_precision_storage)
         return super().add_flags_recursive(**flags)
 
     def _dot(self, v32):
