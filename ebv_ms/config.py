@@ -29,18 +29,23 @@ DEFAULTS: dict = {
         "max_steps": None,
         "cache_dir": "ebv_cache",
     },
-    "model": {
-        "backbone": "resnet50",
+    "model": {                  # -> ebv_ms.models.create_classifier(**model, ebv=...)
+        "backbone": "resnet50",  # resnet50 | swin_tiny (mindcv) | small_cnn (CPU demo/tests)
         "head": "ebv",          # ebv | fc | fixed_random_dot | fixed_random_cos
         "num_classes": 1000,
-        "embed_dim": 1000,      # d of the EBVs (and of the random class vectors)
-        "tau": 0.07,            # temperature of the EBV logits
-        "scale": None,          # S of the fixed-random heads (None: head's default)
+        "embed_dim": 1000,      # d of the EBVs (and of the random class vectors); unused by fc
+        "tau": 0.07,            # temperature of the EBV logits: cos(v, w_k) / tau
+        "scale": None,          # S of the fixed-random heads (None: 1 for dot, 1/tau for cos)
         "ebv_dtype": "float32",  # storage dtype of the frozen EBV matrix: float32 | float16
-        "pretrained": False,
+        "pretrained": False,    # True: mindcv downloads ImageNet weights (needs internet)
+        "backbone_checkpoint": None,  # local backbone .ckpt (mindcv layout) to start from
+        "head_seed": 0,         # seed of the fixed random class vectors
+        "in_channels": 3,
+        "backbone_kwargs": {},  # extra mindcv create_model kwargs, e.g. {drop_rate: 0.1}
     },
-    "loss": {
-        "label_smoothing": 0.0,
+    "loss": {                   # -> ebv_ms.loss.create_loss(**loss)
+        "label_smoothing": 0.0,  # eps: target = (1 - eps) * t + eps / N (hard and soft targets)
+        "reduction": "mean",    # mean | sum | none
     },
     "data": {                   # -> ebv_ms.data.create_dataset (docs/data.md)
         "path": None,           # .zip archive (read in place) or dataset folder (ImageNet layout / list root)
