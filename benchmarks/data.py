@@ -45,6 +45,36 @@ def _status(pid="self") -> dict:
     return out
 
 
+def _pss(pid="self") -> dict:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("Pss", "Pss_Anon", "Pss_File"):
+                    out[k] = int(v.split()[0]) / 1024.0
+    except OSError:
+        pass
+    return out
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and all its live descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = time.process_time()
+    todo = _children(os.getpid())
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            continue
+        todo += _children(p)
+    return total
+
+
 def _children(pid: int):
     kids = []
     for p in os.listdir("/proc"):
@@ -88,17 +118,19 @@ def photo_like_archive(path: str, n: int, size: int = 224, seed: int = 0) -> str
 
 
 # --------------------------------------------------------------------------------- throughput
-def _epoch_rate(cfg: dict, workers: int, batch: int) -> float:
+def _epoch_rate(cfg: dict, workers: int, batch: int):
+    """(images/s, CPU ms per image) over one epoch after a warm-up epoch."""
     from ebv_ms.data import create_dataset
     ds, info = create_dataset(cfg, "train", batch, True, recipe="A1", num_workers=workers, seed=0)
     it = ds.create_tuple_iterator(num_epochs=2, output_numpy=True)
     for _ in it:  # warm-up epoch (workers started, page cache hot)
         pass
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_seconds(), time.perf_counter()
     n = 0
     for img, _ in it:
         n += img.shape[0]
-    return n / (time.perf_counter() - t0)
+    dt, dc = time.perf_counter() - t0, _cpu_seconds() - c0
+    return n / dt, 1000.0 * dc / n
 
 
 def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int):
@@ -110,6 +142,7 @@ def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int):
     rows = []
     for w in workers_list:
         rates = {"archive": [], "folder": []}
+        cpu = {"archive": [], "folder": []}
         for r in range(repeats):
             for kind in ("archive", "folder"):
                 cfg = ({"path": archive} if kind == "archive" else
@@ -117,10 +150,13 @@ def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int):
                 cfg.update(image_size=224)
                 code = (f"import json; from benchmarks.data import _epoch_rate; "
                         f"print(json.dumps(_epoch_rate({cfg!r}, {w}, {batch})))")
-                rates[kind].append(_run_child(code))
-                print(f"  workers={w} repeat {r} {kind}: {rates[kind][-1]:.0f} img/s", flush=True)
+                rate, ms = _run_child(code)
+                rates[kind].append(rate)
+                cpu[kind].append(ms)
+                print(f"  workers={w} repeat {r} {kind}: {rate:.0f} img/s, {ms:.2f} CPU ms/img", flush=True)
         a, f = float(np.median(rates["archive"])), float(np.median(rates["folder"]))
-        rows.append((w, a, f, a / f))
+        ca, cf = float(np.median(cpu["archive"])), float(np.median(cpu["folder"]))
+        rows.append((w, a, f, a / f, ca, cf))
     return rows
 
 
@@ -167,17 +203,17 @@ print(json.dumps({{"seconds": dt, "classes": lay.num_classes, "train": len(lay.s
 """
 _WORKERS = """
 import json, os, time
-from benchmarks.data import _status, _children
+from benchmarks.data import _status, _children, _pss
 from ebv_ms.data import create_dataset
-ds, info = create_dataset({{"path": {p!r}, "image_size": 8, "eval_resize": 8}}, "train", 64, True,
-                          recipe="eval", num_workers=2)
+ds, info = create_dataset({{"path": {p!r}, "image_size": 8, "eval_resize": 8,
+                           "python_multiprocessing": True}}, "train", 64, True, recipe="eval", num_workers=2)
 it = ds.create_tuple_iterator(num_epochs=1, output_numpy=True)
 t = time.perf_counter()
 for k, _ in enumerate(it):
     if k == 100:
         break
 dt = time.perf_counter() - t
-kids = [_status(c) for c in _children(os.getpid())]
+kids = [dict(_status(c), **_pss(c)) for c in _children(os.getpid())]
 kids = [s for s in kids if s.get("VmRSS", 0) > 20]
 print(json.dumps({{"first_100_batches_s": dt, "workers": kids, "main": _status()}}))
 os._exit(0)
@@ -230,10 +266,11 @@ def main(argv=None) -> int:
     print(f"CPU: {os.cpu_count()} cores; python {sys.version.split()[0]}")
     if rows:
         print(f"\nA1 throughput, {a.images} JPEGs 224x224, batch {a.batch} (median of {a.repeats} epochs)")
-        print("| workers | archive (zip in place) img/s | folder (ImageFolderDataset) img/s | archive / folder |")
-        print("|---|---|---|---|")
-        for w, ar, fo, ratio in rows:
-            print(f"| {w} | {ar:.0f} | {fo:.0f} | {ratio:.2f}x |")
+        print("| workers | archive (zip in place) img/s | folder (ImageFolderDataset) img/s | archive / folder "
+              "| CPU ms/img archive | CPU ms/img folder | folder / archive CPU |")
+        print("|---|---|---|---|---|---|---|")
+        for w, ar, fo, ratio, ca, cf in rows:
+            print(f"| {w} | {ar:.0f} | {fo:.0f} | {ratio:.2f}x | {ca:.2f} | {cf:.2f} | {cf / ca:.2f}x |")
     if idx:
         ld = idx["load"]
         secs = sorted(x["seconds"] for x in ld)
@@ -258,8 +295,8 @@ def main(argv=None) -> int:
               f"{idx['layout_cached']['seconds']:.2f} s ({idx['layout_first']['classes']:,} classes, "
               f"{idx['layout_first']['train']:,} train, {idx['layout_first']['val']:,} val) |")
         for i, s in enumerate(w):
-            print(f"| GeneratorDataset worker {i} RSS after 100 batches | {s['VmRSS']:.0f} MB "
-                  f"(anon {s['RssAnon']:.0f}, file-backed {s['RssFile']:.0f}) |")
+            print(f"| GeneratorDataset worker process {i} after 100 batches | RSS {s['VmRSS']:.0f} MB "
+                  f"(anon {s['RssAnon']:.0f}, file-backed {s['RssFile']:.0f}); PSS {s.get('Pss', 0):.0f} MB |")
     print(f"\nreproduce: {cmd}")
     return 0
 
