@@ -138,6 +138,19 @@ def test_bad_members_are_skipped_counted_and_named(tmp_path):
     assert "4 bad sample(s)" in report and "empty file" in report and "truncated JPEG" in report
 
 
+def test_one_iterator_per_epoch_still_reshuffles_and_reports_per_epoch(tmp_path):
+    path = _tagged_archive(tmp_path, 12, extra={"ds/train/c0/zz_bad.jpg": b"junk"})
+    ds, info = create_dataset({"path": path, **TAG, "num_workers": 1}, "train", batch_size=4,
+                              is_training=True, recipe="eval", seed=3)
+    orders = []
+    for epoch in range(3):  # as a training loop that makes a fresh iterator each epoch
+        (rows,) = _epoch(ds)
+        orders.append([r[0] for r in rows])
+        assert info.bad_count(epoch) == 1 and info.bad_names(epoch) == ["ds/train/c0/zz_bad.jpg"]
+    assert len({tuple(o) for o in orders}) == 3
+    assert info.bad_count() == 1 and info.sampler._next_epoch == 3
+
+
 def test_all_bad_data_is_a_clear_error(tmp_path):
     members = {f"train/c/{i}.jpg": b"junk" for i in range(70)}
     path = write_zip(str(tmp_path / "junk.zip"), members)
