@@ -171,6 +171,8 @@ def test_shards_are_disjoint_cover_the_split_and_reshuffle(tmp_path):
         tag_of = [int(info.source.name(i).split("/")[-1][:4]) for i in range(n)]  # sample -> tag id
         per_rank.append([[r[0] for r in rows] for rows in _epoch(ds, epochs=2)])
     assert steps == {13 // 4}  # ceil(37 / 3) = 13 samples per rank, 3 full batches each
+    assert [create_dataset({"path": path, **TAG}, "train", 4, False, num_shards=shards, shard_id=r)[1]
+            .shard_padding for r in range(shards)] == [0, 1, 1]  # 37 = 13 + 12 + 12 real samples
     for epoch in (0, 1):
         full = [shard_indices(n, shards, r, True, 7, epoch) for r in range(shards)]
         assert set(np.concatenate(full).tolist()) == set(range(n))

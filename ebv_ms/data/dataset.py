@@ -88,6 +88,7 @@ class DatasetInfo:
     class_names: List[str]
     num_samples: int          # samples in the whole split
     shard_samples: int        # samples this shard sees per epoch (padded to equal length)
+    shard_padding: int        # of which repeats at the end of the epoch (eval: ignore the last ones)
     steps_per_epoch: int
     batch_size: int
     recipe: str
@@ -283,7 +284,9 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
         raise DataError(f"split '{split}' has {shard_samples} samples per shard, fewer than one batch "
                         f"of {batch_size}; lower the batch size")
     info = DatasetInfo(split=split, num_classes=len(class_names), class_names=list(class_names),
-                       num_samples=n, shard_samples=shard_samples, steps_per_epoch=steps,
+                       num_samples=n, shard_samples=shard_samples,
+                       shard_padding=shard_samples - len(range(shard_id, n, num_shards)),
+                       steps_per_epoch=steps,
                        batch_size=batch_size, recipe=recipe, soft_targets=recipe == "A2",
                        description=description, source=source, bad=bad_log, sampler=sampler)
     logger.info("data %s: %d samples (%d on shard %d/%d), %d steps of %d, recipe %s; %s", split, n,

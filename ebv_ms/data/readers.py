@@ -78,7 +78,8 @@ class ZipMemberReader:
     def name(self, member: int) -> str:
         return self.index.name(member)
 
-    def read(self, member: int) -> bytes:
+    def read(self, member: int):
+        """The member's bytes (``bytes`` or a ``memoryview``), CRC-checked; ``BadMember`` if not."""
         ix = self.index
         off = int(ix.header_offset[member])
         csz = int(ix.comp_size[member])
@@ -106,7 +107,7 @@ class ZipMemberReader:
             except zlib.error as exc:
                 raise BadMember(f"deflate data corrupt ({exc})") from None
         else:
-            raw = bytes(data)
+            raw = data  # no copy: crc32 and the decoder read the buffer in place
         if len(raw) != usz:
             raise BadMember(f"size mismatch ({len(raw)} bytes, directory says {usz})")
         if zlib.crc32(raw) != int(ix.crc[member]):

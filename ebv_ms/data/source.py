@@ -31,15 +31,15 @@ class DataError(RuntimeError):
     """The data cannot be used at all (not a single bad sample); the message says what to do."""
 
 
-def _looks_truncated_jpeg(raw: bytes) -> bool:
+def _looks_truncated_jpeg(raw) -> bool:
     # libjpeg decodes a cut-off JPEG with a grey bottom and only a warning: look for the
     # end-of-image marker (FF D9 cannot occur inside entropy-coded data) near the end.
-    if raw[:2] != b"\xff\xd8":
+    if bytes(raw[:2]) != b"\xff\xd8":
         return False
-    return raw.rfind(b"\xff\xd9", max(0, len(raw) - 4096)) < 0
+    return bytes(raw[max(0, len(raw) - 4096):]).rfind(b"\xff\xd9") < 0
 
 
-def decode_image(raw: bytes) -> np.ndarray:
+def decode_image(raw) -> np.ndarray:
     """RGB uint8 (H, W, 3) from encoded bytes, or ``BadMember`` saying why not."""
     global _cv2_threads_set
     if not _cv2_threads_set:  # one decode per worker; OpenCV's own pool would oversubscribe
