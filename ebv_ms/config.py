@@ -55,7 +55,7 @@ DEFAULTS: dict = {
     },
     "scheduler": {
         "name": "warmup_cosine",  # warmup_cosine | constant (per-step values, one list per run)
-        "warmup_epochs": 5,     # linear warm-up length (epochs; may be fractional)
+        "warmup_epochs": 5.0,   # linear warm-up length (epochs; may be fractional)
         "warmup_factor": 0.01,  # the warm-up starts at lr x warmup_factor
         "min_lr": 0.0,          # where the cosine ends
     },

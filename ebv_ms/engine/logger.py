@@ -1,7 +1,8 @@
 """Logs: a text log (console + file) and a JSON-lines metrics file, one record per epoch.
 
-Rank 0 writes the main log ``<output_dir>/train.log`` and ``metrics.jsonl``; every other rank
-writes ``<output_dir>/logs/rank<r>.log`` only, so a failing rank's messages are never lost.
+Rank 0 writes the main log ``<output_dir>/train.log`` and ``metrics.jsonl``. Other ranks log to
+their stdout, which the launch scripts capture in ``<output_dir>/logs/rank_<r>.log`` (one file per
+rank, with any traceback), so a failing rank's messages are never lost.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ __all__ = ["setup_logger", "JsonlLog", "rank_log_path"]
 
 
 def rank_log_path(output_dir: str, rank: int, main_name: str = "train.log") -> str:
+    """Rank 0's log file; other ranks' logs are their captured stdout (logs/rank_<r>.log)."""
     if rank == 0:
         return os.path.join(output_dir, main_name)
-    return os.path.join(output_dir, "logs", f"rank{rank}.log")
+    return os.path.join(output_dir, "logs", f"rank_{rank}.log")
 
 
 def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = "ebv_ms",
@@ -36,7 +38,7 @@ def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = "ebv_ms",
         sh = logging.StreamHandler(sys.stdout)
         sh.setFormatter(fmt)
         logger.addHandler(sh)
-    if output_dir:
+    if output_dir and rank == 0:
         path = rank_log_path(output_dir, rank, main_name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fh = logging.FileHandler(path, encoding="utf-8")

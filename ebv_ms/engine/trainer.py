@@ -81,6 +81,10 @@ class Trainer:
         self.log = setup_logger(self.out, rank)
         self.jsonl = JsonlLog(os.path.join(self.out, "metrics.jsonl")) if rank == 0 else None
         self.resume_state = self._find_resume(resume)
+        self.probe = None
+        if world_size > 1:  # per-rank evidence (shard seen, final weights) for the launch test
+            from .distributed import RankProbe
+            self.probe = RankProbe(self.out)
 
     # ---------------------------------------------------------------- set-up
     def _find_resume(self, resume: Optional[str]):
@@ -201,6 +205,8 @@ class Trainer:
                                    "eval_samples": m["num_samples"],
                                    "eval_images_per_s": round(m["images_per_s"], 1)})
             self._end_epoch(epoch, record)
+        if self.probe is not None:
+            self.probe.finish(self.network, steps=epochs * self.steps_per_epoch)
         if start >= epochs:
             self.log.info("nothing to do: the checkpoint already covers all %d epochs", epochs)
         self.log.info("done: best top-1 %.2f%% at epoch %d; checkpoints in %s",
@@ -224,6 +230,8 @@ class Trainer:
                     h.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
             images, labels = batch["image"], batch["label"]
+            if self.probe is not None:
+                self.probe.record_batch(labels)
             loss, finite = self.step_fn(images, labels)
             loss_v = float(loss.asnumpy())
             if not bool(finite.asnumpy()):
