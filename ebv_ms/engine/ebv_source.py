@@ -89,3 +89,31 @@ def resolve_ebv(cfg, rank: int = 0, progress: bool = True, wait_timeout_s: float
     os.replace(tmp, path)
     log.info("EBV set generated in %.1f s: %r", time.time() - t0, ebv)
     return ebv
+
+
+def main(argv=None) -> int:
+    """``python -m ebv_ms.engine.ebv_source --config X [key=value ...]``: make/cache the EBV set."""
+    import argparse
+    import sys
+    from ebv_ms.config import load_config
+    ap = argparse.ArgumentParser(prog="python -m ebv_ms.engine.ebv_source",
+                                 description="generate (once) the EBV set a config trains with")
+    ap.add_argument("--config", "-c", required=True)
+    ap.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        ebv = resolve_ebv(cfg)
+    except ConfigError as exc:
+        print(f"ebv_source: error: {exc}", file=sys.stderr)
+        return 2
+    if ebv is None:
+        print(f"model.head={cfg.model.head}: no EBV set needed")
+    else:
+        print(f"EBV set ready: {ebv!r} ({cfg.ebv.path or ebv_cache_path(cfg)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
