@@ -71,7 +71,6 @@ DEFAULTS: dict = {
         "num_workers": 2,       # parallel workers for reading/decoding and for the per-image ops
         "python_multiprocessing": False,  # decode in worker processes instead of threads (see docs/data.md)
     },
-    "data": {},
     "optim": {
         "opt": "sgd",           # sgd (momentum SGD, the paper's ResNet runs) | adamw (Swin/ViT)
         "lr": 0.1,              # peak learning rate, used as given (not scaled by world size)
