@@ -62,9 +62,17 @@ def build_network(cfg, ebv=None):
 
 def build_data(cfg, split: str, batch_size: int, is_training: bool, num_shards: int = 1,
                shard_id: int = 0):
+    """``create_dataset`` with the ``data`` section; ``eval.test_size`` S sets the evaluation
+    transform to resize S/0.875 then centre-crop S (the usual 256 -> 224 ratio)."""
     from ebv_ms.data import create_dataset
-    return create_dataset(cfg.data, split, batch_size, is_training, num_shards=num_shards,
-                          shard_id=shard_id, seed=int(cfg.seed))
+    data_cfg = dict(cfg.data)
+    size = cfg.eval.get("test_size")
+    if size and not is_training:
+        data_cfg["eval_crop"] = int(size)
+        data_cfg["eval_resize"] = int(round(int(size) / 0.875))
+    return create_dataset(data_cfg, split, batch_size, is_training, num_shards=num_shards,
+                          shard_id=shard_id, seed=int(cfg.seed),
+                          num_classes=int(cfg.model.num_classes))
 
 
 class Trainer:
