@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         print(f"eval.py: error: {exc}", file=sys.stderr)
         return 2
     print(f"model {r['model']} + {r['head']} head: {r['params_total']:,} parameters "
-          f"({r['params_trainable']:,} trainable, {r['params_frozen']:,} frozen)")
+          f"({r['params_trainable']:,} trainable, {r['params_frozen']:,} non-trainable: EBVs, BN statistics)")
     print(f"{r['split']}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  "
           f"({r['correct1']}/{r['num_samples']})  {r['images_per_s']:.1f} images/s")
     if r["logged_top1"] is not None:
