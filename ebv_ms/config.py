@@ -71,10 +71,40 @@ DEFAULTS: dict = {
         "num_workers": 2,       # parallel workers for reading/decoding and for the per-image ops
         "python_multiprocessing": False,  # decode in worker processes instead of threads (see docs/data.md)
     },
-    "optim": {},
-    "scheduler": {},
-    "train": {},
-    "eval": {},
+    "optim": {
+        "opt": "sgd",           # sgd (momentum SGD, the paper's ResNet runs) | adamw (Swin/ViT)
+        "lr": 0.1,              # peak learning rate, used as given (not scaled by world size)
+        "momentum": 0.9,        # sgd only
+        "nesterov": False,      # sgd only
+        "weight_decay": 1e-4,
+        "filter_bias_and_bn": True,  # no weight decay on biases and norm layers' gamma/beta
+        "betas": [0.9, 0.999],  # adamw only
+        "eps": 1e-8,            # adamw only
+    },
+    "scheduler": {
+        "name": "warmup_cosine",  # warmup_cosine | constant (per-step values, one list per run)
+        "warmup_epochs": 5.0,   # linear warm-up length (epochs; may be fractional)
+        "warmup_factor": 0.01,  # the warm-up starts at lr x warmup_factor
+        "min_lr": 0.0,          # where the cosine ends
+    },
+    "train": {
+        "epochs": 100,
+        "batch_size": 256,      # per device (global batch = batch_size x number of ranks)
+        "amp_level": "auto",    # auto (O2 on GPU/Ascend, O0 on CPU) | O0 | O1 | O2 | O3
+        "loss_scale": "auto",   # auto (dynamic under fp16 amp, none otherwise) | dynamic | static | none
+        "loss_scale_value": 65536.0,  # initial (dynamic) or fixed (static) loss scale
+        "clip_grad_norm": 0.0,  # clip gradients to this global norm; 0 disables
+        "eval_interval": 1,     # evaluate every N epochs (and always after the last one)
+        "log_interval": 50,     # steps between text-log lines inside an epoch
+        "progress_bar": True,   # tqdm bar per epoch (rank 0 only) with loss, lr and images/s
+        "keep_best": True,      # also keep best.ckpt (highest validation top-1)
+        "debug_kill_at_step": None,  # testing only: SIGKILL this process at this global step
+    },
+    "eval": {
+        "batch_size": 100,      # per device
+        "split": "val",         # the split evaluated each epoch and by eval.py
+        "test_size": None,      # eval.py --test-size: input side for evaluation (None: data default)
+    },
 }
 
 
