@@ -65,10 +65,16 @@ def launch_env() -> Optional[str]:
 
 
 def _ensure_device(device_target: Optional[str]) -> None:
-    """Select the configured device if the caller has not (init() needs it)."""
+    """Select the configured device if the caller has not (init() needs it), and on GPU/Ascend
+    the rank's own card: DEVICE_ID, which msrun and scripts/mpirun_rank.sh set to the local rank."""
     import mindspore as ms
-    if device_target and ms.get_context("device_target") != device_target:
-        ms.set_device(device_target)
+    target = device_target or ms.get_context("device_target")
+    dev_id = os.environ.get("DEVICE_ID")
+    if target in ("GPU", "Ascend") and dev_id is not None and dev_id.isdigit():
+        if ms.get_context("device_target") != target or ms.get_context("device_id") != int(dev_id):
+            ms.set_device(target, int(dev_id))
+    elif ms.get_context("device_target") != target:
+        ms.set_device(target)
 
 
 def init_distributed(cfg: Any = None) -> Tuple[int, int]:
