@@ -42,7 +42,30 @@ DEFAULTS: dict = {
     "loss": {
         "label_smoothing": 0.0,
     },
-    "data": {},
+    "data": {                   # -> ebv_ms.data.create_dataset (docs/data.md)
+        "path": None,           # .zip archive (read in place) or dataset folder (ImageNet layout / list root)
+        "format": "auto",       # auto | zip | folder (ImageFolderDataset) | list (CSV/txt lists + root folder)
+        "layout": "auto",       # zip only: auto | folders ([top/]split/class/img) | lists (list files inside)
+        "root": None,           # zip only: top folder inside the archive ("" = none; None = detect)
+        "split_dirs": {},       # {split: folder} overriding detection, e.g. {train: 10w/train, val: 10w/val}
+        "split_lists": {},      # {split: list file}: a member of the archive, or a CSV on disk for folders
+        "list_columns": None,   # [path column, label column] by index or header name (None: detect)
+        "list_delimiter": None,  # list field separator (None: comma, tab or whitespace, detected)
+        "list_strip_prefix": "",  # removed from listed paths before joining to data.path (e.g. "../")
+        "index_cache_dir": None,  # zip index cache (None: next to the archive, else ~/.cache/ebv_ms)
+        "image_size": 224,      # training crop size
+        "eval_resize": None,    # eval: shorter side resized to this (None: image_size / 0.875)
+        "eval_crop": None,      # eval: centre crop (None: image_size)
+        "recipe": "A1",         # training augmentation: A0 | A1 | A2 (evaluation always uses 'eval')
+        "scale": [0.08, 1.0],   # random resized crop area range
+        "color_jitter": 0.4,    # A0 brightness/contrast/saturation jitter
+        "random_erasing": 0.1,  # A1/A2 random erasing probability
+        "mixup_alpha": 0.2,     # A2 mixup Beta(alpha, alpha)
+        "cutmix_alpha": 1.0,    # A2 cutmix Beta(alpha, alpha)
+        "mix_switch_prob": 0.5,  # A2: probability a batch uses cutmix instead of mixup
+        "num_workers": 2,       # parallel workers for reading/decoding and for the per-image ops
+        "python_multiprocessing": True,  # decode in worker processes (else threads)
+    },
     "optim": {},
     "scheduler": {},
     "train": {},
