@@ -184,3 +184,21 @@ def test_a_failed_rank_stops_the_job_and_names_its_log(tmp_path):
     sched_pid = int((out / "logs" / "scheduler.pid").read_text())
     assert not Path(f"/proc/{sched_pid}").exists()
     assert not glob.glob(f"{out}/**/*.ckpt", recursive=True)
+
+
+@pytest.mark.distributed
+def test_msrun_script_two_ranks(tmp_path):
+    out = tmp_path / "out"
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(f"output_dir: {out}\nseed: 3\n")
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "run_distribute_ascend.sh"), str(cfg), "2",
+                        "--steps=3"], cwd=ROOT, env=_env(ENTRY=str(PROBE)), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    reps = _reports(out)
+    assert sorted(reps) == [0, 1]
+    assert reps[0]["param_checksum"] == reps[1]["param_checksum"]
+    assert reps[0]["shard_digest"] != reps[1]["shard_digest"]
+    assert sorted(os.listdir(out / "logs")) == ["rank_0.json", "rank_1.json", "scheduler.log",
+                                                "worker_0.log", "worker_1.log"]
+    assert len(glob.glob(f"{out}/**/*.ckpt", recursive=True)) == 1
