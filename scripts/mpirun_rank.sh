@@ -15,7 +15,12 @@ EXIT_FILE="$LOG_DIR/rank_${RANK}.exit"
 rm -f "$EXIT_FILE"
 echo "[mpirun_rank] rank $RANK (local $LOCAL_RANK) on $(hostname): $*" > "$LOG"
 
-"$@" >> "$LOG" 2>&1 &
+# The training process runs without Open MPI's own variables: MindSpore would otherwise see a
+# job "using both dynamic cluster and OpenMPI" and its ranks register with the scheduler far more
+# slowly (measured: 10-45 s instead of ~0-10 s for 2 ranks on CPU).
+UNSET=()
+for v in $(compgen -e); do [[ "$v" == OMPI_* || "$v" == PMIX_* ]] && UNSET+=(-u "$v"); done
+env "${UNSET[@]}" "$@" >> "$LOG" 2>&1 &
 CHILD=$!
 TAIL=""
 if [[ "$RANK" == 0 ]]; then

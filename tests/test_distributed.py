@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ from ebv_ms.engine import distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "scripts" / "run_distribute_gpu.sh"
 PROBE = ROOT / "tests" / "dp_probe_train.py"
+TRAIN = ROOT / "train.py"
+DEMO_CONFIG = ROOT / "configs" / "demo_cpu.yaml"
 HAVE_MPIRUN = shutil.which("mpirun") is not None
 
 
@@ -202,3 +206,64 @@ def test_msrun_script_two_ranks(tmp_path):
     assert sorted(os.listdir(out / "logs")) == ["rank_0.json", "rank_1.json", "scheduler.log",
                                                 "worker_0.log", "worker_1.log"]
     assert len(glob.glob(f"{out}/**/*.ckpt", recursive=True)) == 1
+
+
+def _small_demo_zip(tmp_path, per_class_train=16, per_class_val=4):
+    """The demo digits archive (real JPEGs, the 100k-zip layout), cut to a few images per class
+    so the 2-rank run takes a handful of steps."""
+    full = tmp_path / "demo_full"
+    subprocess.run([sys.executable, "-m", "ebv_ms.data.demo", "--out", str(full)], cwd=ROOT,
+                   check=True, capture_output=True, env=_env())
+    src = next(full.glob("*.zip"))
+    keep = {"train": per_class_train, "val": per_class_val}
+    seen = defaultdict(int)
+    out = tmp_path / "demo_small" / src.name
+    out.parent.mkdir()
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            parts = info.filename.split("/")
+            split = next((p for p in parts if p in keep), None)
+            if split is None or info.is_dir():
+                continue
+            key = (split, parts[parts.index(split) + 1])
+            if seen[key] < keep[split]:
+                seen[key] += 1
+                zout.writestr(info, zin.read(info))
+    assert len(seen) == 20, seen  # 10 classes in both splits
+    return out
+
+
+@pytest.mark.distributed
+@needs_mpirun
+@pytest.mark.skipif(not TRAIN.exists() or not DEMO_CONFIG.exists(),
+                    reason="train.py / configs/demo_cpu.yaml (engine) not in this checkout")
+def test_two_ranks_train_py_on_demo_data(tmp_path):
+    """The user's command, on CPU: the real train.py, demo config and demo images, 2 ranks."""
+    data = _small_demo_zip(tmp_path)
+    out = tmp_path / "run"
+    r = _launch([DEMO_CONFIG, 2, f"output_dir={out}", f"data.path={data}", "train.epochs=1",
+                 "train.batch_size=16", "eval.batch_size=40", f"ebv.cache_dir={tmp_path / 'ebv'}",
+                 "train.progress_bar=false", "data.num_workers=1"], timeout=400)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    reps = _reports(out)
+    assert sorted(reps) == [0, 1], os.listdir(out / "logs")
+    r0, r1 = reps[0], reps[1]
+    assert r0["world_size"] == r1["world_size"] == 2
+    # 160 training images / 2 ranks / batch 16: 5 steps each, same number on both ranks
+    assert r0["num_batches"] == r1["num_batches"] == 5
+    # gradients all-reduced: both ranks hold the same weights after the steps
+    assert r0["param_checksum"] == r1["param_checksum"]
+    # each rank trained on its own half of the data
+    assert r0["shard_digest"] != r1["shard_digest"]
+    assert r0["first_labels"] != r1["first_labels"]
+    # one set of checkpoints and run files, written by rank 0 only
+    ckpts = sorted(os.path.relpath(p, out) for p in glob.glob(f"{out}/**/*.ckpt", recursive=True))
+    assert ckpts == ["best.ckpt", "last.ckpt"]
+    for name in ("config.yaml", "metrics.jsonl", "train.log"):
+        assert len(glob.glob(f"{out}/**/{name}", recursive=True)) == 1, name
+    assert "[rank 1]" not in (out / "train.log").read_text()
+    # a log per rank, each with that rank's own output
+    for k in (0, 1):
+        log = (out / "logs" / f"rank_{k}.log").read_text()
+        assert f"rank {k}" in log and "Traceback" not in log
+    assert (out / "logs" / "scheduler.exit").read_text().strip() == "0"
