@@ -51,27 +51,33 @@ def _unit_rows64(block: np.ndarray) -> np.ndarray:
 
 
 def _iter_pair_blocks(w: np.ndarray, block_size: int, progress: bool, desc: str):
-    """Yield float64 cosine blocks covering each pair i < j exactly once."""
+    """Yield (float64 cosine block, progress bar or None) covering each pair i < j once.
+
+    Row block i is normalised in float64 once; the column blocks j >= i are converted on the
+    fly, so memory is W plus two float64 row blocks and one block_size^2 cosine block.
+    """
     n = w.shape[0]
+    block_size = max(1, int(block_size))
     starts = list(range(0, n, block_size))
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(starts) * (len(starts) + 1) // 2, desc=desc, unit="block")
-    for bi, i0 in enumerate(starts):
-        a = _unit_rows64(w[i0:i0 + block_size])
-        for j0 in starts[bi:]:
-            b = a if j0 == i0 else _unit_rows64(w[j0:j0 + block_size])
-            c = a @ b.T
-            if j0 == i0:
-                iu = np.triu_indices(c.shape[0], k=1)
-                yield c[iu]
-            else:
-                yield c.ravel()
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar = tqdm(total=len(starts) * (len(starts) + 1) // 2, desc=desc, unit="block",
+                   dynamic_ncols=True)
+    try:
+        for bi, i0 in enumerate(starts):
+            a = _unit_rows64(w[i0:i0 + block_size])
+            for j0 in starts[bi:]:
+                b = a if j0 == i0 else _unit_rows64(w[j0:j0 + block_size])
+                c = a @ b.T
+                if j0 == i0:
+                    c = c[np.triu_indices(c.shape[0], k=1)]
+                yield c.ravel(), bar
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def coherence(w: np.ndarray, block_size: int = 2048, progress: bool = False) -> float:
@@ -80,30 +86,38 @@ def coherence(w: np.ndarray, block_size: int = 2048, progress: bool = False) -> 
     if w.shape[0] < 2:
         return 0.0
     best = 0.0
-    for c in _iter_pair_blocks(w, block_size, progress, "coherence"):
+    for c, bar in _iter_pair_blocks(w, block_size, progress, "coherence"):
         if c.size:
             best = max(best, float(np.abs(c).max()))
+            if bar is not None:
+                bar.set_postfix(coherence=f"{best:.5f}", refresh=False)
     return best
 
 
 def pairwise_stats(w: np.ndarray, block_size: int = 2048, bins: Optional[int] = None,
                    progress: bool = False) -> PairStats:
-    """Coherence, paper's Min. Ang. and Ave. Del. Ang., Welch bound (and an angle histogram)."""
+    """Coherence, paper's Min. Ang. and Ave. Del. Ang., Welch bound (and an angle histogram).
+
+    |arccos(c) - 90 deg| = arcsin(|c|), so the Ave. Del. Ang. needs one arcsin per pair; the
+    arccos for the histogram (``bins`` equal bins over [0, 180] degrees) is only taken if asked.
+    """
     w = np.asarray(w)
     n, d = w.shape
     best, delta_sum, count = 0.0, 0.0, 0
     edges = np.linspace(0.0, 180.0, bins + 1) if bins else None
     counts = np.zeros(bins, dtype=np.int64) if bins else None
-    for c in _iter_pair_blocks(w, block_size, progress, "pair stats"):
+    for c, bar in _iter_pair_blocks(w, block_size, progress, "pair stats"):
         if not c.size:
             continue
         np.clip(c, -1.0, 1.0, out=c)
-        best = max(best, float(np.abs(c).max()))
-        ang = np.degrees(np.arccos(c))
-        delta_sum += float(np.abs(ang - 90.0).sum())
-        count += c.size
         if bins:
-            counts += np.histogram(ang, bins=edges)[0]
+            counts += np.histogram(np.degrees(np.arccos(c)), bins=edges)[0]
+        np.abs(c, out=c)
+        best = max(best, float(c.max()))
+        delta_sum += float(np.arcsin(c, out=c).sum())
+        count += c.size
+        if bar is not None:
+            bar.set_postfix(coherence=f"{best:.5f}", refresh=False)
     min_angle = math.degrees(math.acos(min(best, 1.0)))
-    return PairStats(n, d, best, min_angle, delta_sum / max(count, 1), welch_bound(n, d), count,
-                     counts, edges)
+    mean_delta = math.degrees(delta_sum / count) if count else 0.0
+    return PairStats(n, d, best, min_angle, mean_delta, welch_bound(n, d), count, counts, edges)

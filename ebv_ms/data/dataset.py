@@ -1,0 +1,327 @@
+"""``create_dataset``: one factory for the zip archive, ImageNet folders and CSV lists.
+
+Pipeline: source (zip members or files, decoded with OpenCV; or ``ImageFolderDataset``) ->
+``ShardSampler`` (shard, epoch reshuffle, equal length) -> per-image recipe ops (C++) ->
+batch (+ per-batch mixup/cutmix for A2, and bad-sample bookkeeping, in the main process).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .imagenet import count_folder_samples, folder_dataset, list_samples, lists_num_classes
+from .layouts import Layout, LayoutError, SplitSamples, detect_layout
+from .presets import BatchAugment, check_recipe, create_batch_transform, create_transforms
+from .readers import ZipMemberReader
+from .sampler import ShardSampler
+from .source import DataError, ImageSource
+from .zip_index import ArchiveError, ZipIndex, load_zip_index
+
+logger = logging.getLogger(__name__)
+
+# Keys of the ``data`` config section and their defaults (ebv_ms.config.DEFAULTS["data"] mirrors this).
+DATA_DEFAULTS: Dict[str, object] = {
+    "path": None,
+    "format": "auto",
+    "layout": "auto",
+    "root": None,
+    "split_dirs": {},
+    "split_lists": {},
+    "list_columns": None,
+    "list_delimiter": None,
+    "list_strip_prefix": "",
+    "index_cache_dir": None,
+    "image_size": 224,
+    "eval_resize": None,
+    "eval_crop": None,
+    "recipe": "A1",
+    "scale": [0.08, 1.0],
+    "color_jitter": 0.4,
+    "random_erasing": 0.1,
+    "mixup_alpha": 0.2,
+    "cutmix_alpha": 1.0,
+    "mix_switch_prob": 0.5,
+    "num_workers": 2,
+    "python_multiprocessing": False,
+}
+
+
+class BadSampleLog:
+    """Bad samples seen by the pipeline, per epoch (thread-safe; lives in the main process)."""
+
+    def __init__(self, name_of):
+        self._name_of = name_of
+        self._lock = threading.Lock()
+        self._by_epoch: Dict[int, set] = {}
+
+    def record(self, epoch: int, indices) -> None:
+        with self._lock:
+            self._by_epoch.setdefault(int(epoch), set()).update(int(i) for i in indices)
+
+    def indices(self, epoch: Optional[int] = None) -> List[int]:
+        with self._lock:
+            if epoch is None:
+                return sorted(set().union(*self._by_epoch.values())) if self._by_epoch else []
+            return sorted(self._by_epoch.get(int(epoch), ()))
+
+    def names(self, epoch: Optional[int] = None) -> List[str]:
+        return [self._name_of(i) for i in self.indices(epoch)]
+
+    def count(self, epoch: Optional[int] = None) -> int:
+        return len(self.indices(epoch))
+
+
+@dataclass
+class DatasetInfo:
+    """What the engine needs to know about a dataset made by ``create_dataset``."""
+
+    split: str
+    num_classes: int
+    class_names: List[str]
+    num_samples: int          # samples in the whole split
+    shard_samples: int        # samples this shard sees per epoch (padded to equal length)
+    shard_padding: int        # of which repeats at the end of the epoch (eval: ignore the last ones)
+    steps_per_epoch: int
+    batch_size: int
+    recipe: str
+    soft_targets: bool        # labels are float32 (B, num_classes) (A2) instead of int32 (B,)
+    description: str          # where the samples came from (layout, folders, lists)
+    source: Optional[ImageSource] = field(default=None, repr=False)
+    bad: Optional[BadSampleLog] = field(default=None, repr=False)
+    sampler: Optional[ShardSampler] = field(default=None, repr=False)
+
+    def bad_count(self, epoch: Optional[int] = None) -> int:
+        """Bad (skipped) samples seen in ``epoch`` (0-based), or in all epochs so far."""
+        return self.bad.count(epoch) if self.bad else 0
+
+    def bad_names(self, epoch: Optional[int] = None) -> List[str]:
+        return self.bad.names(epoch) if self.bad else []
+
+    def bad_report(self, epoch: Optional[int] = None, limit: int = 20) -> str:
+        """'' if none, else a line per bad sample with the reason (re-read here, cheaply)."""
+        idx = self.bad.indices(epoch) if self.bad else []
+        if not idx:
+            return ""
+        lines = [f"{len(idx)} bad sample(s) skipped in {self.split}"
+                 + (f" epoch {epoch}" if epoch is not None else "")
+                 + " (each replaced by the next good sample, with its own label):"]
+        for i in idx[:limit]:
+            lines.append(f"  {self.source.name(i)}: {self.source.check(i) or 'unreadable'}")
+        if len(idx) > limit:
+            lines.append(f"  ... and {len(idx) - limit} more")
+        return "\n".join(lines)
+
+    def save_class_mapping(self, output_dir: str) -> str:
+        """Write ``classes.json`` (index -> class name, plus where the data came from); returns its path."""
+        return save_class_mapping(self, output_dir)
+
+
+def save_class_mapping(info: DatasetInfo, output_dir: str) -> str:
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "classes.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"num_classes": info.num_classes, "description": info.description,
+                   "class_names": list(info.class_names)}, f, indent=0, ensure_ascii=False)
+    return path
+
+
+def _cfg(data_cfg: Optional[Mapping]) -> Dict[str, object]:
+    cfg = dict(DATA_DEFAULTS)
+    for k, v in (data_cfg or {}).items():
+        if k not in DATA_DEFAULTS:
+            raise ValueError(f"unknown data config key '{k}' (known: {', '.join(sorted(DATA_DEFAULTS))})")
+        cfg[k] = v
+    cfg["split_dirs"] = dict(cfg["split_dirs"] or {})
+    cfg["split_lists"] = dict(cfg["split_lists"] or {})
+    return cfg
+
+
+def _format(cfg) -> str:
+    path = cfg["path"]
+    if not path:
+        raise DataError("data.path is not set: point it at the .zip archive or the dataset folder "
+                        "(demo data: python -m ebv_ms.data.demo --out DIR)")
+    fmt = cfg["format"]
+    if fmt not in ("auto", "zip", "folder", "list"):
+        raise DataError(f"data.format must be auto, zip, folder or list, got {fmt!r}")
+    if fmt != "auto":
+        return fmt
+    if not os.path.exists(path):
+        raise ArchiveError(f"{path}: not found. Set data.path to the .zip archive or dataset folder")
+    if os.path.isdir(path):
+        return "list" if cfg["split_lists"] else "folder"
+    return "zip"
+
+
+# ------------------------------------------------------------------------------ archive layouts
+_LAYOUT_KEYS = ("layout", "root", "split_dirs", "split_lists", "list_columns", "list_delimiter")
+
+
+def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None) -> Tuple[ZipIndex, Layout]:
+    """The archive's index and layout; the layout is cached next to the index (keyed by options)."""
+    index = index or load_zip_index(path, cache_dir=cfg.get("index_cache_dir"))
+    opts = json.dumps({k: cfg.get(k) for k in _LAYOUT_KEYS}, sort_keys=True, default=str)
+    tag = hashlib.sha1(opts.encode()).hexdigest()[:12]
+    cache = os.path.join(index.cache_dir, f"layout-{tag}.npz") if index.cache_dir else None
+    if cache and os.path.exists(cache) and not index.built:
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                splits = {s: SplitSamples(z[f"{s}.members"], z[f"{s}.labels"], o)
+                          for s, o in meta["splits"].items()}
+                return index, Layout(meta["kind"], meta["class_names"], splits, meta["root"])
+        except (OSError, ValueError, KeyError):
+            logger.warning("ignoring unreadable layout cache %s", cache)
+    reader = ZipMemberReader(index)
+    layout = detect_layout(index.all_names(), reader.read, layout=cfg.get("layout", "auto"),
+                           root=cfg.get("root"), split_dirs=cfg.get("split_dirs") or {},
+                           split_lists=cfg.get("split_lists") or {},
+                           list_columns=cfg.get("list_columns"),
+                           list_delimiter=cfg.get("list_delimiter"), where=path)
+    reader.close()
+    if cache:
+        arrays = {}
+        for s, v in layout.splits.items():
+            arrays[f"{s}.members"] = v.members
+            arrays[f"{s}.labels"] = v.labels
+        meta = {"kind": layout.kind, "class_names": layout.class_names, "root": layout.root,
+                "splits": {s: v.origin for s, v in layout.splits.items()}}
+        try:
+            tmp = cache + f".tmp{os.getpid()}.npz"
+            np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+            os.replace(tmp, cache)
+        except OSError as exc:
+            logger.warning("could not cache the layout at %s (%s)", cache, exc)
+    return index, layout
+
+
+# ------------------------------------------------------------------------------------- factory
+def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_training: bool,
+                   num_shards: int = 1, shard_id: int = 0, seed: int = 0,
+                   recipe: Optional[str] = None, drop_remainder: Optional[bool] = None,
+                   num_workers: Optional[int] = None, num_classes: Optional[int] = None):
+    """A batched MindSpore dataset of ``split`` and its ``DatasetInfo``.
+
+    Batches: ``image`` float32 (B, 3, S, S) normalised with ImageNet mean/std; ``label`` int32
+    (B,), or float32 (B, num_classes) soft targets under the A2 recipe (mixup/cutmix).
+    Training uses ``data_cfg.recipe`` (A0/A1/A2) and drops the last partial batch; evaluation
+    uses the ``eval`` recipe and keeps it. Each of ``num_shards`` ranks gets the same number of
+    steps; ``seed`` must be the same on every rank (it drives the shared shuffle).
+    ``num_classes`` (optional) must match the data's, else a clear error.
+    """
+    cfg = _cfg(data_cfg)
+    fmt = _format(cfg)
+    recipe = check_recipe(recipe or (cfg["recipe"] if is_training else "eval"))
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if drop_remainder is None:
+        drop_remainder = bool(is_training)
+    workers = int(num_workers if num_workers is not None else cfg["num_workers"])
+    workers = max(1, workers)
+    multiproc = bool(cfg["python_multiprocessing"]) and workers > 1
+    import mindspore.dataset as ds
+    import mindspore.dataset.transforms as T
+    import mindspore as ms
+
+    source = None
+    path = str(cfg["path"])
+    if fmt == "zip":
+        index, layout = archive_layout(path, cfg)
+        samples = layout.split(split)
+        source = ImageSource(ZipMemberReader(index), samples.members, samples.labels)
+        class_names, description = layout.class_names, f"{path}: {layout.kind}, {samples.origin}"
+    elif fmt == "list":
+        lists = cfg["split_lists"]
+        if split not in lists:
+            raise LayoutError(f"data.split_lists has no entry for split '{split}' (has: {sorted(lists)})")
+        reader, members, labels = list_samples(path, str(lists[split]), cfg["list_columns"],
+                                               cfg["list_delimiter"], str(cfg["list_strip_prefix"] or ""))
+        n_cls = max(lists_num_classes(path, lists, cfg["list_columns"], cfg["list_delimiter"]).values())
+        class_names = [str(i) for i in range(n_cls)]
+        source = ImageSource(reader, members, labels)
+        description = f"{path}: list {lists[split]}"
+    if source is not None:
+        n = len(source)
+        sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed,
+                               encode_epoch=True)
+        dataset = ds.GeneratorDataset(source, ["image", "label", "meta"], sampler=sampler,
+                                      num_parallel_workers=workers, python_multiprocessing=multiproc)
+    else:  # folder: MindSpore's ImageFolderDataset
+        from .imagenet import find_split_dir, folder_classes
+        split_dir = find_split_dir(path, split, cfg["split_dirs"])
+        class_names = folder_classes(path, cfg["split_dirs"])
+        n = count_folder_samples(split_dir, class_names)
+        sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed)
+        dataset, class_names, split_dir = folder_dataset(path, split, cfg["split_dirs"], sampler, workers)
+        dataset = dataset.map(T.TypeCast(ms.int32), input_columns="label")
+        description = f"{path}: folders, {split_dir}"
+    if num_classes is not None and int(num_classes) != len(class_names):
+        raise DataError(f"the data has {len(class_names)} classes but num_classes={num_classes} was "
+                        f"asked for (model.num_classes?); make them agree")
+
+    ops = create_transforms(recipe, int(cfg["image_size"]), cfg["eval_resize"], cfg["eval_crop"],
+                            tuple(cfg["scale"]), float(cfg["color_jitter"]), float(cfg["random_erasing"]))
+    # C++ ops only: threads, no process hop (decoded images would cross shared memory again)
+    dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
+
+    bad_log = BadSampleLog(source.name) if source is not None else None
+    batch_aug = create_batch_transform(recipe, len(class_names), float(cfg["random_erasing"]),
+                                       float(cfg["mixup_alpha"]), float(cfg["cutmix_alpha"]),
+                                       float(cfg["mix_switch_prob"]), seed=seed * 1000003 + shard_id)
+    dataset = _batch(dataset, batch_size, drop_remainder, bad_log, batch_aug)
+
+    shard_samples = len(sampler)
+    steps = shard_samples // batch_size if drop_remainder else math.ceil(shard_samples / batch_size)
+    if steps == 0:
+        raise DataError(f"split '{split}' has {shard_samples} samples per shard, fewer than one batch "
+                        f"of {batch_size}; lower the batch size")
+    info = DatasetInfo(split=split, num_classes=len(class_names), class_names=list(class_names),
+                       num_samples=n, shard_samples=shard_samples,
+                       shard_padding=shard_samples - len(range(shard_id, n, num_shards)),
+                       steps_per_epoch=steps,
+                       batch_size=batch_size, recipe=recipe, soft_targets=recipe == "A2",
+                       description=description, source=source, bad=bad_log, sampler=sampler)
+    logger.info("data %s: %d samples (%d on shard %d/%d), %d steps of %d, recipe %s; %s", split, n,
+                shard_samples, shard_id, num_shards, steps, batch_size, recipe, description)
+    return dataset, info
+
+
+def _batch(dataset, batch_size: int, drop_remainder: bool, bad_log: Optional[BadSampleLog],
+           mixer: Optional[BatchAugment]):
+    if bad_log is None and mixer is None:
+        return dataset.batch(batch_size, drop_remainder=drop_remainder)
+    columns = ["image", "label"] + (["meta"] if bad_log is not None else [])
+    lock = threading.Lock()
+    batches_done = [0]
+
+    def finish(images, labels, meta):
+        images, labels = np.stack(images), np.stack(labels).astype(np.int32)
+        if meta is not None:
+            meta = np.stack(meta).reshape(-1, 2)
+            for epoch, bad in meta[meta[:, 1] >= 0].tolist():
+                bad_log.record(epoch, [bad])
+        if mixer is not None:
+            with lock:  # a run-wide batch counter seeds the per-batch randomness
+                count = batches_done[0]
+                batches_done[0] += 1
+            images, labels = mixer(images, labels, 0, count)
+        return images, labels
+
+    if bad_log is not None:
+        def per_batch(image, label, meta, batch_info):  # MindSpore checks the signature
+            return finish(image, label, meta)
+    else:
+        def per_batch(image, label, batch_info):
+            return finish(image, label, None)
+
+    return dataset.batch(batch_size, drop_remainder=drop_remainder, per_batch_map=per_batch,
+                         input_columns=columns, output_columns=["image", "label"],
+                         num_parallel_workers=1)

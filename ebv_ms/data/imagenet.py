@@ -1,0 +1,120 @@
+"""ImageNet on disk: the standard folder layout via MindSpore's ``ImageFolderDataset``, and CSV lists.
+
+- Folders: ``<path>/train/<wnid>/*.JPEG`` and ``<path>/val/<wnid>/*.JPEG`` (split folder names as
+  in ``layouts.SPLIT_ALIASES``, or ``data.split_dirs``). Decoding is MindSpore's own (C++); class
+  indices are the sorted union of the class folders of all splits, passed as ``class_indexing``.
+- Lists: the authors' CSV files (``image_id,label``; any ``path label`` list works, see
+  ``layouts.parse_list``) plus a root folder. The authors' lists hold paths like
+  ``../train/n01440764/x.JPEG``; ``data.list_strip_prefix`` removes such a prefix before the path
+  is joined to ``data.path``. Every listed file must exist (checked once, with a progress bar).
+  These go through the same tolerant OpenCV source as the archive (``source.ImageSource``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .layouts import IMAGE_EXTENSIONS, SPLIT_ALIASES, LayoutError, parse_list
+from .readers import FileReader
+
+FOLDER_EXTENSIONS = sorted({e for x in IMAGE_EXTENSIONS for e in (x, x.upper())})
+
+
+def find_split_dir(root: str, split: str, split_dirs: Mapping[str, str]) -> str:
+    """The folder of ``split`` under ``root`` (override first, then the usual names)."""
+    if split in split_dirs:
+        d = os.path.join(root, str(split_dirs[split]))
+        if not os.path.isdir(d):
+            raise LayoutError(f"data.split_dirs.{split} = {split_dirs[split]!r}: no folder {d}")
+        return d
+    for alias in (split,) + SPLIT_ALIASES.get(split, ()):
+        d = os.path.join(root, alias)
+        if os.path.isdir(d):
+            return d
+    found = sorted(e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
+    raise LayoutError(f"{root}: no folder for split '{split}' (looked for "
+                      f"{', '.join((split,) + SPLIT_ALIASES.get(split, ()))}; found folders: "
+                      f"{found[:10] or 'none'}). Set data.split_dirs.{split} to its folder name, or "
+                      f"data.split_lists.{split} to a CSV list")
+
+
+def _class_folders(d: str) -> List[str]:
+    return sorted(e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
+
+
+def folder_classes(root: str, split_dirs: Mapping[str, str]) -> List[str]:
+    """Sorted union of class folder names over every split folder that exists."""
+    names = set()
+    for split in ("train", "val", "test"):
+        try:
+            names.update(_class_folders(find_split_dir(root, split, split_dirs)))
+        except LayoutError:
+            pass
+    for split in split_dirs:
+        names.update(_class_folders(find_split_dir(root, split, split_dirs)))
+    return sorted(names)
+
+
+def folder_dataset(root: str, split: str, split_dirs: Mapping[str, str], sampler,
+                   num_workers: int):
+    """``(ImageFolderDataset, class_names, split_dir)`` for a folder-per-class split on disk."""
+    import mindspore.dataset as ds
+    split_dir = find_split_dir(root, split, split_dirs)
+    class_names = folder_classes(root, split_dirs)
+    if not class_names:
+        raise LayoutError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
+    indexing = {c: i for i, c in enumerate(class_names)}
+    dataset = ds.ImageFolderDataset(split_dir, extensions=FOLDER_EXTENSIONS, class_indexing=indexing,
+                                    decode=True, sampler=sampler, num_parallel_workers=num_workers)
+    return dataset, class_names, split_dir
+
+
+def count_folder_samples(split_dir: str, class_names: List[str]) -> int:
+    import mindspore.dataset as ds
+    indexing = {c: i for i, c in enumerate(class_names)}
+    n = ds.ImageFolderDataset(split_dir, extensions=FOLDER_EXTENSIONS, class_indexing=indexing,
+                              shuffle=False).get_dataset_size()
+    if n == 0:
+        raise LayoutError(f"{split_dir}: no images with extensions {IMAGE_EXTENSIONS} in its class folders")
+    return n
+
+
+def list_samples(root: str, list_file: str, columns=None, delimiter: Optional[str] = None,
+                 strip_prefix: str = "", progress: bool = True) -> Tuple[FileReader, np.ndarray, np.ndarray]:
+    """``(FileReader, members, labels)`` for a CSV/txt list of (path, label) under ``root``."""
+    path = list_file if os.path.isabs(list_file) or os.path.exists(list_file) else os.path.join(root, list_file)
+    try:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            text = f.read()
+    except OSError as exc:
+        raise LayoutError(f"list file {list_file!r} cannot be read ({exc.strerror}); "
+                          f"data.split_lists entries are paths on disk (or relative to data.path)") from None
+    paths, labels = parse_list(text, path, columns, delimiter)
+    if strip_prefix:
+        paths = [p[len(strip_prefix):] if p.startswith(strip_prefix) else p for p in paths]
+    paths = [p.lstrip("/") if not os.path.isabs(p) or not os.path.exists(p) else p for p in paths]
+    it = paths
+    if progress and len(paths) > 50_000:
+        from tqdm import tqdm
+        it = tqdm(paths, desc=f"checking {os.path.basename(path)}", unit="file", mininterval=1.0)
+    missing = [p for p in it if not os.path.isfile(os.path.join(root, p))]
+    if missing:
+        raise LayoutError(f"list {path} names {len(missing)} of {len(paths)} files missing under "
+                          f"{root} (e.g. {missing[:3]}); check data.path and data.list_strip_prefix")
+    return FileReader(root, paths), np.arange(len(paths), dtype=np.int64), labels
+
+
+def lists_num_classes(root: str, split_lists: Mapping[str, str], columns, delimiter) -> Dict[str, int]:
+    """Largest label + 1 per list (cheap: parses only), so train and val agree on num_classes."""
+    out = {}
+    for split, lf in split_lists.items():
+        path = lf if os.path.isabs(lf) or os.path.exists(lf) else os.path.join(root, lf)
+        try:
+            with open(path, "r", encoding="utf-8-sig") as f:
+                _, labels = parse_list(f.read(), path, columns, delimiter)
+        except OSError as exc:
+            raise LayoutError(f"list file {lf!r} cannot be read ({exc.strerror})") from None
+        out[split] = int(labels.max()) + 1 if len(labels) else 0
+    return out

@@ -1,0 +1,376 @@
+"""Which members of an archive are the samples of each split, and their labels.
+
+Recognised layouts (``data.layout: auto`` tries lists first, then folders):
+
+- ``folders``: ``[top/]<split>/<class>/<image>``, split folders named ``train``/``training`` and
+  ``val``/``validation``/``valid``/``test`` (``test`` also answers ``val`` when there is no
+  ``val``). Class indices: the sorted union of the class folder names of all splits (the
+  ``ImageFolder`` convention), so train and val agree.
+- ``lists``: image files plus list files inside the archive (``.txt``/``.csv``/``.tsv``/``.lst``
+  whose name contains the split's name): one sample per line, a relative path and an integer
+  label (comma, tab or space separated, optional header). Paths are resolved relative to the
+  list's folder, the archive root or the top folder, whichever matches. Class indices are the
+  list's labels; ``num_classes`` = largest label + 1.
+
+YAML keys override detection: ``data.layout``, ``data.root`` (top folder inside the archive),
+``data.split_dirs`` ({split: folder}), ``data.split_lists`` ({split: list file}),
+``data.list_columns`` ([path column, label column], by index or header name),
+``data.list_delimiter``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import posixpath
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+LIST_EXTENSIONS = (".txt", ".csv", ".tsv", ".lst")
+SPLIT_ALIASES: Dict[str, Tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "val": ("val", "validation", "valid", "test"),
+    "test": ("test",),
+}
+_PATH_COLUMNS = ("image_id", "image", "path", "file", "filename", "file_name", "img", "name")
+_LABEL_COLUMNS = ("label", "class", "target", "class_id", "label_id", "category")
+
+
+class LayoutError(ValueError):
+    """The archive's layout is not recognised or a list is wrong; the message says what to set."""
+
+
+@dataclass
+class SplitSamples:
+    members: np.ndarray  # int64 member numbers (zip index entries or FileReader paths)
+    labels: np.ndarray   # int32 class indices
+    origin: str          # e.g. "folder 10w/train" or "list 10w/train.txt"
+
+
+@dataclass
+class Layout:
+    kind: str                         # "folders" | "lists"
+    class_names: List[str]
+    splits: Dict[str, SplitSamples] = field(default_factory=dict)
+    root: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, name: str) -> SplitSamples:
+        """The samples of split ``name`` (aliases allowed), or a LayoutError naming what exists."""
+        for alias in (name,) + SPLIT_ALIASES.get(name, ()):
+            if alias in self.splits:
+                return self.splits[alias]
+        raise LayoutError(f"split '{name}' not found; this data has: "
+                          f"{', '.join(f'{k} ({v.origin})' for k, v in self.splits.items()) or 'none'}. "
+                          f"Set data.split_dirs or data.split_lists to name it")
+
+    def describe(self) -> str:
+        parts = [f"layout {self.kind}" + (f", top folder '{self.root}'" if self.root else "")
+                 + f", {self.num_classes} classes"]
+        for k, v in self.splits.items():
+            parts.append(f"  {k}: {len(v.members)} samples from {v.origin}")
+        return "\n".join(parts)
+
+
+def is_image(name: str) -> bool:
+    base = posixpath.basename(name)
+    return (base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
+            and not name.startswith("__MACOSX/"))
+
+
+# ----------------------------------------------------------------------------------------- folders
+def _detect_folders(names: Sequence[str], image_ids: np.ndarray, root: Optional[str],
+                    split_dirs: Mapping[str, str]) -> Optional[Layout]:
+    """Group images by (prefix, split folder, class folder)."""
+    wanted: Dict[str, str] = {}  # folder path inside the archive -> split name
+    for split, folder in split_dirs.items():
+        wanted[str(folder).strip("/")] = str(split)
+    groups: Dict[Tuple[str, str], List[int]] = defaultdict(list)  # (split dir path, class) -> ids
+    for m in image_ids.tolist():
+        parts = names[m].split("/")
+        if len(parts) < 3:
+            continue
+        split_dir = "/".join(parts[:-2])
+        if wanted:
+            if split_dir not in wanted:
+                continue
+        elif parts[-3].lower() not in SPLIT_ALIASES["train"] + SPLIT_ALIASES["val"]:
+            continue
+        if root is not None and posixpath.dirname(split_dir) != root.strip("/"):
+            continue
+        groups[(split_dir, parts[-2])].append(m)
+    if not groups:
+        return None
+    if wanted:
+        prefix = None
+    else:  # several candidate tops (e.g. a stray copy): keep the one holding most images
+        per_prefix = Counter()
+        for (split_dir, _), ids in groups.items():
+            per_prefix[posixpath.dirname(split_dir)] += len(ids)
+        prefix = per_prefix.most_common(1)[0][0]
+    split_of: Dict[str, str] = {}
+    for (split_dir, _) in groups:
+        if wanted:
+            split_of[split_dir] = wanted[split_dir]
+        elif posixpath.dirname(split_dir) == prefix:
+            split_of[split_dir] = posixpath.basename(split_dir)
+    class_names = sorted({c for (d, c) in groups if d in split_of})
+    class_index = {c: i for i, c in enumerate(class_names)}
+    splits: Dict[str, SplitSamples] = {}
+    for split_dir, folder in sorted(split_of.items()):
+        mem: List[np.ndarray] = []
+        lab: List[np.ndarray] = []
+        for c in sorted(c for (d, c) in groups if d == split_dir):
+            ids = sorted(groups[(split_dir, c)], key=lambda m: names[m])
+            mem.append(np.asarray(ids, np.int64))
+            lab.append(np.full(len(ids), class_index[c], np.int32))
+        key = folder if wanted else _split_key(folder, split_of.values())
+        splits[key] = SplitSamples(np.concatenate(mem), np.concatenate(lab), f"folder {split_dir}/")
+    _warn_class_mismatch(splits, groups, split_of)
+    return Layout("folders", class_names, splits, root=prefix or "")
+
+
+def _split_key(folder: str, all_folders) -> str:
+    f = folder.lower()
+    if f in SPLIT_ALIASES["train"]:
+        return "train"
+    if f == "test" and any(x.lower() in ("val", "validation", "valid") for x in all_folders):
+        return "test"
+    if f in SPLIT_ALIASES["val"]:
+        return "val"
+    return folder
+
+
+def _warn_class_mismatch(splits, groups, split_of) -> None:
+    per_split = defaultdict(set)
+    for (d, c) in groups:
+        if d in split_of:
+            per_split[d].add(c)
+    sets = list(per_split.values())
+    if len(sets) > 1 and any(s != sets[0] for s in sets[1:]):
+        sizes = ", ".join(f"{d}: {len(s)}" for d, s in per_split.items())
+        logger.warning("splits have different class folders (%s); class indices come from their "
+                       "sorted union", sizes)
+
+
+# ------------------------------------------------------------------------------------------- lists
+def parse_list(text: str, source: str, columns: Optional[Sequence] = None,
+               delimiter: Optional[str] = None) -> Tuple[List[str], np.ndarray]:
+    """(relative paths, int labels) from a list file's text; LayoutError names the bad line."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise LayoutError(f"list {source} is empty")
+    if delimiter is None:
+        first = lines[min(1, len(lines) - 1)]
+        delimiter = "," if "," in first else ("\t" if "\t" in first else None)
+    if delimiter is None:
+        rows = [ln.split() for ln in lines]
+    else:
+        rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter))
+    header: Optional[List[str]] = None
+    path_col: object = 0
+    label_col: object = 1
+    if columns is not None:
+        if len(columns) != 2:
+            raise LayoutError(f"data.list_columns must be [path column, label column], got {columns!r}")
+        path_col, label_col = columns
+    first = rows[0]
+    label_probe = label_col if isinstance(label_col, int) else None
+    if (isinstance(path_col, str) or isinstance(label_col, str)
+            or (label_probe is not None and len(first) > label_probe and not _is_int(first[label_probe]))
+            or any(c.strip().lower() in _LABEL_COLUMNS for c in first)):
+        header = [c.strip() for c in first]
+        rows = rows[1:]
+        lower = [h.lower() for h in header]
+        if columns is None:
+            path_col = next((lower.index(c) for c in _PATH_COLUMNS if c in lower), 0)
+            label_col = next((lower.index(c) for c in _LABEL_COLUMNS if c in lower), 1)
+        path_col = _column(path_col, header, source)
+        label_col = _column(label_col, header, source)
+    paths: List[str] = []
+    labels = np.empty(len(rows), np.int64)
+    for i, row in enumerate(rows):
+        try:
+            p = row[path_col].strip()
+            labels[i] = int(row[label_col])
+        except (IndexError, ValueError):
+            raise LayoutError(f"list {source}, data line {i + 1}: expected a path and an integer label "
+                              f"in columns {path_col} and {label_col}, got {row!r}; set "
+                              f"data.list_columns / data.list_delimiter") from None
+        paths.append(p)
+    if len(labels) and labels.min() < 0:
+        bad = int(np.argmin(labels))
+        raise LayoutError(f"list {source}, data line {bad + 1}: negative label {labels[bad]}")
+    return paths, labels.astype(np.int32)
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _column(col, header: List[str], source: str) -> int:
+    if isinstance(col, int):
+        return col
+    lower = [h.lower() for h in header]
+    if str(col).lower() not in lower:
+        raise LayoutError(f"list {source} has no column {col!r}; its header is {header}")
+    return lower.index(str(col).lower())
+
+
+def find_list_files(names: Sequence[str]) -> Dict[str, List[int]]:
+    """{canonical split: [member numbers of candidate list files]} by file name."""
+    found: Dict[str, List[int]] = defaultdict(list)
+    for m, name in enumerate(names):
+        base = posixpath.basename(name).lower()
+        if not base.endswith(LIST_EXTENSIONS) or name.startswith("__MACOSX/") or base.startswith("."):
+            continue
+        stem = base.rsplit(".", 1)[0]
+        tokens = set(stem.replace("-", "_").replace(".", "_").split("_"))
+        for canon in ("train", "val", "test"):
+            if tokens & set(SPLIT_ALIASES[canon]) and not (canon == "val" and "test" in tokens
+                                                            and not tokens & {"val", "validation", "valid"}):
+                found[canon].append(m)
+                break
+    return found
+
+
+def resolve_paths(paths: Sequence[str], list_name: str, lookup: Callable[[str], int],
+                  extra_prefixes: Sequence[str] = ()) -> np.ndarray:
+    """Member numbers of ``paths`` (-1 where missing), trying the prefixes that make most match."""
+    base = posixpath.dirname(list_name)
+    candidates = [base + "/" if base else ""] + [""] + [p.strip("/") + "/" for p in extra_prefixes if p]
+    candidates = list(dict.fromkeys(candidates))
+    probe = paths[: min(len(paths), 200)]
+    best, best_hits = candidates[0], -1
+    for pre in candidates:
+        hits = sum(lookup(pre + _clean(p)) >= 0 for p in probe)
+        if hits > best_hits:
+            best, best_hits = pre, hits
+    out = np.empty(len(paths), np.int64)
+    for i, p in enumerate(paths):
+        out[i] = lookup(best + _clean(p))
+    return out
+
+
+def _clean(p: str) -> str:
+    while p.startswith("./"):
+        p = p[2:]
+    return p.lstrip("/")
+
+
+def _detect_lists(names: Sequence[str], lookup: Callable[[str], int], read: Callable[[int], bytes],
+                  root: Optional[str], split_lists: Mapping[str, str], columns, delimiter,
+                  strict: bool) -> Optional[Layout]:
+    if split_lists:
+        chosen: Dict[str, int] = {}
+        for split, lname in split_lists.items():
+            m = lookup(str(lname).strip("/"))
+            if m < 0:
+                raise LayoutError(f"data.split_lists.{split} = {lname!r} is not a member of the archive")
+            chosen[str(split)] = m
+    else:
+        found = find_list_files(names)
+        chosen = {}
+        for split, cands in found.items():
+            if len(cands) > 1:  # prefer the shortest path (top-level list over nested copies)
+                cands = sorted(cands, key=lambda m: (names[m].count("/"), names[m]))
+            chosen[split] = cands[0]
+    if not chosen:
+        return None
+    splits: Dict[str, SplitSamples] = {}
+    top = [root] if root else []
+    for split, m in sorted(chosen.items()):
+        lname = names[m]
+        try:
+            text = bytes(read(m)).decode("utf-8-sig")
+            paths, labels = parse_list(text, lname, columns, delimiter)
+        except (LayoutError, UnicodeDecodeError) as exc:
+            if strict:
+                raise LayoutError(str(exc)) from None
+            logger.warning("ignoring %s as a list file: %s", lname, exc)
+            continue
+        tops = top + sorted({n.split("/")[0] for n in names[:1000] if "/" in n})
+        members = resolve_paths(paths, lname, lookup, tops)
+        missing = np.flatnonzero(members < 0)
+        if len(missing):
+            if not strict and len(missing) == len(paths):
+                logger.warning("ignoring %s as a list file: none of its paths are in the archive", lname)
+                continue
+            show = ", ".join(repr(paths[i]) for i in missing[:5])
+            raise LayoutError(f"list {lname} names {len(missing)} of {len(paths)} files that are not "
+                              f"in the archive (e.g. {show}); fix the list or set data.root / "
+                              f"data.split_lists")
+        splits[split] = SplitSamples(members, labels, f"list {lname}")
+    if not splits:
+        return None
+    num_classes = int(max(int(s.labels.max()) for s in splits.values())) + 1
+    return Layout("lists", [str(i) for i in range(num_classes)], splits, root=root or "")
+
+
+# ------------------------------------------------------------------------------------------ driver
+def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: str = "auto",
+                  root: Optional[str] = None, split_dirs: Optional[Mapping[str, str]] = None,
+                  split_lists: Optional[Mapping[str, str]] = None, list_columns=None,
+                  list_delimiter: Optional[str] = None, where: str = "archive") -> Layout:
+    """Detect (or follow the overrides for) the layout of an archive given its member names.
+
+    ``read(member) -> bytes`` reads list files. Raises LayoutError describing what was found
+    when no layout is recognised.
+    """
+    if layout not in ("auto", "folders", "lists"):
+        raise LayoutError(f"data.layout must be auto, folders or lists, got {layout!r}")
+    lookup_table = {n: i for i, n in enumerate(names)}
+
+    def lookup(name: str) -> int:
+        return lookup_table.get(name, -1)
+
+    image_ids = np.fromiter((i for i, n in enumerate(names) if is_image(n)), np.int64)
+    if split_lists:
+        layout = "lists"
+    elif split_dirs:
+        layout = "folders"
+    result = None
+    if layout in ("auto", "lists"):
+        result = _detect_lists(names, lookup, read, root, split_lists or {}, list_columns,
+                               list_delimiter, strict=layout == "lists")
+    if layout == "auto" and result is not None:
+        folders = _detect_folders(names, image_ids, root, {})
+        if folders is not None:
+            logger.warning("%s holds both list files and class folders; using the lists (%s). Set "
+                           "data.layout: folders to use the folders instead", where,
+                           ", ".join(v.origin for v in result.splits.values()))
+    if result is None and layout in ("auto", "folders"):
+        result = _detect_folders(names, image_ids, root, split_dirs or {})
+    if result is None:
+        raise LayoutError(_not_recognised(names, image_ids, where, layout))
+    logger.info("%s: %s", where, result.describe().replace("\n", ";"))
+    return result
+
+
+def _not_recognised(names: Sequence[str], image_ids: np.ndarray, where: str, layout: str) -> str:
+    tops = Counter(n.split("/")[0] + ("/" if "/" in n else "") for n in names)
+    top_txt = ", ".join(f"{k} ({v} entries)" for k, v in tops.most_common(8)) or "nothing"
+    lists = [n for n in names if n.lower().endswith(LIST_EXTENSIONS)][:5]
+    depth = Counter(names[i].count("/") for i in image_ids.tolist())
+    examples = [names[i] for i in image_ids[:3].tolist()]
+    return (f"{where}: no {'known layout' if layout == 'auto' else layout + ' layout'} recognised. "
+            f"Found {len(names)} entries, {len(image_ids)} images"
+            + (f" (folder depths: {dict(sorted(depth.items()))}; e.g. {examples})" if len(image_ids) else "")
+            + f"; top level: {top_txt}"
+            + (f"; list-like files: {lists}" if lists else "")
+            + ". Expected [top/]train|val/<class>/<image> or list files (path,label) named after "
+              "the split. Set data.split_dirs (e.g. {train: top/train, val: top/val}) or "
+              "data.split_lists (e.g. {train: train.txt}) in the YAML to say where the data is.")

@@ -1,0 +1,83 @@
+"""Small real images and archives made on the fly, for tests and benchmarks.
+
+``tagged_image`` encodes a sample id and label in the pixels of a lossless PNG (or, coarsely,
+in a JPEG's flat colour), so a test can check after the whole pipeline that every image came
+with its own label and which samples a shard saw.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Dict, Iterable, Optional, Tuple
+
+import cv2
+import numpy as np
+
+
+def encode(img_rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise RuntimeError(f"cv2.imencode({ext}) failed")
+    return buf.tobytes()
+
+
+def tagged_image(sample_id: int, label: int, size: int = 8) -> np.ndarray:
+    """RGB uint8 image whose top-left pixel holds (id % 256, id // 256 % 256, label)."""
+    rng = np.random.default_rng(sample_id)
+    img = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    img[0, 0] = (sample_id % 256, (sample_id // 256) % 256, label % 256)
+    return img
+
+
+def read_tag(chw_normalised: np.ndarray) -> Tuple[int, int]:
+    """(id, label) back from a normalised CHW image made from ``tagged_image`` (eval, no resize)."""
+    from .presets import IMAGENET_MEAN, IMAGENET_STD
+    px = [int(round((chw_normalised[c, 0, 0] * IMAGENET_STD[c] + IMAGENET_MEAN[c]) * 255.0))
+          for c in range(3)]
+    return px[0] + 256 * px[1], px[2]
+
+
+def flat_jpeg(label: int, size: int = 32) -> bytes:
+    """A real JPEG of one flat grey level, 20 + 20 * label (survives JPEG and resizing)."""
+    return encode(np.full((size, size, 3), 20 + 20 * (label % 12), np.uint8), ".jpg")
+
+
+def write_zip(path: str, members: Dict[str, bytes], deflate: Iterable[str] = (),
+              default_deflate: bool = False) -> str:
+    """Write ``members`` (name -> bytes); names in ``deflate`` are deflated, others stored."""
+    deflate = set(deflate)
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            comp = zipfile.ZIP_DEFLATED if (name in deflate or default_deflate) else zipfile.ZIP_STORED
+            z.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data, compress_type=comp)
+    return path
+
+
+def write_tiny_archive(path: str, num_members: int, num_classes: int = 100_000,
+                       payload: Optional[bytes] = None, progress: bool = True) -> str:
+    """An archive of ``num_members`` tiny images in ``top/train|val/<class>/<n>.jpg``.
+
+    2/3 train, 1/3 val, like the 100k-class archive (12 + 6 per class). For index benchmarks.
+    """
+    payload = payload if payload is not None else encode(np.zeros((8, 8, 3), np.uint8))
+    it = range(num_members)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc="writing tiny archive", unit="member", mininterval=2.0)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        for i in it:
+            cls, k = divmod(i, 18)
+            split = "train" if k < 12 else "val"
+            info = zipfile.ZipInfo(f"10w_classes/{split}/{cls % num_classes:06d}/{i:07d}.jpg",
+                                   date_time=(2024, 1, 1, 0, 0, 0))
+            z.writestr(info, payload)
+    return path
+
+
+def extract_to_folder(archive: str, out: str) -> str:
+    """Extract (for folder-vs-archive comparisons); returns ``out``."""
+    os.makedirs(out, exist_ok=True)
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(out)
+    return out
