@@ -100,16 +100,16 @@ def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = OFF
 
 
 def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
-                  lr: float = 2e-3, beta0: float = 50.0, beta_max: float = 2000.0,
-                  beta_growth: float = 1.01, patience: int = 50, min_lr: float = 2e-5,
+                  lr: float = 1e-3, beta0: float = 300.0, beta_max: float = 2000.0,
+                  beta_growth: float = 1.01, patience: int = 10, min_lr: float = 1e-5,
                   slice_size: Optional[int] = None, seed: int = 0,
                   time_limit: Optional[float] = None,
                   callback: Optional[Callable[[int, float], None]] = None) -> RunResult:
     """Adam on the smooth max of |cos| (see ``SmoothMaxLoss``).
 
-    beta (sharpness) starts at ``beta0 / coherence`` scale and grows geometrically to
-    ``beta_max``; the learning rate halves when the best coherence has not improved for
-    ``patience`` epochs. Rows are re-normalised after each step. With several slices, an
+    beta (sharpness) starts at ``beta0`` and grows by ``beta_growth`` per epoch up to
+    ``beta_max``; when the best coherence has not improved for ``patience`` epochs the run goes
+    back to the best set and halves the learning rate. Rows are re-normalised after each step. With several slices, an
     epoch visits every slice once in a seeded order and its coherence is the max over slices.
     Stops when the best coherence <= alpha (if given), after ``max_steps`` steps, or after
     ``time_limit`` seconds; returns the best set seen.

@@ -1,0 +1,178 @@
+"""`create_ebv`: one entry point that picks the right way to make an EBV set.
+
+``method="auto"`` (the default) decides in this order:
+
+1. an exact closed form when (N, d) fits one (orthonormal N <= d, simplex N = d + 1,
+   Kerdock real MUBs for d = 4^k and N <= d(d/2+1)) and its coherence meets ``alpha``;
+2. a Kerdock set of the largest fitting 4^k <= d, zero-padded into d, when that already
+   meets ``alpha`` (or when no alpha is given and N > ``LARGE_N``: an optimiser epoch there
+   costs ~N^2 d flops, hours on a CPU, and the padded set is within ~15% of the Welch bound
+   at the paper's 100k x 5000);
+3. otherwise ``smoothmax`` (Adam on a smooth max of |cos|), started from the padded Kerdock
+   set when that is within ``PAD_INIT_RATIO`` x Welch bound, else from a seeded normal draw.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from ebv_ms.ebv import EBVSet, coherence, welch_bound
+
+from . import closed_form as cf
+
+METHODS = ("auto", "smoothmax", "official", "orthonormal", "simplex", "kerdock", "kerdock_padded")
+DEFAULT_METHOD = "smoothmax"
+LARGE_N = 20_000          # above this, auto returns the padded closed form when alpha is None
+PAD_INIT_RATIO = 1.4      # start smoothmax from a padded Kerdock set if coherence <= this x Welch
+VERIFY_MAX_N = 20_000     # iterative results are re-measured exactly (float64) up to this N
+DEFAULT_STEPS = {"official": 100_000, "smoothmax": 3_000}
+
+
+class GenerationError(ValueError):
+    """A request that cannot be met (impossible alpha, unknown method, ...)."""
+
+
+def normal_init(n: int, dim: int, seed: int) -> np.ndarray:
+    """Seeded standard-normal rows, normalised (Algorithm 1's initialisation)."""
+    w = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return w / np.linalg.norm(w, axis=1, keepdims=True)
+
+
+def check_alpha(num_classes: int, dim: int, alpha: Optional[float]) -> None:
+    """Refuse at once an alpha no set can reach (below the Welch bound) or outside [0, 1)."""
+    if alpha is None:
+        return
+    if not (0.0 <= float(alpha) < 1.0):
+        raise GenerationError(f"alpha must be in [0, 1), got {alpha}")
+    wb = welch_bound(num_classes, dim)
+    if float(alpha) < wb:
+        raise GenerationError(
+            f"alpha={alpha} is impossible for N={num_classes}, d={dim}: no {num_classes} unit "
+            f"vectors in R^{dim} have max |cos| below the Welch bound sqrt((N-d)/(d(N-1))) = "
+            f"{wb:.5f}; use alpha >= {wb:.5f} (or a larger --dim)")
+
+
+def _set_device(device_target: Optional[str]) -> None:
+    if not device_target:
+        return
+    import mindspore as ms
+    try:
+        current = ms.get_context("device_target")
+    except Exception:  # noqa: BLE001 - older/newer context APIs
+        current = None
+    if current != device_target:
+        ms.set_device(device_target)
+
+
+def _progress_bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=0.5)
+
+
+def _closed(name: str, n: int, dim: int, alpha, seed: int) -> EBVSet:
+    vec = cf.CLOSED_FORMS[name](n, dim, seed)
+    extra = {"coherence": cf.closed_form_coherence(name, n, dim), "reached": True}
+    if name == "kerdock_padded":
+        extra["base_dim"] = cf.largest_kerdock_dim(n, dim)
+    if alpha is not None:
+        extra["reached"] = extra["coherence"] <= alpha + 1e-12
+    return EBVSet(vec, alpha=alpha, method=f"closed_form:{name}", seed=seed, extra=extra)
+
+
+def _iterative(method: str, n: int, dim: int, alpha, seed: int, max_steps: Optional[int],
+               progress: bool, init: Optional[np.ndarray], init_name: str,
+               time_limit: Optional[float], **kw) -> EBVSet:
+    from .iterative import run_official, run_smoothmax
+    steps = int(max_steps) if max_steps is not None else DEFAULT_STEPS[method]
+    bar = _progress_bar(progress, steps, method)
+
+    user_callback = kw.pop("callback", None)
+
+    def callback(step, coh):
+        if bar is not None:
+            bar.update(min(step, steps) - bar.n)
+            bar.set_postfix_str(f"coherence {coh:.5f}" + (f" (target {alpha})" if alpha else ""),
+                                refresh=False)
+        if user_callback is not None:
+            user_callback(step, coh)
+
+    try:
+        if method == "official":
+            w0 = init if init is not None else normal_init(n, dim, seed)
+            res = run_official(w0, alpha, steps, time_limit=time_limit, callback=callback, **kw)
+        else:
+            w0 = init if init is not None else normal_init(n, dim, seed)
+            res = run_smoothmax(w0, alpha, steps, seed=seed, time_limit=time_limit,
+                                callback=callback, **kw)
+    finally:
+        if bar is not None:
+            bar.close()
+    coh = coherence(res.vectors) if n <= VERIFY_MAX_N else res.coherence
+    reached = res.reached if alpha is None else bool(coh <= alpha + (1e-4 if method == "official" else 1e-7))
+    extra = {"coherence": float(coh), "steps": int(res.steps), "reached": bool(reached),
+             "seconds": round(res.seconds, 3), "init": init_name}
+    return EBVSet(res.vectors, alpha=alpha, method=method, seed=seed, extra=extra)
+
+
+def create_ebv(num_classes: int, dim: int, alpha: Optional[float] = None, method: str = "auto",
+               seed: int = 0, max_steps: Optional[int] = None, progress: bool = True,
+               device_target: Optional[str] = None, *, time_limit: Optional[float] = None,
+               **method_kwargs) -> EBVSet:
+    """Make N = ``num_classes`` unit vectors in R^``dim`` with max |cos| as low as possible.
+
+    alpha: coherence target (None: the method's best within ``max_steps``; required by
+    ``official``). An alpha below the Welch bound is refused at once. method: see ``METHODS``.
+    The returned EBVSet records alpha, method and seed; ``extra`` holds the measured coherence,
+    steps, whether the target was reached (``reached``), and the initialisation used.
+    ``time_limit`` (seconds) stops iterative methods early (used by the benchmark).
+    """
+    n, d = int(num_classes), int(dim)
+    if n < 1 or d < 1:
+        raise GenerationError(f"need num_classes >= 1 and dim >= 1, got N={n}, d={d}")
+    if method not in METHODS:
+        raise GenerationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    check_alpha(n, d, alpha)
+    seed = int(seed)
+
+    if method in ("orthonormal", "simplex", "kerdock", "kerdock_padded"):
+        try:
+            return _closed(method, n, d, alpha, seed)
+        except ValueError as exc:
+            raise GenerationError(f"method {method!r} does not fit N={n}, d={d}: {exc}") from None
+
+    if method == "official":
+        if alpha is None:
+            raise GenerationError("method 'official' (Algorithm 1) needs alpha, its stopping "
+                                  "threshold, e.g. alpha=0.135 for N=1000, d=100")
+        _set_device(device_target)
+        return _iterative("official", n, d, alpha, seed, max_steps, progress, None, "normal",
+                          time_limit, **method_kwargs)
+
+    if method == "auto":
+        exact = cf.closed_form_for(n, d)
+        if exact and (alpha is None or cf.closed_form_coherence(exact, n, d) <= alpha):
+            return _closed(exact, n, d, alpha, seed)
+        k = cf.largest_kerdock_dim(n, d)
+        if k is not None and k < d:
+            pad_coh = cf.closed_form_coherence("kerdock_padded", n, d)
+            if (alpha is not None and pad_coh <= alpha) or (alpha is None and n > LARGE_N):
+                return _closed("kerdock_padded", n, d, alpha, seed)
+
+    # smoothmax, explicitly or as auto's fallback
+    _set_device(device_target)
+    init, init_name = None, "normal"
+    exact = cf.closed_form_for(n, d)
+    if exact == "kerdock":
+        init, init_name = cf.kerdock(n, d, seed), "kerdock"
+    else:
+        k = cf.largest_kerdock_dim(n, d)
+        if k is not None and n > d:
+            pad_coh = 1.0 / math.sqrt(k)
+            if pad_coh <= PAD_INIT_RATIO * welch_bound(n, d):
+                init, init_name = cf.padded_kerdock(n, d, seed, noise=0.05), f"kerdock{k}_padded"
+    return _iterative("smoothmax", n, d, alpha, seed, max_steps, progress, init, init_name,
+                      time_limit, **method_kwargs)
