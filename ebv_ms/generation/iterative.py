@@ -103,14 +103,16 @@ def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = OFF
 def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
                   lr: float = 1e-3, beta0: float = 300.0, beta_max: float = 2000.0,
                   beta_growth: float = 1.01, patience: int = 10, min_lr: float = 1e-5,
+                  diverge_tol: float = 0.02,
                   slice_size: Optional[int] = None, seed: int = 0,
                   time_limit: Optional[float] = None,
                   callback: Optional[Callable[[int, float], None]] = None) -> RunResult:
     """Adam on the smooth max of |cos| (see ``SmoothMaxLoss``).
 
     beta (sharpness) starts at ``beta0`` and grows by ``beta_growth`` per epoch up to
-    ``beta_max``; when the best coherence has not improved for ``patience`` epochs the run goes
-    back to the best set and halves the learning rate. Rows are re-normalised after each step. With several slices, an
+    ``beta_max``; when the best coherence has not improved for ``patience`` epochs, or an
+    epoch is ``diverge_tol`` (relative) worse than the best, the run goes back to the best set
+    and halves the learning rate. Rows are re-normalised after each step. With several slices, an
     epoch visits every slice once in a seeded order and its coherence is the max over slices.
     Stops when the best coherence <= alpha (if given), after ``max_steps`` steps, or after
     ``time_limit`` seconds; returns the best set seen.
@@ -134,9 +136,13 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
     @ms.jit
     def load_state(w, new_lr):
         # Parameters a compiled graph uses must be written from a graph: set_data from Python
-        # would detach them from the graph's buffers.
+        # would detach them from the graph's buffers. The optimiser keeps its own learning-rate
+        # Parameter; Adam's moments are cleared so the old direction does not carry over.
         ops.assign(weight, w)
-        ops.assign(lr_t, new_lr)
+        ops.assign(opt.learning_rate, new_lr)
+        for m1, m2 in zip(opt.moment1, opt.moment2):
+            ops.assign(m1, ops.zeros_like(m1))
+            ops.assign(m2, ops.zeros_like(m2))
         return new_lr
 
     size = slice_size or block_rows(n, d)
@@ -170,7 +176,8 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
             best_w = w_before / np.linalg.norm(w_before, axis=1, keepdims=True)
         else:
             since_best += 1
-            if since_best >= patience and cur_lr > min_lr:
+            diverging = epoch_max > best * (1.0 + diverge_tol)
+            if (since_best >= patience or diverging) and cur_lr > min_lr:
                 cur_lr *= 0.5
                 load_state(Tensor(best_w.astype(np.float32)), Tensor(cur_lr, ms.float32))
                 since_best = 0
