@@ -11,6 +11,13 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 
+@ms.jit
+def _normalize_rows(weight):
+    w = weight.value()
+    ops.assign(weight, w / ops.norm(w, dim=1, keepdim=True).clamp(min=1e-12))
+    return True
+
+
 class EBVParams(nn.Cell):
     """Holds the N x d matrix being optimised as a single Parameter."""
 
@@ -19,9 +26,12 @@ class EBVParams(nn.Cell):
         self.weight = Parameter(Tensor(np.ascontiguousarray(init, dtype=np.float32)), name="ebv")
 
     def normalize_(self) -> None:
-        """Re-normalise the rows in place (Algorithm 1 does this at every step)."""
-        w = self.weight.value()
-        self.weight.set_data(w / ops.norm(w, dim=1, keepdim=True).clamp(min=1e-12))
+        """Re-normalise the rows in place (Algorithm 1 does this at every step).
+
+        Written with ``ops.assign`` inside a compiled function: ``Parameter.set_data`` would
+        detach the Parameter from the buffers the (compiled) optimiser updates.
+        """
+        _normalize_rows(self.weight)
 
     def numpy(self) -> np.ndarray:
         return self.weight.asnumpy()
