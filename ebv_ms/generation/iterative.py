@@ -103,7 +103,7 @@ def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = OFF
 def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
                   lr: float = 1e-3, beta0: float = 300.0, beta_max: float = 2000.0,
                   beta_growth: float = 1.01, patience: int = 10, min_lr: float = 1e-5,
-                  diverge_tol: float = 0.02,
+                  diverge_tol: float = 0.25,
                   slice_size: Optional[int] = None, seed: int = 0,
                   time_limit: Optional[float] = None,
                   callback: Optional[Callable[[int, float], None]] = None) -> RunResult:
