@@ -91,7 +91,10 @@ class FrozenVectorHead(nn.Cell):
         self.low_precision_storage = storage_dtype != "float32"
         self.checksum = matrix_checksum(vectors)
         data = np.ascontiguousarray(vectors, dtype=STORAGE_DTYPES[storage_dtype])
-        setattr(self, self.param_name, Parameter(Tensor(data), name=self.param_name, requires_grad=False))
+        # from_numpy shares the buffer instead of copying it (2 GB at 100k x 5000 in fp32), so
+        # the caller's EBVSet and the head hold one copy between them; do not modify it in place.
+        setattr(self, self.param_name,
+                Parameter(Tensor.from_numpy(data), name=self.param_name, requires_grad=False))
         self.matmul_nt = ops.MatMul(transpose_b=True)
         if not self.low_precision_storage:
             self.to_float(ms.float32)
