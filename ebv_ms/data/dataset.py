@@ -229,6 +229,7 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     multiproc = bool(cfg["python_multiprocessing"]) and workers > 1
     import mindspore.dataset as ds
     import mindspore.dataset.transforms as T
+    import mindspore.dataset.vision as vision
     import mindspore as ms
 
     source = None
@@ -252,8 +253,11 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
         n = len(source)
         sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed,
                                encode_epoch=True)
+        # The source's per-row work is small (read, CRC, precheck); one thread feeds several
+        # decode threads, and more Python threads only fight over the GIL (docs/data.md).
         dataset = ds.GeneratorDataset(source, ["image", "label", "meta"], sampler=sampler,
-                                      num_parallel_workers=workers, python_multiprocessing=multiproc)
+                                      num_parallel_workers=workers if multiproc else 1,
+                                      python_multiprocessing=multiproc)
     else:  # folder: MindSpore's ImageFolderDataset
         from .imagenet import find_split_dir, folder_classes
         split_dir = find_split_dir(path, split, cfg["split_dirs"])
@@ -269,7 +273,10 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
 
     ops = create_transforms(recipe, int(cfg["image_size"]), cfg["eval_resize"], cfg["eval_crop"],
                             tuple(cfg["scale"]), float(cfg["color_jitter"]), float(cfg["random_erasing"]))
-    # C++ ops only: threads, no process hop (decoded images would cross shared memory again)
+    if source is not None:  # the source hands over checked, encoded bytes: decode in C++
+        ops = [vision.Decode()] + ops
+        _replace_decode_failures()
+    # C++ ops only: threads, no process hop
     dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
 
     bad_log = BadSampleLog(source.name) if source is not None else None
@@ -292,6 +299,16 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     logger.info("data %s: %d samples (%d on shard %d/%d), %d steps of %d, recipe %s; %s", split, n,
                 shard_samples, shard_id, num_shards, steps, batch_size, recipe, description)
     return dataset, info
+
+
+def _replace_decode_failures() -> None:
+    """Safety net for images that pass ``precheck`` but fail in the C++ decoder (see source.py)."""
+    import mindspore.dataset as ds
+    mode = ds.config.get_error_samples_mode()
+    if mode == ds.config.ErrorSamplesMode.RETURN:
+        ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.REPLACE)
+        logger.info("MindSpore error samples mode set to REPLACE (a sample the decoder rejects is "
+                    "replaced by an earlier good one, image and label together)")
 
 
 def _batch(dataset, batch_size: int, drop_remainder: bool, bad_log: Optional[BadSampleLog],
