@@ -229,7 +229,6 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     multiproc = bool(cfg["python_multiprocessing"]) and workers > 1
     import mindspore.dataset as ds
     import mindspore.dataset.transforms as T
-    import mindspore.dataset.vision as vision
     import mindspore as ms
 
     source = None
@@ -264,17 +263,20 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
         class_names = folder_classes(path, cfg["split_dirs"])
         n = count_folder_samples(split_dir, class_names)
         sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed)
-        dataset, class_names, split_dir = folder_dataset(path, split, cfg["split_dirs"], sampler, workers)
+        dataset, class_names, split_dir = folder_dataset(path, split, cfg["split_dirs"], sampler, workers,
+                                                         decode=False)  # decoded by the recipe's ops
         dataset = dataset.map(T.TypeCast(ms.int32), input_columns="label")
         description = f"{path}: folders, {split_dir}"
     if num_classes is not None and int(num_classes) != len(class_names):
         raise DataError(f"the data has {len(class_names)} classes but num_classes={num_classes} was "
                         f"asked for (model.num_classes?); make them agree")
 
+    # Both sources hand over encoded bytes (ours checked by ``precheck``); the recipe decodes
+    # them in C++ (RandomCropDecodeResize for training: only the crop's region is decoded).
     ops = create_transforms(recipe, int(cfg["image_size"]), cfg["eval_resize"], cfg["eval_crop"],
-                            tuple(cfg["scale"]), float(cfg["color_jitter"]), float(cfg["random_erasing"]))
-    if source is not None:  # the source hands over checked, encoded bytes: decode in C++
-        ops = [vision.Decode()] + ops
+                            tuple(cfg["scale"]), float(cfg["color_jitter"]), float(cfg["random_erasing"]),
+                            encoded=True)
+    if source is not None:
         _replace_decode_failures()
     # C++ ops only: threads, no process hop
     dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
