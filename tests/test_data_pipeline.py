@@ -318,5 +318,11 @@ def test_inspect_cli_lists_bad_members(tmp_path, capsys):
     assert inspect_cli.main([path, "--verify"]) == 1
     out = capsys.readouterr().out
     assert "6 good, 1 bad" in out and "ds/train/c1/broken.jpg" in out
+    folder = tmp_path / "imagenet"
+    _imagenet_tree(folder)
+    (folder / "val" / "n01000000" / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    assert inspect_cli.main([str(folder), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "3 classes" in out and "val: 6 good, 1 bad" in out and "broken.JPEG" in out
     assert inspect_cli.main([str(tmp_path / "missing.zip")]) == 2
     assert "not found" in capsys.readouterr().err
