@@ -45,6 +45,36 @@ def _status(pid="self") -> dict:
     return out
 
 
+def _pss(pid="self") -> dict:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("Pss", "Pss_Anon", "Pss_File"):
+                    out[k] = int(v.split()[0]) / 1024.0
+    except OSError:
+        pass
+    return out
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and all its live descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = time.process_time()
+    todo = _children(os.getpid())
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            continue
+        todo += _children(p)
+    return total
+
+
 def _children(pid: int):
     kids = []
     for p in os.listdir("/proc"):
@@ -88,17 +118,42 @@ def photo_like_archive(path: str, n: int, size: int = 224, seed: int = 0) -> str
 
 
 # --------------------------------------------------------------------------------- throughput
-def _epoch_rate(cfg: dict, workers: int, batch: int) -> float:
+def _epoch_rate(cfg: dict, workers: int, batch: int):
+    """(images/s, CPU ms per image) over one epoch after a warm-up epoch."""
     from ebv_ms.data import create_dataset
     ds, info = create_dataset(cfg, "train", batch, True, recipe="A1", num_workers=workers, seed=0)
     it = ds.create_tuple_iterator(num_epochs=2, output_numpy=True)
     for _ in it:  # warm-up epoch (workers started, page cache hot)
         pass
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_seconds(), time.perf_counter()
     n = 0
     for img, _ in it:
         n += img.shape[0]
-    return n / (time.perf_counter() - t0)
+    dt, dc = time.perf_counter() - t0, _cpu_seconds() - c0
+    return n / dt, 1000.0 * dc / n
+
+
+_STAGES = """
+import json, os, time
+from ebv_ms.data.dataset import archive_layout
+from ebv_ms.data.readers import ZipMemberReader
+from ebv_ms.data.source import decode_image
+ix, lay = archive_layout({p!r}, {{}})
+r = ZipMemberReader(ix)
+members = lay.split("train").members.tolist()
+files = [os.path.join({folder!r}, ix.name(m)) for m in members]
+for m in members: r.read(m)  # warm the page cache
+t = time.process_time(); blobs = [r.read(m) for m in members]; zip_read = time.process_time() - t
+t = time.process_time()
+for f in files:
+    with open(f, "rb") as fh: fh.read()
+file_read = time.process_time() - t
+t = time.process_time()
+for b in blobs: decode_image(b)
+dec = time.process_time() - t
+n = len(members)
+print(json.dumps({{"zip_read_us": 1e6 * zip_read / n, "file_read_us": 1e6 * file_read / n, "decode_us": 1e6 * dec / n}}))
+"""
 
 
 def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int):
@@ -110,6 +165,7 @@ def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int):
     rows = []
     for w in workers_list:
         rates = {"archive": [], "folder": []}
+        cpu = {"archive": [], "folder": []}
         for r in range(repeats):
             for kind in ("archive", "folder"):
                 cfg = ({"path": archive} if kind == "archive" else
@@ -117,11 +173,16 @@ def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int):
                 cfg.update(image_size=224)
                 code = (f"import json; from benchmarks.data import _epoch_rate; "
                         f"print(json.dumps(_epoch_rate({cfg!r}, {w}, {batch})))")
-                rates[kind].append(_run_child(code))
-                print(f"  workers={w} repeat {r} {kind}: {rates[kind][-1]:.0f} img/s", flush=True)
+                rate, ms = _run_child(code)
+                rates[kind].append(rate)
+                cpu[kind].append(ms)
+                print(f"  workers={w} repeat {r} {kind}: {rate:.0f} img/s, {ms:.2f} CPU ms/img", flush=True)
         a, f = float(np.median(rates["archive"])), float(np.median(rates["folder"]))
-        rows.append((w, a, f, a / f))
-    return rows
+        ca, cf = float(np.median(cpu["archive"])), float(np.median(cpu["folder"]))
+        rows.append((w, a, f, a / f, ca, cf))
+    stages = _run_child(_STAGES.format(p=archive, folder=folder))
+    print("  stages", stages, flush=True)
+    return rows, stages
 
 
 # -------------------------------------------------------------------------------------- index
@@ -167,17 +228,17 @@ print(json.dumps({{"seconds": dt, "classes": lay.num_classes, "train": len(lay.s
 """
 _WORKERS = """
 import json, os, time
-from benchmarks.data import _status, _children
+from benchmarks.data import _status, _children, _pss
 from ebv_ms.data import create_dataset
-ds, info = create_dataset({{"path": {p!r}, "image_size": 8, "eval_resize": 8}}, "train", 64, True,
-                          recipe="eval", num_workers=2)
+ds, info = create_dataset({{"path": {p!r}, "image_size": 8, "eval_resize": 8,
+                           "python_multiprocessing": True}}, "train", 64, True, recipe="eval", num_workers=2)
 it = ds.create_tuple_iterator(num_epochs=1, output_numpy=True)
 t = time.perf_counter()
 for k, _ in enumerate(it):
     if k == 100:
         break
 dt = time.perf_counter() - t
-kids = [_status(c) for c in _children(os.getpid())]
+kids = [dict(_status(c), **_pss(c)) for c in _children(os.getpid())]
 kids = [s for s in kids if s.get("VmRSS", 0) > 20]
 print(json.dumps({{"first_100_batches_s": dt, "workers": kids, "main": _status()}}))
 os._exit(0)
@@ -222,7 +283,8 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="ebv_data_bench_", dir=a.tmp)
     cmd = "flock /tmp/ebv_heavy.lock python benchmarks/data.py " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        rows = None if a.skip_throughput else throughput(tmp, a.images, a.batch, a.workers, a.repeats)
+        rows, stages = (None, None) if a.skip_throughput else throughput(tmp, a.images, a.batch,
+                                                                         a.workers, a.repeats)
         idx = None if a.skip_index else index_bench(tmp, a.members)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -230,10 +292,15 @@ def main(argv=None) -> int:
     print(f"CPU: {os.cpu_count()} cores; python {sys.version.split()[0]}")
     if rows:
         print(f"\nA1 throughput, {a.images} JPEGs 224x224, batch {a.batch} (median of {a.repeats} epochs)")
-        print("| workers | archive (zip in place) img/s | folder (ImageFolderDataset) img/s | archive / folder |")
-        print("|---|---|---|---|")
-        for w, ar, fo, ratio in rows:
-            print(f"| {w} | {ar:.0f} | {fo:.0f} | {ratio:.2f}x |")
+        print("| workers | archive (zip in place) img/s | folder (ImageFolderDataset) img/s | archive / folder "
+              "| CPU ms/img archive | CPU ms/img folder | folder / archive CPU |")
+        print("|---|---|---|---|---|---|---|")
+        for w, ar, fo, ratio, ca, cf in rows:
+            print(f"| {w} | {ar:.0f} | {fo:.0f} | {ratio:.2f}x | {ca:.2f} | {cf:.2f} | {cf / ca:.2f}x |")
+        print(f"\nPer-image stage costs (CPU time, one thread): read member from the zip (pread + CRC) "
+              f"{stages['zip_read_us']:.0f} us; read the extracted file (open + read) "
+              f"{stages['file_read_us']:.0f} us; OpenCV decode to RGB {stages['decode_us']:.0f} us; "
+              f"whole A1 pipeline {1000 * rows[0][4]:.0f} us CPU.")
     if idx:
         ld = idx["load"]
         secs = sorted(x["seconds"] for x in ld)
@@ -258,8 +325,8 @@ def main(argv=None) -> int:
               f"{idx['layout_cached']['seconds']:.2f} s ({idx['layout_first']['classes']:,} classes, "
               f"{idx['layout_first']['train']:,} train, {idx['layout_first']['val']:,} val) |")
         for i, s in enumerate(w):
-            print(f"| GeneratorDataset worker {i} RSS after 100 batches | {s['VmRSS']:.0f} MB "
-                  f"(anon {s['RssAnon']:.0f}, file-backed {s['RssFile']:.0f}) |")
+            print(f"| GeneratorDataset worker process {i} after 100 batches | RSS {s['VmRSS']:.0f} MB "
+                  f"(anon {s['RssAnon']:.0f}, file-backed {s['RssFile']:.0f}); PSS {s.get('Pss', 0):.0f} MB |")
     print(f"\nreproduce: {cmd}")
     return 0
 

@@ -138,6 +138,19 @@ def test_bad_members_are_skipped_counted_and_named(tmp_path):
     assert "4 bad sample(s)" in report and "empty file" in report and "truncated JPEG" in report
 
 
+def test_one_iterator_per_epoch_still_reshuffles_and_reports_per_epoch(tmp_path):
+    path = _tagged_archive(tmp_path, 12, extra={"ds/train/c0/zz_bad.jpg": b"junk"})
+    ds, info = create_dataset({"path": path, **TAG, "num_workers": 1}, "train", batch_size=4,
+                              is_training=True, recipe="eval", seed=3)
+    orders = []
+    for epoch in range(3):  # as a training loop that makes a fresh iterator each epoch
+        (rows,) = _epoch(ds)
+        orders.append([r[0] for r in rows])
+        assert info.bad_count(epoch) == 1 and info.bad_names(epoch) == ["ds/train/c0/zz_bad.jpg"]
+    assert len({tuple(o) for o in orders}) == 3
+    assert info.bad_count() == 1 and info.sampler._next_epoch == 3
+
+
 def test_all_bad_data_is_a_clear_error(tmp_path):
     members = {f"train/c/{i}.jpg": b"junk" for i in range(70)}
     path = write_zip(str(tmp_path / "junk.zip"), members)
@@ -158,6 +171,8 @@ def test_shards_are_disjoint_cover_the_split_and_reshuffle(tmp_path):
         tag_of = [int(info.source.name(i).split("/")[-1][:4]) for i in range(n)]  # sample -> tag id
         per_rank.append([[r[0] for r in rows] for rows in _epoch(ds, epochs=2)])
     assert steps == {13 // 4}  # ceil(37 / 3) = 13 samples per rank, 3 full batches each
+    assert [create_dataset({"path": path, **TAG}, "train", 4, False, num_shards=shards, shard_id=r)[1]
+            .shard_padding for r in range(shards)] == [0, 1, 1]  # 37 = 13 + 12 + 12 real samples
     for epoch in (0, 1):
         full = [shard_indices(n, shards, r, True, 7, epoch) for r in range(shards)]
         assert set(np.concatenate(full).tolist()) == set(range(n))

@@ -1,0 +1,274 @@
+"""Data-parallel set-up for ranks started by mpirun or msrun (MindSpore's dynamic cluster).
+
+Why the dynamic cluster even under mpirun: MindSpore's MPI-only ``init()`` does not work on CPU,
+while the dynamic cluster (one scheduler process plus N workers that find it through
+``MS_SCHED_HOST``/``MS_SCHED_PORT``) works on CPU, GPU and Ascend alike. So
+``scripts/run_distribute_gpu.sh`` uses mpirun only to start and stop the workers; it starts the
+scheduler beside them (``python -m ebv_ms.engine.distributed scheduler``) and a small wrapper
+maps ``OMPI_COMM_WORLD_RANK`` to ``MS_NODE_ID``. ``msrun`` sets the same variables itself.
+
+What a training script calls (in this order):
+
+    rank, world = init_distributed(cfg)        # right after choosing the device, before any work
+    ds, info = create_dataset(..., num_shards=world, shard_id=rank, seed=cfg.seed)
+    probe = RankProbe(cfg.output_dir)          # per-rank evidence for the launch test
+    ... each training batch: probe.record_batch(labels)
+    ... checkpoints and the main log only if is_main_rank()
+    probe.finish(net, steps=global_step)      # writes OUTPUT_DIR/logs/rank_K.json
+
+Under msrun the scheduler runs the training script itself; ``init_distributed`` then never
+returns (the process serves the cluster and exits), which is why it must come before any work.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Mapping, Optional, Tuple
+
+import numpy as np
+
+_LOG = logging.getLogger(__name__)
+
+# Environment of the dynamic cluster (set by msrun, or by scripts/run_distribute_gpu.sh).
+ROLE_ENV = "MS_ROLE"            # MS_SCHED | MS_WORKER
+WORKER_ROLE = "MS_WORKER"
+SCHED_ROLE = "MS_SCHED"
+
+_STATE = {"rank": 0, "world_size": 1, "initialized": False}
+
+
+class DistributedError(RuntimeError):
+    """A launch that cannot work; the message says what to do."""
+
+
+def _cfg_get(cfg: Any, key: str, default=None):
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def launch_env() -> Optional[str]:
+    """How this process was started: 'dynamic_cluster' (msrun / our mpirun script), 'mpirun'
+    (bare mpirun without the dynamic-cluster variables), or None (a single process)."""
+    if os.environ.get(ROLE_ENV):
+        return "dynamic_cluster"
+    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return "mpirun"
+    return None
+
+
+def _ensure_device(device_target: Optional[str]) -> None:
+    """Select the configured device if the caller has not (init() needs it), and on GPU/Ascend
+    the rank's own card: DEVICE_ID, which msrun and scripts/mpirun_rank.sh set to the local rank."""
+    import mindspore as ms
+    target = device_target or ms.get_context("device_target")
+    dev_id = os.environ.get("DEVICE_ID")
+    if target in ("GPU", "Ascend") and dev_id is not None and dev_id.isdigit():
+        if ms.get_context("device_target") != target or ms.get_context("device_id") != int(dev_id):
+            ms.set_device(target, int(dev_id))
+    elif ms.get_context("device_target") != target:
+        ms.set_device(target)
+
+
+def init_distributed(cfg: Any = None) -> Tuple[int, int]:
+    """Join the data-parallel job if launched as one; returns (rank, world_size).
+
+    Single process: (0, 1), nothing changes. Under msrun / run_distribute_gpu.sh: calls
+    ``mindspore.communication.init()`` and sets DATA_PARALLEL with mean-reduced gradients, so
+    ``nn.TrainOneStepCell`` / ``Model`` all-reduce gradients across ranks. A scheduler process
+    (MS_ROLE=MS_SCHED) serves the cluster inside ``init()`` and exits without returning.
+    """
+    if _STATE["initialized"]:
+        return _STATE["rank"], _STATE["world_size"]
+    how = launch_env()
+    device_target = _cfg_get(cfg, "device_target")
+    if how is None:
+        _STATE.update(rank=0, world_size=1, initialized=True)
+        return 0, 1
+
+    import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
+
+    if how == "mpirun" and (device_target or "CPU") == "CPU":
+        raise DistributedError(
+            "started by bare mpirun on CPU, where MindSpore's MPI-only init does not work; "
+            "launch with `DEVICE_TARGET=CPU bash scripts/run_distribute_gpu.sh CONFIG N`, which "
+            "starts the dynamic-cluster scheduler and sets MS_ROLE/MS_NODE_ID for each rank")
+    _ensure_device(device_target)
+    role = os.environ.get(ROLE_ENV)
+    try:
+        init()
+    except Exception as exc:  # the message of MindSpore's own error is kept
+        raise DistributedError(
+            f"mindspore.communication.init() failed (MS_ROLE={role}, MS_NODE_ID="
+            f"{os.environ.get('MS_NODE_ID')}, scheduler {os.environ.get('MS_SCHED_HOST')}:"
+            f"{os.environ.get('MS_SCHED_PORT')}, MS_WORKER_NUM={os.environ.get('MS_WORKER_NUM')}): "
+            f"{exc}") from exc
+    if role == SCHED_ROLE:
+        # The scheduler's work is done when init() returns (all workers have left).
+        sys.exit(0)
+    rank, world = int(get_rank()), int(get_group_size())
+    ms.reset_auto_parallel_context()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
+                                 gradients_mean=True, device_num=world)
+    _STATE.update(rank=rank, world_size=world, initialized=True)
+    _LOG.info("data parallel: rank %d of %d on %s", rank, world, device_target)
+    return rank, world
+
+
+def get_rank_info() -> Tuple[int, int]:
+    """(rank, world_size) as set by ``init_distributed`` ((0, 1) before it)."""
+    return _STATE["rank"], _STATE["world_size"]
+
+
+def is_main_rank() -> bool:
+    """True on rank 0: the only rank that writes checkpoints, the main log and summaries."""
+    return _STATE["rank"] == 0
+
+
+def rank_log_dir(output_dir: str) -> str:
+    return os.path.join(str(output_dir), "logs")
+
+
+def rank_log_path(output_dir: str, rank: Optional[int] = None) -> str:
+    """OUTPUT_DIR/logs/rank_K.log: where the launch scripts write rank K's stdout and stderr."""
+    rank = _STATE["rank"] if rank is None else rank
+    return os.path.join(rank_log_dir(output_dir), f"rank_{rank}.log")
+
+
+def rank_report_path(output_dir: str, rank: Optional[int] = None) -> str:
+    """OUTPUT_DIR/logs/rank_K.json: what ``RankProbe.finish`` writes."""
+    rank = _STATE["rank"] if rank is None else rank
+    return os.path.join(rank_log_dir(output_dir), f"rank_{rank}.json")
+
+
+def params_checksum(net, trainable_only: bool = True) -> str:
+    """SHA-256 of the parameters (sorted by name, float32 bytes).
+
+    Trainable parameters only by default: they are what the all-reduce keeps identical.
+    BatchNorm running statistics are per-rank (each rank sees its own shard), as in any
+    data-parallel training without SyncBN, so they are left out.
+    """
+    params = net.trainable_params() if trainable_only else net.get_parameters()
+    h = hashlib.sha256()
+    for p in sorted(params, key=lambda q: q.name):
+        h.update(p.name.encode("utf-8"))
+        h.update(np.ascontiguousarray(p.asnumpy(), dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _labels_to_numpy(labels) -> np.ndarray:
+    arr = labels.asnumpy() if hasattr(labels, "asnumpy") else np.asarray(labels)
+    if arr.ndim == 2:  # soft targets (mixup / cutmix): the dominant class
+        arr = arr.argmax(axis=1)
+    return arr.astype(np.int64).reshape(-1)
+
+
+class RankProbe:
+    """Per-rank evidence that data parallelism did what it should: which samples this rank saw
+    (a digest over every label it trained on, and the first labels) and the parameter checksum
+    at the end. Cheap: one hash update per batch."""
+
+    def __init__(self, output_dir: str, keep_first: int = 64):
+        self.output_dir = str(output_dir)
+        self.rank, self.world_size = get_rank_info()
+        self.keep_first = keep_first
+        self.first_labels: list = []
+        self.num_samples = 0
+        self.num_batches = 0
+        self._digest = hashlib.sha256()
+        self._t0 = time.time()
+
+    def record_batch(self, labels) -> None:
+        arr = _labels_to_numpy(labels)
+        self._digest.update(arr.tobytes())
+        if len(self.first_labels) < self.keep_first:
+            self.first_labels.extend(int(x) for x in arr[: self.keep_first - len(self.first_labels)])
+        self.num_samples += int(arr.size)
+        self.num_batches += 1
+
+    def report(self, net=None, **extra) -> dict:
+        out = {
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "num_batches": self.num_batches,
+            "num_samples": self.num_samples,
+            "first_labels": self.first_labels,
+            "shard_digest": self._digest.hexdigest(),
+            "seconds": round(time.time() - self._t0, 3),
+        }
+        if net is not None:
+            out["param_checksum"] = params_checksum(net)
+        out.update(extra)
+        return out
+
+    def finish(self, net=None, **extra) -> str:
+        """Write OUTPUT_DIR/logs/rank_K.json (every rank, its own file); returns the path."""
+        rep = self.report(net, **extra)
+        path = rank_report_path(self.output_dir, self.rank)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(rep, f)
+        os.replace(tmp, path)
+        _LOG.info("rank %d: %d batches, shard digest %s, params %s -> %s", self.rank,
+                  self.num_batches, rep["shard_digest"][:12], rep.get("param_checksum", "-")[:12],
+                  path)
+        return path
+
+
+def make_probe_callback(probe: RankProbe):
+    """A ``mindspore.train.Callback`` feeding ``probe`` from ``Model.train`` (non-sink mode):
+    each step's label batch is ``cb_params.train_dataset_element[1]``."""
+    from mindspore.train import Callback
+
+    class _ProbeCallback(Callback):
+        def on_train_step_end(self, run_context):
+            elem = getattr(run_context.original_args(), "train_dataset_element", None)
+            if elem is not None and len(elem) > 1:
+                probe.record_batch(elem[1])
+
+    return _ProbeCallback()
+
+
+def _main(argv=None) -> int:
+    """``scheduler``: the scheduler process started beside the mpirun workers.
+    ``output-dir CONFIG [key=value ...]``: validate a config and print its output_dir (the launch
+    scripts use it to place the per-rank logs before starting anything)."""
+    parser = argparse.ArgumentParser(prog="python -m ebv_ms.engine.distributed")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_s = sub.add_parser("scheduler", help="run the dynamic-cluster scheduler (MS_ROLE=MS_SCHED)")
+    p_s.add_argument("--device", default="CPU", help="CPU | GPU | Ascend")
+    p_o = sub.add_parser("output-dir", help="validate CONFIG + overrides, print output_dir")
+    p_o.add_argument("config")
+    p_o.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    if args.cmd == "output-dir":
+        from ebv_ms.config import ConfigError, load_config
+        try:
+            cfg = load_config(args.config, args.overrides)
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
+        print(cfg.output_dir)
+        return 0
+    if os.environ.get(ROLE_ENV) != SCHED_ROLE:
+        print("error: set MS_ROLE=MS_SCHED, MS_WORKER_NUM, MS_SCHED_HOST and MS_SCHED_PORT "
+              "(scripts/run_distribute_gpu.sh does this)", file=sys.stderr)
+        return 2
+    import mindspore as ms
+    from mindspore.communication import init
+    ms.set_device(args.device)  # as under msrun, whose scheduler runs the training script
+    init()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

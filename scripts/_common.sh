@@ -1,0 +1,35 @@
+# Shared by the launch scripts (sourced, not run). Sets ROOT, PYTHON, PYTHONPATH.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="python3"; fi
+fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+die() { echo "error: $*" >&2; exit 2; }
+
+# Split "CONFIG [N] [HOSTFILE] [key=value ...] [--flag ...]" style arguments: --flags (e.g.
+# --resume) -> FLAGS for the training script, words with '=' -> config OVERRIDES, numbers -> NUM,
+# anything else -> HOSTFILE (at most one).
+parse_launch_args() {
+  NUM=""; HOSTFILE=""; OVERRIDES=(); FLAGS=()
+  local a
+  for a in "$@"; do
+    if [[ "$a" == -* ]]; then FLAGS+=("$a")
+    elif [[ "$a" == *=* ]]; then OVERRIDES+=("$a")
+    elif [[ "$a" =~ ^[0-9]+$ && -z "$NUM" ]]; then NUM="$a"
+    elif [[ -z "$HOSTFILE" ]]; then HOSTFILE="$a"
+    else die "unexpected argument '$a' (expected NUM_DEVICES, HOSTFILE or key=value)"; fi
+  done
+}
+
+# Validates CONFIG + overrides (errors name the key) and prints its output_dir.
+resolve_output_dir() {
+  "$PYTHON" -m ebv_ms.engine.distributed output-dir "$@" || exit 2
+}
+
+free_port() {
+  "$PYTHON" - <<'PY'
+import socket
+s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1]); s.close()
+PY
+}

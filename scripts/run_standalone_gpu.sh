@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Single-device training.
+#
+# Usage: bash scripts/run_standalone_gpu.sh CONFIG [DEVICE_ID] [key=value ...] [--resume]
+#   DEVICE_ID    which GPU (default 0); the process sees only that card (CUDA_VISIBLE_DEVICES)
+# Environment: DEVICE_TARGET=GPU (set CPU to run on CPU), PYTHON, ENTRY=train.py
+# Log: OUTPUT_DIR/logs/rank_0.log (stdout + stderr, also shown here); train.py writes its own
+# train.log / metrics.jsonl / checkpoints in OUTPUT_DIR.
+set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+[[ $# -ge 1 ]] || { sed -n '2,9p' "${BASH_SOURCE[0]}"; exit 2; }
+CONFIG="$1"; shift
+[[ -f "$CONFIG" ]] || die "config file not found: $CONFIG"
+parse_launch_args "$@"
+[[ -z "$HOSTFILE" ]] || die "unexpected argument '$HOSTFILE' (expected DEVICE_ID, key=value or --flag)"
+DEVICE_TARGET="${DEVICE_TARGET:-GPU}"
+case "$DEVICE_TARGET" in CPU|GPU|Ascend) ;; *) die "DEVICE_TARGET must be CPU, GPU or Ascend, got '$DEVICE_TARGET'";; esac
+ENTRY="${ENTRY:-$ROOT/train.py}"
+[[ -f "$ENTRY" ]] || die "training script not found: $ENTRY"
+
+OVR=("device_target=$DEVICE_TARGET" "${OVERRIDES[@]}")
+OUTPUT_DIR="$(resolve_output_dir "$CONFIG" "${OVR[@]}")" || exit 2
+mkdir -p "$OUTPUT_DIR/logs" || die "cannot create $OUTPUT_DIR/logs"
+LOG="$OUTPUT_DIR/logs/rank_0.log"
+case "$DEVICE_TARGET" in
+  GPU) export CUDA_VISIBLE_DEVICES="${NUM:-${CUDA_VISIBLE_DEVICES:-0}}" ;;
+  Ascend) export DEVICE_ID="${NUM:-${DEVICE_ID:-0}}" ;;
+esac
+# A stray dynamic-cluster environment would make train.py wait for a scheduler.
+unset MS_ROLE MS_WORKER_NUM MS_SCHED_HOST MS_SCHED_PORT MS_NODE_ID
+
+echo "[launch] 1 process on $DEVICE_TARGET${NUM:+ (device $NUM)}; log: $LOG"
+"$PYTHON" "$ENTRY" --config "$CONFIG" "${OVR[@]}" "${FLAGS[@]}" 2>&1 | tee "$LOG"
+RC=${PIPESTATUS[0]}
+[[ $RC -eq 0 ]] || echo "[launch] FAILED (exit status $RC); log: $LOG" >&2
+exit "$RC"

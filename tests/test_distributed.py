@@ -1,0 +1,269 @@
+"""Data-parallel launch: helpers, argument checks, and real 2-rank runs through mpirun on CPU.
+
+The launch tests run scripts/run_distribute_gpu.sh itself with DEVICE_TARGET=CPU: a MindSpore
+dynamic-cluster scheduler beside `mpirun -n 2` workers, real all-reduce. Each rank writes
+OUTPUT_DIR/logs/rank_K.json (RankProbe): the digest of the labels it trained on and the checksum
+of its trainable parameters at the end.
+"""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ebv_ms.engine import distributed as dist
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / "scripts" / "run_distribute_gpu.sh"
+PROBE = ROOT / "tests" / "dp_probe_train.py"
+TRAIN = ROOT / "train.py"
+DEMO_CONFIG = ROOT / "configs" / "demo_cpu.yaml"
+HAVE_MPIRUN = shutil.which("mpirun") is not None
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.update(PYTHON=sys.executable, DEVICE_TARGET="CPU", GLOG_v="2")
+    env.pop("MS_ROLE", None)
+    env.update(extra)
+    return env
+
+
+def _launch(args, timeout=300, **env):
+    return subprocess.run(["bash", str(LAUNCH), *map(str, args)], cwd=ROOT, env=_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _reports(out_dir):
+    reps = {}
+    for path in glob.glob(os.path.join(out_dir, "logs", "rank_*.json")):
+        with open(path) as f:
+            rep = json.load(f)
+        reps[rep["rank"]] = rep
+    return reps
+
+
+def _no_process_mentions(text):
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if text in line and "ps -eo" not in line]
+
+
+# ---------------------------------------------------------------- helpers (no launch)
+
+@pytest.fixture
+def single_process(monkeypatch):
+    for var in ("MS_ROLE", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(dist, "_STATE", {"rank": 0, "world_size": 1, "initialized": False})
+
+
+def test_single_process_is_rank0_of_1(single_process):
+    assert dist.launch_env() is None
+    assert dist.init_distributed({"device_target": "CPU"}) == (0, 1)
+    assert dist.get_rank_info() == (0, 1)
+    assert dist.is_main_rank()
+
+
+def test_bare_mpirun_on_cpu_is_refused_with_the_fix(single_process, monkeypatch):
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    assert dist.launch_env() == "mpirun"
+    with pytest.raises(dist.DistributedError, match="run_distribute_gpu.sh"):
+        dist.init_distributed({"device_target": "CPU"})
+
+
+def test_rank_paths():
+    assert dist.rank_log_path("out", 3) == os.path.join("out", "logs", "rank_3.log")
+    assert dist.rank_report_path("out", 1) == os.path.join("out", "logs", "rank_1.json")
+
+
+def test_params_checksum_tracks_trainable_values_only():
+    import mindspore as ms
+    from mindspore import nn
+    ms.set_seed(0)
+    a = nn.SequentialCell(nn.Dense(4, 3), nn.BatchNorm1d(3))
+    ms.set_seed(0)
+    b = nn.SequentialCell(nn.Dense(4, 3), nn.BatchNorm1d(3))
+    assert dist.params_checksum(a) == dist.params_checksum(b)
+    # BatchNorm running statistics are per rank in data parallel: not part of the checksum
+    stats = [p for p in b.get_parameters() if "moving_mean" in p.name][0]
+    stats.set_data(ms.Tensor(np.ones(3, np.float32)))
+    assert dist.params_checksum(a) == dist.params_checksum(b)
+    assert dist.params_checksum(a, trainable_only=False) != dist.params_checksum(b, trainable_only=False)
+    w = b.trainable_params()[0]
+    w.set_data(w + 1e-3)
+    assert dist.params_checksum(a) != dist.params_checksum(b)
+
+
+def test_rank_probe_digest_and_report(tmp_path, single_process):
+    p1, p2 = dist.RankProbe(tmp_path), dist.RankProbe(tmp_path)
+    p1.record_batch(np.array([3, 1, 2], np.int32))
+    soft = np.eye(5, dtype=np.float32)[[3, 1, 2]] * 0.7 + 0.06  # mixup-style soft targets
+    p2.record_batch(soft)
+    assert p1.report()["shard_digest"] == p2.report()["shard_digest"]
+    p2.record_batch(np.array([4], np.int32))
+    assert p1.report()["shard_digest"] != p2.report()["shard_digest"]
+    path = p2.finish(None, steps=2)
+    assert path == str(tmp_path / "logs" / "rank_0.json")
+    rep = json.loads(Path(path).read_text())
+    assert rep["first_labels"] == [3, 1, 2, 4] and rep["num_samples"] == 4 and rep["steps"] == 2
+
+
+# ---------------------------------------------------------------- argument checks (fast)
+
+def test_launch_rejects_missing_config(tmp_path):
+    r = _launch([tmp_path / "nope.yaml", 2])
+    assert r.returncode == 2 and "config file not found" in r.stderr
+
+
+def test_launch_names_a_bad_config_key_before_starting(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"output_dir: {tmp_path}/out\nmodle: {{head: ebv}}\n")
+    r = _launch([cfg, 2], ENTRY=str(PROBE))
+    assert r.returncode == 2 and "unknown config key 'modle'" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_launch_rejects_bad_device(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"output_dir: {tmp_path}/out\n")
+    r = _launch([cfg, 2], DEVICE_TARGET="TPU", ENTRY=str(PROBE))
+    assert r.returncode == 2 and "DEVICE_TARGET" in r.stderr
+
+
+# ---------------------------------------------------------------- real 2-rank launches
+
+needs_mpirun = pytest.mark.skipif(not HAVE_MPIRUN, reason="mpirun not installed (apt-get install "
+                                  "openmpi-bin; .ci/run does it)")
+
+
+@pytest.mark.distributed
+@needs_mpirun
+def test_two_ranks_probe_script_all_reduce_shards_and_one_checkpoint(tmp_path):
+    out = tmp_path / "out"
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(f"output_dir: {out}\nseed: 7\n")
+    r = _launch([cfg, 2, "--steps=6"], ENTRY=str(PROBE))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    reps = _reports(out)
+    assert sorted(reps) == [0, 1]
+    assert all(rep["world_size"] == 2 and rep["num_batches"] == 6 for rep in reps.values())
+    # same start (same seed), trained (weights moved), identical after the all-reduced steps
+    assert reps[0]["init_checksum"] == reps[1]["init_checksum"]
+    assert reps[0]["param_checksum"] != reps[0]["init_checksum"]
+    assert reps[0]["param_checksum"] == reps[1]["param_checksum"]
+    # each rank trained on its own shard
+    assert reps[0]["shard_digest"] != reps[1]["shard_digest"]
+    assert reps[0]["first_labels"] != reps[1]["first_labels"]
+    # one set of checkpoints and one main log (rank 0); a log file per rank
+    assert [os.path.relpath(p, out) for p in glob.glob(f"{out}/**/*.ckpt", recursive=True)] == \
+        [os.path.join("checkpoints", "last.ckpt")]
+    assert (out / "train.log").is_file()
+    for k in (0, 1):
+        assert f"rank{k} step 6" in (out / "logs" / f"rank_{k}.log").read_text()
+    assert "rank1 step" not in (out / "train.log").read_text()
+    assert (out / "logs" / "scheduler.exit").read_text().strip() == "0"
+
+
+@pytest.mark.distributed
+@needs_mpirun
+def test_a_failed_rank_stops_the_job_and_names_its_log(tmp_path):
+    out = tmp_path / "out"
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(f"output_dir: {out}\n")
+    r = _launch([cfg, 2, "--fail-rank=1", "--steps=50"], ENTRY=str(PROBE), CLUSTER_TIMEOUT="60")
+    assert r.returncode != 0
+    log1 = out / "logs" / "rank_1.log"
+    assert f"rank 1 failed with exit status 1; its log: {log1}" in r.stderr
+    assert "failing on purpose" in r.stderr  # the tail of the failing rank's log is shown
+    assert "failing on purpose" in log1.read_text()
+    # nothing left running: no rank, no scheduler
+    assert _no_process_mentions(str(cfg)) == []
+    sched_pid = int((out / "logs" / "scheduler.pid").read_text())
+    assert not Path(f"/proc/{sched_pid}").exists()
+    assert not glob.glob(f"{out}/**/*.ckpt", recursive=True)
+
+
+@pytest.mark.distributed
+def test_msrun_script_two_ranks(tmp_path):
+    out = tmp_path / "out"
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(f"output_dir: {out}\nseed: 3\n")
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "run_distribute_ascend.sh"), str(cfg), "2",
+                        "--steps=3"], cwd=ROOT, env=_env(ENTRY=str(PROBE)), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    reps = _reports(out)
+    assert sorted(reps) == [0, 1]
+    assert reps[0]["param_checksum"] == reps[1]["param_checksum"]
+    assert reps[0]["shard_digest"] != reps[1]["shard_digest"]
+    assert sorted(os.listdir(out / "logs")) == ["rank_0.json", "rank_1.json", "scheduler.log",
+                                                "worker_0.log", "worker_1.log"]
+    assert len(glob.glob(f"{out}/**/*.ckpt", recursive=True)) == 1
+
+
+def _small_demo_zip(tmp_path, per_class_train=16, per_class_val=4):
+    """The demo digits archive (real JPEGs, the 100k-zip layout), cut to a few images per class
+    so the 2-rank run takes a handful of steps."""
+    full = tmp_path / "demo_full"
+    subprocess.run([sys.executable, "-m", "ebv_ms.data.demo", "--out", str(full)], cwd=ROOT,
+                   check=True, capture_output=True, env=_env())
+    src = next(full.glob("*.zip"))
+    keep = {"train": per_class_train, "val": per_class_val}
+    seen = defaultdict(int)
+    out = tmp_path / "demo_small" / src.name
+    out.parent.mkdir()
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            parts = info.filename.split("/")
+            split = next((p for p in parts if p in keep), None)
+            if split is None or info.is_dir():
+                continue
+            key = (split, parts[parts.index(split) + 1])
+            if seen[key] < keep[split]:
+                seen[key] += 1
+                zout.writestr(info, zin.read(info))
+    assert len(seen) == 20, seen  # 10 classes in both splits
+    return out
+
+
+@pytest.mark.distributed
+@needs_mpirun
+@pytest.mark.skipif(not TRAIN.exists() or not DEMO_CONFIG.exists(),
+                    reason="train.py / configs/demo_cpu.yaml (engine) not in this checkout")
+def test_two_ranks_train_py_on_demo_data(tmp_path):
+    """The user's command, on CPU: the real train.py, demo config and demo images, 2 ranks."""
+    data = _small_demo_zip(tmp_path)
+    out = tmp_path / "run"
+    r = _launch([DEMO_CONFIG, 2, f"output_dir={out}", f"data.path={data}", "train.epochs=1",
+                 "train.batch_size=16", "eval.batch_size=40", f"ebv.cache_dir={tmp_path / 'ebv'}",
+                 "train.progress_bar=false", "data.num_workers=1"], timeout=400)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    reps = _reports(out)
+    assert sorted(reps) == [0, 1], os.listdir(out / "logs")
+    r0, r1 = reps[0], reps[1]
+    assert r0["world_size"] == r1["world_size"] == 2
+    # 160 training images / 2 ranks / batch 16: 5 steps each, same number on both ranks
+    assert r0["num_batches"] == r1["num_batches"] == 5
+    # gradients all-reduced: both ranks hold the same weights after the steps
+    assert r0["param_checksum"] == r1["param_checksum"]
+    # each rank trained on its own half of the data
+    assert r0["shard_digest"] != r1["shard_digest"]
+    assert r0["first_labels"] != r1["first_labels"]
+    # one set of checkpoints and run files, written by rank 0 only
+    ckpts = sorted(os.path.relpath(p, out) for p in glob.glob(f"{out}/**/*.ckpt", recursive=True))
+    assert ckpts == ["best.ckpt", "last.ckpt"]
+    for name in ("config.yaml", "metrics.jsonl", "train.log"):
+        assert len(glob.glob(f"{out}/**/{name}", recursive=True)) == 1, name
+    assert "[rank 1]" not in (out / "train.log").read_text()
+    # a log per rank, each with that rank's own output
+    for k in (0, 1):
+        log = (out / "logs" / f"rank_{k}.log").read_text()
+        assert f"rank {k}" in log and "Traceback" not in log
+    assert (out / "logs" / "scheduler.exit").read_text().strip() == "0"
