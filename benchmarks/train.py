@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="timed windows per case; the fastest is reported (shared machine)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the demo cases")
     ap.add_argument("--r50-steps", type=int, default=2, help="timed steps per ResNet-50 case")
     ap.add_argument("--models", default="demo,resnet50")
     ap.add_argument("--skip-quick-start", action="store_true")
@@ -116,21 +117,29 @@ def main(argv=None) -> int:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     rows = []
     for model in args.models.split(","):
-        for head in ("ebv", "fc"):
-            for mode in ("graph", "pynative"):
-                steps = args.steps * 5 if model == "demo" else args.r50_steps
-                warmup = args.warmup if model == "demo" else 1
-                reps = args.repeats if model == "demo" else 1
-                cmd = [sys.executable, __file__, "--case", f"{model},{head},{mode}",
-                       "--steps", str(steps), "--warmup", str(warmup), "--repeats", str(reps)]
-                out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-                line = [ln for ln in out.stdout.splitlines() if ln.startswith("CASE ")]
-                if out.returncode != 0 or not line:
-                    print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
-                    raise SystemExit(f"case {model},{head},{mode} failed")
-                r = json.loads(line[0][5:])
-                rows.append(r)
-                print(f"  {model:9s} {head:4s} {mode:8s} {r['images_per_s']:8.1f} img/s", flush=True)
+        # demo cases: several interleaved rounds (each case keeps its best) so that a burst of
+        # load from other processes does not land on one side of a comparison only
+        rounds = args.rounds if model == "demo" else 1
+        for rnd in range(rounds):
+            for head in ("ebv", "fc"):
+                for mode in ("graph", "pynative"):
+                    steps = args.steps * 5 if model == "demo" else args.r50_steps
+                    warmup = args.warmup if model == "demo" else 1
+                    reps = args.repeats if model == "demo" else 1
+                    cmd = [sys.executable, __file__, "--case", f"{model},{head},{mode}",
+                           "--steps", str(steps), "--warmup", str(warmup), "--repeats", str(reps)]
+                    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+                    line = [ln for ln in out.stdout.splitlines() if ln.startswith("CASE ")]
+                    if out.returncode != 0 or not line:
+                        print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+                        raise SystemExit(f"case {model},{head},{mode} failed")
+                    r = json.loads(line[0][5:])
+                    print(f"  round {rnd + 1}: {model:9s} {head:4s} {mode:8s} "
+                          f"{r['images_per_s']:8.1f} img/s", flush=True)
+                    prev = [q for q in rows if (q["model"], q["head"], q["mode"]) == (model, head, mode)]
+                    if prev and prev[0]["images_per_s"] >= r["images_per_s"]:
+                        continue
+                    rows = [q for q in rows if q not in prev] + [r]
 
     def ips(m, h, mo):
         return next(r["images_per_s"] for r in rows if (r["model"], r["head"], r["mode"]) == (m, h, mo))
