@@ -41,7 +41,11 @@ def setup_context(cfg) -> None:
     mode = str(cfg.mode).lower()
     if mode not in MODES:
         raise ConfigError(f"config key 'mode' must be graph or pynative, got {cfg.mode!r}")
-    ms.set_device(device)
+    device_id = os.environ.get("DEVICE_ID")  # set per rank by the launch scripts
+    if device != "CPU" and device_id not in (None, ""):
+        ms.set_device(device, int(device_id))
+    else:
+        ms.set_device(device)
     ms.set_context(mode=MODES[mode])
     ms.set_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed))
