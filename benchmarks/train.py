@@ -38,7 +38,6 @@ def run_case(model: str, head: str, mode: str, steps: int, warmup: int,
              repeats: int = 3) -> dict:
     import numpy as np
     import mindspore as ms
-    from ebv_ms.generation import create_ebv
     from ebv_ms.loss import create_loss
     from ebv_ms.models import create_classifier
     from ebv_ms.optim import create_optimizer
@@ -48,7 +47,15 @@ def run_case(model: str, head: str, mode: str, steps: int, warmup: int,
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     ms.set_seed(0)
-    ebv = create_ebv(classes, dim, seed=0, progress=False) if head == "ebv" else None
+    ebv = None
+    official = os.path.join(os.path.dirname(ROOT), "shared", "official_ebv",
+                            f"mindspore_eq_{classes}_{dim}.pkl")
+    if head == "ebv" and os.path.isfile(official):
+        from ebv_ms.ebv import load_ebv
+        ebv = load_ebv(official)  # the authors' released 1000 x 1000 set
+    elif head == "ebv":
+        from ebv_ms.generation import create_ebv
+        ebv = create_ebv(classes, dim, seed=0, progress=False)
     net = create_classifier(backbone, head, classes, embed_dim=dim if head == "ebv" else None,
                             ebv=ebv, backbone_kwargs=bkw)
     opt = create_optimizer(net, "sgd", lr=[0.01] * (warmup + steps * repeats), weight_decay=1e-4)
