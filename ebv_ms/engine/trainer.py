@@ -203,6 +203,9 @@ class Trainer:
         if self.rank == 0:
             self.jsonl.truncate_after(start)
             save_config(cfg, os.path.join(self.out, "config.yaml"))
+        sampler = getattr(self.train_info, "sampler", None)
+        if start and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(start)  # the shuffle order the uninterrupted run would use next
         record = {}
         it = self.train_ds.create_dict_iterator(num_epochs=max(epochs - start, 1),
                                                 output_numpy=False)
