@@ -239,3 +239,25 @@ def test_config_sections_reject_bad_keys():
         load_config(overrides=["train.epoch=3"])
     with pytest.raises(ConfigError, match="optim.lr"):
         load_config(overrides=["optim.lr=fast"])
+
+
+# ----------------------------------------------------------------------------- EBV source
+def test_resolve_ebv_from_file_and_cache_key(tmp_path):
+    from ebv_ms.ebv import save_ebv
+    from ebv_ms.engine.ebv_source import ebv_cache_path, resolve_ebv
+    w = np.linalg.qr(np.random.RandomState(0).randn(8, 4))[0].T   # 4 x 8 orthonormal rows
+    save_ebv(EBVSet(w), str(tmp_path / "set.npy"))
+    cfg = load_config(overrides=[f"ebv.path={tmp_path / 'set.npy'}", "model.num_classes=4",
+                                 "model.embed_dim=8"])
+    ebv = resolve_ebv(cfg)
+    assert (ebv.num_classes, ebv.dim) == (4, 8) and ebv.checksum() == EBVSet(w).checksum()
+    bad = load_config(overrides=[f"ebv.path={tmp_path / 'set.npy'}", "model.num_classes=5",
+                                 "model.embed_dim=8"])
+    with pytest.raises(ConfigError, match="model.num_classes"):
+        resolve_ebv(bad)
+    with pytest.raises(ConfigError, match="ebv.path"):
+        resolve_ebv(load_config(overrides=[f"ebv.path={tmp_path / 'nope.npy'}"]))
+    assert resolve_ebv(load_config(overrides=["model.head=fc"])) is None
+    key = ebv_cache_path(load_config(overrides=["model.num_classes=100000", "model.embed_dim=5000",
+                                                "ebv.alpha=0.122", "ebv.cache_dir=c"]))
+    assert key == os.path.join("c", "ebv_N100000_d5000_a0.122_auto_s0.npy")

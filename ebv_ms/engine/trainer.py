@@ -41,7 +41,11 @@ def setup_context(cfg) -> None:
     mode = str(cfg.mode).lower()
     if mode not in MODES:
         raise ConfigError(f"config key 'mode' must be graph or pynative, got {cfg.mode!r}")
-    ms.set_device(device)
+    device_id = os.environ.get("DEVICE_ID")  # set per rank by the launch scripts
+    if device != "CPU" and device_id not in (None, ""):
+        ms.set_device(device, int(device_id))
+    else:
+        ms.set_device(device)
     ms.set_context(mode=MODES[mode])
     ms.set_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed))
@@ -199,6 +203,9 @@ class Trainer:
         if self.rank == 0:
             self.jsonl.truncate_after(start)
             save_config(cfg, os.path.join(self.out, "config.yaml"))
+        sampler = getattr(self.train_info, "sampler", None)
+        if start and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(start)  # the shuffle order the uninterrupted run would use next
         record = {}
         it = self.train_ds.create_dict_iterator(num_epochs=max(epochs - start, 1),
                                                 output_numpy=False)
