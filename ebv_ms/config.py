@@ -29,18 +29,23 @@ DEFAULTS: dict = {
         "max_steps": None,
         "cache_dir": "ebv_cache",
     },
-    "model": {
-        "backbone": "resnet50",
+    "model": {                  # -> ebv_ms.models.create_classifier(**model, ebv=...)
+        "backbone": "resnet50",  # resnet50 | swin_tiny (mindcv) | small_cnn (CPU demo/tests)
         "head": "ebv",          # ebv | fc | fixed_random_dot | fixed_random_cos
         "num_classes": 1000,
-        "embed_dim": 1000,      # d of the EBVs (and of the random class vectors)
-        "tau": 0.07,            # temperature of the EBV logits
-        "scale": None,          # S of the fixed-random heads (None: head's default)
+        "embed_dim": 1000,      # d of the EBVs (and of the random class vectors); unused by fc
+        "tau": 0.07,            # temperature of the EBV logits: cos(v, w_k) / tau
+        "scale": None,          # S of the fixed-random heads (None: 1 for dot, 1/tau for cos)
         "ebv_dtype": "float32",  # storage dtype of the frozen EBV matrix: float32 | float16
-        "pretrained": False,
+        "pretrained": False,    # True: mindcv downloads ImageNet weights (needs internet)
+        "backbone_checkpoint": None,  # local backbone .ckpt (mindcv layout) to start from
+        "head_seed": 0,         # seed of the fixed random class vectors
+        "in_channels": 3,
+        "backbone_kwargs": {},  # extra mindcv create_model kwargs, e.g. {drop_rate: 0.1}
     },
-    "loss": {
-        "label_smoothing": 0.0,
+    "loss": {                   # -> ebv_ms.loss.create_loss(**loss)
+        "label_smoothing": 0.0,  # eps: target = (1 - eps) * t + eps / N (hard and soft targets)
+        "reduction": "mean",    # mean | sum | none
     },
     "data": {                   # -> ebv_ms.data.create_dataset (docs/data.md)
         "path": None,           # .zip archive (read in place) or dataset folder (ImageNet layout / list root)
@@ -64,12 +69,42 @@ DEFAULTS: dict = {
         "cutmix_alpha": 1.0,    # A2 cutmix Beta(alpha, alpha)
         "mix_switch_prob": 0.5,  # A2: probability a batch uses cutmix instead of mixup
         "num_workers": 2,       # parallel workers for reading/decoding and for the per-image ops
-        "python_multiprocessing": True,  # decode in worker processes (else threads)
+        "python_multiprocessing": False,  # decode in worker processes instead of threads (see docs/data.md)
     },
-    "optim": {},
-    "scheduler": {},
-    "train": {},
-    "eval": {},
+    "optim": {
+        "opt": "sgd",           # sgd (momentum SGD, the paper's ResNet runs) | adamw (Swin/ViT)
+        "lr": 0.1,              # peak learning rate, used as given (not scaled by world size)
+        "momentum": 0.9,        # sgd only
+        "nesterov": False,      # sgd only
+        "weight_decay": 1e-4,
+        "filter_bias_and_bn": True,  # no weight decay on biases and norm layers' gamma/beta
+        "betas": [0.9, 0.999],  # adamw only
+        "eps": 1e-8,            # adamw only
+    },
+    "scheduler": {
+        "name": "warmup_cosine",  # warmup_cosine | constant (per-step values, one list per run)
+        "warmup_epochs": 5.0,   # linear warm-up length (epochs; may be fractional)
+        "warmup_factor": 0.01,  # the warm-up starts at lr x warmup_factor
+        "min_lr": 0.0,          # where the cosine ends
+    },
+    "train": {
+        "epochs": 100,
+        "batch_size": 256,      # per device (global batch = batch_size x number of ranks)
+        "amp_level": "auto",    # auto (O2 on GPU/Ascend, O0 on CPU) | O0 | O1 | O2 | O3
+        "loss_scale": "auto",   # auto (dynamic under fp16 amp, none otherwise) | dynamic | static | none
+        "loss_scale_value": 65536.0,  # initial (dynamic) or fixed (static) loss scale
+        "clip_grad_norm": 0.0,  # clip gradients to this global norm; 0 disables
+        "eval_interval": 1,     # evaluate every N epochs (and always after the last one)
+        "log_interval": 50,     # steps between text-log lines inside an epoch
+        "progress_bar": True,   # tqdm bar per epoch (rank 0 only) with loss, lr and images/s
+        "keep_best": True,      # also keep best.ckpt (highest validation top-1)
+        "debug_kill_at_step": None,  # testing only: SIGKILL this process at this global step
+    },
+    "eval": {
+        "batch_size": 100,      # per device
+        "split": "val",         # the split evaluated each epoch and by eval.py
+        "test_size": None,      # eval.py --test-size: input side for evaluation (None: data default)
+    },
 }
 
 

@@ -1,6 +1,6 @@
 """Report on an EBV file: N, d, coherence, the paper's Min. Ang. and Ave. Del. Ang., Welch bound.
 
-    python -m ebv_ms.inspect FILE [--hist angles.png] [--block-size 2048] [--json]
+    python -m ebv_ms.inspect FILE [--hist angles.png] [--block-size 2048] [--json] [--save OUT]
 
 FILE is any format `ebv_ms.ebv.load_ebv` reads (.npz native, .npy, the authors' .pkl). The
 statistics run over all pairs i < j in float64, in row blocks (never an N x N matrix), so they
@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .ebv import EBVError, EBVSet, PairStats, load_ebv, pairwise_stats
+from .ebv import EBVError, EBVSet, PairStats, load_ebv, pairwise_stats, save_ebv
 
 HIST_BINS = 1800  # 0.1 degree bins over [0, 180]
 
@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per block (memory ~ 2 x block x d x 8 bytes + block^2 x 8 bytes)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--save", metavar="OUT", help="also write the set to OUT (.npz/.npy/.pkl by "
+                   "extension), e.g. to convert the authors' .pkl files")
     return p
 
 
@@ -97,6 +99,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (EBVError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.save:
+        try:
+            print(f"saved to {save_ebv(ebv, args.save)}", file=sys.stderr)
+        except EBVError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     progress = not args.no_progress and ebv.num_classes > args.block_size
     stats = pairwise_stats(ebv.vectors, block_size=args.block_size,
                            bins=HIST_BINS if args.hist else None, progress=progress)

@@ -8,7 +8,7 @@ import pytest
 from ebv_ms.data import DataError, LayoutError, create_dataset, save_class_mapping, shard_indices
 from ebv_ms.data import inspect as inspect_cli
 from ebv_ms.data.demo import write_demo_archive
-from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD, MixupCutmix
+from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD, MixupCutmix, erase_batch
 from ebv_ms.data.synthetic import encode, flat_jpeg, read_tag, tagged_image, write_zip
 from ebv_ms.data.zip_index import ArchiveError
 
@@ -89,6 +89,21 @@ def test_mixup_cutmix_soft_targets():
     np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_random_erasing_per_batch():
+    images = np.ones((50, 3, 20, 20), np.float32)
+    assert erase_batch(images, 0.0, np.random.default_rng(0)) == 0 and images.min() == 1
+    assert erase_batch(images, 1.0, np.random.default_rng(0)) == 50
+    zero = (images == 0).all(axis=1)  # (B, H, W): erased pixels, same in every channel
+    frac = zero.mean(axis=(1, 2))
+    assert ((frac >= 0.015) & (frac <= 0.34)).all()
+    for z in zero:  # one axis-aligned rectangle each
+        rows, cols = np.flatnonzero(z.any(1)), np.flatnonzero(z.any(0))
+        assert z[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all() and z.sum() == len(rows) * len(cols)
+    some = np.ones((400, 3, 8, 8), np.float32)
+    n = erase_batch(some, 0.1, np.random.default_rng(1))
+    assert 20 <= n <= 60
+
+
 def test_every_image_keeps_its_label_with_worker_processes(tmp_path):
     path = _tagged_archive(tmp_path, 30)
     ds, info = create_dataset({"path": path, **TAG, "num_workers": 2, "python_multiprocessing": True},
@@ -108,8 +123,8 @@ def test_bad_members_are_skipped_counted_and_named(tmp_path):
         "ds/train/c0/bad_text.png": b"this is not an image\n" * 5,
     }
     path = _tagged_archive(tmp_path, 20, extra=bad)
-    ds, info = create_dataset({"path": path, **TAG, "num_workers": 2}, "train", batch_size=4,
-                              is_training=True, recipe="eval", seed=5)
+    ds, info = create_dataset({"path": path, **TAG, "num_workers": 2, "python_multiprocessing": True},
+                              "train", batch_size=4, is_training=True, recipe="eval", seed=5)
     assert info.num_samples == 24 and info.steps_per_epoch == 6
     e0, e1 = _epoch(ds, epochs=2)
     for rows in (e0, e1):
@@ -121,6 +136,19 @@ def test_bad_members_are_skipped_counted_and_named(tmp_path):
         assert sorted(info.bad_names(epoch)) == sorted(bad)
     report = info.bad_report(0)
     assert "4 bad sample(s)" in report and "empty file" in report and "truncated JPEG" in report
+
+
+def test_one_iterator_per_epoch_still_reshuffles_and_reports_per_epoch(tmp_path):
+    path = _tagged_archive(tmp_path, 12, extra={"ds/train/c0/zz_bad.jpg": b"junk"})
+    ds, info = create_dataset({"path": path, **TAG, "num_workers": 1}, "train", batch_size=4,
+                              is_training=True, recipe="eval", seed=3)
+    orders = []
+    for epoch in range(3):  # as a training loop that makes a fresh iterator each epoch
+        (rows,) = _epoch(ds)
+        orders.append([r[0] for r in rows])
+        assert info.bad_count(epoch) == 1 and info.bad_names(epoch) == ["ds/train/c0/zz_bad.jpg"]
+    assert len({tuple(o) for o in orders}) == 3
+    assert info.bad_count() == 1 and info.sampler._next_epoch == 3
 
 
 def test_all_bad_data_is_a_clear_error(tmp_path):
@@ -143,6 +171,8 @@ def test_shards_are_disjoint_cover_the_split_and_reshuffle(tmp_path):
         tag_of = [int(info.source.name(i).split("/")[-1][:4]) for i in range(n)]  # sample -> tag id
         per_rank.append([[r[0] for r in rows] for rows in _epoch(ds, epochs=2)])
     assert steps == {13 // 4}  # ceil(37 / 3) = 13 samples per rank, 3 full batches each
+    assert [create_dataset({"path": path, **TAG}, "train", 4, False, num_shards=shards, shard_id=r)[1]
+            .shard_padding for r in range(shards)] == [0, 1, 1]  # 37 = 13 + 12 + 12 real samples
     for epoch in (0, 1):
         full = [shard_indices(n, shards, r, True, 7, epoch) for r in range(shards)]
         assert set(np.concatenate(full).tolist()) == set(range(n))

@@ -147,6 +147,9 @@ def test_torch_layout_offset_strides_and_dtypes(tmp_path):
     half = np.array([[1, 2], [3, 4]], dtype=np.float16)
     p.write_bytes(torch_tensor_pickle(legacy_storage_bytes(half, "HalfStorage", "cpu"), 0, (2, 2), (2, 1)))
     assert np.allclose(load_ebv(p).vectors[0], np.array([1, 2]) / np.sqrt(5), atol=1e-6)
+    bf16 = np.array([0x3F80, 0x4000, 0x4040, 0x4080], dtype="<u2")   # 1, 2, 3, 4 in bfloat16
+    p.write_bytes(torch_tensor_pickle(legacy_storage_bytes(bf16, "BFloat16Storage"), 0, (2, 2), (2, 1)))
+    assert np.allclose(load_ebv(p).vectors[1], np.array([3, 4]) / 5.0, atol=1e-6)
 
 
 def test_torch_view_outside_storage_is_refused(tmp_path):
@@ -249,3 +252,20 @@ def test_native_file_tampering_is_detected(tmp_path):
     np.savez(tmp_path / "other.npz", a=vec)
     with pytest.raises(EBVError, match="needs arrays 'vectors' and 'metadata'"):
         load_ebv(tmp_path / "other.npz")
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_numpy_pickles_decoded_without_numpy_setstate(protocol):
+    from ebv_ms.ebv.safe_pickle import safe_load_pickle
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((4, 3)).astype(np.float32),
+              np.asfortranarray(rng.standard_normal((3, 5))),
+              rng.standard_normal((2, 6)).astype(">f4"),
+              np.arange(6, dtype=np.int16).reshape(2, 3)]
+    for a in arrays:
+        b = safe_load_pickle(pickle.dumps(a, protocol=protocol))
+        assert b.dtype == a.dtype.newbyteorder("=") and np.array_equal(a, b)
+    assert safe_load_pickle(pickle.dumps(np.float32(0.25), protocol=protocol)) == np.float32(0.25)
+    structured = np.zeros(2, dtype=[("a", "f4"), ("b", "i4")])
+    with pytest.raises(UnsafePickleError, match="refused"):
+        safe_load_pickle(pickle.dumps(structured, protocol=protocol))

@@ -72,7 +72,8 @@ def test_inspect_json_and_native_file(tmp_path, capsys):
     q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((8, 8)))
     p = save_ebv(EBVSet(q[:5], alpha=0.0, method="closed_form:orthonormal", seed=3),
                  tmp_path / "o.npz")
-    assert main([str(p), "--json"]) == 0
+    assert main([str(p), "--json", "--save", str(tmp_path / "o.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "o.npy"), EBVSet(q[:5]).vectors)
     rep = json.loads(capsys.readouterr().out)
     assert rep["num_classes"] == 5 and rep["dim"] == 8 and rep["seed"] == 3
     assert rep["coherence"] < 1e-6 and rep["min_angle_deg"] == pytest.approx(90.0, abs=1e-4)

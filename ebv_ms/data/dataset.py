@@ -19,7 +19,7 @@ import numpy as np
 
 from .imagenet import count_folder_samples, folder_dataset, list_samples, lists_num_classes
 from .layouts import Layout, LayoutError, SplitSamples, detect_layout
-from .presets import MixupCutmix, check_recipe, create_transforms
+from .presets import BatchAugment, check_recipe, create_batch_transform, create_transforms
 from .readers import ZipMemberReader
 from .sampler import ShardSampler
 from .source import DataError, ImageSource
@@ -50,7 +50,7 @@ DATA_DEFAULTS: Dict[str, object] = {
     "cutmix_alpha": 1.0,
     "mix_switch_prob": 0.5,
     "num_workers": 2,
-    "python_multiprocessing": True,
+    "python_multiprocessing": False,
 }
 
 
@@ -88,6 +88,7 @@ class DatasetInfo:
     class_names: List[str]
     num_samples: int          # samples in the whole split
     shard_samples: int        # samples this shard sees per epoch (padded to equal length)
+    shard_padding: int        # of which repeats at the end of the epoch (eval: ignore the last ones)
     steps_per_epoch: int
     batch_size: int
     recipe: str
@@ -249,8 +250,9 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
         description = f"{path}: list {lists[split]}"
     if source is not None:
         n = len(source)
-        sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed)
-        dataset = ds.GeneratorDataset(source, ["image", "label", "bad"], sampler=sampler,
+        sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed,
+                               encode_epoch=True)
+        dataset = ds.GeneratorDataset(source, ["image", "label", "meta"], sampler=sampler,
                                       num_parallel_workers=workers, python_multiprocessing=multiproc)
     else:  # folder: MindSpore's ImageFolderDataset
         from .imagenet import find_split_dir, folder_classes
@@ -267,15 +269,14 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
 
     ops = create_transforms(recipe, int(cfg["image_size"]), cfg["eval_resize"], cfg["eval_crop"],
                             tuple(cfg["scale"]), float(cfg["color_jitter"]), float(cfg["random_erasing"]))
-    dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers,
-                          python_multiprocessing=multiproc and recipe != "eval")
+    # C++ ops only: threads, no process hop (decoded images would cross shared memory again)
+    dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
 
     bad_log = BadSampleLog(source.name) if source is not None else None
-    mixer = None
-    if recipe == "A2":
-        mixer = MixupCutmix(len(class_names), float(cfg["mixup_alpha"]), float(cfg["cutmix_alpha"]),
-                            float(cfg["mix_switch_prob"]), seed=seed * 1000003 + shard_id)
-    dataset = _batch(dataset, batch_size, drop_remainder, bad_log, mixer)
+    batch_aug = create_batch_transform(recipe, len(class_names), float(cfg["random_erasing"]),
+                                       float(cfg["mixup_alpha"]), float(cfg["cutmix_alpha"]),
+                                       float(cfg["mix_switch_prob"]), seed=seed * 1000003 + shard_id)
+    dataset = _batch(dataset, batch_size, drop_remainder, bad_log, batch_aug)
 
     shard_samples = len(sampler)
     steps = shard_samples // batch_size if drop_remainder else math.ceil(shard_samples / batch_size)
@@ -283,8 +284,10 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
         raise DataError(f"split '{split}' has {shard_samples} samples per shard, fewer than one batch "
                         f"of {batch_size}; lower the batch size")
     info = DatasetInfo(split=split, num_classes=len(class_names), class_names=list(class_names),
-                       num_samples=n, shard_samples=shard_samples, steps_per_epoch=steps,
-                       batch_size=batch_size, recipe=recipe, soft_targets=mixer is not None,
+                       num_samples=n, shard_samples=shard_samples,
+                       shard_padding=shard_samples - len(range(shard_id, n, num_shards)),
+                       steps_per_epoch=steps,
+                       batch_size=batch_size, recipe=recipe, soft_targets=recipe == "A2",
                        description=description, source=source, bad=bad_log, sampler=sampler)
     logger.info("data %s: %d samples (%d on shard %d/%d), %d steps of %d, recipe %s; %s", split, n,
                 shard_samples, shard_id, num_shards, steps, batch_size, recipe, description)
@@ -292,27 +295,33 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
 
 
 def _batch(dataset, batch_size: int, drop_remainder: bool, bad_log: Optional[BadSampleLog],
-           mixer: Optional[MixupCutmix]):
+           mixer: Optional[BatchAugment]):
     if bad_log is None and mixer is None:
         return dataset.batch(batch_size, drop_remainder=drop_remainder)
-    columns = ["image", "label"] + (["bad"] if bad_log is not None else [])
+    columns = ["image", "label"] + (["meta"] if bad_log is not None else [])
+    lock = threading.Lock()
+    batches_done = [0]
 
-    def finish(images, labels, bad, batch_info):
+    def finish(images, labels, meta):
         images, labels = np.stack(images), np.stack(labels).astype(np.int32)
-        if bad is not None:
-            bad = np.asarray(bad).reshape(-1)
-            if (bad >= 0).any():
-                bad_log.record(batch_info.get_epoch_num(), bad[bad >= 0])
+        if meta is not None:
+            meta = np.stack(meta).reshape(-1, 2)
+            for epoch, bad in meta[meta[:, 1] >= 0].tolist():
+                bad_log.record(epoch, [bad])
         if mixer is not None:
-            images, labels = mixer(images, labels, batch_info.get_epoch_num(), batch_info.get_batch_num())
+            with lock:  # a run-wide batch counter seeds the per-batch randomness
+                count = batches_done[0]
+                batches_done[0] += 1
+            images, labels = mixer(images, labels, 0, count)
         return images, labels
 
     if bad_log is not None:
-        def per_batch(image, label, bad, batch_info):  # MindSpore checks the signature
-            return finish(image, label, bad, batch_info)
+        def per_batch(image, label, meta, batch_info):  # MindSpore checks the signature
+            return finish(image, label, meta)
     else:
         def per_batch(image, label, batch_info):
-            return finish(image, label, None, batch_info)
+            return finish(image, label, None)
 
     return dataset.batch(batch_size, drop_remainder=drop_remainder, per_batch_map=per_batch,
-                         input_columns=columns, output_columns=["image", "label"])
+                         input_columns=columns, output_columns=["image", "label"],
+                         num_parallel_workers=1)

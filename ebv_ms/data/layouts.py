@@ -295,7 +295,7 @@ def _detect_lists(names: Sequence[str], lookup: Callable[[str], int], read: Call
     for split, m in sorted(chosen.items()):
         lname = names[m]
         try:
-            text = read(m).decode("utf-8-sig")
+            text = bytes(read(m)).decode("utf-8-sig")
             paths, labels = parse_list(text, lname, columns, delimiter)
         except (LayoutError, UnicodeDecodeError) as exc:
             if strict:

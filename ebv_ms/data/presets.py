@@ -5,12 +5,22 @@
 - ``A1``: random resized crop, flip, TrivialAugmentWide, random erasing (p=0.1);
 - ``A2``: A1 plus, per batch, mixup (alpha 0.2) or cutmix (alpha 1.0) with soft targets.
 
-Every per-image step is a MindSpore C++ vision op except RandomErasing, which MindSpore only
-has as a Python op (``vision.RandomErasing``, used as is). The per-batch mix is hand-written
-(``MixupCutmix``): MindSpore's ``MixUpBatch``/``CutMixBatch`` need dense one-hot labels made
-beforehand and cannot be chosen between at random per batch, and mindcv's ``Mixup`` builds
-``np.eye(num_classes)``, which is 40 GB at 100,000 classes. Label smoothing is not applied
-here: it lives in the loss.
+Every per-image step is a MindSpore C++ vision op, so the per-image ``map`` runs in C++ threads
+with no Python and no process hops. Two steps are done per batch, in numpy, by
+``BatchAugment``:
+
+- random erasing: MindSpore has it only as a per-image Python op (``vision.RandomErasing``);
+  in the map it forces the GIL (or a process hop) onto every image, which cost 10-25 % of the
+  pipeline's CPU time in benchmarks/data.py. Per batch it is a few slice assignments. Same
+  semantics as torchvision's (area 2-33 %, aspect 0.3-3.3, value 0 after normalisation, 10
+  tries), applied before mixing as there.
+- mixup/cutmix: MindSpore's ``MixUpBatch``/``CutMixBatch`` need dense one-hot labels made
+  beforehand and cannot be chosen between at random per batch; mindcv's ``Mixup`` builds
+  ``np.eye(num_classes)`` (40 GB at 100,000 classes). ``MixupCutmix`` builds the soft targets
+  sparsely.
+
+Randomness in both comes from (seed, epoch, batch number), so runs are reproducible whatever
+the threads do. Label smoothing is not applied here: it lives in the loss.
 """
 from __future__ import annotations
 
@@ -40,12 +50,15 @@ def check_recipe(recipe: str) -> str:
 def create_transforms(recipe: str, image_size: int = 224, eval_resize: Optional[int] = None,
                       eval_crop: Optional[int] = None, scale: Sequence[float] = (0.08, 1.0),
                       color_jitter: float = 0.4, random_erasing: float = 0.1,
-                      hflip: float = 0.5) -> List:
-    """Per-image ops for ``dataset.map(operations=..., input_columns="image")``.
+                      hflip: float = 0.5, random_erasing_op: bool = False) -> List:
+    """Per-image C++ ops for ``dataset.map(operations=..., input_columns="image")``.
 
     Input: RGB uint8 (H, W, 3). Output: float32 (3, S, S), normalised with ImageNet mean/std,
     where S is ``image_size`` for training recipes and ``eval_crop`` for ``eval``.
     ``eval_resize``/``eval_crop`` default to ``image_size / 0.875`` and ``image_size``.
+    Random erasing (A1/A2) is per batch: see ``create_batch_transform``. With
+    ``random_erasing_op=True`` MindSpore's per-image Python ``RandomErasing`` is appended
+    instead (slower; for comparisons).
     """
     recipe = check_recipe(recipe)
     if recipe == "eval":
@@ -64,9 +77,69 @@ def create_transforms(recipe: str, image_size: int = 224, eval_resize: Optional[
         return ops + _normalize_chw()
     ops.append(vision.TrivialAugmentWide(num_magnitude_bins=31, interpolation=vision.Inter.BILINEAR))
     ops += _normalize_chw()
-    if random_erasing > 0:
+    if random_erasing > 0 and random_erasing_op:
         ops.append(vision.RandomErasing(prob=float(random_erasing), value=0))
     return ops
+
+
+def erase_batch(images: np.ndarray, prob: float, rng: np.random.Generator,
+                scale=(0.02, 0.33), ratio=(0.3, 3.3), value: float = 0.0, attempts: int = 10) -> int:
+    """torchvision-style random erasing of each (C, H, W) image in place; returns how many."""
+    n_erased = 0
+    h_img, w_img = images.shape[-2:]
+    area = h_img * w_img
+    log_ratio = np.log(ratio)
+    for k in np.flatnonzero(rng.random(images.shape[0]) < prob):
+        for _ in range(attempts):
+            target = area * rng.uniform(*scale)
+            aspect = np.exp(rng.uniform(*log_ratio))
+            h = int(round(np.sqrt(target * aspect)))
+            w = int(round(np.sqrt(target / aspect)))
+            if h < h_img and w < w_img:
+                top = int(rng.integers(0, h_img - h + 1))
+                left = int(rng.integers(0, w_img - w + 1))
+                images[k, :, top:top + h, left:left + w] = value
+                n_erased += 1
+                break
+    return n_erased
+
+
+class BatchAugment:
+    """The per-batch part of a recipe: random erasing, then (A2) mixup or cutmix.
+
+    Called as ``(images float32 (B,C,H,W), labels int (B,), epoch, batch) -> (images, labels)``;
+    labels come back as float32 (B, num_classes) soft targets when mixing.
+    """
+
+    def __init__(self, random_erasing: float = 0.0, mixer: Optional["MixupCutmix"] = None,
+                 seed: int = 0):
+        self.random_erasing = float(random_erasing)
+        self.mixer = mixer
+        self.seed = int(seed)
+
+    def __call__(self, images: np.ndarray, labels: np.ndarray, epoch: int = 0, batch: int = 0):
+        if self.random_erasing > 0:
+            rng = np.random.default_rng([self.seed, 7, int(epoch), int(batch)])
+            if not images.flags.writeable:
+                images = images.copy()
+            erase_batch(images, self.random_erasing, rng)
+        if self.mixer is not None:
+            return self.mixer(images, labels, epoch, batch)
+        return images, labels
+
+
+def create_batch_transform(recipe: str, num_classes: int, random_erasing: float = 0.1,
+                           mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0,
+                           switch_prob: float = 0.5, seed: int = 0) -> Optional[BatchAugment]:
+    """The recipe's per-batch step, or None (eval, A0)."""
+    recipe = check_recipe(recipe)
+    if recipe in ("eval", "A0"):
+        return None
+    mixer = (MixupCutmix(num_classes, mixup_alpha, cutmix_alpha, switch_prob, seed=seed)
+             if recipe == "A2" else None)
+    if random_erasing <= 0 and mixer is None:
+        return None
+    return BatchAugment(random_erasing, mixer, seed)
 
 
 class MixupCutmix:

@@ -22,7 +22,7 @@ from .zip_index import ZipIndex, load_zip_index
 
 _LOCAL = struct.Struct("<4s5H3L2H")  # local file header, 30 bytes
 _LOCAL_SIG = b"PK\x03\x04"
-_SLACK = 128  # extra bytes read past the name for the local header's extra field
+_SLACK = 320  # bytes read past the 30-byte local header for its name and extra field
 
 
 class BadMember(Exception):
@@ -78,19 +78,19 @@ class ZipMemberReader:
     def name(self, member: int) -> str:
         return self.index.name(member)
 
-    def read(self, member: int) -> bytes:
+    def read(self, member: int):
+        """The member's bytes (``bytes`` or a ``memoryview``), CRC-checked; ``BadMember`` if not."""
         ix = self.index
         off = int(ix.header_offset[member])
         csz = int(ix.comp_size[member])
         usz = int(ix.size[member])
-        nlen = int(ix.name_start[member + 1] - ix.name_start[member])
         method = int(ix.method[member])
         if int(ix.flags[member]) & 0x1:
             raise BadMember("encrypted zip member (not supported)")
         if method not in (0, 8):
             raise BadMember(f"zip compression method {method} not supported (only stored and deflated)")
         fd = self._handle()
-        want = 30 + nlen + _SLACK + csz
+        want = 30 + _SLACK + csz  # one read covers header, name and extra field in practice
         buf = os.pread(fd, want, off)
         if len(buf) < 30 or buf[:4] != _LOCAL_SIG:
             raise BadMember("bad local header (archive truncated or corrupt)")
@@ -107,7 +107,7 @@ class ZipMemberReader:
             except zlib.error as exc:
                 raise BadMember(f"deflate data corrupt ({exc})") from None
         else:
-            raw = bytes(data)
+            raw = data  # no copy: crc32 and the decoder read the buffer in place
         if len(raw) != usz:
             raise BadMember(f"size mismatch ({len(raw)} bytes, directory says {usz})")
         if zlib.crc32(raw) != int(ix.crc[member]):

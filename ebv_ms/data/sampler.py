@@ -5,7 +5,12 @@ wrapping around to a multiple of ``num_shards`` and takes every ``num_shards``-t
 ``shard_id``. So the shards are disjoint (apart from at most ``num_shards - 1`` padded repeats),
 cover the split, are reshuffled every epoch, and all have ``ceil(n / num_shards)`` samples, so
 every rank runs the same number of steps. The epoch is the number of passes started over this
-sampler (MindSpore calls ``__iter__`` once per epoch), or set with ``set_epoch``.
+sampler (MindSpore calls ``__iter__`` once per epoch, and the sampler survives the copy
+MindSpore makes of the pipeline for each new iterator), or set with ``set_epoch``.
+
+With ``encode_epoch`` (for our own ``ImageSource``) the sampler yields ``epoch * n + index``,
+so each row knows its epoch (bad samples are reported per epoch even when prefetching has
+started the next one); MindSpore passes the number through to the source unchanged.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ class ShardSampler(ds.Sampler):
     """A MindSpore sampler yielding ``shard_indices`` for epoch 0, 1, 2, ..."""
 
     def __init__(self, n: int, num_shards: int = 1, shard_id: int = 0, shuffle: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, encode_epoch: bool = False):
         if n <= 0:
             raise ValueError("cannot sample from an empty split")
         self.n = int(n)
@@ -42,6 +47,7 @@ class ShardSampler(ds.Sampler):
         self.shard_id = int(shard_id)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
+        self.encode_epoch = bool(encode_epoch)
         self._next_epoch = 0
         shard_indices(1, self.num_shards, self.shard_id, False, 0, 0)  # validates shard_id
         super().__init__(num_samples=math.ceil(self.n / self.num_shards))
@@ -55,10 +61,17 @@ class ShardSampler(ds.Sampler):
     def __iter__(self):
         epoch = self._next_epoch
         self._next_epoch += 1
-        return iter(shard_indices(self.n, self.num_shards, self.shard_id, self.shuffle, self.seed,
-                                  epoch).tolist())
+        idx = shard_indices(self.n, self.num_shards, self.shard_id, self.shuffle, self.seed, epoch)
+        if self.encode_epoch:
+            idx = idx + epoch * self.n
+        return iter(idx.tolist())
 
     def indices(self, epoch: Optional[int] = None) -> np.ndarray:
         """This shard's indices for ``epoch`` (default: the next one), without advancing."""
         return shard_indices(self.n, self.num_shards, self.shard_id, self.shuffle, self.seed,
                              self._next_epoch if epoch is None else epoch)
+
+    def __deepcopy__(self, memo):
+        # MindSpore deep-copies the pipeline for every new iterator; the epoch counter must
+        # survive that, or a loop making one iterator per epoch would replay epoch 0.
+        return self

@@ -4,8 +4,8 @@ A ``GeneratorDataset`` has a fixed length and a sampler decides which index each
 bad sample cannot simply be dropped (ranks would get different step counts, and the sampler
 has already promised a row). The choice made here: **substitute and report**. When sample i
 cannot be read or decoded, the source returns the next good sample of its own list
-(i+1, i+2, ... wrapping), *with that sample's own label*, and puts i in a third column,
-``bad`` (-1 for a normal row). The batch step (in the main process) records the bad indices
+(i+1, i+2, ... wrapping), *with that sample's own label*, and puts i (and the epoch) in a
+third column, ``meta`` (bad = -1 for a normal row). The batch step (in the main process) records the bad indices
 and drops the column, so the count and names are visible from ``DatasetInfo`` whatever the
 number of worker processes. A label is never attached to the wrong image; a run with bad
 members sees a few duplicates instead (at most one per bad member per epoch).
@@ -31,15 +31,15 @@ class DataError(RuntimeError):
     """The data cannot be used at all (not a single bad sample); the message says what to do."""
 
 
-def _looks_truncated_jpeg(raw: bytes) -> bool:
+def _looks_truncated_jpeg(raw) -> bool:
     # libjpeg decodes a cut-off JPEG with a grey bottom and only a warning: look for the
     # end-of-image marker (FF D9 cannot occur inside entropy-coded data) near the end.
-    if raw[:2] != b"\xff\xd8":
+    if bytes(raw[:2]) != b"\xff\xd8":
         return False
-    return raw.rfind(b"\xff\xd9", max(0, len(raw) - 4096)) < 0
+    return bytes(raw[max(0, len(raw) - 4096):]).rfind(b"\xff\xd9") < 0
 
 
-def decode_image(raw: bytes) -> np.ndarray:
+def decode_image(raw) -> np.ndarray:
     """RGB uint8 (H, W, 3) from encoded bytes, or ``BadMember`` saying why not."""
     global _cv2_threads_set
     if not _cv2_threads_set:  # one decode per worker; OpenCV's own pool would oversubscribe
@@ -56,7 +56,10 @@ def decode_image(raw: bytes) -> np.ndarray:
 
 
 class ImageSource:
-    """Rows ``(image uint8 HWC RGB, label int32, bad int64)`` for ``GeneratorDataset``.
+    """Rows ``(image uint8 HWC RGB, label int32, meta int64 [epoch, bad])`` for ``GeneratorDataset``.
+
+    The key asked for is ``epoch * len(self) + index`` (see ``ShardSampler(encode_epoch=True)``);
+    ``bad`` is the index of a sample that could not be decoded and was replaced, or -1.
 
     Args:
         reader: ``ZipMemberReader`` or ``FileReader`` (``read(member) -> bytes``, ``name(member)``).
@@ -98,9 +101,9 @@ class ImageSource:
         except OSError as exc:  # the archive itself went away: not a sample problem
             raise DataError(f"reading {self.name(i)!r} failed: {exc}") from exc
 
-    def __getitem__(self, i) -> Tuple[np.ndarray, np.int32, np.int64]:
-        i = int(i)
+    def __getitem__(self, key) -> Tuple[np.ndarray, np.int32, np.ndarray]:
         n = len(self)
+        epoch, i = divmod(int(key), n)
         bad = -1
         for k in range(min(n, _MAX_SUBSTITUTES)):
             j = (i + k) % n
@@ -110,7 +113,7 @@ class ImageSource:
                 if k == 0:
                     bad = i
                 continue
-            return img, self.labels[j], np.int64(bad)
+            return img, self.labels[j], np.array([epoch, bad], np.int64)
         raise DataError(f"{min(n, _MAX_SUBSTITUTES)} samples in a row from {self.name(i)!r} "
                         f"cannot be decoded (first: {self._known_bad.get(i)}); the data looks "
                         f"broken: run `python -m ebv_ms.data.inspect PATH --verify`")

@@ -144,6 +144,8 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
         bar.close()
     name_start[n] = total
     names = np.frombuffer(b"".join(name_chunks), dtype=np.uint8)
+    if n and max(int(comp_size.max()), int(size.max())) < 2 ** 32:  # the usual case: halve them
+        comp_size, size = comp_size.astype(np.uint32), size.astype(np.uint32)
     return dict(header_offset=header_offset, comp_size=comp_size, size=size, method=method,
                 crc=crc, flags=flags, name_start=name_start, names=names)
 

@@ -102,7 +102,11 @@ def _load_npz(path: Path) -> EBVSet:
         raise EBVError(f"{path}: metadata entry is not valid JSON ({exc})") from None
     if meta.get("format") != NATIVE_FORMAT:
         raise EBVError(f"{path}: metadata format {meta.get('format')!r}, expected {NATIVE_FORMAT!r}")
-    if int(meta.get("format_version", 0)) > NATIVE_VERSION:
+    version = meta.get("format_version")
+    if not isinstance(version, int) or not isinstance(meta.get("extra", {}), (dict, type(None))):
+        raise EBVError(f"{path}: metadata malformed (format_version {version!r}, extra of type "
+                       f"{type(meta.get('extra')).__name__})")
+    if version > NATIVE_VERSION:
         raise EBVError(f"{path}: written by a newer ebv-ms (format version "
                        f"{meta.get('format_version')} > {NATIVE_VERSION}); upgrade ebv-ms")
     shape = getattr(vectors, "shape", None)

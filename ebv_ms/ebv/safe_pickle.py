@@ -10,6 +10,9 @@ What the formats need (checked against the released files with ``pickletools``):
 
 * numpy array: ``numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b')`` then BUILD
   with ``(version, shape, numpy.dtype('f4', False, True) + BUILD state, fortran, raw bytes)``.
+  Neither the dtype nor the array state is handed to numpy's own ``__setstate__``: local
+  stand-ins check them (numeric dtype, no fields, byte count = shape x itemsize) and build a
+  copy with ``np.frombuffer``, so no attacker-chosen state reaches numpy's C code.
 * torch tensor: ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride,
   requires_grad, collections.OrderedDict())`` where ``storage`` is
   ``torch.storage._load_from_bytes(b'...')``. Those bytes are torch's legacy (non-zip)
@@ -17,7 +20,8 @@ What the formats need (checked against the released files with ``pickletools``):
   (1001), sys info (``little_endian``, type sizes), the storage object as a persistent id
   ``('storage', torch.FloatStorage, key, location, numel, view_metadata)``, the list of
   storage keys -- then, per key, an int64 little-endian element count and the raw data.
-  The location ("cuda:0") is ignored: the data are plain bytes.
+  The location ("cuda:0") is ignored: the data are plain bytes, little-endian (torch converts
+  on big-endian machines when writing), so ``sys_info['little_endian']`` is not consulted.
 """
 from __future__ import annotations
 
@@ -29,7 +33,6 @@ from collections import OrderedDict
 from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
-from numpy.core import multiarray as _np_multiarray
 
 from .ebvset import EBVError
 
@@ -70,30 +73,110 @@ class _NDArrayClass:
 _NDARRAY = _NDArrayClass()
 
 
+class _DType:
+    """A numeric numpy dtype being unpickled; BUILD state is checked here, never by numpy's C."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, spec, align=False, copy=True):
+        if not isinstance(spec, str):
+            raise UnsafePickleError(f"numpy dtype spec {spec!r} refused")
+        try:
+            dt = np.dtype(spec)
+        except TypeError as exc:
+            raise UnsafePickleError(f"numpy dtype {spec!r} refused ({exc})") from None
+        if dt not in _SAFE_DTYPES:
+            raise UnsafePickleError(f"numpy dtype {spec!r} refused (only numeric dtypes)")
+        self.dtype = dt
+
+    def __setstate__(self, state):
+        # numpy: (version, byteorder, subarray, names, fields, elsize, alignment, flags[, meta])
+        if not (isinstance(state, tuple) and len(state) in (8, 9)):
+            raise UnsafePickleError(f"numpy dtype state {state!r} refused")
+        byteorder, subarray, names, fields = state[1:5]
+        if subarray is not None or names is not None or fields is not None:
+            raise UnsafePickleError("structured / sub-array numpy dtypes refused")
+        if byteorder not in ("<", ">", "|", "="):
+            raise UnsafePickleError(f"numpy dtype byte order {byteorder!r} refused")
+        if byteorder in "<>":
+            self.dtype = self.dtype.newbyteorder(byteorder)
+
+
+class _ArrayState:
+    """The array ``_reconstruct`` starts; its BUILD state becomes a copy via ``np.frombuffer``."""
+
+    __slots__ = ("array",)
+
+    def __init__(self):
+        self.array = None
+
+    def __setstate__(self, state):
+        # numpy: (version, shape, dtype, is_fortran, raw bytes); version-less 4-tuples are older
+        if isinstance(state, tuple) and len(state) == 5:
+            state = state[1:]
+        if not (isinstance(state, tuple) and len(state) == 4):
+            raise UnsafePickleError(f"numpy array state of type {type(state).__name__} refused")
+        shape, dtype, fortran, raw = state
+        if not isinstance(dtype, _DType):
+            raise UnsafePickleError(f"numpy array of dtype {type(dtype).__name__} refused")
+        if not isinstance(raw, (bytes, bytearray)):  # object arrays carry a list of objects
+            raise UnsafePickleError(f"numpy array data of type {type(raw).__name__} refused")
+        if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise EBVError(f"numpy array shape {shape!r} malformed")
+        dt = dtype.dtype
+        if len(raw) != math.prod(shape) * dt.itemsize:
+            raise EBVError(f"numpy array data has {len(raw)} bytes, shape {shape} of {dt} needs "
+                           f"{math.prod(shape) * dt.itemsize}: file truncated or corrupt")
+        arr = np.frombuffer(bytes(raw), dtype=dt).reshape(shape, order="F" if fortran else "C")
+        self.array = arr.astype(dt.newbyteorder("="), copy=True)
+
+
 def _safe_reconstruct(cls, shape, typecode):
     """``numpy.core.multiarray._reconstruct``, only for plain ndarrays and numpy's (0,) stub."""
     if cls is not _NDARRAY:
         raise UnsafePickleError(f"numpy _reconstruct of {cls!r} refused (only numpy.ndarray)")
     if tuple(shape) != (0,) or not isinstance(typecode, bytes):
         raise UnsafePickleError(f"unexpected numpy _reconstruct arguments {shape!r}, {typecode!r}")
-    return _np_multiarray._reconstruct(np.ndarray, (0,), typecode)
-
-
-def _safe_dtype(spec, align=False, copy=True):
-    """``numpy.dtype`` restricted to numeric dtypes (object arrays would nest arbitrary pickles)."""
-    if not isinstance(spec, str):
-        raise UnsafePickleError(f"numpy dtype spec {spec!r} refused")
-    dt = np.dtype(spec)
-    if dt not in _SAFE_DTYPES:
-        raise UnsafePickleError(f"numpy dtype {spec!r} refused (only numeric dtypes)")
-    return np.dtype(spec, align=bool(align), copy=bool(copy))
+    return _ArrayState()
 
 
 def _safe_scalar(dtype, data=None):
     """``numpy.core.multiarray.scalar`` for numeric dtypes from raw bytes."""
-    if not isinstance(dtype, np.dtype) or dtype not in _SAFE_DTYPES or not isinstance(data, bytes):
+    if not isinstance(dtype, _DType) or not isinstance(data, bytes) \
+            or len(data) != dtype.dtype.itemsize:
         raise UnsafePickleError(f"numpy scalar of {dtype!r} refused")
-    return _np_multiarray.scalar(dtype, data)
+    return np.frombuffer(data, dtype=dtype.dtype)[0]
+
+
+def _safe_frombuffer(buf, dtype, shape, order):
+    """``numpy.core.numeric._frombuffer``: how numpy pickles arrays under protocol 5."""
+    if not isinstance(dtype, _DType) or not isinstance(buf, (bytes, bytearray)) \
+            or order not in ("C", "F"):
+        raise UnsafePickleError("numpy _frombuffer with unexpected arguments refused")
+    state = _ArrayState()
+    state.__setstate__((tuple(shape) if isinstance(shape, (tuple, list)) else shape, dtype,
+                        order == "F", buf))
+    return state.array
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    """``_codecs.encode(str, 'latin1')``: how protocols 0-2 store bytes objects."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"_codecs.encode with {type(text).__name__}, {encoding!r} refused")
+    return text.encode("latin1")
+
+
+def _resolve(obj):
+    """Replace a finished `_ArrayState` by its array (top level, lists, tuples, dict values)."""
+    if isinstance(obj, _ArrayState):
+        if obj.array is None:
+            raise EBVError("numpy array in the pickle was never filled (truncated or corrupt)")
+        return obj.array
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_resolve(o) for o in obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, _resolve(v)) for k, v in obj.items())
+    return obj
 
 
 # --------------------------------------------------------------------------- torch
@@ -219,9 +302,12 @@ _NUMPY_GLOBALS: Dict[Tuple[str, str], Any] = {}
 for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x / 2.x names
     _NUMPY_GLOBALS[(_mod, "_reconstruct")] = _safe_reconstruct
     _NUMPY_GLOBALS[(_mod, "scalar")] = _safe_scalar
+for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
+    _NUMPY_GLOBALS[(_mod, "_frombuffer")] = _safe_frombuffer
 _NUMPY_GLOBALS[("numpy", "ndarray")] = _NDARRAY
-_NUMPY_GLOBALS[("numpy", "dtype")] = _safe_dtype
+_NUMPY_GLOBALS[("numpy", "dtype")] = _DType
 _NUMPY_GLOBALS[("collections", "OrderedDict")] = OrderedDict
+_NUMPY_GLOBALS[("_codecs", "encode")] = _latin1_bytes
 
 
 def _read_exact(f: io.BytesIO, n: int, what: str) -> bytes:
@@ -256,8 +342,7 @@ def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
     _, version = load(what="protocol version")
     if version != TORCH_LEGACY_PROTOCOL:
         raise EBVError(f"unsupported torch legacy protocol version {version!r}")
-    _, sys_info = load(what="sys info")
-    little = bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
+    load(what="sys info")  # torch writes counts and data little-endian whatever this says
     u, obj = load(_TorchStorageUnpickler, "storage record")
     _, keys = load(what="storage keys")
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
@@ -274,8 +359,7 @@ def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
             raise EBVError(f"torch storage {key}: {count} elements recorded, {numel} declared, "
                            f"{remaining} bytes left: file truncated or corrupt")
         raw = _read_exact(f, count * itemsize, f"data of storage {key}")
-        dt = stype.dtype if little else stype.dtype.newbyteorder(">")
-        arr = np.frombuffer(raw, dtype=dt)
+        arr = np.frombuffer(raw, dtype=stype.dtype)
         if stype.name == "BFloat16Storage":  # bfloat16 = top half of a float32
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         arrays[key] = arr.astype(arr.dtype.newbyteorder("="), copy=False)
@@ -315,7 +399,7 @@ def safe_load_pickle(data: bytes) -> Any:
     OrderedDicts and plain Python values; the caller decides whether it is an EBV matrix.
     """
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), ALLOWED_GLOBALS).load()
+        return _resolve(_RestrictedUnpickler(io.BytesIO(data), ALLOWED_GLOBALS).load())
     except EBVError:
         raise
     except MemoryError as exc:

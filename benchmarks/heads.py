@@ -1,0 +1,219 @@
+"""Benchmark: training-step time and memory of the head + loss, FC vs EBV, side by side (CPU).
+
+    flock /tmp/ebv_heavy.lock python benchmarks/heads.py [--batch 128] [--steps 5] [--cases ...]
+
+Every case gets the same input: the same batch of backbone features (B x 2048, ResNet-50's
+pooled features) and labels. One training step = forward, cross-entropy (``create_loss``),
+backward, Momentum update of the trainable head parameters, compiled in GRAPH_MODE.
+  fc_1k     : learned FC 2048 -> 1000
+  ebv_1k    : projection 2048 -> 1000, frozen 1000 x 1000 EBVs, cos/tau
+  fc_100k   : learned FC 2048 -> 100,000
+  ebv_100k_d1024 / ebv_100k_d5000 : projection 2048 -> d, frozen 100,000 x d EBVs
+``--backbone resnet50`` adds the full-model step (same ResNet-50, same images) for the N=1000
+pair, where the head is a small part of the step, as in real training.
+
+Each case runs in its own subprocess so memory is measured separately: the parent samples the
+child's resident set (/proc/PID/status VmRSS, every 5 ms) while it runs the timed steps, and
+reports (step peak - baseline), where the baseline is the child's RSS after importing MindSpore
+and creating the batch, before the head exists. "build peak" is the child's lifetime maximum
+(ru_maxrss), which also includes transient copies made while constructing the matrices.
+The EBV matrices here are random unit vectors: step cost does not depend on the values, and
+generating a real 100k x 5000 set takes far longer than this benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FEATURES = 2048
+CASES = {
+    "fc_1k": ("fc", 1000, None),
+    "ebv_1k": ("ebv", 1000, 1000),
+    "fc_100k": ("fc", 100_000, None),
+    "ebv_100k_d1024": ("ebv", 100_000, 1024),
+    "ebv_100k_d5000": ("ebv", 100_000, 5000),
+}
+
+
+def _rss_mb(pid="self") -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def run_case(name: str, batch: int, steps: int, warmup: int, backbone: str, image_size: int) -> dict:
+    """Child process: build, compile, time ``steps`` steps; talk to the parent via stdout."""
+    import numpy as np
+    import mindspore as ms
+    from mindspore import Tensor, nn
+
+    sys.path.insert(0, ROOT)
+    from ebv_ms.loss import create_loss
+    from ebv_ms.models.heads import EBVHead, FCHead, random_unit_vectors
+
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    head_kind, num_classes, dim = CASES[name]
+    rng = np.random.default_rng(0)
+    labels = Tensor(rng.integers(0, num_classes, batch).astype(np.int32))
+    if backbone == "none":
+        inputs = Tensor(rng.standard_normal((batch, FEATURES)).astype(np.float32))
+    else:
+        inputs = Tensor(rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32))
+    baseline = _rss_mb()
+
+    if backbone == "none":
+        if head_kind == "fc":
+            net = FCHead(FEATURES, num_classes)
+        else:
+            ebv = random_unit_vectors(num_classes, dim, seed=1)
+            head = EBVHead(ebv, tau=0.07)
+            del ebv
+            net = nn.SequentialCell([nn.Dense(FEATURES, dim), head])
+    else:
+        from ebv_ms.models import create_classifier
+        ebv = random_unit_vectors(num_classes, dim, seed=1) if head_kind == "ebv" else None
+        net = create_classifier(backbone, head_kind, num_classes, ebv=ebv, tau=0.07)
+        del ebv
+    net.set_train(True)
+    loss_fn = create_loss(0.1)
+    opt = nn.Momentum(net.trainable_params(), learning_rate=0.01, momentum=0.9)
+
+    def forward(x, y):
+        return loss_fn(net(x), y)
+
+    grad_fn = ms.value_and_grad(forward, None, opt.parameters)
+
+    @ms.jit
+    def step(x, y):
+        loss, grads = grad_fn(x, y)
+        opt(grads)
+        return loss
+
+    t0 = time.perf_counter()
+    step(inputs, labels).asnumpy()
+    compile_s = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        step(inputs, labels).asnumpy()
+    print("STEPS_BEGIN", flush=True)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step(inputs, labels).asnumpy()
+        times.append(time.perf_counter() - t0)
+    print("STEPS_END", flush=True)
+    trainable = sum(int(p.size) for p in net.trainable_params())
+    frozen = sum(int(p.size) for p in net.get_parameters() if not p.requires_grad
+                 and not p.name.endswith(("moving_mean", "moving_variance")))
+    return {"case": name, "head": head_kind, "N": num_classes, "d": dim, "batch": batch,
+            "backbone": backbone, "step_ms": 1000 * statistics.median(times),
+            "step_ms_min": 1000 * min(times), "compile_s": compile_s, "baseline_mb": baseline,
+            "build_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "trainable": trainable, "frozen": frozen}
+
+
+def spawn(name: str, args) -> dict:
+    """Parent: run one case in a subprocess, sampling its RSS during the timed steps."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--batch", str(args.batch),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--backbone", args.backbone,
+           "--image-size", str(args.image_size)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    state = {"sampling": False, "peak": 0.0, "stop": False}
+
+    def sampler():
+        while not state["stop"]:
+            if state["sampling"]:
+                try:
+                    state["peak"] = max(state["peak"], _rss_mb(proc.pid))
+                except OSError:
+                    return
+            time.sleep(0.005)
+
+    th = threading.Thread(target=sampler, daemon=True)
+    th.start()
+    result = None
+    for line in proc.stdout:
+        line = line.strip()
+        if line == "STEPS_BEGIN":
+            state["sampling"] = True
+        elif line == "STEPS_END":
+            state["sampling"] = False
+        elif line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+    proc.wait()
+    state["stop"] = True
+    if result is None or proc.returncode != 0:
+        raise RuntimeError(f"case {name} failed (exit {proc.returncode}); run it alone with "
+                           f"--child {name} to see the error")
+    result["step_peak_mb"] = state["peak"]
+    result["step_mem_mb"] = state["peak"] - result["baseline_mb"]
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--backbone", default="none", help="none (head only, default) | resnet50 | small_cnn")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=1, help="run the case list this many times, interleaved")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        res = run_case(args.child, args.batch, args.steps, args.warmup, args.backbone, args.image_size)
+        print("RESULT " + json.dumps(res), flush=True)
+        return 0
+
+    results = {}
+    for rep in range(args.repeats):
+        for name in args.cases:
+            r = spawn(name, args)
+            print(f"[{rep + 1}/{args.repeats}] {name}: {r['step_ms']:.1f} ms/step, "
+                  f"step mem {r['step_mem_mb']:.0f} MB", file=sys.stderr, flush=True)
+            results.setdefault(name, []).append(r)
+    rows = []
+    for name in args.cases:
+        rs = results[name]
+        best = min(rs, key=lambda r: r["step_ms"])
+        best = dict(best, step_ms=statistics.median(r["step_ms"] for r in rs),
+                    step_mem_mb=max(r["step_mem_mb"] for r in rs),
+                    build_peak_mb=max(r["build_peak_mb"] for r in rs))
+        rows.append(best)
+    by = {r["case"]: r for r in rows}
+
+    def ratio(a, b, key):
+        return f"{by[a][key] / by[b][key]:.2f}x" if a in by and b in by and by[b][key] > 0 else "-"
+
+    print(f"\nhead + loss training step, CPU, GRAPH_MODE, batch {args.batch}, backbone={args.backbone}"
+          f"{f' ({args.image_size}x{args.image_size} images)' if args.backbone != 'none' else ' (features 2048)'}, "
+          f"median of {args.steps} steps x {args.repeats} run(s)")
+    print(f"| case | head | N | d | trainable | frozen | step ms | vs FC | step mem MB | vs FC | build peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        fc = "fc_1k" if r["N"] == 1000 else "fc_100k"
+        print(f"| {r['case']} | {r['head']} | {r['N']:,} | {r['d'] or '-'} | {r['trainable'] / 1e6:.2f}M | "
+              f"{r['frozen'] / 1e6:.1f}M | {r['step_ms']:.1f} | {ratio(r['case'], fc, 'step_ms')} | "
+              f"{r['step_mem_mb']:.0f} | {ratio(r['case'], fc, 'step_mem_mb')} | {r['build_peak_mb']:.0f} |")
+    cmd = " ".join(["flock /tmp/ebv_heavy.lock python benchmarks/heads.py"] + (argv if argv is not None else sys.argv[1:]))
+    print(f"\nreproduce: {cmd}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""Training-step throughput (images/s): GRAPH vs PyNative, EBV head vs FC, plus quick-start wall time.
+
+    flock /tmp/ebv_heavy.lock python benchmarks/train.py [--steps 8] [--skip-quick-start]
+
+Each case runs in its own process: the real ``create_classifier`` + ``create_loss`` +
+``create_optimizer`` (SGD momentum) + ``build_train_step`` (``ms.jit`` under GRAPH_MODE, eager
+under PyNative), on one fixed random batch kept on the device, so the number is the step's
+compute (forward, backward, update), not the input pipeline. The first ``--warmup`` steps
+(graph compilation) are not timed. Cases: the demo model (small_cnn, 32x32, batch 32,
+10 classes, EBV d=32) and ResNet-50 at 224x224, batch 8, 1000 classes (EBV d=1000). The quick
+start's wall time is that of ``bash run_with_gpu/run_quick_start.sh`` on CPU (fresh output
+folder and EBV cache, demo data already written; interpreter start and compilation included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CASES = {  # name: (backbone, image side, batch, classes, EBV d)
+    "demo": ("small_cnn", 32, 32, 10, 32),
+    "resnet50": ("resnet50", 224, 8, 1000, 1000),
+}
+
+
+def run_case(model: str, head: str, mode: str, steps: int, warmup: int) -> dict:
+    import numpy as np
+    import mindspore as ms
+    from ebv_ms.generation import create_ebv
+    from ebv_ms.loss import create_loss
+    from ebv_ms.models import create_classifier
+    from ebv_ms.optim import create_optimizer
+    from ebv_ms.engine.train_step import build_train_step
+
+    backbone, side, batch, classes, dim = CASES[model]
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    ms.set_seed(0)
+    ebv = create_ebv(classes, dim, seed=0, progress=False) if head == "ebv" else None
+    net = create_classifier(backbone, head, classes, embed_dim=dim if head == "ebv" else None,
+                            ebv=ebv)
+    opt = create_optimizer(net, "sgd", lr=[0.01] * (warmup + steps), weight_decay=1e-4)
+    step = build_train_step(net, create_loss(), opt, jit=mode == "graph")
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.standard_normal((batch, 3, side, side), dtype=np.float32))
+    y = ms.Tensor(rng.integers(0, classes, batch).astype(np.int32))
+    net.set_train(True)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        float(step(x, y)[0].asnumpy())
+    t_warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = float(step(x, y)[0].asnumpy())
+    secs = time.perf_counter() - t0
+    return {"model": model, "head": head, "mode": mode, "batch": batch, "side": side,
+            "steps": steps, "seconds": secs, "images_per_s": batch * steps / secs,
+            "warmup_s": t_warm, "loss": loss}
+
+
+def quick_start_wall(python: str) -> dict:
+    tmp = tempfile.mkdtemp(prefix="ebv_qs_bench_")
+    try:
+        env = dict(os.environ, EBV_PYTHON=python, EBV_FORCE_CPU="1",
+                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        subprocess.run([python, "-m", "ebv_ms.data.demo", "--out", f"{tmp}/demo"], check=True,
+                       env=env, stdout=subprocess.DEVNULL)
+        cmd = ["bash", "run_with_gpu/run_quick_start.sh", "configs/demo_cpu.yaml",
+               f"output_dir={tmp}/run", f"ebv.cache_dir={tmp}/ebv", f"data.path={tmp}/demo/digits.zip",
+               "train.progress_bar=false"]
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if out.returncode != 0:
+            raise RuntimeError(f"quick start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        with open(f"{tmp}/run/eval.json") as f:
+            ev = json.load(f)
+        return {"wall_s": wall, "top1": ev["top1"]}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per case")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
+    ap.add_argument("--models", default="demo,resnet50")
+    ap.add_argument("--skip-quick-start", action="store_true")
+    ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: model,head,mode in this process
+    args = ap.parse_args(argv)
+    if args.case:
+        model, head, mode = args.case.split(",")
+        print("CASE " + json.dumps(run_case(model, head, mode, args.steps, args.warmup)))
+        return 0
+
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    rows = []
+    for model in args.models.split(","):
+        for head in ("ebv", "fc"):
+            for mode in ("graph", "pynative"):
+                steps = args.steps if model == "demo" else max(3, args.steps // 2)
+                cmd = [sys.executable, __file__, "--case", f"{model},{head},{mode}",
+                       "--steps", str(steps * (5 if model == "demo" else 1)),
+                       "--warmup", str(args.warmup)]
+                out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+                line = [ln for ln in out.stdout.splitlines() if ln.startswith("CASE ")]
+                if out.returncode != 0 or not line:
+                    print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+                    raise SystemExit(f"case {model},{head},{mode} failed")
+                r = json.loads(line[0][5:])
+                rows.append(r)
+                print(f"  {model:9s} {head:4s} {mode:8s} {r['images_per_s']:8.1f} img/s", flush=True)
+
+    def ips(m, h, mo):
+        return next(r["images_per_s"] for r in rows if (r["model"], r["head"], r["mode"]) == (m, h, mo))
+
+    import mindspore as ms
+    print(f"\nTraining-step throughput on CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), "
+          f"MindSpore {ms.__version__}; images/s, higher is better\n")
+    print("| model (input, batch) | head | GRAPH img/s | PyNative img/s | GRAPH / PyNative | compile (s, GRAPH) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for model in args.models.split(","):
+        b, side, batch = CASES[model][0], CASES[model][1], CASES[model][2]
+        for head in ("ebv", "fc"):
+            g, p = ips(model, head, "graph"), ips(model, head, "pynative")
+            warm = next(r["warmup_s"] for r in rows if (r["model"], r["head"], r["mode"]) == (model, head, "graph"))
+            print(f"| {b} ({side}x{side}, {batch}) | {head.upper()} | {g:.1f} | {p:.1f} | {g / p:.2f}x | {warm:.1f} |")
+    print("\n| model | mode | EBV / FC throughput |")
+    print("|---|---|---:|")
+    for model in args.models.split(","):
+        for mode in ("graph", "pynative"):
+            print(f"| {CASES[model][0]} | {mode} | {ips(model, 'ebv', mode) / ips(model, 'fc', mode):.2f}x |")
+    if not args.skip_quick_start:
+        qs = quick_start_wall(sys.executable)
+        print(f"\nQuick start on CPU (bash run_with_gpu/run_quick_start.sh, demo config): "
+              f"{qs['wall_s']:.1f} s wall, top-1 {qs['top1']:.2f}%")
+    print("\nReproduce: flock /tmp/ebv_heavy.lock python benchmarks/train.py "
+          + " ".join(a for a in (argv if argv is not None else sys.argv[1:])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

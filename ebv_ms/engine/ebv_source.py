@@ -1,0 +1,119 @@
+"""The EBV set a run uses: a configured file, or generated once and cached.
+
+The cache file name is the generation key (N, d, alpha, method, seed), so a second run (or
+another rank) with the same settings reuses the same vectors. Under data parallel only rank 0
+generates (generation on a GPU is not bit-reproducible across processes); the other ranks wait
+for the file, which is written atomically.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Optional
+
+from ebv_ms.config import ConfigError
+from ebv_ms.ebv import EBVSet
+
+__all__ = ["needs_ebv", "ebv_cache_path", "resolve_ebv"]
+
+_log = logging.getLogger("ebv_ms")
+
+
+def needs_ebv(cfg) -> bool:
+    return str(cfg.model.head) == "ebv"
+
+
+def ebv_cache_path(cfg) -> str:
+    e = cfg.ebv
+    alpha = "auto" if e.alpha is None else f"{float(e.alpha):g}"
+    name = (f"ebv_N{int(cfg.model.num_classes)}_d{int(cfg.model.embed_dim)}_a{alpha}_"
+            f"{e.method}_s{e.seed}.npy").replace("/", "-").replace(":", "-")
+    return os.path.join(str(e.cache_dir), name)
+
+
+def _check_shape(ebv: EBVSet, cfg, source: str) -> EBVSet:
+    n, d = int(cfg.model.num_classes), int(cfg.model.embed_dim)
+    if (ebv.num_classes, ebv.dim) != (n, d):
+        raise ConfigError(f"EBV set from {source} is {ebv.num_classes} x {ebv.dim}, but config keys "
+                          f"'model.num_classes' / 'model.embed_dim' say {n} x {d}; fix those keys "
+                          "or point 'ebv.path' at a matching file")
+    return ebv
+
+
+def resolve_ebv(cfg, rank: int = 0, progress: bool = True, wait_timeout_s: float = 6 * 3600,
+                logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
+    """EBVSet for ``cfg`` (None unless ``model.head`` is "ebv")."""
+    log = logger or _log
+    if not needs_ebv(cfg):
+        return None
+    from ebv_ms.ebv import load_ebv, save_ebv  # files helper's API
+
+    if cfg.ebv.path:
+        path = str(cfg.ebv.path)
+        if not os.path.isfile(path):
+            raise ConfigError(f"config key 'ebv.path': file not found: {path} (leave it unset to "
+                              "generate a set and cache it under 'ebv.cache_dir')")
+        ebv = _check_shape(load_ebv(path), cfg, path)
+        log.info("EBV set loaded from %s: %r", path, ebv)
+        return ebv
+
+    path = ebv_cache_path(cfg)
+    if os.path.isfile(path):
+        ebv = _check_shape(load_ebv(path), cfg, path)
+        log.info("EBV set reused from cache %s: %r", path, ebv)
+        return ebv
+    if rank != 0:
+        log.info("waiting for rank 0 to generate the EBV set at %s", path)
+        t0 = time.time()
+        while not os.path.isfile(path):
+            if time.time() - t0 > wait_timeout_s:
+                raise TimeoutError(f"rank {rank}: no EBV set appeared at {path} after "
+                                   f"{wait_timeout_s:.0f} s; check rank 0's log")
+            time.sleep(2.0)
+        return _check_shape(load_ebv(path), cfg, path)
+
+    from ebv_ms.generation import create_ebv  # generation helper's API
+    log.info("generating the EBV set (N=%d, d=%d, alpha=%s, method=%s, seed=%s); cached at %s",
+             cfg.model.num_classes, cfg.model.embed_dim, cfg.ebv.alpha, cfg.ebv.method,
+             cfg.ebv.seed, path)
+    t0 = time.time()
+    ebv = create_ebv(int(cfg.model.num_classes), int(cfg.model.embed_dim), alpha=cfg.ebv.alpha,
+                     method=cfg.ebv.method, seed=int(cfg.ebv.seed), max_steps=cfg.ebv.max_steps,
+                     progress=progress, device_target=cfg.device_target)
+    ebv = _check_shape(ebv, cfg, "create_ebv")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".tmp{os.getpid()}_{os.path.basename(path)}")
+    save_ebv(ebv, tmp)
+    os.replace(tmp, path)
+    log.info("EBV set generated in %.1f s: %r", time.time() - t0, ebv)
+    return ebv
+
+
+def main(argv=None) -> int:
+    """``python -m ebv_ms.engine.ebv_source --config X [key=value ...]``: make/cache the EBV set."""
+    import argparse
+    import sys
+    from ebv_ms.config import load_config
+    ap = argparse.ArgumentParser(prog="python -m ebv_ms.engine.ebv_source",
+                                 description="generate (once) the EBV set a config trains with")
+    ap.add_argument("--config", "-c", required=True)
+    ap.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        ebv = resolve_ebv(cfg)
+    except ConfigError as exc:
+        print(f"ebv_source: error: {exc}", file=sys.stderr)
+        return 2
+    if ebv is None:
+        print(f"model.head={cfg.model.head}: no EBV set needed")
+    else:
+        print(f"EBV set ready: {ebv!r} ({cfg.ebv.path or ebv_cache_path(cfg)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

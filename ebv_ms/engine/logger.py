@@ -1,0 +1,86 @@
+"""Logs: a text log (console + file) and a JSON-lines metrics file, one record per epoch.
+
+Rank 0 writes the main log ``<output_dir>/train.log`` and ``metrics.jsonl``. Other ranks log to
+their stdout, which the launch scripts capture in ``<output_dir>/logs/rank_<r>.log`` (one file per
+rank, with any traceback), so a failing rank's messages are never lost.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import List, Mapping, Optional
+
+__all__ = ["setup_logger", "JsonlLog", "rank_log_path"]
+
+
+def rank_log_path(output_dir: str, rank: int, main_name: str = "train.log") -> str:
+    """Rank 0's log file; other ranks' logs are their captured stdout (logs/rank_<r>.log)."""
+    if rank == 0:
+        return os.path.join(output_dir, main_name)
+    return os.path.join(output_dir, "logs", f"rank_{rank}.log")
+
+
+def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = "ebv_ms",
+                 main_name: str = "train.log", console: bool = True) -> logging.Logger:
+    """A logger that writes to this rank's file (appending across resumes) and the console."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s",
+                            datefmt="%Y-%m-%d %H:%M:%S")
+    if console:
+        sh = logging.StreamHandler(sys.stdout)
+        sh.setFormatter(fmt)
+        logger.addHandler(sh)
+    if output_dir and rank == 0:
+        path = rank_log_path(output_dir, rank, main_name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fh = logging.FileHandler(path, encoding="utf-8")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    return logger
+
+
+class JsonlLog:
+    """Append-only JSON-lines file; ``truncate_after(epoch)`` drops records a resume will redo."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write(self, record: Mapping) -> None:
+        rec = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, sort_keys=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> List[dict]:
+        if not os.path.isfile(self.path):
+            return []
+        out = []
+        with open(self.path, "r", encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill mid-write
+        return out
+
+    def truncate_after(self, epoch: int) -> None:
+        """Keep only records of epochs <= ``epoch`` (those the checkpoint being resumed covers)."""
+        keep = [r for r in self.read() if int(r.get("epoch", 0)) <= epoch]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in keep:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, self.path)

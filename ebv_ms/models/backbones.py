@@ -1,0 +1,120 @@
+"""Backbones: mindcv's ResNet-50 / Swin-T (and other mindcv models), plus ``small_cnn``.
+
+``create_backbone`` returns the feature extractor (images -> pooled features (B, F)), F, and the
+backbone's own last linear layer F -> out_dim. For the EBV head that last layer *is* the
+projection to d (as in the paper: ResNet-50 built with num_classes=d); for the FC head it is the
+k-way classifier. Using mindcv keeps weights/checkpoints compatible with mindcv's model zoo.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple, Union
+
+import mindspore as ms
+from mindspore import nn, ops
+
+__all__ = ["SmallCNN", "create_backbone", "BACKBONES", "backbone_num_features"]
+
+# The ones we document and test; any other mindcv model with a ``classifier`` Dense works too.
+BACKBONES = ("resnet50", "swin_tiny", "small_cnn")
+_ALIASES = {"tiny_cnn": "small_cnn"}
+
+
+class SmallCNN(nn.Cell):
+    """3 conv blocks (32-64-128 channels, BN, ReLU, 2 max-pools) + global average pool.
+
+    ~93k parameters; a training step on a batch of 64 images of 32x32 takes a few ms on a
+    2-core CPU, so tests and the CPU demo train in minutes. Any input size >= 8x8 works.
+    """
+
+    num_features = 128
+
+    def __init__(self, in_channels: int = 3, widths=(32, 64, 128)):
+        super().__init__()
+        layers = []
+        c = in_channels
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(c, w, 3, pad_mode="same", has_bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2, 2))
+            c = w
+        self.features = nn.SequentialCell(layers)
+        self.num_features = c
+
+    def construct(self, x):
+        x = self.features(x)
+        return ops.mean(x, axis=(2, 3))
+
+
+def _load_backbone_checkpoint(model: nn.Cell, path: str, name: str) -> None:
+    """Load a local mindcv/MindSpore checkpoint; classifier weights of another size are skipped."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone checkpoint for {name} not found: {path}")
+    params = ms.load_checkpoint(path)
+    own = dict(model.parameters_and_names())
+    skipped = []
+    for key in list(params):
+        if key.startswith("classifier.") and key in own and tuple(params[key].shape) != tuple(own[key].shape):
+            skipped.append(key)
+            params.pop(key)
+    not_loaded, _ = ms.load_param_into_net(model, params)
+    missing = [k for k in not_loaded if not k.startswith("classifier.")]
+    if missing:
+        raise ValueError(f"checkpoint {path} does not fit backbone {name}: {len(missing)} parameter(s) "
+                         f"missing, e.g. {missing[:3]}; is it a checkpoint of mindcv's {name}?")
+
+
+def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = False,
+                    checkpoint_path: Optional[str] = None, in_channels: int = 3,
+                    **kwargs) -> Tuple[nn.Cell, int, nn.Dense]:
+    """(features Cell: images -> (B, F), F, last linear layer F -> out_dim).
+
+    ``pretrained=True`` asks mindcv to download ImageNet weights (needs internet);
+    ``checkpoint_path`` (or ``pretrained="/path.ckpt"``) loads local weights instead.
+    """
+    name = _ALIASES.get(name, name)
+    if isinstance(pretrained, str):
+        checkpoint_path, pretrained = pretrained, False
+    if name == "small_cnn":
+        if pretrained:
+            raise ValueError("small_cnn has no pretrained weights; set pretrained=False")
+        net = SmallCNN(in_channels=in_channels, **kwargs)
+        if checkpoint_path:
+            _load_backbone_checkpoint(net, checkpoint_path, name)
+        return net, net.num_features, nn.Dense(net.num_features, out_dim)
+
+    from mindcv.models import create_model
+    from mindcv.models.registry import is_model
+
+    if not is_model(name):
+        raise ValueError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)} "
+                         f"or another mindcv model name")
+    try:
+        model = create_model(name, num_classes=out_dim, pretrained=bool(pretrained),
+                             in_channels=in_channels, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - mindcv raises URLError/OSError/... when offline
+        if pretrained:
+            raise RuntimeError(
+                f"could not load pretrained weights for {name} ({type(exc).__name__}: {exc}). "
+                f"pretrained=True downloads them from the internet; offline, download the mindcv "
+                f"checkpoint elsewhere and pass it as model.backbone_checkpoint=/path/{name}.ckpt "
+                f"(with pretrained=false)") from exc
+        raise
+    if checkpoint_path:
+        _load_backbone_checkpoint(model, checkpoint_path, name)
+    linear = getattr(model, "classifier", None)
+    if not isinstance(linear, nn.Dense):
+        raise ValueError(f"mindcv model {name} has no 'classifier' Dense layer; not usable as a backbone here")
+    num_features = int(linear.in_channels)
+    model.classifier = nn.Identity()
+    return model, num_features, linear
+
+
+def backbone_num_features(name: str) -> int:
+    """F of a backbone without building it when known (used by the parameter report)."""
+    name = _ALIASES.get(name, name)
+    known = {"resnet50": 2048, "swin_tiny": 768, "small_cnn": SmallCNN.num_features}
+    if name in known:
+        return known[name]
+    _, f, _ = create_backbone(name, 1)
+    return f

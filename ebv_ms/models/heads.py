@@ -1,0 +1,167 @@
+"""Classification heads: the frozen EBV head, fixed random class vectors, and a learned FC.
+
+All heads map an embedding (B, d) to logits (B, N). The fixed heads keep their N x d matrix as
+ONE non-trainable ``Parameter`` (``requires_grad=False``): it is saved by ``ms.save_checkpoint``
+(so a checkpoint alone evaluates correctly), it is not in ``trainable_params()`` (so no optimizer
+sees it and no gradient is computed for it), and it is used through ``MatMul(transpose_b=True)``
+so no transposed copy is made per step. The fixed heads also refuse mixed-precision cast flags
+(``auto_mixed_precision`` O1/O2/O3/auto, ``Cell.to_float``): under amp the embedding arrives in
+fp16/bf16 and the head casts *it* to fp32, normalises and divides by tau in fp32; the matrix
+itself is never cast (a 100k x 5000 matrix would otherwise be copied every step).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+__all__ = ["FrozenVectorHead", "EBVHead", "FixedRandomHead", "FCHead", "random_unit_vectors",
+           "matrix_checksum", "STORAGE_DTYPES"]
+
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
+_AMP_FLAGS = ("fp16", "bf16", "fp32")
+
+
+def matrix_checksum(mat: np.ndarray) -> str:
+    """Same formula as ``EBVSet.checksum()`` (sha256 of shape + float32 bytes, 16 hex chars)."""
+    mat = np.ascontiguousarray(mat, dtype=np.float32)
+    h = hashlib.sha256(f"{mat.shape[0]}x{mat.shape[1]}:".encode())
+    h.update(mat.tobytes())
+    return h.hexdigest()[:16]
+
+
+def random_unit_vectors(num_classes: int, dim: int, seed: int = 0) -> np.ndarray:
+    """N x d Gaussian vectors with unit rows (the fixed-random baseline's class vectors)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((num_classes, dim), dtype=np.float32)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    return w
+
+
+def _l2_normalize(x):
+    """Row-wise x / ||x|| in the dtype of x (callers pass fp32); safe for zero rows."""
+    return x * ops.rsqrt(ops.maximum(ops.sum(x * x, -1, keepdim=True), 1e-24))
+
+
+class FrozenVectorHead(nn.Cell):
+    """Base of heads with a fixed N x d class-vector matrix ``self.<param_name>``.
+
+    ``storage_dtype`` "float16" halves the memory (2 GB -> 1 GB at 100k x 5000); the matmul then
+    runs in fp16 (fp32 accumulation on GPU/Ascend), everything around it stays fp32.
+    """
+
+    param_name = "vectors"
+
+    def __init__(self, vectors: np.ndarray, storage_dtype: str = "float32"):
+        super().__init__()
+        if storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"ebv_dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}")
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2:
+            raise ValueError(f"class-vector matrix must be 2-D (N x d), got shape {vectors.shape}")
+        self.num_classes, self.dim = int(vectors.shape[0]), int(vectors.shape[1])
+        self.storage_dtype = storage_dtype
+        self.low_precision_storage = storage_dtype != "float32"
+        self.checksum = matrix_checksum(vectors)
+        data = np.ascontiguousarray(vectors, dtype=STORAGE_DTYPES[storage_dtype])
+        setattr(self, self.param_name, Parameter(Tensor(data), name=self.param_name, requires_grad=False))
+        self.matmul_nt = ops.MatMul(transpose_b=True)
+        if not self.low_precision_storage:
+            self.to_float(ms.float32)
+
+    @property
+    def matrix(self) -> Parameter:
+        return getattr(self, self.param_name)
+
+    def add_flags_recursive(self, **flags):
+        # Mixed precision must not cast the frozen matrix (a copy per step) nor compute the
+        # logits in fp16: an fp32-stored head stays marked fp32 (amp O2/O3 and "auto" keep it
+        # fp32, O1 skips cells whose precision is set), an fp16-stored head carries no flag
+        # and handles dtypes itself in construct.
+        if any(key in flags for key in _AMP_FLAGS):
+            flags.update(fp16=False, bf16=False, fp32=not self.low_precision_storage)
+        return super().add_flags_recursive(**flags)
+
+    def _dot(self, v32):
+        """v32 (B, d) float32 @ W^T -> (B, N) float32, without casting or copying W."""
+        w = self.matrix
+        if self.low_precision_storage:
+            return ops.cast(self.matmul_nt(ops.cast(v32, w.dtype), w), ms.float32)
+        return self.matmul_nt(v32, w)
+
+    def predict(self, v):
+        """Index of the class vector with the largest logit (int32, shape (B,))."""
+        return ops.cast(ops.argmax(self(v), dim=-1), ms.int32)
+
+
+class EBVHead(FrozenVectorHead):
+    """logits_k = cos(v, w_k) / tau over the fixed EBVs w_k (rows of ``ebv``, unit norm).
+
+    Prediction (argmax of the logits) is the nearest EBV by cosine. Normalisation, the matmul
+    (with fp32 storage) and the 1/tau scaling are fp32: at tau=0.007 the logits reach +-143 and
+    fp16 would keep only ~3 significant digits of them.
+    """
+
+    param_name = "ebv"
+
+    def __init__(self, ebv, tau: float = 0.07, storage_dtype: str = "float32"):
+        vectors = ebv.vectors if hasattr(ebv, "vectors") else np.asarray(ebv, dtype=np.float32)
+        if not tau or tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        super().__init__(vectors, storage_dtype)
+        self.tau = float(tau)
+        self.inv_tau = 1.0 / float(tau)
+
+    def construct(self, v):
+        v = _l2_normalize(ops.cast(v, ms.float32))
+        return self._dot(v) * self.inv_tau
+
+    def extend_repr(self):
+        return f"N={self.num_classes}, d={self.dim}, tau={self.tau}, storage={self.storage_dtype}"
+
+
+class FixedRandomHead(FrozenVectorHead):
+    """Fixed random unit class vectors (Yang et al., "Redesigning the classification layer by
+    randomizing the class representation vectors", WACV 2022).
+
+    mode "dot": logits = S * <v, w_k>; mode "cos": logits = S * cos(v, w_k).
+    """
+
+    param_name = "class_vectors"
+
+    def __init__(self, num_classes: int, dim: int, mode: str = "cos", scale: float = 1.0,
+                 seed: int = 0, storage_dtype: str = "float32"):
+        if mode not in ("dot", "cos"):
+            raise ValueError(f"fixed random head mode must be 'dot' or 'cos', got {mode!r}")
+        super().__init__(random_unit_vectors(num_classes, dim, seed), storage_dtype)
+        self.mode = mode
+        self.cosine = mode == "cos"
+        self.scale = float(scale)
+        self.seed = seed
+
+    def construct(self, v):
+        v = ops.cast(v, ms.float32)
+        if self.cosine:
+            v = _l2_normalize(v)
+        return self._dot(v) * self.scale
+
+    def extend_repr(self):
+        return f"N={self.num_classes}, d={self.dim}, mode={self.mode}, scale={self.scale}"
+
+
+class FCHead(nn.Cell):
+    """Learned k-way linear classifier (the usual softmax baseline)."""
+
+    def __init__(self, in_features: int, num_classes: int, dense: Optional[nn.Dense] = None):
+        super().__init__()
+        self.fc = dense if dense is not None else nn.Dense(in_features, num_classes)
+        self.num_classes = num_classes
+
+    def construct(self, x):
+        return self.fc(x)
+
+    def predict(self, x):
+        return ops.cast(ops.argmax(self(x), dim=-1), ms.int32)

@@ -1,0 +1,73 @@
+"""`create_optimizer`: momentum SGD or AdamW over the trainable parameters only.
+
+The EBV matrix is a frozen (``requires_grad=False``) parameter, so taking
+``network.trainable_params()`` keeps it out of the optimizer: it is never updated nor decayed.
+"""
+from __future__ import annotations
+
+from typing import Iterable, List, Sequence, Union
+
+import mindspore as ms
+from mindspore import nn
+from mindspore.nn.learning_rate_schedule import LearningRateSchedule
+
+__all__ = ["create_optimizer", "OPTIMIZERS"]
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def _is_no_decay(param) -> bool:
+    """Biases and norm layers' gamma/beta (1-D tensors) get no weight decay."""
+    name = param.name.lower()
+    return (param.ndim <= 1 or name.endswith(".bias") or name.endswith(".beta")
+            or name.endswith(".gamma") or "norm" in name.split(".")[-1])
+
+
+def _param_groups(params: List, weight_decay: float, filter_bias_and_bn: bool):
+    if not filter_bias_and_bn or weight_decay == 0.0:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if not _is_no_decay(p)]
+    no_decay = [p for p in params if _is_no_decay(p)]
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def create_optimizer(model_or_params: Union[nn.Cell, Iterable], opt: str = "sgd",
+                     lr: Union[float, Sequence[float], LearningRateSchedule] = 0.1,
+                     weight_decay: float = 1e-4, momentum: float = 0.9, nesterov: bool = False,
+                     filter_bias_and_bn: bool = True, betas: Sequence[float] = (0.9, 0.999),
+                     eps: float = 1e-8, loss_scale: float = 1.0) -> nn.Optimizer:
+    """Build ``opt`` ("sgd": SGD with momentum; "adamw": decoupled weight decay Adam).
+
+    ``lr`` is a float, a per-step list (see ``create_scheduler``) or a LearningRateSchedule.
+    Given a Cell, only its trainable parameters are optimised (frozen EBVs are excluded).
+    """
+    if isinstance(model_or_params, nn.Cell):
+        params = list(model_or_params.trainable_params())
+    else:
+        params = [p for p in model_or_params if getattr(p, "requires_grad", True)]
+    if not params:
+        raise ValueError("create_optimizer: the model has no trainable parameters")
+    if weight_decay < 0:
+        raise ValueError(f"optim.weight_decay must be >= 0, got {weight_decay}")
+    if not isinstance(lr, LearningRateSchedule):
+        lr = [float(x) for x in lr] if isinstance(lr, (list, tuple)) else float(lr)
+    groups = _param_groups(params, float(weight_decay), filter_bias_and_bn)
+    name = str(opt).lower()
+    if name in ("sgd", "momentum"):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"optim.momentum must be in [0, 1), got {momentum}")
+        return nn.Momentum(groups, learning_rate=lr, momentum=float(momentum),
+                           use_nesterov=bool(nesterov), loss_scale=float(loss_scale))
+    if name == "adamw":
+        if len(betas) != 2:
+            raise ValueError(f"optim.betas must be two numbers, got {betas!r}")
+        if loss_scale != 1.0:
+            raise ValueError("adamw does not take a fixed optimizer loss scale; use train.loss_scale")
+        return nn.AdamWeightDecay(groups, learning_rate=lr, beta1=float(betas[0]),
+                                  beta2=float(betas[1]), eps=float(eps))
+    raise ValueError(f"config key 'optim.opt': unknown optimizer '{opt}'; choose one of {OPTIMIZERS}")

@@ -1,0 +1,64 @@
+"""eval.py from a checkpoint alone (config + EBVs recorded in it), and its clear errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _py(script, args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short demo run (2 epochs); its EBV cache is deleted afterwards."""
+    tmp = tmp_path_factory.mktemp("evalrun")
+    subprocess.run([sys.executable, "-m", "ebv_ms.data.demo", "--out", str(tmp / "demo")],
+                   check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                   capture_output=True)
+    out = tmp / "run"
+    r = _py("train.py", ["--config", str(ROOT / "configs" / "demo_cpu.yaml"), f"output_dir={out}",
+                         f"data.path={tmp / 'demo' / 'digits.zip'}", f"ebv.cache_dir={tmp / 'ebv'}",
+                         "train.epochs=2", "train.progress_bar=false"], tmp)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for f in (tmp / "ebv").iterdir():
+        f.unlink()  # eval must not need the cache: the EBVs are in the checkpoint
+    return tmp, out
+
+
+@pytest.mark.slow
+def test_eval_from_checkpoint_alone_reproduces_logged_accuracy(trained, tmp_path):
+    _, out = trained
+    r = _py("eval.py", ["--ckpt", str(out / "last.ckpt"), "--json", str(tmp_path / "e.json"),
+                        "--no-progress"], tmp_path)  # another folder: nothing but the checkpoint
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ev = json.loads((tmp_path / "e.json").read_text())
+    last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert ev["epoch"] == 2 and ev["top1"] == pytest.approx(last["top1"], abs=1e-9)
+    assert ev["correct5"] >= ev["correct1"] and ev["num_samples"] == last["eval_samples"]
+    assert "top-1" in r.stdout and "images/s" in r.stdout and "parameters" in r.stdout
+    assert ev["params_total"] == ev["params_trainable"] + ev["params_frozen"]
+    # a different evaluation size runs through the same checkpoint (CNN with global pooling)
+    r16 = _py("eval.py", ["--ckpt", str(out / "last.ckpt"), "--test-size", "12", "--no-progress"],
+              tmp_path)
+    assert r16.returncode == 0, r16.stderr[-3000:]
+
+
+def test_eval_errors_are_clear(trained, tmp_path):
+    _, out = trained
+    r = _py("eval.py", ["--ckpt", str(tmp_path / "nope.ckpt")], tmp_path)
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr
+    import mindspore as ms
+    plain = tmp_path / "plain.ckpt"
+    ms.save_checkpoint([{"name": "w", "data": ms.Tensor([1.0])}], str(plain))
+    r = _py("eval.py", ["--ckpt", str(plain)], tmp_path)
+    assert r.returncode == 2 and "records no config" in r.stderr and "--config" in r.stderr
+    r = _py("eval.py", ["--ckpt", str(out / "best.ckpt"), "model.num_clases=3"], tmp_path)
+    assert r.returncode == 2 and "model.num_clases" in r.stderr and "num_classes" in r.stderr

@@ -1,0 +1,184 @@
+"""EBVHead / FixedRandomHead: numpy-reference logits, frozen matrix, amp, checkpoints."""
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Tensor, nn
+
+from ebv_ms.ebv import EBVError, EBVSet
+from ebv_ms.models import (EBVHead, FixedRandomHead, check_ebv_matches, create_classifier,
+                           ebv_from_checkpoint, random_unit_vectors)
+
+
+def _ref_cos_logits(v, w, tau):
+    v = v.astype(np.float64)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    w = w.astype(np.float64)
+    w = w / np.linalg.norm(w, axis=1, keepdims=True)
+    return v @ w.T / tau
+
+
+@pytest.fixture
+def ebv():
+    return EBVSet(np.random.default_rng(1).standard_normal((12, 8)).astype(np.float32), method="test")
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.007])
+def test_ebv_head_matches_numpy(ebv, tau):
+    v = np.random.default_rng(2).standard_normal((5, 8)).astype(np.float32) * 3
+    head = EBVHead(ebv, tau=tau)
+    out = head(Tensor(v)).asnumpy()
+    assert out.dtype == np.float32 and out.shape == (5, 12)
+    np.testing.assert_allclose(out, _ref_cos_logits(v, ebv.vectors, tau), rtol=1e-5, atol=1e-5 / tau)
+    np.testing.assert_array_equal(head.predict(Tensor(v)).asnumpy(),
+                                  np.argmax(_ref_cos_logits(v, ebv.vectors, tau), 1))
+
+
+def test_ebv_head_fp16_storage(ebv):
+    v = np.random.default_rng(3).standard_normal((6, 8)).astype(np.float32)
+    head = EBVHead(ebv, tau=0.07, storage_dtype="float16")
+    assert head.ebv.dtype == ms.float16
+    out = head(Tensor(v)).asnumpy()
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, _ref_cos_logits(v, ebv.vectors, 0.07), atol=2e-3 / 0.07)
+
+
+@pytest.mark.parametrize("mode", ["dot", "cos"])
+def test_fixed_random_head_matches_numpy(mode):
+    v = np.random.default_rng(4).standard_normal((4, 16)).astype(np.float32)
+    head = FixedRandomHead(20, 16, mode=mode, scale=5.0, seed=7)
+    w = random_unit_vectors(20, 16, seed=7)
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, rtol=1e-6)
+    ref = _ref_cos_logits(v, w, 1 / 5.0) if mode == "cos" else 5.0 * v.astype(np.float64) @ w.T
+    np.testing.assert_allclose(head(Tensor(v)).asnumpy(), ref, rtol=1e-5, atol=1e-4)
+    assert head.class_vectors.requires_grad is False
+
+
+def test_bad_arguments_are_clear(ebv):
+    with pytest.raises(ValueError, match="tau"):
+        EBVHead(ebv, tau=0.0)
+    with pytest.raises(ValueError, match="ebv_dtype"):
+        EBVHead(ebv, storage_dtype="int8")
+    with pytest.raises(EBVError, match="num_classes"):
+        create_classifier("small_cnn", "ebv", 13, ebv=ebv)
+    with pytest.raises(EBVError, match="embed_dim"):
+        create_classifier("small_cnn", "ebv", 12, embed_dim=9, ebv=ebv)
+    with pytest.raises(ValueError, match="needs an EBV set"):
+        create_classifier("small_cnn", "ebv", 12)
+    with pytest.raises(ValueError, match="unknown head"):
+        create_classifier("small_cnn", "arcface", 12, ebv=ebv)
+
+
+@pytest.mark.parametrize("head", ["ebv", "fixed_random_cos"])
+def test_frozen_matrix_untouched_by_training(ebv, head):
+    net = create_classifier("small_cnn", head, 12, embed_dim=8, ebv=ebv, tau=0.07)
+    net.set_train(True)
+    frozen = net.head.matrix
+    before = frozen.asnumpy().copy()
+    trainable = net.trainable_params()
+    assert frozen.requires_grad is False
+    assert all(p is not frozen for p in trainable)
+    # weight decay and momentum act on every parameter they get: the frozen one must not be there
+    opt = nn.AdamWeightDecay(trainable, learning_rate=0.1, weight_decay=0.5)
+    assert frozen.name not in [p.name for p in opt.parameters]
+    loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+
+    def forward(x, y):
+        return loss_fn(net(x), y)
+
+    grad_fn = ms.value_and_grad(forward, None, opt.parameters)
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((4, 3, 8, 8)).astype(np.float32))
+    y = Tensor(rng.integers(0, 12, 4).astype(np.int32))
+    for _ in range(2):
+        _, grads = grad_fn(x, y)
+        assert len(grads) == len(opt.parameters)  # no gradient slot for the frozen matrix
+        opt(grads)
+    after = net.head.matrix.asnumpy()
+    assert after.tobytes() == before.tobytes()  # bit-identical
+    assert net.projection.weight.asnumpy().tobytes() != b""  # trained parts exist
+
+
+@pytest.mark.parametrize("amp_dtype", [ms.float16])
+def test_amp_o2_keeps_head_fp32_at_small_tau(ebv, amp_dtype):
+    """Under amp O2 (fp16), tau=0.007: same predictions as fp32, matrix never cast."""
+    rng = np.random.default_rng(5)
+
+    class Net(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Dense(10, 8)
+            self.head = EBVHead(ebv, tau=0.007)
+
+        def construct(self, x):
+            return self.head(self.proj(x))
+
+    net32 = Net()
+    x = Tensor(rng.standard_normal((32, 10)).astype(np.float32))
+    ref = net32(x).asnumpy()
+    net16 = Net()
+    ms.load_param_into_net(net16, dict(net32.parameters_and_names()))
+    net16 = ms.amp.auto_mixed_precision(net16, "O2", dtype=amp_dtype)
+    out = net16(x).asnumpy()
+    assert out.dtype == np.float32
+    assert net32.head.ebv.dtype == ms.float32
+    heads = [c for _, c in net16.cells_and_names() if isinstance(c, EBVHead)]
+    assert heads and heads[0].ebv.dtype == ms.float32
+    np.testing.assert_array_equal(out.argmax(1), ref.argmax(1))
+    # the only error left is the fp16 rounding of the embedding (~1e-3 relative), not of the logits
+    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
+    assert np.isfinite(out).all()
+
+
+def test_checkpoint_carries_ebv_and_refuses_other_set(tmp_path, ebv):
+    net = create_classifier("small_cnn", "ebv", 12, ebv=ebv, tau=0.07)
+    path = str(tmp_path / "m.ckpt")
+    ms.save_checkpoint(net, path)
+    params = ms.load_checkpoint(path)
+    assert "head.ebv" in params
+    assert check_ebv_matches(path, ebv) == ebv.checksum() == net.ebv_checksum
+    restored = ebv_from_checkpoint(path)
+    assert restored.checksum() == ebv.checksum()
+    other = EBVSet(np.random.default_rng(99).standard_normal((12, 8)).astype(np.float32))
+    with pytest.raises(EBVError, match="EBV mismatch.*checksum"):
+        check_ebv_matches(path, other)
+    with pytest.raises(EBVError, match="EBV mismatch"):
+        check_ebv_matches(params, EBVSet(np.eye(12, 8, dtype=np.float32) + 0.01))
+    # a checkpoint alone evaluates: rebuild from its own EBV matrix, same logits
+    net2 = create_classifier("small_cnn", "ebv", 12, ebv=restored, tau=0.07)
+    ms.load_param_into_net(net2, params)
+    net.set_train(False)
+    net2.set_train(False)
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32))
+    np.testing.assert_array_equal(net(x).asnumpy(), net2(x).asnumpy())
+    fc = create_classifier("small_cnn", "fc", 12)
+    ms.save_checkpoint(fc, str(tmp_path / "fc.ckpt"))
+    with pytest.raises(EBVError, match="not trained with an EBV head"):
+        check_ebv_matches(str(tmp_path / "fc.ckpt"), ebv)
+
+
+def test_fp16_storage_checkpoint_check(tmp_path, ebv):
+    net = create_classifier("small_cnn", "ebv", 12, ebv=ebv, ebv_dtype="float16")
+    path = str(tmp_path / "m16.ckpt")
+    ms.save_checkpoint(net, path)
+    check_ebv_matches(path, ebv)  # same set, stored as fp16: accepted
+    with pytest.raises(EBVError):
+        check_ebv_matches(path, EBVSet(ebv.vectors[::-1].copy()))
+
+
+@pytest.mark.parametrize("level", ["O2", "O3", "auto"])
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_amp_head_computes_in_fp32(level, mode):
+    """fp16 embedding into an amp-converted head: logits equal fp64 math on the same fp16 values
+    (an fp16 head would be off by >0.03 at |logit| ~ 143)."""
+    ebv = EBVSet(np.random.default_rng(6).standard_normal((40, 16)).astype(np.float32))
+    v16 = (np.random.default_rng(7).standard_normal((32, 16)) * 4).astype(np.float16)
+    ref = _ref_cos_logits(v16.astype(np.float64), ebv.vectors, 0.007)
+    net = ms.amp.auto_mixed_precision(EBVHead(ebv, tau=0.007), level, dtype=ms.float16)
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    try:
+        out = net(Tensor(v16)).asnumpy()
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    assert out.dtype == np.float32
+    assert np.abs(out - ref).max() < 2e-3, np.abs(out - ref).max()
+    np.testing.assert_array_equal(out.argmax(1), ref.argmax(1))

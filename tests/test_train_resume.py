@@ -1,0 +1,60 @@
+"""A run killed mid-epoch (SIGKILL) resumes with --resume and finishes with the same epochs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, cwd, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def demo_zip(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo")
+    subprocess.run([sys.executable, "-m", "ebv_ms.data.demo", "--out", str(d)], check=True,
+                   cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True)
+    return d / "digits.zip"
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_losing_an_epoch(tmp_path, demo_zip):
+    out = tmp_path / "run"
+    common = ["--config", str(ROOT / "configs" / "demo_cpu.yaml"), f"output_dir={out}",
+              f"data.path={demo_zip}", f"ebv.cache_dir={tmp_path / 'ebv'}", "train.epochs=4",
+              "train.progress_bar=false"]
+    # 1438 training images / 32 = 44 steps per epoch: step 98 is in the middle of epoch 3
+    killed = _run(common + ["train.debug_kill_at_step=98"], tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert [r["epoch"] for r in _records(out)] == [1, 2]
+    assert not list(out.glob(".*tmp*"))                       # no half-written checkpoint
+
+    again = _run(common, tmp_path)                             # forgetting --resume is refused
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+    resumed = _run(common + ["--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    recs = _records(out)
+    assert [r["epoch"] for r in recs] == [1, 2, 3, 4]
+    assert [r["global_step"] for r in recs] == [44, 88, 132, 176]
+    log = (out / "train.log").read_text()
+    assert "resumed from" in log and "epoch 2/4 done" in log
+    # the schedule continued where it stopped: epoch 3 ends on the lr of global step 131
+    assert recs[2]["lr"] < recs[1]["lr"] and recs[3]["lr"] < recs[2]["lr"]
+    assert recs[-1]["top1"] >= 80.0
+
+    done = _run(common + ["--resume"], tmp_path)               # finished run: nothing repeated
+    assert done.returncode == 0 and "already covers all 4 epochs" in done.stdout
+    assert [r["epoch"] for r in _records(out)] == [1, 2, 3, 4]
