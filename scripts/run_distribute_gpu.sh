@@ -77,7 +77,8 @@ trap 'echo "[launch] interrupted" >&2; exit 130' INT TERM
 MPI_OPTS=(-n "$NUM")
 [[ "$(id -u)" == 0 ]] && MPI_OPTS+=(--allow-run-as-root)
 if [[ -n "$HOSTFILE" ]]; then MPI_OPTS+=(--hostfile "$HOSTFILE"); else MPI_OPTS+=(--oversubscribe); fi
-[[ "$DEVICE_TARGET" == CPU ]] && MPI_OPTS+=(--bind-to none)
+# Each rank runs many threads (MindSpore's kernels, the data workers): do not pin it to one core.
+[[ "${MPIRUN_ARGS:-}" == *--bind-to* ]] || MPI_OPTS+=(--bind-to none)
 for v in MS_WORKER_NUM MS_SCHED_HOST MS_SCHED_PORT MS_TOPO_TIMEOUT PYTHONPATH PATH LD_LIBRARY_PATH; do
   [[ -n "${!v:-}" ]] && MPI_OPTS+=(-x "$v")
 done
