@@ -42,7 +42,7 @@ OVR=("device_target=$DEVICE_TARGET" "${OVERRIDES[@]}")
 OUTPUT_DIR="$(resolve_output_dir "$CONFIG" "${OVR[@]}")" || exit 2
 LOG_DIR="$OUTPUT_DIR/logs"
 mkdir -p "$LOG_DIR" || die "cannot create $LOG_DIR"
-rm -f "$LOG_DIR"/rank_*.log "$LOG_DIR"/rank_*.exit "$LOG_DIR"/rank_*.json "$LOG_DIR"/scheduler.*
+archive_old_logs "$LOG_DIR" 'rank_*' 'scheduler.*'
 
 if [[ -n "$HOSTFILE" ]]; then
   DEFAULT_HOST="$(hostname -I 2>/dev/null | awk '{print $1}')"
