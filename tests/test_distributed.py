@@ -274,3 +274,28 @@ def test_two_ranks_train_py_on_demo_data(tmp_path):
         log = (out / "logs" / f"rank_{k}.log").read_text()
         assert f"rank {k}" in log and "Traceback" not in log
     assert (out / "logs" / "scheduler.exit").read_text().strip() == "0"
+
+
+# ---------------------------------------------------------------- single-device scripts
+
+def test_standalone_script_runs_one_process_and_keeps_earlier_logs(tmp_path):
+    out = tmp_path / "out"
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(f"output_dir: {out}\n")
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "rank_0.log").write_text("the crashed run's log\n")
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "run_standalone_gpu.sh"), str(cfg), "--steps=2"],
+                       cwd=ROOT, env=_env(ENTRY=str(PROBE), MS_ROLE="MS_WORKER"),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = _reports(out)[0]
+    assert rep["world_size"] == 1 and rep["num_batches"] == 2  # a stray MS_ROLE was dropped
+    assert "rank0 step 2" in (out / "logs" / "rank_0.log").read_text()
+    kept = list((out / "logs" / "previous").glob("*/rank_0.log"))
+    assert len(kept) == 1 and kept[0].read_text() == "the crashed run's log\n"
+
+
+def test_eval_script_rejects_a_missing_checkpoint(tmp_path):
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "run_eval_gpu.sh"), str(tmp_path / "x.ckpt")],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr
