@@ -260,4 +260,4 @@ def test_resolve_ebv_from_file_and_cache_key(tmp_path):
     assert resolve_ebv(load_config(overrides=["model.head=fc"])) is None
     key = ebv_cache_path(load_config(overrides=["model.num_classes=100000", "model.embed_dim=5000",
                                                 "ebv.alpha=0.122", "ebv.cache_dir=c"]))
-    assert key == os.path.join("c", "ebv_N100000_d5000_a0.122_auto_s0.npy")
+    assert key == os.path.join("c", "ebv_N100000_d5000_a0.122_auto_s0.npz")

@@ -28,7 +28,7 @@ def ebv_cache_path(cfg) -> str:
     e = cfg.ebv
     alpha = "auto" if e.alpha is None else f"{float(e.alpha):g}"
     name = (f"ebv_N{int(cfg.model.num_classes)}_d{int(cfg.model.embed_dim)}_a{alpha}_"
-            f"{e.method}_s{e.seed}.npy").replace("/", "-").replace(":", "-")
+            f"{e.method}_s{e.seed}.npz").replace("/", "-").replace(":", "-")
     return os.path.join(str(e.cache_dir), name)
 
 
