@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     import mindspore as ms
     print(f"\nTraining-step throughput on CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), "
           f"MindSpore {ms.__version__}; images/s, higher is better\n")
-    print("| model (input, batch) | head | GRAPH img/s | PyNative img/s | GRAPH / PyNative | GRAPH s/step | compile (s, GRAPH) |")
+    print("| model (input, batch) | head | GRAPH img/s | PyNative img/s | GRAPH / PyNative | GRAPH s/step | GRAPH warm-up incl. compile (s) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for model in args.models.split(","):
         b, side, batch = CASES[model][0], CASES[model][1], CASES[model][2]
