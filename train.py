@@ -29,13 +29,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ebv_ms.config import ConfigError, load_config
-    from ebv_ms.engine.checkpoint import CheckpointError
+    from ebv_ms.config import load_config
+    from ebv_ms.engine.errors import user_errors
     try:
         cfg = load_config(args.config, args.overrides)
         from ebv_ms.engine.trainer import train
         result = train(cfg, resume=args.resume_from or ("auto" if args.resume else None))
-    except (ConfigError, CheckpointError) as exc:
+    except user_errors() as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     print(f"train.py: finished; best top-1 {result['best_top1']:.2f}% at epoch "

@@ -30,6 +30,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -162,7 +163,8 @@ def spawn(name: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--backbone", args.backbone,
            "--image-size", str(args.image_size)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    errlog = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errlog, text=True, cwd=ROOT)
     state = {"sampling": False, "peak": 0.0, "stop": False}
 
     def sampler():
@@ -188,8 +190,11 @@ def spawn(name: str, args) -> dict:
     proc.wait()
     state["stop"] = True
     if result is None or proc.returncode != 0:
-        raise RuntimeError(f"case {name} failed (exit {proc.returncode}); run it alone with "
-                           f"--child {name} to see the error")
+        errlog.seek(0)
+        tail = [ln for ln in errlog.read().splitlines() if ln.strip() and "__del__" not in ln
+                and "total_instance_count" not in ln and "Exception ignored" not in ln][-15:]
+        raise RuntimeError(f"case {name} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    errlog.close()
     result["step_peak_mb"] = state["peak"]
     result["step_mem_mb"] = state["peak"] - result["baseline_mb"]
     return result
@@ -234,10 +239,12 @@ def main(argv=None):
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child-interleaved", ",".join(args.cases),
                               "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
                               "--backbone", args.backbone, "--image-size", str(args.image_size)],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
-            raise RuntimeError(f"interleaved run failed (exit {out.returncode})")
+            tail = [ln for ln in out.stderr.splitlines() if ln.strip() and "__del__" not in ln
+                    and "total_instance_count" not in ln and "Exception ignored" not in ln][-15:]
+            raise RuntimeError(f"interleaved run failed (exit {out.returncode}):\n" + "\n".join(tail))
         by = json.loads(lines[-1][len("RESULT "):])
         rows = [by[n] for n in args.cases]
         print(f"\ntraining step (fwd + loss + bwd + Momentum), CPU, GRAPH_MODE, batch {args.batch}, {what}; "

@@ -142,7 +142,7 @@ def main(argv=None) -> int:
                         raise SystemExit(f"case {model},{head},{mode} failed")
                     r = json.loads(line[0][5:])
                     print(f"  round {rnd + 1}: {model:9s} {head:4s} {mode:8s} "
-                          f"{r['images_per_s']:8.1f} img/s", flush=True)
+                          f"{r['images_per_s']:8.3g} img/s ({r['seconds'] / r['steps']:.3g} s/step)", flush=True)
                     prev = [q for q in rows if (q["model"], q["head"], q["mode"]) == (model, head, mode)]
                     if prev and prev[0]["images_per_s"] >= r["images_per_s"]:
                         continue
@@ -154,14 +154,15 @@ def main(argv=None) -> int:
     import mindspore as ms
     print(f"\nTraining-step throughput on CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), "
           f"MindSpore {ms.__version__}; images/s, higher is better\n")
-    print("| model (input, batch) | head | GRAPH img/s | PyNative img/s | GRAPH / PyNative | compile (s, GRAPH) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| model (input, batch) | head | GRAPH img/s | PyNative img/s | GRAPH / PyNative | GRAPH s/step | GRAPH warm-up incl. compile (s) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for model in args.models.split(","):
         b, side, batch = CASES[model][0], CASES[model][1], CASES[model][2]
         for head in ("ebv", "fc"):
             g, p = ips(model, head, "graph"), ips(model, head, "pynative")
             warm = next(r["warmup_s"] for r in rows if (r["model"], r["head"], r["mode"]) == (model, head, "graph"))
-            print(f"| {b} ({side}x{side}, {batch}) | {head.upper()} | {g:.1f} | {p:.1f} | {g / p:.2f}x | {warm:.1f} |")
+            print(f"| {b} ({side}x{side}, {batch}) | {head.upper()} | {g:.3g} | {p:.3g} | {g / p:.2f}x "
+                  f"| {batch / g:.3g} | {warm:.1f} |")
     print("\n| model | mode | EBV / FC throughput |")
     print("|---|---|---:|")
     for model in args.models.split(","):

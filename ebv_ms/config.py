@@ -23,10 +23,13 @@ DEFAULTS: dict = {
     "output_dir": "runs/default",
     "ebv": {
         "path": None,           # an existing set (.npy/.npz/.pkl); else generated and cached
-        "alpha": None,          # coherence target when generating (None: method's default)
-        "method": "auto",       # auto | official | default method name | closed form
-        "seed": 0,
-        "max_steps": None,
+        "alpha": None,          # coherence target max|cos| when generating (None: as low as the
+                                # method gets; must be >= the Welch bound; official needs it)
+        "method": "auto",       # auto (closed form if one fits, else smoothmax) | smoothmax |
+                                # official (Algorithm 1) | orthonormal | simplex | kerdock |
+                                # kerdock_padded  -> ebv_ms.generation.create_ebv
+        "seed": 0,              # init draw / closed-form subset
+        "max_steps": None,      # step cap of iterative methods (None: 3000 smoothmax, 1e5 official)
         "cache_dir": "ebv_cache",
     },
     "model": {                  # -> ebv_ms.models.create_classifier(**model, ebv=...)

@@ -276,8 +276,7 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     ops = create_transforms(recipe, int(cfg["image_size"]), cfg["eval_resize"], cfg["eval_crop"],
                             tuple(cfg["scale"]), float(cfg["color_jitter"]), float(cfg["random_erasing"]),
                             encoded=True)
-    if source is not None:
-        _replace_decode_failures()
+    _replace_decode_failures()
     # C++ ops only: threads, no process hop
     dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
 

@@ -143,33 +143,41 @@ def _quadratic_tables(dim: int) -> np.ndarray:
     m = a.shape[1]
     z = ((np.arange(dim)[:, None] >> np.arange(m)[None, :]) & 1).astype(np.int64)  # (dim, m)
     upper = np.triu(a.astype(np.int64), 1)                                          # (q, m, m)
-    zu = np.einsum("zi,qij->qzj", z, upper)                                         # (q, dim, m)
-    return ((zu * z[None]).sum(-1) & 1).astype(np.uint8)
+    out = np.empty((a.shape[0], dim), dtype=np.uint8)
+    step = max(1, (1 << 22) // (dim * m))            # bounded temporaries (~32 MB) at any d
+    for s in range(0, a.shape[0], step):
+        zu = np.einsum("zi,qij->qzj", z, upper[s:s + step])                         # (q', dim, m)
+        out[s:s + step] = (zu * z[None]).sum(-1) & 1
+    return out
 
 
 def _parity_table(dim: int) -> np.ndarray:
     """(dim, dim) uint8 parity(c & z): the Sylvester-Hadamard sign pattern."""
-    c = np.arange(dim)
+    c = np.arange(dim, dtype=np.int32)
     x = c[:, None] & c[None, :]
-    par = np.zeros_like(x)
+    par = np.zeros(x.shape, dtype=np.uint8)
     while x.any():
-        par ^= x & 1
+        par ^= (x & 1).astype(np.uint8)
         x >>= 1
-    return par.astype(np.uint8)
+    return par
 
 
-def kerdock_vectors(dim: int, indices: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def kerdock_vectors(dim: int, indices: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Rows ``indices`` of the full real-MUB set of R^dim, as float32 (len(indices), dim).
 
     Index layout: 0 .. dim-1 the standard basis; then basis u (u = 0 .. dim/2 - 1) occupies
     dim*(1+u) .. dim*(2+u) - 1, vector c of that basis being (-1)^(Q_u(z) + c.z) / sqrt(dim).
-    Memory: the output plus O(dim^2) tables; the full set is never built.
+    Memory: the output plus O(dim^2) tables and ~64 MB chunks; the full set is never built.
+    ``out`` (len(indices) x dim float32, zeroed, may be a column slice of a wider array)
+    receives the rows in place.
     """
     indices = np.asarray(indices, dtype=np.int64)
     cap = kerdock_capacity(dim)
     if indices.size and (indices.min() < 0 or indices.max() >= cap):
         raise ValueError(f"Kerdock index out of range [0, {cap}) for d={dim}")
-    out = np.zeros((indices.size, dim), dtype=np.float32)
+    if out is None:
+        out = np.zeros((indices.size, dim), dtype=np.float32)
+    chunk = max(1, (1 << 24) // dim)
     std = indices < dim
     out[np.nonzero(std)[0], indices[std]] = 1.0
     rest = np.nonzero(~std)[0]
@@ -229,7 +237,7 @@ def padded_kerdock(n: int, dim: int, seed: int = 0, noise: float = 0.0) -> np.nd
     if k is None:
         raise ValueError(f"no power-of-4 dimension <= {dim} holds {n} Kerdock vectors")
     out = np.zeros((n, dim), dtype=np.float32)
-    out[:, :k] = kerdock(n, k, seed)
+    kerdock_vectors(k, kerdock_subset_indices(k, n, seed), out=out[:, :k])
     if noise > 0 and dim > k:
         rng = np.random.default_rng(seed + 7919)
         out[:, k:] = noise * rng.standard_normal((n, dim - k)).astype(np.float32) / math.sqrt(dim - k)
