@@ -78,11 +78,10 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ebv_ms.config import ConfigError
-    from ebv_ms.engine.checkpoint import CheckpointError
+    from ebv_ms.engine.errors import user_errors
     try:
         r = run(args)
-    except (ConfigError, CheckpointError) as exc:
+    except user_errors() as exc:
         print(f"eval.py: error: {exc}", file=sys.stderr)
         return 2
     print(f"model {r['model']} + {r['head']} head: {r['params_total']:,} parameters "

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train a classifier with an EBV (or FC) head.
 
-    python train.py --config configs/demo_cpu.yaml [--resume [PATH]] [key.sub=value ...]
+    python train.py --config configs/demo_cpu.yaml [--resume | --resume-from CKPT] [key.sub=value ...]
 
 Writes OUTPUT_DIR/{last,best}.ckpt, train.log, metrics.jsonl (one JSON record per epoch) and
 config.yaml. After a kill, run the same command with --resume: training continues at the
@@ -17,9 +17,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", help="YAML config (keys it leaves out take the defaults)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="continue a run: OUTPUT_DIR/last.ckpt (default) or the given checkpoint; "
-                        "starts from scratch if OUTPUT_DIR has no checkpoint yet")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUTPUT_DIR from its last.ckpt (starts from scratch "
+                        "if there is none yet)")
+    p.add_argument("--resume-from", metavar="CKPT", default=None,
+                   help="continue from this checkpoint instead (writes to OUTPUT_DIR)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="config overrides, e.g. train.epochs=10 optim.lr=0.05 mode=pynative")
     return p.parse_args(argv)
@@ -27,13 +29,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ebv_ms.config import ConfigError, load_config
-    from ebv_ms.engine.checkpoint import CheckpointError
+    from ebv_ms.config import load_config
+    from ebv_ms.engine.errors import user_errors
     try:
         cfg = load_config(args.config, args.overrides)
         from ebv_ms.engine.trainer import train
-        result = train(cfg, resume=args.resume)
-    except (ConfigError, CheckpointError) as exc:
+        result = train(cfg, resume=args.resume_from or ("auto" if args.resume else None))
+    except user_errors() as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     print(f"train.py: finished; best top-1 {result['best_top1']:.2f}% at epoch "

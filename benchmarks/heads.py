@@ -9,8 +9,9 @@ backward, Momentum update of the trainable head parameters, compiled in GRAPH_MO
   ebv_1k    : projection 2048 -> 1000, frozen 1000 x 1000 EBVs, cos/tau
   fc_100k   : learned FC 2048 -> 100,000
   ebv_100k_d1024 / ebv_100k_d5000 : projection 2048 -> d, frozen 100,000 x d EBVs
-``--backbone resnet50`` adds the full-model step (same ResNet-50, same images) for the N=1000
-pair, where the head is a small part of the step, as in real training.
+``--backbone resnet50`` times the full-model step instead (same ResNet-50, same images), where
+the head is a small part of the step, as in real training. ``--interleaved`` times all cases in
+one process with their steps alternated (fairest timing on a busy machine; no memory columns).
 
 Each case runs in its own subprocess so memory is measured separately: the parent samples the
 child's resident set (/proc/PID/status VmRSS, every 5 ms) while it runs the timed steps, and
@@ -29,6 +30,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -51,8 +53,8 @@ def _rss_mb(pid="self") -> float:
     return float("nan")
 
 
-def run_case(name: str, batch: int, steps: int, warmup: int, backbone: str, image_size: int) -> dict:
-    """Child process: build, compile, time ``steps`` steps; talk to the parent via stdout."""
+def build_case(name: str, batch: int, backbone: str, image_size: int):
+    """(compiled train step, inputs, labels, net) for one case; inputs identical across cases."""
     import numpy as np
     import mindspore as ms
     from mindspore import Tensor, nn
@@ -61,8 +63,6 @@ def run_case(name: str, batch: int, steps: int, warmup: int, backbone: str, imag
     from ebv_ms.loss import create_loss
     from ebv_ms.models.heads import EBVHead, FCHead, random_unit_vectors
 
-    ms.set_device("CPU")
-    ms.set_context(mode=ms.GRAPH_MODE)
     head_kind, num_classes, dim = CASES[name]
     rng = np.random.default_rng(0)
     labels = Tensor(rng.integers(0, num_classes, batch).astype(np.int32))
@@ -71,7 +71,7 @@ def run_case(name: str, batch: int, steps: int, warmup: int, backbone: str, imag
     else:
         inputs = Tensor(rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32))
     baseline = _rss_mb()
-
+    ms.set_seed(0)
     if backbone == "none":
         if head_kind == "fc":
             net = FCHead(FEATURES, num_classes)
@@ -100,6 +100,25 @@ def run_case(name: str, batch: int, steps: int, warmup: int, backbone: str, imag
         opt(grads)
         return loss
 
+    return step, inputs, labels, net, baseline
+
+
+def _describe(name, net, batch, backbone):
+    head_kind, num_classes, dim = CASES[name]
+    trainable = sum(int(p.size) for p in net.trainable_params())
+    frozen = sum(int(p.size) for p in net.get_parameters() if not p.requires_grad
+                 and not p.name.endswith(("moving_mean", "moving_variance")))
+    return {"case": name, "head": head_kind, "N": num_classes, "d": dim, "batch": batch,
+            "backbone": backbone, "trainable": trainable, "frozen": frozen}
+
+
+def run_case(name: str, batch: int, steps: int, warmup: int, backbone: str, image_size: int) -> dict:
+    """Child process: build, compile, time ``steps`` steps; talk to the parent via stdout."""
+    import mindspore as ms
+
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    step, inputs, labels, net, baseline = build_case(name, batch, backbone, image_size)
     t0 = time.perf_counter()
     step(inputs, labels).asnumpy()
     compile_s = time.perf_counter() - t0
@@ -112,14 +131,31 @@ def run_case(name: str, batch: int, steps: int, warmup: int, backbone: str, imag
         step(inputs, labels).asnumpy()
         times.append(time.perf_counter() - t0)
     print("STEPS_END", flush=True)
-    trainable = sum(int(p.size) for p in net.trainable_params())
-    frozen = sum(int(p.size) for p in net.get_parameters() if not p.requires_grad
-                 and not p.name.endswith(("moving_mean", "moving_variance")))
-    return {"case": name, "head": head_kind, "N": num_classes, "d": dim, "batch": batch,
-            "backbone": backbone, "step_ms": 1000 * statistics.median(times),
-            "step_ms_min": 1000 * min(times), "compile_s": compile_s, "baseline_mb": baseline,
-            "build_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-            "trainable": trainable, "frozen": frozen}
+    return dict(_describe(name, net, batch, backbone), step_ms=1000 * statistics.median(times),
+                compile_s=compile_s, baseline_mb=baseline,
+                build_peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+
+
+def run_interleaved(names, batch: int, steps: int, warmup: int, backbone: str, image_size: int) -> dict:
+    """One process, all cases built, steps alternated A B A B ...: the fairest timing on a busy
+    machine (every case sees the same background load). Memory is not measured here."""
+    import mindspore as ms
+
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    built = {n: build_case(n, batch, backbone, image_size) for n in names}
+    for n, (step, x, y, _, _) in built.items():
+        for _ in range(max(warmup, 1)):
+            step(x, y).asnumpy()
+    times = {n: [] for n in names}
+    for _ in range(steps):
+        for n, (step, x, y, _, _) in built.items():
+            t0 = time.perf_counter()
+            step(x, y).asnumpy()
+            times[n].append(time.perf_counter() - t0)
+    return {n: dict(_describe(n, built[n][3], batch, backbone),
+                    step_ms=1000 * statistics.median(times[n]), step_ms_all=[1000 * t for t in times[n]])
+            for n in names}
 
 
 def spawn(name: str, args) -> dict:
@@ -127,7 +163,8 @@ def spawn(name: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--backbone", args.backbone,
            "--image-size", str(args.image_size)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    errlog = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errlog, text=True, cwd=ROOT)
     state = {"sampling": False, "peak": 0.0, "stop": False}
 
     def sampler():
@@ -153,11 +190,20 @@ def spawn(name: str, args) -> dict:
     proc.wait()
     state["stop"] = True
     if result is None or proc.returncode != 0:
-        raise RuntimeError(f"case {name} failed (exit {proc.returncode}); run it alone with "
-                           f"--child {name} to see the error")
+        errlog.seek(0)
+        tail = [ln for ln in errlog.read().splitlines() if ln.strip() and "__del__" not in ln
+                and "total_instance_count" not in ln and "Exception ignored" not in ln][-15:]
+        raise RuntimeError(f"case {name} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    errlog.close()
     result["step_peak_mb"] = state["peak"]
     result["step_mem_mb"] = state["peak"] - result["baseline_mb"]
     return result
+
+
+def _ratio(by, a, b, key):
+    if a in by and b in by and by[b].get(key):
+        return f"{by[a][key] / by[b][key]:.2f}x"
+    return "-"
 
 
 def main(argv=None):
@@ -168,13 +214,51 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--backbone", default="none", help="none (head only, default) | resnet50 | small_cnn")
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=1, help="run the case list this many times, interleaved")
+    p.add_argument("--repeats", type=int, default=1, help="run the case list this many times")
+    p.add_argument("--interleaved", action="store_true",
+                   help="time all cases in one process, steps alternated (no memory columns)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child-interleaved", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         res = run_case(args.child, args.batch, args.steps, args.warmup, args.backbone, args.image_size)
         print("RESULT " + json.dumps(res), flush=True)
+        return 0
+    if args.child_interleaved:
+        res = run_interleaved(args.child_interleaved.split(","), args.batch, args.steps, args.warmup,
+                              args.backbone, args.image_size)
+        print("RESULT " + json.dumps(res), flush=True)
+        return 0
+
+    what = (f"backbone {args.backbone}, {args.image_size}x{args.image_size} images" if args.backbone != "none"
+            else "input: the same 2048-d feature batch")
+    cmd = " ".join(["flock /tmp/ebv_heavy.lock python benchmarks/heads.py"] +
+                   (list(argv) if argv is not None else sys.argv[1:]))
+    if args.interleaved:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child-interleaved", ",".join(args.cases),
+                              "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                              "--backbone", args.backbone, "--image-size", str(args.image_size)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+        if out.returncode != 0 or not lines:
+            tail = [ln for ln in out.stderr.splitlines() if ln.strip() and "__del__" not in ln
+                    and "total_instance_count" not in ln and "Exception ignored" not in ln][-15:]
+            raise RuntimeError(f"interleaved run failed (exit {out.returncode}):\n" + "\n".join(tail))
+        by = json.loads(lines[-1][len("RESULT "):])
+        rows = [by[n] for n in args.cases]
+        print(f"\ntraining step (fwd + loss + bwd + Momentum), CPU, GRAPH_MODE, batch {args.batch}, {what}; "
+              f"cases alternated step by step in one process, median of {args.steps} steps")
+        print("| case | head | N | d | trainable | frozen | step ms | vs FC |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            fc = "fc_1k" if r["N"] == 1000 else "fc_100k"
+            print(f"| {r['case']} | {r['head']} | {r['N']:,} | {r['d'] or '-'} | {r['trainable'] / 1e6:.2f}M | "
+                  f"{r['frozen'] / 1e6:.1f}M | {r['step_ms']:.1f} | {_ratio(by, r['case'], fc, 'step_ms')} |")
+        print(f"\nreproduce: {cmd}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=2)
         return 0
 
     results = {}
@@ -187,27 +271,19 @@ def main(argv=None):
     rows = []
     for name in args.cases:
         rs = results[name]
-        best = min(rs, key=lambda r: r["step_ms"])
-        best = dict(best, step_ms=statistics.median(r["step_ms"] for r in rs),
-                    step_mem_mb=max(r["step_mem_mb"] for r in rs),
-                    build_peak_mb=max(r["build_peak_mb"] for r in rs))
-        rows.append(best)
+        rows.append(dict(rs[0], step_ms=statistics.median(r["step_ms"] for r in rs),
+                         step_mem_mb=max(r["step_mem_mb"] for r in rs),
+                         build_peak_mb=max(r["build_peak_mb"] for r in rs)))
     by = {r["case"]: r for r in rows}
-
-    def ratio(a, b, key):
-        return f"{by[a][key] / by[b][key]:.2f}x" if a in by and b in by and by[b][key] > 0 else "-"
-
-    print(f"\nhead + loss training step, CPU, GRAPH_MODE, batch {args.batch}, backbone={args.backbone}"
-          f"{f' ({args.image_size}x{args.image_size} images)' if args.backbone != 'none' else ' (features 2048)'}, "
-          f"median of {args.steps} steps x {args.repeats} run(s)")
-    print(f"| case | head | N | d | trainable | frozen | step ms | vs FC | step mem MB | vs FC | build peak MB |")
+    print(f"\ntraining step (fwd + loss + bwd + Momentum), CPU, GRAPH_MODE, batch {args.batch}, {what}; "
+          f"one process per case, median of {args.steps} steps x {args.repeats} run(s)")
+    print("| case | head | N | d | trainable | frozen | step ms | vs FC | step mem MB | vs FC | build peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fc = "fc_1k" if r["N"] == 1000 else "fc_100k"
         print(f"| {r['case']} | {r['head']} | {r['N']:,} | {r['d'] or '-'} | {r['trainable'] / 1e6:.2f}M | "
-              f"{r['frozen'] / 1e6:.1f}M | {r['step_ms']:.1f} | {ratio(r['case'], fc, 'step_ms')} | "
-              f"{r['step_mem_mb']:.0f} | {ratio(r['case'], fc, 'step_mem_mb')} | {r['build_peak_mb']:.0f} |")
-    cmd = " ".join(["flock /tmp/ebv_heavy.lock python benchmarks/heads.py"] + (argv if argv is not None else sys.argv[1:]))
+              f"{r['frozen'] / 1e6:.1f}M | {r['step_ms']:.1f} | {_ratio(by, r['case'], fc, 'step_ms')} | "
+              f"{r['step_mem_mb']:.0f} | {_ratio(by, r['case'], fc, 'step_mem_mb')} | {r['build_peak_mb']:.0f} |")
     print(f"\nreproduce: {cmd}")
     if args.json:
         with open(args.json, "w") as f:

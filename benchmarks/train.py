@@ -7,8 +7,10 @@ Each case runs in its own process: the real ``create_classifier`` + ``create_los
 ``create_optimizer`` (SGD momentum) + ``build_train_step`` (``ms.jit`` under GRAPH_MODE, eager
 under PyNative), on one fixed random batch kept on the device, so the number is the step's
 compute (forward, backward, update), not the input pipeline. The first ``--warmup`` steps
-(graph compilation) are not timed. Cases: the demo model (small_cnn, 32x32, batch 32,
-10 classes, EBV d=32) and ResNet-50 at 224x224, batch 8, 1000 classes (EBV d=1000). The quick
+(graph compilation) are not timed; the demo cases time 3 windows and keep the fastest (the
+machine is shared), ResNet-50 one window. Cases: the demo model as in configs/demo_cpu.yaml
+(small_cnn 16-32-64, 8x8, batch 32, 10 classes, EBV d=32) and ResNet-50 at 224x224, batch 2,
+1000 classes (EBV d=1000). The quick
 start's wall time is that of ``bash run_with_gpu/run_quick_start.sh`` on CPU (fresh output
 folder and EBV cache, demo data already written; interpreter start and compilation included).
 """
@@ -26,29 +28,37 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CASES = {  # name: (backbone, image side, batch, classes, EBV d)
-    "demo": ("small_cnn", 32, 32, 10, 32),
-    "resnet50": ("resnet50", 224, 8, 1000, 1000),
+CASES = {  # name: (backbone, image side, batch, classes, EBV d, backbone kwargs)
+    "demo": ("small_cnn", 8, 32, 10, 32, {"widths": (16, 32, 64)}),   # configs/demo_cpu.yaml
+    "resnet50": ("resnet50", 224, 2, 1000, 1000, {}),
 }
 
 
-def run_case(model: str, head: str, mode: str, steps: int, warmup: int) -> dict:
+def run_case(model: str, head: str, mode: str, steps: int, warmup: int,
+             repeats: int = 3) -> dict:
     import numpy as np
     import mindspore as ms
-    from ebv_ms.generation import create_ebv
     from ebv_ms.loss import create_loss
     from ebv_ms.models import create_classifier
     from ebv_ms.optim import create_optimizer
     from ebv_ms.engine.train_step import build_train_step
 
-    backbone, side, batch, classes, dim = CASES[model]
+    backbone, side, batch, classes, dim, bkw = CASES[model]
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     ms.set_seed(0)
-    ebv = create_ebv(classes, dim, seed=0, progress=False) if head == "ebv" else None
+    ebv = None
+    official = os.path.join(os.path.dirname(ROOT), "shared", "official_ebv",
+                            f"mindspore_eq_{classes}_{dim}.pkl")
+    if head == "ebv" and os.path.isfile(official):
+        from ebv_ms.ebv import load_ebv
+        ebv = load_ebv(official)  # the authors' released 1000 x 1000 set
+    elif head == "ebv":
+        from ebv_ms.generation import create_ebv
+        ebv = create_ebv(classes, dim, seed=0, progress=False)
     net = create_classifier(backbone, head, classes, embed_dim=dim if head == "ebv" else None,
-                            ebv=ebv)
-    opt = create_optimizer(net, "sgd", lr=[0.01] * (warmup + steps), weight_decay=1e-4)
+                            ebv=ebv, backbone_kwargs=bkw)
+    opt = create_optimizer(net, "sgd", lr=[0.01] * (warmup + steps * repeats), weight_decay=1e-4)
     step = build_train_step(net, create_loss(), opt, jit=mode == "graph")
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((batch, 3, side, side), dtype=np.float32))
@@ -58,13 +68,17 @@ def run_case(model: str, head: str, mode: str, steps: int, warmup: int) -> dict:
     for _ in range(warmup):
         float(step(x, y)[0].asnumpy())
     t_warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = float(step(x, y)[0].asnumpy())
-    secs = time.perf_counter() - t0
+    # the machine is shared: time ``repeats`` windows and keep the fastest (least disturbed)
+    windows = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = float(step(x, y)[0].asnumpy())
+        windows.append(time.perf_counter() - t0)
+    secs = min(windows)
     return {"model": model, "head": head, "mode": mode, "batch": batch, "side": side,
             "steps": steps, "seconds": secs, "images_per_s": batch * steps / secs,
-            "warmup_s": t_warm, "loss": loss}
+            "windows_s": windows, "warmup_s": t_warm, "loss": loss}
 
 
 def quick_start_wall(python: str) -> dict:
@@ -93,32 +107,46 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=8, help="timed steps per case")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed windows per case; the fastest is reported (shared machine)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the demo cases")
+    ap.add_argument("--r50-steps", type=int, default=2, help="timed steps per ResNet-50 case")
     ap.add_argument("--models", default="demo,resnet50")
     ap.add_argument("--skip-quick-start", action="store_true")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: model,head,mode in this process
     args = ap.parse_args(argv)
     if args.case:
         model, head, mode = args.case.split(",")
-        print("CASE " + json.dumps(run_case(model, head, mode, args.steps, args.warmup)))
+        print("CASE " + json.dumps(run_case(model, head, mode, args.steps, args.warmup,
+                                            args.repeats)))
         return 0
 
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     rows = []
     for model in args.models.split(","):
-        for head in ("ebv", "fc"):
-            for mode in ("graph", "pynative"):
-                steps = args.steps if model == "demo" else max(3, args.steps // 2)
-                cmd = [sys.executable, __file__, "--case", f"{model},{head},{mode}",
-                       "--steps", str(steps * (5 if model == "demo" else 1)),
-                       "--warmup", str(args.warmup)]
-                out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-                line = [ln for ln in out.stdout.splitlines() if ln.startswith("CASE ")]
-                if out.returncode != 0 or not line:
-                    print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
-                    raise SystemExit(f"case {model},{head},{mode} failed")
-                r = json.loads(line[0][5:])
-                rows.append(r)
-                print(f"  {model:9s} {head:4s} {mode:8s} {r['images_per_s']:8.1f} img/s", flush=True)
+        # demo cases: several interleaved rounds (each case keeps its best) so that a burst of
+        # load from other processes does not land on one side of a comparison only
+        rounds = args.rounds if model == "demo" else 1
+        for rnd in range(rounds):
+            for head in ("ebv", "fc"):
+                for mode in ("graph", "pynative"):
+                    steps = args.steps * 5 if model == "demo" else args.r50_steps
+                    warmup = args.warmup if model == "demo" else 1
+                    reps = args.repeats if model == "demo" else 1
+                    cmd = [sys.executable, __file__, "--case", f"{model},{head},{mode}",
+                           "--steps", str(steps), "--warmup", str(warmup), "--repeats", str(reps)]
+                    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+                    line = [ln for ln in out.stdout.splitlines() if ln.startswith("CASE ")]
+                    if out.returncode != 0 or not line:
+                        print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+                        raise SystemExit(f"case {model},{head},{mode} failed")
+                    r = json.loads(line[0][5:])
+                    print(f"  round {rnd + 1}: {model:9s} {head:4s} {mode:8s} "
+                          f"{r['images_per_s']:8.3g} img/s ({r['seconds'] / r['steps']:.3g} s/step)", flush=True)
+                    prev = [q for q in rows if (q["model"], q["head"], q["mode"]) == (model, head, mode)]
+                    if prev and prev[0]["images_per_s"] >= r["images_per_s"]:
+                        continue
+                    rows = [q for q in rows if q not in prev] + [r]
 
     def ips(m, h, mo):
         return next(r["images_per_s"] for r in rows if (r["model"], r["head"], r["mode"]) == (m, h, mo))
@@ -126,14 +154,15 @@ def main(argv=None) -> int:
     import mindspore as ms
     print(f"\nTraining-step throughput on CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), "
           f"MindSpore {ms.__version__}; images/s, higher is better\n")
-    print("| model (input, batch) | head | GRAPH img/s | PyNative img/s | GRAPH / PyNative | compile (s, GRAPH) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| model (input, batch) | head | GRAPH img/s | PyNative img/s | GRAPH / PyNative | GRAPH s/step | GRAPH warm-up incl. compile (s) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for model in args.models.split(","):
         b, side, batch = CASES[model][0], CASES[model][1], CASES[model][2]
         for head in ("ebv", "fc"):
             g, p = ips(model, head, "graph"), ips(model, head, "pynative")
             warm = next(r["warmup_s"] for r in rows if (r["model"], r["head"], r["mode"]) == (model, head, "graph"))
-            print(f"| {b} ({side}x{side}, {batch}) | {head.upper()} | {g:.1f} | {p:.1f} | {g / p:.2f}x | {warm:.1f} |")
+            print(f"| {b} ({side}x{side}, {batch}) | {head.upper()} | {g:.3g} | {p:.3g} | {g / p:.2f}x "
+                  f"| {batch / g:.3g} | {warm:.1f} |")
     print("\n| model | mode | EBV / FC throughput |")
     print("|---|---|---:|")
     for model in args.models.split(","):

@@ -33,3 +33,16 @@ import socket
 s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1]); s.close()
 PY
 }
+
+# A new launch in the same output_dir (e.g. --resume after a crash) keeps the earlier logs:
+# they move to LOG_DIR/previous/<time>/ instead of being overwritten.
+archive_old_logs() {
+  local dir="$1"; shift
+  local files=() pat f
+  for pat in "$@"; do
+    for f in "$dir"/$pat; do [[ -e "$f" ]] && files+=("$f"); done
+  done
+  [[ ${#files[@]} -gt 0 ]] || return 0
+  local dest="$dir/previous/$(date +%Y%m%d-%H%M%S)"
+  mkdir -p "$dest" && mv "${files[@]}" "$dest/" && echo "[launch] earlier logs moved to $dest"
+}

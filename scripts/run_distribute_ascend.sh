@@ -35,7 +35,7 @@ OVR=("device_target=$DEVICE_TARGET" "${OVERRIDES[@]}")
 OUTPUT_DIR="$(resolve_output_dir "$CONFIG" "${OVR[@]}")" || exit 2
 LOG_DIR="$OUTPUT_DIR/logs"
 mkdir -p "$LOG_DIR" || die "cannot create $LOG_DIR"
-rm -f "$LOG_DIR"/worker_*.log "$LOG_DIR"/rank_*.json "$LOG_DIR"/scheduler.log
+archive_old_logs "$LOG_DIR" 'worker_*' 'rank_*' 'scheduler.*'
 PORT="${MASTER_PORT:-$(free_port)}"
 # shellcheck disable=SC2206
 EXTRA=(${MSRUN_ARGS:-})

@@ -42,7 +42,7 @@ OVR=("device_target=$DEVICE_TARGET" "${OVERRIDES[@]}")
 OUTPUT_DIR="$(resolve_output_dir "$CONFIG" "${OVR[@]}")" || exit 2
 LOG_DIR="$OUTPUT_DIR/logs"
 mkdir -p "$LOG_DIR" || die "cannot create $LOG_DIR"
-rm -f "$LOG_DIR"/rank_*.log "$LOG_DIR"/rank_*.exit "$LOG_DIR"/rank_*.json "$LOG_DIR"/scheduler.*
+archive_old_logs "$LOG_DIR" 'rank_*' 'scheduler.*'
 
 if [[ -n "$HOSTFILE" ]]; then
   DEFAULT_HOST="$(hostname -I 2>/dev/null | awk '{print $1}')"
@@ -77,7 +77,8 @@ trap 'echo "[launch] interrupted" >&2; exit 130' INT TERM
 MPI_OPTS=(-n "$NUM")
 [[ "$(id -u)" == 0 ]] && MPI_OPTS+=(--allow-run-as-root)
 if [[ -n "$HOSTFILE" ]]; then MPI_OPTS+=(--hostfile "$HOSTFILE"); else MPI_OPTS+=(--oversubscribe); fi
-[[ "$DEVICE_TARGET" == CPU ]] && MPI_OPTS+=(--bind-to none)
+# Each rank runs many threads (MindSpore's kernels, the data workers): do not pin it to one core.
+[[ "${MPIRUN_ARGS:-}" == *--bind-to* ]] || MPI_OPTS+=(--bind-to none)
 for v in MS_WORKER_NUM MS_SCHED_HOST MS_SCHED_PORT MS_TOPO_TIMEOUT PYTHONPATH PATH LD_LIBRARY_PATH; do
   [[ -n "${!v:-}" ]] && MPI_OPTS+=(-x "$v")
 done

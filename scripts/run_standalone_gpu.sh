@@ -22,6 +22,7 @@ ENTRY="${ENTRY:-$ROOT/train.py}"
 OVR=("device_target=$DEVICE_TARGET" "${OVERRIDES[@]}")
 OUTPUT_DIR="$(resolve_output_dir "$CONFIG" "${OVR[@]}")" || exit 2
 mkdir -p "$OUTPUT_DIR/logs" || die "cannot create $OUTPUT_DIR/logs"
+archive_old_logs "$OUTPUT_DIR/logs" 'rank_*'
 LOG="$OUTPUT_DIR/logs/rank_0.log"
 case "$DEVICE_TARGET" in
   GPU) export CUDA_VISIBLE_DEVICES="${NUM:-${CUDA_VISIBLE_DEVICES:-0}}" ;;

@@ -23,8 +23,18 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PY" -m venv "$VENV"
 fi
 echo "setup_env: installing dependencies from $(basename "$REQ") (first run takes a minute or two)"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -r "$REQ"
-"$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT"
+LOG="$VENV/setup.log"
+run_pip() {  # quiet unless it fails; then show pip's own output
+  if ! "$VENV/bin/python" -m pip "$@" >>"$LOG" 2>&1; then
+    tail -n 40 "$LOG" >&2
+    echo "setup_env: 'pip $*' failed (full log: $LOG). Check the network access to PyPI" \
+         "and that Python is 3.9-3.11 (mindspore 2.10.0 wheels)." >&2
+    exit 1
+  fi
+}
+: > "$LOG"
+run_pip install -q --upgrade pip
+run_pip install -q -r "$REQ"
+run_pip install -q --no-deps -e "$ROOT"
 echo "$HASH" > "$STAMP"
 echo "setup_env: ready ($("$VENV/bin/python" -c 'import mindspore; print("mindspore", mindspore.__version__)' 2>/dev/null))"

@@ -114,9 +114,37 @@ def test_every_image_keeps_its_label_with_worker_processes(tmp_path):
     assert info.num_samples == 30 and info.bad_count() == 0
 
 
+def _bogus_huffman_jpeg() -> bytes:
+    good = bytearray(encode(tagged_image(5, 0, 32), ".jpg"))
+    i = bytes(good).find(b"\xff\xc4")
+    good[i + 5:i + 21] = b"\xff" * 16  # code counts that overflow the code space
+    return bytes(good)
+
+
+def test_precheck_accepts_real_images_and_rejects_broken_ones():
+    import io
+    from PIL import Image
+    from ebv_ms.data.source import precheck
+    img = tagged_image(1, 2, 40)
+    pil = Image.fromarray(img)
+    variants = {"jpeg": encode(img, ".jpg"), "png": encode(img, ".png"), "bmp": encode(img, ".bmp")}
+    for mode, kw in (("CMYK", {}), ("L", {}), ("RGB", {"progressive": True}), ("RGB", {"quality": 30})):
+        buf = io.BytesIO()
+        pil.convert(mode).save(buf, "JPEG", **kw)
+        variants[f"{mode}{kw}"] = buf.getvalue()
+    for name, data in variants.items():
+        assert precheck(data) == "", name
+    assert "Huffman" in precheck(_bogus_huffman_jpeg())
+    assert precheck(b"") == "empty file"
+    assert "not an image" in precheck(b"hello world, not an image")
+    assert "truncated JPEG" in precheck(variants["jpeg"][:-300])
+    assert "truncated PNG" in precheck(variants["png"][:-20])
+
+
 def test_bad_members_are_skipped_counted_and_named(tmp_path):
     good = encode(tagged_image(999, 1), ".jpg")
     bad = {
+        "ds/train/c2/bad_huffman.jpg": _bogus_huffman_jpeg(),  # would crash MindSpore's decoder
         "ds/train/c0/bad_random.jpg": os.urandom(300),
         "ds/train/c1/bad_empty.jpg": b"",
         "ds/train/c2/bad_truncated.jpg": good[: len(good) // 2],
@@ -124,18 +152,18 @@ def test_bad_members_are_skipped_counted_and_named(tmp_path):
     }
     path = _tagged_archive(tmp_path, 20, extra=bad)
     ds, info = create_dataset({"path": path, **TAG, "num_workers": 2, "python_multiprocessing": True},
-                              "train", batch_size=4, is_training=True, recipe="eval", seed=5)
-    assert info.num_samples == 24 and info.steps_per_epoch == 6
+                              "train", batch_size=5, is_training=True, recipe="eval", seed=5)
+    assert info.num_samples == 25 and info.steps_per_epoch == 5
     e0, e1 = _epoch(ds, epochs=2)
     for rows in (e0, e1):
-        assert len(rows) == 24
+        assert len(rows) == 25
         assert all(tag_label == y == tag_id % 3 for tag_id, tag_label, y in rows)  # never a wrong label
         assert set(r[0] for r in rows) == set(range(20))
     for epoch in (0, 1):
-        assert info.bad_count(epoch) == 4
+        assert info.bad_count(epoch) == 5
         assert sorted(info.bad_names(epoch)) == sorted(bad)
     report = info.bad_report(0)
-    assert "4 bad sample(s)" in report and "empty file" in report and "truncated JPEG" in report
+    assert "5 bad sample(s)" in report and "Huffman" in report and "empty file" in report and "truncated JPEG" in report
 
 
 def test_one_iterator_per_epoch_still_reshuffles_and_reports_per_epoch(tmp_path):
@@ -231,6 +259,20 @@ def test_imagenet_folders_via_image_folder_dataset(tmp_path):
     assert sum(1 for _ in ds.create_dict_iterator(num_epochs=1)) == 3
 
 
+def test_folder_file_the_decoder_rejects_is_replaced_not_fatal(tmp_path):
+    _imagenet_tree(tmp_path)
+    broken = bytearray(flat_jpeg(1, 24))
+    broken[20:40] = b"\xff" * 20  # MindSpore's decoder raises on this header
+    (tmp_path / "val" / "n03000000" / "zz_broken.JPEG").write_bytes(bytes(broken))
+    ds, info = create_dataset({"path": str(tmp_path), "image_size": 16, "eval_resize": 16}, "val",
+                              batch_size=7, is_training=False, num_workers=1)
+    (b,) = list(ds.create_dict_iterator(num_epochs=1, output_numpy=True))
+    assert b["image"].shape[0] == 7  # replaced by an earlier good row, image and label together
+    for x, y in zip(b["image"], b["label"]):
+        v = (20 + 20 * y) / 255.0
+        assert abs(x[0].mean() - (v - IMAGENET_MEAN[0]) / IMAGENET_STD[0]) < 0.05
+
+
 def test_imagenet_csv_lists_with_root(tmp_path):
     _imagenet_tree(tmp_path / "imagenet")
     files = sorted((tmp_path / "imagenet" / "train").rglob("*.JPEG"))
@@ -271,8 +313,7 @@ def test_clear_errors_for_bad_configs(tmp_path):
 
 def test_demo_archive_and_class_mapping(tmp_path):
     path = write_demo_archive(str(tmp_path), size=16)
-    ds, info = create_dataset({"path": path, "image_size": 16, "recipe": "A1"}, "train", 32, True,
-                              num_workers=1)  # stopping worker processes early costs ~5 s
+    ds, info = create_dataset({"path": path, "image_size": 16, "recipe": "A1"}, "train", 32, True)
     _, val = create_dataset({"path": path, "image_size": 16}, "val", 32, False)
     assert info.class_names == [str(d) for d in range(10)] and info.num_samples + val.num_samples == 1797
     b = next(ds.create_dict_iterator(num_epochs=1, output_numpy=True))
@@ -290,5 +331,11 @@ def test_inspect_cli_lists_bad_members(tmp_path, capsys):
     assert inspect_cli.main([path, "--verify"]) == 1
     out = capsys.readouterr().out
     assert "6 good, 1 bad" in out and "ds/train/c1/broken.jpg" in out
+    folder = tmp_path / "imagenet"
+    _imagenet_tree(folder)
+    (folder / "val" / "n01000000" / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    assert inspect_cli.main([str(folder), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "3 classes" in out and "val: 6 good, 1 bad" in out and "broken.JPEG" in out
     assert inspect_cli.main([str(tmp_path / "missing.zip")]) == 2
     assert "not found" in capsys.readouterr().err

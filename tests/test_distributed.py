@@ -145,34 +145,6 @@ needs_mpirun = pytest.mark.skipif(not HAVE_MPIRUN, reason="mpirun not installed 
 
 @pytest.mark.distributed
 @needs_mpirun
-def test_two_ranks_probe_script_all_reduce_shards_and_one_checkpoint(tmp_path):
-    out = tmp_path / "out"
-    cfg = tmp_path / "probe.yaml"
-    cfg.write_text(f"output_dir: {out}\nseed: 7\n")
-    r = _launch([cfg, 2, "--steps=6"], ENTRY=str(PROBE))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    reps = _reports(out)
-    assert sorted(reps) == [0, 1]
-    assert all(rep["world_size"] == 2 and rep["num_batches"] == 6 for rep in reps.values())
-    # same start (same seed), trained (weights moved), identical after the all-reduced steps
-    assert reps[0]["init_checksum"] == reps[1]["init_checksum"]
-    assert reps[0]["param_checksum"] != reps[0]["init_checksum"]
-    assert reps[0]["param_checksum"] == reps[1]["param_checksum"]
-    # each rank trained on its own shard
-    assert reps[0]["shard_digest"] != reps[1]["shard_digest"]
-    assert reps[0]["first_labels"] != reps[1]["first_labels"]
-    # one set of checkpoints and one main log (rank 0); a log file per rank
-    assert [os.path.relpath(p, out) for p in glob.glob(f"{out}/**/*.ckpt", recursive=True)] == \
-        [os.path.join("checkpoints", "last.ckpt")]
-    assert (out / "train.log").is_file()
-    for k in (0, 1):
-        assert f"rank{k} step 6" in (out / "logs" / f"rank_{k}.log").read_text()
-    assert "rank1 step" not in (out / "train.log").read_text()
-    assert (out / "logs" / "scheduler.exit").read_text().strip() == "0"
-
-
-@pytest.mark.distributed
-@needs_mpirun
 def test_a_failed_rank_stops_the_job_and_names_its_log(tmp_path):
     out = tmp_path / "out"
     cfg = tmp_path / "probe.yaml"
@@ -201,11 +173,46 @@ def test_msrun_script_two_ranks(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     reps = _reports(out)
     assert sorted(reps) == [0, 1]
+    assert all(rep["world_size"] == 2 and rep["num_batches"] == 3 for rep in reps.values())
+    # same start (same seed), trained (weights moved), identical after the all-reduced steps
+    assert reps[0]["init_checksum"] == reps[1]["init_checksum"]
+    assert reps[0]["param_checksum"] != reps[0]["init_checksum"]
     assert reps[0]["param_checksum"] == reps[1]["param_checksum"]
+    # each rank trained on its own shard
     assert reps[0]["shard_digest"] != reps[1]["shard_digest"]
     assert sorted(os.listdir(out / "logs")) == ["rank_0.json", "rank_1.json", "scheduler.log",
                                                 "worker_0.log", "worker_1.log"]
-    assert len(glob.glob(f"{out}/**/*.ckpt", recursive=True)) == 1
+    assert [os.path.relpath(p, out) for p in glob.glob(f"{out}/**/*.ckpt", recursive=True)] == \
+        [os.path.join("checkpoints", "last.ckpt")]
+    assert "rank1 step" not in (out / "train.log").read_text()
+    _assert_gradients_are_averaged(out / "mean_check.npz")
+
+
+def _assert_gradients_are_averaged(npz_path):
+    """One SGD step (lr 0.5) of a linear softmax classifier, rank r on digits [16r, 16r+16):
+    with mean all-reduce it equals the step on all 32 samples at once (computed here)."""
+    from sklearn.datasets import load_digits
+    z = np.load(npz_path)
+    world = int(z["world"])
+    digits = load_digits()
+    x = (digits.data / 16.0)[: 16 * world]
+    y = digits.target[: 16 * world]
+
+    def step(xs, ys, scale=1.0):
+        w, b = z["w0"].astype(np.float64), z["b0"].astype(np.float64)
+        logits = xs @ w.T + b
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        g = (p - np.eye(10)[ys]) / len(ys)
+        return w - 0.5 * scale * g.T @ xs, b - 0.5 * scale * g.sum(0)
+
+    w_all, b_all = step(x, y)
+    np.testing.assert_allclose(z["w1"], w_all, atol=2e-5)
+    np.testing.assert_allclose(z["b1"], b_all, atol=2e-5)
+    w_own, _ = step(x[:16], y[:16])            # no all-reduce: rank 0's own gradient only
+    w_sum, _ = step(x, y, scale=float(world))  # summed instead of averaged
+    assert not np.allclose(z["w1"], w_own, atol=2e-5)
+    assert not np.allclose(z["w1"], w_sum, atol=2e-5)
 
 
 def _small_demo_zip(tmp_path, per_class_train=16, per_class_val=4):
@@ -267,3 +274,28 @@ def test_two_ranks_train_py_on_demo_data(tmp_path):
         log = (out / "logs" / f"rank_{k}.log").read_text()
         assert f"rank {k}" in log and "Traceback" not in log
     assert (out / "logs" / "scheduler.exit").read_text().strip() == "0"
+
+
+# ---------------------------------------------------------------- single-device scripts
+
+def test_standalone_script_runs_one_process_and_keeps_earlier_logs(tmp_path):
+    out = tmp_path / "out"
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(f"output_dir: {out}\n")
+    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "rank_0.log").write_text("the crashed run's log\n")
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "run_standalone_gpu.sh"), str(cfg), "--steps=2"],
+                       cwd=ROOT, env=_env(ENTRY=str(PROBE), MS_ROLE="MS_WORKER"),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = _reports(out)[0]
+    assert rep["world_size"] == 1 and rep["num_batches"] == 2  # a stray MS_ROLE was dropped
+    assert "rank0 step 2" in (out / "logs" / "rank_0.log").read_text()
+    kept = list((out / "logs" / "previous").glob("*/rank_0.log"))
+    assert len(kept) == 1 and kept[0].read_text() == "the crashed run's log\n"
+
+
+def test_eval_script_rejects_a_missing_checkpoint(tmp_path):
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "run_eval_gpu.sh"), str(tmp_path / "x.ckpt")],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr

@@ -23,7 +23,7 @@ def test_quick_start_cpu_reaches_90_percent_and_eval_reproduces(tmp_path):
     assert proc.returncode == 0, log[-5000:]
     assert "running the same flow on CPU with the demo config" in log
     assert (tmp_path / "demo" / "digits.zip").is_file()      # demo images written on first use
-    assert len(list(cache.glob("ebv_N10_d32_*.npy"))) == 1     # EBVs generated once, cached
+    assert len(list(cache.glob("ebv_N10_d32_*.npz"))) == 1     # EBVs generated once, cached
 
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, 9))

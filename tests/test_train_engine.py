@@ -61,11 +61,11 @@ def test_warmup_cosine_known_values():
 
 def test_scheduler_constant_and_errors():
     assert create_scheduler(3, 2, 0.5, name="constant") == [0.5] * 6
-    with pytest.raises(ValueError, match="scheduler.name"):
+    with pytest.raises(ConfigError, match="scheduler.name"):
         create_scheduler(3, 2, 0.5, name="step")
     with pytest.raises(ValueError, match="steps_per_epoch"):
         create_scheduler(0, 2, 0.5)
-    with pytest.raises(ValueError, match="optim.lr"):
+    with pytest.raises(ConfigError, match="optim.lr"):
         create_scheduler(3, 2, 0.0)
 
 
@@ -79,7 +79,7 @@ def test_optimizer_only_trainable_and_decay_groups():
     decay = dict(zip([p.name for p in opt.parameters], opt.decay_flags))
     assert decay == {"fc.weight": True, "fc.bias": False}
     assert isinstance(create_optimizer(net, "adamw", lr=1e-3, weight_decay=0.05), nn.AdamWeightDecay)
-    with pytest.raises(ValueError, match="optim.opt"):
+    with pytest.raises(ConfigError, match="optim.opt"):
         create_optimizer(net, "lbfgs")
 
 
@@ -135,7 +135,7 @@ def test_amp_and_scaler_choices():
     assert resolve_amp_level("auto", "CPU") == "O0" and resolve_amp_level("auto", "GPU") == "O2"
     assert create_loss_scaler("auto", "O0") is None
     assert create_loss_scaler("auto", "O2") is not None
-    with pytest.raises(ValueError, match="train.amp_level"):
+    with pytest.raises(ConfigError, match="train.amp_level"):
         resolve_amp_level("O9", "GPU")
     assert grad_reducer_for(_net().trainable_params()) is None  # stand-alone: no all-reduce
 
@@ -239,3 +239,25 @@ def test_config_sections_reject_bad_keys():
         load_config(overrides=["train.epoch=3"])
     with pytest.raises(ConfigError, match="optim.lr"):
         load_config(overrides=["optim.lr=fast"])
+
+
+# ----------------------------------------------------------------------------- EBV source
+def test_resolve_ebv_from_file_and_cache_key(tmp_path):
+    from ebv_ms.ebv import save_ebv
+    from ebv_ms.engine.ebv_source import ebv_cache_path, resolve_ebv
+    w = np.linalg.qr(np.random.RandomState(0).randn(8, 4))[0].T   # 4 x 8 orthonormal rows
+    save_ebv(EBVSet(w), str(tmp_path / "set.npy"))
+    cfg = load_config(overrides=[f"ebv.path={tmp_path / 'set.npy'}", "model.num_classes=4",
+                                 "model.embed_dim=8"])
+    ebv = resolve_ebv(cfg)
+    assert (ebv.num_classes, ebv.dim) == (4, 8) and ebv.checksum() == EBVSet(w).checksum()
+    bad = load_config(overrides=[f"ebv.path={tmp_path / 'set.npy'}", "model.num_classes=5",
+                                 "model.embed_dim=8"])
+    with pytest.raises(ConfigError, match="model.num_classes"):
+        resolve_ebv(bad)
+    with pytest.raises(ConfigError, match="ebv.path"):
+        resolve_ebv(load_config(overrides=[f"ebv.path={tmp_path / 'nope.npy'}"]))
+    assert resolve_ebv(load_config(overrides=["model.head=fc"])) is None
+    key = ebv_cache_path(load_config(overrides=["model.num_classes=100000", "model.embed_dim=5000",
+                                                "ebv.alpha=0.122", "ebv.cache_dir=c"]))
+    assert key == os.path.join("c", "ebv_N100000_d5000_a0.122_auto_s0.npz")

@@ -252,24 +252,32 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
         n = len(source)
         sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed,
                                encode_epoch=True)
+        # The source's per-row work is small (read, CRC, precheck); one thread feeds several
+        # decode threads, and more Python threads only fight over the GIL (docs/data.md).
         dataset = ds.GeneratorDataset(source, ["image", "label", "meta"], sampler=sampler,
-                                      num_parallel_workers=workers, python_multiprocessing=multiproc)
+                                      num_parallel_workers=workers if multiproc else 1,
+                                      python_multiprocessing=multiproc)
     else:  # folder: MindSpore's ImageFolderDataset
         from .imagenet import find_split_dir, folder_classes
         split_dir = find_split_dir(path, split, cfg["split_dirs"])
         class_names = folder_classes(path, cfg["split_dirs"])
         n = count_folder_samples(split_dir, class_names)
         sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed)
-        dataset, class_names, split_dir = folder_dataset(path, split, cfg["split_dirs"], sampler, workers)
+        dataset, class_names, split_dir = folder_dataset(path, split, cfg["split_dirs"], sampler, workers,
+                                                         decode=False)  # decoded by the recipe's ops
         dataset = dataset.map(T.TypeCast(ms.int32), input_columns="label")
         description = f"{path}: folders, {split_dir}"
     if num_classes is not None and int(num_classes) != len(class_names):
         raise DataError(f"the data has {len(class_names)} classes but num_classes={num_classes} was "
                         f"asked for (model.num_classes?); make them agree")
 
+    # Both sources hand over encoded bytes (ours checked by ``precheck``); the recipe decodes
+    # them in C++ (RandomCropDecodeResize for training: only the crop's region is decoded).
     ops = create_transforms(recipe, int(cfg["image_size"]), cfg["eval_resize"], cfg["eval_crop"],
-                            tuple(cfg["scale"]), float(cfg["color_jitter"]), float(cfg["random_erasing"]))
-    # C++ ops only: threads, no process hop (decoded images would cross shared memory again)
+                            tuple(cfg["scale"]), float(cfg["color_jitter"]), float(cfg["random_erasing"]),
+                            encoded=True)
+    _replace_decode_failures()
+    # C++ ops only: threads, no process hop
     dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
 
     bad_log = BadSampleLog(source.name) if source is not None else None
@@ -292,6 +300,16 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     logger.info("data %s: %d samples (%d on shard %d/%d), %d steps of %d, recipe %s; %s", split, n,
                 shard_samples, shard_id, num_shards, steps, batch_size, recipe, description)
     return dataset, info
+
+
+def _replace_decode_failures() -> None:
+    """Safety net for images that pass ``precheck`` but fail in the C++ decoder (see source.py)."""
+    import mindspore.dataset as ds
+    mode = ds.config.get_error_samples_mode()
+    if mode == ds.config.ErrorSamplesMode.RETURN:
+        ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.REPLACE)
+        logger.info("MindSpore error samples mode set to REPLACE (a sample the decoder rejects is "
+                    "replaced by an earlier good one, image and label together)")
 
 
 def _batch(dataset, batch_size: int, drop_remainder: bool, bad_log: Optional[BadSampleLog],

@@ -58,7 +58,7 @@ def folder_classes(root: str, split_dirs: Mapping[str, str]) -> List[str]:
 
 
 def folder_dataset(root: str, split: str, split_dirs: Mapping[str, str], sampler,
-                   num_workers: int):
+                   num_workers: int, decode: bool = True):
     """``(ImageFolderDataset, class_names, split_dir)`` for a folder-per-class split on disk."""
     import mindspore.dataset as ds
     split_dir = find_split_dir(root, split, split_dirs)
@@ -67,7 +67,7 @@ def folder_dataset(root: str, split: str, split_dirs: Mapping[str, str], sampler
         raise LayoutError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>)")
     indexing = {c: i for i, c in enumerate(class_names)}
     dataset = ds.ImageFolderDataset(split_dir, extensions=FOLDER_EXTENSIONS, class_indexing=indexing,
-                                    decode=True, sampler=sampler, num_parallel_workers=num_workers)
+                                    decode=decode, sampler=sampler, num_parallel_workers=num_workers)
     return dataset, class_names, split_dir
 
 

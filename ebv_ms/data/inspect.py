@@ -39,6 +39,9 @@ def _splits(cfg: dict):
             print(f"  {s}: {len(m)} samples from list {lf}, {int(lab.max()) + 1} classes")
             out.append((s, ImageSource(reader, m, lab)))
         return out
+    from .layouts import is_image
+    from .readers import FileReader
+    import numpy as np
     classes = folder_classes(path, c["split_dirs"])
     print(f"{path}: image folders, {len(classes)} classes")
     for s in ("train", "val", "test"):
@@ -47,6 +50,15 @@ def _splits(cfg: dict):
         except LayoutError:
             continue
         print(f"  {s}: {count_folder_samples(d, classes)} images in {d}")
+        files, labels = [], []
+        for k, cls in enumerate(classes):
+            cdir = os.path.join(d, cls)
+            if os.path.isdir(cdir):
+                names = sorted(f for f in os.listdir(cdir) if is_image(f))
+                files += [os.path.join(cls, f) for f in names]
+                labels += [k] * len(names)
+        if files:
+            out.append((s, ImageSource(FileReader(d, files), np.arange(len(files)), np.asarray(labels))))
     return out
 
 
@@ -72,9 +84,6 @@ def main(argv: Optional[list] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not a.verify:
-        return 0
-    if not splits:
-        print("--verify decodes archive and list samples; folders are decoded by MindSpore itself")
         return 0
     from tqdm import tqdm
     total_bad = 0

@@ -50,12 +50,16 @@ def check_recipe(recipe: str) -> str:
 def create_transforms(recipe: str, image_size: int = 224, eval_resize: Optional[int] = None,
                       eval_crop: Optional[int] = None, scale: Sequence[float] = (0.08, 1.0),
                       color_jitter: float = 0.4, random_erasing: float = 0.1,
-                      hflip: float = 0.5, random_erasing_op: bool = False) -> List:
+                      hflip: float = 0.5, random_erasing_op: bool = False,
+                      encoded: bool = False) -> List:
     """Per-image C++ ops for ``dataset.map(operations=..., input_columns="image")``.
 
     Input: RGB uint8 (H, W, 3). Output: float32 (3, S, S), normalised with ImageNet mean/std,
     where S is ``image_size`` for training recipes and ``eval_crop`` for ``eval``.
     ``eval_resize``/``eval_crop`` default to ``image_size / 0.875`` and ``image_size``.
+    With ``encoded=True`` the input is the encoded file (uint8 (n,)) and decoding is part of the
+    ops: ``RandomCropDecodeResize`` for training (decodes only the crop's region of a JPEG;
+    same distribution as ``RandomResizedCrop``), ``Decode`` first for ``eval``.
     Random erasing (A1/A2) is per batch: see ``create_batch_transform``. With
     ``random_erasing_op=True`` MindSpore's per-image Python ``RandomErasing`` is appended
     instead (slower; for comparisons).
@@ -64,10 +68,12 @@ def create_transforms(recipe: str, image_size: int = 224, eval_resize: Optional[
     if recipe == "eval":
         crop = int(eval_crop or image_size)
         resize = int(eval_resize or round(image_size / 0.875))
-        return [vision.Resize(resize, interpolation=vision.Inter.BILINEAR),
-                vision.CenterCrop(crop)] + _normalize_chw()
-    ops = [vision.RandomResizedCrop(int(image_size), scale=tuple(scale), ratio=(3 / 4, 4 / 3),
-                                    interpolation=vision.Inter.BILINEAR)]
+        return ([vision.Decode()] if encoded else []) + [
+            vision.Resize(resize, interpolation=vision.Inter.BILINEAR),
+            vision.CenterCrop(crop)] + _normalize_chw()
+    rrc = vision.RandomCropDecodeResize if encoded else vision.RandomResizedCrop
+    ops = [rrc(int(image_size), scale=tuple(scale), ratio=(3 / 4, 4 / 3),
+               interpolation=vision.Inter.BILINEAR)]
     if hflip > 0:
         ops.append(vision.RandomHorizontalFlip(prob=hflip))
     if recipe == "A0":

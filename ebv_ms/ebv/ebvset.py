@@ -61,14 +61,26 @@ def validate_matrix(w, normalize: bool = True) -> np.ndarray:
         raise EBVError(f"EBV matrix must be 2-D (num_classes x dim), got shape {arr.shape}")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise EBVError(f"EBV matrix is empty: shape {arr.shape}")
+    src = arr
     arr = arr.astype(np.float32, copy=False)
-    bad = ~np.isfinite(arr).all(axis=1)
+    # Row blocks of ~4M elements: float64 temporaries stay ~32 MB even for 100k x 5000.
+    step = max(1, (1 << 22) // arr.shape[1])
+    bad = np.zeros(arr.shape[0], dtype=bool)
+    norms = np.empty(arr.shape[0], dtype=np.float64)
+    for i in range(0, arr.shape[0], step):
+        blk = arr[i:i + step]
+        bad[i:i + step] = ~np.isfinite(blk).all(axis=1)
+        norms[i:i + step] = np.linalg.norm(blk.astype(np.float64), axis=1)
     if bad.any():
         raise EBVError(f"EBV matrix has NaN/inf in {int(bad.sum())} row(s), first row {int(np.argmax(bad))}")
-    norms = np.linalg.norm(arr.astype(np.float64), axis=1)
     zero = norms < 1e-12
     if zero.any():
         raise EBVError(f"EBV matrix has {int(zero.sum())} zero row(s), first row {int(np.argmax(zero))}")
     if normalize and np.abs(norms - 1.0).max() > 1e-6:
-        arr = (arr / norms[:, None]).astype(np.float32)
+        # normalise in place when arr is already our own copy, never the caller's array
+        own = arr is not src and arr.flags.c_contiguous and not np.may_share_memory(arr, src)
+        out = arr if own else np.empty(arr.shape, dtype=np.float32)
+        for i in range(0, arr.shape[0], step):
+            out[i:i + step] = arr[i:i + step] / norms[i:i + step, None]
+        arr = out
     return np.ascontiguousarray(arr)

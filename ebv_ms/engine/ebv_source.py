@@ -28,7 +28,7 @@ def ebv_cache_path(cfg) -> str:
     e = cfg.ebv
     alpha = "auto" if e.alpha is None else f"{float(e.alpha):g}"
     name = (f"ebv_N{int(cfg.model.num_classes)}_d{int(cfg.model.embed_dim)}_a{alpha}_"
-            f"{e.method}_s{e.seed}.npy").replace("/", "-").replace(":", "-")
+            f"{e.method}_s{e.seed}.npz").replace("/", "-").replace(":", "-")
     return os.path.join(str(e.cache_dir), name)
 
 
@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     import argparse
     import sys
     from ebv_ms.config import load_config
+    from .errors import user_errors
     ap = argparse.ArgumentParser(prog="python -m ebv_ms.engine.ebv_source",
                                  description="generate (once) the EBV set a config trains with")
     ap.add_argument("--config", "-c", required=True)
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         ebv = resolve_ebv(cfg)
-    except ConfigError as exc:
+    except user_errors() as exc:
         print(f"ebv_source: error: {exc}", file=sys.stderr)
         return 2
     if ebv is None:

@@ -8,6 +8,8 @@ by ``ebv_ms.engine.distributed.init_distributed`` under mpirun/msrun); fp16 loss
 """
 from __future__ import annotations
 
+from ebv_ms.config import ConfigError
+
 from typing import Optional
 
 import mindspore as ms
@@ -26,7 +28,7 @@ def resolve_amp_level(amp_level: str, device_target: str) -> str:
     if level == "auto":
         return "O0" if device_target == "CPU" else "O2"
     if level not in ("O0", "O1", "O2", "O3"):
-        raise ValueError(f"config key 'train.amp_level' must be auto|O0|O1|O2|O3, got {amp_level!r}")
+        raise ConfigError(f"config key 'train.amp_level' must be auto|O0|O1|O2|O3, got {amp_level!r}")
     return level
 
 
@@ -41,7 +43,7 @@ def create_loss_scaler(kind: str, amp_level: str, value: float = 65536.0):
         return amp.DynamicLossScaler(scale_value=float(value), scale_factor=2, scale_window=1000)
     if kind == "static":
         return amp.StaticLossScaler(scale_value=float(value))
-    raise ValueError(f"config key 'train.loss_scale' must be auto|dynamic|static|none, got {kind!r}")
+    raise ConfigError(f"config key 'train.loss_scale' must be auto|dynamic|static|none, got {kind!r}")
 
 
 def grad_reducer_for(params) -> Optional[nn.Cell]:

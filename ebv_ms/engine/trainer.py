@@ -41,7 +41,11 @@ def setup_context(cfg) -> None:
     mode = str(cfg.mode).lower()
     if mode not in MODES:
         raise ConfigError(f"config key 'mode' must be graph or pynative, got {cfg.mode!r}")
-    ms.set_device(device)
+    device_id = os.environ.get("DEVICE_ID")  # set per rank by the launch scripts
+    if device != "CPU" and device_id not in (None, ""):
+        ms.set_device(device, int(device_id))
+    else:
+        ms.set_device(device)
     ms.set_context(mode=MODES[mode])
     ms.set_seed(int(cfg.seed))
     np.random.seed(int(cfg.seed))
@@ -114,7 +118,27 @@ class Trainer:
                                   "state/epoch; resume needs a last.ckpt written by train.py")
         return state
 
+    def _check_config(self):
+        """Fail on a bad optim/scheduler/train value before any data or model is built."""
+        from ebv_ms.optim import OPTIMIZERS
+        from ebv_ms.scheduler import SCHEDULERS
+        cfg = self.cfg
+        if str(cfg.optim.opt).lower() not in OPTIMIZERS + ("momentum",):
+            raise ConfigError(f"config key 'optim.opt': unknown optimizer {cfg.optim.opt!r}; "
+                              f"choose one of {OPTIMIZERS}")
+        if cfg.scheduler.name not in SCHEDULERS:
+            raise ConfigError(f"config key 'scheduler.name': unknown scheduler "
+                              f"{cfg.scheduler.name!r}; choose one of {SCHEDULERS}")
+        for key in ("epochs", "batch_size"):
+            if int(cfg.train[key]) < 1:
+                raise ConfigError(f"config key 'train.{key}' must be >= 1, got {cfg.train[key]}")
+        if int(cfg.eval.batch_size) < 1:
+            raise ConfigError(f"config key 'eval.batch_size' must be >= 1, got {cfg.eval.batch_size}")
+        amp = resolve_amp_level(cfg.train.amp_level, cfg.device_target)
+        create_loss_scaler(cfg.train.loss_scale, amp, float(cfg.train.loss_scale_value))
+
     def _build(self):
+        self._check_config()
         cfg, t = self.cfg, self.cfg.train
         amp_level = resolve_amp_level(t.amp_level, cfg.device_target)
         self.jit = str(cfg.mode).lower() == "graph"
@@ -199,6 +223,9 @@ class Trainer:
         if self.rank == 0:
             self.jsonl.truncate_after(start)
             save_config(cfg, os.path.join(self.out, "config.yaml"))
+        sampler = getattr(self.train_info, "sampler", None)
+        if start and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(start)  # the shuffle order the uninterrupted run would use next
         record = {}
         it = self.train_ds.create_dict_iterator(num_epochs=max(epochs - start, 1),
                                                 output_numpy=False)

@@ -18,7 +18,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-__all__ = ["FrozenVectorHead", "EBVHead", "FixedRandomHead", "FCHead", "random_unit_vectors",
+__all__ = ["FrozenVectorHead", "EBVHead", "ScaledL2Normalize", "FixedRandomHead", "FCHead", "random_unit_vectors",
            "matrix_checksum", "STORAGE_DTYPES"]
 
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -41,9 +41,33 @@ def random_unit_vectors(num_classes: int, dim: int, seed: int = 0) -> np.ndarray
     return w
 
 
-def _l2_normalize(x):
-    """Row-wise x / ||x|| in the dtype of x (callers pass fp32); safe for zero rows."""
-    return x * ops.rsqrt(ops.maximum(ops.sum(x * x, -1, keepdim=True), 1e-24))
+class ScaledL2Normalize(nn.Cell):
+    """y = scale * v / ||v|| row-wise (fp32 in, fp32 out), with a hand-written backward.
+
+    The scale (1/tau, or S) is applied to the (B, 1) norm factor, not to the (B, N) logits, and
+    the backward is dv = scale / ||v|| * (dy - u <dy, u>) with u = v / ||v||: 5 kernels instead of
+    autodiff's ~10. On CPU these small kernels, not the matmul, dominate the head's extra cost
+    at N = d = 1000. Zero rows map to zero.
+    """
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = float(scale)
+        self.to_float(ms.float32)
+
+    def add_flags_recursive(self, **flags):
+        # always fp32 (amp O2 calls to_float(fp16) on every sub-cell it walks)
+        if any(key in flags for key in _AMP_FLAGS):
+            flags.update(fp16=False, bf16=False, fp32=True)
+        return super().add_flags_recursive(**flags)
+
+    def construct(self, v):
+        return v * (ops.rsqrt(ops.sum(v * v, -1, keepdim=True) + 1e-24) * self.scale)
+
+    def bprop(self, v, out, dout):
+        r = ops.rsqrt(ops.sum(v * v, -1, keepdim=True) + 1e-24)
+        u = v * r
+        return ((dout - u * ops.sum(dout * u, -1, keepdim=True)) * (r * self.scale),)
 
 
 class FrozenVectorHead(nn.Cell):
@@ -67,7 +91,10 @@ class FrozenVectorHead(nn.Cell):
         self.low_precision_storage = storage_dtype != "float32"
         self.checksum = matrix_checksum(vectors)
         data = np.ascontiguousarray(vectors, dtype=STORAGE_DTYPES[storage_dtype])
-        setattr(self, self.param_name, Parameter(Tensor(data), name=self.param_name, requires_grad=False))
+        # from_numpy shares the buffer instead of copying it (2 GB at 100k x 5000 in fp32), so
+        # the caller's EBVSet and the head hold one copy between them; do not modify it in place.
+        setattr(self, self.param_name,
+                Parameter(Tensor.from_numpy(data), name=self.param_name, requires_grad=False))
         self.matmul_nt = ops.MatMul(transpose_b=True)
         if not self.low_precision_storage:
             self.to_float(ms.float32)
@@ -113,11 +140,11 @@ class EBVHead(FrozenVectorHead):
             raise ValueError(f"tau must be > 0, got {tau}")
         super().__init__(vectors, storage_dtype)
         self.tau = float(tau)
-        self.inv_tau = 1.0 / float(tau)
+        self.normalize = ScaledL2Normalize(1.0 / float(tau))
 
     def construct(self, v):
-        v = _l2_normalize(ops.cast(v, ms.float32))
-        return self._dot(v) * self.inv_tau
+        # (v / ||v|| / tau) @ W^T == cos(v, w_k) / tau since the rows of W are unit vectors
+        return self._dot(self.normalize(ops.cast(v, ms.float32)))
 
     def extend_repr(self):
         return f"N={self.num_classes}, d={self.dim}, tau={self.tau}, storage={self.storage_dtype}"
@@ -141,11 +168,12 @@ class FixedRandomHead(FrozenVectorHead):
         self.cosine = mode == "cos"
         self.scale = float(scale)
         self.seed = seed
+        self.normalize = ScaledL2Normalize(self.scale)
 
     def construct(self, v):
         v = ops.cast(v, ms.float32)
         if self.cosine:
-            v = _l2_normalize(v)
+            return self._dot(self.normalize(v))
         return self._dot(v) * self.scale
 
     def extend_repr(self):

@@ -7,6 +7,8 @@ A plain list (one value per optimizer step) is what MindSpore optimizers index w
 """
 from __future__ import annotations
 
+from ebv_ms.config import ConfigError
+
 import math
 from typing import List
 
@@ -39,16 +41,16 @@ def create_scheduler(steps_per_epoch: int, epochs: int, lr: float, name: str = "
         raise ValueError(f"create_scheduler: steps_per_epoch must be >= 1, got {steps_per_epoch} "
                          "(is the dataset smaller than one batch?)")
     if epochs < 1:
-        raise ValueError(f"config key 'train.epochs' must be >= 1, got {epochs}")
+        raise ConfigError(f"config key 'train.epochs' must be >= 1, got {epochs}")
     if lr <= 0:
-        raise ValueError(f"config key 'optim.lr' must be > 0, got {lr}")
+        raise ConfigError(f"config key 'optim.lr' must be > 0, got {lr}")
     if warmup_epochs < 0 or not 0.0 <= warmup_factor <= 1.0:
-        raise ValueError("config keys 'scheduler.warmup_epochs' >= 0 and "
+        raise ConfigError("config keys 'scheduler.warmup_epochs' >= 0 and "
                          f"'scheduler.warmup_factor' in [0, 1] required, got {warmup_epochs}, "
                          f"{warmup_factor}")
     if name == "warmup_cosine":
         return warmup_cosine_lr(lr, steps_per_epoch, epochs, warmup_epochs, warmup_factor, min_lr)
     if name == "constant":
         return [float(lr)] * (steps_per_epoch * epochs)
-    raise ValueError(f"config key 'scheduler.name': unknown scheduler '{name}'; "
+    raise ConfigError(f"config key 'scheduler.name': unknown scheduler '{name}'; "
                      f"choose one of {SCHEDULERS}")
