@@ -6,6 +6,7 @@ batch (+ per-batch mixup/cutmix for A2, and bad-sample bookkeeping, in the main 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ..config import DEFAULTS as CONFIG_DEFAULTS
 from .imagenet import count_folder_samples, folder_dataset, list_samples, lists_num_classes
 from .layouts import Layout, LayoutError, SplitSamples, detect_layout
 from .presets import BatchAugment, check_recipe, create_batch_transform, create_transforms
@@ -27,31 +29,8 @@ from .zip_index import ArchiveError, ZipIndex, load_zip_index
 
 logger = logging.getLogger(__name__)
 
-# Keys of the ``data`` config section and their defaults (ebv_ms.config.DEFAULTS["data"] mirrors this).
-DATA_DEFAULTS: Dict[str, object] = {
-    "path": None,
-    "format": "auto",
-    "layout": "auto",
-    "root": None,
-    "split_dirs": {},
-    "split_lists": {},
-    "list_columns": None,
-    "list_delimiter": None,
-    "list_strip_prefix": "",
-    "index_cache_dir": None,
-    "image_size": 224,
-    "eval_resize": None,
-    "eval_crop": None,
-    "recipe": "A1",
-    "scale": [0.08, 1.0],
-    "color_jitter": 0.4,
-    "random_erasing": 0.1,
-    "mixup_alpha": 0.2,
-    "cutmix_alpha": 1.0,
-    "mix_switch_prob": 0.5,
-    "num_workers": 2,
-    "python_multiprocessing": False,
-}
+# Keys of the ``data`` config section and their defaults: one source of truth, ebv_ms/config.py.
+DATA_DEFAULTS: Dict[str, object] = copy.deepcopy(CONFIG_DEFAULTS["data"])
 
 
 class BadSampleLog:
