@@ -179,5 +179,12 @@ def create_ebv(num_classes: int, dim: int, alpha: Optional[float] = None, method
             pad_coh = 1.0 / math.sqrt(k)
             if pad_coh <= PAD_INIT_RATIO * welch_bound(n, d) and d - k >= PAD_INIT_FREE * k:
                 init, init_name = cf.padded_kerdock(n, d, seed, noise=0.05), f"kerdock{k}_padded"
+    # a normal draw has far to travel: larger steps (measured at N=1000, d=500: 0.0355 after
+    # 24 s with 3e-3 vs 40 s with 1e-3); a closed-form start is already close: small steps.
+    method_kwargs.setdefault("lr", 1e-3 if init is not None else 3e-3)
+    # from a closed-form start the max first climbs a few % while the free dimensions open up;
+    # restoring the start after 10 epochs without a new best would undo that (measured at
+    # N=1000, d=100: 0.1258 after 60 s with patience 10).
+    method_kwargs.setdefault("patience", 10 if init is None else 200)
     return _iterative("smoothmax", n, d, alpha, seed, max_steps, progress, init, init_name,
                       time_limit, **method_kwargs)
