@@ -147,6 +147,8 @@ class Trainer:
         if self.rank == 0:
             self.val_ds, self.val_info = build_data(cfg, str(cfg.eval.split),
                                                     int(cfg.eval.batch_size), False)
+        if self.rank == 0:  # class index -> name, saved with the run (eval/inference use it)
+            self.train_info.save_class_mapping(self.out)
         n_data = int(self.train_info.num_classes)
         if n_data != int(cfg.model.num_classes):
             raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but the "
@@ -236,8 +238,11 @@ class Trainer:
                     m = evaluate(self.network, self.val_ds, int(cfg.model.num_classes),
                                  jit=self.jit, progress=bool(t.progress_bar),
                                  desc=f"eval {epoch}", eval_step=self.eval_step)
+                    n_bad_val = self.val_info.bad_count()
+                    if n_bad_val:
+                        self.log.warning("evaluation: %s", self.val_info.bad_report())
                     record.update({"top1": m["top1"], "top5": m["top5"],
-                                   "eval_samples": m["num_samples"],
+                                   "eval_samples": m["num_samples"], "eval_bad_samples": n_bad_val,
                                    "eval_images_per_s": round(m["images_per_s"], 1)})
             self._end_epoch(epoch, record)
         if self.probe is not None:
@@ -292,11 +297,16 @@ class Trainer:
         bar.close()
         secs = time.perf_counter() - t0
         steps = i + 1
+        # samples the pipeline could not decode this epoch (replaced, never mislabelled):
+        # the data's epochs count from 0, and a resumed run's sampler starts at its epoch
+        n_bad = self.train_info.bad_count(epoch - 1)
+        if n_bad:
+            self.log.warning("epoch %d: %s", epoch, self.train_info.bad_report(epoch - 1))
         return {"epoch": epoch, "global_step": epoch * spe, "train_loss": loss_sum / max(steps, 1),
                 "lr": self.lrs[min(epoch * spe - 1, len(self.lrs) - 1)],
                 "epoch_seconds": round(secs, 3),
                 "train_images_per_s": round(n_img * self.world_size / max(secs, 1e-9), 1),
-                "skipped_steps": n_skipped}
+                "skipped_steps": n_skipped, "bad_samples": n_bad}
 
     def _end_epoch(self, epoch: int, record: dict) -> None:
         is_best = "top1" in record and record["top1"] > self.best_top1
