@@ -7,6 +7,13 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 die() { echo "error: $*" >&2; exit 2; }
 
+check_device_target() {
+  case "$DEVICE_TARGET" in
+    CPU|GPU|Ascend) ;;
+    *) die "DEVICE_TARGET must be CPU, GPU or Ascend, got '$DEVICE_TARGET'" ;;
+  esac
+}
+
 # Split "CONFIG [N] [HOSTFILE] [key=value ...] [--flag ...]" style arguments: --flags (e.g.
 # --resume) -> FLAGS for the training script, words with '=' -> config OVERRIDES, numbers -> NUM,
 # anything else -> HOSTFILE (at most one).

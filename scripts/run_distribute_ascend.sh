@@ -22,7 +22,7 @@ parse_launch_args "$@"
 [[ -z "$HOSTFILE" ]] || die "unexpected argument '$HOSTFILE' (msrun takes no hostfile; use MSRUN_ARGS)"
 NUM="${NUM:-8}"
 DEVICE_TARGET="${DEVICE_TARGET:-Ascend}"
-case "$DEVICE_TARGET" in CPU|GPU|Ascend) ;; *) die "DEVICE_TARGET must be CPU, GPU or Ascend, got '$DEVICE_TARGET'";; esac
+check_device_target
 # msrun starts the ranks with the `python` found on PATH: make it ours (a venv's bin/ has one).
 [[ "$PYTHON" == */* ]] && export PATH="$(cd "$(dirname "$PYTHON")" && pwd):$PATH"
 MSRUN="$(dirname "$PYTHON")/msrun"

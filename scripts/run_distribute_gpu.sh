@@ -25,7 +25,7 @@ CONFIG="$1"; shift
 [[ -f "$CONFIG" ]] || die "config file not found: $CONFIG"
 parse_launch_args "$@"
 DEVICE_TARGET="${DEVICE_TARGET:-GPU}"
-case "$DEVICE_TARGET" in CPU|GPU|Ascend) ;; *) die "DEVICE_TARGET must be CPU, GPU or Ascend, got '$DEVICE_TARGET'";; esac
+check_device_target
 if [[ -z "$NUM" ]]; then
   NUM=8
   if [[ "$DEVICE_TARGET" == GPU ]] && command -v nvidia-smi >/dev/null 2>&1; then

@@ -19,7 +19,7 @@ if [[ -n "$HOSTFILE" ]]; then
   CONFIG_ARGS=(--config "$HOSTFILE")
 fi
 DEVICE_TARGET="${DEVICE_TARGET:-GPU}"
-case "$DEVICE_TARGET" in CPU|GPU|Ascend) ;; *) die "DEVICE_TARGET must be CPU, GPU or Ascend, got '$DEVICE_TARGET'";; esac
+check_device_target
 case "$DEVICE_TARGET" in
   GPU) export CUDA_VISIBLE_DEVICES="${NUM:-${CUDA_VISIBLE_DEVICES:-0}}" ;;
   Ascend) export DEVICE_ID="${NUM:-${DEVICE_ID:-0}}" ;;

@@ -15,7 +15,7 @@ CONFIG="$1"; shift
 parse_launch_args "$@"
 [[ -z "$HOSTFILE" ]] || die "unexpected argument '$HOSTFILE' (expected DEVICE_ID, key=value or --flag)"
 DEVICE_TARGET="${DEVICE_TARGET:-GPU}"
-case "$DEVICE_TARGET" in CPU|GPU|Ascend) ;; *) die "DEVICE_TARGET must be CPU, GPU or Ascend, got '$DEVICE_TARGET'";; esac
+check_device_target
 ENTRY="${ENTRY:-$ROOT/train.py}"
 [[ -f "$ENTRY" ]] || die "training script not found: $ENTRY"
 
