@@ -15,7 +15,7 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" && -x "$VENV/bin/python" ]]; t
   exit 0
 fi
 if ! command -v "$PY" >/dev/null; then
-  echo "setup_env: '$PY' not found; install Python 3.9-3.11 or set PYTHON=/path/to/python3" >&2
+  echo "setup_env: '$PY' not found; install Python 3 (tested: 3.11) or set PYTHON=/path/to/python3" >&2
   exit 1
 fi
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -28,7 +28,7 @@ run_pip() {  # quiet unless it fails; then show pip's own output
   if ! "$VENV/bin/python" -m pip "$@" >>"$LOG" 2>&1; then
     tail -n 40 "$LOG" >&2
     echo "setup_env: 'pip $*' failed (full log: $LOG). Check the network access to PyPI" \
-         "and that Python is 3.9-3.11 (mindspore 2.10.0 wheels)." >&2
+         "and that this Python has mindspore 2.10.0 wheels (tested: 3.11; PYTHON=... picks another)." >&2
     exit 1
   fi
 }
