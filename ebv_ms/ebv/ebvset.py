@@ -38,14 +38,20 @@ class EBVSet:
         return int(self.vectors.shape[1])
 
     def checksum(self) -> str:
-        """sha256 (hex, 16 chars) of shape + float32 bytes: the set's identity in checkpoints."""
-        h = hashlib.sha256(f"{self.num_classes}x{self.dim}:".encode())
-        h.update(np.ascontiguousarray(self.vectors, dtype=np.float32).tobytes())
-        return h.hexdigest()[:16]
+        """The set's identity in checkpoints: ``matrix_checksum`` of its vectors."""
+        return matrix_checksum(self.vectors)
 
     def __repr__(self) -> str:
         return (f"EBVSet(N={self.num_classes}, d={self.dim}, alpha={self.alpha}, "
                 f"method={self.method!r}, seed={self.seed}, checksum={self.checksum()})")
+
+
+def matrix_checksum(mat) -> str:
+    """sha256 (hex, 16 chars) of shape + float32 bytes of an N x d matrix."""
+    mat = np.ascontiguousarray(mat, dtype=np.float32)
+    h = hashlib.sha256(f"{mat.shape[0]}x{mat.shape[1]}:".encode())
+    h.update(mat.tobytes())
+    return h.hexdigest()[:16]
 
 
 def validate_matrix(w, normalize: bool = True) -> np.ndarray:

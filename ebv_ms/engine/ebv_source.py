@@ -82,11 +82,7 @@ def resolve_ebv(cfg, rank: int = 0, progress: bool = True, wait_timeout_s: float
                      method=cfg.ebv.method, seed=int(cfg.ebv.seed), max_steps=cfg.ebv.max_steps,
                      progress=progress, device_target=cfg.device_target)
     ebv = _check_shape(ebv, cfg, "create_ebv")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".tmp{os.getpid()}_{os.path.basename(path)}")
-    save_ebv(ebv, tmp)
-    os.replace(tmp, path)
+    save_ebv(ebv, path)  # atomic (temporary sibling + rename): waiting ranks never see half a file
     log.info("EBV set generated in %.1f s: %r", time.time() - t0, ebv)
     return ebv
 

@@ -11,26 +11,19 @@ itself is never cast (a 100k x 5000 matrix would otherwise be copied every step)
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Optional
 
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from ..ebv.ebvset import matrix_checksum
+
 __all__ = ["FrozenVectorHead", "EBVHead", "ScaledL2Normalize", "FixedRandomHead", "FCHead", "random_unit_vectors",
            "matrix_checksum", "STORAGE_DTYPES"]
 
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
 _AMP_FLAGS = ("fp16", "bf16", "fp32")
-
-
-def matrix_checksum(mat: np.ndarray) -> str:
-    """Same formula as ``EBVSet.checksum()`` (sha256 of shape + float32 bytes, 16 hex chars)."""
-    mat = np.ascontiguousarray(mat, dtype=np.float32)
-    h = hashlib.sha256(f"{mat.shape[0]}x{mat.shape[1]}:".encode())
-    h.update(mat.tobytes())
-    return h.hexdigest()[:16]
 
 
 def random_unit_vectors(num_classes: int, dim: int, seed: int = 0) -> np.ndarray:
