@@ -53,30 +53,55 @@ class OfficialSliceLoss(nn.Cell):
     def construct(self, rows, onehot):
         w = self.params.weight
         m = ops.abs(self.mm(ops.gather(w, rows, 0), w)) - onehot
-        loss = ops.relu(m - self.alpha).sum()
-        return loss, m.max()
+        # row-wise reductions first: MindSpore's CPU full reductions are several x slower
+        loss = ops.relu(m - self.alpha).sum(axis=1).sum()
+        return loss, m.max(axis=1).max()
 
 
-class SmoothMaxLoss(nn.Cell):
-    """Smooth maximum of |cos| over the pairs of a row slice (the default method's objective).
+class SmoothMaxGrad(nn.Cell):
+    """Smooth maximum of cos^2 over the pairs of a row slice, and its gradient, written out.
 
-    loss = m + log(sum_ij exp(beta (|c_ij| - m))) / beta over i in S, j != i, with
-    m = max |c_ij| (held constant): a log-sum-exp that tends to the coherence itself as beta
-    grows, so its gradient pushes on the worst pairs without ignoring the nearly-worst ones
-    (a hinge at the current max moves one pair at a time and stalls). Rows are normalised
-    inside, so the gradient is already tangent to the sphere.
-    Returns (loss, exact max |cos| of the slice).
+    For the slice S against all N rows, with c = W_S W^T (self-pairs zeroed) and m = max |c|:
+
+        loss = log(sum_ij exp(b (c_ij^2 - m^2))) / b + m^2,    b = beta / (2 m)
+
+    Near the maximum c^2 - m^2 ~= 2 m (|c| - m), so ``beta`` is the sharpness on |cos| itself
+    (a log-sum-exp that tends to the coherence as beta grows): the gradient pushes on the worst
+    pairs without ignoring the nearly-worst ones (a hinge at the current max moves one pair at
+    a time and stalls). Squaring instead of |c| needs no sign() pass over the N x N block.
+
+    The gradient is written out instead of taken by autodiff: dloss/dc_ij = 2 p_ij c_ij with
+    p the softmax weights, so dloss/dW = 2 (P.c)^T W_S (+ 2 (P.c) W on the slice's rows): two
+    |S| x N x d products per step (one when S is every row, as the block is then symmetric)
+    against autodiff's three, and a few passes over the block instead of a dozen. It is then
+    projected onto the sphere's tangent space (rows are kept unit-norm). Measured at
+    N=1000, d=500 on a 2-core CPU: 57 ms per step with autodiff on |c|, ~17 ms this way.
+    Returns (max |cos| of the slice, gradient with W's shape).
     """
 
-    def __init__(self, params: EBVParams):
+    def __init__(self, params: EBVParams, whole: bool):
         super().__init__()
         self.params = params
-        self.mm = ops.MatMul(transpose_b=True)
+        self.whole = bool(whole)          # the slice is every row, in order
+        self.mm = ops.MatMul()
+        self.mm_t = ops.MatMul(transpose_b=True)
+        self.mm_ta = ops.MatMul(transpose_a=True)
 
     def construct(self, rows, onehot, beta):
-        w = self.params.weight
-        v = w / ops.norm(w, dim=1, keepdim=True)
-        c = ops.abs(self.mm(ops.gather(v, rows, 0), v)) - 2.0 * onehot   # self-pairs -> -1
-        mx = ops.stop_gradient(c.max())
-        lse = ops.log(ops.exp(beta * (c - mx)).sum()) / beta + mx
-        return lse, mx
+        v = self.params.weight
+        vs = v if self.whole else ops.gather(v, rows, 0)
+        c = self.mm_t(vs, v) - onehot                      # self-pairs: 1 - 1 ~= 0
+        sq = c * c
+        m2 = sq.max(axis=1).max()                           # row-wise first: much faster on CPU
+        m = ops.sqrt(m2)
+        b = beta / (2.0 * m.clamp(min=1e-6))
+        e = ops.exp((sq - m2) * b)
+        pc = e * c
+        scale = 2.0 / e.sum(axis=1).sum()
+        if self.whole:
+            grad = self.mm(pc, v) * (2.0 * scale)
+        else:
+            grad = ops.tensor_scatter_add(self.mm_ta(pc, vs), rows.reshape(-1, 1),
+                                          self.mm(pc, v)) * scale
+        grad = grad - (grad * v).sum(axis=1, keepdims=True) * v
+        return m, grad
