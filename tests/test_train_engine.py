@@ -1,6 +1,5 @@
 """Engine pieces with small real Cells: schedule, optimizer, train step, checkpoints, logs."""
 import json
-import math
 import os
 
 import numpy as np

@@ -19,6 +19,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from ..atomic import atomic_path
+
 
 def digit_images(size: int = 32, copies: int = 1, seed: int = 0):
     """(uint8 RGB images (n, size, size, 3), labels (n,)) from scikit-learn's digits."""
@@ -51,17 +53,15 @@ def write_demo_archive(out: str, size: int = 32, val_fraction: float = 0.2, seed
         rng.shuffle(idx)
         is_val[idx[: max(1, int(round(len(idx) * val_fraction)))]] = True
     path = os.path.join(out, name)
-    tmp = path + ".tmp"
     comp = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
     prefix = f"{top.strip('/')}/" if top else ""
-    with zipfile.ZipFile(tmp, "w", compression=comp) as z:
+    with atomic_path(path, fsync=False) as tmp, zipfile.ZipFile(tmp, "w", compression=comp) as z:
         for i, (img, y) in enumerate(zip(imgs, labels)):
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                                    [cv2.IMWRITE_JPEG_QUALITY, quality])
             assert ok
             split = "val" if is_val[i] else "train"
             z.writestr(f"{prefix}{split}/{y}/{i:06d}.jpg", buf.tobytes())
-    os.replace(tmp, path)
     return path
 
 

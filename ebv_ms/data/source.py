@@ -24,7 +24,6 @@ partly grey image, as in every other loader.
 """
 from __future__ import annotations
 
-import os
 from typing import Tuple
 
 import cv2

@@ -20,6 +20,8 @@ from typing import Union
 
 import numpy as np
 
+from ..atomic import atomic_path
+
 from .ebvset import EBVError, EBVSet
 from .safe_pickle import UnsafePickleError, safe_load_pickle
 
@@ -171,16 +173,9 @@ def _metadata(ebv: EBVSet) -> dict:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write to a temporary sibling then rename: a crash never leaves a half-written set."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write through a temporary sibling: a crash never leaves a half-written set."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def save_ebv(ebv: EBVSet, path: PathLike) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional
 
@@ -24,6 +23,7 @@ import mindspore as ms
 from mindspore import nn
 
 from ebv_ms.ebv import EBVSet
+from ebv_ms.atomic import atomic_copy, atomic_path
 
 __all__ = ["CheckpointError", "CheckpointState", "save_checkpoint", "load_checkpoint",
            "restore_checkpoint", "atomic_copy", "FORMAT"]
@@ -55,28 +55,6 @@ class CheckpointState:
     metrics: dict = field(default_factory=dict)
     params: Dict[str, ms.Parameter] = field(default_factory=dict, repr=False)
     is_ebv_ms: bool = True             # False: a plain weights file (no config/epoch)
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _tmp_name(path: str) -> str:
-    folder, base = os.path.split(os.path.abspath(path))
-    stem = base[:-5] if base.endswith(".ckpt") else base
-    return os.path.join(folder, f".{stem}.tmp{os.getpid()}.ckpt")
-
-
-def atomic_copy(src: str, dst: str) -> None:
-    """Copy ``src`` to ``dst`` through a temporary file and ``os.replace``."""
-    tmp = _tmp_name(dst)
-    shutil.copyfile(src, tmp)
-    _fsync(tmp)
-    os.replace(tmp, dst)
 
 
 def _find_ebv_param(network: nn.Cell, ebv: EBVSet) -> Optional[str]:
@@ -125,14 +103,8 @@ def save_checkpoint(path: str, network: nn.Cell, optimizer: Optional[nn.Optimize
     if config is not None:
         plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         append[_CONFIG] = yaml.safe_dump(plain, sort_keys=False)
-    tmp = _tmp_name(path)
-    try:
+    with atomic_path(path, suffix=".ckpt") as tmp:
         ms.save_checkpoint(items, tmp, append_dict=append)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

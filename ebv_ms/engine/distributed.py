@@ -32,6 +32,8 @@ from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ebv_ms.atomic import atomic_path
+
 _LOG = logging.getLogger(__name__)
 
 # Environment of the dynamic cluster (set by msrun, or by scripts/run_distribute_gpu.sh).
@@ -213,11 +215,8 @@ class RankProbe:
         """Write OUTPUT_DIR/logs/rank_K.json (every rank, its own file); returns the path."""
         rep = self.report(net, **extra)
         path = rank_report_path(self.output_dir, self.rank)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump(rep, f)
-        os.replace(tmp, path)
         _LOG.info("rank %d: %d batches, shard digest %s, params %s -> %s", self.rank,
                   self.num_batches, rep["shard_digest"][:12], rep.get("param_checksum", "-")[:12],
                   path)

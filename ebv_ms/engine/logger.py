@@ -13,6 +13,8 @@ import sys
 import time
 from typing import List, Mapping, Optional
 
+from ebv_ms.atomic import atomic_path
+
 __all__ = ["setup_logger", "JsonlLog", "rank_log_path"]
 
 
@@ -79,8 +81,6 @@ class JsonlLog:
     def truncate_after(self, epoch: int) -> None:
         """Keep only records of epochs <= ``epoch`` (those the checkpoint being resumed covers)."""
         keep = [r for r in self.read() if int(r.get("epoch", 0)) <= epoch]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for r in keep:
                 f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)

@@ -15,7 +15,7 @@ from mindspore import nn, ops
 
 from ..ebv.ebvset import EBVError, EBVSet
 from .backbones import create_backbone
-from .heads import EBVHead, FCHead, FixedRandomHead, FrozenVectorHead, matrix_checksum
+from .heads import EBVHead, FCHead, FixedRandomHead, matrix_checksum
 
 __all__ = ["Classifier", "create_classifier", "create_classifier_from_config", "HEADS",
            "check_ebv_matches", "ebv_from_checkpoint", "EBV_PARAM"]

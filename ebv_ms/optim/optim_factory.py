@@ -9,7 +9,6 @@ from ebv_ms.config import ConfigError
 
 from typing import Iterable, List, Sequence, Union
 
-import mindspore as ms
 from mindspore import nn
 from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
