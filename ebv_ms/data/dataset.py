@@ -18,6 +18,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ..atomic import atomic_path
+
 from ..config import DEFAULTS as CONFIG_DEFAULTS
 from .imagenet import count_folder_samples, folder_dataset, list_samples, lists_num_classes
 from .layouts import Layout, LayoutError, SplitSamples, detect_layout
@@ -76,6 +78,16 @@ class DatasetInfo:
     source: Optional[ImageSource] = field(default=None, repr=False)
     bad: Optional[BadSampleLog] = field(default=None, repr=False)
     sampler: Optional[ShardSampler] = field(default=None, repr=False)
+    batch_counter: Optional[List[int]] = field(default=None, repr=False)  # seeds per-batch randomness
+
+    def set_start_epoch(self, epoch: int) -> None:
+        """Make the next pass the one an uninterrupted run would make as epoch ``epoch``
+        (0-based): the same shuffle and the same per-batch randomness (random erasing,
+        mixup/cutmix), so a resumed run sees the data it would have seen."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        if self.batch_counter is not None:
+            self.batch_counter[0] = int(epoch) * self.steps_per_epoch
 
     def bad_count(self, epoch: Optional[int] = None) -> int:
         """Bad (skipped) samples seen in ``epoch`` (0-based), or in all epochs so far."""
@@ -174,9 +186,8 @@ def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None) ->
         meta = {"kind": layout.kind, "class_names": layout.class_names, "root": layout.root,
                 "splits": {s: v.origin for s, v in layout.splits.items()}}
         try:
-            tmp = cache + f".tmp{os.getpid()}.npz"
-            np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
-            os.replace(tmp, cache)
+            with atomic_path(cache, suffix=".npz", fsync=False) as tmp:
+                np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
         except OSError as exc:
             logger.warning("could not cache the layout at %s (%s)", cache, exc)
     return index, layout
@@ -263,7 +274,7 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     batch_aug = create_batch_transform(recipe, len(class_names), float(cfg["random_erasing"]),
                                        float(cfg["mixup_alpha"]), float(cfg["cutmix_alpha"]),
                                        float(cfg["mix_switch_prob"]), seed=seed * 1000003 + shard_id)
-    dataset = _batch(dataset, batch_size, drop_remainder, bad_log, batch_aug)
+    dataset, batch_counter = _batch(dataset, batch_size, drop_remainder, bad_log, batch_aug)
 
     shard_samples = len(sampler)
     steps = shard_samples // batch_size if drop_remainder else math.ceil(shard_samples / batch_size)
@@ -275,7 +286,8 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
                        shard_padding=shard_samples - len(range(shard_id, n, num_shards)),
                        steps_per_epoch=steps,
                        batch_size=batch_size, recipe=recipe, soft_targets=recipe == "A2",
-                       description=description, source=source, bad=bad_log, sampler=sampler)
+                       description=description, source=source, bad=bad_log, sampler=sampler,
+                       batch_counter=batch_counter)
     logger.info("data %s: %d samples (%d on shard %d/%d), %d steps of %d, recipe %s; %s", split, n,
                 shard_samples, shard_id, num_shards, steps, batch_size, recipe, description)
     return dataset, info
@@ -293,8 +305,11 @@ def _replace_decode_failures() -> None:
 
 def _batch(dataset, batch_size: int, drop_remainder: bool, bad_log: Optional[BadSampleLog],
            mixer: Optional[BatchAugment]):
+    """Batch, with the per-batch Python step when needed. Returns (dataset, batch counter):
+    the counter (a one-element list) numbers the batches run-wide and seeds their randomness;
+    ``DatasetInfo.set_start_epoch`` moves it on a resume."""
     if bad_log is None and mixer is None:
-        return dataset.batch(batch_size, drop_remainder=drop_remainder)
+        return dataset.batch(batch_size, drop_remainder=drop_remainder), None
     columns = ["image", "label"] + (["meta"] if bad_log is not None else [])
     lock = threading.Lock()
     batches_done = [0]
@@ -321,4 +336,4 @@ def _batch(dataset, batch_size: int, drop_remainder: bool, bad_log: Optional[Bad
 
     return dataset.batch(batch_size, drop_remainder=drop_remainder, per_batch_map=per_batch,
                          input_columns=columns, output_columns=["image", "label"],
-                         num_parallel_workers=1)
+                         num_parallel_workers=1), batches_done

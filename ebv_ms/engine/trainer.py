@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
 import time
 from typing import Optional, Tuple
 
@@ -225,9 +224,9 @@ class Trainer:
         if self.rank == 0:
             self.jsonl.truncate_after(start)
             save_config(cfg, os.path.join(self.out, "config.yaml"))
-        sampler = getattr(self.train_info, "sampler", None)
-        if start and hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(start)  # the shuffle order the uninterrupted run would use next
+        if start:
+            # the shuffle order and per-batch randomness the uninterrupted run would use next
+            self.train_info.set_start_epoch(start)
         record = {}
         it = self.train_ds.create_dict_iterator(num_epochs=max(epochs - start, 1),
                                                 output_numpy=False)
