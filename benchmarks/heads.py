@@ -11,7 +11,9 @@ backward, Momentum update of the trainable head parameters, compiled in GRAPH_MO
   ebv_100k_d1024 / ebv_100k_d5000 : projection 2048 -> d, frozen 100,000 x d EBVs
 ``--backbone resnet50`` times the full-model step instead (same ResNet-50, same images), where
 the head is a small part of the step, as in real training. ``--interleaved`` times all cases in
-one process with their steps alternated (fairest timing on a busy machine; no memory columns).
+one process with their steps alternated, the order reversed every round, and reports the median
+of the per-round EBV/FC ratios with a 95% bootstrap interval (fairest timing on a busy machine;
+no memory columns).
 
 Each case runs in its own subprocess so memory is measured separately: the parent samples the
 child's resident set (/proc/PID/status VmRSS, every 5 ms) while it runs the timed steps, and
@@ -137,8 +139,12 @@ def run_case(name: str, batch: int, steps: int, warmup: int, backbone: str, imag
 
 
 def run_interleaved(names, batch: int, steps: int, warmup: int, backbone: str, image_size: int) -> dict:
-    """One process, all cases built, steps alternated A B A B ...: the fairest timing on a busy
-    machine (every case sees the same background load). Memory is not measured here."""
+    """One process, all cases built, steps alternated: the fairest timing on a busy machine
+    (every case sees the same background load). The order reverses every round (A B, B A, ...)
+    so neither case always runs right after the other. Besides each case's median, every round
+    gives a paired ratio against the FC case of the same N; the median of those ratios, with a
+    95% bootstrap interval, is the figure to quote (drifting load cancels within a round).
+    Memory is not measured here."""
     import mindspore as ms
 
     ms.set_device("CPU")
@@ -148,14 +154,34 @@ def run_interleaved(names, batch: int, steps: int, warmup: int, backbone: str, i
         for _ in range(max(warmup, 1)):
             step(x, y).asnumpy()
     times = {n: [] for n in names}
+    order = list(names)
     for _ in range(steps):
-        for n, (step, x, y, _, _) in built.items():
+        for n in order:
+            step, x, y, _, _ = built[n]
             t0 = time.perf_counter()
             step(x, y).asnumpy()
             times[n].append(time.perf_counter() - t0)
-    return {n: dict(_describe(n, built[n][3], batch, backbone),
-                    step_ms=1000 * statistics.median(times[n]), step_ms_all=[1000 * t for t in times[n]])
-            for n in names}
+        order.reverse()
+    out = {}
+    for n in names:
+        res = dict(_describe(n, built[n][3], batch, backbone),
+                   step_ms=1000 * statistics.median(times[n]), step_ms_all=[1000 * t for t in times[n]])
+        fc = _fc_of(n)
+        if fc in times and fc != n:
+            import numpy as np
+            ratios = np.array(times[n]) / np.array(times[fc])
+            # 95% bootstrap interval of the median paired ratio (seeded: the same data gives
+            # the same interval)
+            rng = np.random.default_rng(0)
+            boot = np.median(rng.choice(ratios, (2000, ratios.size)), axis=1)
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            res.update(paired_ratio=float(np.median(ratios)), paired_lo=float(lo), paired_hi=float(hi))
+        out[n] = res
+    return out
+
+
+def _fc_of(name: str) -> str:
+    return "fc_1k" if CASES[name][1] == 1000 else "fc_100k"
 
 
 def spawn(name: str, args) -> dict:
@@ -248,13 +274,16 @@ def main(argv=None):
         by = json.loads(lines[-1][len("RESULT "):])
         rows = [by[n] for n in args.cases]
         print(f"\ntraining step (fwd + loss + bwd + Momentum), CPU, GRAPH_MODE, batch {args.batch}, {what}; "
-              f"cases alternated step by step in one process, median of {args.steps} steps")
-        print("| case | head | N | d | trainable | frozen | step ms | vs FC |")
-        print("|---|---|---|---|---|---|---|---|")
+              f"cases alternated step by step in one process (order reversed each round), {args.steps} rounds")
+        print("| case | head | N | d | trainable | frozen | median step ms | vs FC (ratio of medians) "
+              "| vs FC (median of paired ratios) | its 95% bootstrap interval |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            fc = "fc_1k" if r["N"] == 1000 else "fc_100k"
+            paired = (f"{r['paired_ratio']:.3f}x", f"{r['paired_lo']:.3f}-{r['paired_hi']:.3f}x") \
+                if "paired_ratio" in r else ("-", "-")
             print(f"| {r['case']} | {r['head']} | {r['N']:,} | {r['d'] or '-'} | {r['trainable'] / 1e6:.2f}M | "
-                  f"{r['frozen'] / 1e6:.1f}M | {r['step_ms']:.1f} | {_ratio(by, r['case'], fc, 'step_ms')} |")
+                  f"{r['frozen'] / 1e6:.1f}M | {r['step_ms']:.1f} | {_ratio(by, r['case'], _fc_of(r['case']), 'step_ms')} | "
+                  f"{paired[0]} | {paired[1]} |")
         print(f"\nreproduce: {cmd}")
         if args.json:
             with open(args.json, "w") as f:
@@ -280,7 +309,7 @@ def main(argv=None):
     print("| case | head | N | d | trainable | frozen | step ms | vs FC | step mem MB | vs FC | build peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        fc = "fc_1k" if r["N"] == 1000 else "fc_100k"
+        fc = _fc_of(r["case"])
         print(f"| {r['case']} | {r['head']} | {r['N']:,} | {r['d'] or '-'} | {r['trainable'] / 1e6:.2f}M | "
               f"{r['frozen'] / 1e6:.1f}M | {r['step_ms']:.1f} | {_ratio(by, r['case'], fc, 'step_ms')} | "
               f"{r['step_mem_mb']:.0f} | {_ratio(by, r['case'], fc, 'step_mem_mb')} | {r['build_peak_mb']:.0f} |")
