@@ -53,3 +53,15 @@ archive_old_logs() {
   local dest="$dir/previous/$(date +%Y%m%d-%H%M%S)"
   mkdir -p "$dest" && mv "${files[@]}" "$dest/" && echo "[launch] earlier logs moved to $dest"
 }
+
+# take_launch_args USAGE_LINES WHAT "$@": with no argument, print the calling script's usage
+# (its header, lines 2..USAGE_LINES) and exit 2; else check that the first argument is an
+# existing file (WHAT names it in the error), set FIRST to it, and parse the rest with
+# parse_launch_args.
+take_launch_args() {
+  local lines="$1" what="$2"; shift 2
+  [[ $# -ge 1 ]] || { sed -n "2,${lines}p" "$0"; exit 2; }
+  [[ -f "$1" ]] || die "$what not found: $1"
+  FIRST="$1"
+  parse_launch_args "${@:2}"
+}

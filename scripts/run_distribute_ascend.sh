@@ -15,10 +15,8 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
-[[ $# -ge 1 ]] || { sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 2; }
-CONFIG="$1"; shift
-[[ -f "$CONFIG" ]] || die "config file not found: $CONFIG"
-parse_launch_args "$@"
+take_launch_args 15 "config file" "$@"
+CONFIG="$FIRST"
 [[ -z "$HOSTFILE" ]] || die "unexpected argument '$HOSTFILE' (msrun takes no hostfile; use MSRUN_ARGS)"
 NUM="${NUM:-8}"
 DEVICE_TARGET="${DEVICE_TARGET:-Ascend}"

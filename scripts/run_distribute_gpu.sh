@@ -20,10 +20,8 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
-[[ $# -ge 1 ]] || { sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 2; }
-CONFIG="$1"; shift
-[[ -f "$CONFIG" ]] || die "config file not found: $CONFIG"
-parse_launch_args "$@"
+take_launch_args 20 "config file" "$@"
+CONFIG="$FIRST"
 DEVICE_TARGET="${DEVICE_TARGET:-GPU}"
 check_device_target
 if [[ -z "$NUM" ]]; then

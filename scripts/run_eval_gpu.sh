@@ -9,10 +9,8 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
-[[ $# -ge 1 ]] || { sed -n '2,9p' "${BASH_SOURCE[0]}"; exit 2; }
-CKPT="$1"; shift
-[[ -f "$CKPT" ]] || die "checkpoint not found: $CKPT"
-parse_launch_args "$@"
+take_launch_args 9 "checkpoint" "$@"
+CKPT="$FIRST"
 CONFIG_ARGS=()
 if [[ -n "$HOSTFILE" ]]; then
   [[ -f "$HOSTFILE" ]] || die "config file not found: $HOSTFILE"

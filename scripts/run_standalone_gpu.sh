@@ -9,10 +9,8 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
-[[ $# -ge 1 ]] || { sed -n '2,9p' "${BASH_SOURCE[0]}"; exit 2; }
-CONFIG="$1"; shift
-[[ -f "$CONFIG" ]] || die "config file not found: $CONFIG"
-parse_launch_args "$@"
+take_launch_args 9 "config file" "$@"
+CONFIG="$FIRST"
 [[ -z "$HOSTFILE" ]] || die "unexpected argument '$HOSTFILE' (expected DEVICE_ID, key=value or --flag)"
 DEVICE_TARGET="${DEVICE_TARGET:-GPU}"
 check_device_target
