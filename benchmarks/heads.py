@@ -232,6 +232,17 @@ def _ratio(by, a, b, key):
     return "-"
 
 
+def _print_table(rows, by, columns):
+    """Markdown table: the case description columns, then ``columns`` = [(header, cell(row))]."""
+    heads = ["case", "head", "N", "d", "trainable", "frozen"] + [h for h, _ in columns]
+    print("| " + " | ".join(heads) + " |")
+    print("|" + "---|" * len(heads))
+    for r in rows:
+        cells = [r["case"], r["head"], f"{r['N']:,}", str(r["d"] or "-"), f"{r['trainable'] / 1e6:.2f}M",
+                 f"{r['frozen'] / 1e6:.1f}M"] + [cell(r) for _, cell in columns]
+        print("| " + " | ".join(cells) + " |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -275,15 +286,13 @@ def main(argv=None):
         rows = [by[n] for n in args.cases]
         print(f"\ntraining step (fwd + loss + bwd + Momentum), CPU, GRAPH_MODE, batch {args.batch}, {what}; "
               f"cases alternated step by step in one process (order reversed each round), {args.steps} rounds")
-        print("| case | head | N | d | trainable | frozen | median step ms | vs FC (ratio of medians) "
-              "| vs FC (median of paired ratios) | its 95% bootstrap interval |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            paired = (f"{r['paired_ratio']:.3f}x", f"{r['paired_lo']:.3f}-{r['paired_hi']:.3f}x") \
-                if "paired_ratio" in r else ("-", "-")
-            print(f"| {r['case']} | {r['head']} | {r['N']:,} | {r['d'] or '-'} | {r['trainable'] / 1e6:.2f}M | "
-                  f"{r['frozen'] / 1e6:.1f}M | {r['step_ms']:.1f} | {_ratio(by, r['case'], _fc_of(r['case']), 'step_ms')} | "
-                  f"{paired[0]} | {paired[1]} |")
+        _print_table(rows, by, [
+            ("median step ms", lambda r: f"{r['step_ms']:.1f}"),
+            ("vs FC (ratio of medians)", lambda r: _ratio(by, r["case"], _fc_of(r["case"]), "step_ms")),
+            ("vs FC (median of paired ratios)",
+             lambda r: f"{r['paired_ratio']:.3f}x" if "paired_ratio" in r else "-"),
+            ("its 95% bootstrap interval",
+             lambda r: f"{r['paired_lo']:.3f}-{r['paired_hi']:.3f}x" if "paired_ratio" in r else "-")])
         print(f"\nreproduce: {cmd}")
         if args.json:
             with open(args.json, "w") as f:
@@ -306,13 +315,12 @@ def main(argv=None):
     by = {r["case"]: r for r in rows}
     print(f"\ntraining step (fwd + loss + bwd + Momentum), CPU, GRAPH_MODE, batch {args.batch}, {what}; "
           f"one process per case, median of {args.steps} steps x {args.repeats} run(s)")
-    print("| case | head | N | d | trainable | frozen | step ms | vs FC | step mem MB | vs FC | build peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        fc = _fc_of(r["case"])
-        print(f"| {r['case']} | {r['head']} | {r['N']:,} | {r['d'] or '-'} | {r['trainable'] / 1e6:.2f}M | "
-              f"{r['frozen'] / 1e6:.1f}M | {r['step_ms']:.1f} | {_ratio(by, r['case'], fc, 'step_ms')} | "
-              f"{r['step_mem_mb']:.0f} | {_ratio(by, r['case'], fc, 'step_mem_mb')} | {r['build_peak_mb']:.0f} |")
+    _print_table(rows, by, [
+        ("step ms", lambda r: f"{r['step_ms']:.1f}"),
+        ("vs FC", lambda r: _ratio(by, r["case"], _fc_of(r["case"]), "step_ms")),
+        ("step mem MB", lambda r: f"{r['step_mem_mb']:.0f}"),
+        ("vs FC", lambda r: _ratio(by, r["case"], _fc_of(r["case"]), "step_mem_mb")),
+        ("build peak MB", lambda r: f"{r['build_peak_mb']:.0f}")])
     print(f"\nreproduce: {cmd}")
     if args.json:
         with open(args.json, "w") as f:

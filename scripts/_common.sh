@@ -65,3 +65,16 @@ take_launch_args() {
   FIRST="$1"
   parse_launch_args "${@:2}"
 }
+
+# prepare_training_run LOG_PATTERN...: check ENTRY (default train.py); resolve OUTPUT_DIR from
+# CONFIG, device_target and OVERRIDES (OVR holds them for the training command); create LOG_DIR
+# and move the earlier logs matching the patterns to LOG_DIR/previous/<time>/.
+prepare_training_run() {
+  ENTRY="${ENTRY:-$ROOT/train.py}"
+  [[ -f "$ENTRY" ]] || die "training script not found: $ENTRY"
+  OVR=("device_target=$DEVICE_TARGET" "${OVERRIDES[@]}")
+  OUTPUT_DIR="$(resolve_output_dir "$CONFIG" "${OVR[@]}")" || exit 2
+  LOG_DIR="$OUTPUT_DIR/logs"
+  mkdir -p "$LOG_DIR" || die "cannot create $LOG_DIR"
+  archive_old_logs "$LOG_DIR" "$@"
+}

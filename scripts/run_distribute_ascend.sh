@@ -26,14 +26,7 @@ check_device_target
 MSRUN="$(dirname "$PYTHON")/msrun"
 [[ -x "$MSRUN" ]] || MSRUN="$(command -v msrun || true)"
 [[ -n "$MSRUN" ]] || die "msrun not found (it comes with MindSpore >= 2.3)"
-ENTRY="${ENTRY:-$ROOT/train.py}"
-[[ -f "$ENTRY" ]] || die "training script not found: $ENTRY"
-
-OVR=("device_target=$DEVICE_TARGET" "${OVERRIDES[@]}")
-OUTPUT_DIR="$(resolve_output_dir "$CONFIG" "${OVR[@]}")" || exit 2
-LOG_DIR="$OUTPUT_DIR/logs"
-mkdir -p "$LOG_DIR" || die "cannot create $LOG_DIR"
-archive_old_logs "$LOG_DIR" 'worker_*' 'rank_*' 'scheduler.*'
+prepare_training_run 'worker_*' 'rank_*' 'scheduler.*'
 PORT="${MASTER_PORT:-$(free_port)}"
 # shellcheck disable=SC2206
 EXTRA=(${MSRUN_ARGS:-})

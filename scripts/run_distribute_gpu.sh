@@ -33,14 +33,7 @@ fi
 [[ "$NUM" -ge 1 ]] || die "NUM_DEVICES must be at least 1, got '$NUM'"
 [[ -z "$HOSTFILE" || -f "$HOSTFILE" ]] || die "hostfile not found: $HOSTFILE"
 command -v mpirun >/dev/null 2>&1 || die "mpirun not found: install Open MPI (Debian/Ubuntu: apt-get install openmpi-bin)"
-ENTRY="${ENTRY:-$ROOT/train.py}"
-[[ -f "$ENTRY" ]] || die "training script not found: $ENTRY"
-
-OVR=("device_target=$DEVICE_TARGET" "${OVERRIDES[@]}")
-OUTPUT_DIR="$(resolve_output_dir "$CONFIG" "${OVR[@]}")" || exit 2
-LOG_DIR="$OUTPUT_DIR/logs"
-mkdir -p "$LOG_DIR" || die "cannot create $LOG_DIR"
-archive_old_logs "$LOG_DIR" 'rank_*' 'scheduler.*'
+prepare_training_run 'rank_*' 'scheduler.*'
 
 if [[ -n "$HOSTFILE" ]]; then
   DEFAULT_HOST="$(hostname -I 2>/dev/null | awk '{print $1}')"

@@ -14,14 +14,8 @@ CONFIG="$FIRST"
 [[ -z "$HOSTFILE" ]] || die "unexpected argument '$HOSTFILE' (expected DEVICE_ID, key=value or --flag)"
 DEVICE_TARGET="${DEVICE_TARGET:-GPU}"
 check_device_target
-ENTRY="${ENTRY:-$ROOT/train.py}"
-[[ -f "$ENTRY" ]] || die "training script not found: $ENTRY"
-
-OVR=("device_target=$DEVICE_TARGET" "${OVERRIDES[@]}")
-OUTPUT_DIR="$(resolve_output_dir "$CONFIG" "${OVR[@]}")" || exit 2
-mkdir -p "$OUTPUT_DIR/logs" || die "cannot create $OUTPUT_DIR/logs"
-archive_old_logs "$OUTPUT_DIR/logs" 'rank_*'
-LOG="$OUTPUT_DIR/logs/rank_0.log"
+prepare_training_run 'rank_*'
+LOG="$LOG_DIR/rank_0.log"
 case "$DEVICE_TARGET" in
   GPU) export CUDA_VISIBLE_DEVICES="${NUM:-${CUDA_VISIBLE_DEVICES:-0}}" ;;
   Ascend) export DEVICE_ID="${NUM:-${DEVICE_ID:-0}}" ;;
