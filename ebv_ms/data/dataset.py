@@ -19,7 +19,6 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ..atomic import atomic_path
-
 from ..config import DEFAULTS as CONFIG_DEFAULTS
 from .imagenet import count_folder_samples, folder_dataset, list_samples, lists_num_classes
 from .layouts import Layout, LayoutError, SplitSamples, detect_layout
