@@ -50,7 +50,7 @@ def matrix_checksum(mat) -> str:
     """sha256 (hex, 16 chars) of shape + float32 bytes of an N x d matrix."""
     mat = np.ascontiguousarray(mat, dtype=np.float32)
     h = hashlib.sha256(f"{mat.shape[0]}x{mat.shape[1]}:".encode())
-    h.update(mat.tobytes())
+    h.update(memoryview(mat).cast("B"))   # the buffer itself: tobytes() would copy W (2 GB at 100k x 5000)
     return h.hexdigest()[:16]
 
 
