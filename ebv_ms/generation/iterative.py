@@ -70,8 +70,8 @@ def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = OFF
 
     @ms.jit
     def slice_grad(rows, onehot):
-        # compiled, like the other steps: op-by-op PyNative made Algorithm 1 ~3x slower per
-        # step at N=1000, d=100, which would flatter the default in the benchmark
+        # compiled, like the other steps: op-by-op PyNative gave Algorithm 1 half the steps
+        # per second at N=1000, d=100, which would flatter the default in the benchmark
         (_, m), grads = grad_fn(rows, onehot)
         return m, grads[0]
 
