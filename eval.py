@@ -11,8 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from typing import Mapping
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def parse_args(argv=None):
@@ -20,35 +32,68 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint (best.ckpt / last.ckpt from train.py)")
     p.add_argument("--config", "-c", help="YAML config applied on top of the checkpoint's")
-    p.add_argument("--test-size", type=int, default=None,
+    p.add_argument("--test-size", type=_positive_int, default=None,
                    help="evaluation input side (centre crop; resize to side/0.875 first)")
-    p.add_argument("--batch-size", type=int, default=None, help="overrides eval.batch_size")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="overrides eval.batch_size")
     p.add_argument("--split", default=None, help="overrides eval.split (default val)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     return p.parse_args(argv)
 
 
+def _check_json_path(path: str) -> None:
+    """--json must name a file in an existing folder: refused before the evaluation, not after."""
+    from ebv_ms.config import ConfigError
+    if os.path.isdir(path):
+        raise ConfigError(f"--json {path} is a folder; give a file name, e.g. {path}/eval.json")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--json {path}: folder {folder} does not exist")
+
+
+def _read_checkpoint(path: str):
+    """``load_checkpoint``, with damaged or crafted metadata refused as a CheckpointError
+    (bad JSON, missing keys, fields of the wrong type, YAML tags in the recorded config)."""
+    import yaml
+    from ebv_ms.engine.checkpoint import CheckpointError, load_checkpoint
+    try:
+        state = load_checkpoint(path)
+    except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint metadata ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); use another checkpoint "
+                              "(last.ckpt / best.ckpt of the run)") from exc
+    if not isinstance(state.metrics, Mapping):
+        raise CheckpointError(f"{path}: damaged checkpoint metadata (metrics is "
+                              f"{type(state.metrics).__name__}, not a mapping)")
+    if state.config is not None and not isinstance(state.config, Mapping):
+        raise CheckpointError(f"{path}: damaged checkpoint metadata (the recorded config is "
+                              f"{type(state.config).__name__}, not a mapping); pass --config")
+    return state
+
+
 def run(args) -> dict:
-    from ebv_ms.config import ConfigError, load_config
-    from ebv_ms.engine.checkpoint import CheckpointError, load_checkpoint, restore_checkpoint
+    from ebv_ms.config import ConfigError, check_run, load_config
+    from ebv_ms.engine.checkpoint import CheckpointError, restore_checkpoint
     from ebv_ms.engine.ebv_source import resolve_ebv
     from ebv_ms.engine.evaluator import count_parameters, evaluate
     from ebv_ms.engine.trainer import build_data, build_network, setup_context
 
-    state = load_checkpoint(args.ckpt)
+    if args.json:
+        _check_json_path(args.json)
+    state = _read_checkpoint(args.ckpt)
     if state.config is None and not args.config:
         raise ConfigError(f"{args.ckpt} records no config (not written by train.py); "
                           "pass --config with the model/data settings it was trained with")
     overrides = list(args.overrides)
-    if args.batch_size:
+    if args.batch_size is not None:
         overrides.append(f"eval.batch_size={args.batch_size}")
-    if args.split:
+    if args.split is not None:
         overrides.append(f"eval.split={args.split}")
-    if args.test_size:
+    if args.test_size is not None:
         overrides.append(f"eval.test_size={args.test_size}")
-    cfg = load_config(args.config, overrides, base=state.config)
+    cfg = check_run(load_config(args.config, overrides, base=state.config), training=False)
     setup_context(cfg)
 
     ebv = state.ebv
@@ -78,12 +123,11 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ebv_ms.engine.errors import user_errors
-    try:
-        r = run(args)
-    except user_errors() as exc:
-        print(f"eval.py: error: {exc}", file=sys.stderr)
-        return 2
+    from ebv_ms.errors import run_cli
+    return run_cli("eval.py", lambda: _report(args, run(args)), debug=args.debug)
+
+
+def _report(args, r: dict) -> int:
     print(f"model {r['model']} + {r['head']} head: {r['params_total']:,} parameters "
           f"({r['params_trainable']:,} trainable, {r['params_frozen']:,} non-trainable: EBVs, BN statistics)")
     print(f"{r['split']}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  "
@@ -92,7 +136,8 @@ def main(argv=None) -> int:
         print(f"top-1 logged at training time (epoch {r['epoch']}): {r['logged_top1']:.2f}%")
     print("RESULT " + json.dumps(r))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+        from ebv_ms.atomic import atomic_path
+        with atomic_path(args.json, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump(r, f, indent=1)
     return 0
 

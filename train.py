@@ -22,6 +22,8 @@ def parse_args(argv=None):
                         "if there is none yet)")
     p.add_argument("--resume-from", metavar="CKPT", default=None,
                    help="continue from this checkpoint instead (writes to OUTPUT_DIR)")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of an error too (it is always in train.log)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="config overrides, e.g. train.epochs=10 optim.lr=0.05 mode=pynative")
     return p.parse_args(argv)
@@ -29,18 +31,19 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ebv_ms.config import load_config
-    from ebv_ms.engine.errors import user_errors
-    try:
-        cfg = load_config(args.config, args.overrides)
+    from ebv_ms.errors import run_cli
+
+    def body() -> int:
+        from ebv_ms.config import load_config
+        cfg = load_config(args.config, args.overrides)  # every key is checked here
         from ebv_ms.engine.trainer import train
         result = train(cfg, resume=args.resume_from or ("auto" if args.resume else None))
-    except user_errors() as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"train.py: finished; best top-1 {result['best_top1']:.2f}% at epoch "
-          f"{result['best_epoch']}; checkpoints in {cfg.output_dir}")
-    return 0
+        print(f"train.py: finished; best top-1 {result['best_top1']:.2f}% at epoch "
+              f"{result['best_epoch']}; checkpoints in {cfg.output_dir}")
+        return 0
+
+    # a bad value, file or machine state: one line and exit 2 (traceback with --debug)
+    return run_cli("train.py", body, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ caches, demo archives).
 ``atomic_path(target)`` hands out a hidden temporary sibling of ``target``; when the block ends
 cleanly the temporary is flushed to disk and ``os.replace``d over the target, so a kill at any
 moment leaves either the old file or the new one, never half of one, and a failed write leaves
-no temporary behind.
+no temporary behind. A write that fails for lack of space or permission (``OSError``) is
+reported as ``WriteError`` (an ``OSError`` and an ``EBVMSError``) naming the target and saying
+that its previous version is intact, so the command lines print one line instead of a
+traceback and the user knows ``last.ckpt`` survived.
 """
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ import os
 import shutil
 from typing import Iterator, Union
 
+from .errors import WriteError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["atomic_path", "atomic_copy"]
+__all__ = ["atomic_path", "atomic_copy", "WriteError"]
 
 
 def _fsync(path: str) -> None:
@@ -33,17 +38,37 @@ def atomic_path(target: PathLike, suffix: str = "", fsync: bool = True) -> Itera
     ``suffix`` ends the temporary name, for writers that add an extension when it is missing
     (``np.savez`` adds ".npz", ``ms.save_checkpoint`` ".ckpt"). The folder is created.
     """
-    folder, base = os.path.split(os.path.abspath(os.fspath(target)))
-    os.makedirs(folder, exist_ok=True)
+    target = os.fspath(target)
+    folder, base = os.path.split(os.path.abspath(target))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(target, exc) from exc
     tmp = os.path.join(folder, f".{base}.tmp{os.getpid()}{suffix}")
     try:
         yield tmp
         if fsync:
             _fsync(tmp)
-        os.replace(tmp, os.fspath(target))
+        os.replace(tmp, target)
+    except OSError as exc:
+        if isinstance(exc, WriteError):
+            raise
+        raise _write_error(target, exc) from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _write_error(target: str, exc: OSError) -> WriteError:
+    why = exc.strerror or str(exc)
+    if os.path.isfile(target):
+        kept = f"the previous {os.path.basename(target)} is intact (nothing was replaced)"
+    else:
+        kept = "nothing was written"
+    err = WriteError(f"could not write {target}: {why}; {kept}. Free space or choose a "
+                     "writable folder, then run again")
+    err.errno = exc.errno  # callers may still test for ENOSPC / EROFS
+    return err
 
 
 def atomic_copy(src: PathLike, dst: PathLike) -> None:

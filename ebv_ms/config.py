@@ -1,118 +1,302 @@
-"""YAML configs: defaults, validation that names the bad key, and ``key.sub=value`` overrides.
+"""YAML configs: one schema (default, type, allowed values, range of every key), ``key.sub=value``
+overrides, and one validation pass that checks every key before any work starts.
 
-A config file only needs the keys it changes; everything else comes from ``DEFAULTS``.
-An unknown key, or a value of the wrong type, is an error that names the key and the file.
-Sections mirror the factories' arguments (``model`` -> ``create_classifier``, ``data`` ->
-``create_dataset``, ``optim`` -> ``create_optimizer``, ``scheduler`` -> ``create_scheduler``).
+A config file only needs the keys it changes; everything else comes from the defaults. An
+unknown key is an error with a "did you mean"; every value is checked against its ``Key`` in
+``SCHEMA`` (keys whose default is None included) and all problems are reported together, each
+naming the key and where it was set (file, override, checkpoint). ``check_run`` adds the checks
+that look at the machine (folders that are files, read-only output, missing files, more data
+workers than cores). Sections mirror the factories' arguments (``model`` ->
+``create_classifier``, ``data`` -> ``create_dataset``, ``optim`` -> ``create_optimizer``,
+``scheduler`` -> ``create_scheduler``); the factories themselves know nothing of YAML keys.
+``python -m ebv_ms.config`` prints the schema as the table in docs/training.md.
 """
 from __future__ import annotations
 
 import copy
 import difflib
-from typing import Any, Iterable, Mapping, Optional
+import importlib
+import logging
+import math
+import multiprocessing
+import os
+import tempfile
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
-# A default of None accepts any value; otherwise the value's type must match the default's
-# (an int is accepted where a float is expected). Each section is owned by the module that
-# consumes it; add keys there, with a comment saying what they do.
-DEFAULTS: dict = {
-    "seed": 42,                 # one seed for every rank: init, shuffling, augmentation
-    "device_target": "CPU",     # CPU | GPU | Ascend
-    "mode": "graph",            # graph | pynative
-    "output_dir": "runs/default",
+from .errors import ConfigError
+
+__all__ = ["SCHEMA", "DEFAULTS", "Key", "Config", "ConfigError", "load_config", "load_yaml",
+           "parse_override", "validate", "check_run", "save_config", "require", "schema_table"]
+
+_log = logging.getLogger("ebv_ms")
+
+
+class _Bad(Exception):
+    """A value a Key refuses; the message says what is allowed (the caller adds the key)."""
+
+
+class Key:
+    """One config key: default, type (``int``, ``float``, ``bool``, ``str``, ``pair`` of floats,
+    ``map``, ``splits`` (split name -> path), ``columns``, ``bool|str``), allowed ``choices`` (a tuple, or "module:NAME" read from
+    the module that owns them when validating), a range ``lo``/``hi`` (``*_open``: strict), and
+    whether None is allowed. ``hint`` is added to the error message."""
+
+    def __init__(self, default: Any, type: str, doc: str = "", *, choices: Union[None, tuple, str] = None,
+                 lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
+                 hi_open: bool = False, nullable: bool = False, hint: str = "", empty: bool = False):
+        self.default, self.type, self.doc = default, type, doc
+        self.empty = empty  # str: "" allowed
+        self.choices, self.lo, self.hi = choices, lo, hi
+        self.lo_open, self.hi_open = lo_open, hi_open
+        self.nullable = nullable or default is None
+        self.hint = hint
+
+    # ------------------------------------------------------------------ allowed values
+    def allowed(self) -> Optional[Tuple[str, ...]]:
+        if self.choices is None:
+            return None
+        if isinstance(self.choices, str):  # "module:NAME": one source of truth, its owner
+            mod, name = self.choices.split(":")
+            return tuple(getattr(importlib.import_module(mod), name))
+        return tuple(self.choices)
+
+    def _range_text(self) -> str:
+        parts = []
+        num = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {num(self.lo)}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_open else '<='} {num(self.hi)}")
+        return " and ".join(parts)
+
+    def describe(self) -> str:
+        """The allowed values in words (docs table, error messages)."""
+        if self.choices is not None:
+            try:
+                text = "one of " + ", ".join(self.allowed())
+            except ImportError:  # pragma: no cover - owner module missing
+                text = f"one of {self.choices}"
+        elif self.type == "pair":
+            text = f"two numbers [a, b], a <= b, each {self._range_text()}"
+        elif self.type == "map":
+            text = "mapping"
+        elif self.type == "splits":
+            text = "mapping split name -> path"
+        elif self.type == "columns":
+            text = "[path column, label column] (index >= 0 or header name)"
+        elif self.type == "bool|str":
+            text = "bool or a local checkpoint path"
+        else:
+            text = self.type + (" " + self._range_text() if self._range_text() else "")
+        return text + (" or null" if self.nullable else "")
+
+    # ------------------------------------------------------------------ checking
+    def _number(self, value, integer: bool):
+        if isinstance(value, bool):
+            raise _Bad(f"expects {self.describe()}, got {value!r} (bool)")
+        if integer:
+            if not isinstance(value, int):
+                raise _Bad(f"expects {self.describe()}, got {value!r} ({type(value).__name__})")
+        else:
+            if isinstance(value, str):
+                # PyYAML reads "1e-4" (no dot) as a string: accept numbers written that way
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise _Bad(f"expects {self.describe()}, got {value!r} (str)") from None
+            if not isinstance(value, (int, float)):
+                raise _Bad(f"expects {self.describe()}, got {value!r} ({type(value).__name__})")
+            value = float(value)
+            if not math.isfinite(value):
+                raise _Bad(f"expects a finite {self.describe()}, got {value}")
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)) or \
+                self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
+            raise _Bad(f"must be {self._range_text()}, got {value!r}")
+        return value
+
+    def check(self, value):
+        """The value, normalised (int -> float, choices' own spelling); ``_Bad`` if refused."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise _Bad(f"must be set ({self.describe()})")
+        t = self.type
+        if t == "int":
+            return self._number(value, True)
+        if t == "float":
+            return self._number(value, False)
+        if t == "bool":
+            if not isinstance(value, bool):
+                raise _Bad(f"expects true or false, got {value!r} ({type(value).__name__})")
+            return value
+        if t == "bool|str":
+            if not isinstance(value, (bool, str)) or value == "":
+                raise _Bad(f"expects {self.describe()}, got {value!r}")
+            return value
+        if t == "str":
+            if not isinstance(value, str) or not (value or self.empty):
+                raise _Bad(f"expects a {'' if self.empty else 'non-empty '}string, got {value!r} ({type(value).__name__})")
+            allowed = self.allowed()
+            if allowed is not None:
+                for a in allowed:  # case-insensitive; the canonical spelling is kept
+                    if value.lower() == a.lower():
+                        return a
+                close = difflib.get_close_matches(value, allowed, n=1)
+                raise _Bad(f"must be one of {', '.join(allowed)}, got {value!r}"
+                           + (f"; did you mean '{close[0]}'?" if close else ""))
+            return value
+        if t == "pair":
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise _Bad(f"expects {self.describe()}, got {value!r}")
+            a, b = (self._number(v, False) for v in value)
+            if a > b:
+                raise _Bad(f"expects [a, b] with a <= b, got {value!r}")
+            return [a, b]
+        if t in ("map", "splits"):
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise _Bad(f"expects a mapping with string keys, got {value!r}")
+            if self.type == "splits" and not all(isinstance(v, str) and v for v in value.values()):
+                raise _Bad(f"expects a mapping of split name -> path (strings), got {value!r}")
+            return dict(value)
+        if t == "columns":
+            ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                (isinstance(c, int) and not isinstance(c, bool) and c >= 0)
+                or (isinstance(c, str) and c) for c in value)
+            if not ok:
+                raise _Bad(f"expects {self.describe()}, got {value!r}")
+            return list(value)
+        raise AssertionError(f"unknown key type {t!r}")  # a bug in SCHEMA
+
+
+def _k(default, type, doc="", **kw) -> Key:
+    return Key(default, type, doc, **kw)
+
+
+# The schema: every key the project reads, with its default, type and allowed values. Each
+# section is owned by the module that consumes it; add keys there, with a doc saying what they do.
+SCHEMA: Dict[str, Any] = {
+    "seed": _k(42, "int", "one seed for every rank: init, shuffling, augmentation", lo=0, hi=2**32 - 1),
+    "device_target": _k("CPU", "str", "where to run", choices=("CPU", "GPU", "Ascend")),
+    "mode": _k("graph", "str", "MindSpore execution mode", choices=("graph", "pynative")),
+    "output_dir": _k("runs/default", "str", "run folder: checkpoints, logs, config.yaml"),
     "ebv": {
-        "path": None,           # an existing set (.npy/.npz/.pkl); else generated and cached
-        "alpha": None,          # coherence target max|cos| when generating (None: as low as the
-                                # method gets; must be >= the Welch bound; official needs it)
-        "method": "auto",       # auto (closed form if one fits, else smoothmax) | smoothmax |
-                                # official (Algorithm 1) | orthonormal | simplex | kerdock |
-                                # kerdock_padded  -> ebv_ms.generation.create_ebv
-        "seed": 0,              # init draw / closed-form subset
-        "max_steps": None,      # step cap of iterative methods (None: 3000 smoothmax, 1e5 official)
-        "cache_dir": "ebv_cache",
+        "path": _k(None, "str", "an existing set (.npy/.npz/.pkl); else generated and cached"),
+        "alpha": _k(None, "float", "coherence target max|cos| when generating (null: as low as the "
+                    "method gets; >= the Welch bound; official needs it)", lo=0.0, hi=1.0, hi_open=True),
+        "method": _k("auto", "str", "auto: a closed form if one fits, else smoothmax",
+                     choices="ebv_ms.generation.factory:METHODS"),
+        "seed": _k(0, "int", "init draw / closed-form subset", lo=0),
+        "max_steps": _k(None, "int", "step cap of iterative methods (null: 3000 smoothmax, 1e5 "
+                        "official)", lo=1),
+        "cache_dir": _k("ebv_cache", "str", "folder of generated sets, keyed by (N, d, alpha, method, seed)"),
     },
     "model": {                  # -> ebv_ms.models.create_classifier(**model, ebv=...)
-        "backbone": "resnet50",  # resnet50 | swin_tiny (mindcv) | small_cnn (CPU demo/tests)
-        "head": "ebv",          # ebv | fc | fixed_random_dot | fixed_random_cos
-        "num_classes": 1000,
-        "embed_dim": 1000,      # d of the EBVs (and of the random class vectors); unused by fc
-        "tau": 0.07,            # temperature of the EBV logits: cos(v, w_k) / tau
-        "scale": None,          # S of the fixed-random heads (None: 1 for dot, 1/tau for cos)
-        "ebv_dtype": "float32",  # storage dtype of the frozen EBV matrix: float32 | float16
-        "pretrained": False,    # True: mindcv downloads ImageNet weights (needs internet)
-        "backbone_checkpoint": None,  # local backbone .ckpt (mindcv layout) to start from
-        "head_seed": 0,         # seed of the fixed random class vectors
-        "in_channels": 3,
-        "backbone_kwargs": {},  # extra mindcv create_model kwargs, e.g. {drop_rate: 0.1}
+        "backbone": _k("resnet50", "str", "resnet50 | swin_tiny (mindcv) | small_cnn (CPU demo/"
+                       "tests) | another mindcv model name"),
+        "head": _k("ebv", "str", "the classifier head", choices="ebv_ms.models.classifier:HEADS"),
+        "num_classes": _k(1000, "int", "N", lo=1),
+        "embed_dim": _k(1000, "int", "d of the EBVs (and of the random class vectors); unused by fc", lo=1),
+        "tau": _k(0.07, "float", "temperature of the EBV logits: cos(v, w_k) / tau", lo=0.0, lo_open=True),
+        "scale": _k(None, "float", "S of the fixed-random heads (null: 1 for dot, 1/tau for cos)",
+                    lo=0.0, lo_open=True),
+        "ebv_dtype": _k("float32", "str", "storage dtype of the frozen class-vector matrix",
+                        choices="ebv_ms.models.heads:STORAGE_DTYPES"),
+        "pretrained": _k(False, "bool|str", "true: mindcv downloads ImageNet weights (needs internet)"),
+        "backbone_checkpoint": _k(None, "str", "local backbone .ckpt (mindcv layout) to start from"),
+        "head_seed": _k(0, "int", "seed of the fixed random class vectors", lo=0),
+        "in_channels": _k(3, "int", "image channels", lo=1),
+        "backbone_kwargs": _k({}, "map", "extra mindcv create_model kwargs, e.g. {drop_rate: 0.1}"),
     },
     "loss": {                   # -> ebv_ms.loss.create_loss(**loss)
-        "label_smoothing": 0.0,  # eps: target = (1 - eps) * t + eps / N (hard and soft targets)
-        "reduction": "mean",    # mean | sum | none
+        "label_smoothing": _k(0.0, "float", "eps: target = (1 - eps) * t + eps / N", lo=0.0, hi=1.0,
+                              hi_open=True),
+        "reduction": _k("mean", "str", "over the batch", choices=("mean", "sum"),
+                        hint="'none' (one loss per sample) exists in the loss API (create_loss) but "
+                             "training minimises one number per step"),
     },
     "data": {                   # -> ebv_ms.data.create_dataset (docs/data.md)
-        "path": None,           # .zip archive (read in place) or dataset folder (ImageNet layout / list root)
-        "format": "auto",       # auto | zip | folder (ImageFolderDataset) | list (CSV/txt lists + root folder)
-        "layout": "auto",       # zip only: auto | folders ([top/]split/class/img) | lists (list files inside)
-        "root": None,           # zip only: top folder inside the archive ("" = none; None = detect)
-        "split_dirs": {},       # {split: folder} overriding detection, e.g. {train: 10w/train, val: 10w/val}
-        "split_lists": {},      # {split: list file}: a member of the archive, or a CSV on disk for folders
-        "list_columns": None,   # [path column, label column] by index or header name (None: detect)
-        "list_delimiter": None,  # list field separator (None: comma, tab or whitespace, detected)
-        "list_strip_prefix": "",  # removed from listed paths before joining to data.path (e.g. "../")
-        "index_cache_dir": None,  # zip index cache (None: next to the archive, else ~/.cache/ebv_ms)
-        "image_size": 224,      # training crop size
-        "eval_resize": None,    # eval: shorter side resized to this (None: image_size / 0.875)
-        "eval_crop": None,      # eval: centre crop (None: image_size)
-        "recipe": "A1",         # training augmentation: A0 | A1 | A2 (evaluation always uses 'eval')
-        "scale": [0.08, 1.0],   # random resized crop area range
-        "color_jitter": 0.4,    # A0 brightness/contrast/saturation jitter
-        "random_erasing": 0.1,  # A1/A2 random erasing probability
-        "mixup_alpha": 0.2,     # A2 mixup Beta(alpha, alpha)
-        "cutmix_alpha": 1.0,    # A2 cutmix Beta(alpha, alpha)
-        "mix_switch_prob": 0.5,  # A2: probability a batch uses cutmix instead of mixup
-        "num_workers": 2,       # parallel workers for reading/decoding and for the per-image ops
-        "python_multiprocessing": False,  # decode in worker processes instead of threads (see docs/data.md)
+        "path": _k(None, "str", ".zip archive (read in place) or dataset folder"),
+        "format": _k("auto", "str", "zip | folder (ImageFolderDataset) | list (CSV/txt lists + root)",
+                     choices=("auto", "zip", "folder", "list")),
+        "layout": _k("auto", "str", "zip only: folders ([top/]split/class/img) | lists (list files inside)",
+                     choices=("auto", "folders", "lists")),
+        "root": _k(None, "str", "zip only: top folder inside the archive (null: detect)"),
+        "split_dirs": _k({}, "splits", "{split: folder} overriding detection"),
+        "split_lists": _k({}, "splits", "{split: list file}: a member of the archive, or a CSV "
+                          "on disk"),
+        "list_columns": _k(None, "columns", "list columns by index or header name (null: detect)"),
+        "list_delimiter": _k(None, "str", "list field separator (null: comma, tab or whitespace)"),
+        "list_strip_prefix": _k("", "str", "removed from listed paths before joining to data.path",
+                               empty=True),
+        "index_cache_dir": _k(None, "str", "zip index cache (null: next to the archive, else "
+                              "~/.cache/ebv_ms)"),
+        "image_size": _k(224, "int", "training crop size", lo=1),
+        "eval_resize": _k(None, "int", "eval: shorter side resized to this (null: image_size / 0.875)", lo=1),
+        "eval_crop": _k(None, "int", "eval: centre crop (null: image_size)", lo=1),
+        "recipe": _k("A1", "str", "training augmentation (evaluation always uses 'eval')",
+                     choices="ebv_ms.data.presets:RECIPES"),
+        "scale": _k([0.08, 1.0], "pair", "random resized crop area range", lo=0.0, hi=1.0, lo_open=True),
+        "color_jitter": _k(0.4, "float", "A0 brightness/contrast/saturation jitter", lo=0.0),
+        "random_erasing": _k(0.1, "float", "A1/A2 random erasing probability", lo=0.0, hi=1.0),
+        "mixup_alpha": _k(0.2, "float", "A2 mixup Beta(alpha, alpha); 0 disables", lo=0.0),
+        "cutmix_alpha": _k(1.0, "float", "A2 cutmix Beta(alpha, alpha); 0 disables", lo=0.0),
+        "mix_switch_prob": _k(0.5, "float", "A2: probability a batch uses cutmix instead of mixup",
+                              lo=0.0, hi=1.0),
+        "num_workers": _k(2, "int", "parallel workers for decoding and per-image ops (lowered to "
+                          "the machine's core count, with a warning)", lo=1),
+        "python_multiprocessing": _k(False, "bool", "decode in worker processes instead of threads"),
     },
     "optim": {
-        "opt": "sgd",           # sgd (momentum SGD, the paper's ResNet runs) | adamw (Swin/ViT)
-        "lr": 0.1,              # peak learning rate, used as given (not scaled by world size)
-        "momentum": 0.9,        # sgd only
-        "nesterov": False,      # sgd only
-        "weight_decay": 1e-4,
-        "filter_bias_and_bn": True,  # no weight decay on biases and norm layers' gamma/beta
-        "betas": [0.9, 0.999],  # adamw only
-        "eps": 1e-8,            # adamw only
+        "opt": _k("sgd", "str", "sgd (momentum SGD, the paper's ResNet runs) | adamw (Swin/ViT)",
+                  choices="ebv_ms.optim:OPTIMIZERS"),
+        "lr": _k(0.1, "float", "peak learning rate, used as given (not scaled by world size)",
+                 lo=0.0, lo_open=True),
+        "momentum": _k(0.9, "float", "sgd only", lo=0.0, hi=1.0, hi_open=True),
+        "nesterov": _k(False, "bool", "sgd only"),
+        "weight_decay": _k(1e-4, "float", "L2 weight decay", lo=0.0),
+        "filter_bias_and_bn": _k(True, "bool", "no weight decay on biases and norm layers"),
+        "betas": _k([0.9, 0.999], "pair", "adamw only", lo=0.0, hi=1.0, hi_open=True),
+        "eps": _k(1e-8, "float", "adamw only", lo=0.0, lo_open=True),
     },
     "scheduler": {
-        "name": "warmup_cosine",  # warmup_cosine | constant (per-step values, one list per run)
-        "warmup_epochs": 5.0,   # linear warm-up length (epochs; may be fractional)
-        "warmup_factor": 0.01,  # the warm-up starts at lr x warmup_factor
-        "min_lr": 0.0,          # where the cosine ends
+        "name": _k("warmup_cosine", "str", "per-step values, one list per run",
+                   choices="ebv_ms.scheduler:SCHEDULERS"),
+        "warmup_epochs": _k(5.0, "float", "linear warm-up length (epochs; may be fractional)", lo=0.0),
+        "warmup_factor": _k(0.01, "float", "the warm-up starts at lr x warmup_factor", lo=0.0, hi=1.0),
+        "min_lr": _k(0.0, "float", "where the cosine ends (<= optim.lr)", lo=0.0),
     },
     "train": {
-        "epochs": 100,
-        "batch_size": 256,      # per device (global batch = batch_size x number of ranks)
-        "amp_level": "auto",    # auto (O2 on GPU/Ascend, O0 on CPU) | O0 | O1 | O2 | O3
-        "loss_scale": "auto",   # auto (dynamic under fp16 amp, none otherwise) | dynamic | static | none
-        "loss_scale_value": 65536.0,  # initial (dynamic) or fixed (static) loss scale
-        "clip_grad_norm": 0.0,  # clip gradients to this global norm; 0 disables
-        "eval_interval": 1,     # evaluate every N epochs (and always after the last one)
-        "log_interval": 50,     # steps between text-log lines inside an epoch
-        "progress_bar": True,   # tqdm bar per epoch (rank 0 only) with loss, lr and images/s
-        "keep_best": True,      # also keep best.ckpt (highest validation top-1)
-        "debug_kill_at_step": None,  # testing only: SIGKILL this process at this global step
+        "epochs": _k(100, "int", "epochs to train", lo=1),
+        "batch_size": _k(256, "int", "per device (global batch = batch_size x number of ranks)", lo=1),
+        "amp_level": _k("auto", "str", "auto: O2 on GPU/Ascend, O0 on CPU",
+                        choices="ebv_ms.engine.train_step:AMP_LEVELS"),
+        "loss_scale": _k("auto", "str", "auto: dynamic under fp16 amp, none otherwise",
+                         choices="ebv_ms.engine.train_step:LOSS_SCALES"),
+        "loss_scale_value": _k(65536.0, "float", "initial (dynamic) or fixed (static) loss scale",
+                               lo=0.0, lo_open=True),
+        "clip_grad_norm": _k(0.0, "float", "clip gradients to this global norm; 0 disables", lo=0.0),
+        "eval_interval": _k(1, "int", "evaluate every N epochs (and always after the last one)", lo=1),
+        "log_interval": _k(50, "int", "steps between text-log lines inside an epoch; 0: none", lo=0),
+        "progress_bar": _k(True, "bool", "tqdm bar per epoch (rank 0 only)"),
+        "keep_best": _k(True, "bool", "also keep best.ckpt (highest validation top-1)"),
+        "debug_kill_at_step": _k(None, "int", "testing only: SIGKILL this process at this global step", lo=0),
     },
     "eval": {
-        "batch_size": 100,      # per device
-        "split": "val",         # the split evaluated each epoch and by eval.py
-        "test_size": None,      # eval.py --test-size: input side for evaluation (None: data default)
+        "batch_size": _k(100, "int", "per device", lo=1),
+        "split": _k("val", "str", "the split evaluated each epoch and by eval.py"),
+        "test_size": _k(None, "int", "eval.py --test-size: input side (null: data default)", lo=1),
     },
 }
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key and what to do."""
+def _defaults(schema: Mapping) -> dict:
+    return {k: _defaults(v) if isinstance(v, Mapping) else copy.deepcopy(v.default)
+            for k, v in schema.items()}
+
+
+DEFAULTS: dict = _defaults(SCHEMA)  # the default config (plain dict)
 
 
 class Config(dict):
@@ -147,40 +331,25 @@ def _wrap(x):
     return x
 
 
-def _type_ok(default, value) -> bool:
-    if default is None or value is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, dict):
-        return isinstance(value, Mapping)
-    return isinstance(value, type(default))
-
-
-def _merge(base: dict, update: Mapping, where: str, prefix: str = "") -> None:
+# ------------------------------------------------------------------------------ reading
+def _merge(base: dict, update: Any, schema: Mapping, where: str, origins: Dict[str, str],
+           prefix: str = "") -> None:
+    """Copy ``update`` into ``base``; unknown keys and non-mappings for sections are errors."""
+    if not isinstance(update, Mapping):
+        what = f"config section '{prefix[:-1]}'" if prefix else "the config"
+        raise ConfigError(f"{where}: {what} must be a mapping of keys, got {update!r}")
     for key, value in update.items():
         path = f"{prefix}{key}"
-        if key not in base:
-            close = difflib.get_close_matches(str(key), [str(k) for k in base], n=1)
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(f"{where}: unknown config key '{path}'{hint} "
-                              f"(known keys here: {', '.join(sorted(map(str, base))) or 'none'})")
-        default = base[key]
-        if isinstance(default, dict) and default:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}: config key '{path}' must be a mapping, got {value!r}")
-            _merge(default, value, where, path + ".")
+                              f"(known keys here: {', '.join(sorted(map(str, schema))) or 'none'})")
+        if isinstance(schema[key], Mapping):
+            _merge(base[key], value, schema[key], where, origins, path + ".")
             continue
-        if not _type_ok(default, value):
-            raise ConfigError(f"{where}: config key '{path}' expects {type(default).__name__} "
-                              f"(default {default!r}), got {value!r} ({type(value).__name__})")
-        if isinstance(default, float) and isinstance(value, int):
-            value = float(value)
         base[key] = copy.deepcopy(value)
+        origins[path] = where
 
 
 def parse_override(text: str) -> dict:
@@ -188,10 +357,16 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key.sub=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{text}': the key must look like key.sub (no empty parts)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': the value is not valid YAML "
+                          f"({' '.join(str(exc).split())}); quote it, e.g. {key}='...'") from None
     out: dict = {}
     node = out
-    parts = key.strip().split(".")
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
@@ -199,13 +374,22 @@ def parse_override(text: str) -> dict:
 
 
 def load_yaml(path: str) -> dict:
+    """The mapping in a YAML file, or a ConfigError saying why it cannot be read."""
     try:
         with open(path, "r", encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path} is a folder; give a YAML file (e.g. "
+                          "configs/demo_cpu.yaml)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the "
+                          "config as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -215,19 +399,173 @@ def load_yaml(path: str) -> dict:
 
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
                 base: Optional[Mapping] = None) -> Config:
-    """DEFAULTS <- base (e.g. a checkpoint's config) <- YAML file <- ``key=value`` overrides."""
+    """DEFAULTS <- base (e.g. a checkpoint's config) <- YAML file <- ``key=value`` overrides,
+    then ``validate``: every key is checked before anything uses the config."""
     cfg = copy.deepcopy(DEFAULTS)
-    if base:
-        _merge(cfg, base, "checkpoint config")
+    origins: Dict[str, str] = {}
+    if base is not None:
+        _merge(cfg, base, SCHEMA, "checkpoint config", origins)
     if path:
-        _merge(cfg, load_yaml(path), str(path))
+        _merge(cfg, load_yaml(path), SCHEMA, str(path), origins)
     for text in overrides:
-        _merge(cfg, parse_override(text), f"override '{text}'")
-    return _wrap(cfg)
+        _merge(cfg, parse_override(text), SCHEMA, f"override '{text}'", origins)
+    return validate(cfg, origins)
 
 
+# ------------------------------------------------------------------------------ validation
+def _walk(schema: Mapping, prefix: str = ""):
+    for k, v in schema.items():
+        if isinstance(v, Mapping):
+            yield from _walk(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _get(cfg: Mapping, dotted: str):
+    node: Any = cfg
+    for p in dotted.split("."):
+        node = node[p]
+    return node
+
+
+def _set(cfg: dict, dotted: str, value) -> None:
+    *head, last = dotted.split(".")
+    node = cfg
+    for p in head:
+        node = node[p]
+    node[last] = value
+
+
+def _cross_checks(c: Mapping) -> list:
+    """Rules between keys: (keys, message) pairs."""
+    out = []
+    d, m = c["data"], c["model"]
+    if d["recipe"] == "A2" and d["mixup_alpha"] == 0 and d["cutmix_alpha"] == 0:
+        out.append(("data.recipe", "A2 mixes images: set data.mixup_alpha or data.cutmix_alpha > 0, "
+                                   "or use recipe A1"))
+    if c["scheduler"]["min_lr"] > c["optim"]["lr"]:
+        out.append(("scheduler.min_lr", f"must be <= optim.lr ({c['optim']['lr']}), got "
+                                        f"{c['scheduler']['min_lr']}"))
+    if m["pretrained"] is True and m["backbone"] in ("small_cnn", "tiny_cnn"):
+        out.append(("model.pretrained", "small_cnn has no pretrained weights; set it to false"))
+    e = c["ebv"]
+    if m["head"] == "ebv" and not e["path"]:
+        if e["method"] == "official" and e["alpha"] is None:
+            out.append(("ebv.alpha", "ebv.method official (Algorithm 1) needs ebv.alpha, its "
+                                     "stopping threshold (e.g. 0.135 for N=1000, d=100)"))
+        elif e["alpha"] is not None:
+            from ebv_ms.ebv.metrics import welch_bound
+            wb = welch_bound(m["num_classes"], m["embed_dim"])
+            if e["alpha"] < wb:
+                out.append(("ebv.alpha", f"{e['alpha']} is below the Welch bound {wb:.5f} for "
+                                         f"N={m['num_classes']}, d={m['embed_dim']}: no such set "
+                                         f"exists; use ebv.alpha >= {wb:.5f} or a larger "
+                                         "model.embed_dim"))
+    return out
+
+
+def _known_backbone(name: str) -> bool:
+    from ebv_ms.models.backbones import is_backbone
+    return is_backbone(name)
+
+
+def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Config:
+    """Check every key of a full config (values, types, ranges, rules between keys).
+
+    Returns the normalised config (ints where floats are expected become floats, choices take
+    their canonical spelling); raises one ConfigError listing every problem, each naming its
+    key and where it was set.
+    """
+    origins = origins or {}
+    out = copy.deepcopy(_plain(cfg))
+    problems = []
+
+    def bad(key: str, msg: str, hint: str = "") -> None:
+        src = f" (set in {origins[key]})" if key in origins else ""
+        problems.append(f"config key '{key}' {msg}{src}" + (f"; {hint}" if hint else ""))
+
+    for key, spec in _walk(SCHEMA):
+        try:
+            value = _get(out, key)
+        except (KeyError, TypeError):
+            bad(key, "is missing")
+            continue
+        try:
+            _set(out, key, spec.check(value))
+        except _Bad as exc:
+            bad(key, str(exc), spec.hint)
+    if not problems:
+        backbone = out["model"]["backbone"]
+        if not _known_backbone(backbone):
+            from ebv_ms.models.backbones import BACKBONES
+            bad("model.backbone", f"{backbone!r} is neither one of {', '.join(BACKBONES)} nor a "
+                                  "mindcv model name (mindcv.models.list_models())")
+        for key, msg in _cross_checks(out):
+            bad(key, msg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return _wrap(out)
+
+
+def _not_a_file(key: str, path: Optional[str]) -> None:
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"config key '{key}': {path} is a file, not a folder; choose a folder")
+
+
+def _writable_dir(key: str, path: str) -> None:
+    """Create ``path`` if needed and prove a file can be written there (root ignores mode bits,
+    so only a real write shows a read-only file system)."""
+    _not_a_file(key, path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError(f"config key '{key}': cannot write into {path} "
+                          f"({exc.strerror or exc}); choose a writable folder") from None
+
+
+def check_run(cfg: Config, training: bool = True) -> Config:
+    """The checks that look at this machine, after ``validate`` and before any work.
+
+    Folders must not be files (output_dir, ebv.cache_dir, data.index_cache_dir), output_dir must
+    be writable when training, configured files must exist, and ``data.num_workers`` is lowered
+    to the core count MindSpore allows (its "num_parallel_workers exceeds the boundary" error),
+    with a warning: the 100k config's 8 workers still run on a 2-core machine.
+    """
+    if training:
+        _writable_dir("output_dir", str(cfg.output_dir))
+    _not_a_file("data.index_cache_dir", cfg.data.index_cache_dir)
+    if cfg.model.head == "ebv":
+        if cfg.ebv.path:
+            if not os.path.isfile(cfg.ebv.path):
+                raise ConfigError(f"config key 'ebv.path': file not found: {cfg.ebv.path} (leave "
+                                  "it unset to generate a set and cache it under 'ebv.cache_dir')")
+        else:
+            _not_a_file("ebv.cache_dir", str(cfg.ebv.cache_dir))
+    ckpt = cfg.model.backbone_checkpoint or (cfg.model.pretrained
+                                             if isinstance(cfg.model.pretrained, str) else None)
+    if ckpt and not os.path.isfile(ckpt):
+        raise ConfigError(f"config key 'model.backbone_checkpoint': file not found: {ckpt}")
+    if not cfg.data.path:
+        raise ConfigError("config key 'data.path' must be set: the .zip archive or the dataset "
+                          "folder (demo data: python -m ebv_ms.data.demo --out DIR)")
+    if not os.path.exists(cfg.data.path):
+        raise ConfigError(f"config key 'data.path': {cfg.data.path} not found; point it at the "
+                          ".zip archive or the dataset folder")
+    cores = multiprocessing.cpu_count()  # MindSpore's own bound (dataset validator_helpers)
+    if cfg.data.num_workers > cores:
+        _log.warning("data.num_workers=%d is more than this machine's %d cores; using %d",
+                     cfg.data.num_workers, cores, cores)
+        cfg.data.num_workers = cores
+    return cfg
+
+
+# ------------------------------------------------------------------------------ writing, helpers
 def save_config(cfg: Mapping, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    from .atomic import atomic_path
+    with atomic_path(path, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump(_plain(cfg), f, sort_keys=False)
 
 
@@ -239,3 +577,19 @@ def require(cfg: Mapping, dotted: str, what: str = "") -> Any:
             raise ConfigError(f"config key '{dotted}' must be set{': ' + what if what else ''}")
         node = node[p]
     return node
+
+
+def schema_table() -> str:
+    """The schema as a markdown table (docs/training.md)."""
+    rows = ["| key | default | allowed | what |", "|---|---|---|---|"]
+    for key, spec in _walk(SCHEMA):
+        default = "null" if spec.default is None else yaml.safe_dump(
+            spec.default, default_flow_style=True).strip().removesuffix("...").strip()
+        allowed = spec.describe() + (f" ({spec.hint})" if spec.hint else "")
+        doc = spec.doc.replace("|", "\\|")
+        rows.append(f"| `{key}` | `{default}` | {allowed.replace('|', chr(92) + '|')} | {doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(schema_table())

@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from ebv_ms.generation import METHODS, GenerationError, create_ebv
+from ebv_ms.generation import METHODS, create_ebv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,22 +28,24 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-steps", type=int, default=None, help="step cap of iterative methods")
     ap.add_argument("--device-target", default=None, choices=["CPU", "GPU", "Ascend"])
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     ap.add_argument("--out", "-o", required=True, help="output file (.npy, .npz or .pkl)")
     return ap
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ebv_ms.ebv import EBVError, save_ebv
+    from ebv_ms.errors import run_cli
+    return run_cli("generate", lambda: _run(args), debug=args.debug)
+
+
+def _run(args) -> int:
+    from ebv_ms.ebv import save_ebv
     t0 = time.perf_counter()
-    try:
-        ebv = create_ebv(args.num_classes, args.dim, alpha=args.alpha, method=args.method,
-                         seed=args.seed, max_steps=args.max_steps, progress=not args.no_progress,
-                         device_target=args.device_target)
-        path = save_ebv(ebv, args.out)
-    except (GenerationError, EBVError) as exc:
-        print(f"generate: error: {exc}", file=sys.stderr)
-        return 2
+    ebv = create_ebv(args.num_classes, args.dim, alpha=args.alpha, method=args.method,
+                     seed=args.seed, max_steps=args.max_steps, progress=not args.no_progress,
+                     device_target=args.device_target)
+    path = save_ebv(ebv, args.out)
     coh = ebv.extra.get("coherence")
     print(f"saved {ebv!r} to {path} in {time.perf_counter() - t0:.1f} s")
     print(f"method {ebv.method}, coherence {coh:.5f}" if coh is not None else f"method {ebv.method}")

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .ebv import EBVError, EBVSet, PairStats, load_ebv, pairwise_stats, save_ebv
+from .ebv import EBVSet, PairStats, load_ebv, pairwise_stats, save_ebv
 
 HIST_BINS = 1800  # 0.1 degree bins over [0, 180]
 
@@ -84,27 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per block (memory ~ 2 x block x d x 8 bytes + block^2 x 8 bytes)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     p.add_argument("--save", metavar="OUT", help="also write the set to OUT (.npz/.npy/.pkl by "
                    "extension), e.g. to convert the authors' .pkl files")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.block_size < 1:
-        print("error: --block-size must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        ebv = load_ebv(args.file)
-    except (EBVError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        parser.error("--block-size must be >= 1")
+    from .errors import run_cli
+    return run_cli("inspect", lambda: _run(args), debug=args.debug)
+
+
+def _run(args) -> int:
+    ebv = load_ebv(args.file)
     if args.save:
-        try:
-            print(f"saved to {save_ebv(ebv, args.save)}", file=sys.stderr)
-        except EBVError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        print(f"saved to {save_ebv(ebv, args.save)}", file=sys.stderr)
     progress = not args.no_progress and ebv.num_classes > args.block_size
     stats = pairwise_stats(ebv.vectors, block_size=args.block_size,
                            bins=HIST_BINS if args.hist else None, progress=progress)

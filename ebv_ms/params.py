@@ -124,14 +124,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ebv_ms.params", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="YAML config (its 'model' section is used)")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. model.num_classes=100000")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        report = parameter_report(cfg.model)
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from .errors import run_cli
+    return run_cli("params", lambda: _run(args), debug=args.debug)
+
+
+def _run(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    report = parameter_report(cfg.model)
     if args.json:
         print(json.dumps({h: {p: asdict(c) for p, c in parts.items()} for h, parts in report.items()}, indent=2))
     else:

@@ -12,8 +12,6 @@ import os
 import sys
 from typing import Optional
 
-import yaml
-
 
 def _splits(cfg: dict):
     from .dataset import _cfg, _format, archive_layout
@@ -68,21 +66,18 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--verify", action="store_true", help="decode every sample, list the bad ones")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="data config override (YAML value), repeatable")
+    ap.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     a = ap.parse_args(argv)
-    cfg = {"path": a.path}
-    for kv in a.set:
-        if "=" not in kv:
-            ap.error(f"--set {kv!r}: expected key=value")
-        k, v = kv.split("=", 1)
-        cfg[k.strip()] = yaml.safe_load(v)
-    from .layouts import LayoutError
-    from .source import DataError
-    from .zip_index import ArchiveError
-    try:
-        splits = _splits(cfg)
-    except (LayoutError, ArchiveError, DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from ..errors import run_cli
+    return run_cli("data.inspect", lambda: _run(a), debug=a.debug)
+
+
+def _run(a) -> int:
+    from ..config import load_config
+    # the same schema as training: data.KEY=VALUE overrides, every key checked first
+    cfg = dict(load_config(overrides=[f"data.{kv.strip()}" for kv in a.set]).data)
+    cfg["path"] = a.path
+    splits = _splits(cfg)
     if not a.verify:
         return 0
     from tqdm import tqdm

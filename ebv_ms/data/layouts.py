@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from ..errors import EBVMSError
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ _PATH_COLUMNS = ("image_id", "image", "path", "file", "filename", "file_name", "
 _LABEL_COLUMNS = ("label", "class", "target", "class_id", "label_id", "category")
 
 
-class LayoutError(ValueError):
+class LayoutError(EBVMSError, ValueError):
     """The archive's layout is not recognised or a list is wrong; the message says what to set."""
 
 

@@ -30,12 +30,13 @@ import cv2
 import numpy as np
 
 from .readers import BadMember
+from ..errors import EBVMSError
 
 _MAX_SUBSTITUTES = 64  # this many bad samples in a row means the data is broken, not noisy
 _cv2_threads_set = False
 
 
-class DataError(RuntimeError):
+class DataError(EBVMSError, RuntimeError):
     """The data cannot be used at all (not a single bad sample); the message says what to do."""
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
+from ..errors import EBVMSError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _CDIR_SIG = b"PK\x01\x02"
 _CDIR = struct.Struct("<4s4B4HL2L5H2L")  # central directory file header, 46 bytes
 
 
-class ArchiveError(ValueError):
+class ArchiveError(EBVMSError, ValueError):
     """The archive is missing, unreadable or not a zip file; the message says what to do."""
 
 

@@ -7,8 +7,10 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import EBVMSError
 
-class EBVError(ValueError):
+
+class EBVError(EBVMSError, ValueError):
     """A matrix or file that is not a usable EBV set (wrong rank, NaN, zero rows, ...)."""
 
 

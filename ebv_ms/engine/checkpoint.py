@@ -24,6 +24,7 @@ from mindspore import nn
 
 from ebv_ms.ebv import EBVSet
 from ebv_ms.atomic import atomic_copy, atomic_path
+from ebv_ms.errors import EBVMSError
 
 __all__ = ["CheckpointError", "CheckpointState", "save_checkpoint", "load_checkpoint",
            "restore_checkpoint", "atomic_copy", "FORMAT"]
@@ -36,7 +37,7 @@ _OPT = "optimizer/"
 _EXTRA = "loss_scale/"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EBVMSError, RuntimeError):
     """A checkpoint that cannot be used here (missing, foreign, or for another model/EBV set)."""
 
 

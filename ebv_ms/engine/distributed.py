@@ -33,6 +33,7 @@ from typing import Any, Mapping, Optional, Tuple
 import numpy as np
 
 from ebv_ms.atomic import atomic_path
+from ebv_ms.errors import EBVMSError
 
 _LOG = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ SCHED_ROLE = "MS_SCHED"
 _STATE = {"rank": 0, "world_size": 1, "initialized": False}
 
 
-class DistributedError(RuntimeError):
+class DistributedError(EBVMSError, RuntimeError):
     """A launch that cannot work; the message says what to do."""
 
 
@@ -250,14 +251,14 @@ def _main(argv=None) -> int:
     p_o.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if args.cmd == "output-dir":
-        from ebv_ms.config import ConfigError, load_config
-        try:
-            cfg = load_config(args.config, args.overrides)
-        except ConfigError as exc:
-            print(f"config error: {exc}", file=sys.stderr)
-            return 2
-        print(cfg.output_dir)
-        return 0
+        from ebv_ms.config import load_config
+        from ebv_ms.errors import run_cli
+
+        def body() -> int:
+            print(load_config(args.config, args.overrides).output_dir)  # every key checked
+            return 0
+
+        return run_cli("config", body)
     if os.environ.get(ROLE_ENV) != SCHED_ROLE:
         print("error: set MS_ROLE=MS_SCHED, MS_WORKER_NUM, MS_SCHED_HOST and MS_SCHED_PORT "
               "(scripts/run_distribute_gpu.sh does this)", file=sys.stderr)

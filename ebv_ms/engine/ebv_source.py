@@ -92,24 +92,25 @@ def main(argv=None) -> int:
     import argparse
     import sys
     from ebv_ms.config import load_config
-    from .errors import user_errors
+    from ebv_ms.errors import run_cli
     ap = argparse.ArgumentParser(prog="python -m ebv_ms.engine.ebv_source",
                                  description="generate (once) the EBV set a config trains with")
     ap.add_argument("--config", "-c", required=True)
+    ap.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     ap.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
+
+    def body() -> int:
         cfg = load_config(args.config, args.overrides)
         ebv = resolve_ebv(cfg)
-    except user_errors() as exc:
-        print(f"ebv_source: error: {exc}", file=sys.stderr)
-        return 2
-    if ebv is None:
-        print(f"model.head={cfg.model.head}: no EBV set needed")
-    else:
-        print(f"EBV set ready: {ebv!r} ({cfg.ebv.path or ebv_cache_path(cfg)})")
-    return 0
+        if ebv is None:
+            print(f"model.head={cfg.model.head}: no EBV set needed")
+        else:
+            print(f"EBV set ready: {ebv!r} ({cfg.ebv.path or ebv_cache_path(cfg)})")
+        return 0
+
+    return run_cli("ebv_source", body, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -1,31 +1,12 @@
-"""The project's "bad input" errors: the CLIs print their message (which says what to do)
-and exit with status 2 instead of showing a traceback."""
+"""Kept for code written before ``ebv_ms.errors``: every project error now derives from
+``EBVMSError`` and the command lines report them through ``ebv_ms.errors.run_cli``."""
 from __future__ import annotations
+
+from ebv_ms.errors import EBVMSError
 
 __all__ = ["user_errors"]
 
 
 def user_errors() -> tuple:
-    """Exception classes that describe a problem with the user's config, data or files."""
-    from ebv_ms.config import ConfigError
-    from ebv_ms.ebv import EBVError
-    from .checkpoint import CheckpointError
-    out = [ConfigError, EBVError, CheckpointError, FileNotFoundError]
-    try:
-        from ebv_ms.data.layouts import LayoutError
-        from ebv_ms.data.source import DataError
-        from ebv_ms.data.zip_index import ArchiveError
-        out += [LayoutError, DataError, ArchiveError]
-    except ImportError:  # pragma: no cover - data package without these modules
-        pass
-    try:
-        from ebv_ms.generation import GenerationError
-        out.append(GenerationError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from .distributed import DistributedError
-        out.append(DistributedError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(out)
+    """The exception types a command line reports as one line with exit status 2."""
+    return (EBVMSError, OSError)

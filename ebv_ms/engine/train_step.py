@@ -8,8 +8,6 @@ by ``ebv_ms.engine.distributed.init_distributed`` under mpirun/msrun); fp16 loss
 """
 from __future__ import annotations
 
-from ebv_ms.config import ConfigError
-
 from typing import Optional
 
 import mindspore as ms
@@ -17,7 +15,10 @@ from mindspore import nn, ops
 from mindspore import amp
 
 __all__ = ["build_train_step", "build_eval_step", "create_loss_scaler", "resolve_amp_level",
-           "grad_reducer_for"]
+           "grad_reducer_for", "AMP_LEVELS", "LOSS_SCALES"]
+
+AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
+LOSS_SCALES = ("auto", "dynamic", "static", "none")
 
 _PARALLEL = ("data_parallel", "hybrid_parallel")
 
@@ -27,8 +28,8 @@ def resolve_amp_level(amp_level: str, device_target: str) -> str:
     level = str(amp_level)
     if level == "auto":
         return "O0" if device_target == "CPU" else "O2"
-    if level not in ("O0", "O1", "O2", "O3"):
-        raise ConfigError(f"config key 'train.amp_level' must be auto|O0|O1|O2|O3, got {amp_level!r}")
+    if level not in AMP_LEVELS:
+        raise ValueError(f"amp_level must be one of {', '.join(AMP_LEVELS)}, got {amp_level!r}")
     return level
 
 
@@ -43,7 +44,7 @@ def create_loss_scaler(kind: str, amp_level: str, value: float = 65536.0):
         return amp.DynamicLossScaler(scale_value=float(value), scale_factor=2, scale_window=1000)
     if kind == "static":
         return amp.StaticLossScaler(scale_value=float(value))
-    raise ConfigError(f"config key 'train.loss_scale' must be auto|dynamic|static|none, got {kind!r}")
+    raise ValueError(f"loss scale kind must be one of {', '.join(LOSS_SCALES)}, got {kind!r}")
 
 
 def grad_reducer_for(params) -> Optional[nn.Cell]:

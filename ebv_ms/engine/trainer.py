@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import mindspore as ms
 
-from ebv_ms.config import Config, ConfigError, save_config
+from ebv_ms.config import Config, ConfigError, check_run, save_config, validate
 from .checkpoint import (CheckpointError, atomic_copy, load_checkpoint, restore_checkpoint,
                          save_checkpoint)
 from .ebv_source import resolve_ebv
@@ -33,13 +33,8 @@ MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 
 
 def setup_context(cfg) -> None:
-    """Device, execution mode (graph | pynative) and the global seed, from the config."""
-    device = str(cfg.device_target)
-    if device not in ("CPU", "GPU", "Ascend"):
-        raise ConfigError(f"config key 'device_target' must be CPU, GPU or Ascend, got {device!r}")
-    mode = str(cfg.mode).lower()
-    if mode not in MODES:
-        raise ConfigError(f"config key 'mode' must be graph or pynative, got {cfg.mode!r}")
+    """Device, execution mode (graph | pynative) and the global seed, from a validated config."""
+    device, mode = str(cfg.device_target), str(cfg.mode).lower()
     device_id = os.environ.get("DEVICE_ID")  # set per rank by the launch scripts
     if device != "CPU" and device_id not in (None, ""):
         ms.set_device(device, int(device_id))
@@ -117,27 +112,7 @@ class Trainer:
                                   "state/epoch; resume needs a last.ckpt written by train.py")
         return state
 
-    def _check_config(self):
-        """Fail on a bad optim/scheduler/train value before any data or model is built."""
-        from ebv_ms.optim import OPTIMIZERS
-        from ebv_ms.scheduler import SCHEDULERS
-        cfg = self.cfg
-        if str(cfg.optim.opt).lower() not in OPTIMIZERS + ("momentum",):
-            raise ConfigError(f"config key 'optim.opt': unknown optimizer {cfg.optim.opt!r}; "
-                              f"choose one of {OPTIMIZERS}")
-        if cfg.scheduler.name not in SCHEDULERS:
-            raise ConfigError(f"config key 'scheduler.name': unknown scheduler "
-                              f"{cfg.scheduler.name!r}; choose one of {SCHEDULERS}")
-        for key in ("epochs", "batch_size"):
-            if int(cfg.train[key]) < 1:
-                raise ConfigError(f"config key 'train.{key}' must be >= 1, got {cfg.train[key]}")
-        if int(cfg.eval.batch_size) < 1:
-            raise ConfigError(f"config key 'eval.batch_size' must be >= 1, got {cfg.eval.batch_size}")
-        amp = resolve_amp_level(cfg.train.amp_level, cfg.device_target)
-        create_loss_scaler(cfg.train.loss_scale, amp, float(cfg.train.loss_scale_value))
-
     def _build(self):
-        self._check_config()
         cfg, t = self.cfg, self.cfg.train
         amp_level = resolve_amp_level(t.amp_level, cfg.device_target)
         self.jit = str(cfg.mode).lower() == "graph"
@@ -340,7 +315,10 @@ class Trainer:
 
 
 def train(cfg: Config, resume: Optional[str] = None) -> dict:
-    """Set up MindSpore from ``cfg`` and train; returns the last epoch's record."""
+    """Set up MindSpore from ``cfg`` and train; returns the last epoch's record.
+
+    ``cfg`` is validated (every key, then the machine: ``check_run``) before anything else."""
+    cfg = check_run(validate(cfg), training=True)
     setup_context(cfg)
     rank, world = init_parallel(cfg)
     return Trainer(cfg, resume=resume, rank=rank, world_size=world).fit()

@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from ebv_ms.ebv import EBVSet, coherence, welch_bound
+from ebv_ms.errors import EBVMSError
 
 from . import closed_form as cf
 
@@ -35,7 +36,7 @@ VERIFY_MAX_N = 20_000     # iterative results are re-measured exactly (float64) 
 DEFAULT_STEPS = {"official": 100_000, "smoothmax": 3_000}
 
 
-class GenerationError(ValueError):
+class GenerationError(EBVMSError, ValueError):
     """A request that cannot be met (impossible alpha, unknown method, ...)."""
 
 

@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 import mindspore as ms
 from mindspore import nn, ops
 
-__all__ = ["SmallCNN", "create_backbone", "BACKBONES", "backbone_num_features"]
+__all__ = ["SmallCNN", "create_backbone", "is_backbone", "BACKBONES", "backbone_num_features"]
 
 # The ones we document and test; any other mindcv model with a ``classifier`` Dense works too.
 BACKBONES = ("resnet50", "swin_tiny", "small_cnn")
@@ -64,6 +64,15 @@ def _load_backbone_checkpoint(model: nn.Cell, path: str, name: str) -> None:
                          f"missing, e.g. {missing[:3]}; is it a checkpoint of mindcv's {name}?")
 
 
+def is_backbone(name: str) -> bool:
+    """Whether ``create_backbone`` knows ``name`` (ours, an alias, or a mindcv model)."""
+    name = _ALIASES.get(name, name)
+    if name == "small_cnn":
+        return True
+    from mindcv.models.registry import is_model
+    return bool(is_model(name))
+
+
 def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = False,
                     checkpoint_path: Optional[str] = None, in_channels: int = 3,
                     **kwargs) -> Tuple[nn.Cell, int, nn.Dense]:
@@ -84,9 +93,8 @@ def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = Fals
         return net, net.num_features, nn.Dense(net.num_features, out_dim)
 
     from mindcv.models import create_model
-    from mindcv.models.registry import is_model
 
-    if not is_model(name):
+    if not is_backbone(name):
         raise ValueError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)} "
                          f"or another mindcv model name")
     try:

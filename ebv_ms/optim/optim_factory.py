@@ -5,8 +5,6 @@ The EBV matrix is a frozen (``requires_grad=False``) parameter, so taking
 """
 from __future__ import annotations
 
-from ebv_ms.config import ConfigError
-
 from typing import Iterable, List, Sequence, Union
 
 from mindspore import nn
@@ -54,21 +52,21 @@ def create_optimizer(model_or_params: Union[nn.Cell, Iterable], opt: str = "sgd"
     if not params:
         raise ValueError("create_optimizer: the model has no trainable parameters")
     if weight_decay < 0:
-        raise ConfigError(f"optim.weight_decay must be >= 0, got {weight_decay}")
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     if not isinstance(lr, LearningRateSchedule):
         lr = [float(x) for x in lr] if isinstance(lr, (list, tuple)) else float(lr)
     groups = _param_groups(params, float(weight_decay), filter_bias_and_bn)
     name = str(opt).lower()
     if name in ("sgd", "momentum"):
         if not 0.0 <= momentum < 1.0:
-            raise ConfigError(f"optim.momentum must be in [0, 1), got {momentum}")
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         return nn.Momentum(groups, learning_rate=lr, momentum=float(momentum),
                            use_nesterov=bool(nesterov), loss_scale=float(loss_scale))
     if name == "adamw":
         if len(betas) != 2:
-            raise ConfigError(f"optim.betas must be two numbers, got {betas!r}")
+            raise ValueError(f"betas must be two numbers, got {betas!r}")
         if loss_scale != 1.0:
-            raise ConfigError("adamw does not take a fixed optimizer loss scale; use train.loss_scale")
+            raise ValueError("adamw does not take a fixed optimizer loss scale; scale the loss instead")
         return nn.AdamWeightDecay(groups, learning_rate=lr, beta1=float(betas[0]),
                                   beta2=float(betas[1]), eps=float(eps))
-    raise ConfigError(f"config key 'optim.opt': unknown optimizer '{opt}'; choose one of {OPTIMIZERS}")
+    raise ValueError(f"unknown optimizer {opt!r}; choose one of {', '.join(OPTIMIZERS)}")

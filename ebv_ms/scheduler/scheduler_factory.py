@@ -7,8 +7,6 @@ A plain list (one value per optimizer step) is what MindSpore optimizers index w
 """
 from __future__ import annotations
 
-from ebv_ms.config import ConfigError
-
 import math
 from typing import List
 
@@ -41,16 +39,15 @@ def create_scheduler(steps_per_epoch: int, epochs: int, lr: float, name: str = "
         raise ValueError(f"create_scheduler: steps_per_epoch must be >= 1, got {steps_per_epoch} "
                          "(is the dataset smaller than one batch?)")
     if epochs < 1:
-        raise ConfigError(f"config key 'train.epochs' must be >= 1, got {epochs}")
-    if lr <= 0:
-        raise ConfigError(f"config key 'optim.lr' must be > 0, got {lr}")
-    if warmup_epochs < 0 or not 0.0 <= warmup_factor <= 1.0:
-        raise ConfigError("config keys 'scheduler.warmup_epochs' >= 0 and "
-                         f"'scheduler.warmup_factor' in [0, 1] required, got {warmup_epochs}, "
-                         f"{warmup_factor}")
+        raise ValueError(f"create_scheduler: epochs must be >= 1, got {epochs}")
+    if not lr > 0:  # also refuses nan
+        raise ValueError(f"create_scheduler: lr must be > 0, got {lr}")
+    if not (warmup_epochs >= 0 and 0.0 <= warmup_factor <= 1.0):
+        raise ValueError("create_scheduler: warmup_epochs >= 0 and warmup_factor in [0, 1] "
+                         f"required, got {warmup_epochs}, {warmup_factor}")
     if name == "warmup_cosine":
         return warmup_cosine_lr(lr, steps_per_epoch, epochs, warmup_epochs, warmup_factor, min_lr)
     if name == "constant":
         return [float(lr)] * (steps_per_epoch * epochs)
-    raise ConfigError(f"config key 'scheduler.name': unknown scheduler '{name}'; "
-                     f"choose one of {SCHEDULERS}")
+    raise ValueError(f"create_scheduler: unknown scheduler {name!r}; choose one of "
+                     f"{', '.join(SCHEDULERS)}")
