@@ -44,7 +44,8 @@ def atomic_path(target: PathLike, suffix: str = "", fsync: bool = True) -> Itera
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
         raise _write_error(target, exc) from exc
-    tmp = os.path.join(folder, f".{base}.tmp{os.getpid()}{suffix}")
+    stem = f".{base}.tmp{os.getpid()}"
+    tmp = os.path.join(folder, stem + suffix)
     try:
         yield tmp
         if fsync:
@@ -55,8 +56,12 @@ def atomic_path(target: PathLike, suffix: str = "", fsync: bool = True) -> Itera
             raise
         raise _write_error(target, exc) from exc
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        # the temporary, and any file the writer made beside it: ms.save_checkpoint writes
+        # STEM.tmp first and leaves it behind when the disk is full, which keeps the disk full
+        for name in os.listdir(folder):
+            if name.startswith(stem):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(folder, name))
 
 
 def _write_error(target: str, exc: OSError) -> WriteError:
