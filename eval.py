@@ -93,7 +93,8 @@ def run(args) -> dict:
         overrides.append(f"eval.split={args.split}")
     if args.test_size is not None:
         overrides.append(f"eval.test_size={args.test_size}")
-    cfg = check_run(load_config(args.config, overrides, base=state.config), training=False)
+    cfg = check_run(load_config(args.config, overrides, base=state.config), training=False,
+                    ebv_needed=state.ebv is None)
     setup_context(cfg)
 
     ebv = state.ebv

@@ -526,18 +526,19 @@ def _writable_dir(key: str, path: str) -> None:
                           f"({exc.strerror or exc}); choose a writable folder") from None
 
 
-def check_run(cfg: Config, training: bool = True) -> Config:
+def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Config:
     """The checks that look at this machine, after ``validate`` and before any work.
 
     Folders must not be files (output_dir, ebv.cache_dir, data.index_cache_dir), output_dir must
-    be writable when training, configured files must exist, and ``data.num_workers`` is lowered
+    be writable when training, configured files must exist (``ebv.path`` only if the EBV set
+    does not come from elsewhere: ``ebv_needed=False`` for a checkpoint that holds it), and ``data.num_workers`` is lowered
     to the core count MindSpore allows (its "num_parallel_workers exceeds the boundary" error),
     with a warning: the 100k config's 8 workers still run on a 2-core machine.
     """
     if training:
         _writable_dir("output_dir", str(cfg.output_dir))
     _not_a_file("data.index_cache_dir", cfg.data.index_cache_dir)
-    if cfg.model.head == "ebv":
+    if cfg.model.head == "ebv" and ebv_needed:
         if cfg.ebv.path:
             if not os.path.isfile(cfg.ebv.path):
                 raise ConfigError(f"config key 'ebv.path': file not found: {cfg.ebv.path} (leave "
