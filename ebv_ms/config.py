@@ -469,6 +469,15 @@ def _known_backbone(name: str) -> bool:
     return is_backbone(name)
 
 
+def _unknown(cfg: Mapping, schema: Mapping, bad, prefix: str = "") -> None:
+    """Keys of a config built in code (not read by ``_merge``) that the schema does not know."""
+    for k, v in cfg.items():
+        if k not in schema:
+            bad(f"{prefix}{k}", "is unknown")
+        elif isinstance(schema[k], Mapping) and isinstance(v, Mapping):
+            _unknown(v, schema[k], bad, f"{prefix}{k}.")
+
+
 def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Config:
     """Check every key of a full config (values, types, ranges, rules between keys).
 
@@ -484,10 +493,17 @@ def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Confi
         src = f" (set in {origins[key]})" if key in origins else ""
         problems.append(f"config key '{key}' {msg}{src}" + (f"; {hint}" if hint else ""))
 
+    _unknown(out, SCHEMA, bad)
+    broken = [k for k, v in SCHEMA.items() if isinstance(v, Mapping)
+              and not isinstance(out.get(k), Mapping)]
+    for k in broken:
+        bad(k, f"must be a mapping (a config section), got {out.get(k)!r}")
     for key, spec in _walk(SCHEMA):
+        if key.split(".")[0] in broken:
+            continue
         try:
             value = _get(out, key)
-        except (KeyError, TypeError):
+        except KeyError:
             bad(key, "is missing")
             continue
         try:

@@ -377,3 +377,12 @@ def test_write_error_keeps_the_old_file(tmp_path):
     assert e.value.errno == errno.ENOSPC
     assert str(target) in str(e.value) and "last.ckpt is intact" in str(e.value)
     assert target.read_text() == "epoch 1" and os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_train_api_validates_a_config_built_in_code():
+    from ebv_ms.engine.trainer import train
+    cfg = load_config()
+    cfg.model.tau = 0.0
+    cfg.model["hed"] = 1
+    with pytest.raises(ConfigError, match=r"'model.hed' is unknown.*'model.tau' must be > 0"):
+        train(cfg)
