@@ -21,7 +21,7 @@ import math
 import multiprocessing
 import os
 import tempfile
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import yaml
 

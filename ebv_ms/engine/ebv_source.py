@@ -90,7 +90,6 @@ def resolve_ebv(cfg, rank: int = 0, progress: bool = True, wait_timeout_s: float
 def main(argv=None) -> int:
     """``python -m ebv_ms.engine.ebv_source --config X [key=value ...]``: make/cache the EBV set."""
     import argparse
-    import sys
     from ebv_ms.config import load_config
     from ebv_ms.errors import run_cli
     ap = argparse.ArgumentParser(prog="python -m ebv_ms.engine.ebv_source",
