@@ -551,8 +551,7 @@ def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Co
     to the core count MindSpore allows (its "num_parallel_workers exceeds the boundary" error),
     with a warning: the 100k config's 8 workers still run on a 2-core machine.
     """
-    if training:
-        _writable_dir("output_dir", str(cfg.output_dir))
+    _not_a_file("output_dir", str(cfg.output_dir))
     _not_a_file("data.index_cache_dir", cfg.data.index_cache_dir)
     if cfg.model.head == "ebv" and ebv_needed:
         if cfg.ebv.path:
@@ -571,6 +570,8 @@ def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Co
     if not os.path.exists(cfg.data.path):
         raise ConfigError(f"config key 'data.path': {cfg.data.path} not found; point it at the "
                           ".zip archive or the dataset folder")
+    if training:  # last: the only check that creates something (the folder, if all else passed)
+        _writable_dir("output_dir", str(cfg.output_dir))
     cores = multiprocessing.cpu_count()  # MindSpore's own bound (dataset validator_helpers)
     if cfg.data.num_workers > cores:
         _log.warning("data.num_workers=%d is more than this machine's %d cores; using %d",

@@ -161,6 +161,7 @@ def test_folders_that_are_files_and_missing_files(capsys, tmp_path):
            "'ebv.path': file not found")
     _fails(capsys, train_cli.main, ["--config", DEMO, run, f"data.path={tmp_path / 'no.zip'}"],
            "'data.path'", "not found")
+    assert not (tmp_path / "run").exists()  # a refused run creates no folder
     _fails(capsys, train_cli.main, base + [run, f"model.backbone_checkpoint={tmp_path / 'b'}"],
            "'model.backbone_checkpoint': file not found")
 
