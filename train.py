@@ -27,14 +27,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv=None, callbacks=()) -> int:
+    """``callbacks``: ``ebv_ms.engine.callbacks.Callback`` objects the loop calls (tests)."""
     args = parse_args(argv)
     from ebv_ms.config import load_config
     from ebv_ms.engine.errors import user_errors
     try:
         cfg = load_config(args.config, args.overrides)
         from ebv_ms.engine.trainer import train
-        result = train(cfg, resume=args.resume_from or ("auto" if args.resume else None))
+        result = train(cfg, resume=args.resume_from or ("auto" if args.resume else None),
+                       callbacks=callbacks)
     except user_errors() as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2

@@ -101,7 +101,6 @@ DEFAULTS: dict = {
         "log_interval": 50,     # steps between text-log lines inside an epoch
         "progress_bar": True,   # tqdm bar per epoch (rank 0 only) with loss, lr and images/s
         "keep_best": True,      # also keep best.ckpt (highest validation top-1)
-        "debug_kill_at_step": None,  # testing only: SIGKILL this process at this global step
     },
     "eval": {
         "batch_size": 100,      # per device

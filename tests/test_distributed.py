@@ -2,7 +2,8 @@
 
 The launch tests run scripts/run_distribute_gpu.sh itself with DEVICE_TARGET=CPU: a MindSpore
 dynamic-cluster scheduler beside `mpirun -n 2` workers, real all-reduce. Each rank writes
-OUTPUT_DIR/logs/rank_K.json (RankProbe): the digest of the labels it trained on and the checksum
+OUTPUT_DIR/logs/rank_K.json (tests/probes.py's RankProbe, installed as a training callback by
+tests/probed_train.py): the digest of the labels it trained on and the checksum
 of its trainable parameters at the end.
 """
 import glob
@@ -20,9 +21,12 @@ import pytest
 
 from ebv_ms.engine import distributed as dist
 
+import probes  # tests/probes.py: the rank probe the launch tests install as a callback
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "scripts" / "run_distribute_gpu.sh"
 PROBE = ROOT / "tests" / "dp_probe_train.py"
+PROBED_TRAIN = ROOT / "tests" / "probed_train.py"  # train.py + the rank probe callback
 TRAIN = ROOT / "train.py"
 DEMO_CONFIG = ROOT / "configs" / "demo_cpu.yaml"
 HAVE_MPIRUN = shutil.which("mpirun") is not None
@@ -80,7 +84,7 @@ def test_bare_mpirun_on_cpu_is_refused_with_the_fix(single_process, monkeypatch)
 
 def test_rank_paths():
     assert dist.rank_log_path("out", 3) == os.path.join("out", "logs", "rank_3.log")
-    assert dist.rank_report_path("out", 1) == os.path.join("out", "logs", "rank_1.json")
+    assert probes.rank_report_path("out", 1) == os.path.join("out", "logs", "rank_1.json")
 
 
 def test_params_checksum_tracks_trainable_values_only():
@@ -90,19 +94,19 @@ def test_params_checksum_tracks_trainable_values_only():
     a = nn.SequentialCell(nn.Dense(4, 3), nn.BatchNorm1d(3))
     ms.set_seed(0)
     b = nn.SequentialCell(nn.Dense(4, 3), nn.BatchNorm1d(3))
-    assert dist.params_checksum(a) == dist.params_checksum(b)
+    assert probes.params_checksum(a) == probes.params_checksum(b)
     # BatchNorm running statistics are per rank in data parallel: not part of the checksum
     stats = [p for p in b.get_parameters() if "moving_mean" in p.name][0]
     stats.set_data(ms.Tensor(np.ones(3, np.float32)))
-    assert dist.params_checksum(a) == dist.params_checksum(b)
-    assert dist.params_checksum(a, trainable_only=False) != dist.params_checksum(b, trainable_only=False)
+    assert probes.params_checksum(a) == probes.params_checksum(b)
+    assert probes.params_checksum(a, trainable_only=False) != probes.params_checksum(b, trainable_only=False)
     w = b.trainable_params()[0]
     w.set_data(w + 1e-3)
-    assert dist.params_checksum(a) != dist.params_checksum(b)
+    assert probes.params_checksum(a) != probes.params_checksum(b)
 
 
 def test_rank_probe_digest_and_report(tmp_path, single_process):
-    p1, p2 = dist.RankProbe(tmp_path), dist.RankProbe(tmp_path)
+    p1, p2 = probes.RankProbe(tmp_path), probes.RankProbe(tmp_path)
     p1.record_batch(np.array([3, 1, 2], np.int32))
     soft = np.eye(5, dtype=np.float32)[[3, 1, 2]] * 0.7 + 0.06  # mixup-style soft targets
     p2.record_batch(soft)

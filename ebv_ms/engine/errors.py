@@ -10,7 +10,8 @@ def user_errors() -> tuple:
     from ebv_ms.config import ConfigError
     from ebv_ms.ebv import EBVError
     from .checkpoint import CheckpointError
-    out = [ConfigError, EBVError, CheckpointError, FileNotFoundError]
+    from .run_folder import RunFolderError
+    out = [ConfigError, EBVError, CheckpointError, RunFolderError, FileNotFoundError]
     try:
         from ebv_ms.data.layouts import LayoutError
         from ebv_ms.data.source import DataError
