@@ -52,6 +52,8 @@ class Trainer:
         self.last_path = os.path.join(self.out, "last.ckpt")
         self.best_path = os.path.join(self.out, "best.ckpt")
         self.lock = RunLock(self.out) if rank == 0 else None  # only rank 0 writes here
+        self.jsonl: Optional[JsonlLog] = None                    # rank 0's metrics.jsonl
+        self.resume: Optional[ResumeState] = None                # set by setup() on a resume
         self.start_epoch, self.best_top1, self.best_epoch = 0, -1.0, 0
 
     # ---------------------------------------------------------------- set-up
@@ -81,7 +83,7 @@ class Trainer:
             self.lock.acquire()  # before anything else: a second run into this folder stops here
         self.log = setup_logger(self.out, self.rank, defer_file=True)
         self._check_config()
-        resume = ResumeState.find(self.resume_arg, self.last_path, self.log)
+        self.resume = resume = ResumeState.find(self.resume_arg, self.last_path, self.log)
 
         self.train_ds, self.train_info = build_data(cfg, "train", int(t.batch_size), True,
                                                     self.world_size, self.rank)
