@@ -113,8 +113,10 @@ class RankProbeCallback(Callback):
         self.probe.record_batch(batch["label"])
 
     def on_train_end(self, trainer, result) -> None:
+        # all parameters, BatchNorm statistics included: after an evaluation they are rank 0's
         self.probe.finish(trainer.network,
-                          steps=int(trainer.cfg.train.epochs) * trainer.steps_per_epoch)
+                          steps=int(trainer.cfg.train.epochs) * trainer.steps_per_epoch,
+                          all_params_checksum=params_checksum(trainer.network, trainable_only=False))
 
 
 class KillAtStep(Callback):

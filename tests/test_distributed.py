@@ -261,6 +261,8 @@ def test_two_ranks_train_py_on_demo_data(tmp_path):
         assert f"rank {k}" in log and "Traceback" not in log
     assert (out / "logs" / "scheduler.exit").read_text().strip() == "0"
 
+    # every rank evaluated the model rank 0 saved: its BatchNorm statistics were broadcast
+    assert r0["all_params_checksum"] == r1["all_params_checksum"]
     # sharded evaluation during training: both ranks evaluated, 20 + 19 = 39, none twice
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert rec["eval_samples"] == 39 and rec["eval_samples_per_rank"] == [20, 19]
