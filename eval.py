@@ -2,6 +2,7 @@
 """Evaluate a checkpoint: top-1 / top-5 on the validation split, parameter counts, images/s.
 
     python eval.py --ckpt runs/demo/best.ckpt [--config X.yaml] [--test-size 224|256] [key=value ...]
+    ENTRY=eval.py bash scripts/run_distribute_gpu.sh X.yaml N --ckpt=CKPT   # N ranks, one shard each
 
 A checkpoint written by train.py records its config and EBV set, so --ckpt alone is enough;
 --config / overrides change settings on top of it (e.g. data.root=... on another machine).
@@ -75,10 +76,10 @@ def _read_checkpoint(path: str):
 
 def run(args) -> dict:
     from ebv_ms.config import ConfigError, check_run, load_config
+    from ebv_ms.engine.builders import build_eval, build_network, init_parallel, setup_context
     from ebv_ms.engine.checkpoint import CheckpointError, restore_checkpoint
     from ebv_ms.engine.ebv_source import resolve_ebv
     from ebv_ms.engine.evaluator import count_parameters, evaluate
-    from ebv_ms.engine.trainer import build_data, build_network, setup_context
 
     if args.json:
         _check_json_path(args.json)
@@ -96,29 +97,32 @@ def run(args) -> dict:
     cfg = check_run(load_config(args.config, overrides, base=state.config), training=False,
                     ebv_needed=state.ebv is None)
     setup_context(cfg)
+    rank, world = init_parallel(cfg)  # (0, 1) unless launched on several ranks
+    progress = rank == 0 and not args.no_progress
 
     ebv = state.ebv
     if ebv is None:
-        ebv = resolve_ebv(cfg, progress=not args.no_progress)
+        ebv = resolve_ebv(cfg, rank, progress=progress)
     if ebv is not None and state.ebv_checksum and ebv.checksum() != state.ebv_checksum:
         raise CheckpointError(f"{args.ckpt} was trained with EBV set {state.ebv_checksum}, but the "
                               f"config gives {ebv.checksum()}; evaluate with the same EBV set")
     network = build_network(cfg, ebv)
     restore_checkpoint(state, network)
+    epoch, logged_top1 = state.epoch, state.metrics.get("top1")
+    del state  # the weights are in the network now
     counts = count_parameters(network)
-    jit = str(cfg.mode).lower() == "graph"
-    ds, info = build_data(cfg, str(cfg.eval.split), int(cfg.eval.batch_size), False)
+    parts = build_eval(cfg, network, rank, world)  # this rank's shard of the split
     t0 = time.time()
-    m = evaluate(network, ds, int(cfg.model.num_classes), jit=jit, progress=not args.no_progress,
-                 desc=f"eval {cfg.eval.split}")
-    result = {"ckpt": args.ckpt, "epoch": state.epoch, "split": cfg.eval.split,
+    m = evaluate(network, parts, progress=progress, desc=f"eval {cfg.eval.split}")
+    result = {"ckpt": args.ckpt, "epoch": epoch, "split": cfg.eval.split,
               "top1": m["top1"], "top5": m["top5"], "correct1": m["correct1"],
               "correct5": m["correct5"], "num_samples": m["num_samples"],
+              "num_samples_per_rank": m["samples_per_rank"], "bad_samples": m["bad_samples"],
               "images_per_s": m["images_per_s"], "seconds": time.time() - t0,
               "params_total": counts["total"], "params_trainable": counts["trainable"],
               "params_frozen": counts["frozen"], "model": cfg.model.backbone,
               "head": cfg.model.head, "ebv_checksum": ebv.checksum() if ebv is not None else None,
-              "logged_top1": state.metrics.get("top1")}
+              "logged_top1": logged_top1, "rank": rank, "world_size": world}
     return result
 
 
@@ -136,7 +140,7 @@ def _report(args, r: dict) -> int:
     if r["logged_top1"] is not None:
         print(f"top-1 logged at training time (epoch {r['epoch']}): {r['logged_top1']:.2f}%")
     print("RESULT " + json.dumps(r))
-    if args.json:
+    if args.json and r["rank"] == 0:  # every rank has the whole split's figures; one writes
         from ebv_ms.atomic import atomic_path
         with atomic_path(args.json, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump(r, f, indent=1)

@@ -29,7 +29,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv=None, callbacks=()) -> int:
+    """``callbacks``: ``ebv_ms.engine.callbacks.Callback`` objects the loop calls (tests)."""
     args = parse_args(argv)
     from ebv_ms.errors import run_cli
 
@@ -37,7 +38,8 @@ def main(argv=None) -> int:
         from ebv_ms.config import load_config
         cfg = load_config(args.config, args.overrides)  # every key is checked here
         from ebv_ms.engine.trainer import train
-        result = train(cfg, resume=args.resume_from or ("auto" if args.resume else None))
+        result = train(cfg, resume=args.resume_from or ("auto" if args.resume else None),
+                       callbacks=callbacks)
         print(f"train.py: finished; best top-1 {result['best_top1']:.2f}% at epoch "
               f"{result['best_epoch']}; checkpoints in {cfg.output_dir}")
         return 0

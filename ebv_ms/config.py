@@ -281,7 +281,6 @@ SCHEMA: Dict[str, Any] = {
         "log_interval": _k(50, "int", "steps between text-log lines inside an epoch; 0: none", lo=0),
         "progress_bar": _k(True, "bool", "tqdm bar per epoch (rank 0 only)"),
         "keep_best": _k(True, "bool", "also keep best.ckpt (highest validation top-1)"),
-        "debug_kill_at_step": _k(None, "int", "testing only: SIGKILL this process at this global step", lo=0),
     },
     "eval": {
         "batch_size": _k(100, "int", "per device", lo=1),

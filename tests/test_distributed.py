@@ -2,7 +2,8 @@
 
 The launch tests run scripts/run_distribute_gpu.sh itself with DEVICE_TARGET=CPU: a MindSpore
 dynamic-cluster scheduler beside `mpirun -n 2` workers, real all-reduce. Each rank writes
-OUTPUT_DIR/logs/rank_K.json (RankProbe): the digest of the labels it trained on and the checksum
+OUTPUT_DIR/logs/rank_K.json (tests/probes.py's RankProbe, installed as a training callback by
+tests/probed_train.py): the digest of the labels it trained on and the checksum
 of its trainable parameters at the end.
 """
 import glob
@@ -11,8 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import zipfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,13 @@ import pytest
 
 from ebv_ms.engine import distributed as dist
 
+import probes  # tests/probes.py: the rank probe the launch tests install as a callback
+from demo_data import small_demo_zip
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "scripts" / "run_distribute_gpu.sh"
 PROBE = ROOT / "tests" / "dp_probe_train.py"
+PROBED_TRAIN = ROOT / "tests" / "probed_train.py"  # train.py + the rank probe callback
 TRAIN = ROOT / "train.py"
 DEMO_CONFIG = ROOT / "configs" / "demo_cpu.yaml"
 HAVE_MPIRUN = shutil.which("mpirun") is not None
@@ -80,7 +83,7 @@ def test_bare_mpirun_on_cpu_is_refused_with_the_fix(single_process, monkeypatch)
 
 def test_rank_paths():
     assert dist.rank_log_path("out", 3) == os.path.join("out", "logs", "rank_3.log")
-    assert dist.rank_report_path("out", 1) == os.path.join("out", "logs", "rank_1.json")
+    assert probes.rank_report_path("out", 1) == os.path.join("out", "logs", "rank_1.json")
 
 
 def test_params_checksum_tracks_trainable_values_only():
@@ -90,19 +93,19 @@ def test_params_checksum_tracks_trainable_values_only():
     a = nn.SequentialCell(nn.Dense(4, 3), nn.BatchNorm1d(3))
     ms.set_seed(0)
     b = nn.SequentialCell(nn.Dense(4, 3), nn.BatchNorm1d(3))
-    assert dist.params_checksum(a) == dist.params_checksum(b)
+    assert probes.params_checksum(a) == probes.params_checksum(b)
     # BatchNorm running statistics are per rank in data parallel: not part of the checksum
     stats = [p for p in b.get_parameters() if "moving_mean" in p.name][0]
     stats.set_data(ms.Tensor(np.ones(3, np.float32)))
-    assert dist.params_checksum(a) == dist.params_checksum(b)
-    assert dist.params_checksum(a, trainable_only=False) != dist.params_checksum(b, trainable_only=False)
+    assert probes.params_checksum(a) == probes.params_checksum(b)
+    assert probes.params_checksum(a, trainable_only=False) != probes.params_checksum(b, trainable_only=False)
     w = b.trainable_params()[0]
     w.set_data(w + 1e-3)
-    assert dist.params_checksum(a) != dist.params_checksum(b)
+    assert probes.params_checksum(a) != probes.params_checksum(b)
 
 
 def test_rank_probe_digest_and_report(tmp_path, single_process):
-    p1, p2 = dist.RankProbe(tmp_path), dist.RankProbe(tmp_path)
+    p1, p2 = probes.RankProbe(tmp_path), probes.RankProbe(tmp_path)
     p1.record_batch(np.array([3, 1, 2], np.int32))
     soft = np.eye(5, dtype=np.float32)[[3, 1, 2]] * 0.7 + 0.06  # mixup-style soft targets
     p2.record_batch(soft)
@@ -215,29 +218,9 @@ def _assert_gradients_are_averaged(npz_path):
     assert not np.allclose(z["w1"], w_sum, atol=2e-5)
 
 
-def _small_demo_zip(tmp_path, per_class_train=16, per_class_val=4):
-    """The demo digits archive (real JPEGs, the 100k-zip layout), cut to a few images per class
-    so the 2-rank run takes a handful of steps."""
-    full = tmp_path / "demo_full"
-    subprocess.run([sys.executable, "-m", "ebv_ms.data.demo", "--out", str(full)], cwd=ROOT,
-                   check=True, capture_output=True, env=_env())
-    src = next(full.glob("*.zip"))
-    keep = {"train": per_class_train, "val": per_class_val}
-    seen = defaultdict(int)
-    out = tmp_path / "demo_small" / src.name
-    out.parent.mkdir()
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
-        for info in zin.infolist():
-            parts = info.filename.split("/")
-            split = next((p for p in parts if p in keep), None)
-            if split is None or info.is_dir():
-                continue
-            key = (split, parts[parts.index(split) + 1])
-            if seen[key] < keep[split]:
-                seen[key] += 1
-                zout.writestr(info, zin.read(info))
-    assert len(seen) == 20, seen  # 10 classes in both splits
-    return out
+def _eval_result(stdout):
+    return json.loads(next(line[len("RESULT "):] for line in stdout.splitlines()
+                           if line.startswith("RESULT ")))
 
 
 @pytest.mark.distributed
@@ -245,12 +228,15 @@ def _small_demo_zip(tmp_path, per_class_train=16, per_class_val=4):
 @pytest.mark.skipif(not TRAIN.exists() or not DEMO_CONFIG.exists(),
                     reason="train.py / configs/demo_cpu.yaml (engine) not in this checkout")
 def test_two_ranks_train_py_on_demo_data(tmp_path):
-    """The user's command, on CPU: the real train.py, demo config and demo images, 2 ranks."""
-    data = _small_demo_zip(tmp_path)
+    """The user's command, on CPU: the real train.py, demo config and demo images, 2 ranks;
+    then the sharded evaluation: train.py's per-epoch one and eval.py's, each on 2 ranks, agree
+    exactly with eval.py on 1 rank over a validation split of odd size (39 images)."""
+    data = small_demo_zip(tmp_path)
     out = tmp_path / "run"
-    r = _launch([DEMO_CONFIG, 2, f"output_dir={out}", f"data.path={data}", "train.epochs=1",
-                 "train.batch_size=16", "eval.batch_size=40", f"ebv.cache_dir={tmp_path / 'ebv'}",
-                 "train.progress_bar=false", "data.num_workers=1"], timeout=400)
+    common = [f"data.path={data}", "eval.batch_size=40", "data.num_workers=1"]
+    r = _launch([DEMO_CONFIG, 2, f"output_dir={out}", *common, "train.epochs=1",
+                 "train.batch_size=16", f"ebv.cache_dir={tmp_path / 'ebv'}",
+                 "train.progress_bar=false", "--rank-probe"], timeout=400, ENTRY=str(PROBED_TRAIN))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     reps = _reports(out)
     assert sorted(reps) == [0, 1], os.listdir(out / "logs")
@@ -274,6 +260,30 @@ def test_two_ranks_train_py_on_demo_data(tmp_path):
         log = (out / "logs" / f"rank_{k}.log").read_text()
         assert f"rank {k}" in log and "Traceback" not in log
     assert (out / "logs" / "scheduler.exit").read_text().strip() == "0"
+
+    # every rank evaluated the model rank 0 saved: its BatchNorm statistics were broadcast
+    assert r0["all_params_checksum"] == r1["all_params_checksum"]
+    # sharded evaluation during training: both ranks evaluated, 20 + 19 = 39, none twice
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["eval_samples"] == 39 and rec["eval_samples_per_rank"] == [20, 19]
+    # eval.py alone on the checkpoint: the same count of correct samples
+    one = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--ckpt", str(out / "last.ckpt"),
+                          "--no-progress"], cwd=tmp_path, env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    one = _eval_result(one.stdout)
+    assert (one["num_samples"], one["num_samples_per_rank"]) == (39, [39])
+    assert (one["top1"], one["top5"]) == (rec["top1"], rec["top5"])
+    # eval.py on 2 ranks through the same launcher: each rank its shard, the same figures
+    ev_out = tmp_path / "eval2"
+    r = _launch([DEMO_CONFIG, 2, f"output_dir={ev_out}", *common, f"--ckpt={out / 'last.ckpt'}",
+                 "--no-progress", f"--json={tmp_path / 'eval2.json'}"], timeout=300,
+                ENTRY=str(ROOT / "eval.py"))
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    two = json.loads((tmp_path / "eval2.json").read_text())
+    assert two["world_size"] == 2 and two["num_samples_per_rank"] == [20, 19]
+    for key in ("correct1", "correct5", "num_samples", "top1", "top5"):
+        assert two[key] == one[key], key
 
 
 # ---------------------------------------------------------------- single-device scripts

@@ -11,9 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(args, cwd, timeout=600):
+def _run(args, cwd, timeout=600, script=ROOT / "train.py"):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -35,7 +35,9 @@ def test_killed_run_resumes_without_losing_an_epoch(tmp_path, demo_zip):
     common = ["--config", str(ROOT / "configs" / "demo_cpu.yaml"), f"data.path={demo_zip}",
               f"ebv.cache_dir={tmp_path / 'ebv'}", "train.epochs=3", "train.progress_bar=false"]
     # 1438 training images / 32 = 44 steps per epoch: step 60 is in the middle of epoch 2
-    killed = _run(common + [f"output_dir={out}", "train.debug_kill_at_step=60"], tmp_path)
+    # train.py with the KillAtStep callback of tests/probes.py installed
+    killed = _run(common + [f"output_dir={out}", "--kill-at-step", "60"], tmp_path,
+                  script=ROOT / "tests" / "probed_train.py")
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     assert [r["epoch"] for r in _records(out)] == [1]
     assert not list(out.glob(".*tmp*"))                       # no half-written checkpoint

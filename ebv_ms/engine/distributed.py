@@ -7,14 +7,12 @@ while the dynamic cluster (one scheduler process plus N workers that find it thr
 scheduler beside them (``python -m ebv_ms.engine.distributed scheduler``) and a small wrapper
 maps ``OMPI_COMM_WORLD_RANK`` to ``MS_NODE_ID``. ``msrun`` sets the same variables itself.
 
-What a training script calls (in this order):
+What a training or evaluation script calls (in this order):
 
     rank, world = init_distributed(cfg)        # right after choosing the device, before any work
     ds, info = create_dataset(..., num_shards=world, shard_id=rank, seed=cfg.seed)
-    probe = RankProbe(cfg.output_dir)          # per-rank evidence for the launch test
-    ... each training batch: probe.record_batch(labels)
     ... checkpoints and the main log only if is_main_rank()
-    probe.finish(net, steps=global_step)      # writes OUTPUT_DIR/logs/rank_K.json
+    per_rank = all_gather_counts([hits, samples])   # sharded evaluation: every rank's counts
 
 Under msrun the scheduler runs the training script itself; ``init_distributed`` then never
 returns (the process serves the cluster and exits), which is why it must come before any work.
@@ -22,17 +20,13 @@ returns (the process serves the cluster and exits), which is why it must come be
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import os
 import sys
-import time
 from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ebv_ms.atomic import atomic_path
 from ebv_ms.errors import EBVMSError
 
 _LOG = logging.getLogger(__name__)
@@ -146,96 +140,36 @@ def rank_log_path(output_dir: str, rank: Optional[int] = None) -> str:
     return os.path.join(rank_log_dir(output_dir), f"rank_{rank}.log")
 
 
-def rank_report_path(output_dir: str, rank: Optional[int] = None) -> str:
-    """OUTPUT_DIR/logs/rank_K.json: what ``RankProbe.finish`` writes."""
-    rank = _STATE["rank"] if rank is None else rank
-    return os.path.join(rank_log_dir(output_dir), f"rank_{rank}.json")
+def all_gather_counts(counts) -> np.ndarray:
+    """Every rank's integer ``counts`` as a (world_size, k) int array, in rank order.
 
-
-def params_checksum(net, trainable_only: bool = True) -> str:
-    """SHA-256 of the parameters (sorted by name, float32 bytes).
-
-    Trainable parameters only by default: they are what the all-reduce keeps identical.
-    BatchNorm running statistics are per-rank (each rank sees its own shard), as in any
-    data-parallel training without SyncBN, so they are left out.
+    One ``ops.AllGather`` of k int32 values (int32: CPU's AllReduce kernel takes floats only in
+    MindSpore 2.10, its AllGather takes int32; summing the rows afterwards is exact). Alone: (1, k).
     """
-    params = net.trainable_params() if trainable_only else net.get_parameters()
-    h = hashlib.sha256()
-    for p in sorted(params, key=lambda q: q.name):
-        h.update(p.name.encode("utf-8"))
-        h.update(np.ascontiguousarray(p.asnumpy(), dtype=np.float32).tobytes())
-    return h.hexdigest()
+    arr = np.asarray(counts, dtype=np.int32).reshape(1, -1)
+    if _STATE["world_size"] == 1:
+        return arr.astype(np.int64)
+    import mindspore as ms
+    from mindspore import ops
+    return ops.AllGather()(ms.Tensor(arr)).asnumpy().astype(np.int64)
 
 
-def _labels_to_numpy(labels) -> np.ndarray:
-    arr = labels.asnumpy() if hasattr(labels, "asnumpy") else np.asarray(labels)
-    if arr.ndim == 2:  # soft targets (mixup / cutmix): the dominant class
-        arr = arr.argmax(axis=1)
-    return arr.astype(np.int64).reshape(-1)
-
-
-class RankProbe:
-    """Per-rank evidence that data parallelism did what it should: which samples this rank saw
-    (a digest over every label it trained on, and the first labels) and the parameter checksum
-    at the end. Cheap: one hash update per batch."""
-
-    def __init__(self, output_dir: str, keep_first: int = 64):
-        self.output_dir = str(output_dir)
-        self.rank, self.world_size = get_rank_info()
-        self.keep_first = keep_first
-        self.first_labels: list = []
-        self.num_samples = 0
-        self.num_batches = 0
-        self._digest = hashlib.sha256()
-        self._t0 = time.time()
-
-    def record_batch(self, labels) -> None:
-        arr = _labels_to_numpy(labels)
-        self._digest.update(arr.tobytes())
-        if len(self.first_labels) < self.keep_first:
-            self.first_labels.extend(int(x) for x in arr[: self.keep_first - len(self.first_labels)])
-        self.num_samples += int(arr.size)
-        self.num_batches += 1
-
-    def report(self, net=None, **extra) -> dict:
-        out = {
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "num_batches": self.num_batches,
-            "num_samples": self.num_samples,
-            "first_labels": self.first_labels,
-            "shard_digest": self._digest.hexdigest(),
-            "seconds": round(time.time() - self._t0, 3),
-        }
-        if net is not None:
-            out["param_checksum"] = params_checksum(net)
-        out.update(extra)
-        return out
-
-    def finish(self, net=None, **extra) -> str:
-        """Write OUTPUT_DIR/logs/rank_K.json (every rank, its own file); returns the path."""
-        rep = self.report(net, **extra)
-        path = rank_report_path(self.output_dir, self.rank)
-        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            json.dump(rep, f)
-        _LOG.info("rank %d: %d batches, shard digest %s, params %s -> %s", self.rank,
-                  self.num_batches, rep["shard_digest"][:12], rep.get("param_checksum", "-")[:12],
-                  path)
-        return path
-
-
-def make_probe_callback(probe: RankProbe):
-    """A ``mindspore.train.Callback`` feeding ``probe`` from ``Model.train`` (non-sink mode):
-    each step's label batch is ``cb_params.train_dataset_element[1]``."""
-    from mindspore.train import Callback
-
-    class _ProbeCallback(Callback):
-        def on_train_step_end(self, run_context):
-            elem = getattr(run_context.original_args(), "train_dataset_element", None)
-            if elem is not None and len(elem) > 1:
-                probe.record_batch(elem[1])
-
-    return _ProbeCallback()
+def broadcast_from_main_rank(params) -> None:
+    """Set ``params`` (float32 Parameters) to rank 0's values on every rank: one
+    ``ops.Broadcast`` of their concatenation. Alone: nothing to do."""
+    params = list(params)
+    if _STATE["world_size"] == 1 or not params:
+        return
+    import mindspore as ms
+    from mindspore import ops
+    flat = np.concatenate([p.asnumpy().astype(np.float32).reshape(-1) for p in params])
+    (got,) = ops.Broadcast(0)((ms.Tensor(flat),))
+    got = got.asnumpy()
+    at = 0
+    for p in params:
+        n = int(np.prod(p.shape)) if p.shape else 1
+        p.set_data(ms.Tensor(got[at:at + n].reshape(p.shape), dtype=p.dtype))
+        at += n
 
 
 def _main(argv=None) -> int:

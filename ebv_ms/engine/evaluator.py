@@ -1,4 +1,12 @@
-"""Top-1 / top-5 over a dataset, with images/s."""
+"""Top-1 / top-5 over the evaluation split, sharded over the ranks, with images/s.
+
+Every rank evaluates its own shard (``create_dataset(..., num_shards, shard_id)``, the same
+sharding as training) and the integer counts are gathered from all ranks in one collective, so
+the figures are the whole split's on every rank. The sampler pads a shard with at most one
+repeat of another shard's sample so that all ranks run the same number of batches; those
+repeats are the last rows of the shard and are left out of the counts, so each sample of the
+split is counted exactly once whatever the number of ranks.
+"""
 from __future__ import annotations
 
 import time
@@ -7,10 +15,10 @@ from typing import Dict
 import numpy as np
 from tqdm import tqdm
 
+from .distributed import all_gather_counts
 from .metrics import AccuracyMeter
-from .train_step import build_eval_step
 
-__all__ = ["evaluate", "count_parameters"]
+__all__ = ["evaluate", "count_parameters", "own_bad_samples"]
 
 
 def count_parameters(network) -> Dict[str, int]:
@@ -24,30 +32,43 @@ def count_parameters(network) -> Dict[str, int]:
     return {"total": total, "trainable": trainable, "frozen": total - trainable}
 
 
-def evaluate(network, dataset, num_classes: int, *, jit: bool = True, progress: bool = True,
-             desc: str = "eval", eval_step=None) -> Dict[str, float]:
-    """Run ``network`` (set to eval mode) over ``dataset``; returns top1/top5 (%), counts, img/s."""
+def own_bad_samples(info) -> int:
+    """Bad samples of this shard's own part of the split (padding repeats excluded: they are
+    another shard's samples, counted there)."""
+    if info.bad is None:
+        return 0
+    bad = set(info.bad.indices())
+    if info.shard_padding and bad:
+        bad -= set(info.sampler.indices(0)[-info.shard_padding:].tolist())
+    return len(bad)
+
+
+def evaluate(network, parts, *, progress: bool = True, desc: str = "eval") -> Dict[str, object]:
+    """Run ``network`` (set to eval mode) over this rank's shard (``builders.EvalParts``);
+    returns the whole split's top1/top5 (%), counts, ``samples_per_rank``, bad samples, img/s."""
     network.set_train(False)
-    k = min(5, int(num_classes))
-    step = eval_step or build_eval_step(network, k, jit=jit)
+    info = parts.info
+    own = info.shard_samples - info.shard_padding   # rows of this shard that are its own samples
     meter = AccuracyMeter(ks=(1, 5))
-    total = dataset.get_dataset_size()
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
-               mininterval=1.0)
+    bar = tqdm(total=parts.dataset.get_dataset_size(), desc=desc, disable=not progress,
+               leave=False, dynamic_ncols=True, mininterval=1.0)
     t0 = time.perf_counter()
-    for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=False):
-        idx = step(batch["image"]).asnumpy()
+    for batch in parts.dataset.create_dict_iterator(num_epochs=1, output_numpy=False):
+        idx = parts.step(batch["image"]).asnumpy()
         labels = batch["label"].asnumpy()
         if labels.ndim != 1:
             raise ValueError("evaluation needs integer labels (B,); got soft targets: is mixup/"
                              "cutmix enabled on the evaluation split?")
-        meter.update(idx, labels)
+        keep = max(0, min(len(labels), own - meter.count))  # drop the padding at the end
+        meter.update(idx[:keep], labels[:keep])
         bar.update(1)
         if bar.n % 10 == 0:
             bar.set_postfix(img_s=f"{meter.count / max(time.perf_counter() - t0, 1e-9):.0f}")
     bar.close()
-    seconds = time.perf_counter() - t0
-    out = meter.result()
-    out["seconds"] = seconds
-    out["images_per_s"] = meter.count / max(seconds, 1e-9)
-    return out
+    per_rank = all_gather_counts([meter.correct[1], meter.correct[5], meter.count,
+                                  own_bad_samples(info)])
+    seconds = time.perf_counter() - t0  # after the gather: the slowest rank's time
+    c1, c5, n, bad = (int(v) for v in per_rank.sum(axis=0))
+    return {"top1": 100.0 * c1 / max(n, 1), "top5": 100.0 * c5 / max(n, 1), "correct1": c1,
+            "correct5": c5, "num_samples": n, "samples_per_rank": per_rank[:, 2].tolist(),
+            "bad_samples": bad, "seconds": seconds, "images_per_s": n / max(seconds, 1e-9)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import List, Mapping, Optional
 
 from ebv_ms.atomic import atomic_path
 
-__all__ = ["setup_logger", "JsonlLog", "rank_log_path"]
+__all__ = ["setup_logger", "open_log_file", "JsonlLog", "rank_log_path"]
 
 
 def rank_log_path(output_dir: str, rank: int, main_name: str = "train.log") -> str:
@@ -26,8 +27,12 @@ def rank_log_path(output_dir: str, rank: int, main_name: str = "train.log") -> s
 
 
 def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = "ebv_ms",
-                 main_name: str = "train.log", console: bool = True) -> logging.Logger:
-    """A logger that writes to this rank's file (appending across resumes) and the console."""
+                 main_name: str = "train.log", console: bool = True,
+                 defer_file: bool = False) -> logging.Logger:
+    """A logger that writes to this rank's file (appending across resumes) and the console.
+
+    ``defer_file``: keep the file's lines in memory until ``open_log_file`` (a run refused at
+    set-up then leaves the run folder's log untouched; the console has every line at once)."""
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -41,12 +46,30 @@ def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = "ebv_ms",
         sh.setFormatter(fmt)
         logger.addHandler(sh)
     if output_dir and rank == 0:
-        path = rank_log_path(output_dir, rank, main_name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fh = logging.FileHandler(path, encoding="utf-8")
-        fh.setFormatter(fmt)
-        logger.addHandler(fh)
+        if defer_file:
+            mh = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1,
+                                                flushOnClose=False)
+            mh.setFormatter(fmt)  # handed to the file handler by open_log_file
+            logger.addHandler(mh)
+        else:
+            open_log_file(logger, output_dir, main_name)
     return logger
+
+
+def open_log_file(logger: logging.Logger, output_dir: str, main_name: str = "train.log") -> None:
+    """Start writing rank 0's log file; lines kept back by ``defer_file`` go first."""
+    path = rank_log_path(output_dir, 0, main_name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fh = logging.FileHandler(path, encoding="utf-8")
+    fmt = next((h.formatter for h in logger.handlers if h.formatter is not None), None)
+    fh.setFormatter(fmt)
+    for h in list(logger.handlers):
+        if isinstance(h, logging.handlers.MemoryHandler):
+            h.setTarget(fh)
+            h.flush()
+            logger.removeHandler(h)
+            h.close()
+    logger.addHandler(fh)
 
 
 class JsonlLog:

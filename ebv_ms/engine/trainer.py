@@ -1,128 +1,73 @@
-"""The training loop: data, model + head, EBV set, optimizer, per-epoch eval, checkpoints, logs.
+"""The training loop: ``Trainer(cfg, resume=...).fit()``.
 
-MindSpore compiles the step (``ms.jit`` in GRAPH mode); the loop itself stays in Python so it
-can evaluate each epoch, write ``last.ckpt`` / ``best.ckpt`` atomically, and show a tqdm bar
-with images/s. A run killed at any point is continued with ``resume=True``: it reloads
-``last.ckpt`` (weights, optimizer state incl. global step, loss scale, best so far) and
-starts at the first epoch that checkpoint does not cover, so no epoch is lost or repeated.
+``setup`` builds everything from the config (``builders``: data, EBV set, network, step
+functions), checks a resumed checkpoint against it (``resume``), and only when every check has
+passed writes to the run folder (``run_folder``: held by a lock for the whole run). Then per
+epoch, as torchvision's reference scripts do:
+
+    train_one_epoch  ->  evaluate (every rank its shard, counts summed)  ->  end_epoch
+                                                        (metrics.jsonl, last.ckpt, best.ckpt)
+
+MindSpore compiles the step (``ms.jit`` in GRAPH mode); the loop stays in Python for the
+per-epoch evaluation, atomic checkpoints and a tqdm bar with images/s. A run killed at any
+point continues with ``resume="auto"``: it reloads ``last.ckpt`` and starts at the first epoch
+that checkpoint does not cover, so no epoch is lost or repeated. ``callbacks`` see every step
+and epoch (``callbacks.Callback``); the loop has no other hooks.
 """
 from __future__ import annotations
 
 import math
 import os
-import signal
 import time
-from typing import Optional, Tuple
+from typing import Optional, Sequence
 
-import numpy as np
 from tqdm import tqdm
 
-import mindspore as ms
-
 from ebv_ms.config import Config, ConfigError, check_run, save_config, validate
-from .checkpoint import (CheckpointError, atomic_copy, load_checkpoint, restore_checkpoint,
-                         save_checkpoint)
+from .builders import (build_data, build_eval, build_network, build_training, init_parallel,
+                       resolve_amp, scaler_params, setup_context)
+from .callbacks import Callback
+from .checkpoint import atomic_copy, save_checkpoint
+from .distributed import broadcast_from_main_rank
 from .ebv_source import resolve_ebv
 from .evaluator import count_parameters, evaluate
-from .logger import JsonlLog, setup_logger
-from .train_step import build_eval_step, build_train_step, create_loss_scaler, resolve_amp_level
+from .logger import JsonlLog, open_log_file, setup_logger
+from .resume import ResumeState
+from .run_folder import RunLock, remove_stale_temps
 
-__all__ = ["setup_context", "init_parallel", "build_network", "build_data", "Trainer", "train"]
-
-MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
-
-
-def setup_context(cfg) -> None:
-    """Device, execution mode (graph | pynative) and the global seed, from a validated config."""
-    device, mode = str(cfg.device_target), str(cfg.mode).lower()
-    device_id = os.environ.get("DEVICE_ID")  # set per rank by the launch scripts
-    if device != "CPU" and device_id not in (None, ""):
-        ms.set_device(device, int(device_id))
-    else:
-        ms.set_device(device)
-    ms.set_context(mode=MODES[mode])
-    ms.set_seed(int(cfg.seed))
-    np.random.seed(int(cfg.seed))
-
-
-def init_parallel(cfg) -> Tuple[int, int]:
-    """(rank, world_size); sets the data-parallel context when launched by mpirun/msrun."""
-    from .distributed import init_distributed
-    return init_distributed(cfg)
-
-
-def build_network(cfg, ebv=None):
-    """``create_classifier`` with the ``model`` section as its arguments, plus the EBV set."""
-    from ebv_ms.models import create_classifier
-    kwargs = dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model)
-    return create_classifier(ebv=ebv, **kwargs)
-
-
-def build_data(cfg, split: str, batch_size: int, is_training: bool, num_shards: int = 1,
-               shard_id: int = 0):
-    """``create_dataset`` with the ``data`` section; ``eval.test_size`` S sets the evaluation
-    transform to resize S/0.875 then centre-crop S (the usual 256 -> 224 ratio)."""
-    from ebv_ms.data import create_dataset
-    data_cfg = dict(cfg.data)
-    size = cfg.eval.get("test_size")
-    if size and not is_training:
-        data_cfg["eval_crop"] = int(size)
-        data_cfg["eval_resize"] = int(round(int(size) / 0.875))
-    return create_dataset(data_cfg, split, batch_size, is_training, num_shards=num_shards,
-                          shard_id=shard_id, seed=int(cfg.seed),
-                          num_classes=int(cfg.model.num_classes))
+__all__ = ["Trainer", "train"]
 
 
 class Trainer:
     """Owns one run: ``Trainer(cfg, resume=...).fit()`` returns the final record."""
 
     def __init__(self, cfg: Config, resume: Optional[str] = None, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, callbacks: Sequence[Callback] = ()):
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
+        self.resume_arg = resume
+        self.callbacks = list(callbacks)
         self.out = str(cfg.output_dir)
         self.last_path = os.path.join(self.out, "last.ckpt")
         self.best_path = os.path.join(self.out, "best.ckpt")
-        os.makedirs(self.out, exist_ok=True)
-        self.log = setup_logger(self.out, rank)
-        self.jsonl = JsonlLog(os.path.join(self.out, "metrics.jsonl")) if rank == 0 else None
-        self.resume_state = self._find_resume(resume)
-        self.probe = None
-        if world_size > 1:  # per-rank evidence (shard seen, final weights) for the launch test
-            from .distributed import RankProbe
-            self.probe = RankProbe(self.out)
+        self.lock = RunLock(self.out) if rank == 0 else None  # only rank 0 writes here
+        self.jsonl: Optional[JsonlLog] = None                    # rank 0's metrics.jsonl
+        self.resume: Optional[ResumeState] = None                # set by setup() on a resume
+        self.start_epoch, self.best_top1, self.best_epoch = 0, -1.0, 0
 
     # ---------------------------------------------------------------- set-up
-    def _find_resume(self, resume: Optional[str]):
-        if resume is None:
-            if os.path.isfile(self.last_path):
-                raise CheckpointError(
-                    f"{self.last_path} already exists: pass --resume to continue that run, or set "
-                    "output_dir to a new folder (nothing is overwritten)")
-            return None
-        path = self.last_path if resume in ("auto", "") else resume
-        if not os.path.isfile(path):
-            if resume in ("auto", ""):
-                self.log.info("--resume: no checkpoint at %s yet; starting from scratch", path)
-                return None
-            raise CheckpointError(f"--resume: checkpoint not found: {path}")
-        state = load_checkpoint(path)
-        if not state.is_ebv_ms:
-            raise CheckpointError(f"--resume: {path} is a plain weights file without optimizer "
-                                  "state/epoch; resume needs a last.ckpt written by train.py")
-        return state
-
-    def _build(self):
+    def setup(self) -> None:
+        """Build the run and check a resumed checkpoint; the run folder changes only at the end."""
         cfg, t = self.cfg, self.cfg.train
-        amp_level = resolve_amp_level(t.amp_level, cfg.device_target)
-        self.jit = str(cfg.mode).lower() == "graph"
+        if self.lock is not None:
+            self.lock.acquire()  # before anything else: a second run into this folder stops here
+        self.log = setup_logger(self.out, self.rank, defer_file=True)
+        self.resume = resume = ResumeState.find(self.resume_arg, self.last_path, self.log)
+
         self.train_ds, self.train_info = build_data(cfg, "train", int(t.batch_size), True,
                                                     self.world_size, self.rank)
-        if self.rank == 0:
-            self.val_ds, self.val_info = build_data(cfg, str(cfg.eval.split),
-                                                    int(cfg.eval.batch_size), False)
-        if self.rank == 0:  # class index -> name, saved with the run (eval/inference use it)
-            self.train_info.save_class_mapping(self.out)
+        if resume is not None:
+            resume.check_classes(self.out, self.train_info.class_names)
         n_data = int(self.train_info.num_classes)
         if n_data != int(cfg.model.num_classes):
             raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but the "
@@ -133,35 +78,22 @@ class Trainer:
                               "rank's share of the training data; lower it")
 
         self.ebv = resolve_ebv(cfg, self.rank, progress=self.rank == 0, logger=self.log)
-        st = self.resume_state
-        if st is not None and st.ebv_checksum and self.ebv is not None \
-                and st.ebv_checksum != self.ebv.checksum():
-            raise CheckpointError(f"{st.path} was trained with EBV set {st.ebv_checksum}, but this "
-                                  f"config gives {self.ebv.checksum()}; resume with the same "
-                                  "'ebv' settings (or ebv.path) as the original run")
-        self.network = build_network(cfg, self.ebv)
-        if amp_level != "O0":
-            self.network = ms.amp.auto_mixed_precision(self.network, amp_level)
-        from ebv_ms.loss import create_loss
-        self.loss_fn = create_loss(**dict(cfg.loss))
-
-        from ebv_ms.optim import create_optimizer
-        from ebv_ms.scheduler import create_scheduler
-        s, o = cfg.scheduler, cfg.optim
-        self.lrs = create_scheduler(self.steps_per_epoch, int(t.epochs), float(o.lr), name=s.name,
-                                    warmup_epochs=float(s.warmup_epochs),
-                                    warmup_factor=float(s.warmup_factor), min_lr=float(s.min_lr))
-        self.optimizer = create_optimizer(self.network, opt=o.opt, lr=self.lrs,
-                                          weight_decay=float(o.weight_decay),
-                                          momentum=float(o.momentum), nesterov=bool(o.nesterov),
-                                          filter_bias_and_bn=bool(o.filter_bias_and_bn),
-                                          betas=tuple(o.betas), eps=float(o.eps))
-        self.scaler = create_loss_scaler(t.loss_scale, amp_level, float(t.loss_scale_value))
-        self.step_fn = build_train_step(self.network, self.loss_fn, self.optimizer, jit=self.jit,
-                                        loss_scaler=self.scaler,
-                                        clip_grad_norm=float(t.clip_grad_norm))
-        self.eval_step = (build_eval_step(self.network, min(5, int(cfg.model.num_classes)),
-                                          jit=self.jit) if self.rank == 0 else None)
+        if resume is not None:
+            resume.check_ebv(self.ebv)
+        amp_level = resolve_amp(cfg)
+        self.network = build_network(cfg, self.ebv, amp_level)
+        parts = build_training(cfg, self.network, self.steps_per_epoch, amp_level)
+        self.optimizer, self.scaler, self.step_fn, self.lrs = (parts.optimizer, parts.scaler,
+                                                               parts.step, parts.lrs)
+        self.eval_parts = build_eval(cfg, self.network, self.rank, self.world_size)
+        # evaluation on every rank uses rank 0's BatchNorm statistics: the model that is saved
+        self.bn_stats = [p for p in self.network.get_parameters()
+                         if p.name.endswith(("moving_mean", "moving_variance"))]
+        if resume is not None:
+            resume.restore(self.network, self.optimizer, scaler_params(self.scaler),
+                           self.steps_per_epoch)
+            self.start_epoch, self.best_top1, self.best_epoch = (resume.epoch, resume.best_top1,
+                                                                 resume.best_epoch)
         counts = count_parameters(self.network)
         self.log.info("model %s + %s head: %s parameters (%s trainable, %s frozen); amp %s; "
                       "mode %s; %d step(s)/epoch x %d epochs; world size %d",
@@ -169,84 +101,66 @@ class Trainer:
                       f"{counts['trainable']:,}", f"{counts['frozen']:,}", amp_level, cfg.mode,
                       self.steps_per_epoch, t.epochs, self.world_size)
 
-    def _scaler_params(self):
-        if self.scaler is None or not hasattr(self.scaler, "scale_value"):
-            return {}
-        out = {"scale_value": self.scaler.scale_value}
-        if hasattr(self.scaler, "counter"):
-            out["counter"] = self.scaler.counter
-        return out
+        # every check has passed: from here on the run owns the folder
+        if self.rank == 0:
+            remove_stale_temps([self.out, os.path.join(self.out, "logs")])
+            open_log_file(self.log, self.out)
+            self.train_info.save_class_mapping(self.out)  # index -> name, for eval/inference
+            self.jsonl = JsonlLog(os.path.join(self.out, "metrics.jsonl"))
+            self.jsonl.truncate_after(self.start_epoch)
+            save_config(cfg, os.path.join(self.out, "config.yaml"))
+        if resume is not None:
+            self.log.info("resumed from %s: epoch %d/%d done, best top-1 %.2f%% (epoch %d)",
+                          resume.path, self.start_epoch, t.epochs, self.best_top1, self.best_epoch)
+            if self.rank == 0:
+                resume.repair_best(self.best_path, bool(t.keep_best))
+            resume.start_data(self.train_info)
 
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict:
-        self._build()
-        cfg, t = self.cfg, self.cfg.train
-        epochs = int(t.epochs)
-        start, self.best_top1, self.best_epoch = 0, -1.0, 0
-        if self.resume_state is not None:
-            st = self.resume_state
-            restore_checkpoint(st, self.network, self.optimizer, self._scaler_params())
-            start, self.best_top1, self.best_epoch = st.epoch, st.best_top1, st.best_epoch
-            expect = start * self.steps_per_epoch
-            if st.global_step != expect:
-                raise CheckpointError(f"{st.path}: global step {st.global_step} != epoch {start} x "
-                                      f"{self.steps_per_epoch} steps; the data or train.batch_size "
-                                      "changed since that run; resume with the same settings")
-            self.log.info("resumed from %s: epoch %d/%d done, best top-1 %.2f%% (epoch %d)",
-                          st.path, start, epochs, self.best_top1, self.best_epoch)
-            if self.rank == 0:
-                self._repair_best(st)
-        if self.rank == 0:
-            self.jsonl.truncate_after(start)
-            save_config(cfg, os.path.join(self.out, "config.yaml"))
-        if start:
-            # the shuffle order and per-batch randomness the uninterrupted run would use next
-            self.train_info.set_start_epoch(start)
+        try:
+            self.setup()
+            return self._fit()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _fit(self) -> dict:
+        epochs = int(self.cfg.train.epochs)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
         record = {}
-        it = self.train_ds.create_dict_iterator(num_epochs=max(epochs - start, 1),
+        it = self.train_ds.create_dict_iterator(num_epochs=max(epochs - self.start_epoch, 1),
                                                 output_numpy=False)
-        for epoch in range(start + 1, epochs + 1):
-            record = self._train_epoch(epoch, it)
-            if epoch % max(int(t.eval_interval), 1) == 0 or epoch == epochs:
-                if self.rank == 0:
-                    m = evaluate(self.network, self.val_ds, int(cfg.model.num_classes),
-                                 jit=self.jit, progress=bool(t.progress_bar),
-                                 desc=f"eval {epoch}", eval_step=self.eval_step)
-                    n_bad_val = self.val_info.bad_count()
-                    if n_bad_val:
-                        self.log.warning("evaluation: %s", self.val_info.bad_report())
-                    record.update({"top1": m["top1"], "top5": m["top5"],
-                                   "eval_samples": m["num_samples"], "eval_bad_samples": n_bad_val,
-                                   "eval_images_per_s": round(m["images_per_s"], 1)})
-            self._end_epoch(epoch, record)
-        if self.probe is not None:
-            self.probe.finish(self.network, steps=epochs * self.steps_per_epoch)
-        if start >= epochs:
+        for epoch in range(self.start_epoch + 1, epochs + 1):
+            record = self.train_one_epoch(epoch, it)
+            if epoch % max(int(self.cfg.train.eval_interval), 1) == 0 or epoch == epochs:
+                record.update(self.evaluate(epoch))
+            self.end_epoch(epoch, record)
+        if self.start_epoch >= epochs:
             self.log.info("nothing to do: the checkpoint already covers all %d epochs", epochs)
         self.log.info("done: best top-1 %.2f%% at epoch %d; checkpoints in %s",
                       self.best_top1, self.best_epoch, self.out)
-        return {**record, "best_top1": self.best_top1, "best_epoch": self.best_epoch}
+        result = {**record, "best_top1": self.best_top1, "best_epoch": self.best_epoch}
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        return result
 
-    def _train_epoch(self, epoch: int, iterator) -> dict:
-        t = self.cfg.train
+    def train_one_epoch(self, epoch: int, iterator) -> dict:
+        """One pass over this rank's shard; returns the epoch's training record."""
+        t, spe = self.cfg.train, self.steps_per_epoch
         self.network.set_train(True)
-        spe, kill_at = self.steps_per_epoch, t.debug_kill_at_step
         bar = tqdm(total=spe, desc=f"epoch {epoch}/{t.epochs}", dynamic_ncols=True,
                    disable=not (self.rank == 0 and t.progress_bar), mininterval=1.0, leave=False)
-        loss_sum, n_img, n_skipped = 0.0, 0, 0
+        loss_sum, n_img, n_skipped, steps = 0.0, 0, 0, 0
+        speed = _Throughput(self.world_size)
         t0 = time.perf_counter()
-        t_first, i = None, -1
         for i, batch in enumerate(iterator):
             gstep = (epoch - 1) * spe + i
-            if kill_at is not None and gstep == int(kill_at):
-                self.log.warning("train.debug_kill_at_step=%d reached: SIGKILL", gstep)
-                for h in self.log.handlers:
-                    h.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-            images, labels = batch["image"], batch["label"]
-            if self.probe is not None:
-                self.probe.record_batch(labels)
-            loss, finite = self.step_fn(images, labels)
+            for cb in self.callbacks:
+                cb.on_train_step(self, gstep, batch)
+            images = batch["image"]
+            loss, finite = self.step_fn(images, batch["label"])
             loss_v = float(loss.asnumpy())
             if not bool(finite.asnumpy()):
                 n_skipped += 1
@@ -255,22 +169,16 @@ class Trainer:
                     f"training diverged at epoch {epoch} step {i}: loss is {loss_v}; lower "
                     f"optim.lr ({self.cfg.optim.lr}) or enable train.loss_scale; {self.last_path} "
                     "still holds the last good epoch")
-            loss_sum += loss_v
-            n_img += int(images.shape[0])
-            if t_first is None:
-                t_first = time.perf_counter()  # the first step includes graph compilation
-                n_first = n_img
-            el = time.perf_counter() - t_first
-            ips = (n_img - n_first) * self.world_size / el if el > 0 else 0.0
+            loss_sum, n_img, steps = loss_sum + loss_v, n_img + int(images.shape[0]), i + 1
+            ips = speed.update(n_img)
+            lr = self.lrs[min(gstep, len(self.lrs) - 1)]
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{self.lrs[min(gstep, len(self.lrs) - 1)]:.2e}",
-                            img_s=f"{ips:.0f}", refresh=False)
-            if self.rank == 0 and t.log_interval and (i + 1) % int(t.log_interval) == 0:
-                self.log.info("epoch %d step %d/%d loss %.4f lr %.3e %.0f img/s", epoch, i + 1,
-                              spe, loss_v, self.lrs[gstep], ips)
+            bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}", refresh=False)
+            if self.rank == 0 and t.log_interval and steps % int(t.log_interval) == 0:
+                self.log.info("epoch %d step %d/%d loss %.4f lr %.3e %.0f img/s", epoch, steps,
+                              spe, loss_v, lr, ips)
         bar.close()
         secs = time.perf_counter() - t0
-        steps = i + 1
         # samples the pipeline could not decode this epoch (replaced, never mislabelled):
         # the data's epochs count from 0, and a resumed run's sampler starts at its epoch
         n_bad = self.train_info.bad_count(epoch - 1)
@@ -282,7 +190,21 @@ class Trainer:
                 "train_images_per_s": round(n_img * self.world_size / max(secs, 1e-9), 1),
                 "skipped_steps": n_skipped, "bad_samples": n_bad}
 
-    def _end_epoch(self, epoch: int, record: dict) -> None:
+    def evaluate(self, epoch: int) -> dict:
+        """Top-1/top-5 of the whole ``eval.split``, each rank evaluating its shard."""
+        broadcast_from_main_rank(self.bn_stats)
+        m = evaluate(self.network, self.eval_parts,
+                     progress=self.rank == 0 and bool(self.cfg.train.progress_bar),
+                     desc=f"eval {epoch}")
+        report = self.eval_parts.info.bad_report()
+        if report:  # each rank names its own shard's bad samples (in its own log)
+            self.log.warning("evaluation: %s", report)
+        return {"top1": m["top1"], "top5": m["top5"], "eval_samples": m["num_samples"],
+                "eval_samples_per_rank": m["samples_per_rank"], "eval_bad_samples": m["bad_samples"],
+                "eval_images_per_s": round(m["images_per_s"], 1)}
+
+    def end_epoch(self, epoch: int, record: dict) -> None:
+        """Log the record; rank 0 appends it to metrics.jsonl and writes the checkpoints."""
         is_best = "top1" in record and record["top1"] > self.best_top1
         if is_best:
             self.best_top1, self.best_epoch = float(record["top1"]), epoch
@@ -290,35 +212,40 @@ class Trainer:
         msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in record.items())
         self.log.info("epoch %d/%d: %s", epoch, self.cfg.train.epochs, msg)
-        if self.rank != 0:
-            return
-        # log first, then checkpoint: a kill in between makes the resume redo this epoch,
-        # and truncate_after() drops the record written for it here
-        self.jsonl.write(record)
-        save_checkpoint(self.last_path, self.network, self.optimizer, epoch=epoch,
-                        global_step=epoch * self.steps_per_epoch, config=self.cfg, ebv=self.ebv,
-                        best_top1=self.best_top1, best_epoch=self.best_epoch, metrics=record,
-                        extra_params=self._scaler_params())
-        if is_best and self.cfg.train.keep_best:
-            atomic_copy(self.last_path, self.best_path)
-
-    def _repair_best(self, st) -> None:
-        """A kill between writing last.ckpt and copying it to best.ckpt: finish the copy."""
-        if not self.cfg.train.keep_best or st.best_epoch != st.epoch or st.epoch == 0:
-            return
-        try:
-            ok = os.path.isfile(self.best_path) and load_checkpoint(self.best_path).epoch == st.epoch
-        except CheckpointError:
-            ok = False
-        if not ok:
-            atomic_copy(st.path, self.best_path)
+        if self.rank == 0:
+            # log first, then checkpoint: a kill in between makes the resume redo this epoch,
+            # and truncate_after() drops the record written for it here
+            self.jsonl.write(record)
+            save_checkpoint(self.last_path, self.network, self.optimizer, epoch=epoch,
+                            global_step=epoch * self.steps_per_epoch, config=self.cfg,
+                            ebv=self.ebv, best_top1=self.best_top1, best_epoch=self.best_epoch,
+                            metrics=record, extra_params=scaler_params(self.scaler))
+            if is_best and self.cfg.train.keep_best:
+                atomic_copy(self.last_path, self.best_path)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, epoch, record)
 
 
-def train(cfg: Config, resume: Optional[str] = None) -> dict:
+class _Throughput:
+    """Images/s over all ranks since the first step (which includes graph compilation)."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self.t_first = self.n_first = None
+
+    def update(self, n_img: int) -> float:
+        if self.t_first is None:
+            self.t_first, self.n_first = time.perf_counter(), n_img
+        el = time.perf_counter() - self.t_first
+        return (n_img - self.n_first) * self.world_size / el if el > 0 else 0.0
+
+
+def train(cfg: Config, resume: Optional[str] = None,
+          callbacks: Sequence[Callback] = ()) -> dict:
     """Set up MindSpore from ``cfg`` and train; returns the last epoch's record.
 
     ``cfg`` is validated (every key, then the machine: ``check_run``) before anything else."""
     cfg = check_run(validate(cfg), training=True)
     setup_context(cfg)
     rank, world = init_parallel(cfg)
-    return Trainer(cfg, resume=resume, rank=rank, world_size=world).fit()
+    return Trainer(cfg, resume=resume, rank=rank, world_size=world, callbacks=callbacks).fit()

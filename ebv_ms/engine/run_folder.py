@@ -1,0 +1,140 @@
+"""The run folder (``output_dir``): one run at a time, and left as it was until a run is accepted.
+
+- ``RunLock``: an exclusive ``fcntl.flock`` on ``OUTPUT_DIR/.run.lock`` for the run's lifetime.
+  The kernel drops it when the process ends in any way (kill -9 included), so a lock is never
+  stale and ``--resume`` after a crash just works; a second run into the same folder is refused
+  with the first one's pid, host and start time (written into the lock file). Only rank 0 writes
+  into the folder, so only rank 0 takes it; a second job's rank 0 fails and its launcher stops
+  the other ranks.
+- ``remove_stale_temps``: temporaries of interrupted atomic writes (``.NAME.tmp<pid>...``, see
+  ``ebv_ms/atomic.py``), each possibly checkpoint-sized, whose writer is gone. Run under the lock
+  (no other run writes here then); a temporary whose pid is alive on this host is kept.
+- ``check_class_names``: a resumed run must see the classes, in the order, that its
+  ``classes.json`` recorded, or every label index would silently mean another class.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import socket
+import time
+from typing import List, Optional, Sequence
+
+from ebv_ms.errors import EBVMSError
+
+__all__ = ["RunFolderError", "RunLock", "LOCK_NAME", "CLASSES_NAME", "remove_stale_temps",
+           "check_class_names"]
+
+LOCK_NAME = ".run.lock"
+CLASSES_NAME = "classes.json"
+# atomic_path's temporary name: "." + target name + ".tmp" + writer pid + optional suffix
+_TEMP = re.compile(r"^\..+\.tmp(?P<pid>\d+)(\.[A-Za-z0-9]+)?$")
+
+_log = logging.getLogger("ebv_ms")
+
+
+class RunFolderError(EBVMSError, RuntimeError):
+    """The output folder cannot be used by this run (in use, or holds another data's run)."""
+
+
+class RunLock:
+    """``with RunLock(folder):`` holds the folder for this process (see the module docstring)."""
+
+    def __init__(self, folder: str):
+        self.folder = str(folder)
+        self.path = os.path.join(self.folder, LOCK_NAME)
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        os.makedirs(self.folder, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunFolderError(
+                f"output_dir {self.folder} is in use by another run ({holder}); wait for it to "
+                "finish or stop it, or set output_dir to another folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the folder up (the file stays: removing it would race with a waiting run)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError):
+        return "its pid is not recorded yet"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(folders: Sequence[str]) -> List[str]:
+    """Delete the temporaries of interrupted atomic writes in ``folders`` (not recursive) whose
+    writer process no longer exists; returns the removed paths."""
+    removed = []
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            m = _TEMP.match(name)
+            path = os.path.join(folder, name)
+            if m is None or not os.path.isfile(path) or _pid_alive(int(m.group("pid"))):
+                continue
+            size = os.path.getsize(path)
+            os.remove(path)
+            removed.append(path)
+            _log.info("removed %s (%.1f MB), left by an interrupted write of process %s",
+                      path, size / 2 ** 20, m.group("pid"))
+    return removed
+
+
+def check_class_names(folder: str, class_names: Sequence[str]) -> None:
+    """Refuse data whose class list differs from the run's saved ``classes.json``."""
+    path = os.path.join(folder, CLASSES_NAME)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            saved = list(json.load(f)["class_names"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunFolderError(f"{path} is unreadable ({exc}); the run's class list cannot be "
+                             "checked: restore it, or start a new output_dir") from None
+    names = list(class_names)
+    if saved == names:
+        return
+    i = next((k for k, (a, b) in enumerate(zip(saved, names)) if a != b), min(len(saved), len(names)))
+    at = (f"class {i} is {saved[i]!r} there and {names[i]!r} in the data" if i < min(len(saved), len(names))
+          else f"the first {i} agree")
+    raise RunFolderError(
+        f"the data's classes differ from the run's {path} ({len(saved)} classes there, "
+        f"{len(names)} in the data; {at}): resuming would give class indices another meaning. "
+        "Resume with the data the run was trained on (data.path), or start a new output_dir")

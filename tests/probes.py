@@ -1,0 +1,133 @@
+"""Test instruments, installed as training callbacks (``ebv_ms.engine.callbacks.Callback``).
+
+- ``RankProbe`` / ``RankProbeCallback``: per-rank evidence that data parallelism did what it
+  should: a digest over every label the rank trained on, its first labels, its step count and a
+  SHA-256 of its trainable parameters at the end, written to OUTPUT_DIR/logs/rank_K.json.
+- ``KillAtStep``: SIGKILLs the process just before a given global step (the resume test).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from typing import Optional
+
+import numpy as np
+
+from ebv_ms.atomic import atomic_path
+from ebv_ms.engine.callbacks import Callback
+from ebv_ms.engine.distributed import get_rank_info, rank_log_dir
+
+_LOG = logging.getLogger(__name__)
+
+
+def rank_report_path(output_dir: str, rank: Optional[int] = None) -> str:
+    """OUTPUT_DIR/logs/rank_K.json: what ``RankProbe.finish`` writes."""
+    rank = get_rank_info()[0] if rank is None else rank
+    return os.path.join(rank_log_dir(output_dir), f"rank_{rank}.json")
+
+
+def params_checksum(net, trainable_only: bool = True) -> str:
+    """SHA-256 of the parameters (sorted by name, float32 bytes).
+
+    Trainable parameters only by default: they are what the all-reduce keeps identical.
+    BatchNorm running statistics are per-rank (each rank sees its own shard), as in any
+    data-parallel training without SyncBN, so they are left out.
+    """
+    params = net.trainable_params() if trainable_only else net.get_parameters()
+    h = hashlib.sha256()
+    for p in sorted(params, key=lambda q: q.name):
+        h.update(p.name.encode("utf-8"))
+        h.update(np.ascontiguousarray(p.asnumpy(), dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _labels_to_numpy(labels) -> np.ndarray:
+    arr = labels.asnumpy() if hasattr(labels, "asnumpy") else np.asarray(labels)
+    if arr.ndim == 2:  # soft targets (mixup / cutmix): the dominant class
+        arr = arr.argmax(axis=1)
+    return arr.astype(np.int64).reshape(-1)
+
+
+class RankProbe:
+    """Which samples this rank saw and where its weights ended. Cheap: one hash update per batch."""
+
+    def __init__(self, output_dir: str, keep_first: int = 64):
+        self.output_dir = str(output_dir)
+        self.rank, self.world_size = get_rank_info()
+        self.keep_first = keep_first
+        self.first_labels: list = []
+        self.num_samples = 0
+        self.num_batches = 0
+        self._digest = hashlib.sha256()
+        self._t0 = time.time()
+
+    def record_batch(self, labels) -> None:
+        arr = _labels_to_numpy(labels)
+        self._digest.update(arr.tobytes())
+        if len(self.first_labels) < self.keep_first:
+            self.first_labels.extend(int(x) for x in arr[: self.keep_first - len(self.first_labels)])
+        self.num_samples += int(arr.size)
+        self.num_batches += 1
+
+    def report(self, net=None, **extra) -> dict:
+        out = {
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "num_batches": self.num_batches,
+            "num_samples": self.num_samples,
+            "first_labels": self.first_labels,
+            "shard_digest": self._digest.hexdigest(),
+            "seconds": round(time.time() - self._t0, 3),
+        }
+        if net is not None:
+            out["param_checksum"] = params_checksum(net)
+        out.update(extra)
+        return out
+
+    def finish(self, net=None, **extra) -> str:
+        """Write OUTPUT_DIR/logs/rank_K.json (every rank, its own file); returns the path."""
+        rep = self.report(net, **extra)
+        path = rank_report_path(self.output_dir, self.rank)
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(rep, f)
+        _LOG.info("rank %d: %d batches, shard digest %s, params %s -> %s", self.rank,
+                  self.num_batches, rep["shard_digest"][:12], rep.get("param_checksum", "-")[:12],
+                  path)
+        return path
+
+
+class RankProbeCallback(Callback):
+    """Feeds a ``RankProbe`` every training batch; writes its report when training ends."""
+
+    def __init__(self):
+        self.probe = None
+
+    def on_train_begin(self, trainer) -> None:
+        self.probe = RankProbe(trainer.out)
+
+    def on_train_step(self, trainer, global_step, batch) -> None:
+        self.probe.record_batch(batch["label"])
+
+    def on_train_end(self, trainer, result) -> None:
+        # all parameters, BatchNorm statistics included: after an evaluation they are rank 0's
+        self.probe.finish(trainer.network,
+                          steps=int(trainer.cfg.train.epochs) * trainer.steps_per_epoch,
+                          all_params_checksum=params_checksum(trainer.network, trainable_only=False))
+
+
+class KillAtStep(Callback):
+    """SIGKILL this process just before global step ``step`` (0-based), logs flushed first."""
+
+    def __init__(self, step: int):
+        self.step = int(step)
+
+    def on_train_step(self, trainer, global_step, batch) -> None:
+        if global_step == self.step:
+            trainer.log.warning("KillAtStep(%d) reached: SIGKILL", global_step)
+            for h in trainer.log.handlers:
+                h.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
