@@ -3,9 +3,11 @@
 
     python eval.py --ckpt runs/demo/best.ckpt [--config X.yaml] [--test-size 224|256] [key=value ...]
 
-A checkpoint written by train.py records its config and EBV set, so --ckpt alone is enough;
---config / overrides change settings on top of it (e.g. data.root=... on another machine).
-A plain weights file needs --config (and the EBV set comes from ebv.path or the cache).
+A checkpoint written by train.py records its config and EBV set (a large set lives in a file
+next to the checkpoint, or is rebuilt from its closed-form recipe; --ebv FILE names another
+place), so --ckpt alone is enough; --config / overrides change settings on top of it (e.g.
+data.root=... on another machine). A plain weights file needs --config (and the EBV set comes
+from ebv.path or the cache).
 """
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint (best.ckpt / last.ckpt from train.py)")
     p.add_argument("--config", "-c", help="YAML config applied on top of the checkpoint's")
+    p.add_argument("--ebv", metavar="FILE", default=None,
+                   help="the EBV set the checkpoint was trained with, when it is not inside it "
+                        "nor next to it (verified by its checksum)")
     p.add_argument("--test-size", type=int, default=None,
                    help="evaluation input side (centre crop; resize to side/0.875 first)")
     p.add_argument("--batch-size", type=int, default=None, help="overrides eval.batch_size")
@@ -32,8 +37,8 @@ def parse_args(argv=None):
 
 def run(args) -> dict:
     from ebv_ms.config import ConfigError, load_config
-    from ebv_ms.engine.checkpoint import CheckpointError, load_checkpoint, restore_checkpoint
-    from ebv_ms.engine.ebv_source import resolve_ebv
+    from ebv_ms.engine.checkpoint import load_checkpoint, restore_checkpoint
+    from ebv_ms.engine.ebv_source import checkpoint_ebv
     from ebv_ms.engine.evaluator import count_parameters, evaluate
     from ebv_ms.engine.trainer import build_data, build_network, setup_context
 
@@ -51,12 +56,7 @@ def run(args) -> dict:
     cfg = load_config(args.config, overrides, base=state.config)
     setup_context(cfg)
 
-    ebv = state.ebv
-    if ebv is None:
-        ebv = resolve_ebv(cfg, progress=not args.no_progress)
-    if ebv is not None and state.ebv_checksum and ebv.checksum() != state.ebv_checksum:
-        raise CheckpointError(f"{args.ckpt} was trained with EBV set {state.ebv_checksum}, but the "
-                              f"config gives {ebv.checksum()}; evaluate with the same EBV set")
+    ebv = checkpoint_ebv(state, cfg, ebv_file=args.ebv, progress=not args.no_progress)
     network = build_network(cfg, ebv)
     restore_checkpoint(state, network)
     counts = count_parameters(network)

@@ -101,6 +101,8 @@ DEFAULTS: dict = {
         "log_interval": 50,     # steps between text-log lines inside an epoch
         "progress_bar": True,   # tqdm bar per epoch (rank 0 only) with loss, lr and images/s
         "keep_best": True,      # also keep best.ckpt (highest validation top-1)
+        "ckpt_inline_ebv_mb": 64.0,  # EBV sets up to this size (MB of float32) go inside every
+                                # checkpoint; larger ones once, next to them (docs/training.md)
         "debug_kill_at_step": None,  # testing only: SIGKILL this process at this global step
     },
     "eval": {

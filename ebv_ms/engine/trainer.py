@@ -20,8 +20,8 @@ from tqdm import tqdm
 import mindspore as ms
 
 from ebv_ms.config import Config, ConfigError, save_config
-from .checkpoint import (CheckpointError, atomic_copy, load_checkpoint, restore_checkpoint,
-                         save_checkpoint)
+from .checkpoint import (CheckpointError, atomic_copy, check_ebv_matches, load_checkpoint,
+                         restore_checkpoint, save_checkpoint)
 from .ebv_source import resolve_ebv
 from .evaluator import count_parameters, evaluate
 from .logger import JsonlLog, setup_logger
@@ -158,12 +158,8 @@ class Trainer:
                               "rank's share of the training data; lower it")
 
         self.ebv = resolve_ebv(cfg, self.rank, progress=self.rank == 0, logger=self.log)
-        st = self.resume_state
-        if st is not None and st.ebv_checksum and self.ebv is not None \
-                and st.ebv_checksum != self.ebv.checksum():
-            raise CheckpointError(f"{st.path} was trained with EBV set {st.ebv_checksum}, but this "
-                                  f"config gives {self.ebv.checksum()}; resume with the same "
-                                  "'ebv' settings (or ebv.path) as the original run")
+        if self.resume_state is not None and self.ebv is not None:
+            check_ebv_matches(self.resume_state, self.ebv)  # before the head is built
         self.network = build_network(cfg, self.ebv)
         if amp_level != "O0":
             self.network = ms.amp.auto_mixed_precision(self.network, amp_level)
@@ -323,7 +319,8 @@ class Trainer:
         save_checkpoint(self.last_path, self.network, self.optimizer, epoch=epoch,
                         global_step=epoch * self.steps_per_epoch, config=self.cfg, ebv=self.ebv,
                         best_top1=self.best_top1, best_epoch=self.best_epoch, metrics=record,
-                        extra_params=self._scaler_params())
+                        extra_params=self._scaler_params(),
+                        ebv_inline_max_bytes=int(float(self.cfg.train.ckpt_inline_ebv_mb) * 2**20))
         if is_best and self.cfg.train.keep_best:
             atomic_copy(self.last_path, self.best_path)
 
