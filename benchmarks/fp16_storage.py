@@ -4,8 +4,8 @@ fp16-stored matrix against the fp32 one, on fixed embeddings.
 
     flock /tmp/ebv_heavy.lock python benchmarks/fp16_storage.py [--classes 100000 --dim 5000 --batch 256]
 
-The set is the one ``configs/10w_classes.yaml`` trains with (``create_ebv`` auto: the padded
-Kerdock closed form at 100,000 x 5,000), tau = 0.007. Two fixed embedding sets (seeded):
+The set is the padded Kerdock closed form, the one ``configs/10w_classes.yaml`` trains with
+(``create_ebv`` auto at 100,000 x 5,000, alpha 0.122), tau = 0.007. Two fixed embedding sets (seeded):
 ``random`` (standard normal: no class is near, the hardest case for the argmax) and ``trained``
 (each row is its class's EBV plus noise, cos to it ~0.5, as a trained network produces). Both
 heads run the real ``EBVHead`` in GRAPH mode on CPU; reported: max and mean |logit difference|,
@@ -54,8 +54,7 @@ def main(argv=None) -> int:
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
     t0 = time.time()
-    ebv = create_ebv(args.classes, args.dim, alpha=0.122 if args.classes == 100_000 else None,
-                     progress=False)
+    ebv = create_ebv(args.classes, args.dim, method="kerdock_padded", progress=False)
     print(f"EBV set {ebv.num_classes} x {ebv.dim} ({ebv.method}) in {time.time() - t0:.1f} s")
     h32 = EBVHead(ebv, tau=args.tau)
     h16 = EBVHead(ebv, tau=args.tau, storage_dtype="float16")
