@@ -4,9 +4,11 @@
     python eval.py --ckpt runs/demo/best.ckpt [--config X.yaml] [--test-size 224|256] [key=value ...]
     ENTRY=eval.py bash scripts/run_distribute_gpu.sh X.yaml N --ckpt=CKPT   # N ranks, one shard each
 
-A checkpoint written by train.py records its config and EBV set, so --ckpt alone is enough;
---config / overrides change settings on top of it (e.g. data.root=... on another machine).
-A plain weights file needs --config (and the EBV set comes from ebv.path or the cache).
+A checkpoint written by train.py records its config and EBV set (a large set lives in a file
+next to the checkpoint, or is rebuilt from its closed-form recipe; --ebv FILE names another
+place), so --ckpt alone is enough; --config / overrides change settings on top of it (e.g.
+data.root=... on another machine). A plain weights file needs --config (and the EBV set comes
+from ebv.path or the cache).
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint (best.ckpt / last.ckpt from train.py)")
     p.add_argument("--config", "-c", help="YAML config applied on top of the checkpoint's")
+    p.add_argument("--ebv", metavar="FILE", default=None,
+                   help="the EBV set the checkpoint was trained with, when it is not inside it "
+                        "nor next to it (verified by its checksum)")
     p.add_argument("--test-size", type=_positive_int, default=None,
                    help="evaluation input side (centre crop; resize to side/0.875 first)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="overrides eval.batch_size")
@@ -77,8 +82,8 @@ def _read_checkpoint(path: str):
 def run(args) -> dict:
     from ebv_ms.config import ConfigError, check_run, load_config
     from ebv_ms.engine.builders import build_eval, build_network, init_parallel, setup_context
-    from ebv_ms.engine.checkpoint import CheckpointError, restore_checkpoint
-    from ebv_ms.engine.ebv_source import resolve_ebv
+    from ebv_ms.engine.checkpoint import restore_checkpoint
+    from ebv_ms.engine.ebv_source import checkpoint_ebv
     from ebv_ms.engine.evaluator import count_parameters, evaluate
 
     if args.json:
@@ -95,17 +100,12 @@ def run(args) -> dict:
     if args.test_size is not None:
         overrides.append(f"eval.test_size={args.test_size}")
     cfg = check_run(load_config(args.config, overrides, base=state.config), training=False,
-                    ebv_needed=state.ebv is None)
+                    ebv_needed=state.ebv_info is None)
     setup_context(cfg)
     rank, world = init_parallel(cfg)  # (0, 1) unless launched on several ranks
     progress = rank == 0 and not args.no_progress
 
-    ebv = state.ebv
-    if ebv is None:
-        ebv = resolve_ebv(cfg, rank, progress=progress)
-    if ebv is not None and state.ebv_checksum and ebv.checksum() != state.ebv_checksum:
-        raise CheckpointError(f"{args.ckpt} was trained with EBV set {state.ebv_checksum}, but the "
-                              f"config gives {ebv.checksum()}; evaluate with the same EBV set")
+    ebv = checkpoint_ebv(state, cfg, ebv_file=args.ebv, rank=rank, progress=progress)
     network = build_network(cfg, ebv)
     restore_checkpoint(state, network)
     epoch, logged_top1 = state.epoch, state.metrics.get("top1")

@@ -281,6 +281,7 @@ SCHEMA: Dict[str, Any] = {
         "log_interval": _k(50, "int", "steps between text-log lines inside an epoch; 0: none", lo=0),
         "progress_bar": _k(True, "bool", "tqdm bar per epoch (rank 0 only)"),
         "keep_best": _k(True, "bool", "also keep best.ckpt (highest validation top-1)"),
+        "ckpt_inline_ebv_mb": _k(64.0, "float", "EBV sets up to this size (MB of float32) go inside every checkpoint; larger ones once, next to them", lo=0),
     },
     "eval": {
         "batch_size": _k(100, "int", "per device", lo=1),

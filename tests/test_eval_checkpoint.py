@@ -1,4 +1,4 @@
-"""eval.py from a checkpoint alone (config + EBVs recorded in it), and its clear errors."""
+"""eval.py from a checkpoint alone (config + EBV set recorded with it), and its clear errors."""
 import json
 import os
 import subprocess
@@ -18,7 +18,8 @@ def _py(script, args, cwd):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One short demo run (2 epochs); its EBV cache is deleted afterwards."""
+    """One short demo run (2 epochs) that writes its EBV set next to the checkpoints (threshold
+    0, as a 100k-class set would be); its EBV cache is deleted afterwards."""
     tmp = tmp_path_factory.mktemp("evalrun")
     subprocess.run([sys.executable, "-m", "ebv_ms.data.demo", "--out", str(tmp / "demo")],
                    check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
@@ -26,10 +27,11 @@ def trained(tmp_path_factory):
     out = tmp / "run"
     r = _py("train.py", ["--config", str(ROOT / "configs" / "demo_cpu.yaml"), f"output_dir={out}",
                          f"data.path={tmp / 'demo' / 'digits.zip'}", f"ebv.cache_dir={tmp / 'ebv'}",
-                         "train.epochs=2", "train.progress_bar=false"], tmp)
+                         "train.epochs=2", "train.progress_bar=false",
+                         "train.ckpt_inline_ebv_mb=0"], tmp)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for f in (tmp / "ebv").iterdir():
-        f.unlink()  # eval must not need the cache: the EBVs are in the checkpoint
+        f.unlink()  # eval must not need the cache: the set is next to the checkpoints
     return tmp, out
 
 
@@ -62,3 +64,30 @@ def test_eval_errors_are_clear(trained, tmp_path):
     assert r.returncode == 2 and "records no config" in r.stderr and "--config" in r.stderr
     r = _py("eval.py", ["--ckpt", str(out / "best.ckpt"), "model.num_clases=3"], tmp_path)
     assert r.returncode == 2 and "model.num_clases" in r.stderr and "num_classes" in r.stderr
+
+
+def test_eval_finds_rebuilds_or_refuses_the_ebv_set(trained, tmp_path):
+    _, out = trained
+    sets = [f for f in os.listdir(out) if f.startswith("ebv_N10_d32_") and f.endswith(".npz")]
+    assert len(sets) == 1  # written once for last.ckpt and best.ckpt
+    import mindspore as ms
+    assert "head.ebv" not in ms.load_checkpoint(str(out / "best.ckpt"))
+    # the checkpoint alone: the demo's set is a closed form (orthonormal), rebuilt and verified
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "best.ckpt").write_bytes((out / "best.ckpt").read_bytes())
+    r = _py("eval.py", ["--ckpt", str(alone / "best.ckpt"), "--no-progress",
+                        "--json", str(tmp_path / "e.json")], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert os.listdir(alone) == ["best.ckpt"]  # rebuilt in memory (the EBV cache is gone too)
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert ev["top1"] == pytest.approx(ev["logged_top1"], abs=1e-9)
+    # an ebv.path given at evaluation time that is not the checkpoint's set: refused, not ignored
+    import numpy as np
+    from ebv_ms.ebv import EBVSet, save_ebv
+    other = tmp_path / "other.npy"
+    save_ebv(EBVSet(np.random.default_rng(0).standard_normal((10, 32)).astype(np.float32)), other)
+    r = _py("eval.py", ["--ckpt", str(out / "best.ckpt"), f"ebv.path={other}"], tmp_path)
+    assert r.returncode == 2 and "EBV mismatch" in r.stderr and sets[0] in r.stderr, r.stderr[-2000:]
+    r = _py("eval.py", ["--ckpt", str(out / "best.ckpt"), "--ebv", str(other)], tmp_path)
+    assert r.returncode == 2 and "EBV mismatch" in r.stderr, r.stderr[-2000:]

@@ -5,8 +5,9 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from ebv_ms.ebv import EBVError, EBVSet
-from ebv_ms.models import (EBVHead, FixedRandomHead, check_ebv_matches, create_classifier,
-                           ebv_from_checkpoint, random_unit_vectors)
+from ebv_ms.engine.checkpoint import (CheckpointError, check_ebv_matches, load_checkpoint,
+                                      restore_checkpoint)
+from ebv_ms.models import EBVHead, FixedRandomHead, create_classifier, random_unit_vectors
 
 
 def _ref_cos_logits(v, w, tau):
@@ -129,40 +130,63 @@ def test_amp_o2_keeps_head_fp32_at_small_tau(ebv, amp_dtype):
     assert np.isfinite(out).all()
 
 
-def test_checkpoint_carries_ebv_and_refuses_other_set(tmp_path, ebv):
+def test_plain_weights_file_carries_ebv_and_refuses_other_set(tmp_path, ebv):
+    """``ms.save_checkpoint(net)`` of an EBV classifier goes through the engine's one mechanism."""
     net = create_classifier("small_cnn", "ebv", 12, ebv=ebv, tau=0.07)
     path = str(tmp_path / "m.ckpt")
     ms.save_checkpoint(net, path)
-    params = ms.load_checkpoint(path)
-    assert "head.ebv" in params
-    assert check_ebv_matches(path, ebv) == ebv.checksum() == net.ebv_checksum
-    restored = ebv_from_checkpoint(path)
-    assert restored.checksum() == ebv.checksum()
+    st = load_checkpoint(path)
+    assert not st.is_ebv_ms and st.ebv_info["param"] == "head.ebv" and "head.ebv" not in st.params
+    assert check_ebv_matches(st, ebv) == ebv.checksum() == net.ebv_checksum == st.ebv.checksum()
     other = EBVSet(np.random.default_rng(99).standard_normal((12, 8)).astype(np.float32))
-    with pytest.raises(EBVError, match="EBV mismatch.*checksum"):
-        check_ebv_matches(path, other)
-    with pytest.raises(EBVError, match="EBV mismatch"):
-        check_ebv_matches(params, EBVSet(np.eye(12, 8, dtype=np.float32) + 0.01))
+    with pytest.raises(CheckpointError, match="EBV mismatch.*" + st.ebv_checksum):
+        check_ebv_matches(st, other)
+    with pytest.raises(CheckpointError, match="EBV mismatch"):  # restoring into another set
+        restore_checkpoint(st, create_classifier("small_cnn", "ebv", 12, ebv=other, tau=0.07))
     # a checkpoint alone evaluates: rebuild from its own EBV matrix, same logits
-    net2 = create_classifier("small_cnn", "ebv", 12, ebv=restored, tau=0.07)
-    ms.load_param_into_net(net2, params)
+    net2 = create_classifier("small_cnn", "ebv", 12, ebv=st.ebv, tau=0.07)
+    restore_checkpoint(st, net2)
     net.set_train(False)
     net2.set_train(False)
     x = Tensor(np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32))
     np.testing.assert_array_equal(net(x).asnumpy(), net2(x).asnumpy())
     fc = create_classifier("small_cnn", "fc", 12)
     ms.save_checkpoint(fc, str(tmp_path / "fc.ckpt"))
-    with pytest.raises(EBVError, match="not trained with an EBV head"):
-        check_ebv_matches(str(tmp_path / "fc.ckpt"), ebv)
+    st_fc = load_checkpoint(str(tmp_path / "fc.ckpt"))
+    assert st_fc.ebv_info is None and check_ebv_matches(st_fc, ebv) is None
 
 
-def test_fp16_storage_checkpoint_check(tmp_path, ebv):
+def test_fp16_storage_plain_checkpoint_check(tmp_path, ebv):
     net = create_classifier("small_cnn", "ebv", 12, ebv=ebv, ebv_dtype="float16")
     path = str(tmp_path / "m16.ckpt")
     ms.save_checkpoint(net, path)
-    check_ebv_matches(path, ebv)  # same set, stored as fp16: accepted
-    with pytest.raises(EBVError):
-        check_ebv_matches(path, EBVSet(ebv.vectors[::-1].copy()))
+    st = load_checkpoint(path)
+    check_ebv_matches(st, ebv)  # same set, stored as fp16: accepted
+    with pytest.raises(CheckpointError):
+        check_ebv_matches(st, EBVSet(ebv.vectors[::-1].copy()))
+
+
+def test_head_shares_the_ebv_buffer_and_the_set_is_immutable():
+    """One host copy: the fp32 head's Parameter is the EBVSet's buffer (Parameter(Tensor) would
+    copy it: 2 GB more at 100k x 5000), and that buffer can no longer change under the cached
+    checksum."""
+    w = np.random.default_rng(4).standard_normal((50, 16)).astype(np.float32)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    ebv = EBVSet(w)
+    head = EBVHead(ebv, tau=0.07)
+    assert np.shares_memory(head.ebv.asnumpy(), ebv.vectors)
+    assert head.checksum == ebv.checksum() and ebv._checksum is not None  # computed once, cached
+    with pytest.raises(ValueError, match="read-only"):
+        ebv.vectors[0, 0] = 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        w[0, 0] = 1.0  # the caller's array was used without a copy: frozen too
+    with pytest.raises(AttributeError, match="cannot be replaced"):
+        ebv.vectors = np.eye(50, 16, dtype=np.float32)
+    v = np.random.default_rng(5).standard_normal((3, 16)).astype(np.float32)
+    np.testing.assert_allclose(head(Tensor(v)).asnumpy(), _ref_cos_logits(v, w, 0.07),
+                               rtol=1e-5, atol=1e-4)
+    fixed = FixedRandomHead(20, 16)  # the same storage for the random baseline
+    assert fixed.class_vectors.shape == (20, 16)
 
 
 @pytest.mark.parametrize("level", ["O2", "O3", "auto"])

@@ -20,6 +20,11 @@ class EBVSet:
 
     ``alpha`` is the coherence target it was made for (None if unknown), ``method`` how it
     was made ("official", "closed_form:simplex", "pytorch_pkl", ...), ``seed`` the seed.
+
+    A set does not change after it is made: ``vectors`` is read-only (the array passed in
+    becomes read-only too when it is used without a copy) and cannot be replaced, so the
+    checksum is computed once (1-2 s over the 2 GB of a 100k x 5000 set) and cached, and the
+    model's frozen head may share the buffer instead of copying it.
     """
 
     vectors: np.ndarray
@@ -27,9 +32,19 @@ class EBVSet:
     method: str = "unknown"
     seed: Optional[int] = None
     extra: dict = field(default_factory=dict)
+    _checksum: Optional[str] = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        self.vectors = validate_matrix(self.vectors)
+        vectors = validate_matrix(self.vectors)
+        vectors.flags.writeable = False
+        object.__setattr__(self, "vectors", vectors)
+        object.__setattr__(self, "_made", True)
+
+    def __setattr__(self, name, value):
+        if name == "vectors" and self.__dict__.get("_made"):
+            raise AttributeError("EBVSet.vectors cannot be replaced (a set does not change after "
+                                 "it is made); make a new EBVSet")
+        object.__setattr__(self, name, value)
 
     @property
     def num_classes(self) -> int:
@@ -40,8 +55,10 @@ class EBVSet:
         return int(self.vectors.shape[1])
 
     def checksum(self) -> str:
-        """The set's identity in checkpoints: ``matrix_checksum`` of its vectors."""
-        return matrix_checksum(self.vectors)
+        """The set's identity in checkpoints: ``matrix_checksum`` of its vectors (cached)."""
+        if self._checksum is None:
+            self._checksum = matrix_checksum(self.vectors)
+        return self._checksum
 
     def __repr__(self) -> str:
         return (f"EBVSet(N={self.num_classes}, d={self.dim}, alpha={self.alpha}, "

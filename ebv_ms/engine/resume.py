@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
-from .checkpoint import CheckpointError, CheckpointState, atomic_copy, load_checkpoint, \
-    restore_checkpoint
+from .checkpoint import CheckpointError, CheckpointState, atomic_copy, check_ebv_matches, \
+    load_checkpoint, restore_checkpoint
 from .run_folder import check_class_names
 
 __all__ = ["ResumeState"]
@@ -69,10 +69,9 @@ class ResumeState:
             check_class_names(folder, class_names)
 
     def check_ebv(self, ebv) -> None:
-        if self.ebv_checksum and ebv is not None and self.ebv_checksum != ebv.checksum():
-            raise CheckpointError(f"{self.path} was trained with EBV set {self.ebv_checksum}, but "
-                                  f"this config gives {ebv.checksum()}; resume with the same "
-                                  "'ebv' settings (or ebv.path) as the original run")
+        """The EBV set this run built must be the one the checkpoint was trained with."""
+        if ebv is not None:
+            check_ebv_matches(self.checkpoint, ebv)  # before the head is built
 
     def restore(self, network, optimizer, extra_params: Mapping, steps_per_epoch: int) -> None:
         """Load weights, optimizer and loss-scale state; check the step count; drop the file's

@@ -219,7 +219,9 @@ class Trainer:
             save_checkpoint(self.last_path, self.network, self.optimizer, epoch=epoch,
                             global_step=epoch * self.steps_per_epoch, config=self.cfg,
                             ebv=self.ebv, best_top1=self.best_top1, best_epoch=self.best_epoch,
-                            metrics=record, extra_params=scaler_params(self.scaler))
+                            metrics=record, extra_params=scaler_params(self.scaler),
+                            ebv_inline_max_bytes=int(float(self.cfg.train.ckpt_inline_ebv_mb)
+                                                     * 2**20))
             if is_best and self.cfg.train.keep_best:
                 atomic_copy(self.last_path, self.best_path)
         for cb in self.callbacks:

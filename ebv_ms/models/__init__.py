@@ -1,10 +1,10 @@
-"""Models: backbones (mindcv ResNet-50 / Swin-T, ``small_cnn``), heads, the classifier factory."""
+"""Models: backbones (mindcv ResNet-50 / Swin-T, ``small_cnn``), heads, the classifier factory.
+
+(How a checkpoint carries and checks its EBV set is ``ebv_ms.engine.checkpoint``.)"""
 from .backbones import BACKBONES, SmallCNN, create_backbone
-from .classifier import (EBV_PARAM, HEADS, Classifier, check_ebv_matches, create_classifier,
-                         create_classifier_from_config, ebv_from_checkpoint)
+from .classifier import HEADS, Classifier, create_classifier, create_classifier_from_config
 from .heads import EBVHead, FCHead, FixedRandomHead, FrozenVectorHead, random_unit_vectors
 
-__all__ = ["BACKBONES", "HEADS", "EBV_PARAM", "SmallCNN", "create_backbone", "Classifier",
-           "create_classifier", "create_classifier_from_config", "check_ebv_matches",
-           "ebv_from_checkpoint", "EBVHead", "FCHead", "FixedRandomHead", "FrozenVectorHead",
-           "random_unit_vectors"]
+__all__ = ["BACKBONES", "HEADS", "SmallCNN", "create_backbone", "Classifier",
+           "create_classifier", "create_classifier_from_config", "EBVHead", "FCHead",
+           "FixedRandomHead", "FrozenVectorHead", "random_unit_vectors"]

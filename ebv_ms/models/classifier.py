@@ -1,4 +1,4 @@
-"""`create_classifier`: backbone -> (projection to d) -> head, and EBV checkpoint checks.
+"""`create_classifier`: backbone -> (projection to d) -> head.
 
 Heads: ``ebv`` (projection F -> d, then the frozen EBVs, logits cos/tau), ``fc`` (learned
 F -> N), ``fixed_random_dot`` / ``fixed_random_cos`` (projection F -> d, then frozen random unit
@@ -15,13 +15,11 @@ from mindspore import nn, ops
 
 from ..ebv.ebvset import EBVError, EBVSet
 from .backbones import create_backbone
-from .heads import EBVHead, FCHead, FixedRandomHead, matrix_checksum
+from .heads import EBVHead, FCHead, FixedRandomHead
 
-__all__ = ["Classifier", "create_classifier", "create_classifier_from_config", "HEADS",
-           "check_ebv_matches", "ebv_from_checkpoint", "EBV_PARAM"]
+__all__ = ["Classifier", "create_classifier", "create_classifier_from_config", "HEADS"]
 
 HEADS = ("ebv", "fc", "fixed_random_dot", "fixed_random_cos")
-EBV_PARAM = "head.ebv"  # name of the frozen EBV matrix in checkpoints
 
 
 class Classifier(nn.Cell):
@@ -114,46 +112,3 @@ def create_classifier(backbone: str, head: str, num_classes: int, embed_dim: Opt
 def create_classifier_from_config(model_cfg: Mapping, ebv: Optional[EBVSet] = None) -> Classifier:
     """``create_classifier(**cfg.model, ebv=ebv)``; the ``model`` config section mirrors its args."""
     return create_classifier(ebv=ebv, **dict(model_cfg))
-
-
-def _checkpoint_params(ckpt) -> dict:
-    if isinstance(ckpt, str):
-        return ms.load_checkpoint(ckpt)
-    if isinstance(ckpt, nn.Cell):
-        return dict(ckpt.parameters_and_names())
-    return dict(ckpt)
-
-
-def _find_ebv(params: Mapping, where: str):
-    keys = [k for k in params if k == EBV_PARAM or k.endswith("." + EBV_PARAM)]
-    if not keys:
-        raise EBVError(f"{where} has no EBV matrix ('{EBV_PARAM}'): it was not trained with an EBV head")
-    value = params[keys[0]]
-    return value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
-
-
-def ebv_from_checkpoint(ckpt) -> EBVSet:
-    """The EBV set stored in a checkpoint (path, parameter dict or Cell), as float32 EBVSet."""
-    where = ckpt if isinstance(ckpt, str) else "the checkpoint"
-    mat = _find_ebv(_checkpoint_params(ckpt), where).astype(np.float32)
-    return EBVSet(mat, method="checkpoint")
-
-
-def check_ebv_matches(ckpt, ebv: EBVSet) -> str:
-    """Raise EBVError unless ``ebv`` is the EBV set stored in ``ckpt`` (path / param dict / Cell).
-
-    Call this before loading a checkpoint into a model built with an EBV file: a model trained
-    against one set of EBVs gives meaningless predictions against another. Returns the checksum.
-    """
-    where = ckpt if isinstance(ckpt, str) else "the checkpoint"
-    stored = _find_ebv(_checkpoint_params(ckpt), where)
-    given = ebv.vectors if isinstance(ebv, EBVSet) else np.asarray(ebv, dtype=np.float32)
-    stored_sum = matrix_checksum(stored)
-    given_sum = ebv.checksum() if isinstance(ebv, EBVSet) else matrix_checksum(given)
-    if stored.shape != given.shape or not np.array_equal(stored, given.astype(stored.dtype)):
-        raise EBVError(
-            f"EBV mismatch: {where} was trained with a {stored.shape[0]} x {stored.shape[1]} EBV set "
-            f"(checksum {stored_sum}, stored {stored.dtype}) but the EBV file given is "
-            f"{given.shape[0]} x {given.shape[1]} (checksum {given_sum}). Use the EBV file the model "
-            f"was trained with, or give no EBV file: the checkpoint carries its own EBV matrix.")
-    return given_sum

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""What ``model.ebv_dtype: float16`` costs in accuracy: EBV-head logits and predictions of the
+fp16-stored matrix against the fp32 one, on fixed embeddings.
+
+    flock /tmp/ebv_heavy.lock python benchmarks/fp16_storage.py [--classes 100000 --dim 5000 --batch 256]
+
+The set is the padded Kerdock closed form, the one ``configs/10w_classes.yaml`` trains with
+(``create_ebv`` auto at 100,000 x 5,000, alpha 0.122), tau = 0.007. Two fixed embedding sets (seeded):
+``random`` (standard normal: no class is near, the hardest case for the argmax) and ``trained``
+(each row is its class's EBV plus noise, cos to it ~0.5, as a trained network produces). Both
+heads run the real ``EBVHead`` in GRAPH mode on CPU; reported: max and mean |logit difference|,
+the largest |logit| (to read the difference against), top-1 and top-5 agreement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def embeddings(ebv, batch: int, kind: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return rng.standard_normal((batch, ebv.dim)).astype(np.float32)
+    labels = rng.integers(0, ebv.num_classes, batch)
+    noise = rng.standard_normal((batch, ebv.dim)).astype(np.float32)
+    noise *= np.sqrt(3.0) / np.linalg.norm(noise, axis=1, keepdims=True)  # |noise| = sqrt(3)
+    return ebv.vectors[labels] + noise  # cos to the own EBV = 1 / sqrt(1 + 3) = 0.5
+
+
+def logits(head, v: np.ndarray, chunk: int = 64) -> np.ndarray:
+    import mindspore as ms
+    return np.concatenate([head(ms.Tensor(v[i:i + chunk])).asnumpy()
+                           for i in range(0, len(v), chunk)])
+
+
+def topk(x: np.ndarray, k: int) -> np.ndarray:
+    return np.sort(np.argpartition(-x, k, axis=1)[:, :k], axis=1)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--classes", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=5000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--tau", type=float, default=0.007)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    import mindspore as ms
+    from ebv_ms.generation import create_ebv
+    from ebv_ms.models import EBVHead
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    t0 = time.time()
+    ebv = create_ebv(args.classes, args.dim, method="kerdock_padded", progress=False)
+    print(f"EBV set {ebv.num_classes} x {ebv.dim} ({ebv.method}) in {time.time() - t0:.1f} s")
+    h32 = EBVHead(ebv, tau=args.tau)
+    h16 = EBVHead(ebv, tau=args.tau, storage_dtype="float16")
+    for h in (h32, h16):
+        h.set_train(False)
+    res = {}
+    for kind in ("random", "trained"):
+        v = embeddings(ebv, args.batch, kind)
+        t0 = time.time()
+        a = logits(h32, v)
+        t32 = time.time() - t0
+        t0 = time.time()
+        b = logits(h16, v)
+        t16 = time.time() - t0
+        d = np.abs(a.astype(np.float64) - b)
+        res[kind] = {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()),
+                     "max_abs_logit": float(np.abs(a).max()),
+                     "top1_agree": float((a.argmax(1) == b.argmax(1)).mean()),
+                     "top5_agree": float((topk(a, 5) == topk(b, 5)).all(1).mean()),
+                     "fp32_s": t32, "fp16_s": t16}
+    print(f"\nfp16 vs fp32 storage of the EBV matrix, {ebv.num_classes:,} x {ebv.dim:,}, "
+          f"tau {args.tau}, {args.batch} embeddings each, CPU GRAPH")
+    print("| embeddings | max abs logit diff | mean abs diff | max abs logit | top-1 agree | "
+          "top-5 agree (same set) | fp32 s | fp16 s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for kind, r in res.items():
+        print(f"| {kind} | {r['max_abs_diff']:.4f} | {r['mean_abs_diff']:.5f} | "
+              f"{r['max_abs_logit']:.1f} | {100 * r['top1_agree']:.2f}% | "
+              f"{100 * r['top5_agree']:.2f}% | {r['fp32_s']:.1f} | {r['fp16_s']:.1f} |")
+    print("\ncommand: flock /tmp/ebv_heavy.lock python benchmarks/fp16_storage.py "
+          f"--classes {args.classes} --dim {args.dim} --batch {args.batch} --tau {args.tau}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"args": vars(args), "results": res}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
