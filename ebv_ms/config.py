@@ -97,6 +97,8 @@ DEFAULTS: dict = {
         "loss_scale": "auto",   # auto (dynamic under fp16 amp, none otherwise) | dynamic | static | none
         "loss_scale_value": 65536.0,  # initial (dynamic) or fixed (static) loss scale
         "clip_grad_norm": 0.0,  # clip gradients to this global norm; 0 disables
+        "max_skipped_steps": 200,  # stop after this many consecutive overflowed steps at the
+                                   # lowest loss scale (fp16 overflow in the forward); 0: never
         "eval_interval": 1,     # evaluate every N epochs (and always after the last one)
         "log_interval": 50,     # steps between text-log lines inside an epoch
         "progress_bar": True,   # tqdm bar per epoch (rank 0 only) with loss, lr and images/s

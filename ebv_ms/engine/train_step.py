@@ -188,7 +188,8 @@ def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer
     def step(images, labels):
         loss, finite, grads = grads_step(images, labels)
         if bool(finite.asnumpy()):
-            apply_step(grads)
+            # mutable: a tuple of tensors passed as constants would recompile the graph each step
+            apply_step(ms.mutable(grads))
         return loss, finite
 
     return step

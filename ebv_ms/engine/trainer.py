@@ -25,7 +25,8 @@ from .checkpoint import (CheckpointError, atomic_copy, load_checkpoint, restore_
 from .ebv_source import resolve_ebv
 from .evaluator import count_parameters, evaluate
 from .logger import JsonlLog, setup_logger
-from .train_step import build_eval_step, build_train_step, create_loss_scaler, resolve_amp_level
+from .train_step import (SkippedStepGuard, build_eval_step, build_train_step, create_loss_scaler,
+                         resolve_amp_level)
 
 __all__ = ["setup_context", "init_parallel", "build_network", "build_data", "Trainer", "train"]
 
@@ -135,6 +136,7 @@ class Trainer:
             raise ConfigError(f"config key 'eval.batch_size' must be >= 1, got {cfg.eval.batch_size}")
         amp = resolve_amp_level(cfg.train.amp_level, cfg.device_target)
         create_loss_scaler(cfg.train.loss_scale, amp, float(cfg.train.loss_scale_value))
+        SkippedStepGuard(int(cfg.train.max_skipped_steps))  # refuses a negative value
 
     def _build(self):
         self._check_config()
@@ -165,8 +167,8 @@ class Trainer:
                                   f"config gives {self.ebv.checksum()}; resume with the same "
                                   "'ebv' settings (or ebv.path) as the original run")
         self.network = build_network(cfg, self.ebv)
-        if amp_level != "O0":
-            self.network = ms.amp.auto_mixed_precision(self.network, amp_level)
+        from ebv_ms.models.amp import apply_mixed_precision
+        self.network = apply_mixed_precision(self.network, amp_level)  # embedding stays fp32
         from ebv_ms.loss import create_loss
         self.loss_fn = create_loss(**dict(cfg.loss))
 
@@ -185,6 +187,7 @@ class Trainer:
         self.step_fn = build_train_step(self.network, self.loss_fn, self.optimizer, jit=self.jit,
                                         loss_scaler=self.scaler,
                                         clip_grad_norm=float(t.clip_grad_norm))
+        self.skip_guard = SkippedStepGuard.for_scaler(self.scaler, int(t.max_skipped_steps))
         self.eval_step = (build_eval_step(self.network, min(5, int(cfg.model.num_classes)),
                                           jit=self.jit) if self.rank == 0 else None)
         counts = count_parameters(self.network)
@@ -273,6 +276,8 @@ class Trainer:
                 self.probe.record_batch(labels)
             loss, finite = self.step_fn(images, labels)
             loss_v = float(loss.asnumpy())
+            if self.skip_guard is not None:  # raises when stalled at the lowest loss scale
+                self.skip_guard(bool(finite.asnumpy()), self.scaler.scale_value)
             if not bool(finite.asnumpy()):
                 n_skipped += 1
             elif not math.isfinite(loss_v):
