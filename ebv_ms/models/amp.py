@@ -22,6 +22,8 @@ import tempfile
 import mindspore as ms
 from mindspore import nn
 
+from ebv_ms.config import ConfigError
+
 __all__ = ["apply_mixed_precision", "AMP_LEVELS"]
 
 AMP_LEVELS = ("O0", "O1", "O2", "O3", "auto")
@@ -56,8 +58,8 @@ def _o1(cell: nn.Cell, dtype, what: str) -> nn.Cell:
         with _cwd(_rewrite_dir()):
             return ms.amp.auto_mixed_precision(cell, "O1", dtype)
     except Exception as exc:  # noqa: BLE001 - the rewrite fails with arbitrary types
-        raise ValueError(
-            f"train.amp_level=O1: MindSpore's rewrite cannot convert the {what} "
+        raise ConfigError(
+            f"config key 'train.amp_level' is O1, but MindSpore's rewrite cannot convert the {what} "
             f"({type(exc).__name__}: {exc}); use train.amp_level=O2 (the GPU/Ascend default) "
             "or O0") from exc
 
