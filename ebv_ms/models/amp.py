@@ -1,10 +1,10 @@
 """Mixed precision for a ``Classifier``: fp16 backbone, fp32 embedding (projection + head).
 
 ``mindspore.amp.auto_mixed_precision`` alone would also run the projection to d in fp16. The EBV
-and cosine heads are scale-invariant, so nothing bounds the embedding's norm: measured on CPU
-(small CNN, tau 0.007, lr 0.5) it reached 1.19e5 in fp32, past fp16's 65,504, after which every
-step under O2 was non-finite and skipped. So the projection stays fp32 at every level; the heads
-keep themselves fp32 (``FrozenVectorHead.add_flags_recursive``).
+and cosine heads are scale-invariant, so nothing bounds the embedding's norm (issue 13: 1.19e5
+on CPU, small CNN, tau 0.007, lr 0.5); past fp16's 65,504 every step under O2 is non-finite
+and skipped. So the projection stays fp32 at every level; the heads keep themselves fp32
+(``FrozenVectorHead.add_flags_recursive``).
 
 O1 is MindSpore's rewrite: it regenerates each cell class's source as a new module (without
 the original module's globals) in ``./rewritten_network/``. Here it is applied to the backbone
