@@ -38,8 +38,14 @@ class RunResult:
 
 
 def block_rows(num_classes: int, dim: int, budget_mb: float = 256.0) -> int:
-    """Rows per slice so that a slice's |S| x N block and its gradients fit in ``budget_mb``."""
-    per_row = 4.0 * (3 * num_classes + dim)          # block, its grad, and the |c| temp
+    """Rows per slice so that a step on one slice fits in ``budget_mb`` above W.
+
+    A step keeps about 8 |S| x N float32 blocks alive at its peak (the cosines, their squares,
+    exponentials, products, gradient temporaries): measured 610 MB (smoothmax) and 732 MB
+    (official) above the start with 744-row slices of N = 30,000, i.e. 6.9 and 8.2 blocks of
+    89 MB (``benchmarks/generation_memory.py``). Sets with N <= 2896 fit in one slice.
+    """
+    per_row = 4.0 * (8 * num_classes + dim)
     return int(max(1, min(num_classes, budget_mb * 2 ** 20 // per_row)))
 
 
