@@ -65,7 +65,7 @@ def build(n: int, d: int):
 
     @ms.jit
     def written_step(rows, onehot, beta):
-        m, grad = cell(rows, onehot, beta)
+        m, grad = cell(rows, beta)  # removes the self-pairs by index; onehot is for autodiff
         opt_new((grad,))
         w = w_new.value()
         ops.assign(w_new, w / ops.norm(w, dim=1, keepdim=True))

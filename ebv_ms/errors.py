@@ -19,7 +19,7 @@ import sys
 import traceback
 from typing import Callable
 
-__all__ = ["EBVMSError", "ConfigError", "WriteError", "run_cli", "EXIT_USER_ERROR"]
+__all__ = ["EBVMSError", "ConfigError", "WriteError", "DivergenceError", "run_cli", "EXIT_USER_ERROR"]
 
 EXIT_USER_ERROR = 2
 
@@ -34,6 +34,11 @@ class ConfigError(EBVMSError, ValueError):
 
 class WriteError(EBVMSError, OSError):
     """A file could not be written (full disk, read-only folder); the old file is intact."""
+
+
+class DivergenceError(EBVMSError, FloatingPointError):
+    """Training cannot go on (a non-finite loss, or every step overflowing at the lowest loss
+    scale); the message says which setting to change, and last.ckpt holds the last good epoch."""
 
 
 def _log_traceback(prog: str, exc: BaseException) -> None:

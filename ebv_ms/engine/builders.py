@@ -65,13 +65,12 @@ def build_data(cfg, split: str, batch_size: int, is_training: bool, num_shards: 
 
 def build_network(cfg, ebv=None, amp_level: str = "O0"):
     """``create_classifier`` with the ``model`` section as its arguments, plus the EBV set;
-    wrapped by ``mindspore.amp.auto_mixed_precision`` unless ``amp_level`` is O0."""
+    cast for mixed precision by ``models.amp.apply_mixed_precision`` unless ``amp_level`` is O0."""
     from ebv_ms.models import create_classifier
     kwargs = dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model)
     network = create_classifier(ebv=ebv, **kwargs)
-    if amp_level != "O0":
-        network = ms.amp.auto_mixed_precision(network, amp_level)
-    return network
+    from ebv_ms.models.amp import apply_mixed_precision
+    return apply_mixed_precision(network, amp_level)  # the embedding and head stay fp32
 
 
 @dataclass

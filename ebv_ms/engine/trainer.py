@@ -34,6 +34,8 @@ from .evaluator import count_parameters, evaluate
 from .logger import JsonlLog, open_log_file, setup_logger
 from .resume import ResumeState
 from .run_folder import RunLock, remove_stale_temps
+from .train_step import SkippedStepGuard
+from ebv_ms.errors import DivergenceError
 
 __all__ = ["Trainer", "train"]
 
@@ -85,6 +87,7 @@ class Trainer:
         parts = build_training(cfg, self.network, self.steps_per_epoch, amp_level)
         self.optimizer, self.scaler, self.step_fn, self.lrs = (parts.optimizer, parts.scaler,
                                                                parts.step, parts.lrs)
+        self.skip_guard = SkippedStepGuard.for_scaler(self.scaler, int(t.max_skipped_steps))
         self.eval_parts = build_eval(cfg, self.network, self.rank, self.world_size)
         # evaluation on every rank uses rank 0's BatchNorm statistics: the model that is saved
         self.bn_stats = [p for p in self.network.get_parameters()
@@ -162,10 +165,12 @@ class Trainer:
             images = batch["image"]
             loss, finite = self.step_fn(images, batch["label"])
             loss_v = float(loss.asnumpy())
+            if self.skip_guard is not None:  # raises when stalled at the lowest loss scale
+                self.skip_guard(bool(finite.asnumpy()), self.scaler.scale_value)
             if not bool(finite.asnumpy()):
                 n_skipped += 1
             elif not math.isfinite(loss_v):
-                raise FloatingPointError(
+                raise DivergenceError(
                     f"training diverged at epoch {epoch} step {i}: loss is {loss_v}; lower "
                     f"optim.lr ({self.cfg.optim.lr}) or enable train.loss_scale; {self.last_path} "
                     "still holds the last good epoch")

@@ -1,7 +1,9 @@
 """MindSpore Cells for the iterative generators: the matrix is a Parameter, losses are Cells.
 
 Both losses look at a *row slice* S of the set against all N rows (an |S| x N cosine block),
-so memory is W plus one block, never N x N. Rows are L2-normalised with plain ops
+so memory is W plus one block, never N x N. The slice's self-pairs (i, rows[i]) are removed by
+index inside the step (``minus_self_pairs``): an |S| x N one-hot mask per slice, kept for the
+run, would be N x N floats over all slices (37 GiB at N = 100,000). Rows are L2-normalised with plain ops
 (``w / ||w||``): ``ops.L2Normalize``'s gradient is orders of magnitude slower on CPU.
 """
 from __future__ import annotations
@@ -16,6 +18,16 @@ def _normalize_rows(weight):
     w = weight.value()
     ops.assign(weight, w / ops.norm(w, dim=1, keepdim=True).clamp(min=1e-12))
     return True
+
+
+def minus_self_pairs(c, rows):
+    """``c`` (|S| x N block of W_S W^T) with 1 subtracted at (i, rows[i]), its self-pairs.
+
+    An index scatter of |S| values, not an |S| x N mask: measured on CPU (N = 1000, d = 100 ..
+    500, and N = 10,000, |S| = 700) it is also 6-17% faster than subtracting a stored mask.
+    """
+    pairs = ops.stack([ops.arange(rows.shape[0], dtype=ms.int32), rows], 1)
+    return ops.tensor_scatter_sub(c, pairs, ops.ones(rows.shape, c.dtype))
 
 
 class EBVParams(nn.Cell):
@@ -38,9 +50,9 @@ class EBVParams(nn.Cell):
 
 
 class OfficialSliceLoss(nn.Cell):
-    """Algorithm 1's loss for one row slice: sum relu(|W_S W^T| - onehot - alpha).
+    """Algorithm 1's loss for one row slice: sum relu(|W_S W^T| - I_S - alpha).
 
-    Returns (loss, max_j(|W_S W^T| - onehot)); W is used as stored (the caller normalised it
+    Returns (loss, max_j(|W_S W^T| - I_S)); W is used as stored (the caller normalised it
     at the start of the step), exactly as the authors' code does.
     """
 
@@ -50,9 +62,10 @@ class OfficialSliceLoss(nn.Cell):
         self.alpha = float(alpha)
         self.mm = ops.MatMul(transpose_b=True)
 
-    def construct(self, rows, onehot):
+    def construct(self, rows):
         w = self.params.weight
-        m = ops.abs(self.mm(ops.gather(w, rows, 0), w)) - onehot
+        # |c| - 1 on the self-pairs, as the authors' |W_S W^T| - onehot
+        m = minus_self_pairs(ops.abs(self.mm(ops.gather(w, rows, 0), w)), rows)
         # row-wise reductions first: MindSpore's CPU full reductions are several x slower
         loss = ops.relu(m - self.alpha).sum(axis=1).sum()
         return loss, m.max(axis=1).max()
@@ -88,10 +101,10 @@ class SmoothMaxGrad(nn.Cell):
         self.mm_t = ops.MatMul(transpose_b=True)
         self.mm_ta = ops.MatMul(transpose_a=True)
 
-    def construct(self, rows, onehot, beta):
+    def construct(self, rows, beta):
         v = self.params.weight
         vs = v if self.whole else ops.gather(v, rows, 0)
-        c = self.mm_t(vs, v) - onehot                      # self-pairs: 1 - 1 ~= 0
+        c = minus_self_pairs(self.mm_t(vs, v), rows)       # self-pairs: 1 - 1 ~= 0
         sq = c * c
         m2 = sq.max(axis=1).max()                           # row-wise first: much faster on CPU
         m = ops.sqrt(m2)

@@ -38,8 +38,14 @@ class RunResult:
 
 
 def block_rows(num_classes: int, dim: int, budget_mb: float = 256.0) -> int:
-    """Rows per slice so that a slice's |S| x N block and its gradients fit in ``budget_mb``."""
-    per_row = 4.0 * (3 * num_classes + dim)          # block, its grad, and the |c| temp
+    """Rows per slice so that a step on one slice fits in ``budget_mb`` above W.
+
+    A step keeps about 8 |S| x N float32 blocks alive at its peak (the cosines, their squares,
+    exponentials, products, gradient temporaries): measured 610 MB (smoothmax) and 732 MB
+    (official) above the start with 744-row slices of N = 30,000, i.e. 6.9 and 8.2 blocks of
+    89 MB (``benchmarks/generation_memory.py``). Sets with N <= 2896 fit in one slice.
+    """
+    per_row = 4.0 * (8 * num_classes + dim)
     return int(max(1, min(num_classes, budget_mb * 2 ** 20 // per_row)))
 
 
@@ -47,20 +53,11 @@ def _slices(n: int, size: int) -> List[np.ndarray]:
     return [np.arange(s, min(n, s + size), dtype=np.int32) for s in range(0, n, size)]
 
 
-def _onehots(slices, n):
-    out = []
-    for rows in slices:
-        oh = np.zeros((rows.size, n), dtype=np.float32)
-        oh[np.arange(rows.size), rows] = 1.0
-        out.append(Tensor(oh))
-    return out
-
-
 def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = OFFICIAL_LR,
                  slice_size: Optional[int] = None, time_limit: Optional[float] = None,
                  callback: Optional[Callable[[int, float], None]] = None) -> RunResult:
     """Algorithm 1. Each step: normalise rows; for every slice accumulate the gradient of
-    sum relu(|W_S W^T| - onehot - alpha) and the max; stop if max <= alpha + 1e-4 (returning
+    sum relu(|W_S W^T| - I_S - alpha) and the max; stop if max <= alpha + 1e-4 (returning
     that normalised W); else one SGD step on the summed gradient."""
     n, d = init.shape
     params = EBVParams(init)
@@ -69,26 +66,25 @@ def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = OFF
     grad_fn = ms.value_and_grad(loss_cell, None, opt.parameters, has_aux=True)
 
     @ms.jit
-    def slice_grad(rows, onehot):
+    def slice_grad(rows):
         # compiled, like the other steps: op-by-op PyNative gave Algorithm 1 half the steps
         # per second at N=1000, d=100, which would flatter the default in the benchmark
-        (_, m), grads = grad_fn(rows, onehot)
+        (_, m), grads = grad_fn(rows)
         return m, grads[0]
 
     weight = params.weight
 
     @ms.jit
-    def normalize_and_grad(rows, onehot):
+    def normalize_and_grad(rows):
         # one slice: the step's normalisation and its gradient in one compiled call
         w = weight.value()
         ops.assign(weight, w / ops.norm(w, dim=1, keepdim=True).clamp(min=1e-12))
-        (_, m), grads = grad_fn(rows, onehot)
+        (_, m), grads = grad_fn(rows)
         return m, grads[0]
 
     size = slice_size or max(OFFICIAL_SLICE, block_rows(n, d))
     slices = _slices(n, size)
     rows_t = [Tensor(r) for r in slices]
-    onehots = _onehots(slices, n)
     t0 = time.perf_counter()
     best, best_w, history = math.inf, None, []
     step = 0
@@ -98,8 +94,8 @@ def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = OFF
             params.normalize_()
         true_max = -math.inf     # the authors start their max at alpha; keep the true one too
         total = None
-        for rows, oh in zip(rows_t, onehots):
-            m, grad = (slice_grad if len(slices) > 1 else normalize_and_grad)(rows, oh)
+        for rows in rows_t:
+            m, grad = (slice_grad if len(slices) > 1 else normalize_and_grad)(rows)
             true_max = max(true_max, float(m.asnumpy()))
             total = grad if total is None else total + grad
         mx = max(float(alpha), true_max)
@@ -150,10 +146,10 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
                           requires_grad=False)
 
     @ms.jit
-    def train_step(rows, onehot, beta):
+    def train_step(rows, beta):
         w = weight.value()
         ops.assign(before, w)
-        m, grad = grad_cell(rows, onehot, beta)
+        m, grad = grad_cell(rows, beta)
         opt((grad,))
         w = weight.value()
         ops.assign(weight, w / ops.norm(w, dim=1, keepdim=True))
@@ -172,7 +168,6 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
         return new_lr
 
     rows_t = [Tensor(r) for r in slices]
-    onehots = _onehots(slices, n)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     best, best_w, history = math.inf, init.astype(np.float32).copy(), []
@@ -186,7 +181,7 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
         w_epoch = params.numpy().copy() if len(slices) > 1 else None
         beta_t = Tensor(beta, ms.float32)
         for k in order:
-            m = train_step(rows_t[k], onehots[k], beta_t)
+            m = train_step(rows_t[k], beta_t)
             epoch_max = max(epoch_max, float(m.asnumpy()))
             step += 1
             if step >= max_steps:

@@ -24,7 +24,6 @@ __all__ = ["FrozenVectorHead", "EBVHead", "ScaledL2Normalize", "FixedRandomHead"
            "matrix_checksum", "STORAGE_DTYPES"]
 
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
-_AMP_FLAGS = ("fp16", "bf16", "fp32")
 
 
 def random_unit_vectors(num_classes: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -44,6 +43,10 @@ class ScaledL2Normalize(nn.Cell):
     at N = d = 1000. Zero rows map to zero.
     """
 
+    # A class attribute, not a module global: amp O1 (MindSpore's rewrite) regenerates this
+    # class's methods in a new module that has none of heads.py's globals.
+    amp_flags = ("fp16", "bf16", "fp32")
+
     def __init__(self, scale: float = 1.0):
         super().__init__()
         self.scale = float(scale)
@@ -51,7 +54,7 @@ class ScaledL2Normalize(nn.Cell):
 
     def add_flags_recursive(self, **flags):
         # always fp32 (amp O2 calls to_float(fp16) on every sub-cell it walks)
-        if any(key in flags for key in _AMP_FLAGS):
+        if any(key in flags for key in self.amp_flags):
             flags.update(fp16=False, bf16=False, fp32=True)
         return super().add_flags_recursive(**flags)
 
@@ -85,6 +88,7 @@ class FrozenVectorHead(nn.Cell):
     """
 
     param_name = "vectors"
+    amp_flags = ScaledL2Normalize.amp_flags
 
     def __init__(self, vectors: np.ndarray, storage_dtype: str = "float32",
                  checksum: Optional[str] = None):
@@ -113,7 +117,7 @@ class FrozenVectorHead(nn.Cell):
         # logits in fp16: an fp32-stored head stays marked fp32 (amp O2/O3 and "auto" keep it
         # fp32, O1 skips cells whose precision is set), an fp16-stored head carries no flag
         # and handles dtypes itself in construct.
-        if any(key in flags for key in _AMP_FLAGS):
+        if any(key in flags for key in self.amp_flags):
             flags.update(fp16=False, bf16=False, fp32=not self.low_precision_storage)
         return super().add_flags_recursive(**flags)
 
