@@ -65,6 +65,7 @@ BAD_VALUES = [  # override -> text the message must contain (the key, and what i
     ("data.format=tar", "'data.format' must be one of"),
     ("loss.label_smoothing=2", "'loss.label_smoothing' must be >= 0 and < 1"),
     ("loss.reduction=bogus", "'loss.reduction' must be one of mean, sum"),
+    ("train.max_skipped_steps=-1", "'train.max_skipped_steps' must be >= 0"),
     ("loss.reduction=none", "training minimises one number"),
     ("seed=-1", "'seed' must be >= 0"),
     ("device_target=TPU", "'device_target' must be one of CPU, GPU, Ascend"),

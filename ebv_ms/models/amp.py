@@ -26,7 +26,7 @@ from ebv_ms.config import ConfigError
 
 __all__ = ["apply_mixed_precision", "AMP_LEVELS"]
 
-AMP_LEVELS = ("O0", "O1", "O2", "O3", "auto")
+AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
 _REWRITE_DIR = None
 
 
