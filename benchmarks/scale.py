@@ -133,10 +133,15 @@ def launch(tmp: str, ranks: int, args) -> dict:
     t0 = time.time()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.time() - t0
-    if r.returncode != 0:
-        print(r.stdout[-4000:], r.stderr[-4000:], file=sys.stderr)
-        raise SystemExit(f"[scale] the {ranks}-rank run failed (exit {r.returncode}); logs in {out}/logs")
-    return {"ranks": ranks, "out": out, "wall": wall, "per_rank": read_run(out, ranks)}
+    failed = None
+    if r.returncode != 0:  # reported in the table with what the run logged before it failed
+        failed = next((line.strip() for line in r.stderr.splitlines() if "failed with exit" in line),
+                      f"exit status {r.returncode}")
+        errs = [line for line in r.stderr.splitlines() if "[ERROR]" in line or "Error" in line]
+        print(f"[scale] the {ranks}-rank run FAILED: {failed}\n  " + "\n  ".join(errs[:4]),
+              file=sys.stderr)
+    return {"ranks": ranks, "out": out, "wall": wall, "failed": failed,
+            "per_rank": read_run(out, ranks)}
 
 
 def _float(pattern: str, text: str):
@@ -145,7 +150,9 @@ def _float(pattern: str, text: str):
 
 
 def read_run(out: str, ranks: int) -> list:
-    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    jsonl = os.path.join(out, "metrics.jsonl")
+    records = [json.loads(line) for line in open(jsonl)] if os.path.isfile(jsonl) else []
+    records = records or [{"time": float("nan")}]
     ckpts = {os.path.basename(p): os.path.getsize(p) for p in glob.glob(os.path.join(out, "*.ckpt"))}
     # anything else of size written next to the checkpoints (e.g. an EBV file written once)
     others = {os.path.relpath(p, out): os.path.getsize(p)
@@ -155,12 +162,13 @@ def read_run(out: str, ranks: int) -> list:
     last = os.path.join(out, "last.ckpt")
     write_s = records[-1].get("checkpoint_seconds")
     write_how = "logged"
-    if write_s is None and os.path.isfile(last):
+    if write_s is None and os.path.isfile(last) and "epoch" in records[-1]:
         write_s = os.path.getmtime(last) - float(records[-1]["time"])
         write_how = "derived"
     rows = []
     for k in range(ranks):
-        log = open(os.path.join(out, "logs", f"rank_{k}.log"), errors="replace").read()
+        path = os.path.join(out, "logs", f"rank_{k}.log")
+        log = open(path, errors="replace").read() if os.path.isfile(path) else ""
         epochs = {}
         for m in re.finditer(r"\] INFO epoch (\d+)/\d+: (.*)", log):
             epochs[int(m.group(1))] = m.group(2)
@@ -181,7 +189,8 @@ def read_run(out: str, ranks: int) -> list:
                "train_s": train_s}
         if k == 0:
             row["eval_s"] = [r.get("eval_seconds", r["eval_samples"] / r["eval_images_per_s"]
-                                   if r.get("eval_images_per_s") else None) for r in records]
+                                   if r.get("eval_images_per_s") else None)
+                             for r in records if "epoch" in r]
             row["eval_how"] = "logged" if "eval_seconds" in records[-1] else "derived"
             row["eval_samples"] = records[-1].get("eval_samples")
             per_rank = records[-1].get("eval_samples_per_rank")
@@ -247,6 +256,8 @@ def report(runs: list, data: dict, load_s: float, args, argv: list) -> None:
                 ev = _fmt(row["eval_s"]) if row["eval_s"] is not None else "not logged"
                 n = row["eval_samples_rank"]
                 samples = str(n) if n is not None else "not logged"
+            if run["failed"] and k == 0:
+                samples += f"; RUN FAILED: {run['failed']}"
             print(f"| {run['ranks']} | {k} | {_fmt(row['peak_rss_gb'], '.2f', ' GB')} | {row['ebv']} "
                   f"| {ckpt} | {write} | {_list(row['train_s'])} | {ev} | {samples} | "
                   f"{run['wall']:.0f} s |")
@@ -267,7 +278,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ranks", default="1,2", help="rank counts to run, in order (default 1,2)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32, help="per rank, train and eval")
-    ap.add_argument("--listed-classes", type=int, default=32,
+    ap.add_argument("--listed-classes", type=int, default=16,
                     help="classes in the list files (x 12 train / 6 val images)")
     ap.add_argument("--side", type=int, default=32, help="image side in pixels")
     ap.add_argument("--workers", type=int, default=2, help="data.num_workers")
@@ -293,7 +304,7 @@ def main(argv=None) -> int:
             print(f"[scale] kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return 1 if any(run["failed"] for run in runs) else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,15 @@
 # that failed and showing the end of its log. With OPT[dry-run] set they print the environment
 # and the commands instead of running them.
 
+# On CPU, MindSpore's own collectives give up after MS_CPU_COMM_OP_TIMEOUT seconds (default 30).
+# Ranks wait that long in the next all-reduce whenever rank 0 alone evaluates or writes a
+# checkpoint: at 100k classes (2 GB checkpoints) a 2-rank CPU run failed there (benchmarks/
+# scale.py, docs/launch.md). They wait as long as they may wait for each other to join instead.
+cpu_collective_timeout() {
+  [[ "$DEVICE_TARGET" == CPU ]] && export MS_CPU_COMM_OP_TIMEOUT="${MS_CPU_COMM_OP_TIMEOUT:-${CLUSTER_TIMEOUT:-600}}"
+  return 0
+}
+
 mpirun_job() {
   local num="$1" hostfile="$2"; LOG_DIR="$3"; shift 3
   [[ "$num" -ge 1 ]] || die "the number of ranks must be at least 1, got '$num'"
@@ -22,13 +31,15 @@ mpirun_job() {
   export MS_SCHED_HOST="${MS_SCHED_HOST:-${default_host:-127.0.0.1}}"
   export MS_SCHED_PORT="${MS_SCHED_PORT:-$(free_port)}"
   export MS_TOPO_TIMEOUT="${CLUSTER_TIMEOUT:-600}"
+  cpu_collective_timeout
 
   local mpi_opts=(-n "$num") v
   [[ "$(id -u)" == 0 ]] && mpi_opts+=(--allow-run-as-root)
   if [[ -n "$hostfile" ]]; then mpi_opts+=(--hostfile "$hostfile"); else mpi_opts+=(--oversubscribe); fi
   # Each rank runs many threads (MindSpore's kernels, the data workers): do not pin it to one core.
   [[ "${MPIRUN_ARGS:-}" == *--bind-to* ]] || mpi_opts+=(--bind-to none)
-  for v in MS_WORKER_NUM MS_SCHED_HOST MS_SCHED_PORT MS_TOPO_TIMEOUT PYTHONPATH PATH LD_LIBRARY_PATH; do
+  for v in MS_WORKER_NUM MS_SCHED_HOST MS_SCHED_PORT MS_TOPO_TIMEOUT MS_CPU_COMM_OP_TIMEOUT PYTHONPATH \
+           PATH LD_LIBRARY_PATH; do
     [[ -n "${!v:-}" ]] && mpi_opts+=(-x "$v")
   done
   # shellcheck disable=SC2206
@@ -39,7 +50,8 @@ mpirun_job() {
   if [[ -n "$dry" ]]; then
     echo "[dry-run] $num ranks on $DEVICE_TARGET, scheduler $MS_SCHED_HOST:$MS_SCHED_PORT, logs in $LOG_DIR"
     echo "[dry-run] environment: MS_WORKER_NUM=$MS_WORKER_NUM MS_SCHED_HOST=$MS_SCHED_HOST" \
-         "MS_SCHED_PORT=$MS_SCHED_PORT MS_TOPO_TIMEOUT=$MS_TOPO_TIMEOUT; each rank: MS_ROLE=MS_WORKER" \
+         "MS_SCHED_PORT=$MS_SCHED_PORT MS_TOPO_TIMEOUT=$MS_TOPO_TIMEOUT" \
+         "${MS_CPU_COMM_OP_TIMEOUT:+MS_CPU_COMM_OP_TIMEOUT=$MS_CPU_COMM_OP_TIMEOUT }; each rank: MS_ROLE=MS_WORKER" \
          "MS_NODE_ID=RANK_ID=<rank> DEVICE_ID=<local rank> (scripts/mpirun_rank.sh)"
     print_command scheduler env MS_ROLE=MS_SCHED "${sched_cmd[@]}"
     print_command mpirun "${mpi_cmd[@]}"
@@ -121,6 +133,7 @@ msrun_job() {
   [[ -x "$msrun" ]] || msrun="$(command -v msrun || true)"
   [[ -n "$msrun" || -n "${OPT[dry-run]:-}" ]] || die "msrun not found (it comes with MindSpore >= 2.3)"
   local port="${MASTER_PORT:-$(free_port)}"
+  cpu_collective_timeout
   # shellcheck disable=SC2206
   local extra=(${MSRUN_ARGS:-})
   # msrun runs `python SCRIPT ARGS`: the command given here starts with the interpreter.

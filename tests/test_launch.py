@@ -126,6 +126,8 @@ def test_distribute_dry_run_shows_the_ranks_and_their_command(run_dir, tmp_path)
             assert mpi[mpi.index("--hostfile") + 1] == str(hosts)
         assert lines["rank"] == want
         assert mpi[-len(want):] == want and str(SCRIPTS / "mpirun_rank.sh") in mpi
+        # CPU collectives wait as long as the join (MindSpore's 30 s failed at 100k classes)
+        assert "MS_CPU_COMM_OP_TIMEOUT=600" in r.stdout and "MS_CPU_COMM_OP_TIMEOUT" in mpi
     assert not (tmp_path / "out").exists()  # a dry run creates nothing
 
 
