@@ -7,12 +7,18 @@
 # Usage: bash run_with_gpu/run_quick_start.sh [CONFIG] [key.sub=value ...]
 #   CONFIG  defaults to configs/demo_cpu.yaml; on a GPU it runs there with device_target=GPU
 #           (mixed precision O2). For ImageNet pass e.g. configs/<imagenet config> data.path=...
+#   key.sub=value  config overrides for every step
 # Environment:
 #   EBV_PYTHON=/path/to/python   use this interpreter and skip scripts/setup_env.sh
 #   EBV_FORCE_CPU=1              ignore any GPU
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
+FIRST_NAME=CONFIG FIRST_OPTIONAL=1 ALLOW_PASS=0 ENTRY_NAME=train.py
+parse_launch_args "$@"
+DEMO_CONFIG="configs/demo_cpu.yaml"
+CONFIG="${FIRST:-$DEMO_CONFIG}"
 cd "$ROOT"
+[[ -f "$CONFIG" ]] || die "config not found: $CONFIG"
 T0=$(date +%s)
 
 if [[ -n "${EBV_PYTHON:-}" ]]; then
@@ -22,12 +28,6 @@ else
   bash "$ROOT/scripts/setup_env.sh"
   PY="${EBV_VENV:-$ROOT/.venv}/bin/python"
 fi
-
-DEMO_CONFIG="configs/demo_cpu.yaml"
-CONFIG="$DEMO_CONFIG"
-if [[ $# -gt 0 && "$1" != *=* ]]; then CONFIG="$1"; shift; fi
-OVERRIDES=("$@")
-[[ -f "$CONFIG" ]] || { echo "quick start: config not found: $CONFIG" >&2; exit 2; }
 
 # ---- 0. which device: a GPU that nvidia-smi lists AND MindSpore can compute on
 DEVICE=CPU

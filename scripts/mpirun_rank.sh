@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One mpirun rank as a MindSpore dynamic-cluster worker (started by run_distribute_gpu.sh).
+# One mpirun rank as a MindSpore dynamic-cluster worker (started by mpirun_job in _cluster.sh, for
+# run_distribute_gpu.sh and run_eval_gpu.sh --ranks N).
 # Usage (by mpirun): mpirun_rank.sh LOG_DIR COMMAND [ARGS...]
 # Maps OMPI_COMM_WORLD_RANK -> MS_NODE_ID / RANK_ID and the node-local rank -> DEVICE_ID, writes
 # this rank's stdout+stderr to LOG_DIR/rank_K.log (rank 0 also echoes it to the console) and its

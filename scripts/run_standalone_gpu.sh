@@ -1,30 +1,36 @@
 #!/usr/bin/env bash
 # Single-device training.
 #
-# Usage: bash scripts/run_standalone_gpu.sh CONFIG [DEVICE_ID] [key=value ...] [--resume]
-#   DEVICE_ID    which GPU (default 0); the process sees only that card (CUDA_VISIBLE_DEVICES)
+# Usage: bash scripts/run_standalone_gpu.sh CONFIG [DEVICE_ID] [key=value ...] [options] [-- ARGS]
+#   DEVICE_ID        which card, a whole number right after CONFIG (default 0). On GPU the
+#                    process sees only that card (CUDA_VISIBLE_DEVICES) and uses it as device 0.
+#   key=value        config overrides, passed to train.py
+#   --resume, --resume-from CKPT   passed to train.py
+#   --dry-run        print the command and its device environment instead of running it
+#   -- ARGS          everything after '--' goes to the entry as it is
 # Environment: DEVICE_TARGET=GPU (set CPU to run on CPU), PYTHON, ENTRY=train.py
 # Log: OUTPUT_DIR/logs/rank_0.log (stdout + stderr, also shown here); train.py writes its own
 # train.log / metrics.jsonl / checkpoints in OUTPUT_DIR.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
-take_launch_args 9 "config file" "$@"
+FIRST_NAME=CONFIG SECOND_NAME=DEVICE_ID ENTRY_NAME="$(basename "${ENTRY:-train.py}")"
+OPTS=(dry-run)
+FWD_OPTS=(resume resume-from=CKPT)
+parse_launch_args "$@"
 CONFIG="$FIRST"
-[[ -z "$HOSTFILE" ]] || die "unexpected argument '$HOSTFILE' (expected DEVICE_ID, key=value or --flag)"
 DEVICE_TARGET="${DEVICE_TARGET:-GPU}"
 check_device_target
 prepare_training_run 'rank_*'
+select_one_device "$SECOND"
+if [[ -n "${OPT[dry-run]:-}" ]]; then
+  echo "[dry-run] 1 process on $DEVICE_TARGET; environment: $(device_env_text)"
+  print_command run "${ENTRY_CMD[@]}"
+  exit 0
+fi
 LOG="$LOG_DIR/rank_0.log"
-case "$DEVICE_TARGET" in
-  GPU) export CUDA_VISIBLE_DEVICES="${NUM:-${CUDA_VISIBLE_DEVICES:-0}}" ;;
-  Ascend) export DEVICE_ID="${NUM:-${DEVICE_ID:-0}}" ;;
-esac
-# A stray dynamic-cluster environment would make train.py wait for a scheduler.
-unset MS_ROLE MS_WORKER_NUM MS_SCHED_HOST MS_SCHED_PORT MS_NODE_ID
-
-echo "[launch] 1 process on $DEVICE_TARGET${NUM:+ (device $NUM)}; log: $LOG"
-"$PYTHON" "$ENTRY" --config "$CONFIG" "${OVR[@]}" "${FLAGS[@]}" 2>&1 | tee "$LOG"
+echo "[launch] 1 process on $DEVICE_TARGET${SECOND:+ (device $SECOND)}; log: $LOG"
+"${ENTRY_CMD[@]}" 2>&1 | tee "$LOG"
 RC=${PIPESTATUS[0]}
 [[ $RC -eq 0 ]] || echo "[launch] FAILED (exit status $RC); log: $LOG" >&2
 exit "$RC"

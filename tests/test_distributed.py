@@ -152,7 +152,7 @@ def test_a_failed_rank_stops_the_job_and_names_its_log(tmp_path):
     out = tmp_path / "out"
     cfg = tmp_path / "probe.yaml"
     cfg.write_text(f"output_dir: {out}\n")
-    r = _launch([cfg, 2, "--fail-rank=1", "--steps=50"], ENTRY=str(PROBE), CLUSTER_TIMEOUT="60")
+    r = _launch([cfg, 2, "--", "--fail-rank=1", "--steps=50"], ENTRY=str(PROBE), CLUSTER_TIMEOUT="60")
     assert r.returncode != 0
     log1 = out / "logs" / "rank_1.log"
     assert f"rank 1 failed with exit status 1; its log: {log1}" in r.stderr
@@ -171,7 +171,7 @@ def test_msrun_script_two_ranks(tmp_path):
     cfg = tmp_path / "probe.yaml"
     cfg.write_text(f"output_dir: {out}\nseed: 3\n")
     r = subprocess.run(["bash", str(ROOT / "scripts" / "run_distribute_ascend.sh"), str(cfg), "2",
-                        "--steps=3"], cwd=ROOT, env=_env(ENTRY=str(PROBE)), capture_output=True,
+                        "--", "--steps=3"], cwd=ROOT, env=_env(ENTRY=str(PROBE)), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     reps = _reports(out)
@@ -294,7 +294,7 @@ def test_standalone_script_runs_one_process_and_keeps_earlier_logs(tmp_path):
     cfg.write_text(f"output_dir: {out}\n")
     (out / "logs").mkdir(parents=True)
     (out / "logs" / "rank_0.log").write_text("the crashed run's log\n")
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "run_standalone_gpu.sh"), str(cfg), "--steps=2"],
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "run_standalone_gpu.sh"), str(cfg), "--", "--steps=2"],
                        cwd=ROOT, env=_env(ENTRY=str(PROBE), MS_ROLE="MS_WORKER"),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
