@@ -177,3 +177,116 @@ def test_build_on_a_finished_array_is_refused():
     data = pickle.dumps(np.ones((2, 2), np.float32), 5)[:-1] + b"Nb."   # _frombuffer, then BUILD
     with pytest.raises(UnsafePickleError, match="BUILD"):
         safe_pickle.safe_load_pickle(data)
+
+
+# ----------------------------------------------------------------- .npy / .npz headers
+
+def _npy_bytes(header: dict, data: bytes = b"", raw_header: bytes = None) -> bytes:
+    import io
+    f = io.BytesIO()
+    if raw_header is None:
+        np.lib.format.write_array_header_1_0(f, header)
+    else:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(raw_header)) + raw_header)
+    return f.getvalue() + data
+
+
+HUGE = {"descr": "<f4", "fortran_order": False, "shape": (10 ** 6, 10 ** 6)}
+SMALL = {"descr": "<f4", "fortran_order": False, "shape": (10, 10)}
+GARBLED = [b"{'descr': '<f4', 'fortran_order': False, 'shape': (((((  \n",
+           b"\xff\xfe garbage \x00\n", b"{'descr': 'O', 'fortran_order': False, 'shape': (2,), }\n",
+           b"{'descr': '<f4', 'fortran_order': False, 'shape': (-5, 3), }     \n"]
+
+
+def _write_npz(p, members: dict, compress=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(p, "w", compress) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+def _meta_npy(meta: dict) -> bytes:
+    import io
+    f = io.BytesIO()
+    np.save(f, np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    return f.getvalue()
+
+
+@pytest.mark.parametrize("ext", [".npy", ".npz", ".npz-deflated"])
+def test_npy_headers_declaring_more_or_less_than_the_file_are_refused(tmp_path, ext):
+    ok = save_ebv(EBVSet(np.eye(10, dtype=np.float32)), tmp_path / "ok.npz")
+    with zipfile.ZipFile(ok) as z:
+        meta = z.read("metadata.npy")
+    cases = [_npy_bytes(HUGE, b"\0" * 400), _npy_bytes(SMALL, b"\0" * 399),
+             _npy_bytes(SMALL, b"\0" * 401)] + [_npy_bytes({}, b"\0" * 64, g) for g in GARBLED]
+    for k, data in enumerate(cases):
+        p = tmp_path / f"case{k}{ext[:4]}"
+        if ext == ".npy":
+            p.write_bytes(data)
+        else:
+            _write_npz(p, {"vectors.npy": data, "metadata.npy": meta},
+                       zipfile.ZIP_DEFLATED if "deflated" in ext else zipfile.ZIP_STORED)
+        with pytest.raises(EBVError) as ei:
+            load_ebv(p)
+        msg = str(ei.value)
+        assert str(p) in msg and ("declares" in msg or "header is not readable" in msg
+                                  or "object array" in msg), (k, msg)
+        assert len(msg) < 500
+
+
+def test_npz_member_whose_directory_lies_about_its_size(tmp_path):
+    p = save_ebv(EBVSet(np.eye(10, dtype=np.float32)), tmp_path / "s.npz")
+    data = bytearray(p.read_bytes())
+    # uncompressed size of 'vectors.npy' in the central directory -> 2^32 - 2
+    for pos in [i for i in range(len(data)) if data[i:i + 4] == b"PK\x01\x02"]:
+        name_len = struct.unpack_from("<H", data, pos + 28)[0]
+        if data[pos + 46:pos + 46 + name_len] == b"vectors.npy":
+            struct.pack_into("<L", data, pos + 24, 0xFFFFFFFE)
+    p.write_bytes(bytes(data))
+    with pytest.raises(EBVError, match="declares"):
+        load_ebv(p)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda m: m.pop("checksum"), "no checksum"),
+    (lambda m: m.update(checksum=None), "no checksum"),
+    (lambda m: m.update(alpha="abc"), "'alpha' must be"),
+    (lambda m: m.update(alpha=[0.1]), "'alpha' must be"),
+    (lambda m: m.update(method=[1]), "'method' must be"),
+    (lambda m: m.update(seed="7"), "'seed' must be"),
+    (lambda m: m.update(seed=True), "'seed' must be"),
+    (lambda m: m.update(num_classes="10"), "'num_classes' must be"),
+    (lambda m: m.update(checksum=12), "'checksum' must be"),
+    (lambda m: m.update(extra=[1]), "'extra' must be"),
+    (lambda m: m.update(format_version="1"), "format_version"),
+])
+def test_native_metadata_of_the_wrong_kind_is_refused(tmp_path, edit, msg):
+    p = save_ebv(EBVSet(np.eye(10, dtype=np.float32), alpha=0.1, seed=1), tmp_path / "s.npz")
+    with zipfile.ZipFile(p) as z:
+        vec, meta = z.read("vectors.npy"), json.loads(np.load(p)["metadata"].tobytes())
+    edit(meta)
+    _write_npz(p, {"vectors.npy": vec, "metadata.npy": _meta_npy(meta)})
+    with pytest.raises(EBVError, match=msg):
+        load_ebv(p)
+
+
+def test_native_metadata_round_trip_still_loads(tmp_path):
+    ebv = EBVSet(np.eye(10, dtype=np.float32)[:, ::-1].copy(order="F"), alpha=0.1, seed=1)
+    b = load_ebv(save_ebv(ebv, tmp_path / "s.npz"))
+    assert np.array_equal(b.vectors, ebv.vectors) and b.alpha == 0.1 and b.seed == 1
+
+
+@pytest.mark.parametrize("w,msg", [
+    (np.repeat(np.eye(4, dtype=np.float32), 2, axis=0), "rows 0 and 1 are identical"),
+    (np.vstack([np.eye(6, dtype=np.float32), np.eye(6, dtype=np.float32)[3:4]]), "rows 3 and 6"),
+    (np.array([[1.0], [-1.0], [2.0]], np.float32), "d=1"),
+])
+@pytest.mark.parametrize("ext", [".npz", ".npy", ".pkl"])
+def test_degenerate_sets_load_with_a_warning(tmp_path, caplog, w, msg, ext):
+    p = save_ebv(EBVSet(w), tmp_path / f"d{ext}")
+    with caplog.at_level("WARNING"):
+        load_ebv(p)
+    assert msg in caplog.text and str(p) in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_ebv(save_ebv(EBVSet(np.eye(8, dtype=np.float32)), tmp_path / f"ok{ext}"))
+    assert "degenerate" not in caplog.text
