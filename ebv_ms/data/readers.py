@@ -43,7 +43,8 @@ class ZipMemberReader:
         self._pid: Optional[int] = None
 
     def __getstate__(self):
-        state = {"archive": self.archive, "_index_cache": self._index_cache}
+        state = {"archive": self.archive, "_index_cache": self._index_cache,
+                 "digest": self.index.digest, "key": self.index.key}
         if self._index_cache is None:  # index only in memory: ship the arrays themselves
             state["index"] = self.index
         return state
@@ -54,7 +55,8 @@ class ZipMemberReader:
         index = state.get("index")
         if index is None:
             index = load_zip_index(self.archive, location=self._index_cache, progress=False,
-                                   must_exist=True)
+                                   must_exist=True, digest=state.get("digest"),
+                                   checked_key=state.get("key"))
         self._set_index(index)
 
     def _handle(self) -> int:
