@@ -73,6 +73,7 @@ DEFAULTS: dict = {
         "mix_switch_prob": 0.5,  # A2: probability a batch uses cutmix instead of mixup
         "num_workers": 2,       # parallel workers for reading/decoding and for the per-image ops
         "python_multiprocessing": False,  # decode in worker processes instead of threads (see docs/data.md)
+        "max_image_pixels": 89478485,  # larger images are bad samples (Pillow's MAX_IMAGE_PIXELS; 0: no cap)
     },
     "optim": {
         "opt": "sgd",           # sgd (momentum SGD, the paper's ResNet runs) | adamw (Swin/ViT)

@@ -242,7 +242,7 @@ def _png_problem(b: bytes) -> str:
         length = int.from_bytes(b[p:p + 4], "big")
         kind = b[p + 4:p + 8]
         if length > n - p - 12:
-            return "truncated or corrupt PNG (a chunk runs past the end of the file)"
+            return "truncated PNG (a chunk runs past the end of the file)"
         if first and (kind != b"IHDR" or length != 13):
             return "corrupt PNG header (IHDR chunk expected first)"
         first = False

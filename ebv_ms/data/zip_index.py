@@ -131,6 +131,7 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
     p = 0
     total = 0
     end = len(cd)
+    bad_utf8: List[int] = []
     for i in range(n):
         if p + 46 > end or cd[p:p + 4] != _CDIR_SIG:
             raise _fail(path, f"has a corrupt central directory (entry {i} of {n})")
@@ -141,10 +142,16 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
         name = cd[p + 46:p + 46 + nlen]
         if csz == 0xFFFFFFFF or usz == 0xFFFFFFFF or hoff == 0xFFFFFFFF:
             usz, csz, hoff = _zip64_extra(cd[p + 46 + nlen:p + 46 + nlen + elen], usz, csz, hoff)
-        if not flag & 0x800:  # not flagged UTF-8: cp437 per the spec; re-encode as UTF-8
-            try:
-                name.decode("ascii")
-            except UnicodeDecodeError:
+        if not name.isascii():
+            # not flagged UTF-8: cp437 per the spec. Flagged but not valid UTF-8: a lossy decode
+            # would merge different names (two class folders became one); cp437 is one-to-one
+            if flag & 0x800:
+                try:
+                    name.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad_utf8.append(i)
+                    name = name.decode("cp437").encode("utf-8")
+            else:
                 name = name.decode("cp437").encode("utf-8")
         header_offset[i] = hoff
         comp_size[i] = csz
@@ -162,6 +169,11 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
         bar.update(n - bar.n)
         bar.close()
     name_start[n] = total
+    if bad_utf8:
+        example = name_chunks[bad_utf8[0]].decode("utf-8")
+        logger.warning("%s: %d member name(s) are flagged UTF-8 but are not valid UTF-8 (e.g. %r); "
+                       "read as cp437 instead, so each keeps a distinct name", path,
+                       len(bad_utf8), example[:120])
     names = np.frombuffer(b"".join(name_chunks), dtype=np.uint8)
     if n and max(int(comp_size.max()), int(size.max())) < 2 ** 32:  # the usual case: halve them
         comp_size, size = comp_size.astype(np.uint32), size.astype(np.uint32)
