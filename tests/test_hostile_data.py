@@ -252,3 +252,47 @@ def test_inspect_on_a_folder_that_is_no_dataset_is_an_error(tmp_path, capsys):
     for d in ("empty", "flat", "noclass"):
         assert inspect_cli.main([str(tmp_path / d)]) == 2, d
         assert "error:" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- trial decode memo
+def _undefined_table(jpeg: bytes) -> bytes:
+    b = bytearray(jpeg)
+    b[b.find(b"\xff\xda") + 6] = 0x23  # the scan of component 1 selects tables 2/3: never defined
+    return bytes(b)
+
+
+def test_undefined_huffman_table_is_refused_before_mindspore_sees_it():
+    good = encode(np.random.default_rng(0).integers(0, 255, (24, 24, 3), np.uint8), ".jpg")
+    bad = _undefined_table(good)
+    assert validate(good) == ""
+    assert "Huffman table" in precheck(bad) and "not defined" in validate(bad)
+
+
+@pytest.mark.parametrize("kind", ["zip", "disk"])
+def test_trial_decode_runs_once_per_sample_and_again_for_changed_bytes(tmp_path, kind, monkeypatch):
+    from ebv_ms.data import source as source_mod
+    calls = []
+    real = source_mod._decodes
+    monkeypatch.setattr(source_mod, "_decodes", lambda raw, fmt: calls.append(1) or real(raw, fmt))
+    imgs = {f"d/train/c{i % 2}/{i}.jpg": encode(
+        np.random.default_rng(i).integers(0, 255, (16, 16, 3), np.uint8), ".jpg") for i in range(6)}
+    if kind == "zip":
+        cfg = {"path": write_zip(str(tmp_path / "m.zip"), imgs)}
+    else:
+        for name, data in imgs.items():
+            os.makedirs(tmp_path / os.path.dirname(name), exist_ok=True)
+            (tmp_path / name).write_bytes(data)
+        cfg = {"path": str(tmp_path / "d")}
+    src = open_split(cfg, "train").source
+    for epoch in range(3):
+        for i in range(len(src)):
+            src[epoch * len(src) + i]
+    assert len(calls) == len(src)
+    if kind == "disk":  # a file replaced between epochs is validated again
+        path = tmp_path / "d" / "train" / src.name(2)
+        path.write_bytes(imgs["d/train/" + src.name(3)])
+        _, _, meta = src[3 * len(src) + 2]
+        assert meta.tolist() == [3, -1] and len(calls) == len(src) + 1
+        path.write_bytes(_undefined_table(imgs["d/train/" + src.name(3)]))
+        _, _, meta = src[4 * len(src) + 2]
+        assert meta.tolist() == [4, 2]

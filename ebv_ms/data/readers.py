@@ -116,6 +116,10 @@ class ZipMemberReader:
             raise BadMember("CRC-32 mismatch (member corrupt)")
         return raw
 
+    def crc(self, member: int, raw) -> int:
+        """CRC-32 of bytes ``read(member)`` returned: the directory's, which ``read`` checked."""
+        return int(self.index.crc[member])
+
 
 class FileReader:
     """Reads files ``root/<relative path>``; paths stored as one packed blob, not a list of str."""
@@ -140,6 +144,10 @@ class FileReader:
                 return f.read()
         except OSError as exc:
             raise BadMember(f"cannot read file ({exc.strerror})") from None
+
+    def crc(self, member: int, raw) -> int:
+        """CRC-32 of bytes ``read(member)`` returned (a file may change between epochs)."""
+        return zlib.crc32(raw)
 
     def close(self) -> None:
         pass

@@ -346,7 +346,8 @@ class ImageSource:
     trial decode (the bytes are re-read and must match): the cost is paid in the first epoch.
 
     Args:
-        reader: ``ZipMemberReader`` or ``FileReader`` (``read(member) -> bytes``, ``name(member)``).
+        reader: ``ZipMemberReader`` or ``FileReader`` (``read(member) -> bytes``, ``name(member)``,
+            ``crc(member, bytes)``).
         members: member number of each sample, shape (n,).
         labels: class index of each sample, shape (n,).
         max_pixels: ``data.max_image_pixels``; larger images are bad samples (0: no limit).
@@ -385,14 +386,15 @@ class ImageSource:
         if i in self._known_bad:
             raise BadMember(self._known_bad[i])
         try:
-            raw = self.reader.read(int(self.members[i]))
+            member = int(self.members[i])
+            raw = self.reader.read(member)
             if decode:
                 return decode_image(raw, self.max_pixels)
             fmt = image_format(raw)
             if fmt in ("webp", "gif"):  # vision.Decode needs PIL for these
                 img = decode_image(raw, self.max_pixels)
                 return np.frombuffer(cv2.imencode(".bmp", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1], np.uint8)
-            crc = zlib.crc32(raw) + 1
+            crc = self.reader.crc(member, raw) + 1
             if self._validated[i] != crc:
                 _one_cv2_thread()
                 why = validate(raw, self.max_pixels)
