@@ -19,16 +19,17 @@ def _splits(cfg: dict):
     """[(split, ImageSource)] through ``dataset.open_split``, the opener training uses."""
     from .dataset import _cfg, _format, archive_layout, open_split, split_names
     c = _cfg(cfg)
-    if _format(c) == "zip":
+    is_zip = _format(c) == "zip"
+    if is_zip:
         index, layout = archive_layout(c["path"], c)
         print(f"{c['path']}: zip archive, {len(index)} members (index {index.cache_dir or 'in memory'})")
         print(layout.describe())
     out = []
     for s in split_names(c):
         sp = open_split(c, s)
-        labels = sp.source.labels
-        print(f"  {s}: {len(sp.source)} samples, {len(sp.class_names)} classes "
-              f"({len(np.unique(labels))} with samples) from {sp.description}")
+        if not is_zip:  # (the layout above already says this for an archive)
+            print(f"  {s}: {len(sp.source)} samples, {len(sp.class_names)} classes "
+                  f"({len(np.unique(sp.source.labels))} with samples) from {sp.description}")
         out.append((s, sp.source))
     return out
 
