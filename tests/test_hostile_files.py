@@ -141,6 +141,12 @@ def test_torch_storage_referenced_again_and_again_is_refused(tmp_path, what):
         load_ebv(p)
 
 
+def test_opcode_count_is_bounded():
+    for body in (b"N0" * 150_000, b"]" * 300_000):   # 300 KB of cheap opcodes, of empty lists
+        with pytest.raises(EBVError, match="opcodes"):
+            safe_pickle.safe_load_pickle(_proto() + body + b"N.")
+
+
 def test_declared_sizes_beyond_the_file_are_refused_before_allocating():
     for op in (b"\x96", b"\x8e", b"\x8d"):   # BYTEARRAY8, BINBYTES8, BINUNICODE8 of 2^40 bytes
         data = _proto(5) + op + struct.pack("<Q", 1 << 40) + b"x" * 16 + b"."

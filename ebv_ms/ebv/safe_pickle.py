@@ -35,6 +35,8 @@ consumes at least one byte) with these changes --
 * every call of an allowed global is charged the size of its arguments and its result against
   a budget of a few times S, so memo references cannot make the same bytes be copied or parsed
   again and again;
+* at most 2^18 opcodes (EBV files have a few dozen), so the pure-Python speed (~1-5 us per
+  opcode) stays about a second at worst;
 * the result walk visits each object once (by id), and messages quote bounded excerpts
   (`excerpt`), never a full ``repr``.
 """
@@ -407,6 +409,20 @@ def _plain(keys, what: str) -> None:
 _BASE_DISPATCH = pickle._Unpickler.dispatch  # the pure-Python unpickler's opcode table
 
 
+_MAX_OPS = 1 << 18  # EBV pickles hold a few dozen opcodes (the matrix is one BINBYTES)
+
+
+def _counted(load_op):
+    def op(self):
+        self._ops += 1
+        if self._ops > _MAX_OPS:
+            raise EBVError(f"pickle runs more than {_MAX_OPS} opcodes; numpy/torch EBV files need a "
+                           "few dozen (the matrix is one block of bytes): refused as corrupt or "
+                           "hostile")
+        load_op(self)
+    return op
+
+
 class _RestrictedUnpickler(pickle._Unpickler):
     """Python's pure-Python unpickler, globals only from ``allowed``, no persistent ids,
     and the opcode changes listed in the module docstring (cost O(file size))."""
@@ -416,6 +432,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def __init__(self, file, allowed: Dict[Tuple[str, str], Any], size: int,
                  budget: Optional[_Budget] = None):
         super().__init__(file)
+        self._ops = 0
         self._size = int(size)
         self._budget = budget or _Budget(size)
         self._allowed = {k: v if isinstance(v, (_NDArrayClass, _TorchStorageType))
@@ -490,6 +507,10 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise EBVError("pickle data truncated (BYTEARRAY8)")
         self.append(b)
     dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+
+
+# every opcode counted: the pure-Python unpickler costs ~1-5 us per opcode on this machine
+_RestrictedUnpickler.dispatch = {k: _counted(f) for k, f in _RestrictedUnpickler.dispatch.items()}
 
 
 class _TorchStorageUnpickler(_RestrictedUnpickler):
