@@ -247,6 +247,7 @@ SCHEMA: Dict[str, Any] = {
         "num_workers": _k(2, "int", "parallel workers for decoding and per-image ops (lowered to "
                           "the machine's core count, with a warning)", lo=1),
         "python_multiprocessing": _k(False, "bool", "decode in worker processes instead of threads"),
+        "max_image_pixels": _k(89478485, "int", "larger images are bad samples (Pillow's MAX_IMAGE_PIXELS); 0: no cap", lo=0),
     },
     "optim": {
         "opt": _k("sgd", "str", "sgd (momentum SGD, the paper's ResNet runs) | adamw (Swin/ViT)",

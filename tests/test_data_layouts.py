@@ -121,7 +121,7 @@ def test_layout_cache_is_reused(tmp_path):
 
 
 def test_parse_list_errors_name_the_line():
-    with pytest.raises(LayoutError, match="data line 2"):
+    with pytest.raises(LayoutError, match="line 2"):
         parse_list("a.jpg 1\nb.jpg x\n", "l.txt")
     with pytest.raises(LayoutError, match="negative label"):
         parse_list("a.jpg -1\n", "l.txt")

@@ -1,8 +1,9 @@
 """``create_dataset``: one factory for the zip archive, ImageNet folders and CSV lists.
 
-Pipeline: source (zip members or files, decoded with OpenCV; or ``ImageFolderDataset``) ->
-``ShardSampler`` (shard, epoch reshuffle, equal length) -> per-image recipe ops (C++) ->
+Pipeline: source (`open_split`: zip members or files, read and validated by ``ImageSource``)
+-> ``ShardSampler`` (shard, epoch reshuffle, equal length) -> per-image recipe ops (C++) ->
 batch (+ per-batch mixup/cutmix for A2, and bad-sample bookkeeping, in the main process).
+``open_split`` is also what ``python -m ebv_ms.data.inspect`` lists and verifies.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..config import DEFAULTS as CONFIG_DEFAULTS
-from .imagenet import count_folder_samples, folder_dataset, list_samples, lists_num_classes
-from .layouts import Layout, LayoutError, SplitSamples, detect_layout
+from .imagenet import find_split_dir, folder_samples, list_samples, lists_num_classes
+from .layouts import SPLIT_ALIASES, Layout, LayoutError, SplitSamples, detect_layout
 from .presets import BatchAugment, check_recipe, create_batch_transform, create_transforms
 from .readers import ZipMemberReader
 from .sampler import ShardSampler
@@ -155,10 +156,17 @@ def _format(cfg) -> str:
 _LAYOUT_KEYS = ("layout", "root", "split_dirs", "split_lists", "list_columns", "list_delimiter")
 
 
-def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None) -> Tuple[ZipIndex, Layout]:
-    """The archive's index and layout; the layout is cached next to the index (keyed by options)."""
+def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None,
+                   num_classes: Optional[int] = None,
+                   class_names: Optional[List[str]] = None) -> Tuple[ZipIndex, Layout]:
+    """The archive's index and layout; the layout is cached next to the index (keyed by options).
+
+    ``num_classes`` bounds list labels (an error names the list line); ``class_names`` fixes
+    the class list (see ``create_dataset``).
+    """
     index = index or load_zip_index(path, cache_dir=cfg.get("index_cache_dir"))
-    opts = json.dumps({k: cfg.get(k) for k in _LAYOUT_KEYS}, sort_keys=True, default=str)
+    opts = json.dumps(dict({k: cfg.get(k) for k in _LAYOUT_KEYS}, class_names=class_names),
+                      sort_keys=True, default=str)
     tag = hashlib.sha1(opts.encode()).hexdigest()[:12]
     cache = os.path.join(index.cache_dir, f"layout-{tag}.npz") if index.cache_dir else None
     if cache and os.path.exists(cache) and not index.built:
@@ -167,6 +175,8 @@ def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None) ->
                 meta = json.loads(str(z["meta"]))
                 splits = {s: SplitSamples(z[f"{s}.members"], z[f"{s}.labels"], o)
                           for s, o in meta["splits"].items()}
+            top = max(int(v.labels.max()) for v in splits.values() if len(v.labels))
+            if num_classes is None or top < int(num_classes):  # else: detect again, naming the line
                 return index, Layout(meta["kind"], meta["class_names"], splits, meta["root"])
         except (OSError, ValueError, KeyError):
             logger.warning("ignoring unreadable layout cache %s", cache)
@@ -175,7 +185,8 @@ def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None) ->
                            root=cfg.get("root"), split_dirs=cfg.get("split_dirs") or {},
                            split_lists=cfg.get("split_lists") or {},
                            list_columns=cfg.get("list_columns"),
-                           list_delimiter=cfg.get("list_delimiter"), where=path)
+                           list_delimiter=cfg.get("list_delimiter"), where=path,
+                           num_classes=num_classes, class_names=class_names)
     reader.close()
     if cache:
         arrays = {}
@@ -192,11 +203,85 @@ def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None) ->
     return index, layout
 
 
+# ---------------------------------------------------------------------------------- split sources
+@dataclass
+class SplitSource:
+    """One split of a dataset, ready to read: what ``create_dataset`` and ``inspect`` both use."""
+
+    split: str
+    source: ImageSource
+    class_names: List[str]
+    description: str
+
+
+def open_split(data_cfg: Optional[Mapping], split: str, num_classes: Optional[int] = None,
+               class_names: Optional[List[str]] = None) -> SplitSource:
+    """The samples of ``split`` from the archive, folders or lists ``data_cfg`` names.
+
+    ``num_classes`` bounds list labels (refused with the list's line number); ``class_names``
+    (e.g. the saved classes.json of a run being resumed) fixes the class list and its order.
+    """
+    cfg = _cfg(data_cfg)
+    fmt = _format(cfg)
+    path = str(cfg["path"])
+    max_pixels = int(cfg["max_image_pixels"] or 0)
+    if fmt == "zip":
+        index, layout = archive_layout(path, cfg, num_classes=num_classes, class_names=class_names)
+        samples = layout.split(split)
+        source = ImageSource(ZipMemberReader(index), samples.members, samples.labels,
+                             max_pixels=max_pixels)
+        return SplitSource(split, source, list(layout.class_names),
+                           f"{path}: {layout.kind}, {samples.origin}")
+    if fmt == "list":
+        lists = cfg["split_lists"]
+        if split not in lists:
+            raise LayoutError(f"data.split_lists has no entry for split '{split}' (has: {sorted(lists)})")
+        reader, members, labels = list_samples(path, str(lists[split]), cfg["list_columns"],
+                                               cfg["list_delimiter"], str(cfg["list_strip_prefix"] or ""),
+                                               num_classes=num_classes)
+        n_cls = max(lists_num_classes(path, lists, cfg["list_columns"], cfg["list_delimiter"],
+                                      num_classes).values())
+        names = list(class_names) if class_names is not None and len(class_names) >= n_cls \
+            else [str(i) for i in range(n_cls)]
+        return SplitSource(split, ImageSource(reader, members, labels, max_pixels=max_pixels),
+                           names, f"{path}: list {lists[split]}")
+    reader, members, labels, names, split_dir = folder_samples(path, split, cfg["split_dirs"],
+                                                               class_names)
+    return SplitSource(split, ImageSource(reader, members, labels, max_pixels=max_pixels), names,
+                       f"{path}: folders, {split_dir}")
+
+
+def split_names(data_cfg: Optional[Mapping]) -> List[str]:
+    """The splits the data has (canonical names: train, val, test, or data.split_dirs keys)."""
+    cfg = _cfg(data_cfg)
+    fmt = _format(cfg)
+    if fmt == "zip":
+        return list(archive_layout(str(cfg["path"]), cfg)[1].splits)
+    if fmt == "list":
+        return list(cfg["split_lists"])
+    out, seen = [], set()
+    for s in list(cfg["split_dirs"]) + [s for s in ("train", "val", "test") if s not in cfg["split_dirs"]]:
+        try:
+            d = os.path.realpath(find_split_dir(str(cfg["path"]), s, cfg["split_dirs"]))
+        except LayoutError:
+            continue
+        if d not in seen:  # 'val' falls back to a 'test' folder: list it once
+            seen.add(d)
+            out.append(s)
+    if not out:
+        raise LayoutError(f"{cfg['path']}: no split folders (looked for "
+                          f"{', '.join(SPLIT_ALIASES['train'] + SPLIT_ALIASES['val'])}): not an "
+                          f"image-folder dataset. Set data.split_dirs / data.split_lists, or point "
+                          f"data.path at the dataset's top folder or .zip archive")
+    return out
+
+
 # ------------------------------------------------------------------------------------- factory
 def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_training: bool,
                    num_shards: int = 1, shard_id: int = 0, seed: int = 0,
                    recipe: Optional[str] = None, drop_remainder: Optional[bool] = None,
-                   num_workers: Optional[int] = None, num_classes: Optional[int] = None):
+                   num_workers: Optional[int] = None, num_classes: Optional[int] = None,
+                   class_names: Optional[List[str]] = None):
     """A batched MindSpore dataset of ``split`` and its ``DatasetInfo``.
 
     Batches: ``image`` float32 (B, 3, S, S) normalised with ImageNet mean/std; ``label`` int32
@@ -204,10 +289,12 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     Training uses ``data_cfg.recipe`` (A0/A1/A2) and drops the last partial batch; evaluation
     uses the ``eval`` recipe and keeps it. Each of ``num_shards`` ranks gets the same number of
     steps; ``seed`` must be the same on every rank (it drives the shared shuffle).
-    ``num_classes`` (optional) must match the data's, else a clear error.
+    ``num_classes`` (optional) must match the data's, else a clear error; list labels outside
+    it are refused with the line. ``class_names`` (optional, e.g. a resumed run's
+    classes.json) fixes the class list and order: a class folder missing from the data keeps
+    its index (with a warning), one not in the list is an error.
     """
     cfg = _cfg(data_cfg)
-    fmt = _format(cfg)
     recipe = check_recipe(recipe or (cfg["recipe"] if is_training else "eval"))
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -217,51 +304,23 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     workers = max(1, workers)
     multiproc = bool(cfg["python_multiprocessing"]) and workers > 1
     import mindspore.dataset as ds
-    import mindspore.dataset.transforms as T
-    import mindspore as ms
 
-    source = None
-    path = str(cfg["path"])
-    if fmt == "zip":
-        index, layout = archive_layout(path, cfg)
-        samples = layout.split(split)
-        source = ImageSource(ZipMemberReader(index), samples.members, samples.labels)
-        class_names, description = layout.class_names, f"{path}: {layout.kind}, {samples.origin}"
-    elif fmt == "list":
-        lists = cfg["split_lists"]
-        if split not in lists:
-            raise LayoutError(f"data.split_lists has no entry for split '{split}' (has: {sorted(lists)})")
-        reader, members, labels = list_samples(path, str(lists[split]), cfg["list_columns"],
-                                               cfg["list_delimiter"], str(cfg["list_strip_prefix"] or ""))
-        n_cls = max(lists_num_classes(path, lists, cfg["list_columns"], cfg["list_delimiter"]).values())
-        class_names = [str(i) for i in range(n_cls)]
-        source = ImageSource(reader, members, labels)
-        description = f"{path}: list {lists[split]}"
-    if source is not None:
-        n = len(source)
-        sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed,
-                               encode_epoch=True)
-        # The source's per-row work is small (read, CRC, precheck); one thread feeds several
-        # decode threads, and more Python threads only fight over the GIL (docs/data.md).
-        dataset = ds.GeneratorDataset(source, ["image", "label", "meta"], sampler=sampler,
-                                      num_parallel_workers=workers if multiproc else 1,
-                                      python_multiprocessing=multiproc)
-    else:  # folder: MindSpore's ImageFolderDataset
-        from .imagenet import find_split_dir, folder_classes
-        split_dir = find_split_dir(path, split, cfg["split_dirs"])
-        class_names = folder_classes(path, cfg["split_dirs"])
-        n = count_folder_samples(split_dir, class_names)
-        sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed)
-        dataset, class_names, split_dir = folder_dataset(path, split, cfg["split_dirs"], sampler, workers,
-                                                         decode=False)  # decoded by the recipe's ops
-        dataset = dataset.map(T.TypeCast(ms.int32), input_columns="label")
-        description = f"{path}: folders, {split_dir}"
+    opened = open_split(cfg, split, num_classes, class_names)
+    source, class_names, description = opened.source, opened.class_names, opened.description
+    n = len(source)
+    sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed,
+                           encode_epoch=True)
+    # The source's per-row work is small (read, CRC, precheck; the trial decode only in the
+    # first epoch); one thread feeds several decode threads (docs/data.md).
+    dataset = ds.GeneratorDataset(source, ["image", "label", "meta"], sampler=sampler,
+                                  num_parallel_workers=workers if multiproc else 1,
+                                  python_multiprocessing=multiproc)
     if num_classes is not None and int(num_classes) != len(class_names):
         raise DataError(f"the data has {len(class_names)} classes but num_classes={num_classes} was "
                         f"asked for (model.num_classes?); make them agree")
 
-    # Both sources hand over encoded bytes (ours checked by ``precheck``); the recipe decodes
-    # them in C++ (RandomCropDecodeResize for training: only the crop's region is decoded).
+    # The source hands over encoded bytes (validated, see source.py); the recipe decodes them
+    # in C++ (RandomCropDecodeResize for training: only the crop's region is decoded).
     ops = create_transforms(recipe, int(cfg["image_size"]), cfg["eval_resize"], cfg["eval_crop"],
                             tuple(cfg["scale"]), float(cfg["color_jitter"]), float(cfg["random_erasing"]),
                             encoded=True)
@@ -269,7 +328,7 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     # C++ ops only: threads, no process hop
     dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
 
-    bad_log = BadSampleLog(source.name) if source is not None else None
+    bad_log = BadSampleLog(source.name)
     batch_aug = create_batch_transform(recipe, len(class_names), float(cfg["random_erasing"]),
                                        float(cfg["mixup_alpha"]), float(cfg["cutmix_alpha"]),
                                        float(cfg["mix_switch_prob"]), seed=seed * 1000003 + shard_id)

@@ -1,8 +1,11 @@
-"""ImageNet on disk: the standard folder layout via MindSpore's ``ImageFolderDataset``, and CSV lists.
+"""ImageNet on disk: the standard folder layout and CSV lists, read by our tolerant source.
 
 - Folders: ``<path>/train/<wnid>/*.JPEG`` and ``<path>/val/<wnid>/*.JPEG`` (split folder names as
-  in ``layouts.SPLIT_ALIASES``, or ``data.split_dirs``). Decoding is MindSpore's own (C++); class
-  indices are the sorted union of the class folders of all splits, passed as ``class_indexing``.
+  in ``layouts.SPLIT_ALIASES``, or ``data.split_dirs``). Class indices are the sorted union of the
+  class folders of all splits (``ImageFolder``'s convention; an empty class folder keeps its
+  index, with a warning). The files are listed here and read by ``FileReader`` through
+  ``source.ImageSource``, like the archive: MindSpore's ``ImageFolderDataset`` would hand every
+  file to the C++ decoder unchecked, and that decoder kills the process on some corrupt JPEGs.
 - Lists: the authors' CSV files (``image_id,label``; any ``path label`` list works, see
   ``layouts.parse_list``) plus a root folder. The authors' lists hold paths like
   ``../train/n01440764/x.JPEG``; ``data.list_strip_prefix`` removes such a prefix before the path
@@ -11,13 +14,16 @@
 """
 from __future__ import annotations
 
+import logging
 import os
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .layouts import IMAGE_EXTENSIONS, SPLIT_ALIASES, LayoutError, parse_list
+from .layouts import IMAGE_EXTENSIONS, SPLIT_ALIASES, LayoutError, is_image, parse_list
 from .readers import FileReader
+
+logger = logging.getLogger(__name__)
 
 FOLDER_EXTENSIONS = sorted({e for x in IMAGE_EXTENSIONS for e in (x, x.upper())})
 
@@ -57,9 +63,50 @@ def folder_classes(root: str, split_dirs: Mapping[str, str]) -> List[str]:
     return sorted(names)
 
 
+def folder_samples(root: str, split: str, split_dirs: Mapping[str, str],
+                   class_names: Optional[Sequence[str]] = None):
+    """``(FileReader, members, labels, class_names, split_dir)`` of a folder-per-class split.
+
+    ``class_names`` (e.g. a resumed run's classes.json) fixes the classes and their order; a
+    class folder that is not in it is an error, one of it without images a warning.
+    """
+    split_dir = find_split_dir(root, split, split_dirs)
+    found = folder_classes(root, split_dirs)
+    if class_names is not None:
+        unknown = sorted(set(found) - set(class_names))
+        if unknown:
+            raise LayoutError(f"{root}: class folders not in the expected class list ({len(unknown)}, "
+                              f"e.g. {unknown[:5]}): the dataset changed since the class list "
+                              f"(classes.json) was saved")
+        found = list(class_names)
+    if not found:
+        raise LayoutError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image>); "
+                          f"is data.path the dataset's top folder?")
+    paths: List[str] = []
+    labels: List[np.ndarray] = []
+    empty = []
+    for k, cls in enumerate(found):
+        d = os.path.join(split_dir, cls)
+        files = sorted(e.name for e in os.scandir(d) if is_image(e.name) and e.is_file()) \
+            if os.path.isdir(d) else []
+        if not files:
+            empty.append(cls)
+        paths += [f"{cls}/{f}" for f in files]
+        labels.append(np.full(len(files), k, np.int32))
+    if not paths:
+        raise LayoutError(f"{split_dir}: no images with extensions {IMAGE_EXTENSIONS} in its "
+                          f"{len(found)} class folders")
+    if empty:
+        logger.warning("%d class folder(s) of %s have no images, e.g. %s: they keep their class "
+                       "index and get no samples in this split", len(empty), split_dir, empty[:5])
+    return (FileReader(split_dir, paths), np.arange(len(paths), dtype=np.int64),
+            np.concatenate(labels), list(found), split_dir)
+
+
 def folder_dataset(root: str, split: str, split_dirs: Mapping[str, str], sampler,
                    num_workers: int, decode: bool = True):
-    """``(ImageFolderDataset, class_names, split_dir)`` for a folder-per-class split on disk."""
+    """``(ImageFolderDataset, class_names, split_dir)``: MindSpore's own folder reader, no checks
+    (the reference in benchmarks/data.py; training uses `folder_samples`)."""
     import mindspore.dataset as ds
     split_dir = find_split_dir(root, split, split_dirs)
     class_names = folder_classes(root, split_dirs)
@@ -71,18 +118,9 @@ def folder_dataset(root: str, split: str, split_dirs: Mapping[str, str], sampler
     return dataset, class_names, split_dir
 
 
-def count_folder_samples(split_dir: str, class_names: List[str]) -> int:
-    import mindspore.dataset as ds
-    indexing = {c: i for i, c in enumerate(class_names)}
-    n = ds.ImageFolderDataset(split_dir, extensions=FOLDER_EXTENSIONS, class_indexing=indexing,
-                              shuffle=False).get_dataset_size()
-    if n == 0:
-        raise LayoutError(f"{split_dir}: no images with extensions {IMAGE_EXTENSIONS} in its class folders")
-    return n
-
-
 def list_samples(root: str, list_file: str, columns=None, delimiter: Optional[str] = None,
-                 strip_prefix: str = "", progress: bool = True) -> Tuple[FileReader, np.ndarray, np.ndarray]:
+                 strip_prefix: str = "", progress: bool = True,
+                 num_classes: Optional[int] = None) -> Tuple[FileReader, np.ndarray, np.ndarray]:
     """``(FileReader, members, labels)`` for a CSV/txt list of (path, label) under ``root``."""
     path = list_file if os.path.isabs(list_file) or os.path.exists(list_file) else os.path.join(root, list_file)
     try:
@@ -91,7 +129,7 @@ def list_samples(root: str, list_file: str, columns=None, delimiter: Optional[st
     except OSError as exc:
         raise LayoutError(f"list file {list_file!r} cannot be read ({exc.strerror}); "
                           f"data.split_lists entries are paths on disk (or relative to data.path)") from None
-    paths, labels = parse_list(text, path, columns, delimiter)
+    paths, labels = parse_list(text, path, columns, delimiter, num_classes)
     if strip_prefix:
         paths = [p[len(strip_prefix):] if p.startswith(strip_prefix) else p for p in paths]
     paths = [p.lstrip("/") if not os.path.isabs(p) or not os.path.exists(p) else p for p in paths]
@@ -106,14 +144,15 @@ def list_samples(root: str, list_file: str, columns=None, delimiter: Optional[st
     return FileReader(root, paths), np.arange(len(paths), dtype=np.int64), labels
 
 
-def lists_num_classes(root: str, split_lists: Mapping[str, str], columns, delimiter) -> Dict[str, int]:
+def lists_num_classes(root: str, split_lists: Mapping[str, str], columns, delimiter,
+                      num_classes: Optional[int] = None) -> Dict[str, int]:
     """Largest label + 1 per list (cheap: parses only), so train and val agree on num_classes."""
     out = {}
     for split, lf in split_lists.items():
         path = lf if os.path.isabs(lf) or os.path.exists(lf) else os.path.join(root, lf)
         try:
             with open(path, "r", encoding="utf-8-sig") as f:
-                _, labels = parse_list(f.read(), path, columns, delimiter)
+                _, labels = parse_list(f.read(), path, columns, delimiter, num_classes)
         except OSError as exc:
             raise LayoutError(f"list file {lf!r} cannot be read ({exc.strerror})") from None
         out[split] = int(labels.max()) + 1 if len(labels) else 0

@@ -8,55 +8,28 @@ as ``--set key=value`` with the keys of the YAML ``data`` section (e.g.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional
 
+import numpy as np
+
 
 def _splits(cfg: dict):
-    from .dataset import _cfg, _format, archive_layout
-    from .imagenet import count_folder_samples, find_split_dir, folder_classes, list_samples
-    from .layouts import LayoutError
-    from .readers import ZipMemberReader
-    from .source import ImageSource
+    """[(split, ImageSource)] through ``dataset.open_split``, the opener training uses."""
+    from .dataset import _cfg, _format, archive_layout, open_split, split_names
     c = _cfg(cfg)
-    fmt = _format(c)
-    path = c["path"]
-    out = []
-    if fmt == "zip":
-        index, layout = archive_layout(path, c)
-        print(f"{path}: zip archive, {len(index)} members (index {index.cache_dir or 'in memory'})")
+    is_zip = _format(c) == "zip"
+    if is_zip:
+        index, layout = archive_layout(c["path"], c)
+        print(f"{c['path']}: zip archive, {len(index)} members (index {index.cache_dir or 'in memory'})")
         print(layout.describe())
-        for s, v in layout.splits.items():
-            out.append((s, ImageSource(ZipMemberReader(index), v.members, v.labels)))
-        return out
-    if fmt == "list":
-        for s, lf in c["split_lists"].items():
-            reader, m, lab = list_samples(path, lf, c["list_columns"], c["list_delimiter"],
-                                          c["list_strip_prefix"] or "")
-            print(f"  {s}: {len(m)} samples from list {lf}, {int(lab.max()) + 1} classes")
-            out.append((s, ImageSource(reader, m, lab)))
-        return out
-    from .layouts import is_image
-    from .readers import FileReader
-    import numpy as np
-    classes = folder_classes(path, c["split_dirs"])
-    print(f"{path}: image folders, {len(classes)} classes")
-    for s in ("train", "val", "test"):
-        try:
-            d = find_split_dir(path, s, c["split_dirs"])
-        except LayoutError:
-            continue
-        print(f"  {s}: {count_folder_samples(d, classes)} images in {d}")
-        files, labels = [], []
-        for k, cls in enumerate(classes):
-            cdir = os.path.join(d, cls)
-            if os.path.isdir(cdir):
-                names = sorted(f for f in os.listdir(cdir) if is_image(f))
-                files += [os.path.join(cls, f) for f in names]
-                labels += [k] * len(names)
-        if files:
-            out.append((s, ImageSource(FileReader(d, files), np.arange(len(files)), np.asarray(labels))))
+    out = []
+    for s in split_names(c):
+        sp = open_split(c, s)
+        if not is_zip:  # (the layout above already says this for an archive)
+            print(f"  {s}: {len(sp.source)} samples, {len(sp.class_names)} classes "
+                  f"({len(np.unique(sp.source.labels))} with samples) from {sp.description}")
+        out.append((s, sp.source))
     return out
 
 

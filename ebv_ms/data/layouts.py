@@ -90,27 +90,47 @@ def is_image(name: str) -> bool:
 
 # ----------------------------------------------------------------------------------------- folders
 def _detect_folders(names: Sequence[str], image_ids: np.ndarray, root: Optional[str],
-                    split_dirs: Mapping[str, str]) -> Optional[Layout]:
-    """Group images by (prefix, split folder, class folder)."""
+                    split_dirs: Mapping[str, str],
+                    class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
+    """Group images by (prefix, split folder, class folder).
+
+    A class folder without images (a directory entry, or only non-image files) keeps its
+    place in the class list, with a warning, so later class indices do not shift.
+    ``class_names`` (e.g. a resumed run's classes.json) fixes the class list and order.
+    """
     wanted: Dict[str, str] = {}  # folder path inside the archive -> split name
     for split, folder in split_dirs.items():
         wanted[str(folder).strip("/")] = str(split)
-    groups: Dict[Tuple[str, str], List[int]] = defaultdict(list)  # (split dir path, class) -> ids
-    for m in image_ids.tolist():
-        parts = names[m].split("/")
+
+    def split_dir_of(parts: List[str]) -> Optional[str]:
         if len(parts) < 3:
-            continue
+            return None
         split_dir = "/".join(parts[:-2])
         if wanted:
             if split_dir not in wanted:
-                continue
+                return None
         elif parts[-3].lower() not in SPLIT_ALIASES["train"] + SPLIT_ALIASES["val"]:
-            continue
+            return None
         if root is not None and posixpath.dirname(split_dir) != root.strip("/"):
-            continue
-        groups[(split_dir, parts[-2])].append(m)
+            return None
+        return split_dir
+
+    groups: Dict[Tuple[str, str], List[int]] = defaultdict(list)  # (split dir path, class) -> ids
+    for m in image_ids.tolist():
+        split_dir = split_dir_of(names[m].split("/"))
+        if split_dir is not None:
+            groups[(split_dir, names[m].split("/")[-2])].append(m)
     if not groups:
         return None
+    folders = set()  # (split dir, class) of every class folder, with images or not
+    is_img = np.zeros(len(names), bool)
+    is_img[image_ids] = True
+    for m, name in enumerate(names):
+        if not is_img[m] and not name.startswith("__MACOSX/"):
+            parts = name.split("/")
+            split_dir = split_dir_of(parts)
+            if split_dir is not None and parts[-2] and not parts[-2].startswith("."):
+                folders.add((split_dir, parts[-2]))
     if wanted:
         prefix = None
     else:  # several candidate tops (e.g. a stray copy): keep the one holding most images
@@ -124,7 +144,16 @@ def _detect_folders(names: Sequence[str], image_ids: np.ndarray, root: Optional[
             split_of[split_dir] = wanted[split_dir]
         elif posixpath.dirname(split_dir) == prefix:
             split_of[split_dir] = posixpath.basename(split_dir)
-    class_names = sorted({c for (d, c) in groups if d in split_of})
+    found = {c for (d, c) in set(groups) | folders if d in split_of}
+    if class_names is not None:
+        unknown = sorted(found - set(class_names))
+        if unknown:
+            raise LayoutError(f"the data has class folders that are not in the expected class list "
+                              f"({len(unknown)}, e.g. {unknown[:5]}): the dataset changed since the "
+                              f"class list (classes.json) was saved")
+        class_names = list(class_names)
+    else:
+        class_names = sorted(found)
     class_index = {c: i for i, c in enumerate(class_names)}
     splits: Dict[str, SplitSamples] = {}
     for split_dir, folder in sorted(split_of.items()):
@@ -136,8 +165,29 @@ def _detect_folders(names: Sequence[str], image_ids: np.ndarray, root: Optional[
             lab.append(np.full(len(ids), class_index[c], np.int32))
         key = folder if wanted else _split_key(folder, split_of.values())
         splits[key] = SplitSamples(np.concatenate(mem), np.concatenate(lab), f"folder {split_dir}/")
+        empty = sorted(c for (d, c) in folders if d == split_dir and (d, c) not in groups)
+        if empty:
+            logger.warning("%d class folder(s) in %s/ have no images, e.g. %s: they keep their "
+                           "class index (%s) and get no samples in this split", len(empty),
+                           split_dir, empty[:5], ", ".join(str(class_index[c]) for c in empty[:5]))
+    if class_names is not None:
+        missing = [c for c in class_names if not any((d, c) in groups for d in split_of)]
+        if missing and len(missing) < len(class_names):
+            logger.warning("%d class(es) have no images in any split, e.g. %s (kept, with their "
+                           "index, so the other classes keep theirs)", len(missing), missing[:5])
     _warn_class_mismatch(splits, groups, split_of)
     return Layout("folders", class_names, splits, root=prefix or "")
+
+
+def _bad_component(name: str) -> str:
+    """'' or what makes a member name ambiguous as a path: a '..', '.' or empty component,
+    or a backslash (a Windows separator: 'a\\b' is one name here, two folders there)."""
+    for part in name.split("/"):
+        if part in ("..", "."):
+            return f"a {part!r} path component"
+        if part == "":
+            return "an empty path component"
+    return "a backslash" if "\\" in name else ""
 
 
 def _split_key(folder: str, all_folders) -> str:
@@ -164,19 +214,32 @@ def _warn_class_mismatch(splits, groups, split_of) -> None:
 
 
 # ------------------------------------------------------------------------------------------- lists
+MAX_LABELS = 1 << 22  # 4,194,304 classes: labels at or above this are refused as corrupt
+
+
 def parse_list(text: str, source: str, columns: Optional[Sequence] = None,
-               delimiter: Optional[str] = None) -> Tuple[List[str], np.ndarray]:
-    """(relative paths, int labels) from a list file's text; LayoutError names the bad line."""
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if not lines:
+               delimiter: Optional[str] = None,
+               num_classes: Optional[int] = None) -> Tuple[List[str], np.ndarray]:
+    """(relative paths, int labels) from a list file's text; LayoutError names the bad line.
+
+    Labels must lie in [0, ``num_classes``) when given (``model.num_classes`` in training),
+    and below `MAX_LABELS` in any case: one corrupt label must neither make a table of
+    millions of classes nor wrap around int32 to another class.
+    """
+    numbered = [(k + 1, ln) for k, ln in enumerate(text.splitlines())
+                if ln.strip() and not ln.lstrip().startswith("#")]
+    if not numbered:
         raise LayoutError(f"list {source} is empty")
+    lines = [ln for _, ln in numbered]
     if delimiter is None:
         first = lines[min(1, len(lines) - 1)]
         delimiter = "," if "," in first else ("\t" if "\t" in first else None)
     if delimiter is None:
         rows = [ln.split() for ln in lines]
     else:
-        rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter))
+        rows = list(csv.reader(lines, delimiter=delimiter))
+    if len(rows) != len(numbered):  # a quoted field spanning lines: line numbers approximate
+        numbered = [(k + 1, "") for k in range(len(rows))]
     header: Optional[List[str]] = None
     path_col: object = 0
     label_col: object = 1
@@ -186,32 +249,41 @@ def parse_list(text: str, source: str, columns: Optional[Sequence] = None,
         path_col, label_col = columns
     first = rows[0]
     label_probe = label_col if isinstance(label_col, int) else None
+    start = 0
     if (isinstance(path_col, str) or isinstance(label_col, str)
             or (label_probe is not None and len(first) > label_probe and not _is_int(first[label_probe]))
             or any(c.strip().lower() in _LABEL_COLUMNS for c in first)):
         header = [c.strip() for c in first]
-        rows = rows[1:]
+        start = 1
         lower = [h.lower() for h in header]
         if columns is None:
             path_col = next((lower.index(c) for c in _PATH_COLUMNS if c in lower), 0)
             label_col = next((lower.index(c) for c in _LABEL_COLUMNS if c in lower), 1)
         path_col = _column(path_col, header, source)
         label_col = _column(label_col, header, source)
+    limit = MAX_LABELS if num_classes is None else min(int(num_classes), MAX_LABELS)
     paths: List[str] = []
-    labels = np.empty(len(rows), np.int64)
-    for i, row in enumerate(rows):
+    labels = np.empty(len(rows) - start, np.int32)
+    for i in range(start, len(rows)):
+        row = rows[i]
         try:
             p = row[path_col].strip()
-            labels[i] = int(row[label_col])
+            label = int(row[label_col])
         except (IndexError, ValueError):
-            raise LayoutError(f"list {source}, data line {i + 1}: expected a path and an integer label "
-                              f"in columns {path_col} and {label_col}, got {row!r}; set "
-                              f"data.list_columns / data.list_delimiter") from None
+            raise LayoutError(f"list {source}, line {numbered[i][0]}: expected a path and an integer "
+                              f"label in columns {path_col} and {label_col}, got {str(row)[:200]}; "
+                              f"set data.list_columns / data.list_delimiter") from None
+        if label < 0:
+            raise LayoutError(f"list {source}, line {numbered[i][0]}: negative label {label}")
+        if label >= limit:
+            why = (f"outside [0, {limit}) = model.num_classes" if num_classes is not None
+                   and limit == int(num_classes) else
+                   f"outside [0, {MAX_LABELS}): more classes than supported; is column "
+                   f"{label_col} the label?")
+            raise LayoutError(f"list {source}, line {numbered[i][0]}: label {label} {why}")
+        labels[i - start] = label
         paths.append(p)
-    if len(labels) and labels.min() < 0:
-        bad = int(np.argmin(labels))
-        raise LayoutError(f"list {source}, data line {bad + 1}: negative label {labels[bad]}")
-    return paths, labels.astype(np.int32)
+    return paths, labels
 
 
 def _is_int(s: str) -> bool:
@@ -274,7 +346,8 @@ def _clean(p: str) -> str:
 
 def _detect_lists(names: Sequence[str], lookup: Callable[[str], int], read: Callable[[int], bytes],
                   root: Optional[str], split_lists: Mapping[str, str], columns, delimiter,
-                  strict: bool) -> Optional[Layout]:
+                  strict: bool, num_classes: Optional[int] = None,
+                  class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
     if split_lists:
         chosen: Dict[str, int] = {}
         for split, lname in split_lists.items():
@@ -297,9 +370,9 @@ def _detect_lists(names: Sequence[str], lookup: Callable[[str], int], read: Call
         lname = names[m]
         try:
             text = bytes(read(m)).decode("utf-8-sig")
-            paths, labels = parse_list(text, lname, columns, delimiter)
+            paths, labels = parse_list(text, lname, columns, delimiter, num_classes)
         except (LayoutError, UnicodeDecodeError) as exc:
-            if strict:
+            if strict or "label" in str(exc) and "outside" in str(exc):
                 raise LayoutError(str(exc)) from None
             logger.warning("ignoring %s as a list file: %s", lname, exc)
             continue
@@ -317,19 +390,27 @@ def _detect_lists(names: Sequence[str], lookup: Callable[[str], int], read: Call
         splits[split] = SplitSamples(members, labels, f"list {lname}")
     if not splits:
         return None
-    num_classes = int(max(int(s.labels.max()) for s in splits.values())) + 1
-    return Layout("lists", [str(i) for i in range(num_classes)], splits, root=root or "")
+    n = int(max(int(s.labels.max()) for s in splits.values())) + 1
+    if class_names is not None and len(class_names) >= n:
+        names_out = list(class_names)
+    else:
+        names_out = [str(i) for i in range(n)]
+    return Layout("lists", names_out, splits, root=root or "")
 
 
 # ------------------------------------------------------------------------------------------ driver
 def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: str = "auto",
                   root: Optional[str] = None, split_dirs: Optional[Mapping[str, str]] = None,
                   split_lists: Optional[Mapping[str, str]] = None, list_columns=None,
-                  list_delimiter: Optional[str] = None, where: str = "archive") -> Layout:
+                  list_delimiter: Optional[str] = None, where: str = "archive",
+                  num_classes: Optional[int] = None,
+                  class_names: Optional[Sequence[str]] = None) -> Layout:
     """Detect (or follow the overrides for) the layout of an archive given its member names.
 
     ``read(member) -> bytes`` reads list files. Raises LayoutError describing what was found
-    when no layout is recognised.
+    when no layout is recognised, for list labels outside [0, ``num_classes``), and for image
+    names with ``..`` / ``.`` / empty components (a class folder named ``..`` is no class).
+    ``class_names`` fixes the class list (a resumed run's), see `_detect_folders`.
     """
     if layout not in ("auto", "folders", "lists"):
         raise LayoutError(f"data.layout must be auto, folders or lists, got {layout!r}")
@@ -339,6 +420,12 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
         return lookup_table.get(name, -1)
 
     image_ids = np.fromiter((i for i, n in enumerate(names) if is_image(n)), np.int64)
+    for i in image_ids.tolist():
+        bad = _bad_component(names[i])
+        if bad:
+            raise LayoutError(f"{where}: member {names[i][:200]!r} has {bad}: its folders cannot "
+                              f"be named classes safely (the archive is malformed or hostile); "
+                              f"remove or rename that member")
     if split_lists:
         layout = "lists"
     elif split_dirs:
@@ -346,7 +433,8 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
     result = None
     if layout in ("auto", "lists"):
         result = _detect_lists(names, lookup, read, root, split_lists or {}, list_columns,
-                               list_delimiter, strict=layout == "lists")
+                               list_delimiter, strict=layout == "lists", num_classes=num_classes,
+                               class_names=class_names)
     if layout == "auto" and result is not None:
         folders = _detect_folders(names, image_ids, root, {})
         if folders is not None:
@@ -354,7 +442,7 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
                            "data.layout: folders to use the folders instead", where,
                            ", ".join(v.origin for v in result.splits.values()))
     if result is None and layout in ("auto", "folders"):
-        result = _detect_folders(names, image_ids, root, split_dirs or {})
+        result = _detect_folders(names, image_ids, root, split_dirs or {}, class_names)
     if result is None:
         raise LayoutError(_not_recognised(names, image_ids, where, layout))
     logger.info("%s: %s", where, result.describe().replace("\n", ";"))

@@ -43,7 +43,8 @@ class ZipMemberReader:
         self._pid: Optional[int] = None
 
     def __getstate__(self):
-        state = {"archive": self.archive, "_index_cache": self._index_cache}
+        state = {"archive": self.archive, "_index_cache": self._index_cache,
+                 "digest": self.index.digest, "key": self.index.key}
         if self._index_cache is None:  # index only in memory: ship the arrays themselves
             state["index"] = self.index
         return state
@@ -54,7 +55,8 @@ class ZipMemberReader:
         index = state.get("index")
         if index is None:
             index = load_zip_index(self.archive, location=self._index_cache, progress=False,
-                                   must_exist=True)
+                                   must_exist=True, digest=state.get("digest"),
+                                   checked_key=state.get("key"))
         self._set_index(index)
 
     def _handle(self) -> int:
@@ -114,20 +116,24 @@ class ZipMemberReader:
             raise BadMember("CRC-32 mismatch (member corrupt)")
         return raw
 
+    def crc(self, member: int, raw) -> int:
+        """CRC-32 of bytes ``read(member)`` returned: the directory's, which ``read`` checked."""
+        return int(self.index.crc[member])
+
 
 class FileReader:
     """Reads files ``root/<relative path>``; paths stored as one packed blob, not a list of str."""
 
     def __init__(self, root: str, paths: Sequence[str]):
         self.root = os.path.abspath(root)
-        enc = [p.encode("utf-8") for p in paths]
+        enc = [p.encode("utf-8", "surrogateescape") for p in paths]  # undecodable file names too
         self._starts = np.zeros(len(enc) + 1, np.int64)
         np.cumsum([len(e) for e in enc], out=self._starts[1:])
         self._blob = np.frombuffer(b"".join(enc), np.uint8) if enc else np.zeros(0, np.uint8)
 
     def name(self, member: int) -> str:
         a, b = int(self._starts[member]), int(self._starts[member + 1])
-        return bytes(self._blob[a:b]).decode("utf-8")
+        return bytes(self._blob[a:b]).decode("utf-8", "surrogateescape")
 
     def path(self, member: int) -> str:
         return os.path.join(self.root, self.name(member))
@@ -138,6 +144,10 @@ class FileReader:
                 return f.read()
         except OSError as exc:
             raise BadMember(f"cannot read file ({exc.strerror})") from None
+
+    def crc(self, member: int, raw) -> int:
+        """CRC-32 of bytes ``read(member)`` returned (a file may change between epochs)."""
+        return zlib.crc32(raw)
 
     def close(self) -> None:
         pass

@@ -16,14 +16,20 @@ batch step (main process) records the bad indices and drops the column, so the c
 are visible from ``DatasetInfo`` whatever the number of workers. A label is never attached to
 the wrong image; a run with bad members sees a few duplicates instead.
 
-Safety net: an image that passes the precheck but still makes the C++ decoder fail (a corrupt
-header the walk did not catch) is replaced by MindSpore itself with an earlier good row, image
-and label together (``ErrorSamplesMode.REPLACE``, set by ``create_dataset``); MindSpore logs
-it, but it is not in the count. Corrupt entropy-coded data decodes with a libjpeg warning to a
-partly grey image, as in every other loader.
+MindSpore 2.10's C++ decoder crashes the process (SIGSEGV) on JPEGs libjpeg refuses (e.g. a
+scan using an undefined Huffman table), so every row is validated first: ``precheck`` (a walk
+of every JPEG segment, the pixel cap) then a trial decode by OpenCV, which reports the same
+libjpeg errors as an empty result (`validate`). Samples that passed are remembered by CRC, so
+the trial decode costs only the first epoch. Safety net: an image MindSpore's decoder still
+rejects with an exception is replaced by MindSpore itself with an earlier good row, image and
+label together (``ErrorSamplesMode.REPLACE``, set by ``create_dataset``). Corrupt
+entropy-coded data decodes with a libjpeg warning to a partly grey image, as in every other
+loader.
 """
 from __future__ import annotations
 
+import io
+import zlib
 from typing import Tuple
 
 import cv2
@@ -78,11 +84,12 @@ def _huffman_problem(seg: bytes) -> str:
     return out
 
 
-def _jpeg_header_problem(b: bytes) -> str:
-    """Walk the JPEG segments up to the first scan as libjpeg will: '' if sane, else what is wrong.
+def _jpeg_header_problem(b: bytes, max_pixels: int = 0) -> str:
+    """Walk the JPEG segments (every scan header) as libjpeg will: '' if sane, else what is wrong.
 
     Stricter than a format sniff on purpose: MindSpore's C++ decoder crashes the process on
-    some malformed headers (e.g. a bogus Huffman table) instead of raising.
+    some malformed headers (e.g. a bogus Huffman table) instead of raising. This gives the
+    precise reason cheaply; `_decodes` is the complete check.
     """
     p, n = 2, len(b)
     progressive = False
@@ -119,6 +126,8 @@ def _jpeg_header_problem(b: bytes) -> str:
             prec, h, w, nc = seg[0], (seg[1] << 8) | seg[2], (seg[3] << 8) | seg[4], seg[5]
             if prec != 8 or w == 0 or h == 0 or nc not in (1, 3, 4) or len(seg) != 6 + 3 * nc:
                 return f"corrupt JPEG header (frame {w}x{h}, {nc} components, {prec} bits)"
+            if max_pixels and w * h > max_pixels:
+                return _too_big(w, h, max_pixels)
             for k in range(nc):
                 cid, hv, tq = seg[6 + 3 * k], seg[7 + 3 * k], seg[8 + 3 * k]
                 if not (1 <= hv >> 4 <= 4 and 1 <= hv & 15 <= 4) or tq > 3 or cid in comps:
@@ -145,15 +154,25 @@ def _jpeg_header_problem(b: bytes) -> str:
                 return "corrupt JPEG header (scan before frame header)"
             if not len(seg) or len(seg) != 4 + 2 * seg[0] or not 1 <= seg[0] <= 4:
                 return "corrupt JPEG scan header"
+            ss, se, ah, al = seg[-3], seg[-2], seg[-1] >> 4, seg[-1] & 15
             for k in range(seg[0]):
                 cid, tables = seg[1 + 2 * k], seg[2 + 2 * k]
                 if cid not in comps:
                     return "corrupt JPEG scan header (unknown component)"
                 if (tables >> 4) > 3 or (tables & 15) > 3:
                     return "corrupt JPEG scan header (bad table id)"
+                # libjpeg fills slots 0 and 1 with the standard tables; 2 and 3 must be defined
+                used = []
+                if not progressive or (ss == 0 and ah == 0):
+                    used.append((0, tables >> 4))
+                if not progressive or ss > 0:
+                    used.append((1, tables & 15))
+                for tc, th in used:
+                    if th > 1 and (tc, th) not in huff:
+                        return (f"corrupt JPEG scan header (uses {'DC' if tc == 0 else 'AC'} "
+                                f"Huffman table {th}, which is not defined)")
             if any(tq not in quant for tq in comps.values()):
                 return "corrupt JPEG header (missing quantisation table)"
-            ss, se, ah, al = seg[-3], seg[-2], seg[-1] >> 4, seg[-1] & 15
             if not progressive and (ss != 0 or se != 63 or ah or al):
                 return "corrupt JPEG scan header (bad spectral selection)"
             if progressive and (ss > se or se > 63 or ah > 13 or al > 13 or (ss == 0 and se)):
@@ -178,6 +197,65 @@ def _skip_entropy_data(b: bytes, p: int) -> int:
         return n if nxt == 0xD9 else p  # end of image, or the next segment
 
 
+DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # Pillow's MAX_IMAGE_PIXELS: ~89.5 MP, 268 MB as RGB
+
+
+def _too_big(w: int, h: int, max_pixels: int) -> str:
+    return (f"image is {w} x {h} = {w * h} pixels, more than data.max_image_pixels = {max_pixels} "
+            f"(decoding it would take {3 * w * h / 2 ** 20:.0f} MB)")
+
+
+def _image_size(raw, fmt: str):
+    """(width, height) from the header of a non-JPEG image, or None if it has none."""
+    b = bytes(raw[:32])
+    if fmt == "png":
+        return int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
+    if fmt == "bmp" and len(b) >= 26:
+        return abs(int.from_bytes(b[18:22], "little", signed=True)), \
+            abs(int.from_bytes(b[22:26], "little", signed=True))
+    try:  # TIFF / WebP / GIF: Pillow parses the header only (no pixel data)
+        from PIL import Image
+        with Image.open(io.BytesIO(bytes(raw))) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - Pillow's DecompressionBombError, corrupt headers...
+        return None
+
+
+def _decodes(raw, fmt: str) -> bool:
+    """Whether OpenCV decodes it: the complete check before MindSpore's decoder sees the bytes.
+
+    OpenCV reports a libjpeg/libpng error as an empty result; MindSpore 2.10's JPEG path takes
+    the same libjpeg errors down with the process (SIGSEGV). A JPEG is decoded at 1/8 scale:
+    libjpeg still parses every table and entropy-codes every block (where its errors come
+    from) but skips most of the IDCT and upsampling, ~60 % of a full decode's CPU.
+    """
+    flag = cv2.IMREAD_REDUCED_COLOR_8 if fmt == "jpeg" else cv2.IMREAD_COLOR
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), flag)
+    return img is not None and img.size > 0
+
+
+def _png_problem(b: bytes) -> str:
+    """Walk the PNG chunks: lengths inside the file, CRCs of the critical chunks, IHDR first,
+    IEND last. OpenCV takes seconds and allocates the declared length for a chunk whose length
+    field is garbage, so this runs before any decoder sees the bytes."""
+    p, n, first = 8, len(b), True
+    while p + 12 <= n:
+        length = int.from_bytes(b[p:p + 4], "big")
+        kind = b[p + 4:p + 8]
+        if length > n - p - 12:
+            return "truncated PNG (a chunk runs past the end of the file)"
+        if first and (kind != b"IHDR" or length != 13):
+            return "corrupt PNG header (IHDR chunk expected first)"
+        first = False
+        if kind[:1].isupper() and zlib.crc32(b[p + 4:p + 8 + length]) != \
+                int.from_bytes(b[p + 8 + length:p + 12 + length], "big"):
+            return f"corrupt PNG ({kind.decode('latin1')!r} chunk fails its CRC)"
+        p += 12 + length
+        if kind == b"IEND":
+            return ""
+    return "truncated PNG (no IEND chunk)"
+
+
 def image_format(raw) -> str:
     head = bytes(raw[:12])
     if head[:3] == b"\xff\xd8\xff":
@@ -195,8 +273,12 @@ def image_format(raw) -> str:
     return ""
 
 
-def precheck(raw) -> str:
-    """Cheap checks of encoded image bytes: '' if it looks decodable, else the reason."""
+def precheck(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """Cheap checks of encoded image bytes (no decode): '' if it looks decodable, else the reason.
+
+    ``max_pixels`` (0 = no limit) bounds the pixel count the header declares, checked before
+    anything is decoded: a 400 KB PNG can declare 20000 x 20000 pixels (1.2 GB decoded).
+    """
     if len(raw) == 0:
         return "empty file"
     fmt = image_format(raw)
@@ -205,23 +287,42 @@ def precheck(raw) -> str:
     if fmt == "jpeg":
         if _looks_truncated_jpeg(raw):
             return "truncated JPEG (no end-of-image marker)"
-        return _jpeg_header_problem(bytes(raw))
+        return _jpeg_header_problem(bytes(raw), max_pixels)
     if fmt == "png":
-        if len(raw) < 33 or bytes(raw[len(raw) - 8:]) != _PNG_END:
-            return "truncated PNG (no IEND chunk)"
-        w, h = int.from_bytes(bytes(raw[16:20]), "big"), int.from_bytes(bytes(raw[20:24]), "big")
-        if w == 0 or h == 0:
-            return "corrupt PNG header (zero size)"
+        why = _png_problem(bytes(raw))
+        if why:
+            return why
+    size = _image_size(raw, fmt)
+    if size is None or size[0] == 0 or size[1] == 0:
+        return f"corrupt {fmt.upper()} header (no image size)"
+    if max_pixels and size[0] * size[1] > max_pixels:
+        return _too_big(size[0], size[1], max_pixels)
     return ""
 
 
-def decode_image(raw) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from encoded bytes, or ``BadMember`` saying why not."""
+def validate(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """`precheck`, then a real decode by OpenCV (`_decodes`): '' only if decoding will work."""
+    why = precheck(raw, max_pixels)
+    if why:
+        return why
+    fmt = image_format(raw)
+    if not _decodes(raw, fmt):
+        return (f"{fmt.upper()} data cannot be decoded (corrupt tables or image data; "
+                "libjpeg/libpng refuse it)")
+    return ""
+
+
+def _one_cv2_thread() -> None:
     global _cv2_threads_set
     if not _cv2_threads_set:  # one decode per worker; OpenCV's own pool would oversubscribe
         cv2.setNumThreads(1)
         _cv2_threads_set = True
-    why = precheck(raw)
+
+
+def decode_image(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from encoded bytes, or ``BadMember`` saying why not."""
+    _one_cv2_thread()
+    why = precheck(raw, max_pixels)
     if why:
         raise BadMember(why)
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
@@ -240,13 +341,21 @@ class ImageSource:
     The key asked for is ``epoch * len(self) + index`` (see ``ShardSampler(encode_epoch=True)``);
     ``bad`` is the index of a sample that could not be decoded and was replaced, or -1.
 
+    Every encoded row is `validate`d (header walk, pixel cap, then a decode by OpenCV) before
+    MindSpore's decoder sees it, since that decoder kills the process on some corrupt JPEGs.
+    A sample that passed is remembered with the CRC-32 of its bytes, so later epochs skip the
+    trial decode (the bytes are re-read and must match): the cost is paid in the first epoch.
+
     Args:
-        reader: ``ZipMemberReader`` or ``FileReader`` (``read(member) -> bytes``, ``name(member)``).
+        reader: ``ZipMemberReader`` or ``FileReader`` (``read(member) -> bytes``, ``name(member)``,
+            ``crc(member, bytes)``).
         members: member number of each sample, shape (n,).
         labels: class index of each sample, shape (n,).
+        max_pixels: ``data.max_image_pixels``; larger images are bad samples (0: no limit).
     """
 
-    def __init__(self, reader, members: np.ndarray, labels: np.ndarray, decode: bool = False):
+    def __init__(self, reader, members: np.ndarray, labels: np.ndarray, decode: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         if len(members) != len(labels):
             raise ValueError("members and labels differ in length")
         if len(members) == 0:
@@ -255,7 +364,10 @@ class ImageSource:
         self.members = np.ascontiguousarray(members, dtype=np.int64)
         self.labels = np.ascontiguousarray(labels, dtype=np.int32)
         self.decode = bool(decode)
+        self.max_pixels = int(max_pixels or 0)
         self._known_bad: dict = {}
+        # CRC-32 + 1 of the bytes that passed `validate` (0: not yet): 8 bytes per sample
+        self._validated = np.zeros(len(self.members), np.uint64)
 
     def __len__(self) -> int:
         return int(self.members.shape[0])
@@ -263,6 +375,7 @@ class ImageSource:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_known_bad"] = {}
+        state["_validated"] = np.zeros(len(self.members), np.uint64)
         return state
 
     def name(self, i: int) -> str:
@@ -274,14 +387,21 @@ class ImageSource:
         if i in self._known_bad:
             raise BadMember(self._known_bad[i])
         try:
-            raw = self.reader.read(int(self.members[i]))
+            member = int(self.members[i])
+            raw = self.reader.read(member)
             if decode:
-                return decode_image(raw)
-            why = precheck(raw)
-            if why:
-                raise BadMember(why)
-            if image_format(raw) in ("webp", "gif"):  # vision.Decode needs PIL for these
-                return np.frombuffer(cv2.imencode(".bmp", cv2.cvtColor(decode_image(raw), cv2.COLOR_RGB2BGR))[1], np.uint8)
+                return decode_image(raw, self.max_pixels)
+            fmt = image_format(raw)
+            if fmt in ("webp", "gif"):  # vision.Decode needs PIL for these
+                img = decode_image(raw, self.max_pixels)
+                return np.frombuffer(cv2.imencode(".bmp", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1], np.uint8)
+            crc = self.reader.crc(member, raw) + 1
+            if self._validated[i] != crc:
+                _one_cv2_thread()
+                why = validate(raw, self.max_pixels)
+                if why:
+                    raise BadMember(why)
+                self._validated[i] = crc
             return np.frombuffer(raw, np.uint8).copy()  # owned and writable: the fast path into MindSpore
         except BadMember as exc:
             self._known_bad[i] = str(exc)

@@ -10,9 +10,17 @@ The central directory is read once, by hand (``struct`` over one contiguous read
 Zip64 archives (more than 65,535 members or 4 GiB) are handled.
 
 The cache is a directory ``<archive>.ebvidx/`` next to the archive, or under ``cache_dir``;
-``meta.json`` records the archive's absolute path, size and mtime, and the index is rebuilt when
-any of them changes. It is written to a temporary directory and renamed into place, so ranks that
-build it at the same time never see a half-written index.
+``meta.json`` records the sha256 of the archive's central directory (plus path, size and mtime,
+for information), and the index is rebuilt when the digest differs. Size and mtime are not
+enough: an archive replaced by another of the same size and mtime (``cp -p``, a restore,
+``touch -r``) would keep the old index, and members would be read under other members' names.
+Checking costs one read of the directory (~150 MB and ~0.5 s at 1.8M members), not of the data.
+Worker processes get the digest from their parent and only compare it with ``meta.json``.
+It is written to a temporary directory and renamed into place, so ranks that build it at the
+same time never see a half-written index.
+
+The end records are untrusted: the member count must fit in the directory's real size (46
+bytes per entry at least), every entry must lie inside it, before anything is allocated.
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ from ..errors import EBVMSError
 
 logger = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: keyed by the central directory digest
 _ARRAYS = ("header_offset", "comp_size", "size", "method", "crc", "flags", "name_start", "names")
 
 _EOCD_SIG = b"PK\x05\x06"
@@ -58,7 +66,7 @@ def archive_key(path: str) -> Dict[str, object]:
 
 
 def _read_central_directory(path: str):
-    """(cd bytes, number of entries) from the end-of-central-directory records."""
+    """(cd bytes, number of entries, sha256 of the directory and end record) from the end records."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -84,6 +92,8 @@ def _read_central_directory(path: str):
         loc = pos - 20
         if loc >= 0 and tail[loc:loc + 4] == _EOCD64_LOC_SIG:
             (_, _d, eocd64_off, _nd) = struct.unpack_from("<4sLQL", tail, loc)
+            if eocd64_off > file_size - 56:
+                raise _fail(path, "has a broken zip64 end-of-central-directory locator")
             f.seek(eocd64_off)
             rec = f.read(56)
             if rec[:4] != _EOCD64_SIG:
@@ -92,11 +102,17 @@ def _read_central_directory(path: str):
                 "<4sQ2H2L4Q", rec)
         if cd_offset + cd_size > file_size:
             raise _fail(path, "is truncated (its central directory points past the end of the file)")
+        if n_total > cd_size // _CDIR.size:
+            raise _fail(path, f"is corrupt (its end record claims {n_total} members, but its "
+                              f"central directory of {cd_size} bytes has room for at most "
+                              f"{cd_size // _CDIR.size})")
         f.seek(cd_offset)
         cd = f.read(cd_size)
     if len(cd) != cd_size:
         raise _fail(path, "is truncated (short read of the central directory)")
-    return cd, int(n_total)
+    digest = hashlib.sha256(cd)
+    digest.update(tail[pos:pos + 22])
+    return cd, int(n_total), digest.hexdigest()
 
 
 def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
@@ -115,18 +131,28 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
         bar = tqdm(total=n, desc="indexing zip", unit="member", mininterval=1.0)
     p = 0
     total = 0
+    end = len(cd)
+    bad_utf8: List[int] = []
     for i in range(n):
-        if cd[p:p + 4] != _CDIR_SIG:
+        if p + 46 > end or cd[p:p + 4] != _CDIR_SIG:
             raise _fail(path, f"has a corrupt central directory (entry {i} of {n})")
         (_, _vm, _hv, _vn, _hn, flag, meth, _t, _d, crc32, csz, usz, nlen, elen, clen,
          _disk, _iattr, _eattr, hoff) = unpack(cd, p)
+        if p + 46 + nlen + elen + clen > end:
+            raise _fail(path, f"has a corrupt central directory (entry {i} of {n} runs past its end)")
         name = cd[p + 46:p + 46 + nlen]
         if csz == 0xFFFFFFFF or usz == 0xFFFFFFFF or hoff == 0xFFFFFFFF:
             usz, csz, hoff = _zip64_extra(cd[p + 46 + nlen:p + 46 + nlen + elen], usz, csz, hoff)
-        if not flag & 0x800:  # not flagged UTF-8: cp437 per the spec; re-encode as UTF-8
-            try:
-                name.decode("ascii")
-            except UnicodeDecodeError:
+        if not name.isascii():
+            # not flagged UTF-8: cp437 per the spec. Flagged but not valid UTF-8: a lossy decode
+            # would merge different names (two class folders became one); cp437 is one-to-one
+            if flag & 0x800:
+                try:
+                    name.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad_utf8.append(i)
+                    name = name.decode("cp437").encode("utf-8")
+            else:
                 name = name.decode("cp437").encode("utf-8")
         header_offset[i] = hoff
         comp_size[i] = csz
@@ -144,6 +170,11 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
         bar.update(n - bar.n)
         bar.close()
     name_start[n] = total
+    if bad_utf8:
+        example = name_chunks[bad_utf8[0]].decode("utf-8")
+        logger.warning("%s: %d member name(s) are flagged UTF-8 but are not valid UTF-8 (e.g. %r); "
+                       "read as cp437 instead, so each keeps a distinct name", path,
+                       len(bad_utf8), example[:120])
     names = np.frombuffer(b"".join(name_chunks), dtype=np.uint8)
     if n and max(int(comp_size.max()), int(size.max())) < 2 ** 32:  # the usual case: halve them
         comp_size, size = comp_size.astype(np.uint32), size.astype(np.uint32)
@@ -156,7 +187,7 @@ def _zip64_extra(extra: bytes, usz: int, csz: int, hoff: int):
     while q + 4 <= len(extra):
         tag, ln = struct.unpack_from("<2H", extra, q)
         if tag == 0x0001:
-            body = extra[q + 4:q + 4 + ln]
+            body = extra[q + 4:q + 4 + ln] + bytes(24)  # a short field reads as 0: a bad member
             k = 0
             if usz == 0xFFFFFFFF:
                 usz = struct.unpack_from("<Q", body, k)[0]
@@ -186,6 +217,8 @@ class ZipIndex:
     names: np.ndarray  # uint8 blob of UTF-8 names
     cache_dir: Optional[str] = None
     built: bool = False  # True when this call built it (False: loaded from the cache)
+    digest: str = ""     # sha256 of the central directory it was built from
+    key: Optional[Dict[str, object]] = None  # archive_key() when the digest was checked
 
     def __len__(self) -> int:
         return int(self.header_offset.shape[0])
@@ -224,13 +257,14 @@ def index_location(archive: str, cache_dir: Optional[str] = None) -> str:
     return _cache_location(archive, cache_dir)
 
 
-def _load(loc: str, key: Dict[str, object]) -> Optional[Dict[str, np.ndarray]]:
+def _load(loc: str, digest: str) -> Optional[Dict[str, np.ndarray]]:
     try:
         with open(os.path.join(loc, "meta.json"), "r", encoding="utf-8") as f:
             meta = json.load(f)
     except (OSError, ValueError):
         return None
-    if meta.get("version") != INDEX_VERSION or meta.get("archive") != key:
+    if not isinstance(meta, dict) or meta.get("version") != INDEX_VERSION \
+            or meta.get("cd_sha256") != digest:
         return None
     try:
         return {k: np.load(os.path.join(loc, k + ".npy"), mmap_mode="r") for k in _ARRAYS}
@@ -238,7 +272,7 @@ def _load(loc: str, key: Dict[str, object]) -> Optional[Dict[str, np.ndarray]]:
         return None
 
 
-def _save(loc: str, key: Dict[str, object], arrays: Dict[str, np.ndarray]) -> None:
+def _save(loc: str, key: Dict[str, object], digest: str, arrays: Dict[str, np.ndarray]) -> None:
     parent = os.path.dirname(loc)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
@@ -246,7 +280,8 @@ def _save(loc: str, key: Dict[str, object], arrays: Dict[str, np.ndarray]) -> No
         for k in _ARRAYS:
             np.save(os.path.join(tmp, k + ".npy"), arrays[k])
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-            json.dump({"version": INDEX_VERSION, "archive": key, "members": int(len(arrays["size"])),
+            json.dump({"version": INDEX_VERSION, "archive": key, "cd_sha256": digest,
+                       "members": int(len(arrays["size"])),
                        "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=1)
         if os.path.isdir(loc):
             old = loc + f".old-{os.getpid()}"
@@ -255,25 +290,29 @@ def _save(loc: str, key: Dict[str, object], arrays: Dict[str, np.ndarray]) -> No
         os.rename(tmp, loc)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _load(loc, key) is None:  # another rank won the race with a good index: fine
+        if _load(loc, digest) is None:  # another rank won the race with a good index: fine
             raise
 
 
 def build_zip_index(archive: str, progress: bool = True) -> Dict[str, np.ndarray]:
     """Parse the central directory of ``archive`` into flat arrays (no cache involved)."""
-    cd, n = _read_central_directory(archive)
+    cd, n, _ = _read_central_directory(archive)
     return _parse_central_directory(archive, cd, n, progress)
 
 
 def load_zip_index(archive: str, cache_dir: Optional[str] = None, progress: bool = True,
                    rebuild: bool = False, location: Optional[str] = None,
-                   must_exist: bool = False) -> ZipIndex:
+                   must_exist: bool = False, digest: Optional[str] = None,
+                   checked_key: Optional[Dict[str, object]] = None) -> ZipIndex:
     """The archive's index: loaded (memory-mapped) from the cache, or built and cached.
 
-    Rebuilt when the archive's path, size or mtime differs from the cached one. If the cache
-    location is not writable the index is kept in memory only (with a warning). ``location``
-    names the index directory directly; ``must_exist`` (used by workers) makes a missing or
-    stale index an error instead of a rebuild, since member numbers would no longer match.
+    Rebuilt when the sha256 of the archive's central directory differs from the cached one
+    (read and hashed here: one read of the directory). If the cache location is not writable
+    the index is kept in memory only (with a warning). ``location`` names the index directory
+    directly; ``must_exist`` with ``digest`` and ``checked_key`` (used by workers: what their
+    parent checked) loads that index without reading the directory again if the archive's
+    size and mtime are still those; a missing or different index is an error instead of a
+    rebuild, since member numbers would no longer match.
     """
     if not os.path.exists(archive):
         raise _fail(archive, "archive not found")
@@ -281,21 +320,25 @@ def load_zip_index(archive: str, cache_dir: Optional[str] = None, progress: bool
         raise _fail(archive, "is a directory, not a zip archive")
     key = archive_key(archive)
     loc = location or index_location(archive, cache_dir)
-    arrays = None if rebuild else _load(loc, key)
+    cd = n = None
+    if not (must_exist and digest and checked_key == key):
+        cd, n, digest = _read_central_directory(archive)
+    arrays = None if rebuild else _load(loc, digest)
     if arrays is None and must_exist:
         raise ArchiveError(f"{archive} changed after its index was built (or the index at {loc} "
                            f"was removed); restart the run so the index is rebuilt")
     built = arrays is None
     if built:
         t0 = time.perf_counter()
-        arrays = build_zip_index(archive, progress)
+        arrays = _parse_central_directory(archive, cd, n, progress)
         try:
-            _save(loc, key, arrays)
-            arrays = _load(loc, key) or arrays
+            _save(loc, key, digest, arrays)
+            arrays = _load(loc, digest) or arrays
         except OSError as exc:
             logger.warning("could not cache the zip index at %s (%s); set data.index_cache_dir "
                            "to a writable folder to avoid rebuilding it every run", loc, exc)
             loc = None
         logger.info("indexed %d members of %s in %.1f s", len(arrays["size"]), archive,
                     time.perf_counter() - t0)
-    return ZipIndex(archive=os.path.abspath(archive), cache_dir=loc, built=built, **arrays)
+    return ZipIndex(archive=os.path.abspath(archive), cache_dir=loc, built=built, digest=digest,
+                    key=key, **arrays)

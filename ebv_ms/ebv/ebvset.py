@@ -109,3 +109,27 @@ def validate_matrix(w, normalize: bool = True) -> np.ndarray:
             out[i:i + step] = arr[i:i + step] / norms[i:i + step, None]
         arr = out
     return np.ascontiguousarray(arr)
+
+
+def degeneracy(vectors: np.ndarray) -> str:
+    """'' for a usable set, else why it cannot separate its classes (identical rows, d = 1).
+
+    Duplicates are found by hashing the first 64 columns' bits (O(N), no N x N work) and
+    confirmed on the full rows, so it costs ~1 % of a 100k x 5000 load.
+    """
+    n, d = vectors.shape
+    if d == 1 and n > 1:
+        return (f"dimension d=1: every vector is +1 or -1, so at most 2 of the {n} classes can be "
+                "told apart")
+    bits = np.ascontiguousarray(vectors[:, :64]).view(np.uint32).astype(np.uint64)
+    weights = np.random.default_rng(0).integers(1, 1 << 61, bits.shape[1], dtype=np.uint64) | 1
+    keys = (bits * weights).sum(axis=1)  # wraps mod 2^64: a hash, not a number
+    order = np.argsort(keys, kind="stable")
+    same = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    pairs = [(int(order[k]), int(order[k + 1])) for k in same
+             if np.array_equal(vectors[order[k]], vectors[order[k + 1]])]
+    if pairs:
+        i, j = min(tuple(sorted(p)) for p in pairs)
+        return (f"{len(pairs)} row(s) duplicate another (e.g. rows {i} and {j} are identical): "
+                "those classes get the same logits and cannot be told apart")
+    return ""

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
 from ..atomic import atomic_path
 
-from .ebvset import EBVError, EBVSet
+from .ebvset import EBVError, EBVSet, degeneracy
 from .safe_pickle import UnsafePickleError, safe_load_pickle
 
 __all__ = ["load_ebv", "save_ebv", "SUPPORTED_EXTENSIONS", "NATIVE_FORMAT", "NATIVE_VERSION"]
@@ -32,6 +33,7 @@ NATIVE_VERSION = 1
 SUPPORTED_EXTENSIONS = (".npz", ".npy", ".pkl", ".pickle")
 
 PathLike = Union[str, os.PathLike]
+logger = logging.getLogger(__name__)
 
 
 def _ext(path: Path) -> str:
@@ -54,9 +56,13 @@ def _check_file(path: Path) -> None:
 
 def _make_set(path: Path, matrix, **meta) -> EBVSet:
     try:
-        return EBVSet(matrix, **meta)
+        ebv = EBVSet(matrix, **meta)
     except EBVError as exc:
         raise EBVError(f"{path}: not an EBV set: {exc}") from None
+    why = degeneracy(ebv.vectors)
+    if why:  # loadable, but training with it stays at chance for the classes concerned
+        logger.warning("%s: degenerate EBV set: %s", path, why)
+    return ebv
 
 
 # --------------------------------------------------------------------------- readers
@@ -69,8 +75,45 @@ def _check_magic(path: Path, magic: bytes, what: str) -> None:
         raise EBVError(f"{path}: not a {what} (file starts with {head!r}, expected {magic!r})")
 
 
+_NPZ_MAX_META = 16 << 20   # metadata JSON is a few hundred bytes; 16 MiB is corrupt
+_DEFLATE_MAX_RATIO = 1032  # zlib's worst case: deflate cannot shrink data more than this
+
+
+def _npy_header(f, where: str):
+    """(shape, fortran, dtype, header bytes) of an .npy stream, or EBVError; reads no data."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except Exception as exc:  # noqa: BLE001 - a garbled header raises ValueError, SyntaxError, ...
+        text = f"{type(exc).__name__}: {exc}"
+        raise EBVError(f"{where}: .npy header is not readable ({text[:200]}): the file is "
+                       "corrupt or not written by numpy") from None
+    if dtype.hasobject:
+        raise EBVError(f"{where}: .npy holds an object array (pickled Python objects), refused: "
+                       "EBV files are numeric matrices")
+    return tuple(int(n) for n in shape), bool(fortran), dtype, f.tell()
+
+
+def _check_declared(where: str, shape, dtype, have: int) -> int:
+    """The data bytes the header declares; EBVError unless the file holds exactly that many."""
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need != have:
+        raise EBVError(f"{where}: header declares a {' x '.join(map(str, shape)) or 'scalar'} "
+                       f"array of {dtype} ({need} bytes) but the file holds {have} bytes of data: "
+                       "truncated or corrupt")
+    return need
+
+
 def _load_npy(path: Path) -> EBVSet:
     _check_magic(path, b"\x93NUMPY", ".npy array file")
+    with open(path, "rb") as f:
+        shape, _, dtype, header = _npy_header(f, str(path))
+    _check_declared(str(path), shape, dtype, path.stat().st_size - header)
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:  # object arrays, bad header, truncated data
@@ -82,44 +125,103 @@ def _load_npy(path: Path) -> EBVSet:
     return _make_set(path, arr, method="unknown", extra={"source": str(path), "format": "npy"})
 
 
+def _read_npz_member(z: zipfile.ZipFile, path: Path, name: str, archive_size: int,
+                     max_bytes: Optional[int] = None) -> np.ndarray:
+    """One array of an .npz, its declared size checked against the member before allocating."""
+    where = f"{path} (member {name})"
+    info = z.getinfo(name)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise EBVError(f"{where}: compression method {info.compress_type} not supported")
+    limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO)
+    if info.compress_size > archive_size or info.file_size > limit + 1024 or \
+            (info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size):
+        raise EBVError(f"{where}: zip directory declares {info.file_size} bytes in "
+                       f"{info.compress_size} stored bytes of a {archive_size}-byte file: corrupt")
+    with z.open(name) as f:
+        shape, fortran, dtype, header = _npy_header(f, where)
+        need = _check_declared(where, shape, dtype, info.file_size - header)
+        if max_bytes is not None and need > max_bytes:
+            raise EBVError(f"{where}: {need} bytes, expected at most {max_bytes}")
+        arr = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
+        got = f.readinto(memoryview(arr.reshape(-1)).cast("B")) if need else 0
+        if got != need:
+            raise EBVError(f"{where}: data truncated ({got} of {need} bytes)")
+    return arr.T if fortran else arr
+
+
+def _validate_metadata(path: Path, meta: dict, shape) -> None:
+    """Every key of the native metadata with the type it must have (a tampered file is refused)."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v):
+        return (is_int(v) or isinstance(v, float)) and np.isfinite(v)
+
+    if meta.get("format") != NATIVE_FORMAT:
+        raise EBVError(f"{path}: metadata format {str(meta.get('format'))[:60]!r}, "
+                       f"expected {NATIVE_FORMAT!r}")
+    version = meta.get("format_version")
+    if not is_int(version) or version < 1:
+        raise EBVError(f"{path}: metadata malformed (format_version {str(version)[:60]!r})")
+    if version > NATIVE_VERSION:
+        raise EBVError(f"{path}: written by a newer ebv-ms (format version "
+                       f"{version} > {NATIVE_VERSION}); upgrade ebv-ms")
+    checks = {
+        "num_classes": (is_int, "an integer"), "dim": (is_int, "an integer"),
+        "alpha": (lambda v: v is None or (is_num(v) and 0 <= v <= 1), "null or a number in [0, 1]"),
+        "method": (lambda v: isinstance(v, str), "a string"),
+        "seed": (lambda v: v is None or is_int(v), "null or an integer"),
+        "checksum": (lambda v: isinstance(v, str) and len(v) == 16
+                     and all(c in "0123456789abcdef" for c in v), "16 hex digits"),
+        "extra": (lambda v: v is None or isinstance(v, dict), "null or a JSON object"),
+    }
+    for key, (ok, want) in checks.items():
+        if key == "checksum" and meta.get(key) is None:
+            raise EBVError(f"{path}: metadata has no checksum, so the matrix cannot be verified "
+                           "(the key was removed or nulled: file edited or corrupt); save the "
+                           "set again with ebv_ms.ebv.save_ebv if its origin is trusted")
+        if key in ("alpha", "seed", "extra") and key not in meta:
+            continue
+        if key not in meta or not ok(meta[key]):
+            raise EBVError(f"{path}: metadata key '{key}' must be {want}, got "
+                           f"{str(meta.get(key, '(missing)'))[:60]!r}: file edited or corrupt")
+    if (meta["num_classes"], meta["dim"]) != tuple(int(s) for s in shape):
+        raise EBVError(f"{path}: metadata says N={meta['num_classes']}, d={meta['dim']} "
+                       f"but the matrix is {' x '.join(map(str, shape))}: file corrupt or edited")
+
+
 def _load_npz(path: Path) -> EBVSet:
     _check_magic(path, b"PK", ".npz (zip) file")
+    size = path.stat().st_size
     try:
-        with np.load(path, allow_pickle=False) as z:
-            names = set(z.files)
-            if not {"vectors", "metadata"} <= names:
+        with zipfile.ZipFile(path) as z:
+            members = {(n[:-4] if n.endswith(".npy") else n): n for n in z.namelist()}
+            if not {"vectors", "metadata"} <= set(members):
                 raise EBVError(f"{path}: not an ebv-ms .npz file (needs arrays 'vectors' and "
-                               f"'metadata', found {sorted(names)})")
-            vectors = z["vectors"]
-            meta_raw = z["metadata"]
+                               f"'metadata', found {sorted(members)[:10]})")
+            meta_raw = _read_npz_member(z, path, members["metadata"], size, _NPZ_MAX_META)
+            vectors = _read_npz_member(z, path, members["vectors"], size)
     except EBVError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise EBVError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    if meta_raw.dtype != np.uint8 or meta_raw.ndim != 1:
+        raise EBVError(f"{path}: metadata entry must be a 1-D uint8 array (UTF-8 JSON), got "
+                       f"{meta_raw.dtype} of shape {meta_raw.shape}")
     try:
-        meta = json.loads(np.asarray(meta_raw, dtype=np.uint8).tobytes().decode("utf-8"))
+        meta = json.loads(meta_raw.tobytes().decode("utf-8"))
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a JSON object")
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise EBVError(f"{path}: metadata entry is not valid JSON ({exc})") from None
-    if meta.get("format") != NATIVE_FORMAT:
-        raise EBVError(f"{path}: metadata format {meta.get('format')!r}, expected {NATIVE_FORMAT!r}")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or not isinstance(meta.get("extra", {}), (dict, type(None))):
-        raise EBVError(f"{path}: metadata malformed (format_version {version!r}, extra of type "
-                       f"{type(meta.get('extra')).__name__})")
-    if version > NATIVE_VERSION:
-        raise EBVError(f"{path}: written by a newer ebv-ms (format version "
-                       f"{meta.get('format_version')} > {NATIVE_VERSION}); upgrade ebv-ms")
-    shape = getattr(vectors, "shape", None)
-    if shape is not None and len(shape) == 2 and \
-            (meta.get("num_classes"), meta.get("dim")) != tuple(int(s) for s in shape):
-        raise EBVError(f"{path}: metadata says N={meta.get('num_classes')}, d={meta.get('dim')} "
-                       f"but the matrix is {shape[0]} x {shape[1]}: file corrupt or edited")
-    ebv = _make_set(path, vectors, alpha=meta.get("alpha"), method=meta.get("method", "unknown"),
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+        raise EBVError(f"{path}: metadata entry is not valid JSON ({str(exc)[:200]})") from None
+    if vectors.ndim != 2:
+        raise EBVError(f"{path}: not an EBV set: EBV matrix must be 2-D (num_classes x dim), got "
+                       f"shape {vectors.shape}")
+    _validate_metadata(path, meta, vectors.shape)
+    ebv = _make_set(path, vectors, alpha=meta.get("alpha"), method=meta["method"],
                     seed=meta.get("seed"), extra=dict(meta.get("extra") or {}))
-    want = meta.get("checksum")
-    if want is not None and ebv.checksum() != want:
+    want = meta["checksum"]
+    if ebv.checksum() != want:
         raise EBVError(f"{path}: checksum mismatch (metadata {want}, vectors {ebv.checksum()}): "
                        "the matrix was modified or the file is corrupt")
     return ebv
