@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lrs", default="0.05,0.2", help="learning-rate grid (default 0.05,0.2)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds at the chosen lr (default 3)")
     ap.add_argument("--epochs", type=int, default=None, help="override the configs' train.epochs")
-    ap.add_argument("--per-class-1000", type=int, default=12, help="training images per class at N=1000")
+    ap.add_argument("--per-class-1000", type=int, default=10, help="training images per class at N=1000")
     ap.add_argument("--per-class-3755", type=int, default=5, help="training images per class at N=3755")
     ap.add_argument("--data", default=os.path.join(ROOT, "data", "glyphs"))
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "fidelity"))

@@ -34,7 +34,7 @@ def test_gb2312_level1_order_and_count():
     assert len(chars) == 3755 and len(set(chars)) == 3755
     assert chars[:4] == list("啊阿埃挨") and chars[-1] == "座"  # 0xB0A1 ... 0xD7F9
     assert len(gb2312_chars(6763, level2=True)) == 6763
-    with pytest.raises(ValueError, match="between 1 and 3755"):
+    with pytest.raises(ValueError, match="between 10 and 3755"):
         gb2312_chars(3756)
 
 

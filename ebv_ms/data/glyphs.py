@@ -86,8 +86,8 @@ def gb2312_chars(n: int = GB2312_LEVEL1, level2: bool = False) -> List[str]:
     total = GB2312_ALL if level2 else GB2312_LEVEL1
     if len(chars) != total:  # the codec is the source of truth; a different count is a bug
         raise RuntimeError(f"GB2312 codec gave {len(chars)} characters, expected {total}")
-    if not 1 <= n <= total:
-        raise ValueError(f"--classes must be between 1 and {total}"
+    if not 10 <= n <= total:
+        raise ValueError(f"--classes must be between 10 and {total}"
                          + ("" if level2 else " (all 6,763 of GB2312 with --level2)") + f", got {n}")
     return chars[:n]
 
