@@ -78,19 +78,37 @@ def overrides_for(args, n: int, data_path: str, head: str, dim, lr: float, seed:
     return o
 
 
+def _finished(cfg) -> list:
+    """The metrics records of a finished run of exactly ``cfg`` in its output_dir, else []."""
+    import yaml
+    try:
+        with open(os.path.join(cfg.output_dir, "config.yaml")) as fh:
+            same = yaml.safe_load(fh) == cfg.to_dict()
+        with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as fh:
+            recs = [json.loads(ln) for ln in fh if ln.strip()]
+    except (OSError, ValueError):
+        return []
+    done = same and recs and recs[-1].get("epoch") == int(cfg.train.epochs) and "top1" in recs[-1]
+    return recs if done else []
+
+
 def run_case(args, n: int, overrides: list) -> dict:
-    """One training run in this process; returns top-1/top-5 and the summed epoch seconds."""
+    """One training run in this process (or, with --reuse, the finished run of the same config
+    already in its folder); returns top-1/top-5 and the summed epoch seconds."""
     from ebv_ms.config import load_config
     from ebv_ms.engine.trainer import train
     cfg = load_config(os.path.join(ROOT, f"configs/glyphs/n{n}.yaml"), overrides)
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    metrics = os.path.join(cfg.output_dir, "metrics.jsonl")
-    if os.path.isfile(metrics):
-        os.remove(metrics)  # a fresh run, not a resume
-    with open(os.path.join(cfg.output_dir, "console.txt"), "w") as fh, contextlib.redirect_stdout(fh):
-        last = train(cfg)
-    with open(metrics) as fh:
-        recs = [json.loads(ln) for ln in fh if ln.strip()]
+    recs = _finished(cfg) if args.reuse else []
+    if not recs:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        metrics = os.path.join(cfg.output_dir, "metrics.jsonl")
+        if os.path.isfile(metrics):
+            os.remove(metrics)  # a fresh run, not a resume
+        with open(os.path.join(cfg.output_dir, "console.txt"), "w") as fh, contextlib.redirect_stdout(fh):
+            train(cfg)
+        with open(metrics) as fh:
+            recs = [json.loads(ln) for ln in fh if ln.strip()]
+    last = recs[-1]
     return {"top1": float(last["top1"]), "top5": float(last["top5"]),
             "train_s": sum(r["epoch_seconds"] for r in recs), "cfg": cfg}
 
@@ -133,6 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--per-class-3755", type=int, default=5, help="training images per class at N=3755")
     ap.add_argument("--data", default=os.path.join(ROOT, "data", "glyphs"))
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "fidelity"))
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse finished runs of the identical config found in --out (extend a grid)")
     ap.add_argument("--json", default=None, help="also write the results here (default OUT/results.json)")
     args = ap.parse_args(argv)
     os.chdir(ROOT)  # configs' relative ebv.cache_dir
