@@ -448,8 +448,9 @@ def _cross_checks(c: Mapping) -> list:
     if c["scheduler"]["min_lr"] > c["optim"]["lr"]:
         out.append(("scheduler.min_lr", f"must be <= optim.lr ({c['optim']['lr']}), got "
                                         f"{c['scheduler']['min_lr']}"))
-    if m["pretrained"] is True and m["backbone"] in ("small_cnn", "tiny_cnn"):
-        out.append(("model.pretrained", "small_cnn has no pretrained weights; set it to false"))
+    if m["pretrained"] is True and m["backbone"] in ("small_cnn", "tiny_cnn", "small_mlp"):
+        out.append(("model.pretrained", f"{m['backbone']} has no pretrained weights; set it to "
+                                        "false"))
     e = c["ebv"]
     if m["head"] == "ebv" and not e["path"]:
         if e["method"] == "official" and e["alpha"] is None:

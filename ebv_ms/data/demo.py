@@ -14,12 +14,14 @@ import argparse
 import os
 import sys
 import zipfile
-from typing import Optional
+from typing import Iterable, Optional, Tuple
 
 import cv2
 import numpy as np
 
 from ..atomic import atomic_path
+
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: same input, same bytes
 
 
 def digit_images(size: int = 32, copies: int = 1, seed: int = 0):
@@ -52,16 +54,32 @@ def write_demo_archive(out: str, size: int = 32, val_fraction: float = 0.2, seed
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
         is_val[idx[: max(1, int(round(len(idx) * val_fraction)))]] = True
-    path = os.path.join(out, name)
-    comp = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
     prefix = f"{top.strip('/')}/" if top else ""
-    with atomic_path(path, fsync=False) as tmp, zipfile.ZipFile(tmp, "w", compression=comp) as z:
+
+    def members():
         for i, (img, y) in enumerate(zip(imgs, labels)):
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                                    [cv2.IMWRITE_JPEG_QUALITY, quality])
             assert ok
             split = "val" if is_val[i] else "train"
-            z.writestr(f"{prefix}{split}/{y}/{i:06d}.jpg", buf.tobytes())
+            yield f"{prefix}{split}/{y}/{i:06d}.jpg", buf.tobytes()
+
+    return write_jpeg_zip(os.path.join(out, name), members(), deflate)
+
+
+def write_jpeg_zip(path: str, members: Iterable[Tuple[str, bytes]], deflate: bool = False) -> str:
+    """Write ``(member name, bytes)`` pairs into the zip ``path`` atomically and return ``path``.
+
+    Members are stored (JPEG does not deflate) unless ``deflate``; every member gets the same
+    fixed timestamp so the same members give a byte-identical archive.
+    """
+    comp = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+    with atomic_path(path, fsync=False) as tmp, zipfile.ZipFile(tmp, "w", compression=comp) as z:
+        for member, data in members:
+            info = zipfile.ZipInfo(member, date_time=_ZIP_TIME)
+            info.compress_type = comp
+            info.external_attr = 0o644 << 16
+            z.writestr(info, data)
     return path
 
 

@@ -1,0 +1,366 @@
+"""A many-class real-image set: printed Han characters rendered from Debian's CJK typefaces.
+
+``python -m ebv_ms.data.glyphs --out DIR [--classes 1000]`` writes ``DIR/glyphs.zip`` in the
+project's folder layout (``glyphs/train/<class>/<face>_<k>.jpg``, ``glyphs/val/<class>/...``)
+plus ``glyphs/manifest.json`` (classes, which typefaces went to ``train/`` and which to
+``val/``, per-face missing-glyph counts, the generation settings).
+
+Classes are the first N of the 3,755 GB2312 level-1 characters in code order (the class set of
+the usual printed/handwritten Chinese character benchmarks; ``--level2`` extends the order to all
+6,763). Class folder ``0000`` is the first character; folder names are zero-padded indices so
+the loader's sorted-folder class order is the code order.
+
+The validation split is whole typefaces held out from training (``--val-faces``), so a score
+on it is generalisation to a typeface never seen. Training samples are rendered with a random
+affine (rotation, scale, shear, translation), stroke-weight jitter, blur, noise and contrast
+changes; validation samples are rendered plainly (``--val-per-class`` > 1 adds augmented ones).
+Every sample's randomness is drawn from ``(seed, class, face, k)``, so the archive is
+byte-identical for the same arguments however many processes render it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .demo import write_jpeg_zip
+
+__all__ = ["FACES", "Face", "gb2312_chars", "load_faces", "write_glyph_archive", "DEFAULT_VAL_FACES"]
+
+GB2312_LEVEL1 = 3755
+GB2312_ALL = 6763
+
+
+@dataclass(frozen=True)
+class Face:
+    """One typeface: the Debian package that ships it, its file and family name inside the file."""
+    name: str
+    package: str
+    path: str
+    family: str
+
+
+_T = "/usr/share/fonts/truetype"
+_O = "/usr/share/fonts/opentype"
+FACES: Dict[str, Face] = {f.name: f for f in [
+    Face("wqy-zenhei", "fonts-wqy-zenhei", f"{_T}/wqy/wqy-zenhei.ttc", "WenQuanYi Zen Hei"),
+    Face("wqy-microhei", "fonts-wqy-microhei", f"{_T}/wqy/wqy-microhei.ttc", "WenQuanYi Micro Hei"),
+    Face("arphic-ukai", "fonts-arphic-ukai", f"{_T}/arphic/ukai.ttc", "AR PL UKai CN"),
+    Face("arphic-uming", "fonts-arphic-uming", f"{_T}/arphic/uming.ttc", "AR PL UMing CN"),
+    Face("noto-sans-sc", "fonts-noto-cjk", f"{_O}/noto/NotoSansCJK-Regular.ttc", "Noto Sans CJK SC"),
+    Face("noto-sans-sc-bold", "fonts-noto-cjk", f"{_O}/noto/NotoSansCJK-Bold.ttc", "Noto Sans CJK SC"),
+    Face("noto-sans-jp", "fonts-noto-cjk", f"{_O}/noto/NotoSansCJK-Regular.ttc", "Noto Sans CJK JP"),
+    Face("noto-serif-sc", "fonts-noto-cjk", f"{_O}/noto/NotoSerifCJK-Regular.ttc", "Noto Serif CJK SC"),
+    Face("noto-serif-sc-bold", "fonts-noto-cjk", f"{_O}/noto/NotoSerifCJK-Bold.ttc", "Noto Serif CJK SC"),
+    Face("noto-serif-jp", "fonts-noto-cjk", f"{_O}/noto/NotoSerifCJK-Regular.ttc", "Noto Serif CJK JP"),
+    Face("ipa-gothic", "fonts-ipafont-gothic", f"{_O}/ipafont-gothic/ipag.ttf", "IPAGothic"),
+    Face("ipa-mincho", "fonts-ipafont-mincho", f"{_O}/ipafont-mincho/ipam.ttf", "IPAMincho"),
+]}
+# A Ming/Song face held out: training has other Ming faces (Noto Serif, IPA Mincho), sans faces
+# and a Kai (brush) face, none of them this design.
+DEFAULT_VAL_FACES = ("arphic-uming",)
+
+
+def gb2312_chars(n: int = GB2312_LEVEL1, level2: bool = False) -> List[str]:
+    """The first ``n`` GB2312 Han characters in code order (level 1: rows 0xB0-0xD7).
+
+    Derived from Python's GB2312 codec: rows x cols 0xA1-0xFE, where the five slots at the
+    end of row 0xD7 are unassigned (3,755 = 40 x 94 - 5). Level 2 (rows 0xD8-0xF7) follows.
+    """
+    last_row = 0xF7 if level2 else 0xD7
+    chars = []
+    for row in range(0xB0, last_row + 1):
+        for col in range(0xA1, 0xFF):
+            try:
+                chars.append(bytes((row, col)).decode("gb2312"))
+            except UnicodeDecodeError:
+                continue
+    total = GB2312_ALL if level2 else GB2312_LEVEL1
+    if len(chars) != total:  # the codec is the source of truth; a different count is a bug
+        raise RuntimeError(f"GB2312 codec gave {len(chars)} characters, expected {total}")
+    if not 10 <= n <= total:
+        raise ValueError(f"--classes must be between 10 and {total}"
+                         + ("" if level2 else " (all 6,763 of GB2312 with --level2)") + f", got {n}")
+    return chars[:n]
+
+
+def _install_hint(faces: Sequence[Face]) -> str:
+    pkgs = " ".join(sorted({f.package for f in faces}))
+    return f"sudo apt-get install -y {pkgs}"
+
+
+def check_faces(names: Sequence[str]) -> List[Face]:
+    """The Face records for ``names``; a clear error for unknown names or uninstalled fonts."""
+    unknown = [n for n in names if n not in FACES]
+    if unknown:
+        raise ValueError(f"unknown typeface(s) {', '.join(unknown)}; known: {', '.join(FACES)}")
+    faces = [FACES[n] for n in names]
+    missing = [f for f in faces if not os.path.isfile(f.path)]
+    if missing:
+        raise FileNotFoundError(
+            "typeface file(s) not installed: " + ", ".join(f"{f.name} ({f.path})" for f in missing)
+            + f". Install them with: {_install_hint(missing)}")
+    return faces
+
+
+def _face_index(face: Face) -> int:
+    """Index of ``face.family`` inside its font file (.ttc collections hold several faces)."""
+    from PIL import ImageFont
+    i = 0
+    while True:
+        try:
+            font = ImageFont.truetype(face.path, 16, index=i)
+        except OSError:
+            break
+        if font.getname()[0] == face.family:
+            return i
+        i += 1
+    raise ValueError(f"{face.path} holds no face named {face.family!r} ({i} faces); is "
+                     f"{face.package} a different version? ({_install_hint([face])})")
+
+
+def _coverage(face: Face, index: int, chars: Sequence[str]) -> np.ndarray:
+    """bool per char: the face's character map has a glyph for it (else FreeType would draw
+    the missing-glyph box, .notdef). fontTools reads only the cmap table."""
+    from fontTools.ttLib import TTFont
+    tt = TTFont(face.path, fontNumber=index, lazy=True)
+    cmap = tt.getBestCmap() or {}
+    tt.close()
+    return np.array([ord(c) in cmap for c in chars], bool)
+
+
+# ---------------------------------------------------------------------------------------- render
+_RENDER_SCALE = 2  # draw at 2x the output side, then area-downsample: smooth, unaliased strokes
+
+
+def _ink(font, char: str, canvas: int, stroke: int) -> np.ndarray:
+    """The glyph as float32 coverage in [0, 1], its ink box centred on a canvas x canvas."""
+    from PIL import Image, ImageDraw
+    img = Image.new("L", (canvas * 2, canvas * 2), 0)
+    ImageDraw.Draw(img).text((canvas, canvas), char, fill=255, font=font, anchor="mm",
+                             stroke_width=stroke, stroke_fill=255)
+    a = np.asarray(img, np.float32) / 255.0
+    ys, xs = np.nonzero(a > 0.5)
+    if len(ys) == 0:
+        return np.zeros((canvas, canvas), np.float32)
+    cy, cx = (ys.min() + ys.max()) / 2.0, (xs.min() + xs.max()) / 2.0
+    m = np.float32([[1, 0, canvas / 2.0 - cx], [0, 1, canvas / 2.0 - cy]])
+    return cv2.warpAffine(a, m, (canvas, canvas), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
+def render_sample(font, char: str, size: int, rng: Optional[np.random.Generator]) -> np.ndarray:
+    """One uint8 RGB (size, size, 3) image: dark ink on a light ground. ``rng=None``: plain
+    rendering (validation); else random stroke weight, affine, blur, noise and contrast."""
+    canvas = size * _RENDER_SCALE
+    stroke = 0
+    erode = False
+    if rng is not None:  # stroke weight: thin (erode), as drawn, or thickened by FreeType's stroker
+        k = int(rng.integers(-1, 2))
+        stroke, erode = max(k, 0), k < 0
+    a = _ink(font, char, canvas, stroke)
+    if erode:
+        thin = cv2.erode(a, np.ones((2, 2), np.uint8))
+        if thin.sum() > 0.6 * a.sum():  # only where the face's strokes survive thinning
+            a = thin
+    if rng is not None:
+        ang = np.deg2rad(rng.uniform(-8, 8))
+        sc = rng.uniform(0.8, 1.05)
+        sh = rng.uniform(-0.15, 0.15)
+        tx, ty = rng.uniform(-0.07, 0.07, size=2) * canvas
+        rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+        lin = sc * rot @ np.array([[1.0, sh], [0.0, 1.0]])
+        c = np.array([canvas / 2.0, canvas / 2.0])
+        m = np.hstack([lin, (c - lin @ c + [tx, ty])[:, None]]).astype(np.float32)
+        a = cv2.warpAffine(a, m, (canvas, canvas), flags=cv2.INTER_LINEAR, borderValue=0)
+    a = cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)
+    if rng is None:
+        g = 255.0 * (1.0 - a)
+    else:
+        if rng.random() < 0.5:
+            a = cv2.GaussianBlur(a, (0, 0), rng.uniform(0.3, 1.0))
+        bg = rng.uniform(170, 255)
+        fg = rng.uniform(0, bg - 90)
+        g = bg + (fg - bg) * a + rng.normal(0, rng.uniform(0, 12), a.shape)
+    g = np.clip(np.rint(g), 0, 255).astype(np.uint8)
+    return np.repeat(g[:, :, None], 3, axis=2)
+
+
+# --------------------------------------------------------------------------------------- workers
+_W: dict = {}
+
+
+def _init_worker(faces: List[Tuple[str, str, int]], size: int) -> None:
+    from PIL import ImageFont
+    # Font size: the em square fills ~80% of the canvas, leaving room for the affine's scale-up
+    # and translation without clipping.
+    px = int(round(0.8 * size * _RENDER_SCALE))
+    _W["fonts"] = {name: ImageFont.truetype(path, px, index=idx) for name, path, idx in faces}
+    _W["size"] = size
+
+
+def _render_class(job) -> List[Tuple[str, bytes]]:
+    """All members of one class: (member name, JPEG bytes), in a fixed order."""
+    ci, char, train_plan, val_plan, seed, quality, prefix = job
+    out = []
+    for split, plan, augment_from in (("train", train_plan, 0), ("val", val_plan, 1)):
+        for fi, (face, k) in plan:
+            rng = (np.random.default_rng([seed, ci, fi, k]) if k >= augment_from else None)
+            img = render_sample(_W["fonts"][face], char, _W["size"], rng)
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if not ok:
+                raise RuntimeError(f"JPEG encoding failed for class {ci} face {face}")
+            out.append((f"{prefix}{split}/{ci:04d}/{face}_{k:03d}.jpg", buf.tobytes()))
+    return out
+
+
+def _plans(ci: int, cover: Dict[str, np.ndarray], train_faces: Sequence[str], val_faces: Sequence[str],
+           per_class: int, val_per_class: int, face_ids: Dict[str, int]):
+    """Which (face, sample number) pairs class ``ci`` gets: training samples go round-robin
+    over the training faces that have the glyph, so every class has ``per_class`` samples."""
+    have = [f for f in train_faces if cover[f][ci]]
+    train, used = [], Counter()
+    for j in range(per_class):  # start at a class-dependent face so every face gets used
+        f = have[(ci + j) % len(have)]
+        train.append((face_ids[f], (f, used[f])))
+        used[f] += 1
+    val = [(face_ids[f], (f, k)) for f in val_faces if cover[f][ci] for k in range(val_per_class)]
+    return train, val
+
+
+def write_glyph_archive(out: str, num_classes: int = 1000, train_faces: Optional[Sequence[str]] = None,
+                        val_faces: Sequence[str] = DEFAULT_VAL_FACES, per_class: int = 24,
+                        val_per_class: int = 1, size: int = 32, seed: int = 0, quality: int = 90,
+                        level2: bool = False, workers: int = 2, name: str = "glyphs.zip",
+                        top: str = "glyphs", progress: bool = True) -> Tuple[str, dict]:
+    """Render the archive; returns (its path, the manifest dict also stored inside it)."""
+    val_faces = list(val_faces)
+    if train_faces is None:
+        train_faces = [f for f in FACES if f not in val_faces]
+    train_faces = list(train_faces)
+    if not val_faces:
+        raise ValueError("hold out at least one typeface for validation (--val-faces)")
+    if not train_faces:
+        raise ValueError("no training typefaces left (--train-faces)")
+    both = sorted(set(train_faces) & set(val_faces))
+    if both:
+        raise ValueError(f"typeface(s) {', '.join(both)} are in both --train-faces and --val-faces; "
+                         f"the validation typefaces must be unseen in training")
+    if per_class < 1 or val_per_class < 1:
+        raise ValueError("--per-class and --val-per-class must be >= 1")
+    if size < 8:
+        raise ValueError(f"--size must be >= 8 pixels, got {size}")
+    chars = gb2312_chars(num_classes, level2=level2)
+    faces = check_faces(train_faces + val_faces)
+    index = {f.name: _face_index(f) for f in faces}
+    cover = {f.name: _coverage(f, index[f.name], chars) for f in faces}
+    untrained = [i for i in range(len(chars)) if not any(cover[f][i] for f in train_faces)]
+    if untrained:
+        show = ", ".join(f"{i:04d} {chars[i]}" for i in untrained[:10])
+        raise ValueError(f"{len(untrained)} class(es) have no glyph in any training typeface "
+                         f"(e.g. {show}); add a typeface that covers them to --train-faces "
+                         f"(wqy-zenhei covers all of GB2312)")
+    face_ids = {f.name: i for i, f in enumerate(faces)}
+    prefix = f"{top.strip('/')}/" if top else ""
+    jobs = []
+    for ci, ch in enumerate(chars):
+        tr, va = _plans(ci, cover, train_faces, val_faces, per_class, val_per_class, face_ids)
+        jobs.append((ci, ch, tr, va, seed, quality, prefix))
+    manifest = {
+        "format": "ebv_ms.data.glyphs/1",
+        "classes": chars,
+        "class_folders": [f"{i:04d}" for i in range(len(chars))],
+        "train_faces": train_faces,
+        "val_faces": val_faces,
+        "faces": {f.name: {"package": f.package, "file": f.path, "family": f.family,
+                           "index": index[f.name], "split": "val" if f.name in val_faces else "train",
+                           "missing_glyphs": int((~cover[f.name]).sum()),
+                           "missing_examples": [chars[i] for i in np.flatnonzero(~cover[f.name])[:20]]}
+                  for f in faces},
+        "settings": {"num_classes": len(chars), "per_class": per_class, "val_per_class": val_per_class,
+                     "size": size, "seed": seed, "quality": quality, "level2": level2},
+        "samples": {"train": sum(len(j[2]) for j in jobs), "val": sum(len(j[3]) for j in jobs)},
+        "val_classes_missing": [i for i, j in enumerate(jobs) if not j[3]],
+    }
+    worker_faces = [(f.name, f.path, index[f.name]) for f in faces]
+
+    def members() -> Iterator[Tuple[str, bytes]]:
+        from tqdm import tqdm
+        bar = tqdm(total=len(jobs), unit="class", desc="glyphs", disable=not progress, file=sys.stderr)
+        if workers > 1:
+            ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
+            with ctx.Pool(workers, _init_worker, (worker_faces, size)) as pool:
+                for chunk in pool.imap(_render_class, jobs, chunksize=8):  # imap keeps the order
+                    yield from chunk
+                    bar.update(1)
+        else:
+            _init_worker(worker_faces, size)
+            for job in jobs:
+                yield from _render_class(job)
+                bar.update(1)
+        bar.close()
+        yield f"{prefix}manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
+
+    path = write_jpeg_zip(os.path.join(out, name), members())
+    return path, manifest
+
+
+def summary(path: str, manifest: dict) -> str:
+    s = manifest["settings"]
+    lines = [f"wrote {path}: {s['num_classes']} classes, {manifest['samples']['train']} train / "
+             f"{manifest['samples']['val']} val JPEGs ({s['size']}x{s['size']})"]
+    for name, f in manifest["faces"].items():
+        lines.append(f"  {f['split']:5s} {name:20s} {f['family']:22s} missing glyphs: {f['missing_glyphs']}"
+                     + (f" (skipped, e.g. {''.join(f['missing_examples'][:8])})" if f["missing_glyphs"] else ""))
+    if manifest["val_classes_missing"]:
+        lines.append(f"  {len(manifest['val_classes_missing'])} class(es) have no validation image "
+                     f"(no held-out typeface has the glyph)")
+    lines.append(f"use it with: data.path={path} model.num_classes={s['num_classes']} "
+                 f"data.image_size={s['size']} data.recipe=eval")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="typefaces: " + ", ".join(f"{n} ({f.package})" for n, f in FACES.items()))
+    ap.add_argument("--out", required=True, help="output folder (created)")
+    ap.add_argument("--classes", type=int, default=1000,
+                    help="first N GB2312 level-1 characters (10..3755; default 1000)")
+    ap.add_argument("--level2", action="store_true", help="allow N up to 6763 (GB2312 levels 1+2)")
+    ap.add_argument("--train-faces", default=None,
+                    help="comma-separated typefaces for train/ (default: all but --val-faces)")
+    ap.add_argument("--val-faces", default=",".join(DEFAULT_VAL_FACES),
+                    help=f"comma-separated typefaces held out for val/ (default {','.join(DEFAULT_VAL_FACES)})")
+    ap.add_argument("--per-class", type=int, default=24, help="training images per class (default 24)")
+    ap.add_argument("--val-per-class", type=int, default=1,
+                    help="validation images per class and held-out face; the first is plain (default 1)")
+    ap.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    ap.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
+    ap.add_argument("--name", default="glyphs.zip")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+    try:
+        path, manifest = write_glyph_archive(
+            a.out, a.classes, split(a.train_faces) if a.train_faces else None, split(a.val_faces),
+            a.per_class, a.val_per_class, a.size, a.seed, a.quality, a.level2, a.workers, a.name,
+            progress=not a.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ebv_ms.data.glyphs: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(path, manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
