@@ -1,0 +1,163 @@
+"""Export a trained classifier to MindIR / ONNX (/ AIR on Ascend), with a JSON sidecar.
+
+The exported graph is ``images (B, 3, S, S) float32 -> logits (B, N) float32``: backbone,
+projection and head (EBV: cos(v, w_k) / tau; FC; fixed random), as in eval.py. The input's
+preprocessing is NOT in the graph: it is written beside the file (``<file>.json``, e.g.
+``best.mindir.json``: layout, mean/std, resize/crop, class names, the EBV set's checksum), because the same numbers must
+drive whatever decodes images on the serving side, and MindSpore can serialise dataset ops only
+into MindIR (for MindSpore Lite), not into ONNX.
+
+Sizes (MindSpore 2.10, read from ``mindspore/train/serialization.py`` and
+``mindspore/onnx/onnx_export.py``, and measured: docs/deploy.md):
+
+- MindIR: parameters over 1 GiB in total are written as ``<name>_graph.mindir`` plus
+  ``<name>_variables/data_K`` (1 GiB each); ``mindspore.load`` of ``<name>_graph.mindir``
+  reads them. The 100k x 5000 fp32 matrix (2.0 GB) goes this way.
+- ONNX (``mindspore.onnx.export``): a network over 2 GiB has its weights written as external
+  data files beside the ``.onnx`` (protobuf's 2 GiB limit); ``model.ebv_dtype=float16`` halves
+  the EBV matrix instead (logits then differ from fp32 by ~1e-3 relative).
+- AIR: needs Ascend (MindSpore compiles it with the Ascend graph engine); deprecated in 2.10.
+
+MindSpore 2.10's ONNX exporter lacks ``Rsqrt`` and ``InplaceAddExt``: ONNX exports go
+through the rewrites in ``onnx_compat.py`` (same function, ops it has).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import mindspore as ms
+
+__all__ = ["FORMATS", "export_network",
+           "sidecar_path", "read_sidecar", "ExportError", "SIDECAR_FORMAT"]
+
+FORMATS = ("MINDIR", "ONNX", "AIR")
+_EXT = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
+SIDECAR_FORMAT = "ebv-ms-export/1"
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be made here; the message says what to do instead."""
+
+
+def _network_bytes(network) -> int:
+    return int(sum(int(np.prod(p.shape)) * p.data.itemsize for p in network.get_parameters()))
+
+
+def sidecar_path(model_file: str) -> str:
+    """``x.mindir.json`` for ``x.mindir`` and for its split form ``x_graph.mindir``;
+    ``x.onnx.json`` for ``x.onnx``."""
+    if os.path.isfile(model_file + ".json") or not model_file.endswith("_graph.mindir"):
+        return model_file + ".json"
+    return model_file[: -len("_graph.mindir")] + ".mindir.json"
+
+
+def read_sidecar(model_file: str) -> dict:
+    path = sidecar_path(model_file)
+    if not os.path.isfile(path):
+        raise ExportError(f"{path} not found: predictions from an exported model need the JSON "
+                          "export.py writes beside it (input size, normalisation, class names)")
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta.get("format") != SIDECAR_FORMAT:
+        raise ExportError(f"{path}: not an ebv-ms export description (format "
+                          f"{meta.get('format')!r}, expected {SIDECAR_FORMAT!r})")
+    return meta
+
+
+def export_network(network, cfg, class_names, file_format: str, out: str, batch: int = 1,
+                   checkpoint: Optional[str] = None) -> Tuple[Dict, str]:
+    """Export ``network`` (in inference mode) and write the sidecar; returns (the sidecar's
+    content, its path). ``model``: the file to load; ``files``: everything written, with sizes."""
+    from .loading import input_spec
+
+    fmt = str(file_format).upper()
+    if fmt not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {file_format!r}")
+    if int(batch) < 1:
+        raise ExportError(f"--batch must be >= 1, got {batch}")
+    if fmt == "AIR" and str(cfg.device_target) != "Ascend":
+        raise ExportError("AIR export needs an Ascend device: MindSpore 2.10 builds AIR with the "
+                          "Ascend graph engine (CANN). Run export.py on an Ascend machine with "
+                          "--device Ascend, or export MINDIR (MindSpore Lite converts it for "
+                          "Ascend) or ONNX here")
+    spec = input_spec(cfg, batch)
+    out = os.path.abspath(out)
+    base, ext = os.path.splitext(out)
+    if ext.lower() != _EXT[fmt]:
+        base = out  # MindSpore appends the extension itself; keep "x.v1" as a name
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    before = set(_written(base, fmt))
+    for f in before:  # MindSpore marks its outputs read-only; a re-export replaces them
+        os.chmod(f, 0o644)
+    x = ms.Tensor(np.zeros(spec["shape"], np.float32))
+    network.set_train(False)
+    if fmt == "ONNX":
+        from .onnx_compat import make_onnx_exportable
+        swapped = make_onnx_exportable(network)
+        ms.onnx.export(network, x, file_name=base + ".onnx", input_names=["image"],
+                       output_names=["logits"])
+    else:
+        swapped = []
+        ms.export(network, x, file_name=base, file_format=fmt)
+    files = sorted(_written(base, fmt))
+    if not files:
+        raise ExportError(f"MindSpore wrote no {fmt} file for {base}; see its log above")
+    model = next((f for f in files if f.endswith(_EXT[fmt]) and "_variables" not in f), files[0])
+    head = network.head
+    meta = {
+        "format": SIDECAR_FORMAT, "file_format": fmt, "model": os.path.basename(model),
+        "files": {os.path.relpath(f, os.path.dirname(base)): os.path.getsize(f) for f in files},
+        "input": spec,
+        "output": {"name": "logits", "shape": [int(batch), int(cfg.model.num_classes)],
+                   "dtype": "float32",
+                   "meaning": _meaning(cfg), "prediction": "argmax; softmax gives probabilities"},
+        "backbone": str(cfg.model.backbone), "head": str(cfg.model.head),
+        "num_classes": int(cfg.model.num_classes),
+        "embed_dim": int(getattr(head, "dim", 0) or 0) or None,
+        "tau": float(cfg.model.tau) if str(cfg.model.head) == "ebv" else None,
+        "ebv_dtype": str(cfg.model.ebv_dtype), "ebv_checksum": network.ebv_checksum,
+        "parameter_bytes": _network_bytes(network), "onnx_rewrites": swapped,
+        "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
+        "mindspore": ms.__version__, "class_names": list(class_names),
+    }
+    side = sidecar_path(base + _EXT[fmt])
+    with open(side, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1, ensure_ascii=False)
+    return meta, side
+
+
+def _meaning(cfg) -> str:
+    head = str(cfg.model.head)
+    if head == "ebv":
+        return f"cos(embedding, EBV_k) / tau, tau={float(cfg.model.tau)}"
+    if head == "fc":
+        return "learned FC logits"
+    return f"fixed random class vectors ({head})"
+
+
+def _written(base: str, fmt: str) -> List[str]:
+    ext = _EXT[fmt]
+    found = [base + ext]
+    if fmt == "MINDIR":  # split save: <base>_graph.mindir + <base>_variables/data_K
+        found += [base + "_graph.mindir"] + glob.glob(base + "_variables/*")
+    if fmt == "ONNX":  # external data files land beside the .onnx
+        found += _onnx_external_files(base + ext)
+    return [f for f in found if os.path.isfile(f)]
+
+
+def _onnx_external_files(path: str) -> List[str]:
+    """Files an ONNX model references as external data (from its initializers; needs the
+    ``onnx`` package, else only the .onnx itself is listed)."""
+    if not os.path.isfile(path):
+        return []
+    try:
+        import onnx
+    except ImportError:
+        return []
+    m = onnx.load(path, load_external_data=False)
+    locs = {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
+    return [os.path.join(os.path.dirname(path), loc) for loc in sorted(locs)]
