@@ -23,7 +23,6 @@ from ebv_ms.engine import distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "scripts" / "run_distribute_gpu.sh"
 PROBE = ROOT / "tests" / "dp_probe_train.py"
-TRAIN = ROOT / "train.py"
 DEMO_CONFIG = ROOT / "configs" / "demo_cpu.yaml"
 HAVE_MPIRUN = shutil.which("mpirun") is not None
 
@@ -215,13 +214,9 @@ def _assert_gradients_are_averaged(npz_path):
     assert not np.allclose(z["w1"], w_sum, atol=2e-5)
 
 
-def _small_demo_zip(tmp_path, per_class_train=16, per_class_val=4):
+def _small_demo_zip(src, tmp_path, per_class_train=16, per_class_val=4):
     """The demo digits archive (real JPEGs, the 100k-zip layout), cut to a few images per class
     so the 2-rank run takes a handful of steps."""
-    full = tmp_path / "demo_full"
-    subprocess.run([sys.executable, "-m", "ebv_ms.data.demo", "--out", str(full)], cwd=ROOT,
-                   check=True, capture_output=True, env=_env())
-    src = next(full.glob("*.zip"))
     keep = {"train": per_class_train, "val": per_class_val}
     seen = defaultdict(int)
     out = tmp_path / "demo_small" / src.name
@@ -242,11 +237,9 @@ def _small_demo_zip(tmp_path, per_class_train=16, per_class_val=4):
 
 @pytest.mark.distributed
 @needs_mpirun
-@pytest.mark.skipif(not TRAIN.exists() or not DEMO_CONFIG.exists(),
-                    reason="train.py / configs/demo_cpu.yaml (engine) not in this checkout")
-def test_two_ranks_train_py_on_demo_data(tmp_path):
+def test_two_ranks_train_py_on_demo_data(tmp_path, demo_zip):
     """The user's command, on CPU: the real train.py, demo config and demo images, 2 ranks."""
-    data = _small_demo_zip(tmp_path)
+    data = _small_demo_zip(demo_zip, tmp_path)
     out = tmp_path / "run"
     r = _launch([DEMO_CONFIG, 2, f"output_dir={out}", f"data.path={data}", "train.epochs=1",
                  "train.batch_size=16", "eval.batch_size=40", f"ebv.cache_dir={tmp_path / 'ebv'}",

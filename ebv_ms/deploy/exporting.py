@@ -98,10 +98,15 @@ def export_network(network, cfg, class_names, file_format: str, out: str, batch:
     if fmt == "ONNX":
         from .onnx_compat import make_onnx_exportable
         swapped = make_onnx_exportable(network)
+        # MindSpore 2.10 writes an invalid graph ("Graph output (logits) does not exist")
+        # when the output is renamed and the last op is a Cast (fp16-stored heads end in one):
+        # those keep MindSpore's own output name; it is the graph's only output either way.
+        low = bool(getattr(network.head, "low_precision_storage", False))
+        output_name = None if low else "logits"
         ms.onnx.export(network, x, file_name=base + ".onnx", input_names=["image"],
-                       output_names=["logits"])
+                       output_names=[output_name] if output_name else None)
     else:
-        swapped = []
+        swapped, output_name = [], None
         ms.export(network, x, file_name=base, file_format=fmt)
     files = sorted(_written(base, fmt))
     if not files:
@@ -112,7 +117,7 @@ def export_network(network, cfg, class_names, file_format: str, out: str, batch:
         "format": SIDECAR_FORMAT, "file_format": fmt, "model": os.path.basename(model),
         "files": {os.path.relpath(f, os.path.dirname(base)): os.path.getsize(f) for f in files},
         "input": spec,
-        "output": {"name": "logits", "shape": [int(batch), int(cfg.model.num_classes)],
+        "output": {"name": output_name or "(the only output)", "shape": [int(batch), int(cfg.model.num_classes)],
                    "dtype": "float32",
                    "meaning": _meaning(cfg), "prediction": "argmax; softmax gives probabilities"},
         "backbone": str(cfg.model.backbone), "head": str(cfg.model.head),
