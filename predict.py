@@ -50,7 +50,13 @@ def open_source(args):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    import gc
+    code = _main(parse_args(argv))
+    gc.collect()  # free the network's Cells now: at interpreter exit MindSpore is half torn down
+    return code
+
+
+def _main(args) -> int:
     from ebv_ms.deploy.exporting import ExportError
     from ebv_ms.deploy.predicting import PredictError, collect_images, predict
     from ebv_ms.engine.errors import user_errors
