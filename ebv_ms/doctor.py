@@ -11,7 +11,6 @@ Exit status 0 when the CPU flow works (the quick start and the tests), 1 otherwi
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD
 
@@ -57,7 +57,7 @@ def input_spec(cfg, batch: int) -> dict:
         "name": "image", "shape": [int(batch), int(cfg.model.in_channels), crop, crop],
         "dtype": "float32", "layout": "NCHW", "color": "RGB",
         "preprocessing": [
-            f"decode to RGB uint8 (H, W, 3)",
+            "decode to RGB uint8 (H, W, 3)",
             f"resize the shorter side to {resize} (bilinear)",
             f"centre-crop {crop} x {crop}",
             "x = (pixel - mean) / std per channel, with pixel in 0..255",

@@ -139,13 +139,16 @@ class ONNXRunner:
 
 def open_model(path: str, device: str = "CPU"):
     """(runner, class names, EvalTransform) for an exported model, from its sidecar JSON."""
-    from .exporting import read_sidecar
-    if not os.path.isfile(path):
+    from .exporting import read_sidecar, sidecar_path
+    if not os.path.isfile(path) and not os.path.isfile(sidecar_path(path)):
         raise PredictError(f"--model {path}: file not found")
     meta = read_sidecar(path)
     spec = meta["input"]
     batch = int(spec["shape"][0])
+    # the file to load: a large MindIR is split into <name>_graph.mindir + <name>_variables/
     model_file = os.path.join(os.path.dirname(os.path.abspath(path)), meta["model"])
+    if not os.path.isfile(model_file):
+        raise PredictError(f"--model {path}: {model_file} (named in {sidecar_path(path)}) not found")
     if path.endswith(".onnx"):
         runner = ONNXRunner(model_file, batch)
     elif path.endswith(".mindir"):
