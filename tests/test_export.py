@@ -187,3 +187,27 @@ def test_predict_from_the_exports_agrees_with_the_checkpoint(demo_run, demo_expo
     assert text.stdout.startswith(f"{imgs[0]}: ") and text.stdout.count("%") == 2
     missing = run_script("predict.py", ["--model", tmp / "nope.mindir", imgs[0]], tmp)
     assert missing.returncode == 2 and "nope.mindir: file not found" in missing.stderr
+
+
+def test_onnx_over_the_protobuf_limit_gets_its_own_folder(demo_run, demo_export, monkeypatch):
+    """Above 2 GiB MindSpore writes the weights as external data, one file per parameter: the
+    export puts the model and those files in <name>_onnx/, the sidecar points there, and
+    onnxruntime and predict.py load it. The limit is lowered here (MindSpore's own constant),
+    so the small CNN takes that path."""
+    ort = pytest.importorskip("onnxruntime", reason="pip install -r requirements-dev.txt")
+    from mindspore.onnx import onnx_export
+    from ebv_ms.deploy import load_network
+    from ebv_ms.deploy.exporting import export_network
+    _, run = demo_run
+    tmp, x, ref, _, _ = demo_export
+    monkeypatch.setattr(onnx_export, "PROTO_LIMIT_SIZE", 1)  # KiB
+    cfg, net, names = load_network(str(run / "last.ckpt"), PYNATIVE)
+    meta, side = export_network(net, cfg, names, "ONNX", str(tmp / "big"), batch=64)
+    assert meta["model"] == "big_onnx/big.onnx" and side == str(tmp / "big.onnx.json")
+    assert "big_onnx/head.ebv" in meta["files"]  # the EBV matrix as external data
+    assert not (tmp / "head.ebv").exists()
+    sess = ort.InferenceSession(str(tmp / "big_onnx" / "big.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"image": x[:64]})[0], ref[:64], rtol=0, atol=1e-4)
+    img = sorted((tmp / "val").rglob("*.jpg"))[0]
+    r = run_script("predict.py", ["--model", tmp / "big.onnx", img], tmp)
+    assert r.returncode == 0 and r.stdout.startswith(f"{img}: "), r.stderr[-2000:]

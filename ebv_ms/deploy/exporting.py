@@ -49,10 +49,15 @@ def _network_bytes(network) -> int:
 
 def sidecar_path(model_file: str) -> str:
     """``x.mindir.json`` for ``x.mindir`` and for its split form ``x_graph.mindir``;
-    ``x.onnx.json`` for ``x.onnx``."""
-    if os.path.isfile(model_file + ".json") or not model_file.endswith("_graph.mindir"):
+    ``x.onnx.json`` for ``x.onnx`` and for ``x_onnx/x.onnx`` (ONNX with external data)."""
+    if os.path.isfile(model_file + ".json"):
         return model_file + ".json"
-    return model_file[: -len("_graph.mindir")] + ".mindir.json"
+    if model_file.endswith("_graph.mindir"):
+        return model_file[: -len("_graph.mindir")] + ".mindir.json"
+    folder = os.path.dirname(os.path.abspath(model_file))
+    if model_file.endswith(".onnx") and folder.endswith("_onnx"):
+        return folder[: -len("_onnx")] + ".onnx.json"
+    return model_file + ".json"
 
 
 def read_sidecar(model_file: str) -> dict:
@@ -103,7 +108,13 @@ def export_network(network, cfg, class_names, file_format: str, out: str, batch:
         # those keep MindSpore's own output name; it is the graph's only output either way.
         low = bool(getattr(network.head, "low_precision_storage", False))
         output_name = None if low else "logits"
-        ms.onnx.export(network, x, file_name=base + ".onnx", input_names=["image"],
+        onnx_file = base + ".onnx"
+        if _onnx_needs_external_data(network):
+            # MindSpore then writes one file per parameter (named after it) beside the .onnx:
+            # give them a folder of their own instead of spraying them into the run folder
+            os.makedirs(base + "_onnx", exist_ok=True)
+            onnx_file = os.path.join(base + "_onnx", os.path.basename(base) + ".onnx")
+        ms.onnx.export(network, x, file_name=onnx_file, input_names=["image"],
                        output_names=[output_name] if output_name else None)
     else:
         swapped, output_name = [], None
@@ -111,10 +122,10 @@ def export_network(network, cfg, class_names, file_format: str, out: str, batch:
     files = sorted(_written(base, fmt))
     if not files:
         raise ExportError(f"MindSpore wrote no {fmt} file for {base}; see its log above")
-    model = next((f for f in files if f.endswith(_EXT[fmt]) and "_variables" not in f), files[0])
+    model = next(f for f in files if f.endswith(_EXT[fmt]) and "_variables" not in f)
     head = network.head
     meta = {
-        "format": SIDECAR_FORMAT, "file_format": fmt, "model": os.path.basename(model),
+        "format": SIDECAR_FORMAT, "file_format": fmt, "model": os.path.relpath(model, os.path.dirname(base)),
         "files": {os.path.relpath(f, os.path.dirname(base)): os.path.getsize(f) for f in files},
         "input": spec,
         "output": {"name": output_name or "(the only output)", "shape": [int(batch), int(cfg.model.num_classes)],
@@ -144,25 +155,19 @@ def _meaning(cfg) -> str:
     return f"fixed random class vectors ({head})"
 
 
+def _onnx_needs_external_data(network) -> bool:
+    """MindSpore's own test (mindspore/onnx/onnx_export.py): parameters over PROTO_LIMIT_SIZE
+    KiB (2 GiB) counted as ``sys.getsizeof(bytes)``; a 1% margin keeps us on its side."""
+    from mindspore.onnx import onnx_export
+    kib = sum(int(np.prod(p.shape)) * p.data.itemsize + 33 for p in network.get_parameters()) / 1024
+    return kib > 0.99 * onnx_export.PROTO_LIMIT_SIZE
+
+
 def _written(base: str, fmt: str) -> List[str]:
     ext = _EXT[fmt]
     found = [base + ext]
     if fmt == "MINDIR":  # split save: <base>_graph.mindir + <base>_variables/data_K
         found += [base + "_graph.mindir"] + glob.glob(base + "_variables/*")
-    if fmt == "ONNX":  # external data files land beside the .onnx
-        found += _onnx_external_files(base + ext)
+    if fmt == "ONNX" and os.path.isdir(base + "_onnx"):  # the model and its external data
+        found = glob.glob(os.path.join(base + "_onnx", "*"))
     return [f for f in found if os.path.isfile(f)]
-
-
-def _onnx_external_files(path: str) -> List[str]:
-    """Files an ONNX model references as external data (from its initializers; needs the
-    ``onnx`` package, else only the .onnx itself is listed)."""
-    if not os.path.isfile(path):
-        return []
-    try:
-        import onnx
-    except ImportError:
-        return []
-    m = onnx.load(path, load_external_data=False)
-    locs = {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
-    return [os.path.join(os.path.dirname(path), loc) for loc in sorted(locs)]
