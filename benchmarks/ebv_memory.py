@@ -62,7 +62,7 @@ SAVE_PROBE = r"""
 import json, os, sys, time
 from ebv_ms.config import load_config
 from ebv_ms.engine import checkpoint as C
-from ebv_ms.engine.trainer import build_network
+from ebv_ms.engine.builders import build_network
 run_dir, dst = sys.argv[1], sys.argv[2]
 state = C.load_checkpoint(os.path.join(run_dir, "last.ckpt"))
 cfg = load_config(None, [], base=state.config)

@@ -1,25 +1,14 @@
 """A small copy of the demo digits archive for tests that run train.py or eval.py for real."""
-import os
-import subprocess
-import sys
 import zipfile
 from collections import defaultdict
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def small_demo_zip(tmp_path, per_class_train=16, per_class_val=4, drop_val=1, rename=None,
+def small_demo_zip(src, tmp_path, per_class_train=16, per_class_val=4, drop_val=1, rename=None,
                    name="demo_small"):
-    """The demo digits archive (real JPEGs, the 100k-zip layout), cut to a few images per class
-    so a run takes a handful of steps; ``drop_val`` validation images fewer make the split's
+    """The demo digits archive ``src`` (conftest's ``demo_zip``: real JPEGs, the 100k-zip
+    layout), cut to a few images per class so a run takes a handful of steps; ``drop_val`` validation images fewer make the split's
     size odd (39), so 2 ranks cannot split it evenly; ``rename`` {old: new} renames class
     folders (same images, another class list)."""
-    full = tmp_path / "demo_full"
-    if not full.is_dir():
-        subprocess.run([sys.executable, "-m", "ebv_ms.data.demo", "--out", str(full)], cwd=ROOT,
-                       check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    src = next(full.glob("*.zip"))
     keep = {"train": per_class_train, "val": per_class_val}
     seen = defaultdict(int)
     out = tmp_path / name / src.name

@@ -35,12 +35,8 @@ def test_config_loads_with_strict_keys(path):
     assert cfg.model.head in ("ebv", "fc", "fixed_random_dot", "fixed_random_cos")
     if cfg.model.head == "ebv":
         assert cfg.model.embed_dim > 0 and cfg.model.tau > 0
-    try:
-        from ebv_ms.models.backbones import BACKBONES
-    except ImportError:  # models package not merged into this checkout yet
-        BACKBONES = None
-    if BACKBONES is not None:
-        assert cfg.model.backbone in BACKBONES
+    from ebv_ms.models.backbones import BACKBONES
+    assert cfg.model.backbone in BACKBONES
 
 
 @pytest.mark.parametrize("path", PAPER, ids=_rel)

@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "scripts" / "run_distribute_gpu.sh"
 PROBE = ROOT / "tests" / "dp_probe_train.py"
 PROBED_TRAIN = ROOT / "tests" / "probed_train.py"  # train.py + the rank probe callback
-TRAIN = ROOT / "train.py"
 DEMO_CONFIG = ROOT / "configs" / "demo_cpu.yaml"
 HAVE_MPIRUN = shutil.which("mpirun") is not None
 
@@ -225,13 +224,11 @@ def _eval_result(stdout):
 
 @pytest.mark.distributed
 @needs_mpirun
-@pytest.mark.skipif(not TRAIN.exists() or not DEMO_CONFIG.exists(),
-                    reason="train.py / configs/demo_cpu.yaml (engine) not in this checkout")
-def test_two_ranks_train_py_on_demo_data(tmp_path):
+def test_two_ranks_train_py_on_demo_data(tmp_path, demo_zip):
     """The user's command, on CPU: the real train.py, demo config and demo images, 2 ranks;
     then the sharded evaluation: train.py's per-epoch one and eval.py's, each on 2 ranks, agree
     exactly with eval.py on 1 rank over a validation split of odd size (39 images)."""
-    data = small_demo_zip(tmp_path)
+    data = small_demo_zip(demo_zip, tmp_path)
     out = tmp_path / "run"
     common = [f"data.path={data}", "eval.batch_size=40", "data.num_workers=1"]
     r = _launch([DEMO_CONFIG, 2, f"output_dir={out}", *common, "train.epochs=1",

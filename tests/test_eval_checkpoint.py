@@ -1,38 +1,23 @@
 """eval.py from a checkpoint alone (config + EBV set recorded with it), and its clear errors."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _py(script, args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_script(script, args, cwd)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One short demo run (2 epochs) that writes its EBV set next to the checkpoints (threshold
-    0, as a 100k-class set would be); its EBV cache is deleted afterwards."""
-    tmp = tmp_path_factory.mktemp("evalrun")
-    subprocess.run([sys.executable, "-m", "ebv_ms.data.demo", "--out", str(tmp / "demo")],
-                   check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                   capture_output=True)
-    out = tmp / "run"
-    r = _py("train.py", ["--config", str(ROOT / "configs" / "demo_cpu.yaml"), f"output_dir={out}",
-                         f"data.path={tmp / 'demo' / 'digits.zip'}", f"ebv.cache_dir={tmp / 'ebv'}",
-                         "train.epochs=2", "train.progress_bar=false",
-                         "train.ckpt_inline_ebv_mb=0"], tmp)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for f in (tmp / "ebv").iterdir():
-        f.unlink()  # eval must not need the cache: the set is next to the checkpoints
-    return tmp, out
+def trained(demo_run):
+    """The session's short demo run (conftest.demo_run): its EBV set is next to the checkpoints
+    (as a 100k-class set would be) and its EBV cache is deleted."""
+    return demo_run
 
 
 @pytest.mark.slow

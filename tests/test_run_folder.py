@@ -47,11 +47,11 @@ def _dead_pid():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, demo_zip):
     """A finished 1-epoch run whose folder held temporaries of interrupted writes beforehand:
     two of dead processes, one of a live process."""
     tmp = tmp_path_factory.mktemp("runfolder")
-    data = small_demo_zip(tmp)
+    data = small_demo_zip(demo_zip, tmp)
     out = tmp / "run"
     out.mkdir()
     dead = _dead_pid()
@@ -62,7 +62,7 @@ def run(tmp_path_factory):
         p.write_bytes(b"\0" * 4096)
     r = _train(_common(data, tmp) + [f"output_dir={out}", "train.epochs=1"], tmp)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    yield {"tmp": tmp, "data": data, "out": out, "stale": stale, "kept": kept}
+    yield {"tmp": tmp, "src": demo_zip, "data": data, "out": out, "stale": stale, "kept": kept}
     live.kill()
     live.wait()
 
@@ -101,7 +101,7 @@ def test_a_second_run_into_the_folder_is_refused_and_kill9_frees_it(run):
 def test_a_refused_resume_changes_nothing_in_the_run_folder(run):
     """Same images, one class folder renamed: the class indices would change meaning."""
     tmp, out = run["tmp"], run["out"]
-    other = small_demo_zip(tmp, rename={"3": "3x"}, name="demo_renamed")
+    other = small_demo_zip(run["src"], tmp, rename={"3": "3x"}, name="demo_renamed")
     before = _snapshot(out)
     r = _train(_common(other, tmp) + [f"output_dir={out}", "train.epochs=1", "--resume"], tmp)
     assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]

@@ -1,23 +1,18 @@
 """train.py on an archive with broken members: it finishes, counts and names them per epoch,
 and saves the class mapping with the run."""
 import json
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_bad_members_are_skipped_counted_and_named(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run([sys.executable, "-m", "ebv_ms.data.demo", "--out", str(tmp_path / "d")],
-                   check=True, cwd=ROOT, env=env, capture_output=True)
-    src, bad = tmp_path / "d" / "digits.zip", tmp_path / "bad.zip"
+def test_bad_members_are_skipped_counted_and_named(tmp_path, demo_zip):
+    src, bad = demo_zip, tmp_path / "bad.zip"
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bad, "w") as zout:
         for item in zin.infolist():
             zout.writestr(item, zin.read(item))
@@ -26,11 +21,9 @@ def test_bad_members_are_skipped_counted_and_named(tmp_path):
         zout.writestr("digits/train/3/zz_truncated.jpg", good[: len(good) // 2])
         zout.writestr("digits/train/7/zz_empty.jpg", b"")
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
-                        str(ROOT / "configs" / "demo_cpu.yaml"), f"data.path={bad}",
-                        f"output_dir={out}", f"ebv.cache_dir={tmp_path / 'ebv'}", "train.epochs=2",
-                        "train.progress_bar=false"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=600)
+    r = run_script("train.py", ["--config", ROOT / "configs" / "demo_cpu.yaml", f"data.path={bad}",
+                                f"output_dir={out}", f"ebv.cache_dir={tmp_path / 'ebv'}",
+                                "train.epochs=2", "train.progress_bar=false"], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [rec["bad_samples"] for rec in records] == [2, 2]  # every epoch meets both again

@@ -1,32 +1,20 @@
 """A run killed mid-epoch (SIGKILL) resumes with --resume and finishes with the same epochs."""
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(args, cwd, timeout=600, script=ROOT / "train.py"):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def _run(args, cwd, timeout=600, script="train.py"):
+    return run_script(script, args, cwd, timeout)
 
 
 def _records(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def demo_zip(tmp_path_factory):
-    d = tmp_path_factory.mktemp("demo")
-    subprocess.run([sys.executable, "-m", "ebv_ms.data.demo", "--out", str(d)], check=True,
-                   cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True)
-    return d / "digits.zip"
 
 
 @pytest.mark.slow
