@@ -2,7 +2,7 @@
 """Evaluate a checkpoint: top-1 / top-5 on the validation split, parameter counts, images/s.
 
     python eval.py --ckpt runs/demo/best.ckpt [--config X.yaml] [--test-size 224|256] [key=value ...]
-    ENTRY=eval.py bash scripts/run_distribute_gpu.sh X.yaml N --ckpt=CKPT   # N ranks, one shard each
+    bash scripts/run_eval_gpu.sh CKPT --ranks N [eval.py options]   # N ranks, one shard each
 
 A checkpoint written by train.py records its config and EBV set (a large set lives in a file
 next to the checkpoint, or is rebuilt from its closed-form recipe; --ebv FILE names another

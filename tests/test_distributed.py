@@ -233,7 +233,8 @@ def test_two_ranks_train_py_on_demo_data(tmp_path, demo_zip):
     common = [f"data.path={data}", "eval.batch_size=40", "data.num_workers=1"]
     r = _launch([DEMO_CONFIG, 2, f"output_dir={out}", *common, "train.epochs=1",
                  "train.batch_size=16", f"ebv.cache_dir={tmp_path / 'ebv'}",
-                 "train.progress_bar=false", "--rank-probe"], timeout=400, ENTRY=str(PROBED_TRAIN))
+                 "train.progress_bar=false", "--", "--rank-probe"], timeout=400,
+                ENTRY=str(PROBED_TRAIN))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     reps = _reports(out)
     assert sorted(reps) == [0, 1], os.listdir(out / "logs")
@@ -271,11 +272,12 @@ def test_two_ranks_train_py_on_demo_data(tmp_path, demo_zip):
     one = _eval_result(one.stdout)
     assert (one["num_samples"], one["num_samples_per_rank"]) == (39, [39])
     assert (one["top1"], one["top5"]) == (rec["top1"], rec["top5"])
-    # eval.py on 2 ranks through the same launcher: each rank its shard, the same figures
-    ev_out = tmp_path / "eval2"
-    r = _launch([DEMO_CONFIG, 2, f"output_dir={ev_out}", *common, f"--ckpt={out / 'last.ckpt'}",
-                 "--no-progress", f"--json={tmp_path / 'eval2.json'}"], timeout=300,
-                ENTRY=str(ROOT / "eval.py"))
+    # eval.py on 2 ranks through the evaluation launcher (the same mpirun launch as training):
+    # each rank its shard, the same figures
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "run_eval_gpu.sh"), str(out / "last.ckpt"),
+                        *common, "--ranks", "2", "--no-progress", "--json",
+                        str(tmp_path / "eval2.json")], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     two = json.loads((tmp_path / "eval2.json").read_text())
     assert two["world_size"] == 2 and two["num_samples_per_rank"] == [20, 19]
