@@ -399,6 +399,24 @@ def load_yaml(path: str) -> dict:
     return data
 
 
+# Keys earlier versions had and wrote into their checkpoints' configs: a checkpoint that
+# records one still loads (the key is dropped); a config file or override naming it is refused
+# like any unknown key.
+RETIRED_KEYS = ("train.debug_kill_at_step",)  # now a test callback (tests/probes.py)
+
+
+def _without_retired(base: Mapping) -> Mapping:
+    plain = copy.deepcopy(dict(base))
+    for dotted in RETIRED_KEYS:
+        *head, last = dotted.split(".")
+        node = plain
+        for p in head:
+            node = node.get(p) if isinstance(node, Mapping) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return plain
+
+
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
                 base: Optional[Mapping] = None) -> Config:
     """DEFAULTS <- base (e.g. a checkpoint's config) <- YAML file <- ``key=value`` overrides,
@@ -406,7 +424,7 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
     cfg = copy.deepcopy(DEFAULTS)
     origins: Dict[str, str] = {}
     if base is not None:
-        _merge(cfg, base, SCHEMA, "checkpoint config", origins)
+        _merge(cfg, _without_retired(base), SCHEMA, "checkpoint config", origins)
     if path:
         _merge(cfg, load_yaml(path), SCHEMA, str(path), origins)
     for text in overrides:
