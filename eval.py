@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # key=value overrides may follow options too
 
 
 def _check_json_path(path: str) -> None:

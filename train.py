@@ -26,7 +26,7 @@ def parse_args(argv=None):
                    help="print the traceback of an error too (it is always in train.log)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="config overrides, e.g. train.epochs=10 optim.lr=0.05 mode=pynative")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # key=value overrides may follow options too
 
 
 def main(argv=None, callbacks=()) -> int:

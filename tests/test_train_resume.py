@@ -33,6 +33,12 @@ def test_killed_run_resumes_without_losing_an_epoch(tmp_path, demo_zip):
     again = _run(common + [f"output_dir={out}"], tmp_path)     # forgetting --resume is refused
     assert again.returncode == 2 and "--resume" in again.stderr
 
+    other = _run(common + [f"output_dir={out}", "--resume", "ebv.seed=7"], tmp_path)
+    assert other.returncode == 2 and "ebv.seed=0" in other.stderr and "ebv.seed=7" in other.stderr
+
+    # the EBV cache is gone: the resume finds the set the checkpoint records (inline here)
+    for f in (tmp_path / "ebv").iterdir():
+        f.unlink()
     resumed = _run(common + [f"output_dir={out}", "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     recs = _records(out)

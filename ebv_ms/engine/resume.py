@@ -3,7 +3,7 @@
 ``ResumeState.find`` picks and loads the checkpoint (``--resume``: OUTPUT_DIR/last.ckpt,
 ``--resume-from``: a given file) and refuses to start a fresh run over an existing one. Then,
 before anything in the run folder is written, the run checks it against what it built: the
-data's classes (``check_classes``), the EBV set (``check_ebv``), and after ``restore`` the
+data's classes (``check_classes``), the EBV set (``ebv``: found and verified), and after ``restore`` the
 global step against ``epoch x steps_per_epoch`` (else the data or batch size changed).
 ``restore`` drops the loaded checkpoint (its raw tensors and the EBV copy: ~4 GB per rank at
 100k classes) once its values are in the network and optimizer. ``start_data`` makes the next
@@ -17,11 +17,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
-from .checkpoint import CheckpointError, CheckpointState, atomic_copy, check_ebv_matches, \
-    load_checkpoint, restore_checkpoint
+from .checkpoint import CheckpointError, CheckpointState, atomic_copy, load_checkpoint, \
+    restore_checkpoint
 from .run_folder import check_class_names
 
 __all__ = ["ResumeState"]
+
+# the settings that choose the EBV set: a resume must not change them (cache_dir and max_steps
+# only say where the set is kept and how long generation may take)
+_EBV_RECIPE_KEYS = ("path", "alpha", "method", "seed")
 
 
 @dataclass
@@ -68,10 +72,22 @@ class ResumeState:
         for folder in dict.fromkeys([run_folder, os.path.dirname(os.path.abspath(self.path))]):
             check_class_names(folder, class_names)
 
-    def check_ebv(self, ebv) -> None:
-        """The EBV set this run built must be the one the checkpoint was trained with."""
-        if ebv is not None:
-            check_ebv_matches(self.checkpoint, ebv)  # before the head is built
+    def ebv(self, cfg, rank: int, log: logging.Logger):
+        """The EBV set the checkpoint was trained with (``ebv_source.checkpoint_ebv``: inside it,
+        next to it, the config's file or cache, or rebuilt from a closed-form recipe), checked
+        against its recorded checksum before the head is built; None for heads without one."""
+        from .ebv_source import checkpoint_ebv, needs_ebv
+        if not needs_ebv(cfg):
+            return None
+        recorded = (self.checkpoint.config or {}).get("ebv") or {}
+        changed = [k for k in _EBV_RECIPE_KEYS if k in recorded and recorded[k] != cfg.ebv[k]]
+        if changed:
+            raise CheckpointError(
+                f"{self.path} was trained with " + ", ".join(
+                    f"ebv.{k}={recorded[k]!r}" for k in changed) + " but this run sets " +
+                ", ".join(f"ebv.{k}={cfg.ebv[k]!r}" for k in changed) + "; resume with the same "
+                "'ebv' settings as the original run (or start a new output_dir)")
+        return checkpoint_ebv(self.checkpoint, cfg, rank=rank, progress=rank == 0, logger=log)
 
     def restore(self, network, optimizer, extra_params: Mapping, steps_per_epoch: int) -> None:
         """Load weights, optimizer and loss-scale state; check the step count; drop the file's

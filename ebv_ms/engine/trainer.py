@@ -79,9 +79,10 @@ class Trainer:
             raise ConfigError(f"config key 'train.batch_size' ({t.batch_size}) is larger than this "
                               "rank's share of the training data; lower it")
 
-        self.ebv = resolve_ebv(cfg, self.rank, progress=self.rank == 0, logger=self.log)
-        if resume is not None:
-            resume.check_ebv(self.ebv)
+        if resume is None:
+            self.ebv = resolve_ebv(cfg, self.rank, progress=self.rank == 0, logger=self.log)
+        else:  # the set the checkpoint was trained with (next to it, cached, or rebuilt), verified
+            self.ebv = resume.ebv(cfg, self.rank, self.log)
         amp_level = resolve_amp(cfg)
         self.network = build_network(cfg, self.ebv, amp_level)
         parts = build_training(cfg, self.network, self.steps_per_epoch, amp_level)
