@@ -125,9 +125,8 @@ def photo_like_archive(path: str, n: int, size: int = 224, seed: int = 0) -> str
 def _reference_folder(root: str, workers: int, batch: int):
     """MindSpore's ImageFolderDataset + the same A1 ops: no validation (the reference)."""
     import mindspore as ms
-    import mindspore.dataset as ds
     import mindspore.dataset.transforms as T
-    from ebv_ms.data.imagenet import folder_classes, folder_dataset
+    from ebv_ms.data.imagenet import folder_dataset
     from ebv_ms.data.presets import create_batch_transform, create_transforms
     from ebv_ms.data.sampler import ShardSampler
     n = sum(len(files) for _, _, files in os.walk(os.path.join(root, "train")))

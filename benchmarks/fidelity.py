@@ -211,7 +211,7 @@ def main(argv=None) -> int:
               f"--classes {n} --per-class {pc}")
     for r in results:
         print(f"  {r['command']}")
-    print(f"\nthis table: flock /tmp/ebv_heavy.lock python benchmarks/fidelity.py "
+    print("\nthis table: flock /tmp/ebv_heavy.lock python benchmarks/fidelity.py "
           + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])))
     return 0
 

@@ -2,8 +2,6 @@
 import logging
 import os
 import struct
-import subprocess
-import sys
 import time
 import zipfile
 
@@ -14,7 +12,7 @@ from ebv_ms.data import LayoutError, create_dataset
 from ebv_ms.data import inspect as inspect_cli
 from ebv_ms.data.dataset import archive_layout, open_split
 from ebv_ms.data.readers import ZipMemberReader
-from ebv_ms.data.source import ImageSource, precheck, validate
+from ebv_ms.data.source import precheck, validate
 from ebv_ms.data.synthetic import encode, flat_jpeg, write_zip
 from ebv_ms.data.zip_index import ArchiveError, load_zip_index
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from .demo import write_jpeg_zip
 
-__all__ = ["FACES", "Face", "gb2312_chars", "load_faces", "write_glyph_archive", "DEFAULT_VAL_FACES"]
+__all__ = ["FACES", "Face", "gb2312_chars", "check_faces", "write_glyph_archive", "DEFAULT_VAL_FACES"]
 
 GB2312_LEVEL1 = 3755
 GB2312_ALL = 6763

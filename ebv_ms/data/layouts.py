@@ -20,7 +20,6 @@ YAML keys override detection: ``data.layout``, ``data.root`` (top folder inside 
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import posixpath
 from collections import Counter, defaultdict

@@ -47,7 +47,6 @@ import math
 import pickle
 import reprlib
 import struct
-import sys
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Tuple
 
