@@ -43,7 +43,8 @@ def block_rows(num_classes: int, dim: int, budget_mb: float = 256.0) -> int:
     A step keeps about 8 |S| x N float32 blocks alive at its peak (the cosines, their squares,
     exponentials, products, gradient temporaries): measured 610 MB (smoothmax) and 732 MB
     (official) above the start with 744-row slices of N = 30,000, i.e. 6.9 and 8.2 blocks of
-    89 MB (``benchmarks/generation_memory.py``). Sets with N <= 2896 fit in one slice.
+    89 MB (``benchmarks/generation_memory.py``); with this budget (279-row slices) the peaks are
+    862 and 829 MB in all. Sets with N <= 2896 fit in one slice.
     """
     per_row = 4.0 * (8 * num_classes + dim)
     return int(max(1, min(num_classes, budget_mb * 2 ** 20 // per_row)))
