@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import time
-from typing import Mapping
 
 
 def _positive_int(text: str) -> int:
@@ -59,36 +58,16 @@ def _check_json_path(path: str) -> None:
         raise ConfigError(f"--json {path}: folder {folder} does not exist")
 
 
-def _read_checkpoint(path: str):
-    """``load_checkpoint``, with damaged or crafted metadata refused as a CheckpointError
-    (bad JSON, missing keys, fields of the wrong type, YAML tags in the recorded config)."""
-    import yaml
-    from ebv_ms.engine.checkpoint import CheckpointError, load_checkpoint
-    try:
-        state = load_checkpoint(path)
-    except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
-        raise CheckpointError(f"{path}: damaged checkpoint metadata ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:200]}); use another checkpoint "
-                              "(last.ckpt / best.ckpt of the run)") from exc
-    if not isinstance(state.metrics, Mapping):
-        raise CheckpointError(f"{path}: damaged checkpoint metadata (metrics is "
-                              f"{type(state.metrics).__name__}, not a mapping)")
-    if state.config is not None and not isinstance(state.config, Mapping):
-        raise CheckpointError(f"{path}: damaged checkpoint metadata (the recorded config is "
-                              f"{type(state.config).__name__}, not a mapping); pass --config")
-    return state
-
-
 def run(args) -> dict:
     from ebv_ms.config import ConfigError, check_run, load_config
     from ebv_ms.engine.builders import build_eval, build_network, init_parallel, setup_context
-    from ebv_ms.engine.checkpoint import restore_checkpoint
+    from ebv_ms.engine.checkpoint import load_checkpoint, restore_checkpoint
     from ebv_ms.engine.ebv_source import checkpoint_ebv
     from ebv_ms.engine.evaluator import count_parameters, evaluate
 
     if args.json:
         _check_json_path(args.json)
-    state = _read_checkpoint(args.ckpt)
+    state = load_checkpoint(args.ckpt)  # damaged metadata: a CheckpointError naming the file
     if state.config is None and not args.config:
         raise ConfigError(f"{args.ckpt} records no config (not written by train.py); "
                           "pass --config with the model/data settings it was trained with")

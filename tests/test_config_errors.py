@@ -235,10 +235,10 @@ GOOD_META = {"format": "ebv-ms/1", "epoch": 1, "global_step": 1, "best_top1": 1.
 CRAFTED = [  # (meta, config) -> text in the message
     ("{not json", None, "damaged checkpoint metadata (JSONDecodeError"),
     (json.dumps({"format": "ebv-ms/1"}), None, "damaged checkpoint metadata (KeyError"),
-    ("[1, 2]", None, "damaged checkpoint metadata (AttributeError"),
+    ("[1, 2]", None, "the record is a list, not a mapping"),
     (json.dumps({**GOOD_META, "epoch": "abc"}), None, "damaged checkpoint metadata (ValueError"),
-    (json.dumps({**GOOD_META, "metrics": [1]}), None, "metrics is list, not a mapping"),
-    (json.dumps(GOOD_META), "- a\n- b\n", "the recorded config is list, not a mapping"),
+    (json.dumps({**GOOD_META, "metrics": [1]}), None, "metrics is a list, not a mapping"),
+    (json.dumps(GOOD_META), "- a\n- b\n", "the recorded config is a list, not a mapping"),
     (json.dumps(GOOD_META), "seed: !!python/object/apply:os.system ['echo owned']\n",
      "damaged checkpoint metadata (ConstructorError"),
     (json.dumps(GOOD_META), "model:\n  tau: 0\n", "'model.tau' must be > 0, got 0.0 (set in "
@@ -261,6 +261,15 @@ def test_eval_bad_arguments(capsys, tmp_path):
 def test_eval_on_damaged_or_crafted_metadata(capsys, tmp_path, meta, config, needle):
     ck = _ckpt(tmp_path / "c.ckpt", meta, config)
     _fails(capsys, eval_cli.main, ["--ckpt", ck, "--no-progress"], needle)
+
+
+@pytest.mark.parametrize("meta,config,needle", CRAFTED[:7], ids=[c[2][:40] for c in CRAFTED[:7]])
+def test_resume_from_damaged_or_crafted_metadata(capsys, tmp_path, demo_zip, meta, config,
+                                                 needle):
+    """load_checkpoint itself refuses them, so train.py --resume-from does too."""
+    ck = _ckpt(tmp_path / "c.ckpt", meta, config)
+    _fails(capsys, train_cli.main, ["--config", DEMO, f"output_dir={tmp_path / 'run'}",
+                                    f"data.path={demo_zip}", "--resume-from", ck], needle)
 
 
 # --------------------------------------------------------------------------- other CLIs, --debug

@@ -193,7 +193,23 @@ def load_checkpoint(path: str) -> CheckpointState:
             state.ebv_info = {**_identity(state.ebv), "param": name, "dtype": str(stored.dtype)}
         state.params = raw
         return state
-    meta = json.loads(meta_s)
+    try:
+        _read_metadata(state, meta_s, cfg_s, vec, raw)
+    except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        # damaged or crafted metadata (bad JSON, missing keys, wrong types, YAML tags)
+        raise CheckpointError(f"{path}: damaged checkpoint metadata ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); use another checkpoint "
+                              "(last.ckpt / best.ckpt of the run)") from exc
+    state.params = raw
+    return state
+
+
+def _read_metadata(state: CheckpointState, meta_s, cfg_s, vec, raw) -> None:
+    """Fill ``state`` from the JSON record and the YAML config of an ebv-ms checkpoint."""
+    path = state.path
+    meta = json.loads(str(meta_s))
+    if not isinstance(meta, dict):
+        raise TypeError(f"the record is a {type(meta).__name__}, not a mapping")
     if meta.get("format") not in _READS:
         raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, "
                               f"this version reads {' and '.join(map(repr, _READS))}")
@@ -215,8 +231,10 @@ def load_checkpoint(path: str) -> CheckpointState:
             if state.ebv.checksum() != state.ebv_checksum:
                 raise CheckpointError(f"{path}: the stored EBV matrix does not match its recorded "
                                       f"checksum {state.ebv_checksum}; the file is damaged")
-    state.params = raw
-    return state
+    if not isinstance(state.metrics, Mapping):
+        raise TypeError(f"metrics is a {type(state.metrics).__name__}, not a mapping")
+    if state.config is not None and not isinstance(state.config, Mapping):
+        raise TypeError(f"the recorded config is a {type(state.config).__name__}, not a mapping")
 
 
 def check_ebv_matches(state: CheckpointState, ebv) -> str:
