@@ -31,6 +31,7 @@ def test_eval_from_checkpoint_alone_reproduces_logged_accuracy(trained, tmp_path
     assert ev["epoch"] == 2 and ev["top1"] == pytest.approx(last["top1"], abs=1e-9)
     assert ev["correct5"] >= ev["correct1"] and ev["num_samples"] == last["eval_samples"]
     assert "top-1" in r.stdout and "images/s" in r.stdout and "parameters" in r.stdout
+    assert "not loaded" not in r.stdout + r.stderr  # the frozen matrix is not in it, on purpose
     assert ev["params_total"] == ev["params_trainable"] + ev["params_frozen"]
     # a different evaluation size runs through the same checkpoint (CNN with global pooling)
     r16 = _py("eval.py", ["--ckpt", str(out / "last.ckpt"), "--test-size", "12", "--no-progress"],
