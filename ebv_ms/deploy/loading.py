@@ -14,6 +14,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD
 
+from ebv_ms.engine.builders import eval_sizes  # the evaluation transform's sizes, one rule
+
 __all__ = ["load_network", "eval_sizes", "input_spec", "read_class_names"]
 
 _log = logging.getLogger("ebv_ms")
@@ -35,19 +37,6 @@ def read_class_names(ckpt: str, num_classes: int) -> Tuple[List[str], Optional[s
                           f"{num_classes}; it belongs to another run: copy that run's classes.json "
                           "beside the checkpoint")
     return [str(n) for n in names], path
-
-
-def eval_sizes(cfg) -> Tuple[int, int]:
-    """(resize, crop) of the evaluation transform, by the rule ``trainer.build_data`` applies:
-    ``eval.test_size`` S gives (round(S / 0.875), S); otherwise ``data.eval_resize`` /
-    ``data.eval_crop``, defaulting to ``image_size / 0.875`` and ``image_size``."""
-    size = cfg.eval.get("test_size")
-    if size:
-        return int(round(int(size) / 0.875)), int(size)
-    d = cfg.data
-    crop = int(d.eval_crop or d.image_size)
-    resize = int(d.eval_resize or round(int(d.image_size) / 0.875))
-    return resize, crop
 
 
 def input_spec(cfg, batch: int) -> dict:

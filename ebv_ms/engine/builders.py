@@ -48,16 +48,27 @@ def is_jit(cfg) -> bool:
     return str(cfg.mode).lower() == "graph"
 
 
+def eval_sizes(cfg) -> Tuple[int, int]:
+    """(resize, crop) of the evaluation transform, as ``build_data`` sets it (and exports record it):
+    ``eval.test_size`` S gives (round(S / 0.875), S); otherwise ``data.eval_resize`` /
+    ``data.eval_crop``, defaulting to ``image_size / 0.875`` and ``image_size``."""
+    size = cfg.eval.get("test_size")
+    if size:
+        return int(round(int(size) / 0.875)), int(size)
+    d = cfg.data
+    crop = int(d.eval_crop or d.image_size)
+    resize = int(d.eval_resize or round(int(d.image_size) / 0.875))
+    return resize, crop
+
+
 def build_data(cfg, split: str, batch_size: int, is_training: bool, num_shards: int = 1,
                shard_id: int = 0):
     """``create_dataset`` with the ``data`` section; ``eval.test_size`` S sets the evaluation
     transform to resize S/0.875 then centre-crop S (the usual 256 -> 224 ratio)."""
     from ebv_ms.data import create_dataset
     data_cfg = dict(cfg.data)
-    size = cfg.eval.get("test_size")
-    if size and not is_training:
-        data_cfg["eval_crop"] = int(size)
-        data_cfg["eval_resize"] = int(round(int(size) / 0.875))
+    if cfg.eval.get("test_size") and not is_training:
+        data_cfg["eval_resize"], data_cfg["eval_crop"] = eval_sizes(cfg)
     return create_dataset(data_cfg, split, batch_size, is_training, num_shards=num_shards,
                           shard_id=shard_id, seed=int(cfg.seed),
                           num_classes=int(cfg.model.num_classes))
