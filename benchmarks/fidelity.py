@@ -18,7 +18,7 @@ EBV sets come from ``ebv.method: auto`` (closed form where one fits, else genera
 cached in ``ebv_cache/``; their generation is not counted in train seconds.
 
 Printed per case: top-1 / top-5 on the held-out typeface (mean +- std over seeds), trainable
-parameters (``ebv_ms.params.parameter_report``), train seconds (sum of the epochs' wall time,
+parameters (``ebv_ms.tools.params.parameter_report``), train seconds (sum of the epochs' wall time,
 mean over seeds; compile included, evaluation excluded), the coherence max|cos| of the class
 vectors (EBV set or the fixed random ones); then the commands that reproduce it.
 """
@@ -128,7 +128,7 @@ def class_vector_coherence(cfg) -> float:
 
 
 def trainable(cfg) -> int:
-    from ebv_ms.params import parameter_report
+    from ebv_ms.tools.params import parameter_report
     rep = parameter_report(cfg.model, heads=[str(cfg.model.head)])[str(cfg.model.head)]
     return sum(p.trainable for p in rep.values())
 

@@ -9,7 +9,7 @@ that look at the machine (folders that are files, read-only output, missing file
 workers than cores). Sections mirror the factories' arguments (``model`` ->
 ``create_classifier``, ``data`` -> ``create_dataset``, ``optim`` -> ``create_optimizer``,
 ``scheduler`` -> ``create_scheduler``); the factories themselves know nothing of YAML keys.
-``python -m ebv_ms.config`` prints the schema as the table in docs/training.md.
+``python -m ebv_ms.tools.schema`` prints the schema as the table in docs/training.md.
 """
 from __future__ import annotations
 
@@ -629,6 +629,3 @@ def schema_table() -> str:
         rows.append(f"| `{key}` | `{default}` | {allowed.replace('|', chr(92) + '|')} | {doc} |")
     return "\n".join(rows)
 
-
-if __name__ == "__main__":
-    print(schema_table())

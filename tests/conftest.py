@@ -67,14 +67,5 @@ def pytest_unconfigure(config):
     'NoneType has no attribute total_instance_count' tracebacks after pytest's summary."""
     import gc
     gc.collect()
-    from mindspore.nn import cell as _cell
-
-    original = _cell.Cell.__del__
-
-    def _del_quietly_at_exit(self, _original=original):
-        try:
-            _original(self)
-        except AttributeError:  # MindSpore's module globals are already torn down
-            pass
-
-    _cell.Cell.__del__ = _del_quietly_at_exit
+    from ebv_ms.models.mindcv_zoo import quiet_cell_teardown
+    quiet_cell_teardown()

@@ -131,7 +131,7 @@ def test_schema_covers_every_key_and_the_docs_table_is_current():
         spec.allowed()
     assert DEFAULTS["data"]["scale"] == [0.08, 1.0]
     doc = (ROOT / "docs" / "training.md").read_text()
-    assert schema_table() in doc, "docs/training.md: paste `python -m ebv_ms.config` output"
+    assert schema_table() in doc, "docs/training.md: paste `python -m ebv_ms.tools.schema` output"
 
 
 # --------------------------------------------------------------------------- files

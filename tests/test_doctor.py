@@ -1,4 +1,4 @@
-"""python -m ebv_ms.doctor, for real on this machine: CPU passes, a GPU without CUDA libraries is
+"""python -m ebv_ms.tools.doctor, for real on this machine: CPU passes, a GPU without CUDA libraries is
 reported missing with the remedy naming the exact libraries MindSpore 2.10's plugins need."""
 import json
 import shutil
@@ -7,7 +7,7 @@ import sys
 
 
 def test_doctor_reports_cpu_ok_and_gpu_libraries():
-    r = subprocess.run([sys.executable, "-m", "ebv_ms.doctor", "--json", "--targets", "CPU,GPU"],
+    r = subprocess.run([sys.executable, "-m", "ebv_ms.tools.doctor", "--json", "--targets", "CPU,GPU"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rep = json.loads(r.stdout)
@@ -27,7 +27,7 @@ def test_doctor_reports_cpu_ok_and_gpu_libraries():
         remedy = gpu[0]["remedy"]
         assert "libcudnn.so.8" in remedy and "CUDA 11.6" in remedy and "LD_LIBRARY_PATH" in remedy
 
-    from ebv_ms.doctor import format_report  # the text form of the same report
+    from ebv_ms.tools.doctor import format_report  # the text form of the same report
     text = format_report(rep)
     assert "device CPU    ok" in text and "GPU plugin for CUDA 11.6 (cuDNN 8.5) needs:" in text
     assert text.count("remedy: ") == len(rep["problems"])

@@ -174,7 +174,7 @@ def test_create_ebv_default_method_records_provenance():
 
 # ------------------------------------------------------------------ CLI
 def test_cli_writes_npy_and_refuses_impossible_alpha(tmp_path, capsys):
-    from ebv_ms.generate import main
+    from ebv_ms.tools.generate import main
     out = tmp_path / "k.npy"
     assert main(["-n", "144", "-d", "16", "--out", str(out), "--no-progress"]) == 0
     arr = np.load(out)
@@ -187,7 +187,7 @@ def test_cli_writes_npy_and_refuses_impossible_alpha(tmp_path, capsys):
 
 
 def test_cli_step_cap_saves_best_and_says_it_fell_short(tmp_path, capsys):
-    from ebv_ms.generate import main
+    from ebv_ms.tools.generate import main
     out = tmp_path / "short.npz"
     rc = main(["-n", "30", "-d", "5", "-a", "0.5", "--max-steps", "4", "--method", "official",
                "--out", str(out), "--no-progress"])

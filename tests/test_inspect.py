@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from ebv_ms.ebv import EBVSet, pairwise_stats, save_ebv
-from ebv_ms.inspect import main
+from ebv_ms.tools.inspect import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "ebv_ms.inspect", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "ebv_ms.tools.inspect", *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
 
 

@@ -10,7 +10,7 @@ import pytest
 from ebv_ms.config import load_config
 from ebv_ms.ebv import EBVSet
 from ebv_ms.models import HEADS, create_classifier
-from ebv_ms.params import count_parameters, main, parameter_report
+from ebv_ms.tools.params import count_parameters, main, parameter_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,10 +66,10 @@ def test_report_equals_built_resnet50_ebv():
 def test_cli_subprocess_and_bad_key(tmp_path):
     cfg = _write(tmp_path, "model:\n  backbone: small_cnn\n  head: fixed_random_cos\n  num_classes: 10\n  embed_dim: 8\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    run = subprocess.run([sys.executable, "-m", "ebv_ms.params", "--config", cfg, "--json"],
+    run = subprocess.run([sys.executable, "-m", "ebv_ms.tools.params", "--config", cfg, "--json"],
                          capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=120)
     assert run.returncode == 0, run.stderr
     assert '"fixed_random_cos"' in run.stdout and '"frozen": 80' in run.stdout
-    bad = subprocess.run([sys.executable, "-m", "ebv_ms.params", "--config", cfg, "model.embed_dims=3"],
+    bad = subprocess.run([sys.executable, "-m", "ebv_ms.tools.params", "--config", cfg, "model.embed_dims=3"],
                          capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=120)
     assert bad.returncode == 2 and "model.embed_dims" in bad.stderr and "did you mean" in bad.stderr

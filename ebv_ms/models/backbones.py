@@ -100,10 +100,14 @@ _OWN = {"small_cnn": SmallCNN, "small_mlp": SmallMLP}
 def is_backbone(name: str) -> bool:
     """Whether ``create_backbone`` knows ``name`` (ours, an alias, or a mindcv model)."""
     name = _ALIASES.get(name, name)
-    if name in _OWN:
-        return True
-    from mindcv.models.registry import is_model
-    return bool(is_model(name))
+    return name in _OWN or bool(_mindcv().registry.is_model(name))
+
+
+def _mindcv():
+    """mindcv's ``models`` package, with the EBV models registered in it (mindcv_zoo)."""
+    import mindcv.models
+    from . import mindcv_zoo  # noqa: F401 - registers ebv_resnet50 / ebv_swin_tiny on first use
+    return mindcv.models
 
 
 def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = False,
@@ -125,13 +129,11 @@ def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = Fals
             _load_backbone_checkpoint(net, checkpoint_path, name)
         return net, net.num_features, nn.Dense(net.num_features, out_dim)
 
-    from mindcv.models import create_model
-
     if not is_backbone(name):
         raise ValueError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)} "
                          f"or another mindcv model name")
     try:
-        model = create_model(name, num_classes=out_dim, pretrained=bool(pretrained),
+        model = _mindcv().create_model(name, num_classes=out_dim, pretrained=bool(pretrained),
                              in_channels=in_channels, **kwargs)
     except Exception as exc:  # noqa: BLE001 - mindcv raises URLError/OSError/... when offline
         if pretrained:

@@ -1,10 +1,10 @@
 """EBV classifiers in mindcv's model registry: ``mindcv.create_model("ebv_resnet50", ...)``.
 
-``import ebv_ms`` imports this module when mindcv is installed, so mindcv's own tooling
-(``create_model``, ``list_models("ebv_*")``, its optimizer/loss/trainer factories, its
-checkpoint loading via ``checkpoint_path=``) builds EBV models by name:
+The project imports this module where it first uses mindcv (``models.backbones``); import it
+yourself to use mindcv's own tooling (``create_model``, ``list_models("ebv_*")``, its
+optimizer/loss/trainer factories, its checkpoint loading via ``checkpoint_path=``) by name:
 
-    import ebv_ms, mindcv
+    import mindcv, ebv_ms.models.mindcv_zoo
     net = mindcv.create_model("ebv_resnet50", num_classes=100000, embed_dim=5000, tau=0.007)
 
 Each entry point is ``create_classifier`` with the backbone fixed. The EBV set is ``ebv``
@@ -15,6 +15,7 @@ arguments go to the mindcv backbone (e.g. ``drop_rate``), as for mindcv's own mo
 """
 from __future__ import annotations
 
+import atexit
 from typing import Optional, Union
 
 import numpy as np
@@ -23,7 +24,27 @@ from mindcv.models.registry import register_model
 from ..ebv import EBVSet
 from .classifier import create_classifier
 
-__all__ = []  # register_model appends the entry points
+__all__ = ["quiet_cell_teardown"]  # register_model appends the entry points
+
+
+def quiet_cell_teardown() -> None:
+    """Drop the AttributeError MindSpore 2.10's ``Cell.__del__`` raises ("'NoneType' object has
+    no attribute 'total_instance_count'", printed as "Exception ignored in Cell.__del__") for
+    Cells freed at interpreter exit, after MindSpore's module globals are gone: with mindcv
+    imported, train.py's network is freed that late (3 tracebacks per run, measured)."""
+    from mindspore.nn import cell as _cell
+    original = _cell.Cell.__del__
+
+    def _del(self, _original=original):
+        try:
+            _original(self)
+        except AttributeError:
+            pass
+
+    _cell.Cell.__del__ = _del
+
+
+atexit.register(quiet_cell_teardown)
 
 # read by mindcv's register_model (no url: no pretrained EBV weights to download; the
 # backbone's ImageNet weights still load with pretrained=True)

@@ -1,6 +1,6 @@
 """Report on an EBV file: N, d, coherence, the paper's Min. Ang. and Ave. Del. Ang., Welch bound.
 
-    python -m ebv_ms.inspect FILE [--hist angles.png] [--block-size 2048] [--json] [--save OUT]
+    python -m ebv_ms.tools.inspect FILE [--hist angles.png] [--block-size 2048] [--json] [--save OUT]
 
 FILE is any format `ebv_ms.ebv.load_ebv` reads (.npz native, .npy, the authors' .pkl). The
 statistics run over all pairs i < j in float64, in row blocks (never an N x N matrix), so they
@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .ebv import EBVSet, PairStats, load_ebv, pairwise_stats, save_ebv
+from ..ebv import EBVSet, PairStats, load_ebv, pairwise_stats, save_ebv
 
 HIST_BINS = 1800  # 0.1 degree bins over [0, 180]
 
@@ -77,7 +77,7 @@ def write_histogram(stats: PairStats, out: Path, title: str = "") -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ebv_ms.inspect", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ebv_ms.tools.inspect", description=__doc__.split("\n")[0])
     p.add_argument("file", help="EBV file: .npz (native), .npy (float32 N x d) or the authors' .pkl")
     p.add_argument("--hist", metavar="PNG", help="write a histogram of pairwise angles to this PNG")
     p.add_argument("--block-size", type=int, default=2048,
@@ -95,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.block_size < 1:
         parser.error("--block-size must be >= 1")
-    from .errors import run_cli
+    from ..errors import run_cli
     return run_cli("inspect", lambda: _run(args), debug=args.debug)
 
 

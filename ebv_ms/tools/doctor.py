@@ -1,4 +1,4 @@
-"""``python -m ebv_ms.doctor``: what this machine can run, and what to do about what it cannot.
+"""``python -m ebv_ms.tools.doctor``: what this machine can run, and what to do about what it cannot.
 
 Prints MindSpore's version and install, the Python environment, which device targets (CPU,
 GPU, Ascend) pass a small computation with a known answer plus ``mindspore.run_check()``
@@ -110,7 +110,7 @@ def diagnose(timeout: float = 120.0, targets=("CPU", "GPU", "Ascend")) -> Dict:
     rep: Dict = {"python": sys.version.split()[0], "executable": sys.executable,
                  "venv": sys.prefix if sys.prefix != sys.base_prefix else None, "problems": []}
     problems: List[Dict[str, str]] = rep["problems"]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if rep["venv"] is None:
         problems.append({"what": "not running inside a virtual environment",
                          "remedy": f"bash {root}/scripts/setup_env.sh, then use {root}/.venv/bin/python"})
@@ -200,7 +200,7 @@ def format_report(rep: Dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ebv_ms.doctor", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m ebv_ms.tools.doctor", description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per device check")
     ap.add_argument("--targets", default="CPU,GPU,Ascend", help="device targets to try")

@@ -1,6 +1,6 @@
 """Generate an EBV set and save it.
 
-    python -m ebv_ms.generate --num-classes 1000 --dim 100 --alpha 0.13 --out eq_100_1000.npy
+    python -m ebv_ms.tools.generate --num-classes 1000 --dim 100 --alpha 0.13 --out eq_100_1000.npy
 
 The format follows the extension of --out (.npy float32 N x d, .npz native with metadata,
 .pkl the authors' layout). An alpha below the Welch bound is refused at once; a run that hits
@@ -16,7 +16,7 @@ from ebv_ms.generation import METHODS, create_ebv
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m ebv_ms.generate", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m ebv_ms.tools.generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num-classes", "-n", type=int, required=True, help="N, number of vectors")
     ap.add_argument("--dim", "-d", type=int, required=True, help="d, their dimension")

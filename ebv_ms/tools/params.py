@@ -1,6 +1,6 @@
 """Parameter report: trainable / frozen counts per part for the configured head and FC.
 
-    python -m ebv_ms.params --config CONFIG [model.num_classes=100000 model.embed_dim=5000 ...]
+    python -m ebv_ms.tools.params --config CONFIG [model.num_classes=100000 model.embed_dim=5000 ...]
 
 Parts: ``backbone`` (feature extractor), ``projection`` (F -> d, the backbone's own last linear
 layer for mindcv models), ``head`` (the frozen N x d EBV / random matrix, or the learned F -> N
@@ -20,7 +20,7 @@ from typing import Dict, List, Mapping, Optional
 
 from mindspore import nn
 
-from .config import ConfigError, load_config
+from ..config import ConfigError, load_config
 
 __all__ = ["PartCount", "count_parameters", "parameter_report", "format_report", "main"]
 
@@ -68,8 +68,8 @@ def _head_counts(head: str, num_features: int, num_classes: int, dim: Optional[i
 
 def parameter_report(model_cfg: Mapping, heads: Optional[List[str]] = None) -> Dict[str, Dict[str, PartCount]]:
     """{head: {part: PartCount}} for the configured head and its comparison (FC, or EBV if FC)."""
-    from .models.backbones import create_backbone
-    from .models.classifier import HEADS
+    from ..models.backbones import create_backbone
+    from ..models.classifier import HEADS
 
     head = model_cfg.get("head", "ebv")
     if head not in HEADS:
@@ -121,13 +121,13 @@ def format_report(model_cfg: Mapping, report: Dict[str, Dict[str, PartCount]]) -
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ebv_ms.params", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ebv_ms.tools.params", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="YAML config (its 'model' section is used)")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. model.num_classes=100000")
     args = parser.parse_args(argv)
-    from .errors import run_cli
+    from ..errors import run_cli
     return run_cli("params", lambda: _run(args), debug=args.debug)
 
 
