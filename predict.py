@@ -58,7 +58,7 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     from ebv_ms.deploy.exporting import ExportError
-    from ebv_ms.deploy.predicting import PredictError, collect_images, predict
+    from ebv_ms.deploy.predicting import PredictError, collect_images, predict, text_line
     from ebv_ms.engine.errors import user_errors
     if args.topk < 1:
         print("predict.py: error: --topk must be >= 1", file=sys.stderr)
@@ -71,14 +71,14 @@ def _main(args) -> int:
                            progress=not args.no_progress):
             if "error" in rec:
                 n_bad += 1
-                print(f"predict.py: skipped {rec['image']}: {rec['error']}", file=sys.stderr)
+                print(f"predict.py: {text_line(rec)}", file=sys.stderr)
             else:
                 n_ok += 1
-            if args.json:
-                print(json.dumps(rec, ensure_ascii=False))
+            if args.json:  # exact names; \u-escaped only where not UTF-8 (undecodable bytes)
+                line = json.dumps(rec, ensure_ascii=False)
+                print(line if line.isascii() or _utf8(line) else json.dumps(rec))
             elif "topk" in rec:
-                best = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in rec["topk"])
-                print(f"{rec['image']}: {best}")
+                print(text_line(rec))
     except (PredictError, ExportError, *user_errors()) as exc:
         print(f"predict.py: error: {exc}", file=sys.stderr)
         return 2
@@ -86,6 +86,14 @@ def _main(args) -> int:
         print(f"predict.py: {n_ok} image(s) predicted, {n_bad} skipped (reasons above)",
               file=sys.stderr)
     return 0 if n_ok else 2
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 if __name__ == "__main__":

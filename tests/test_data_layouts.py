@@ -127,3 +127,24 @@ def test_parse_list_errors_name_the_line():
         parse_list("a.jpg -1\n", "l.txt")
     paths, labels = parse_list("path,label\n./a.jpg,3\n", "l.csv")
     assert paths == ["./a.jpg"] and labels.dtype == np.int32 and labels.tolist() == [3]
+
+
+def test_a_layout_error_names_each_folder_once_and_leaves_no_run_folder(tmp_path):
+    """train.py on a folder with no training split: one error line listing each name it looked
+    for once, exit 2, and no run folder (it used to stay, empty but for .run.lock)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "data" / "val" / "c0").mkdir(parents=True)
+    (tmp_path / "data" / "val" / "c0" / "0.jpg").write_bytes(flat_jpeg(0))
+    out = tmp_path / "runs" / "new"
+    r = subprocess.run([sys.executable, str(root / "train.py"), "--config",
+                        str(root / "configs" / "demo_cpu.yaml"), f"data.path={tmp_path / 'data'}",
+                        f"output_dir={out}", f"ebv.cache_dir={tmp_path / 'ebv'}"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(err) == 1 and "no folder for split 'train' (looked for train, training;" in err[0]
+    assert not (tmp_path / "runs").exists()

@@ -24,7 +24,7 @@ from ..config import DEFAULTS as CONFIG_DEFAULTS
 from .imagenet import find_split_dir, folder_samples, list_samples, lists_num_classes
 from .layouts import SPLIT_ALIASES, Layout, LayoutError, SplitSamples, detect_layout
 from .presets import BatchAugment, check_recipe, create_batch_transform, create_transforms
-from .readers import ZipMemberReader
+from .readers import MAX_LIST_BYTES, ZipMemberReader, printable
 from .sampler import ShardSampler
 from .source import DataError, ImageSource
 from .zip_index import ArchiveError, ZipIndex, load_zip_index
@@ -105,7 +105,7 @@ class DatasetInfo:
                  + (f" epoch {epoch}" if epoch is not None else "")
                  + " (each replaced by the next good sample, with its own label):"]
         for i in idx[:limit]:
-            lines.append(f"  {self.source.name(i)}: {self.source.check(i) or 'unreadable'}")
+            lines.append(f"  {printable(self.source.name(i))}: {self.source.check(i) or 'unreadable'}")
         if len(idx) > limit:
             lines.append(f"  ... and {len(idx) - limit} more")
         return "\n".join(lines)
@@ -181,7 +181,8 @@ def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None,
         except (OSError, ValueError, KeyError):
             logger.warning("ignoring unreadable layout cache %s", cache)
     reader = ZipMemberReader(index)
-    layout = detect_layout(index.all_names(), reader.read, layout=cfg.get("layout", "auto"),
+    layout = detect_layout(index.all_names(), lambda m: reader.read(m, MAX_LIST_BYTES),
+                           layout=cfg.get("layout", "auto"),
                            root=cfg.get("root"), split_dirs=cfg.get("split_dirs") or {},
                            split_lists=cfg.get("split_lists") or {},
                            list_columns=cfg.get("list_columns"),
@@ -224,12 +225,12 @@ def open_split(data_cfg: Optional[Mapping], split: str, num_classes: Optional[in
     cfg = _cfg(data_cfg)
     fmt = _format(cfg)
     path = str(cfg["path"])
-    max_pixels = int(cfg["max_image_pixels"] or 0)
+    caps = dict(max_pixels=int(cfg["max_image_pixels"] or 0),
+                max_bytes=int(cfg["max_image_bytes"] or 0))
     if fmt == "zip":
         index, layout = archive_layout(path, cfg, num_classes=num_classes, class_names=class_names)
         samples = layout.split(split)
-        source = ImageSource(ZipMemberReader(index), samples.members, samples.labels,
-                             max_pixels=max_pixels)
+        source = ImageSource(ZipMemberReader(index), samples.members, samples.labels, **caps)
         return SplitSource(split, source, list(layout.class_names),
                            f"{path}: {layout.kind}, {samples.origin}")
     if fmt == "list":
@@ -243,11 +244,11 @@ def open_split(data_cfg: Optional[Mapping], split: str, num_classes: Optional[in
                                       num_classes).values())
         names = list(class_names) if class_names is not None and len(class_names) >= n_cls \
             else [str(i) for i in range(n_cls)]
-        return SplitSource(split, ImageSource(reader, members, labels, max_pixels=max_pixels),
+        return SplitSource(split, ImageSource(reader, members, labels, **caps),
                            names, f"{path}: list {lists[split]}")
     reader, members, labels, names, split_dir = folder_samples(path, split, cfg["split_dirs"],
                                                                class_names)
-    return SplitSource(split, ImageSource(reader, members, labels, max_pixels=max_pixels), names,
+    return SplitSource(split, ImageSource(reader, members, labels, **caps), names,
                        f"{path}: folders, {split_dir}")
 
 

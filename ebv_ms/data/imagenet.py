@@ -21,7 +21,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .layouts import IMAGE_EXTENSIONS, SPLIT_ALIASES, LayoutError, is_image, parse_list
-from .readers import FileReader
+from .readers import MAX_LIST_BYTES, BadMember, FileReader, read_regular
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +35,14 @@ def find_split_dir(root: str, split: str, split_dirs: Mapping[str, str]) -> str:
         if not os.path.isdir(d):
             raise LayoutError(f"data.split_dirs.{split} = {split_dirs[split]!r}: no folder {d}")
         return d
-    for alias in (split,) + SPLIT_ALIASES.get(split, ()):
+    aliases = list(dict.fromkeys((split,) + SPLIT_ALIASES.get(split, ())))
+    for alias in aliases:
         d = os.path.join(root, alias)
         if os.path.isdir(d):
             return d
     found = sorted(e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
     raise LayoutError(f"{root}: no folder for split '{split}' (looked for "
-                      f"{', '.join((split,) + SPLIT_ALIASES.get(split, ()))}; found folders: "
+                      f"{', '.join(aliases)}; found folders: "
                       f"{found[:10] or 'none'}). Set data.split_dirs.{split} to its folder name, or "
                       f"data.split_lists.{split} to a CSV list")
 
@@ -123,13 +124,7 @@ def list_samples(root: str, list_file: str, columns=None, delimiter: Optional[st
                  num_classes: Optional[int] = None) -> Tuple[FileReader, np.ndarray, np.ndarray]:
     """``(FileReader, members, labels)`` for a CSV/txt list of (path, label) under ``root``."""
     path = list_file if os.path.isabs(list_file) or os.path.exists(list_file) else os.path.join(root, list_file)
-    try:
-        with open(path, "r", encoding="utf-8-sig") as f:
-            text = f.read()
-    except OSError as exc:
-        raise LayoutError(f"list file {list_file!r} cannot be read ({exc.strerror}); "
-                          f"data.split_lists entries are paths on disk (or relative to data.path)") from None
-    paths, labels = parse_list(text, path, columns, delimiter, num_classes)
+    paths, labels = parse_list(_read_list(path), path, columns, delimiter, num_classes)
     if strip_prefix:
         paths = [p[len(strip_prefix):] if p.startswith(strip_prefix) else p for p in paths]
     paths = [p.lstrip("/") if not os.path.isabs(p) or not os.path.exists(p) else p for p in paths]
@@ -144,16 +139,21 @@ def list_samples(root: str, list_file: str, columns=None, delimiter: Optional[st
     return FileReader(root, paths), np.arange(len(paths), dtype=np.int64), labels
 
 
+def _read_list(path: str) -> str:
+    try:
+        return read_regular(path, MAX_LIST_BYTES).decode("utf-8-sig")
+    except (OSError, BadMember, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise LayoutError(f"list file {path!r} cannot be read ({why}); data.split_lists entries "
+                          f"are paths on disk (or relative to data.path)") from None
+
+
 def lists_num_classes(root: str, split_lists: Mapping[str, str], columns, delimiter,
                       num_classes: Optional[int] = None) -> Dict[str, int]:
     """Largest label + 1 per list (cheap: parses only), so train and val agree on num_classes."""
     out = {}
     for split, lf in split_lists.items():
         path = lf if os.path.isabs(lf) or os.path.exists(lf) else os.path.join(root, lf)
-        try:
-            with open(path, "r", encoding="utf-8-sig") as f:
-                _, labels = parse_list(f.read(), path, columns, delimiter, num_classes)
-        except OSError as exc:
-            raise LayoutError(f"list file {lf!r} cannot be read ({exc.strerror})") from None
+        _, labels = parse_list(_read_list(path), path, columns, delimiter, num_classes)
         out[split] = int(labels.max()) + 1 if len(labels) else 0
     return out

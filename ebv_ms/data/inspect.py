@@ -54,6 +54,7 @@ def _run(a) -> int:
     if not a.verify:
         return 0
     from tqdm import tqdm
+    from .readers import printable
     total_bad = 0
     for s, src in splits:
         bad = []
@@ -64,7 +65,7 @@ def _run(a) -> int:
         total_bad += len(bad)
         print(f"  {s}: {len(src) - len(bad)} good, {len(bad)} bad")
         for name, why in bad:
-            print(f"    {name}: {why}")
+            print(f"    {printable(name)}: {why}")
     return 1 if total_bad else 0
 
 

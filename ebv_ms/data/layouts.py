@@ -22,12 +22,14 @@ from __future__ import annotations
 import csv
 import logging
 import posixpath
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from ..errors import EBVMSError
+from .readers import BadMember
 
 logger = logging.getLogger(__name__)
 
@@ -267,10 +269,10 @@ def parse_list(text: str, source: str, columns: Optional[Sequence] = None,
         row = rows[i]
         try:
             p = row[path_col].strip()
-            label = int(row[label_col])
+            label = _ascii_int(row[label_col])
         except (IndexError, ValueError):
-            raise LayoutError(f"list {source}, line {numbered[i][0]}: expected a path and an integer "
-                              f"label in columns {path_col} and {label_col}, got {str(row)[:200]}; "
+            raise LayoutError(f"list {source}, line {numbered[i][0]}: expected a path and an ASCII "
+                              f"decimal integer label in columns {path_col} and {label_col}, got {str(row)[:200]}; "
                               f"set data.list_columns / data.list_delimiter") from None
         if label < 0:
             raise LayoutError(f"list {source}, line {numbered[i][0]}: negative label {label}")
@@ -285,7 +287,17 @@ def parse_list(text: str, source: str, columns: Optional[Sequence] = None,
     return paths, labels
 
 
-def _is_int(s: str) -> bool:
+_ASCII_INT = re.compile(r"\s*[-+]?[0-9]+\s*")
+
+
+def _ascii_int(s: str) -> int:
+    """ASCII decimal only: Python's ``int`` also reads '٣' (an Arabic-Indic 3) and '0_3' as 3."""
+    if not _ASCII_INT.fullmatch(s):
+        raise ValueError(s)
+    return int(s)
+
+
+def _is_int(s: str) -> bool:  # header detection: anything int() reads is a label, not a header
     try:
         int(s)
         return True
@@ -370,7 +382,7 @@ def _detect_lists(names: Sequence[str], lookup: Callable[[str], int], read: Call
         try:
             text = bytes(read(m)).decode("utf-8-sig")
             paths, labels = parse_list(text, lname, columns, delimiter, num_classes)
-        except (LayoutError, UnicodeDecodeError) as exc:
+        except (LayoutError, UnicodeDecodeError, BadMember) as exc:
             if strict or "label" in str(exc) and "outside" in str(exc):
                 raise LayoutError(str(exc)) from None
             logger.warning("ignoring %s as a list file: %s", lname, exc)

@@ -8,10 +8,17 @@ A zip member is read with one ``pread`` of its local header plus data (the local
 variable-length fields are parsed there, so the index needs only the header offset), then
 inflated if deflated and checked against its CRC-32. Anything wrong raises ``BadMember`` with a
 reason; the image source turns that into a skipped, reported sample.
+
+Reads are bounded before anything is allocated: a file must be a regular file (a FIFO would
+block ``open`` forever, ``/dev/zero`` never ends) of at most ``max_bytes``; a member's declared
+sizes must fit in ``max_bytes`` and in the archive (a crafted zip64 field of 2^62 bytes was a
+MemoryError that killed training), and inflating stops at the declared size (a 1 MB member
+that inflates to 1 GiB cost 1.5 GB).
 """
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import zlib
 from typing import Optional, Sequence
@@ -23,10 +30,42 @@ from .zip_index import ZipIndex, load_zip_index
 _LOCAL = struct.Struct("<4s5H3L2H")  # local file header, 30 bytes
 _LOCAL_SIG = b"PK\x03\x04"
 _SLACK = 320  # bytes read past the 30-byte local header for its name and extra field
+# data.max_image_bytes: ~4x the largest ImageNet file (a 15 MB JPEG); a list file may be larger
+MAX_IMAGE_BYTES = 64 << 20
+MAX_LIST_BYTES = 1 << 30
 
 
 class BadMember(Exception):
     """One sample cannot be read or decoded; ``str(exc)`` is the reason."""
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return (f"{size} bytes, more than data.max_image_bytes = {max_bytes}; raise it if such "
+            f"files are real images")
+
+
+def read_regular(path: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (symlinks followed), at most ``max_bytes`` (0: no
+    cap). ``BadMember`` for a FIFO, device, socket or larger file; ``OSError`` as ``open``.
+    O_NONBLOCK: opening a FIFO does not wait for a writer, so it can be refused."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadMember("not a regular file (a FIFO, device or socket)")
+        if max_bytes and st.st_size > max_bytes:
+            raise BadMember(f"file is {_too_large(st.st_size, max_bytes)}")
+        data = f.read(max_bytes + 1 if max_bytes else -1)
+    if max_bytes and len(data) > max_bytes:  # grew since fstat
+        raise BadMember(f"file is {_too_large(len(data), max_bytes)}")
+    return data
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters (newline, ESC, bidi overrides) and undecodable
+    bytes escaped, so a crafted file name cannot forge or recolour a line of output."""
+    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape",
+                   "backslashreplace").decode("ascii") for c in text)
 
 
 class ZipMemberReader:
@@ -63,6 +102,7 @@ class ZipMemberReader:
         pid = os.getpid()
         if self._fd is None or self._pid != pid:
             self._fd = os.open(self.archive, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._size = os.fstat(self._fd).st_size
             self._pid = pid
         return self._fd
 
@@ -80,8 +120,9 @@ class ZipMemberReader:
     def name(self, member: int) -> str:
         return self.index.name(member)
 
-    def read(self, member: int):
-        """The member's bytes (``bytes`` or a ``memoryview``), CRC-checked; ``BadMember`` if not."""
+    def read(self, member: int, max_bytes: int = MAX_IMAGE_BYTES):
+        """The member's bytes (``bytes`` or a ``memoryview``), CRC-checked; ``BadMember`` if not
+        (also when it is, stored or inflated, larger than ``max_bytes``; 0: no cap)."""
         ix = self.index
         off = int(ix.header_offset[member])
         csz = int(ix.comp_size[member])
@@ -92,6 +133,11 @@ class ZipMemberReader:
         if method not in (0, 8):
             raise BadMember(f"zip compression method {method} not supported (only stored and deflated)")
         fd = self._handle()
+        if off + 30 + csz > self._size:
+            raise BadMember(f"zip directory entry places {csz} bytes at offset {off}, past the end "
+                            f"of the {self._size}-byte archive (corrupt or crafted)")
+        if max_bytes and max(csz, usz) > max_bytes:
+            raise BadMember(f"zip member is {_too_large(max(csz, usz), max_bytes)}")
         want = 30 + _SLACK + csz  # one read covers header, name and extra field in practice
         buf = os.pread(fd, want, off)
         if len(buf) < 30 or buf[:4] != _LOCAL_SIG:
@@ -104,10 +150,13 @@ class ZipMemberReader:
                 raise BadMember("member data truncated (archive shorter than its directory says)")
         data = memoryview(buf)[start:start + csz]
         if method == 8:
-            try:
-                raw = zlib.decompress(data, -15, usz if usz > 0 else zlib.DEF_BUF_SIZE)
+            inflater = zlib.decompressobj(-15)
+            try:  # max_length: never more than the declared size (+1 to see that it is more)
+                raw = inflater.decompress(data, usz + 1)
             except zlib.error as exc:
                 raise BadMember(f"deflate data corrupt ({exc})") from None
+            if len(raw) > usz or not inflater.eof and len(raw) == usz:
+                raise BadMember(f"deflate data inflates to more than the declared {usz} bytes")
         else:
             raw = data  # no copy: crc32 and the decoder read the buffer in place
         if len(raw) != usz:
@@ -138,10 +187,9 @@ class FileReader:
     def path(self, member: int) -> str:
         return os.path.join(self.root, self.name(member))
 
-    def read(self, member: int) -> bytes:
+    def read(self, member: int, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
         try:
-            with open(self.path(member), "rb") as f:
-                return f.read()
+            return read_regular(self.path(member), max_bytes)
         except OSError as exc:
             raise BadMember(f"cannot read file ({exc.strerror})") from None
 

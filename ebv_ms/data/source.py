@@ -35,7 +35,7 @@ from typing import Tuple
 import cv2
 import numpy as np
 
-from .readers import BadMember
+from .readers import MAX_IMAGE_BYTES, BadMember
 from ..errors import EBVMSError
 
 _MAX_SUBSTITUTES = 64  # this many bad samples in a row means the data is broken, not noisy
@@ -352,10 +352,12 @@ class ImageSource:
         members: member number of each sample, shape (n,).
         labels: class index of each sample, shape (n,).
         max_pixels: ``data.max_image_pixels``; larger images are bad samples (0: no limit).
+        max_bytes: ``data.max_image_bytes``; larger files or members (stored or inflated)
+            are bad samples, refused before they are read (0: no limit).
     """
 
     def __init__(self, reader, members: np.ndarray, labels: np.ndarray, decode: bool = False,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = MAX_IMAGE_BYTES):
         if len(members) != len(labels):
             raise ValueError("members and labels differ in length")
         if len(members) == 0:
@@ -365,6 +367,7 @@ class ImageSource:
         self.labels = np.ascontiguousarray(labels, dtype=np.int32)
         self.decode = bool(decode)
         self.max_pixels = int(max_pixels or 0)
+        self.max_bytes = int(max_bytes or 0)
         self._known_bad: dict = {}
         # CRC-32 + 1 of the bytes that passed `validate` (0: not yet): 8 bytes per sample
         self._validated = np.zeros(len(self.members), np.uint64)
@@ -388,7 +391,7 @@ class ImageSource:
             raise BadMember(self._known_bad[i])
         try:
             member = int(self.members[i])
-            raw = self.reader.read(member)
+            raw = self.reader.read(member, self.max_bytes)
             if decode:
                 return decode_image(raw, self.max_pixels)
             fmt = image_format(raw)

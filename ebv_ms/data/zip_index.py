@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import struct
 import tempfile
 import time
@@ -48,6 +49,7 @@ _EOCD64_LOC_SIG = b"PK\x06\x07"
 _EOCD64_SIG = b"PK\x06\x06"
 _CDIR_SIG = b"PK\x01\x02"
 _CDIR = struct.Struct("<4s4B4HL2L5H2L")  # central directory file header, 46 bytes
+_INT64_MAX = 2 ** 63 - 1
 
 
 class ArchiveError(EBVMSError, ValueError):
@@ -67,15 +69,15 @@ def archive_key(path: str) -> Dict[str, object]:
 
 def _read_central_directory(path: str):
     """(cd bytes, number of entries, sha256 of the directory and end record) from the end records."""
-    try:
-        f = open(path, "rb")
+    try:  # O_NONBLOCK: a FIFO must be refused, not waited on
+        f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
     except FileNotFoundError:
         raise _fail(path, "archive not found") from None
-    except IsADirectoryError:
-        raise _fail(path, "is a directory, not a zip archive") from None
     except OSError as exc:
         raise _fail(path, f"cannot be opened ({exc.strerror})") from None
     with f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise _fail(path, "is not a regular file (a directory, FIFO, device or socket)")
         f.seek(0, os.SEEK_END)
         file_size = f.tell()
         if file_size < 22:
@@ -142,7 +144,10 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
             raise _fail(path, f"has a corrupt central directory (entry {i} of {n} runs past its end)")
         name = cd[p + 46:p + 46 + nlen]
         if csz == 0xFFFFFFFF or usz == 0xFFFFFFFF or hoff == 0xFFFFFFFF:
-            usz, csz, hoff = _zip64_extra(cd[p + 46 + nlen:p + 46 + nlen + elen], usz, csz, hoff)
+            # 64-bit fields are untrusted: clamped to int64 here, checked against the archive's
+            # size and data.max_image_bytes when read (a bad member, not an OverflowError)
+            usz, csz, hoff = (min(v, _INT64_MAX) for v in _zip64_extra(
+                cd[p + 46 + nlen:p + 46 + nlen + elen], usz, csz, hoff))
         if not name.isascii():
             # not flagged UTF-8: cp437 per the spec. Flagged but not valid UTF-8: a lossy decode
             # would merge different names (two class folders became one); cp437 is one-to-one
@@ -316,8 +321,8 @@ def load_zip_index(archive: str, cache_dir: Optional[str] = None, progress: bool
     """
     if not os.path.exists(archive):
         raise _fail(archive, "archive not found")
-    if os.path.isdir(archive):
-        raise _fail(archive, "is a directory, not a zip archive")
+    if not os.path.isfile(archive):
+        raise _fail(archive, "is not a regular file (a directory, FIFO, device or socket)")
     key = archive_key(archive)
     loc = location or index_location(archive, cache_dir)
     cd = n = None

@@ -18,11 +18,11 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ebv_ms.data.layouts import is_image
-from ebv_ms.data.readers import BadMember, FileReader
+from ebv_ms.data.readers import BadMember, FileReader, printable
 from ebv_ms.data.source import ImageSource
 
 __all__ = ["ImageList", "collect_images", "EvalTransform", "NetworkRunner", "MindIRRunner",
-           "ONNXRunner", "open_model", "predict", "topk", "PredictError"]
+           "ONNXRunner", "open_model", "predict", "text_line", "topk", "PredictError"]
 
 
 class PredictError(RuntimeError):
@@ -75,7 +75,8 @@ def collect_images(paths: Sequence[str]) -> List[ImageList]:
             out.append(ImageList(ImageSource(reader, np.zeros(1, np.int64), np.zeros(1, np.int32)),
                                  [path]))
         else:
-            raise PredictError(f"{path}: no such file or folder (give image files, folders or .zip "
+            what = "not a regular file" if os.path.exists(path) else "no such file or folder"
+            raise PredictError(f"{printable(path)}: {what} (give image files, folders or .zip "
                                "archives)")
     return out
 
@@ -159,6 +160,15 @@ def open_model(path: str, device: str = "CPU"):
     else:
         raise PredictError(f"--model {path}: expected a .mindir or .onnx file written by export.py")
     return runner, list(meta["class_names"]), EvalTransform(spec["resize"], spec["crop"])
+
+
+def text_line(rec: dict) -> str:
+    """A record as one line of text: names escaped (`printable`), so a file or class name with
+    a newline or an escape sequence cannot forge a line; ``--json`` output keeps them exact."""
+    if "error" in rec:
+        return f"skipped {printable(rec['image'])}: {printable(rec['error'])}"
+    best = ", ".join(f"{printable(t['class'])} {100 * t['prob']:.1f}%" for t in rec["topk"])
+    return f"{printable(rec['image'])}: {best}"
 
 
 def topk(logits: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -49,6 +49,10 @@ class RunLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
+        self._made, p = [], os.path.abspath(self.folder)  # what `release(undo=True)` removes
+        while not os.path.exists(p):
+            self._made.append(p)
+            p = os.path.dirname(p)
         os.makedirs(self.folder, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -65,8 +69,17 @@ class RunLock:
         self._fd = fd
         return self
 
-    def release(self) -> None:
-        """Give the folder up (the file stays: removing it would race with a waiting run)."""
+    def release(self, undo: bool = False) -> None:
+        """Give the folder up (the file stays: removing it would race with a waiting run).
+        ``undo`` (the run failed before writing anything): remove the folders this run made if
+        they hold only the lock."""
+        if self._fd is not None and undo and self._made and os.listdir(self.folder) == [LOCK_NAME]:
+            os.unlink(self.path)
+            try:
+                for d in self._made:
+                    os.rmdir(d)
+            except OSError:  # another process put something there meanwhile: keep it
+                pass
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

@@ -123,7 +123,12 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def fit(self) -> dict:
         try:
-            self.setup()
+            try:
+                self.setup()
+            except BaseException:  # nothing written yet: leave no empty run folder behind
+                if self.lock is not None:
+                    self.lock.release(undo=True)
+                raise
             return self._fit()
         finally:
             if self.lock is not None:
