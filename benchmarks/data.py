@@ -104,7 +104,7 @@ def _run_child(code: str) -> dict:
 def photo_like_archive(path: str, n: int, size: int = 224, seed: int = 0) -> str:
     import cv2
     from sklearn.datasets import load_digits
-    from ebv_ms.data.synthetic import encode, write_zip
+    from ebv_ms.tools.make_synthetic import encode, write_zip
     d = load_digits()
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / float(size)
@@ -197,7 +197,7 @@ print(json.dumps({{"zip_read_us": 1e6 * zip_read / n, "file_read_us": 1e6 * file
 
 
 def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int):
-    from ebv_ms.data.synthetic import extract_to_folder
+    from ebv_ms.tools.make_synthetic import extract_to_folder
     archive = photo_like_archive(os.path.join(tmp, "bench.zip"), n)
     folder = extract_to_folder(archive, os.path.join(tmp, "extracted"))
     mb = os.path.getsize(archive) / 2 ** 20
@@ -284,7 +284,7 @@ os._exit(0)
 
 
 def index_bench(tmp: str, members: int):
-    from ebv_ms.data.synthetic import write_tiny_archive
+    from ebv_ms.tools.make_synthetic import write_tiny_archive
     path = os.path.join(tmp, "tiny_10w.zip")
     t = time.perf_counter()
     write_tiny_archive(path, members, progress=True)

@@ -30,7 +30,7 @@ ISSUE = {"train_peak_gb": 8.35, "eval_peak_gb": 6.4, "ckpt_mb": 2.0 * 1024}  # i
 def make_archive(path: str, num_classes: int, n_train: int = 32, n_val: int = 16) -> str:
     """A list-file zip: a few real JPEGs whose labels include ``num_classes - 1``."""
     import numpy as np
-    from ebv_ms.data.synthetic import flat_jpeg, write_zip
+    from ebv_ms.tools.make_synthetic import flat_jpeg, write_zip
     rng = np.random.default_rng(0)
     members, lists = {}, {}
     for split, n in (("train", n_train), ("val", n_val)):

@@ -33,7 +33,7 @@ def _env():
 
 def _train(tmp: str) -> str:
     data = os.path.join(tmp, "demo")
-    subprocess.run([sys.executable, "-m", "ebv_ms.data.demo", "--out", data], cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "ebv_ms.tools.make_demo", "--out", data], cwd=ROOT,
                    check=True, capture_output=True, env=_env())
     out = os.path.join(tmp, "run")
     subprocess.run([sys.executable, "train.py", "--config", DEMO, f"output_dir={out}",

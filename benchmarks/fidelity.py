@@ -2,7 +2,7 @@
 
     flock /tmp/ebv_heavy.lock python benchmarks/fidelity.py [--tables 1000,3755] [--seeds 3]
 
-Data: ``ebv_ms.data.glyphs`` archives (generated here when missing): the first N GB2312 level-1
+Data: ``ebv_ms.tools.make_glyphs`` archives (generated here when missing): the first N GB2312 level-1
 characters rendered from 11 Debian typefaces for training, scored on one typeface held out of
 training entirely (AR PL UMing), so top-1 is generalisation to an unseen typeface.
 
@@ -51,7 +51,7 @@ def case_name(head: str, dim) -> str:
 def ensure_data(args, n: int) -> str:
     """The glyph archive for N classes (generated once; regenerated if its settings differ)."""
     import zipfile
-    from ebv_ms.data.glyphs import summary, write_glyph_archive
+    from ebv_ms.tools.make_glyphs import summary, write_glyph_archive
     per_class = args.per_class_1000 if n <= 1000 else args.per_class_3755
     out = os.path.join(args.data, f"n{n}")
     path = os.path.join(out, "glyphs.zip")
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     print("\nreproduce (seed 0 of each case; seed=1,2 for the others), after writing the data with:")
     for n in sorted({r["N"] for r in results}):
         pc = args.per_class_1000 if n <= 1000 else args.per_class_3755
-        print(f"  python -m ebv_ms.data.glyphs --out {os.path.relpath(args.data, ROOT)}/n{n} "
+        print(f"  python -m ebv_ms.tools.make_glyphs --out {os.path.relpath(args.data, ROOT)}/n{n} "
               f"--classes {n} --per-class {pc}")
     for r in results:
         print(f"  {r['command']}")

@@ -73,7 +73,7 @@ sys.exit(rc if rc >= 0 else 128 - rc)
 def write_archive(path: str, listed_classes: int, side: int, num_classes: int = NUM_CLASSES,
                   seed: int = 0) -> dict:
     """The 100k layout with list files for ``listed_classes`` classes; returns what it wrote."""
-    from ebv_ms.data.synthetic import encode
+    from ebv_ms.tools.make_synthetic import encode
     rng = np.random.default_rng(seed)
     listed = np.unique(np.linspace(0, num_classes - 1, listed_classes).round().astype(int))
     listed_set = set(listed.tolist())

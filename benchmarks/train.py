@@ -86,7 +86,7 @@ def quick_start_wall(python: str) -> dict:
     try:
         env = dict(os.environ, EBV_PYTHON=python, EBV_FORCE_CPU="1",
                    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        subprocess.run([python, "-m", "ebv_ms.data.demo", "--out", f"{tmp}/demo"], check=True,
+        subprocess.run([python, "-m", "ebv_ms.tools.make_demo", "--out", f"{tmp}/demo"], check=True,
                        env=env, stdout=subprocess.DEVNULL)
         cmd = ["bash", "run_with_gpu/run_quick_start.sh", "configs/demo_cpu.yaml",
                f"output_dir={tmp}/run", f"ebv.cache_dir={tmp}/ebv", f"data.path={tmp}/demo/digits.zip",

@@ -595,7 +595,7 @@ def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Co
         raise ConfigError(f"config key 'model.backbone_checkpoint': file not found: {ckpt}")
     if not cfg.data.path:
         raise ConfigError("config key 'data.path' must be set: the .zip archive or the dataset "
-                          "folder (demo data: python -m ebv_ms.data.demo --out DIR)")
+                          "folder (demo data: python -m ebv_ms.tools.make_demo --out DIR)")
     if not os.path.exists(cfg.data.path):
         raise ConfigError(f"config key 'data.path': {cfg.data.path} not found; point it at the "
                           ".zip archive or the dataset folder")

@@ -74,7 +74,7 @@ read -r OUT DATA_PATH <<< "$INFO"
 if [[ ! -e "$DATA_PATH" ]]; then
   if [[ "$(basename "$DATA_PATH")" == digits.zip ]]; then
     echo "quick start: [1/4] writing the demo images to $(dirname "$DATA_PATH")/"
-    "$PY" -m ebv_ms.data.demo --out "$(dirname "$DATA_PATH")"
+    "$PY" -m ebv_ms.tools.make_demo --out "$(dirname "$DATA_PATH")"
   else
     echo "quick start: data.path '$DATA_PATH' not found; set data.path=... to your dataset" >&2
     exit 2

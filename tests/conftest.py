@@ -39,7 +39,7 @@ def run_script(script, args, cwd, timeout=600):
 def demo_zip(tmp_path_factory) -> Path:
     """The demo archive (1,797 digits as 32x32 JPEGs, ``digits/{train,val}/<class>/``), written
     once per session. Tests that change it copy it first."""
-    from ebv_ms.data.demo import write_demo_archive
+    from ebv_ms.tools.make_demo import write_demo_archive
     return Path(write_demo_archive(str(tmp_path_factory.mktemp("demo"))))
 
 

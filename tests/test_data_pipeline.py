@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from ebv_ms.data import DataError, LayoutError, create_dataset, save_class_mapping, shard_indices
-from ebv_ms.data import inspect as inspect_cli
-from ebv_ms.data.demo import write_demo_archive
+from ebv_ms.tools import inspect_data as inspect_cli
+from ebv_ms.tools.make_demo import write_demo_archive
 from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD, MixupCutmix, erase_batch
-from ebv_ms.data.synthetic import encode, flat_jpeg, read_tag, tagged_image, write_zip
+from ebv_ms.tools.make_synthetic import encode, flat_jpeg, read_tag, tagged_image, write_zip
 from ebv_ms.data.zip_index import ArchiveError
 
 TAG = {"image_size": 8, "eval_resize": 8, "eval_crop": 8}  # no resampling: tags survive exactly

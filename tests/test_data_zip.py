@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ebv_ms.data.readers import BadMember, ZipMemberReader
-from ebv_ms.data.synthetic import encode, tagged_image, write_zip
+from ebv_ms.tools.make_synthetic import encode, tagged_image, write_zip
 from ebv_ms.data.zip_index import ArchiveError, build_zip_index, load_zip_index
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ebv_ms.data.synthetic import write_zip
+from ebv_ms.tools.make_synthetic import write_zip
 
 REPO = Path(__file__).resolve().parents[1]
 

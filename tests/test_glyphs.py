@@ -13,8 +13,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from ebv_ms.data import glyphs
-from ebv_ms.data.glyphs import FACES, gb2312_chars, write_glyph_archive
+from ebv_ms.tools import make_glyphs as glyphs
+from ebv_ms.tools.make_glyphs import FACES, gb2312_chars, write_glyph_archive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN, VAL = ["wqy-microhei", "ipa-mincho"], ["ipa-gothic"]

@@ -18,7 +18,7 @@ from conftest import ROOT, run_script
 from ebv_ms.data import LayoutError
 from ebv_ms.data.dataset import open_split
 from ebv_ms.data.layouts import parse_list
-from ebv_ms.data.synthetic import flat_jpeg, write_zip
+from ebv_ms.tools.make_synthetic import flat_jpeg, write_zip
 from ebv_ms.data.zip_index import ArchiveError
 
 GIB = 1 << 30
@@ -234,7 +234,7 @@ def test_crafted_zip64_sizes_are_skipped_and_counted_in_training(zip64_zip):
 def test_crafted_zip64_sizes_in_inspect_and_predict_are_bad_samples(zip64_zip):
     code = f"""
 import contextlib, io
-from ebv_ms.data import inspect as inspect_data
+from ebv_ms.tools import inspect_data as inspect_data
 from ebv_ms.deploy.predicting import collect_images
 from ebv_ms.data.readers import BadMember
 buf = io.StringIO()

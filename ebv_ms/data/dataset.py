@@ -3,7 +3,7 @@
 Pipeline: source (`open_split`: zip members or files, read and validated by ``ImageSource``)
 -> ``ShardSampler`` (shard, epoch reshuffle, equal length) -> per-image recipe ops (C++) ->
 batch (+ per-batch mixup/cutmix for A2, and bad-sample bookkeeping, in the main process).
-``open_split`` is also what ``python -m ebv_ms.data.inspect`` lists and verifies.
+``open_split`` is also what ``python -m ebv_ms.tools.inspect_data`` lists and verifies.
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def _format(cfg) -> str:
     path = cfg["path"]
     if not path:
         raise DataError("data.path is not set: point it at the .zip archive or the dataset folder "
-                        "(demo data: python -m ebv_ms.data.demo --out DIR)")
+                        "(demo data: python -m ebv_ms.tools.make_demo --out DIR)")
     fmt = cfg["format"]
     if fmt not in ("auto", "zip", "folder", "list"):
         raise DataError(f"data.format must be auto, zip, folder or list, got {fmt!r}")
@@ -323,7 +323,7 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     # The source hands over encoded bytes (validated, see source.py); the recipe decodes them
     # in C++ (RandomCropDecodeResize for training: only the crop's region is decoded).
     ops = create_transforms(recipe, int(cfg["image_size"]), cfg["eval_resize"], cfg["eval_crop"],
-                            tuple(cfg["scale"]), float(cfg["color_jitter"]), float(cfg["random_erasing"]),
+                            tuple(cfg["scale"]), float(cfg["color_jitter"]),
                             encoded=True)
     _replace_decode_failures()
     # C++ ops only: threads, no process hop
@@ -362,23 +362,19 @@ def _replace_decode_failures() -> None:
                     "replaced by an earlier good one, image and label together)")
 
 
-def _batch(dataset, batch_size: int, drop_remainder: bool, bad_log: Optional[BadSampleLog],
+def _batch(dataset, batch_size: int, drop_remainder: bool, bad_log: BadSampleLog,
            mixer: Optional[BatchAugment]):
-    """Batch, with the per-batch Python step when needed. Returns (dataset, batch counter):
-    the counter (a one-element list) numbers the batches run-wide and seeds their randomness;
-    ``DatasetInfo.set_start_epoch`` moves it on a resume."""
-    if bad_log is None and mixer is None:
-        return dataset.batch(batch_size, drop_remainder=drop_remainder), None
-    columns = ["image", "label"] + (["meta"] if bad_log is not None else [])
+    """Batch, recording bad samples (the ``meta`` column) and running the per-batch recipe step.
+    Returns (dataset, batch counter): the counter (a one-element list) numbers the batches
+    run-wide and seeds their randomness; ``DatasetInfo.set_start_epoch`` moves it on a resume."""
     lock = threading.Lock()
     batches_done = [0]
 
-    def finish(images, labels, meta):
-        images, labels = np.stack(images), np.stack(labels).astype(np.int32)
-        if meta is not None:
-            meta = np.stack(meta).reshape(-1, 2)
-            for epoch, bad in meta[meta[:, 1] >= 0].tolist():
-                bad_log.record(epoch, [bad])
+    def per_batch(image, label, meta, batch_info):  # MindSpore checks the signature
+        images, labels = np.stack(image), np.stack(label).astype(np.int32)
+        meta = np.stack(meta).reshape(-1, 2)
+        for epoch, bad in meta[meta[:, 1] >= 0].tolist():
+            bad_log.record(epoch, [bad])
         if mixer is not None:
             with lock:  # a run-wide batch counter seeds the per-batch randomness
                 count = batches_done[0]
@@ -386,13 +382,6 @@ def _batch(dataset, batch_size: int, drop_remainder: bool, bad_log: Optional[Bad
             images, labels = mixer(images, labels, 0, count)
         return images, labels
 
-    if bad_log is not None:
-        def per_batch(image, label, meta, batch_info):  # MindSpore checks the signature
-            return finish(image, label, meta)
-    else:
-        def per_batch(image, label, batch_info):
-            return finish(image, label, None)
-
     return dataset.batch(batch_size, drop_remainder=drop_remainder, per_batch_map=per_batch,
-                         input_columns=columns, output_columns=["image", "label"],
-                         num_parallel_workers=1), batches_done
+                         input_columns=["image", "label", "meta"],
+                         output_columns=["image", "label"], num_parallel_workers=1), batches_done

@@ -19,8 +19,9 @@ with no Python and no process hops. Two steps are done per batch, in numpy, by
   ``np.eye(num_classes)`` (40 GB at 100,000 classes). ``MixupCutmix`` builds the soft targets
   sparsely.
 
-Randomness in both comes from (seed, epoch, batch number), so runs are reproducible whatever
-the threads do. Label smoothing is not applied here: it lives in the loss.
+Randomness in both comes from the seed and the batch number: ``create_dataset`` numbers batches
+run-wide (and passes epoch 0), ``DatasetInfo.set_start_epoch`` moves the count on a resume, so
+runs are reproducible whatever the threads do. Label smoothing is not applied here: it lives in the loss.
 """
 from __future__ import annotations
 
@@ -49,9 +50,7 @@ def check_recipe(recipe: str) -> str:
 
 def create_transforms(recipe: str, image_size: int = 224, eval_resize: Optional[int] = None,
                       eval_crop: Optional[int] = None, scale: Sequence[float] = (0.08, 1.0),
-                      color_jitter: float = 0.4, random_erasing: float = 0.1,
-                      hflip: float = 0.5, random_erasing_op: bool = False,
-                      encoded: bool = False) -> List:
+                      color_jitter: float = 0.4, hflip: float = 0.5, encoded: bool = False) -> List:
     """Per-image C++ ops for ``dataset.map(operations=..., input_columns="image")``.
 
     Input: RGB uint8 (H, W, 3). Output: float32 (3, S, S), normalised with ImageNet mean/std,
@@ -60,9 +59,7 @@ def create_transforms(recipe: str, image_size: int = 224, eval_resize: Optional[
     With ``encoded=True`` the input is the encoded file (uint8 (n,)) and decoding is part of the
     ops: ``RandomCropDecodeResize`` for training (decodes only the crop's region of a JPEG;
     same distribution as ``RandomResizedCrop``), ``Decode`` first for ``eval``.
-    Random erasing (A1/A2) is per batch: see ``create_batch_transform``. With
-    ``random_erasing_op=True`` MindSpore's per-image Python ``RandomErasing`` is appended
-    instead (slower; for comparisons).
+    Random erasing (A1/A2) is per batch: see ``create_batch_transform``.
     """
     recipe = check_recipe(recipe)
     if recipe == "eval":
@@ -82,10 +79,7 @@ def create_transforms(recipe: str, image_size: int = 224, eval_resize: Optional[
                                                 saturation=color_jitter))
         return ops + _normalize_chw()
     ops.append(vision.TrivialAugmentWide(num_magnitude_bins=31, interpolation=vision.Inter.BILINEAR))
-    ops += _normalize_chw()
-    if random_erasing > 0 and random_erasing_op:
-        ops.append(vision.RandomErasing(prob=float(random_erasing), value=0))
-    return ops
+    return ops + _normalize_chw()
 
 
 def erase_batch(images: np.ndarray, prob: float, rng: np.random.Generator,
@@ -154,7 +148,7 @@ class MixupCutmix:
     Mixes each image with the batch reversed (as timm/mindcv do; no extra copy of the labels).
     Returns soft targets float32 (B, num_classes) built sparsely (two entries per row), so a
     100,000-class batch costs B x 400 KB, not a dense identity matrix. Randomness comes from
-    ``seed``, the epoch and the batch number, so a run is reproducible whatever the threads do.
+    ``seed`` and the batch number (see the module docstring), so a run is reproducible.
     """
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0,

@@ -427,7 +427,7 @@ class ImageSource:
             return img, self.labels[j], np.array([epoch, bad], np.int64)
         raise DataError(f"{min(n, _MAX_SUBSTITUTES)} samples in a row from {self.name(i)!r} "
                         f"cannot be decoded (first: {self._known_bad.get(i)}); the data looks "
-                        f"broken: run `python -m ebv_ms.data.inspect PATH --verify`")
+                        f"broken: run `python -m ebv_ms.tools.inspect_data PATH --verify`")
 
     def check(self, i: int) -> str:
         """'' if sample ``i`` reads and decodes, else the reason (for ``inspect --verify``)."""

@@ -1,4 +1,4 @@
-"""``python -m ebv_ms.data.inspect PATH [--verify]``: what the data pipeline sees in PATH.
+"""``python -m ebv_ms.tools.inspect_data PATH [--verify]``: what the data pipeline sees in PATH.
 
 Prints the detected layout, the class count and the samples per split; ``--verify`` reads and
 decodes every sample (as training would) and lists the bad ones. Layout overrides are given
@@ -16,7 +16,7 @@ import numpy as np
 
 def _splits(cfg: dict):
     """[(split, ImageSource)] through ``dataset.open_split``, the opener training uses."""
-    from .dataset import _cfg, _format, archive_layout, open_split, split_names
+    from ..data.dataset import _cfg, _format, archive_layout, open_split, split_names
     c = _cfg(cfg)
     is_zip = _format(c) == "zip"
     if is_zip:
@@ -54,7 +54,7 @@ def _run(a) -> int:
     if not a.verify:
         return 0
     from tqdm import tqdm
-    from .readers import printable
+    from ..data.readers import printable
     total_bad = 0
     for s, src in splits:
         bad = []

@@ -1,6 +1,6 @@
 """A many-class real-image set: printed Han characters rendered from Debian's CJK typefaces.
 
-``python -m ebv_ms.data.glyphs --out DIR [--classes 1000]`` writes ``DIR/glyphs.zip`` in the
+``python -m ebv_ms.tools.make_glyphs --out DIR [--classes 1000]`` writes ``DIR/glyphs.zip`` in the
 project's folder layout (``glyphs/train/<class>/<face>_<k>.jpg``, ``glyphs/val/<class>/...``)
 plus ``glyphs/manifest.json`` (classes, which typefaces went to ``train/`` and which to
 ``val/``, per-face missing-glyph counts, the generation settings).
@@ -31,7 +31,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .demo import write_jpeg_zip
+from .make_demo import write_jpeg_zip
 
 __all__ = ["FACES", "Face", "gb2312_chars", "check_faces", "write_glyph_archive", "DEFAULT_VAL_FACES"]
 
@@ -274,7 +274,7 @@ def write_glyph_archive(out: str, num_classes: int = 1000, train_faces: Optional
         tr, va = _plans(ci, cover, train_faces, val_faces, per_class, val_per_class, face_ids)
         jobs.append((ci, ch, tr, va, seed, quality, prefix))
     manifest = {
-        "format": "ebv_ms.data.glyphs/1",
+        "format": "ebv_ms.tools.make_glyphs/1",
         "classes": chars,
         "class_folders": [f"{i:04d}" for i in range(len(chars))],
         "train_faces": train_faces,
@@ -356,7 +356,7 @@ def main(argv: Optional[list] = None) -> int:
             a.per_class, a.val_per_class, a.size, a.seed, a.quality, a.level2, a.workers, a.name,
             progress=not a.no_progress)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"ebv_ms.data.glyphs: error: {exc}", file=sys.stderr)
+        print(f"ebv_ms.tools.make_glyphs: error: {exc}", file=sys.stderr)
         return 2
     print(summary(path, manifest))
     return 0

@@ -32,7 +32,7 @@ def tagged_image(sample_id: int, label: int, size: int = 8) -> np.ndarray:
 
 def read_tag(chw_normalised: np.ndarray) -> Tuple[int, int]:
     """(id, label) back from a normalised CHW image made from ``tagged_image`` (eval, no resize)."""
-    from .presets import IMAGENET_MEAN, IMAGENET_STD
+    from ..data.presets import IMAGENET_MEAN, IMAGENET_STD
     px = [int(round((chw_normalised[c, 0, 0] * IMAGENET_STD[c] + IMAGENET_MEAN[c]) * 255.0))
           for c in range(3)]
     return px[0] + 256 * px[1], px[2]

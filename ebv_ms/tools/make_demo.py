@@ -1,6 +1,6 @@
 """Write a small real-image archive in the 100k-class zip layout, from scikit-learn's digits.
 
-``python -m ebv_ms.data.demo --out DIR`` writes ``DIR/digits.zip`` holding
+``python -m ebv_ms.tools.make_demo --out DIR`` writes ``DIR/digits.zip`` holding
 ``digits/train/<class>/<n>.jpg`` and ``digits/val/<class>/<n>.jpg``: the 1,797 handwritten
 8x8 digits, upscaled (bicubic) to ``--size`` pixels, as RGB JPEGs, split per class
 (``--val-fraction``) with a fixed seed. Ten classes, named ``0``..``9`` so sorted class
