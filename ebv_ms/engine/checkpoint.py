@@ -37,7 +37,7 @@ import yaml
 import mindspore as ms
 from mindspore import nn
 
-from ebv_ms.ebv import EBVSet, save_ebv
+from ebv_ms.ebv import EBVSet
 from ebv_ms.atomic import atomic_copy, atomic_path
 from ebv_ms.errors import EBVMSError
 
@@ -151,11 +151,8 @@ def save_checkpoint(path: str, network: nn.Cell, optimizer: Optional[nn.Optimize
         if ebv.vectors.nbytes <= int(ebv_inline_max_bytes):
             append[_EBV] = ms.Tensor(ebv.vectors)
         else:
-            name = ebv_file_name(ebv)
-            target = os.path.join(os.path.dirname(os.path.abspath(path)), name)
-            if not os.path.isfile(target):
-                save_ebv(ebv, target)  # atomic; the name holds the checksum, so it is this set
-            meta["ebv"]["file"] = name
+            from .ebv_source import run_ebv_file  # written at set-up (trainer), else now
+            meta["ebv"]["file"] = run_ebv_file(os.path.dirname(os.path.abspath(path)), ebv)
     append[_META] = json.dumps(meta)
     if config is not None:
         plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)

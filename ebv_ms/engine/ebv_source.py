@@ -1,24 +1,39 @@
-"""The EBV set a run uses: a configured file, or generated once and cached; and the set a
-checkpoint was trained with (``checkpoint_ebv``).
+"""The EBV set a run uses: a configured file, or generated once and cached; how every rank of a
+multi-host run gets the same set; and the set a checkpoint was trained with (``checkpoint_ebv``).
 
 The cache file name is the generation key (N, d, alpha, method, seed), so a second run (or
-another rank) with the same settings reuses the same vectors. Under data parallel only rank 0
-generates (generation on a GPU is not bit-reproducible across processes); the other ranks wait
-for the file, which is written atomically.
+another rank) with the same settings reuses the same vectors. Files are the native ``.npz``,
+whose matrix every process maps read-only (``load_ebv``): the ranks of one host share one copy.
+
+Under data parallel every rank first looks on its own disk: the configured file or the cache.
+Failing that, a deterministic closed form (the 100k config's set among them) is rebuilt on each
+host (one rank per cache folder at a time, under a file lock), and rank 0 alone generates an
+iterative set (generation on a GPU is not bit-reproducible across processes). Then the ranks
+compare checksums in one all-gather; a rank that still has no set receives rank 0's over the
+collective in chunks, so hosts need no shared folder and no rank waits for a file.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
 import os
+import socket
 import time
+import zlib
 from typing import Optional
 
-from ebv_ms.config import ConfigError
-from ebv_ms.ebv import EBVSet
+import numpy as np
 
-__all__ = ["needs_ebv", "ebv_cache_path", "resolve_ebv", "checkpoint_ebv"]
+from ebv_ms.config import ConfigError
+from ebv_ms.ebv import EBVError, EBVSet, load_ebv, save_ebv
+
+__all__ = ["needs_ebv", "ebv_cache_path", "resolve_ebv", "checkpoint_ebv", "share_ebv",
+           "start_run_ebv_file", "run_ebv_file"]
 
 _log = logging.getLogger("ebv_ms")
+_CHUNK_BYTES = 16 << 20   # per broadcast: a 2 GB set never needs a 2 GB collective buffer
 
 
 def needs_ebv(cfg) -> bool:
@@ -42,50 +57,225 @@ def _check_shape(ebv: EBVSet, cfg, source: str) -> EBVSet:
     return ebv
 
 
-def resolve_ebv(cfg, rank: int = 0, progress: bool = True, wait_timeout_s: float = 6 * 3600,
-                logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
-    """EBVSet for ``cfg`` (None unless ``model.head`` is "ebv")."""
-    log = logger or _log
-    if not needs_ebv(cfg):
-        return None
-    from ebv_ms.ebv import load_ebv, save_ebv  # files helper's API
+@contextlib.contextmanager
+def _cache_lock(path: str):
+    """One process at a time makes ``path`` (the ranks of a host share its cache folder)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
+
+def _publish(ebv: EBVSet, path: str) -> EBVSet:
+    """Save ``ebv`` to ``path`` and return it mapped from there (shared with the host's ranks)."""
+    save_ebv(ebv, path)  # atomic (temporary sibling + rename): no reader sees half a file
+    mapped = load_ebv(path)
+    if mapped.checksum() != ebv.checksum():
+        raise EBVError(f"{path}: written set reads back as {mapped.checksum()}, not "
+                       f"{ebv.checksum()}: the disk is failing")
+    return mapped
+
+
+def _local_ebv(cfg, rank: int, world: int, progress: bool, log) -> Optional[EBVSet]:
+    """The set from this rank's own disk or a local build; None for a rank > 0 that needs rank 0's."""
     if cfg.ebv.path:
         path = str(cfg.ebv.path)
         if not os.path.isfile(path):
+            if rank > 0:
+                log.info("rank %d: %s not found here; receiving rank 0's set", rank, path)
+                return None
             raise ConfigError(f"config key 'ebv.path': file not found: {path} (leave it unset to "
                               "generate a set and cache it under 'ebv.cache_dir')")
         ebv = _check_shape(load_ebv(path), cfg, path)
         log.info("EBV set loaded from %s: %r", path, ebv)
         return ebv
 
+    from ebv_ms.generation import closed_form_choice, create_ebv
     path = ebv_cache_path(cfg)
-    if os.path.isfile(path):
-        ebv = _check_shape(load_ebv(path), cfg, path)
-        log.info("EBV set reused from cache %s: %r", path, ebv)
-        return ebv
-    if rank != 0:
-        log.info("waiting for rank 0 to generate the EBV set at %s", path)
+    n, d = int(cfg.model.num_classes), int(cfg.model.embed_dim)
+    closed = closed_form_choice(n, d, cfg.ebv.alpha, str(cfg.ebv.method))
+    if rank > 0 and closed is None and not os.path.isfile(path):
+        return None  # an iterative set: rank 0 generates it, the others receive it
+    with _cache_lock(path):
+        if os.path.isfile(path):
+            ebv = _check_shape(load_ebv(path), cfg, path)
+            log.info("EBV set reused from cache %s: %r", path, ebv)
+            return ebv
+        log.info("generating the EBV set (N=%d, d=%d, alpha=%s, method=%s, seed=%s); cached at %s",
+                 n, d, cfg.ebv.alpha, cfg.ebv.method, cfg.ebv.seed, path)
         t0 = time.time()
-        while not os.path.isfile(path):
-            if time.time() - t0 > wait_timeout_s:
-                raise TimeoutError(f"rank {rank}: no EBV set appeared at {path} after "
-                                   f"{wait_timeout_s:.0f} s; check rank 0's log")
-            time.sleep(2.0)
-        return _check_shape(load_ebv(path), cfg, path)
+        ebv = create_ebv(n, d, alpha=cfg.ebv.alpha, method=cfg.ebv.method, seed=int(cfg.ebv.seed),
+                         max_steps=cfg.ebv.max_steps, progress=progress,
+                         device_target=cfg.device_target)
+        ebv = _publish(_check_shape(ebv, cfg, "create_ebv"), path)
+        log.info("EBV set generated in %.1f s: %r", time.time() - t0, ebv)
+        return ebv
 
-    from ebv_ms.generation import create_ebv  # generation helper's API
-    log.info("generating the EBV set (N=%d, d=%d, alpha=%s, method=%s, seed=%s); cached at %s",
-             cfg.model.num_classes, cfg.model.embed_dim, cfg.ebv.alpha, cfg.ebv.method,
-             cfg.ebv.seed, path)
+
+def resolve_ebv(cfg, rank: int = 0, progress: bool = True,
+                logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
+    """EBVSet for ``cfg`` (None unless ``model.head`` is "ebv"); the same set on every rank."""
+    log = logger or _log
+    if not needs_ebv(cfg):
+        return None
+    from .distributed import get_rank_info
+    world = get_rank_info()[1]
+    ebv = _local_ebv(cfg, rank, world, progress, log)
+    if world == 1:
+        return ebv
+    folder = str(cfg.ebv.cache_dir)
+    name = None if cfg.ebv.path else os.path.basename(ebv_cache_path(cfg))
+    return share_ebv(ebv, rank, folder, name, log)
+
+
+# --------------------------------------------------------------------------- sharing
+
+
+def _ids(ebv: Optional[EBVSet], folder: str) -> list:
+    """This rank's row of the all-gather: has-set, N, d, checksum, metadata size, folder key."""
+    cs = [0] * 4 if ebv is None else [int(ebv.checksum()[i:i + 4], 16) for i in range(0, 16, 4)]
+    meta = 0 if ebv is None else len(_meta_bytes(ebv))
+    key = zlib.crc32(f"{socket.gethostname()}:{os.path.realpath(folder)}".encode())
+    return [int(ebv is not None), 0 if ebv is None else ebv.num_classes,
+            0 if ebv is None else ebv.dim, *cs, meta, key >> 16, key & 0xFFFF]
+
+
+def _meta_bytes(ebv: EBVSet) -> bytes:
+    return json.dumps({"alpha": ebv.alpha, "method": ebv.method, "seed": ebv.seed,
+                       "extra": ebv.extra}, sort_keys=True).encode()
+
+
+def _broadcast(arr: np.ndarray) -> np.ndarray:
+    """Rank 0's ``arr`` (float32) on every rank; the others pass a buffer of the same shape."""
+    import mindspore as ms
+    from mindspore import ops
+    (got,) = ops.Broadcast(0)((ms.Tensor(arr),))
+    return got.asnumpy()
+
+
+def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str] = None,
+              logger: Optional[logging.Logger] = None) -> EBVSet:
+    """Rank 0's set on every rank (a collective: every rank calls it).
+
+    ``ebv``: what this rank found itself (None: nothing). One all-gather compares every rank's
+    checksum with rank 0's: a different set stops every rank with one message. When ranks have
+    none, rank 0 broadcasts the matrix in ``_CHUNK_BYTES`` pieces; in each host's ``folder``
+    (ranks sharing it: same host and path) one rank keeps it, saves it there (``name``, else
+    ``ebv_N{N}_d{d}_{checksum}.npz``) and the others map that file after a second all-gather.
+    """
+    from .distributed import all_gather_counts
+    log = logger or _log
+    rows = all_gather_counts(_ids(ebv, folder))
+    ref = rows[0]
+    if not ref[0]:
+        raise EBVError("rank 0 has no EBV set to share")
+    checksum = "".join(f"{int(v):04x}" for v in ref[3:7])
+    differ = [r for r, row in enumerate(rows) if row[0] and list(row[1:7]) != list(ref[1:7])]
+    if differ:
+        raise EBVError(
+            f"rank(s) {differ} hold a different EBV set than rank 0 ({int(ref[1])} x {int(ref[2])}, "
+            f"checksum {checksum}) under the same settings; delete their cached file (in "
+            f"'ebv.cache_dir') or give every host the same 'ebv.path' file")
+    lacking = [r for r, row in enumerate(rows) if not row[0]]
+    if not lacking:
+        return ebv
+    n, d = int(ref[1]), int(ref[2])
+    path = os.path.join(folder, name or f"ebv_N{n}_d{d}_{checksum}.npz")
+    if rank in lacking and os.path.isfile(path):  # a folder shared with rank 0: its file is there now
+        ebv = load_ebv(path)
+        ebv = ebv if ebv.checksum() == checksum else None
+    have = all_gather_counts([int(ebv is not None)])
+    lacking = [r for r in lacking if not have[r][0]]
+    if not lacking:
+        return ebv
+    # one receiver per host folder keeps the matrix; its neighbours map the file it saves
+    keeper = {}
+    for r in lacking:
+        keeper.setdefault((int(rows[r][8]), int(rows[r][9])), r)
+    keeps = rank in keeper.values()
     t0 = time.time()
-    ebv = create_ebv(int(cfg.model.num_classes), int(cfg.model.embed_dim), alpha=cfg.ebv.alpha,
-                     method=cfg.ebv.method, seed=int(cfg.ebv.seed), max_steps=cfg.ebv.max_steps,
-                     progress=progress, device_target=cfg.device_target)
-    ebv = _check_shape(ebv, cfg, "create_ebv")
-    save_ebv(ebv, path)  # atomic (temporary sibling + rename): waiting ranks never see half a file
-    log.info("EBV set generated in %.1f s: %r", time.time() - t0, ebv)
+    meta = np.frombuffer(_meta_bytes(ebv), np.uint8) if rank == 0 else np.zeros(int(ref[7]), np.uint8)
+    info = json.loads(_broadcast(meta.astype(np.float32)).astype(np.uint8).tobytes())
+    rows_per = max(1, _CHUNK_BYTES // (4 * d))
+    out = np.empty((n, d), np.float32) if keeps else None
+    for i in range(0, n, rows_per):
+        j = min(n, i + rows_per)
+        part = ebv.vectors[i:j] if rank == 0 else np.zeros((j - i, d), np.float32)
+        got = _broadcast(np.ascontiguousarray(part, dtype=np.float32))
+        if keeps:
+            out[i:j] = got
+    error = ""
+    if keeps:
+        got_set = EBVSet(out, alpha=info["alpha"], method=info["method"], seed=info["seed"],
+                         extra=info["extra"])
+        del out
+        if got_set.checksum() != checksum:
+            error = f"rank {rank}: the set received from rank 0 has checksum {got_set.checksum()}, not {checksum}"
+        else:
+            with _cache_lock(path):
+                ebv = _publish(got_set, path)
+            log.info("rank %d: EBV set received from rank 0 in %.1f s and saved to %s", rank,
+                     time.time() - t0, path)
+    done = all_gather_counts([int(not error)])
+    if error or not done.all():
+        raise EBVError(error or f"ranks {[r for r in range(len(done)) if not done[r][0]]} did not "
+                       "receive rank 0's EBV set intact; see their logs")
+    if rank in lacking and not keeps:
+        ebv = load_ebv(path)
+        if ebv.checksum() != checksum:
+            raise EBVError(f"{path}: holds {ebv.checksum()}, not rank 0's set {checksum}")
+        log.info("rank %d: EBV set mapped from %s, saved by rank %d", rank, path,
+                 keeper[(int(rows[rank][8]), int(rows[rank][9]))])
     return ebv
+
+
+# --------------------------------------------------------------------------- the run's file
+
+_WRITING: dict = {}   # target path -> the thread writing it (start_run_ebv_file)
+
+
+def _write_run_file(ebv: EBVSet, target: str) -> None:
+    """``ebv`` at ``target``: a hard link to the file it is mapped from when that is possible
+    (no 2 GB written, one page cache), else written out (atomically either way)."""
+    if os.path.isfile(target):
+        return  # the name holds the checksum: it is this set
+    source = getattr(ebv.vectors.base, "filename", None)
+    if source and str(source).endswith(".npz"):
+        from ebv_ms.atomic import atomic_path
+        with contextlib.suppress(OSError), atomic_path(target, fsync=False) as tmp:
+            os.link(source, tmp)
+        if os.path.isfile(target):
+            return
+    save_ebv(ebv, target)
+
+
+def start_run_ebv_file(folder: str, ebv: EBVSet) -> str:
+    """Begin writing the run's EBV file into ``folder`` off the training path (rank 0, at set-up);
+    ``run_ebv_file`` waits for it. Written by the first checkpoint instead, it held every other
+    rank at the next collective for 7.6-10.9 s (2 GB at 100k x 5000)."""
+    import threading
+    from .checkpoint import ebv_file_name
+    target = os.path.join(os.path.abspath(folder), ebv_file_name(ebv))
+    if target not in _WRITING and not os.path.isfile(target):
+        _WRITING[target] = threading.Thread(target=_write_run_file, args=(ebv, target),
+                                            name="ebv-run-file", daemon=True)
+        _WRITING[target].start()
+    return target
+
+
+def run_ebv_file(folder: str, ebv: EBVSet) -> str:
+    """The name of the run's EBV file in ``folder``, there when this returns (waits for a write
+    started by ``start_run_ebv_file``; writes it now if none was, or if that one failed)."""
+    from .checkpoint import ebv_file_name
+    target = os.path.join(os.path.abspath(folder), ebv_file_name(ebv))
+    pending = _WRITING.pop(target, None)
+    if pending is not None:
+        pending.join()
+    _write_run_file(ebv, target)  # nothing to do when the file is there
+    return os.path.basename(target)
 
 
 def _closed_form_recipe(info: dict):
@@ -109,7 +299,6 @@ def checkpoint_ebv(state, cfg=None, ebv_file: Optional[str] = None, rank: int = 
     recipe for the deterministic closed forms. Anything else is refused with the file it needs.
     A checkpoint that records no set gets ``resolve_ebv(cfg)``.
     """
-    from ebv_ms.ebv import load_ebv
     from .checkpoint import CheckpointError, check_ebv_matches
     log = logger or _log
     if state.ebv_info is None:

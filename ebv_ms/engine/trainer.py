@@ -29,7 +29,7 @@ from .builders import (build_data, build_eval, build_network, build_training, in
 from .callbacks import Callback
 from .checkpoint import atomic_copy, save_checkpoint
 from .distributed import broadcast_from_main_rank
-from .ebv_source import resolve_ebv
+from .ebv_source import resolve_ebv, start_run_ebv_file
 from .evaluator import count_parameters, evaluate
 from .logger import JsonlLog, open_log_file, setup_logger
 from .resume import ResumeState
@@ -113,6 +113,8 @@ class Trainer:
             self.jsonl = JsonlLog(os.path.join(self.out, "metrics.jsonl"))
             self.jsonl.truncate_after(self.start_epoch)
             save_config(cfg, os.path.join(self.out, "config.yaml"))
+            if self.ebv is not None and self.ebv.vectors.nbytes > self._inline_ebv_bytes():
+                start_run_ebv_file(os.path.dirname(self.last_path), self.ebv)  # off the step path
         if resume is not None:
             self.log.info("resumed from %s: epoch %d/%d done, best top-1 %.2f%% (epoch %d)",
                           resume.path, self.start_epoch, t.epochs, self.best_top1, self.best_epoch)
@@ -214,6 +216,9 @@ class Trainer:
                 "eval_samples_per_rank": m["samples_per_rank"], "eval_bad_samples": m["bad_samples"],
                 "eval_images_per_s": round(m["images_per_s"], 1)}
 
+    def _inline_ebv_bytes(self) -> int:
+        return int(float(self.cfg.train.ckpt_inline_ebv_mb) * 2**20)
+
     def end_epoch(self, epoch: int, record: dict) -> None:
         """Log the record; rank 0 appends it to metrics.jsonl and writes the checkpoints."""
         is_best = "top1" in record and record["top1"] > self.best_top1
@@ -231,8 +236,7 @@ class Trainer:
                             global_step=epoch * self.steps_per_epoch, config=self.cfg,
                             ebv=self.ebv, best_top1=self.best_top1, best_epoch=self.best_epoch,
                             metrics=record, extra_params=scaler_params(self.scaler),
-                            ebv_inline_max_bytes=int(float(self.cfg.train.ckpt_inline_ebv_mb)
-                                                     * 2**20))
+                            ebv_inline_max_bytes=self._inline_ebv_bytes())
             if is_best and self.cfg.train.keep_best:
                 atomic_copy(self.last_path, self.best_path)
         for cb in self.callbacks:

@@ -124,6 +124,29 @@ def _iterative(method: str, n: int, dim: int, alpha, seed: int, max_steps: Optio
     return EBVSet(res.vectors, alpha=alpha, method=method, seed=seed, extra=extra)
 
 
+def closed_form_choice(num_classes: int, dim: int, alpha: Optional[float] = None,
+                       method: str = "auto") -> Optional[str]:
+    """The closed form ``create_ebv`` makes for these settings, else None (an iterative method).
+
+    A closed form is a deterministic function of (N, d, seed): every host rebuilds the same set
+    (at 100k x 5000 in seconds) instead of waiting for a file or receiving it over the network.
+    """
+    n, d = int(num_classes), int(dim)
+    if method in ("orthonormal", "simplex", "kerdock", "kerdock_padded"):
+        return method
+    if method != "auto":
+        return None
+    exact = cf.closed_form_for(n, d)
+    if exact and (alpha is None or cf.closed_form_coherence(exact, n, d) <= alpha):
+        return exact
+    k = cf.largest_kerdock_dim(n, d)
+    if k is not None and k < d:
+        pad_coh = cf.closed_form_coherence("kerdock_padded", n, d)
+        if (alpha is not None and pad_coh <= alpha) or (alpha is None and n > LARGE_N):
+            return "kerdock_padded"
+    return None
+
+
 def create_ebv(num_classes: int, dim: int, alpha: Optional[float] = None, method: str = "auto",
                seed: int = 0, max_steps: Optional[int] = None, progress: bool = True,
                device_target: Optional[str] = None, *, time_limit: Optional[float] = None,
@@ -144,9 +167,10 @@ def create_ebv(num_classes: int, dim: int, alpha: Optional[float] = None, method
     check_alpha(n, d, alpha)
     seed = int(seed)
 
-    if method in ("orthonormal", "simplex", "kerdock", "kerdock_padded"):
+    closed = closed_form_choice(n, d, alpha, method)
+    if closed is not None:
         try:
-            return _closed(method, n, d, alpha, seed)
+            return _closed(closed, n, d, alpha, seed)
         except ValueError as exc:
             raise GenerationError(f"method {method!r} does not fit N={n}, d={d}: {exc}") from None
 
@@ -157,16 +181,6 @@ def create_ebv(num_classes: int, dim: int, alpha: Optional[float] = None, method
         _set_device(device_target)
         return _iterative("official", n, d, alpha, seed, max_steps, progress, None, "normal",
                           time_limit, **method_kwargs)
-
-    if method == "auto":
-        exact = cf.closed_form_for(n, d)
-        if exact and (alpha is None or cf.closed_form_coherence(exact, n, d) <= alpha):
-            return _closed(exact, n, d, alpha, seed)
-        k = cf.largest_kerdock_dim(n, d)
-        if k is not None and k < d:
-            pad_coh = cf.closed_form_coherence("kerdock_padded", n, d)
-            if (alpha is not None and pad_coh <= alpha) or (alpha is None and n > LARGE_N):
-                return _closed("kerdock_padded", n, d, alpha, seed)
 
     # smoothmax, explicitly or as auto's fallback
     _set_device(device_target)
