@@ -61,6 +61,15 @@ def demo_run(tmp_path_factory, demo_zip):
     return tmp, out
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test that launches several processes (marker ``distributed``) is ``slow`` too, so
+    ``-m "not slow"`` never starts a cluster. ``slow``: anything over ~5 s on a 2-core CPU
+    (subprocess training runs, launches, fuzzers; README 'Tests and CI')."""
+    for item in items:
+        if item.get_closest_marker("distributed") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_unconfigure(config):
     """Free the tests' Cells while MindSpore is still importable: otherwise Cell.__del__ runs
     during interpreter shutdown, after MindSpore's globals are gone, and prints harmless

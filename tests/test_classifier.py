@@ -52,6 +52,7 @@ def graph_mode():
 
 
 @pytest.mark.parametrize("head", HEADS)
+@pytest.mark.slow
 def test_every_head_overfits_tiny_batch_graph(head, graph_mode):
     ms.set_seed(0)
     ebv = _ebv(5, 16)
@@ -64,6 +65,7 @@ def test_every_head_overfits_tiny_batch_graph(head, graph_mode):
         assert net.head.matrix.asnumpy().tobytes() == frozen.tobytes()
 
 
+@pytest.mark.slow
 def test_ebv_head_overfits_pynative():
     ms.set_seed(0)
     ebv = _ebv(5, 16)

@@ -296,6 +296,7 @@ def test_debug_prints_the_traceback(capsys):
     assert err.splitlines()[-1].startswith("train.py: error: config key 'model.tau'")
 
 
+@pytest.mark.slow
 def test_real_command_lines(tmp_path):
     """The same, as the user runs them: separate processes, stderr as printed."""
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", DEMO, "model.tau=0",

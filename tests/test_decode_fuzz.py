@@ -12,8 +12,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from ebv_ms.tools.make_synthetic import write_zip
+
+pytestmark = pytest.mark.slow  # see README 'Tests and CI'
 
 REPO = Path(__file__).resolve().parents[1]
 

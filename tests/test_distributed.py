@@ -287,6 +287,7 @@ def test_two_ranks_train_py_on_demo_data(tmp_path, demo_zip):
 
 # ---------------------------------------------------------------- single-device scripts
 
+@pytest.mark.slow
 def test_standalone_script_runs_one_process_and_keeps_earlier_logs(tmp_path):
     out = tmp_path / "out"
     cfg = tmp_path / "probe.yaml"

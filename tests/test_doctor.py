@@ -5,7 +5,10 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_doctor_reports_cpu_ok_and_gpu_libraries():
     r = subprocess.run([sys.executable, "-m", "ebv_ms.tools.doctor", "--json", "--targets", "CPU,GPU"],
                        capture_output=True, text=True, timeout=300)

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from conftest import run_script
 
+pytestmark = pytest.mark.slow  # see README 'Tests and CI'
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,7 +22,6 @@ def trained(demo_run):
     return demo_run
 
 
-@pytest.mark.slow
 def test_eval_from_checkpoint_alone_reproduces_logged_accuracy(trained, tmp_path):
     _, out = trained
     r = _py("eval.py", ["--ckpt", str(out / "last.ckpt"), "--json", str(tmp_path / "e.json"),

@@ -11,6 +11,8 @@ from conftest import run_script
 
 import mindspore as ms
 
+pytestmark = pytest.mark.slow  # see README 'Tests and CI'
+
 ROOT = Path(__file__).resolve().parents[1]
 PYNATIVE = ["mode=pynative"]  # keep the test session's context; export compiles a graph anyway
 
@@ -93,7 +95,6 @@ def test_onnxruntime_gives_the_same_top1_and_logits(demo_export):
     assert any("Rsqrt" in w for w in meta["onnx_rewrites"])
 
 
-@pytest.mark.slow
 def test_resnet50_224_ebv_head_onnx_matches(tmp_path, demo_zip):
     """ResNet-50 (mindcv) at 224 with an EBV head, randomly initialised, saved as a train.py
     checkpoint, loaded and exported to ONNX (residual adds and the L2 norm rewritten), run by

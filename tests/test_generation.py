@@ -251,6 +251,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 """
 
 
+@pytest.mark.slow
 def test_iterative_generators_hold_no_n_by_n_mask():
     """N = 16,000 in 64 slices of 250 rows: a slice's block is 16 MB and the peak grows by ~160 MB
     (the blocks' temporaries and graph compilation); one stored self-pair mask per slice was

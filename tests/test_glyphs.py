@@ -98,6 +98,7 @@ def test_bad_requests_say_what_to_do(tmp_path, monkeypatch):
     assert not os.listdir(tmp_path)  # nothing half-written
 
 
+@pytest.mark.slow
 def test_ebv_head_learns_unseen_typeface(archive, tmp_path):
     path, manifest = archive
     out = tmp_path / "run"

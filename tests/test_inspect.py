@@ -47,6 +47,7 @@ def test_pair_stats_known_sets():
     assert st.mean_delta_angle_deg == pytest.approx(math.degrees(math.asin(1 / d)), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_inspect_cli_on_official_file(official_dir, tmp_path):
     png = tmp_path / "angles.png"
     r = _run_cli(official_dir / "pytorch_eq_200_1000.pkl", "--hist", png, "--block-size", "256")

@@ -109,6 +109,7 @@ def test_standalone_device_environment_and_arguments(run_dir):
     assert rec["env"]["MS_ROLE"] is None  # a stray cluster role would wait for a scheduler
 
 
+@pytest.mark.slow
 def test_distribute_dry_run_shows_the_ranks_and_their_command(run_dir, tmp_path):
     cfg, _, _ = run_dir
     hosts = tmp_path / "hosts"

@@ -43,6 +43,7 @@ def test_import_registers_ebv_models_with_mindcv():
     assert is_model("ebv_resnet50")
 
 
+@pytest.mark.slow
 def test_mindcv_create_model_and_its_trainer_run_a_step():
     """mindcv.create_model / create_loss / create_optimizer / create_trainer (with EMA, so its
     own TrainStep) on an EBV ResNet-50 (N=10, d=16, 32x32 images): one step of Model.train

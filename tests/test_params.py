@@ -63,6 +63,7 @@ def test_report_equals_built_resnet50_ebv():
     assert sum(c.trainable for c in counts.values()) == 25_557_032
 
 
+@pytest.mark.slow
 def test_cli_subprocess_and_bad_key(tmp_path):
     cfg = _write(tmp_path, "model:\n  backbone: small_cnn\n  head: fixed_random_cos\n  num_classes: 10\n  embed_dim: 8\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))

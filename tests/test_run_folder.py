@@ -15,6 +15,8 @@ import pytest
 
 from demo_data import small_demo_zip
 
+pytestmark = pytest.mark.slow  # see README 'Tests and CI'
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo_cpu.yaml"
 

@@ -99,6 +99,7 @@ def test_sgd_step_matches_hand_computation():
     assert int(opt.global_step.asnumpy()) == 1
 
 
+@pytest.mark.slow
 def test_train_step_jit_equals_pynative_and_learns():
     x, y = _data()
     loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
