@@ -106,6 +106,7 @@ def test_official_step_cap_returns_best_and_reports_short():
 
 
 # ------------------------------------------------------------------ default method
+@pytest.mark.slow
 def test_smoothmax_beats_official_at_equal_steps():
     from ebv_ms.generation.factory import normal_init
     from ebv_ms.generation.iterative import run_official, run_smoothmax
@@ -199,6 +200,7 @@ def test_cli_step_cap_saves_best_and_says_it_fell_short(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ row slices
+@pytest.mark.slow
 def test_official_row_slices_give_the_full_batch_step():
     from ebv_ms.generation.factory import normal_init
     from ebv_ms.generation.iterative import run_official
@@ -210,6 +212,7 @@ def test_official_row_slices_give_the_full_batch_step():
     np.testing.assert_allclose(sliced.vectors, full.vectors, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_smoothmax_with_row_slices_improves_and_reports_true_coherence():
     from ebv_ms.generation.factory import normal_init
     from ebv_ms.generation.iterative import run_smoothmax

@@ -73,6 +73,7 @@ def test_missing_glyph_detection_matches_rendering():
         assert same != ok, c
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_any_worker_count(archive, tmp_path):
     path, _ = archive
     again, _ = write_glyph_archive(str(tmp_path / "a"), N, TRAIN, VAL, per_class=16, seed=3,

@@ -86,6 +86,7 @@ def test_a_fifo_as_data_path_or_list_file_is_refused_at_once(tmp_path):
         lst.close()
 
 
+@pytest.mark.slow
 def test_fifos_and_devices_among_images_are_skipped_and_counted(tmp_path):
     """predict.py's folder walk lists every *.jpg: a FIFO must not block it, a symlink to
     /dev/zero must not be read without end (it was, to a MemoryError at 6.4 GB)."""
@@ -196,6 +197,7 @@ out["report"] = info.bad_report(0)
 """
 
 
+@pytest.mark.slow
 def test_zip_bomb_members_are_refused_before_inflating(bomb_zip):
     out = _probe(_TRAIN_ONE_EPOCH.format(path=str(bomb_zip)))
     assert out["bad"] == ["d/train/c0/bomb.jpg", "d/train/c1/liar.jpg"]
@@ -225,12 +227,14 @@ def zip64_zip(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_crafted_zip64_sizes_are_skipped_and_counted_in_training(zip64_zip):
     out = _probe(_TRAIN_ONE_EPOCH.format(path=str(zip64_zip)))
     assert out["bad"] == sorted(_ZIP64_EDITS)
     assert out["peak_mb"] < 1500
 
 
+@pytest.mark.slow
 def test_crafted_zip64_sizes_in_inspect_and_predict_are_bad_samples(zip64_zip):
     code = f"""
 import contextlib, io
@@ -257,6 +261,7 @@ for i, name in enumerate(il.names):
 
 
 # ----------------------------------------------------------------------------- forged names
+@pytest.mark.slow
 def test_names_cannot_forge_or_colour_predict_output(demo_run, tmp_path):
     """A file or member name with a newline or an ANSI escape is escaped in text output; the
     JSON output keeps it exact. One image line per image, nothing else on stdout."""
