@@ -47,11 +47,10 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
 
 @pytest.mark.parametrize("page", PAGES, ids=_rel)
 def test_commands_name_modules_scripts_and_configs_that_exist(page):
-    missing = []
-    for line in _code_lines(page.read_text()):
-        for mod in re.findall(r"python3? -m ((?:ebv_ms|benchmarks)(?:\.\w+)+)", line):
-            if _module_file(mod) is None:
-                missing.append(f"module {mod}: {line}")
+    text = page.read_text()
+    missing = [f"module {mod}" for mod in re.findall(r"python3? -m ((?:ebv_ms|benchmarks)(?:\.\w+)+)", text)
+               if _module_file(mod) is None]
+    for line in _code_lines(text):
         for path in re.findall(r"(?:^|\s)((?:[\w.-]+/)*[\w.-]+\.(?:py|sh|yaml))\b", line):
             if "{" in path or path.startswith(("/", "runs/", "tmp")):
                 continue
