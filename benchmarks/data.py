@@ -126,12 +126,17 @@ def _reference_folder(root: str, workers: int, batch: int):
     """MindSpore's ImageFolderDataset + the same A1 ops: no validation (the reference)."""
     import mindspore as ms
     import mindspore.dataset.transforms as T
-    from ebv_ms.data.imagenet import folder_dataset
+    import mindspore.dataset as mds
+    from ebv_ms.data.layouts import IMAGE_EXTENSIONS
     from ebv_ms.data.presets import create_batch_transform, create_transforms
     from ebv_ms.data.sampler import ShardSampler
-    n = sum(len(files) for _, _, files in os.walk(os.path.join(root, "train")))
-    dataset, classes, _ = folder_dataset(root, "train", {}, ShardSampler(n, shuffle=True), workers,
-                                         decode=False)
+    train = os.path.join(root, "train")
+    n = sum(len(files) for _, _, files in os.walk(train))
+    classes = sorted(e.name for e in os.scandir(train) if e.is_dir())
+    dataset = mds.ImageFolderDataset(
+        train, extensions=sorted({e for x in IMAGE_EXTENSIONS for e in (x, x.upper())}),
+        class_indexing={c: i for i, c in enumerate(classes)}, decode=False,
+        sampler=ShardSampler(n, shuffle=True), num_parallel_workers=workers)
     dataset = dataset.map(T.TypeCast(ms.int32), input_columns="label")
     dataset = dataset.map(create_transforms("A1", 224, encoded=True), input_columns="image",
                           num_parallel_workers=workers)

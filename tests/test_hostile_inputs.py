@@ -9,8 +9,6 @@ import sys
 import threading
 import time
 import zipfile
-import zlib
-from pathlib import Path
 
 import pytest
 

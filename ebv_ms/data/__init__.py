@@ -1,4 +1,4 @@
-"""Data: the 100k-class zip read in place, ImageNet folders and lists, the paper's recipes, sharding.
+"""Data: the 100k-class zip read in place, dataset folders and lists, the paper's recipes, sharding.
 
 Entry point: ``create_dataset(data_cfg, split, batch_size, is_training, num_shards, shard_id,
 seed) -> (dataset, DatasetInfo)``. See docs/data.md.

@@ -1,4 +1,4 @@
-"""``create_dataset``: one factory for the zip archive, ImageNet folders and CSV lists.
+"""``create_dataset``: one factory for the zip archive, dataset folders and CSV lists.
 
 Pipeline: source (`open_split`: zip members or files, read and validated by ``ImageSource``)
 -> ``ShardSampler`` (shard, epoch reshuffle, equal length) -> per-image recipe ops (C++) ->
@@ -21,10 +21,9 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..config import DEFAULTS as CONFIG_DEFAULTS
-from .imagenet import find_split_dir, folder_samples, list_samples, lists_num_classes
-from .layouts import SPLIT_ALIASES, Layout, LayoutError, SplitSamples, detect_layout
+from .layouts import Layout, SplitSamples, detect_layout, disk_layout
 from .presets import BatchAugment, check_recipe, create_batch_transform, create_transforms
-from .readers import MAX_LIST_BYTES, ZipMemberReader, printable
+from .readers import MAX_LIST_BYTES, FileReader, ZipMemberReader, printable
 from .sampler import ShardSampler
 from .source import DataError, ImageSource
 from .zip_index import ArchiveError, ZipIndex, load_zip_index
@@ -223,58 +222,30 @@ def open_split(data_cfg: Optional[Mapping], split: str, num_classes: Optional[in
     (e.g. the saved classes.json of a run being resumed) fixes the class list and its order.
     """
     cfg = _cfg(data_cfg)
-    fmt = _format(cfg)
-    path = str(cfg["path"])
-    caps = dict(max_pixels=int(cfg["max_image_pixels"] or 0),
-                max_bytes=int(cfg["max_image_bytes"] or 0))
+    reader, layout = _open(cfg, num_classes, class_names)
+    samples, members = layout.split(split), None
+    if isinstance(reader, FileReader) and samples.folder:  # files named below their split folder
+        reader, members = reader.below(samples.folder, samples.members), np.arange(len(samples.members))
+    source = ImageSource(reader, samples.members if members is None else members, samples.labels,
+                         max_pixels=int(cfg["max_image_pixels"] or 0),
+                         max_bytes=int(cfg["max_image_bytes"] or 0))
+    return SplitSource(split, source, list(layout.class_names),
+                       f"{cfg['path']}: {layout.kind}, {samples.origin}")
+
+
+def _open(cfg: Mapping, num_classes: Optional[int] = None,
+          class_names: Optional[List[str]] = None):
+    """(reader, Layout) of the archive or folder ``cfg`` names."""
+    path, fmt = str(cfg["path"]), _format(cfg)
     if fmt == "zip":
         index, layout = archive_layout(path, cfg, num_classes=num_classes, class_names=class_names)
-        samples = layout.split(split)
-        source = ImageSource(ZipMemberReader(index), samples.members, samples.labels, **caps)
-        return SplitSource(split, source, list(layout.class_names),
-                           f"{path}: {layout.kind}, {samples.origin}")
-    if fmt == "list":
-        lists = cfg["split_lists"]
-        if split not in lists:
-            raise LayoutError(f"data.split_lists has no entry for split '{split}' (has: {sorted(lists)})")
-        reader, members, labels = list_samples(path, str(lists[split]), cfg["list_columns"],
-                                               cfg["list_delimiter"], str(cfg["list_strip_prefix"] or ""),
-                                               num_classes=num_classes)
-        n_cls = max(lists_num_classes(path, lists, cfg["list_columns"], cfg["list_delimiter"],
-                                      num_classes).values())
-        names = list(class_names) if class_names is not None and len(class_names) >= n_cls \
-            else [str(i) for i in range(n_cls)]
-        return SplitSource(split, ImageSource(reader, members, labels, **caps),
-                           names, f"{path}: list {lists[split]}")
-    reader, members, labels, names, split_dir = folder_samples(path, split, cfg["split_dirs"],
-                                                               class_names)
-    return SplitSource(split, ImageSource(reader, members, labels, **caps), names,
-                       f"{path}: folders, {split_dir}")
+        return ZipMemberReader(index), layout
+    return disk_layout(path, cfg, fmt == "list", num_classes, class_names)
 
 
 def split_names(data_cfg: Optional[Mapping]) -> List[str]:
     """The splits the data has (canonical names: train, val, test, or data.split_dirs keys)."""
-    cfg = _cfg(data_cfg)
-    fmt = _format(cfg)
-    if fmt == "zip":
-        return list(archive_layout(str(cfg["path"]), cfg)[1].splits)
-    if fmt == "list":
-        return list(cfg["split_lists"])
-    out, seen = [], set()
-    for s in list(cfg["split_dirs"]) + [s for s in ("train", "val", "test") if s not in cfg["split_dirs"]]:
-        try:
-            d = os.path.realpath(find_split_dir(str(cfg["path"]), s, cfg["split_dirs"]))
-        except LayoutError:
-            continue
-        if d not in seen:  # 'val' falls back to a 'test' folder: list it once
-            seen.add(d)
-            out.append(s)
-    if not out:
-        raise LayoutError(f"{cfg['path']}: no split folders (looked for "
-                          f"{', '.join(SPLIT_ALIASES['train'] + SPLIT_ALIASES['val'])}): not an "
-                          f"image-folder dataset. Set data.split_dirs / data.split_lists, or point "
-                          f"data.path at the dataset's top folder or .zip archive")
-    return out
+    return list(_open(_cfg(data_cfg))[1].splits)
 
 
 # ------------------------------------------------------------------------------------- factory

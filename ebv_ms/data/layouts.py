@@ -1,4 +1,10 @@
-"""Which members of an archive are the samples of each split, and their labels.
+"""Which entries of an archive or a dataset folder are the samples of each split, and their labels.
+
+One implementation per layout, whatever holds the files: `folder_layout` (entry names, as an
+archive lists them or `_walk` lists a folder) and `list_layout` (list texts and a ``lookup`` of
+listed paths), each giving a `Layout` (class names, and per split the member numbers and
+labels). The drivers only say where names and bytes come from: `detect_layout` for an archive
+(zip index names, members read in place), `disk_layout` for a folder (a ``FileReader``).
 
 Recognised layouts (``data.layout: auto`` tries lists first, then folders):
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import posixpath
 import re
 from collections import Counter, defaultdict
@@ -29,7 +36,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from ..errors import EBVMSError
-from .readers import BadMember
+from .readers import MAX_LIST_BYTES, BadMember, FileReader, read_regular
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +60,7 @@ class SplitSamples:
     members: np.ndarray  # int64 member numbers (zip index entries or FileReader paths)
     labels: np.ndarray   # int32 class indices
     origin: str          # e.g. "folder 10w/train" or "list 10w/train.txt"
+    folder: str = ""     # a folder split's folder ("10w/train/"): names on disk are shown below it
 
 
 @dataclass
@@ -68,12 +76,13 @@ class Layout:
 
     def split(self, name: str) -> SplitSamples:
         """The samples of split ``name`` (aliases allowed), or a LayoutError naming what exists."""
-        for alias in (name,) + SPLIT_ALIASES.get(name, ()):
+        aliases = list(dict.fromkeys((name,) + SPLIT_ALIASES.get(name, ())))
+        for alias in aliases:
             if alias in self.splits:
                 return self.splits[alias]
-        raise LayoutError(f"split '{name}' not found; this data has: "
-                          f"{', '.join(f'{k} ({v.origin})' for k, v in self.splits.items()) or 'none'}. "
-                          f"Set data.split_dirs or data.split_lists to name it")
+        raise LayoutError(f"split '{name}' not found (looked for {', '.join(aliases)}); "
+                          f"this data has: {', '.join(f'{k} ({v.origin})' for k, v in self.splits.items()) or 'none'}. "
+                          f"Set data.split_dirs.{name} to its folder, or data.split_lists.{name} to a list file")
 
     def describe(self) -> str:
         parts = [f"layout {self.kind}" + (f", top folder '{self.root}'" if self.root else "")
@@ -90,7 +99,7 @@ def is_image(name: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- folders
-def _detect_folders(names: Sequence[str], image_ids: np.ndarray, root: Optional[str],
+def folder_layout(names: Sequence[str], image_ids: np.ndarray, root: Optional[str],
                     split_dirs: Mapping[str, str],
                     class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
     """Group images by (prefix, split folder, class folder).
@@ -165,7 +174,8 @@ def _detect_folders(names: Sequence[str], image_ids: np.ndarray, root: Optional[
             mem.append(np.asarray(ids, np.int64))
             lab.append(np.full(len(ids), class_index[c], np.int32))
         key = folder if wanted else _split_key(folder, split_of.values())
-        splits[key] = SplitSamples(np.concatenate(mem), np.concatenate(lab), f"folder {split_dir}/")
+        splits[key] = SplitSamples(np.concatenate(mem), np.concatenate(lab), f"folder {split_dir}/",
+                                   split_dir + "/")
         empty = sorted(c for (d, c) in folders if d == split_dir and (d, c) not in groups)
         if empty:
             logger.warning("%d class folder(s) in %s/ have no images, e.g. %s: they keep their "
@@ -331,22 +341,13 @@ def find_list_files(names: Sequence[str]) -> Dict[str, List[int]]:
     return found
 
 
-def resolve_paths(paths: Sequence[str], list_name: str, lookup: Callable[[str], int],
-                  extra_prefixes: Sequence[str] = ()) -> np.ndarray:
-    """Member numbers of ``paths`` (-1 where missing), trying the prefixes that make most match."""
-    base = posixpath.dirname(list_name)
-    candidates = [base + "/" if base else ""] + [""] + [p.strip("/") + "/" for p in extra_prefixes if p]
-    candidates = list(dict.fromkeys(candidates))
+def resolve_paths(paths: Sequence[str], prefixes: Sequence[str],
+                  lookup: Callable[[str], int]) -> np.ndarray:
+    """Member numbers of ``paths`` (-1 where missing) under the prefix that finds most of them."""
+    candidates = list(dict.fromkeys(prefixes))
     probe = paths[: min(len(paths), 200)]
-    best, best_hits = candidates[0], -1
-    for pre in candidates:
-        hits = sum(lookup(pre + _clean(p)) >= 0 for p in probe)
-        if hits > best_hits:
-            best, best_hits = pre, hits
-    out = np.empty(len(paths), np.int64)
-    for i, p in enumerate(paths):
-        out[i] = lookup(best + _clean(p))
-    return out
+    best = max(candidates, key=lambda pre: sum(lookup(pre + _clean(p)) >= 0 for p in probe))
+    return np.fromiter((lookup(best + _clean(p)) for p in paths), np.int64, len(paths))
 
 
 def _clean(p: str) -> str:
@@ -355,10 +356,51 @@ def _clean(p: str) -> str:
     return p.lstrip("/")
 
 
-def _detect_lists(names: Sequence[str], lookup: Callable[[str], int], read: Callable[[int], bytes],
-                  root: Optional[str], split_lists: Mapping[str, str], columns, delimiter,
-                  strict: bool, num_classes: Optional[int] = None,
-                  class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
+def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Callable[[str], int],
+                prefixes: Callable[[str], Sequence[str]], missing_where: str, strict: bool, columns=None,
+                delimiter: Optional[str] = None, strip_prefix: str = "",
+                num_classes: Optional[int] = None,
+                class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
+    """The ``lists`` layout, in an archive or on disk: ``lists`` holds (split, list name, text
+    reader); each listed path (``strip_prefix`` removed) is found by ``lookup`` under the first of
+    ``prefixes(list name)`` that finds most. Not ``strict`` (auto-detection): a list that cannot
+    be parsed or names none of the files is ignored, with a warning. ``num_classes`` = largest
+    label + 1 over all lists (``class_names`` names them if it is long enough)."""
+    splits: Dict[str, SplitSamples] = {}
+    for split, lname, text in lists:
+        try:
+            paths, labels = parse_list(text(), lname, columns, delimiter, num_classes)
+        except (LayoutError, UnicodeDecodeError, BadMember) as exc:
+            if strict or "label" in str(exc) and "outside" in str(exc):
+                raise LayoutError(str(exc)) from None
+            logger.warning("ignoring %s as a list file: %s", lname, exc)
+            continue
+        if strip_prefix:
+            paths = [p[len(strip_prefix):] if p.startswith(strip_prefix) else p for p in paths]
+        members = resolve_paths(paths, prefixes(lname), lookup)
+        missing = np.flatnonzero(members < 0)
+        if len(missing):
+            if not strict and len(missing) == len(paths):
+                logger.warning("ignoring %s as a list file: none of its paths exist", lname)
+                continue
+            show = ", ".join(repr(paths[i]) for i in missing[:5])
+            raise LayoutError(f"list {lname} names {len(missing)} of {len(paths)} files {missing_where} "
+                              f"(e.g. {show}); fix the list or set data.root / data.split_lists / "
+                              f"data.list_strip_prefix")
+        splits[split] = SplitSamples(members, labels, f"list {lname}")
+    if not splits:
+        return None
+    n = int(max(int(s.labels.max()) for s in splits.values())) + 1
+    names_out = list(class_names) if class_names is not None and len(class_names) >= n \
+        else [str(i) for i in range(n)]
+    return Layout("lists", names_out, splits)
+
+
+def _archive_lists(names: Sequence[str], read: Callable[[int], bytes],
+                   lookup: Callable[[str], int], root: Optional[str],
+                   split_lists: Mapping[str, str]) -> List[Tuple[str, str, Callable[[], str]]]:
+    """(split, member name, text reader) of the list files in an archive: ``data.split_lists``
+    (members), else found by name (the shortest path when several)."""
     if split_lists:
         chosen: Dict[str, int] = {}
         for split, lname in split_lists.items():
@@ -367,46 +409,10 @@ def _detect_lists(names: Sequence[str], lookup: Callable[[str], int], read: Call
                 raise LayoutError(f"data.split_lists.{split} = {lname!r} is not a member of the archive")
             chosen[str(split)] = m
     else:
-        found = find_list_files(names)
-        chosen = {}
-        for split, cands in found.items():
-            if len(cands) > 1:  # prefer the shortest path (top-level list over nested copies)
-                cands = sorted(cands, key=lambda m: (names[m].count("/"), names[m]))
-            chosen[split] = cands[0]
-    if not chosen:
-        return None
-    splits: Dict[str, SplitSamples] = {}
-    top = [root] if root else []
-    for split, m in sorted(chosen.items()):
-        lname = names[m]
-        try:
-            text = bytes(read(m)).decode("utf-8-sig")
-            paths, labels = parse_list(text, lname, columns, delimiter, num_classes)
-        except (LayoutError, UnicodeDecodeError, BadMember) as exc:
-            if strict or "label" in str(exc) and "outside" in str(exc):
-                raise LayoutError(str(exc)) from None
-            logger.warning("ignoring %s as a list file: %s", lname, exc)
-            continue
-        tops = top + sorted({n.split("/")[0] for n in names[:1000] if "/" in n})
-        members = resolve_paths(paths, lname, lookup, tops)
-        missing = np.flatnonzero(members < 0)
-        if len(missing):
-            if not strict and len(missing) == len(paths):
-                logger.warning("ignoring %s as a list file: none of its paths are in the archive", lname)
-                continue
-            show = ", ".join(repr(paths[i]) for i in missing[:5])
-            raise LayoutError(f"list {lname} names {len(missing)} of {len(paths)} files that are not "
-                              f"in the archive (e.g. {show}); fix the list or set data.root / "
-                              f"data.split_lists")
-        splits[split] = SplitSamples(members, labels, f"list {lname}")
-    if not splits:
-        return None
-    n = int(max(int(s.labels.max()) for s in splits.values())) + 1
-    if class_names is not None and len(class_names) >= n:
-        names_out = list(class_names)
-    else:
-        names_out = [str(i) for i in range(n)]
-    return Layout("lists", names_out, splits, root=root or "")
+        chosen = {split: sorted(cands, key=lambda m: (names[m].count("/"), names[m]))[0]
+                  for split, cands in find_list_files(names).items()}
+    return [(split, names[m], lambda m=m: bytes(read(m)).decode("utf-8-sig"))
+            for split, m in sorted(chosen.items())]
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -421,7 +427,7 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
     ``read(member) -> bytes`` reads list files. Raises LayoutError describing what was found
     when no layout is recognised, for list labels outside [0, ``num_classes``), and for image
     names with ``..`` / ``.`` / empty components (a class folder named ``..`` is no class).
-    ``class_names`` fixes the class list (a resumed run's), see `_detect_folders`.
+    ``class_names`` fixes the class list (a resumed run's), see `folder_layout`.
     """
     if layout not in ("auto", "folders", "lists"):
         raise LayoutError(f"data.layout must be auto, folders or lists, got {layout!r}")
@@ -443,21 +449,110 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
         layout = "folders"
     result = None
     if layout in ("auto", "lists"):
-        result = _detect_lists(names, lookup, read, root, split_lists or {}, list_columns,
-                               list_delimiter, strict=layout == "lists", num_classes=num_classes,
-                               class_names=class_names)
+        tops = ([root] if root else []) + sorted({n.split("/")[0] for n in names[:1000] if "/" in n})
+
+        def prefixes(lname: str) -> List[str]:  # the list's folder, the root, a top folder
+            base = posixpath.dirname(lname)
+            return [base + "/" if base else "", ""] + [t.strip("/") + "/" for t in tops if t]
+        result = list_layout(_archive_lists(names, read, lookup, root, split_lists or {}), lookup,
+                             prefixes, "that are not in the archive", layout == "lists",
+                             list_columns, list_delimiter,
+                             num_classes=num_classes, class_names=class_names)
+        if result is not None:
+            result.root = root or ""
     if layout == "auto" and result is not None:
-        folders = _detect_folders(names, image_ids, root, {})
+        folders = folder_layout(names, image_ids, root, {})
         if folders is not None:
             logger.warning("%s holds both list files and class folders; using the lists (%s). Set "
                            "data.layout: folders to use the folders instead", where,
                            ", ".join(v.origin for v in result.splits.values()))
     if result is None and layout in ("auto", "folders"):
-        result = _detect_folders(names, image_ids, root, split_dirs or {}, class_names)
+        result = folder_layout(names, image_ids, root, split_dirs or {}, class_names)
     if result is None:
         raise LayoutError(_not_recognised(names, image_ids, where, layout))
     logger.info("%s: %s", where, result.describe().replace("\n", ";"))
     return result
+
+
+def disk_layout(root: str, cfg: Mapping, lists: bool, num_classes: Optional[int] = None,
+                class_names: Optional[Sequence[str]] = None) -> Tuple[FileReader, Layout]:
+    """The layout of a dataset folder and the reader of its files: class folders
+    (``root/<split>/<class>/<image>``, or ``data.split_dirs``), or, with ``data.split_lists``,
+    list files on disk (absolute, or relative to the working folder or ``root``) naming images
+    under ``root``. The same rules and messages as in an archive (`folder_layout`, `list_layout`)."""
+    if lists:
+        if not cfg["split_lists"]:
+            raise LayoutError("data.format: list needs data.split_lists ({split: list file})")
+        table, found = _DiskTable(root), []
+        for split, lf in cfg["split_lists"].items():
+            path = lf if os.path.isabs(lf) or os.path.exists(lf) else os.path.join(root, lf)
+            found.append((str(split), path, lambda path=path: _read_list(path)))
+        layout = list_layout(found, table, lambda _: [""], f"missing under {root}", True,
+                             cfg["list_columns"],
+                             cfg["list_delimiter"], str(cfg["list_strip_prefix"] or ""),
+                             num_classes, class_names)
+        return FileReader(root, table.paths), layout
+    names = _walk(root, cfg["split_dirs"])
+    image_ids = np.fromiter((i for i, n in enumerate(names) if is_image(n)), np.int64)
+    layout = folder_layout(names, image_ids, None, cfg["split_dirs"], class_names)
+    if layout is None:
+        raise LayoutError(_not_recognised(names, image_ids, root, "folders"))
+    return FileReader(root, names), layout
+
+
+class _DiskTable:
+    """``lookup`` for list paths on disk: a regular file under the root (or an absolute path)
+    gets the next member number."""
+
+    def __init__(self, root: str):
+        self.root, self.paths, self._ids = root, [], {}
+
+    def __call__(self, name: str) -> int:
+        if name not in self._ids:
+            found = next((p for p in (name, "/" + name) if os.path.isfile(os.path.join(self.root, p))), None)
+            if found is None:
+                return -1
+            self._ids[name] = len(self.paths)
+            self.paths.append(found)
+        return self._ids[name]
+
+
+def _read_list(path: str) -> str:
+    try:
+        return read_regular(path, MAX_LIST_BYTES).decode("utf-8-sig")
+    except (OSError, BadMember, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise LayoutError(f"list file {path!r} cannot be read ({why}); data.split_lists entries "
+                          f"are paths on disk (or relative to data.path)") from None
+
+
+def _walk(root: str, split_dirs: Mapping[str, str]) -> List[str]:
+    """Entry names under ``root`` as in an archive ('/'-separated, folders end with '/'): regular
+    files and folders down to ``<split>/<class>/<image>`` (each ``data.split_dirs`` folder down
+    to ``<class>/<image>``). A FIFO or a link to a device is no file, so not listed."""
+    out: List[str] = []
+
+    def walk(rel: str, depth: int) -> None:
+        try:
+            entries = sorted(os.scandir(os.path.join(root, rel)), key=lambda e: e.name)
+        except (NotADirectoryError, FileNotFoundError):
+            return
+        for e in entries:
+            name = rel + e.name
+            if e.is_dir():
+                out.append(name + "/")
+                if depth > 1:
+                    walk(name + "/", depth - 1)
+            elif e.is_file():
+                out.append(name)
+
+    if split_dirs:
+        for d in dict.fromkeys(str(v).strip("/") for v in split_dirs.values()):
+            out.append(d + "/")
+            walk(d + "/", 2)
+    else:
+        walk("", 3)
+    return out
 
 
 def _not_recognised(names: Sequence[str], image_ids: np.ndarray, where: str, layout: str) -> str:

@@ -184,6 +184,11 @@ class FileReader:
         a, b = int(self._starts[member]), int(self._starts[member + 1])
         return bytes(self._blob[a:b]).decode("utf-8", "surrogateescape")
 
+    def below(self, folder: str, members: np.ndarray) -> "FileReader":
+        """A reader of ``members`` (in that order) rooted at ``folder``, a folder they are in."""
+        return FileReader(os.path.join(self.root, folder),
+                          [self.name(int(m))[len(folder):] for m in members])
+
     def path(self, member: int) -> str:
         return os.path.join(self.root, self.name(member))
 
