@@ -93,8 +93,8 @@ def _children(pid: int):
     return kids
 
 
-def _run_child(code: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _run_child(code: str, root: str = ROOT) -> dict:
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"child failed:\n{res.stderr[-3000:]}")
@@ -172,18 +172,17 @@ def _epoch_rate(cfg: dict, workers: int, batch: int):
 _STAGES = """
 import json, os, time
 from ebv_ms.data.dataset import archive_layout
-from ebv_ms.data.readers import ZipMemberReader
+from ebv_ms.data.readers import FileReader, ZipMemberReader
 from ebv_ms.data.source import decode_image, precheck, validate, _one_cv2_thread
 _one_cv2_thread()
 ix, lay = archive_layout({p!r}, {{}})
 r = ZipMemberReader(ix)
 members = lay.split("train").members.tolist()
-files = [os.path.join({folder!r}, ix.name(m)) for m in members]
+files = FileReader({folder!r}, [ix.name(m) for m in members])
 for m in members: r.read(m)  # warm the page cache
 t = time.process_time(); blobs = [r.read(m) for m in members]; zip_read = time.process_time() - t
 t = time.process_time()
-for f in files:
-    with open(f, "rb") as fh: fh.read()
+for i in range(len(members)): files.read(i)
 file_read = time.process_time() - t
 t = time.process_time()
 for b in blobs: precheck(b)
@@ -201,7 +200,7 @@ print(json.dumps({{"zip_read_us": 1e6 * zip_read / n, "file_read_us": 1e6 * file
 """
 
 
-def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int):
+def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int, baseline=None):
     from ebv_ms.tools.make_synthetic import extract_to_folder
     archive = photo_like_archive(os.path.join(tmp, "bench.zip"), n)
     folder = extract_to_folder(archive, os.path.join(tmp, "extracted"))
@@ -210,6 +209,10 @@ def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int):
     kinds = {"archive": {"path": archive, "image_size": 224},
              "folder": {"path": os.path.join(folder, "bench"), "format": "folder", "image_size": 224},
              "reference": {"path": os.path.join(folder, "bench"), "reference": True}}
+    roots = {k: ROOT for k in kinds}
+    if baseline:  # the same sources from another checkout, alternating with this one's
+        for k in ("archive", "folder"):
+            kinds[k + "@baseline"], roots[k + "@baseline"] = kinds[k], os.path.abspath(baseline)
     rows = []
     for w in workers_list:
         res = {k: [] for k in kinds}
@@ -217,7 +220,7 @@ def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int):
             for kind, cfg in kinds.items():
                 code = (f"import json; from benchmarks.data import _epoch_rate; "
                         f"print(json.dumps(_epoch_rate({cfg!r}, {w}, {batch})))")
-                first, rate, ms = _run_child(code)
+                first, rate, ms = _run_child(code, roots[kind])
                 res[kind].append((first, rate, ms))
                 print(f"  workers={w} repeat {r} {kind}: first epoch {first:.0f} img/s, then "
                       f"{rate:.0f} img/s, {ms:.2f} CPU ms/img", flush=True)
@@ -225,6 +228,9 @@ def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int):
         rows.append((w, med))
     stages = _run_child(_STAGES.format(p=archive, folder=folder))
     print("  stages", stages, flush=True)
+    if baseline:
+        stages["baseline"] = _run_child(_STAGES.format(p=archive, folder=folder), roots["archive@baseline"])
+        print("  stages (baseline)", stages["baseline"], flush=True)
     return rows, stages
 
 
@@ -322,12 +328,16 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-index", action="store_true")
     ap.add_argument("--tmp", default="/tmp", help="where the temporary archives go (deleted after)")
+    ap.add_argument("--baseline", metavar="CHECKOUT", help="also run the archive and folder "
+                    "pipelines from this source tree (e.g. a `git archive` of an older commit), "
+                    "alternating, and print this / baseline ratios")
     a = ap.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="ebv_data_bench_", dir=a.tmp)
     cmd = "flock /tmp/ebv_heavy.lock python benchmarks/data.py " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         rows, stages = (None, None) if a.skip_throughput else throughput(tmp, a.images, a.batch,
-                                                                         a.workers, a.repeats)
+                                                                         a.workers, a.repeats,
+                                                                         a.baseline)
         idx = None if a.skip_index else index_bench(tmp, a.members)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -343,8 +353,18 @@ def main(argv=None) -> int:
             ar, fo, re = m["archive"], m["folder"], m["reference"]
             print(f"| {w} | {ar[0]:.0f} / {ar[1]:.0f} | {fo[0]:.0f} / {fo[1]:.0f} | {re[0]:.0f} / {re[1]:.0f} "
                   f"| {ar[0] / re[0]:.2f}x | {ar[1] / re[1]:.2f}x | {ar[2]:.2f} | {re[2]:.2f} |")
+        if a.baseline:
+            print(f"\nThis checkout / baseline ({a.baseline}), img/s ratios, epoch 1 / epoch 2:")
+            print("| workers | archive | folder | stage: zip member read | stage: file read |")
+            print("|---|---|---|---|---|")
+            b = stages["baseline"]
+            for w, m in rows:
+                ar, ab, fo, fb = m["archive"], m["archive@baseline"], m["folder"], m["folder@baseline"]
+                print(f"| {w} | {ar[0] / ab[0]:.2f}x / {ar[1] / ab[1]:.2f}x | {fo[0] / fb[0]:.2f}x / "
+                      f"{fo[1] / fb[1]:.2f}x | {stages['zip_read_us']:.0f} us vs {b['zip_read_us']:.0f} us "
+                      f"| {stages['file_read_us']:.0f} us vs {b['file_read_us']:.0f} us |")
         print(f"\nPer-image stage costs (CPU time, one thread): read member from the zip (pread + CRC) "
-              f"{stages['zip_read_us']:.0f} us; read the extracted file (open + read) "
+              f"{stages['zip_read_us']:.0f} us; read the extracted file (FileReader: open, fstat, read) "
               f"{stages['file_read_us']:.0f} us; precheck (header walk) {stages['precheck_us']:.0f} us; "
               f"validate (precheck + 1/8-scale trial decode) {stages['validate_us']:.0f} us; "
               f"a full decode to RGB (OpenCV, for scale) {stages['decode_us']:.0f} us; "

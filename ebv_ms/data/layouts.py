@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from ..errors import EBVMSError
-from .readers import MAX_LIST_BYTES, BadMember, FileReader, read_regular
+from .readers import MAX_LIST_BYTES, BadMember, FileReader, printable, read_regular
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,10 @@ class Layout:
                           f"Set data.split_dirs.{name} to its folder, or data.split_lists.{name} to a list file")
 
     def describe(self) -> str:
-        parts = [f"layout {self.kind}" + (f", top folder '{self.root}'" if self.root else "")
+        parts = [f"layout {self.kind}" + (f", top folder '{printable(self.root)}'" if self.root else "")
                  + f", {self.num_classes} classes"]
         for k, v in self.splits.items():
-            parts.append(f"  {k}: {len(v.members)} samples from {v.origin}")
+            parts.append(f"  {printable(k)}: {len(v.members)} samples from {printable(v.origin)}")
         return "\n".join(parts)
 
 
