@@ -20,6 +20,7 @@ import logging
 import math
 import multiprocessing
 import os
+import stat
 import tempfile
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
@@ -31,6 +32,13 @@ __all__ = ["SCHEMA", "DEFAULTS", "Key", "Config", "ConfigError", "load_config", 
            "parse_override", "validate", "check_run", "save_config", "require", "schema_table"]
 
 _log = logging.getLogger("ebv_ms")
+
+
+def _show(value) -> str:
+    """``repr`` cut to one readable line (a 5,000-digit seed, a 100 KB string)."""
+    text = repr(value) if not isinstance(value, (dict, list)) or len(value) < 20 else \
+        f"<{type(value).__name__} of {len(value)} items>"
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
 
 class _Bad(Exception):
@@ -95,25 +103,25 @@ class Key:
     # ------------------------------------------------------------------ checking
     def _number(self, value, integer: bool):
         if isinstance(value, bool):
-            raise _Bad(f"expects {self.describe()}, got {value!r} (bool)")
+            raise _Bad(f"expects {self.describe()}, got {_show(value)} (bool)")
         if integer:
             if not isinstance(value, int):
-                raise _Bad(f"expects {self.describe()}, got {value!r} ({type(value).__name__})")
+                raise _Bad(f"expects {self.describe()}, got {_show(value)} ({type(value).__name__})")
         else:
             if isinstance(value, str):
                 # PyYAML reads "1e-4" (no dot) as a string: accept numbers written that way
                 try:
                     value = float(value)
                 except ValueError:
-                    raise _Bad(f"expects {self.describe()}, got {value!r} (str)") from None
+                    raise _Bad(f"expects {self.describe()}, got {_show(value)} (str)") from None
             if not isinstance(value, (int, float)):
-                raise _Bad(f"expects {self.describe()}, got {value!r} ({type(value).__name__})")
+                raise _Bad(f"expects {self.describe()}, got {_show(value)} ({type(value).__name__})")
             value = float(value)
             if not math.isfinite(value):
                 raise _Bad(f"expects a finite {self.describe()}, got {value}")
         if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)) or \
                 self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
-            raise _Bad(f"must be {self._range_text()}, got {value!r}")
+            raise _Bad(f"must be {self._range_text()}, got {_show(value)}")
         return value
 
     def check(self, value):
@@ -129,43 +137,45 @@ class Key:
             return self._number(value, False)
         if t == "bool":
             if not isinstance(value, bool):
-                raise _Bad(f"expects true or false, got {value!r} ({type(value).__name__})")
+                raise _Bad(f"expects true or false, got {_show(value)} ({type(value).__name__})")
             return value
         if t == "bool|str":
             if not isinstance(value, (bool, str)) or value == "":
-                raise _Bad(f"expects {self.describe()}, got {value!r}")
+                raise _Bad(f"expects {self.describe()}, got {_show(value)}")
             return value
         if t == "str":
             if not isinstance(value, str) or not (value or self.empty):
-                raise _Bad(f"expects a {'' if self.empty else 'non-empty '}string, got {value!r} ({type(value).__name__})")
+                raise _Bad(f"expects a {'' if self.empty else 'non-empty '}string, got {_show(value)} ({type(value).__name__})")
+            if "\0" in value:
+                raise _Bad(f"contains a NUL byte (\\0), which no path or name can hold: {_show(value)}")
             allowed = self.allowed()
             if allowed is not None:
                 for a in allowed:  # case-insensitive; the canonical spelling is kept
                     if value.lower() == a.lower():
                         return a
                 close = difflib.get_close_matches(value, allowed, n=1)
-                raise _Bad(f"must be one of {', '.join(allowed)}, got {value!r}"
+                raise _Bad(f"must be one of {', '.join(allowed)}, got {_show(value)}"
                            + (f"; did you mean '{close[0]}'?" if close else ""))
             return value
         if t == "pair":
             if not isinstance(value, (list, tuple)) or len(value) != 2:
-                raise _Bad(f"expects {self.describe()}, got {value!r}")
+                raise _Bad(f"expects {self.describe()}, got {_show(value)}")
             a, b = (self._number(v, False) for v in value)
             if a > b:
-                raise _Bad(f"expects [a, b] with a <= b, got {value!r}")
+                raise _Bad(f"expects [a, b] with a <= b, got {_show(value)}")
             return [a, b]
         if t in ("map", "splits"):
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-                raise _Bad(f"expects a mapping with string keys, got {value!r}")
-            if self.type == "splits" and not all(isinstance(v, str) and v for v in value.values()):
-                raise _Bad(f"expects a mapping of split name -> path (strings), got {value!r}")
+                raise _Bad(f"expects a mapping with string keys, got {_show(value)}")
+            if self.type == "splits" and not all(isinstance(v, str) and v and "\0" not in v for v in value.values()):
+                raise _Bad(f"expects a mapping of split name -> path (strings), got {_show(value)}")
             return dict(value)
         if t == "columns":
             ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
                 (isinstance(c, int) and not isinstance(c, bool) and c >= 0)
                 or (isinstance(c, str) and c) for c in value)
             if not ok:
-                raise _Bad(f"expects {self.describe()}, got {value!r}")
+                raise _Bad(f"expects {self.describe()}, got {_show(value)}")
             return list(value)
         raise AssertionError(f"unknown key type {t!r}")  # a bug in SCHEMA
 
@@ -340,7 +350,7 @@ def _merge(base: dict, update: Any, schema: Mapping, where: str, origins: Dict[s
     """Copy ``update`` into ``base``; unknown keys and non-mappings for sections are errors."""
     if not isinstance(update, Mapping):
         what = f"config section '{prefix[:-1]}'" if prefix else "the config"
-        raise ConfigError(f"{where}: {what} must be a mapping of keys, got {update!r}")
+        raise ConfigError(f"{where}: {what} must be a mapping of keys, got {_show(update)}")
     for key, value in update.items():
         path = f"{prefix}{key}"
         if key not in schema:
@@ -364,10 +374,9 @@ def parse_override(text: str) -> dict:
     if not all(parts):
         raise ConfigError(f"override '{text}': the key must look like key.sub (no empty parts)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{text}': the value is not valid YAML "
-                          f"({' '.join(str(exc).split())}); quote it, e.g. {key}='...'") from None
+        value = parse_yaml(raw, f"override '{key}'") if raw.strip() else None
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; quote the value, e.g. {key}='...'") from None
     out: dict = {}
     node = out
     for p in parts[:-1]:
@@ -376,23 +385,105 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def load_yaml(path: str) -> dict:
-    """The mapping in a YAML file, or a ConfigError saying why it cannot be read."""
+MAX_YAML_BYTES = 1 << 20   # a config is a few KB (the largest in configs/ is 3.1 KB)
+MAX_YAML_VALUES = 100_000  # after alias expansion: a 9x9 alias bomb is 387 million
+MAX_YAML_DEPTH = 32        # a config is 3 levels deep; 50,000 levels overflowed the parser's stack
+MAX_INT_DIGITS = 100       # longer integers stay text, refused by the key's check (no int() of 5,000 digits)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that bounds depth while composing and keeps huge integers as text."""
+
+    def compose_node(self, parent, index):
+        self._keys.append(index.value if isinstance(index, yaml.ScalarNode) else "[]")
+        if len(self._keys) > MAX_YAML_DEPTH:
+            keys = ".".join(k for k in self._keys[1:4] if k != "[]")
+            raise ConfigError(f"{self._where}: {'config key ' + repr(keys) + ' ' if keys else ''}"
+                              f"nests more than {MAX_YAML_DEPTH} levels deep (line "
+                              f"{self.get_mark().line + 1}); a config is a few levels of keys")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._keys.pop()
+
+    def construct_yaml_int(self, node):
+        if len(node.value) > MAX_INT_DIGITS:
+            return node.value
+        return super().construct_yaml_int(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Values in ``node`` with every alias expanded (what a walk of the result visits)."""
+    if id(node) in memo:
+        if memo[id(node)] is None:
+            raise ConfigError("an alias refers to the value that contains it")
+        return memo[id(node)]
+    memo[id(node)] = None
+    children = node.value if isinstance(node, yaml.SequenceNode) else \
+        [n for kv in node.value for n in kv] if isinstance(node, yaml.MappingNode) else []
+    memo[id(node)] = 1 + sum(_expanded_size(c, memo) for c in children)
+    return memo[id(node)]
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> plain data, bounded: at most ``MAX_YAML_BYTES``, ``MAX_YAML_DEPTH`` levels
+    and ``MAX_YAML_VALUES`` values after alias expansion (config files, overrides, a
+    checkpoint's stored config). A ConfigError names ``where`` and what was wrong."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text):,} characters of YAML, more than a config's "
+                          f"{MAX_YAML_BYTES:,}")
+    loader = _Loader(text)
+    loader._where, loader._keys = where, []
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"--config {path} is a folder; give a YAML file (e.g. "
-                          "configs/demo_cpu.yaml)") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the "
-                          "config as UTF-8") from None
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            size = _expanded_size(node, {})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if size > MAX_YAML_VALUES:
+            raise ConfigError(f"{where}: YAML aliases expand to {size:,} values (more than "
+                              f"{MAX_YAML_VALUES:,}); write the values out instead of aliasing them")
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from None
+    finally:
+        loader.dispose()
+
+
+def read_text(path: str, what: str, limit: int = MAX_YAML_BYTES) -> str:
+    """A regular file's UTF-8 text, at most ``limit`` bytes (a FIFO or device would block or
+    never end), or a ConfigError naming ``what`` (e.g. "--config")."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
     except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what} {path} is a folder; give a YAML file (e.g. "
+                              "configs/demo_cpu.yaml)")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what} {path} is not a regular file (a pipe or device); give a "
+                              "YAML file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path}: larger than {limit:,} bytes; a config is a few KB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save "
+                          "it as UTF-8") from None
+
+
+def load_yaml(path: str) -> dict:
+    """The mapping in a YAML config file, or a ConfigError saying why it cannot be used."""
+    data = parse_yaml(read_text(path, "config file"), str(path))
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -429,7 +520,8 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
     if path:
         _merge(cfg, load_yaml(path), SCHEMA, str(path), origins)
     for text in overrides:
-        _merge(cfg, parse_override(text), SCHEMA, f"override '{text}'", origins)
+        shown = text if len(text) <= 80 else text[:60] + "..."
+        _merge(cfg, parse_override(text), SCHEMA, f"override '{shown}'", origins)
     return validate(cfg, origins)
 
 
@@ -519,7 +611,7 @@ def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Confi
     broken = [k for k, v in SCHEMA.items() if isinstance(v, Mapping)
               and not isinstance(out.get(k), Mapping)]
     for k in broken:
-        bad(k, f"must be a mapping (a config section), got {out.get(k)!r}")
+        bad(k, f"must be a mapping (a config section), got {_show(out.get(k))}")
     for key, spec in _walk(SCHEMA):
         if key.split(".")[0] in broken:
             continue

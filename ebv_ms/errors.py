@@ -19,7 +19,8 @@ import sys
 import traceback
 from typing import Callable
 
-__all__ = ["EBVMSError", "ConfigError", "WriteError", "DivergenceError", "run_cli", "EXIT_USER_ERROR"]
+__all__ = ["EBVMSError", "ConfigError", "ModelError", "WriteError", "DivergenceError", "run_cli",
+           "EXIT_USER_ERROR"]
 
 EXIT_USER_ERROR = 2
 
@@ -30,6 +31,11 @@ class EBVMSError(Exception):
 
 class ConfigError(EBVMSError, ValueError):
     """A config that cannot be used; the message names the key and what to do."""
+
+
+class ModelError(EBVMSError, ValueError):
+    """A network that cannot be built as asked (backbone arguments, pretrained weights, a
+    backbone checkpoint, a precision setting); the message names the setting."""
 
 
 class WriteError(EBVMSError, OSError):

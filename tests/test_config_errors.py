@@ -351,6 +351,24 @@ def test_full_disk_names_the_file_and_keeps_last_ckpt(tmp_path):
         _umount(disk)
 
 
+@pytest.mark.parametrize("ext", ["npz", "npy", "pkl"])
+def test_full_disk_ebv_write_is_one_line_and_nothing_after_it(tmp_path, ext):
+    """An EBV set (the cache of train.py, or generate's --out) on a full disk: one line, exit 2,
+    no "Exception ignored ... seek of closed file" traceback from np.savez's open ZipFile."""
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "size=32k")
+    try:
+        r = subprocess.run([sys.executable, "-m", "ebv_ms.tools.generate", "-n", "100", "-d", "200",
+                            "--no-progress", "--out", str(disk / f"x.{ext}")], env=_env(),
+                           capture_output=True, text=True, timeout=300)
+        lines = [ln for ln in r.stderr.splitlines() if "[WARNING]" not in ln]
+        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert lines[0].startswith(f"generate: error: could not write {disk / f'x.{ext}'}")
+        assert os.listdir(disk) == []
+    finally:
+        _umount(disk)
+
+
 # --------------------------------------------------------------------------- the error types
 def test_one_base_class():
     from ebv_ms.data.layouts import LayoutError

@@ -267,3 +267,25 @@ def test_iterative_generators_hold_no_n_by_n_mask():
     assert out.returncode == 0, out.stderr[-2000:]
     grown_mb = float(out.stdout.strip().splitlines()[-1])
     assert grown_mb < 512, f"peak memory grew by {grown_mb:.0f} MB during the runs"
+
+
+@pytest.mark.parametrize("args", [["-n", "100000000", "-d", "3"],
+                                  ["-n", "1000", "-d", "1073741824", "--method", "kerdock"],
+                                  ["-n", "3000000", "-d", "3000", "--method", "orthonormal"]])
+def test_cli_refuses_sizes_beyond_this_machine_at_once(tmp_path, args):
+    """These grew to 4.6-7.3 GB, then ended in tracebacks (or ran for hours): the memory is
+    estimated before anything is allocated, and the refusal gives the figure. Under an 8 GB
+    address-space cap, with a 60 s limit, so the old behaviour fails the test instead of the box."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+    r = subprocess.run([sys.executable, "-m", "ebv_ms.tools.generate", *args, "--no-progress",
+                        "--out", str(tmp_path / "x.npy")], capture_output=True, text=True,
+                       timeout=60, preexec_fn=cap)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "GiB of memory" in lines[0] and "this machine has" in lines[0], r.stderr
+    assert not (tmp_path / "x.npy").exists()

@@ -39,6 +39,7 @@ from mindspore import nn
 
 from ebv_ms.ebv import EBVSet
 from ebv_ms.atomic import atomic_copy, atomic_path
+from ebv_ms.config import parse_yaml
 from ebv_ms.errors import EBVMSError
 
 __all__ = ["CheckpointError", "CheckpointState", "save_checkpoint", "load_checkpoint",
@@ -217,7 +218,7 @@ def _read_metadata(state: CheckpointState, meta_s, cfg_s, vec, raw) -> None:
     state.best_top1 = float(meta["best_top1"])
     state.best_epoch = int(meta["best_epoch"])
     state.metrics = meta.get("metrics", {})
-    state.config = yaml.safe_load(cfg_s) if cfg_s else None
+    state.config = parse_yaml(str(cfg_s), f"{path}: stored config") if cfg_s else None
     info = meta.get("ebv")
     if info:
         state.ebv_info = dict(info)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import numpy as np
@@ -60,6 +61,40 @@ def check_alpha(num_classes: int, dim: int, alpha: Optional[float]) -> None:
             f"{wb:.5f}; use alpha >= {wb:.5f} (or a larger --dim)")
 
 
+def _ram_bytes() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_needed(method: str, n: int, dim: int) -> int:
+    """Bytes a method needs at its peak for N x d (an estimate; the result itself is 4 N d).
+
+    Iterative: about eight N x d float32 copies (start, weights, Adam's two moments, gradient,
+    the step's "before", best and epoch copies) plus one step's cosine block (``block_rows``)
+    and ~500 bytes of index arrays and Tensors per row slice (1e8 one-row slices at N=1e8, d=3
+    grew past 7 GB before anything ran). Kerdock: the (d/2 + d) x d sign tables when a vector
+    lies outside the standard basis, plus ~64 MB chunks. Orthonormal / simplex: float64 QR
+    of a d x N draw (three N x d float64 arrays).
+    """
+    out = 4 * n * dim
+    if method in ("smoothmax", "official"):
+        from .iterative import block_rows
+        rows = block_rows(n, dim)
+        return 8 * out + 32 * rows * n + 500 * -(-n // rows)
+    if method in ("kerdock", "kerdock_padded"):
+        k = dim if method == "kerdock" else (cf.largest_kerdock_dim(n, dim) or 0)
+        return out + (3 * k * k // 2 + (1 << 26) if n > k else 0)
+    return out + 24 * n * dim
+
+
+def _check_memory(method: str, n: int, dim: int) -> None:
+    need, ram = memory_needed(method, n, dim), _ram_bytes()
+    if need > ram:
+        raise GenerationError(
+            f"N={n}, d={dim} with method {method!r} needs about {need / 2**30:,.1f} GiB of memory "
+            f"(the set alone is {4 * n * dim / 2**30:,.1f} GiB); this machine has "
+            f"{ram / 2**30:,.1f} GiB: use a smaller N or d")
+
+
 def _set_device(device_target: Optional[str]) -> None:
     if not device_target:
         return
@@ -80,6 +115,7 @@ def _progress_bar(enabled: bool, total: int, desc: str):
 
 
 def _closed(name: str, n: int, dim: int, alpha, seed: int) -> EBVSet:
+    _check_memory(name, n, dim)
     vec = cf.CLOSED_FORMS[name](n, dim, seed)
     extra = {"coherence": cf.closed_form_coherence(name, n, dim), "reached": True}
     if name == "kerdock_padded":
@@ -93,6 +129,7 @@ def _iterative(method: str, n: int, dim: int, alpha, seed: int, max_steps: Optio
                progress: bool, init: Optional[np.ndarray], init_name: str,
                time_limit: Optional[float], **kw) -> EBVSet:
     from .iterative import run_official, run_smoothmax
+    _check_memory(method, n, dim)
     steps = int(max_steps) if max_steps is not None else DEFAULT_STEPS[method]
     bar = _progress_bar(progress, steps, method)
 
@@ -171,6 +208,8 @@ def create_ebv(num_classes: int, dim: int, alpha: Optional[float] = None, method
     if closed is not None:
         try:
             return _closed(closed, n, d, alpha, seed)
+        except GenerationError:
+            raise
         except ValueError as exc:
             raise GenerationError(f"method {method!r} does not fit N={n}, d={d}: {exc}") from None
 
@@ -183,6 +222,7 @@ def create_ebv(num_classes: int, dim: int, alpha: Optional[float] = None, method
                           time_limit, **method_kwargs)
 
     # smoothmax, explicitly or as auto's fallback
+    _check_memory("smoothmax", n, d)
     _set_device(device_target)
     init, init_name = None, "normal"
     exact = cf.closed_form_for(n, d)

@@ -7,11 +7,14 @@ k-way classifier. Using mindcv keeps weights/checkpoints compatible with mindcv'
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Optional, Tuple, Union
 
 import mindspore as ms
 from mindspore import nn, ops
+
+from ..errors import ModelError
 
 __all__ = ["SmallCNN", "SmallMLP", "create_backbone", "is_backbone", "BACKBONES",
            "backbone_num_features"]
@@ -79,8 +82,12 @@ class SmallMLP(nn.Cell):
 def _load_backbone_checkpoint(model: nn.Cell, path: str, name: str) -> None:
     """Load a local mindcv/MindSpore checkpoint; classifier weights of another size are skipped."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone checkpoint for {name} not found: {path}")
-    params = ms.load_checkpoint(path)
+        raise ModelError(f"config key 'model.backbone_checkpoint': file not found: {path}")
+    try:
+        params = ms.load_checkpoint(path)
+    except (ValueError, RuntimeError) as exc:  # MindSpore's words for a damaged or foreign file
+        raise ModelError(f"config key 'model.backbone_checkpoint': {path} is not a readable "
+                         f"MindSpore checkpoint ({' '.join(str(exc).split())[:200]})") from None
     own = dict(model.parameters_and_names())
     skipped = []
     for key in list(params):
@@ -90,11 +97,40 @@ def _load_backbone_checkpoint(model: nn.Cell, path: str, name: str) -> None:
     not_loaded, _ = ms.load_param_into_net(model, params)
     missing = [k for k in not_loaded if not k.startswith("classifier.")]
     if missing:
-        raise ValueError(f"checkpoint {path} does not fit backbone {name}: {len(missing)} parameter(s) "
-                         f"missing, e.g. {missing[:3]}; is it a checkpoint of mindcv's {name}?")
+        raise ModelError(f"config key 'model.backbone_checkpoint': {path} does not fit backbone "
+                         f"{name}: {len(missing)} parameter(s) missing, e.g. {missing[:3]}; is it a checkpoint of mindcv's {name}?")
 
 
 _OWN = {"small_cnn": SmallCNN, "small_mlp": SmallMLP}
+
+
+def _check_own_kwargs(name: str, in_channels: int, kwargs: dict) -> None:
+    """Refuse, before building, arguments ``name`` does not take, widths that are not positive
+    integers, and weights larger than this machine's memory (widths [300000, 300000] asked
+    for 339 GiB)."""
+    sig = inspect.signature(_OWN[name])
+    try:
+        args = sig.bind(in_channels=in_channels, **kwargs)
+    except TypeError as exc:
+        takes = ", ".join(p for p in sig.parameters if p != "in_channels")
+        raise ModelError(f"config key 'model.backbone_kwargs': {name} takes {takes} ({exc})") from None
+    args.apply_defaults()
+    a = args.arguments
+    widths, size = a["widths"], a.get("image_size", 1)
+    ints = lambda v: all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)  # noqa: E731
+    if not (isinstance(widths, (list, tuple)) and widths and ints(widths)) or not ints([size]):
+        raise ModelError(f"config key 'model.backbone_kwargs': {name} needs widths as a list of "
+                         f"positive integers and a positive image_size, got {kwargs}")
+    c, k = ((1 if a.get("grayscale") else in_channels) * size * size, 1) if name == "small_mlp" \
+        else (in_channels, 9)
+    weights = 0
+    for w in widths:
+        weights, c = weights + k * c * w, w
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if 4 * weights > ram:
+        raise ModelError(f"config key 'model.backbone_kwargs': {name} with {kwargs} has "
+                         f"{weights:,} weights ({4 * weights / 2**30:,.1f} GiB of float32); this "
+                         f"machine has {ram / 2**30:,.1f} GiB: use smaller widths")
 
 
 def is_backbone(name: str) -> bool:
@@ -123,21 +159,25 @@ def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = Fals
         checkpoint_path, pretrained = pretrained, False
     if name in _OWN:
         if pretrained:
-            raise ValueError(f"{name} has no pretrained weights; set pretrained=False")
+            raise ModelError(f"{name} has no pretrained weights; set model.pretrained=false")
+        _check_own_kwargs(name, in_channels, kwargs)
         net = _OWN[name](in_channels=in_channels, **kwargs)
         if checkpoint_path:
             _load_backbone_checkpoint(net, checkpoint_path, name)
         return net, net.num_features, nn.Dense(net.num_features, out_dim)
 
     if not is_backbone(name):
-        raise ValueError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)} "
+        raise ModelError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)} "
                          f"or another mindcv model name")
     try:
         model = _mindcv().create_model(name, num_classes=out_dim, pretrained=bool(pretrained),
                              in_channels=in_channels, **kwargs)
     except Exception as exc:  # noqa: BLE001 - mindcv raises URLError/OSError/... when offline
+        if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):
+            raise ModelError(f"config key 'model.backbone_kwargs': mindcv's {name} does not take "
+                             f"{exc}".replace("got an unexpected keyword argument", "")) from None
         if pretrained:
-            raise RuntimeError(
+            raise ModelError(
                 f"could not load pretrained weights for {name} ({type(exc).__name__}: {exc}). "
                 f"pretrained=True downloads them from the internet; offline, download the mindcv "
                 f"checkpoint elsewhere and pass it as model.backbone_checkpoint=/path/{name}.ckpt "
@@ -147,7 +187,7 @@ def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = Fals
         _load_backbone_checkpoint(model, checkpoint_path, name)
     linear = getattr(model, "classifier", None)
     if not isinstance(linear, nn.Dense):
-        raise ValueError(f"mindcv model {name} has no 'classifier' Dense layer; not usable as a backbone here")
+        raise ModelError(f"mindcv model {name} has no 'classifier' Dense layer; not usable as a backbone here")
     num_features = int(linear.in_channels)
     model.classifier = nn.Identity()
     return model, num_features, linear

@@ -1,0 +1,82 @@
+"""Hostile configs (issue 17 sections 3 and 5): every one ends in one line naming the key or the
+file, exit 2, fast and small. Each runs the real command line in a subprocess under an address-
+space cap and a time limit, so the old behaviour (unbounded growth, a hang, a traceback) fails
+the test instead of the machine."""
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "configs" / "demo_cpu.yaml")
+BOMB = "{" + ", ".join([f"a0: &a0 [{', '.join(['x'] * 9)}]"] + [
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]) + "}"  # 9^9 values
+
+
+def _cap():
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+
+def _one_line(args, *needles, cwd=None):
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120,
+                       preexec_fn=_cap, cwd=cwd,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    lines = [ln for ln in r.stderr.splitlines() if "[WARNING]" not in ln]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert len(lines[0]) < 600, lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def _train(cfg_text, tmp_path, *overrides):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(cfg_text if "output_dir" in cfg_text else f"output_dir: {tmp_path / 'run'}\n"
+                   + cfg_text)
+    return [str(ROOT / "train.py"), "--config", str(cfg), f"data.path={DEMO}", *overrides]
+
+
+def test_alias_bomb_in_a_config_file_and_in_an_override(tmp_path):
+    _one_line(_train(f"model:\n  backbone_kwargs: {BOMB}\n", tmp_path), "c.yaml",
+              "aliases expand to")
+    _one_line(_train("", tmp_path, f"model.backbone_kwargs={BOMB}"),
+              "override 'model.backbone_kwargs'", "aliases expand to")
+    assert not (tmp_path / "run").exists()
+
+
+def test_alias_bomb_in_a_checkpoints_stored_config_is_refused_by_the_same_parser():
+    from ebv_ms.config import ConfigError, parse_yaml
+    with pytest.raises(ConfigError, match="aliases expand to 490,329,068 values"):
+        parse_yaml(f"model:\n  backbone_kwargs: {BOMB}\n", "run/last.ckpt: stored config")
+    with pytest.raises(ConfigError, match="refers to the value that contains it"):
+        parse_yaml("a: &a [1, *a]", "x")
+
+
+def test_config_that_is_a_fifo_does_not_hang(tmp_path):
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)
+    _one_line([str(ROOT / "train.py"), "--config", str(fifo)], str(fifo), "not a regular file")
+
+
+def test_deep_nesting_huge_numbers_and_nul_bytes_name_the_key(tmp_path):
+    deep = "[" * 50_000 + "]" * 50_000
+    _one_line(_train(f"model:\n  backbone_kwargs: {{a: {deep}}}\n", tmp_path),
+              "'model.backbone_kwargs.a'", "levels deep")
+    _one_line(_train("", tmp_path, "seed=" + "7" * 5000), "'seed'", "5,002 characters")
+    _one_line(_train("train:\n  epochs: " + "9" * 5000 + "\n", tmp_path), "'train.epochs'")
+    _one_line(_train('output_dir: "runs/a\\0b"\n', tmp_path), "'output_dir'", "NUL byte")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("backbone,kwargs,needle", [
+    ("small_cnn", "{foo: 1}", "foo"),
+    ("resnet18", "{foo: 1}", "foo"),
+    ("small_mlp", "{widths: [300000, 300000]}", "GiB of float32"),
+    ("small_mlp", "{widths: [abc]}", "positive integers"),
+])
+def test_backbone_kwargs_a_network_cannot_take(backbone, kwargs, needle):
+    _one_line(["-m", "ebv_ms.tools.params", "--config", DEMO, f"model.backbone={backbone}",
+               f"model.backbone_kwargs={kwargs}"], "'model.backbone_kwargs'", needle)
