@@ -374,7 +374,7 @@ def parse_override(text: str) -> dict:
     if not all(parts):
         raise ConfigError(f"override '{text}': the key must look like key.sub (no empty parts)")
     try:
-        value = parse_yaml(raw, f"override '{key}'") if raw.strip() else None
+        value = parse_yaml(raw, f"override '{_short(text)}'", "the value is ") if raw.strip() else None
     except ConfigError as exc:
         raise ConfigError(f"{exc}; quote the value, e.g. {key}='...'") from None
     out: dict = {}
@@ -428,7 +428,11 @@ def _expanded_size(node, memo: dict) -> int:
     return memo[id(node)]
 
 
-def parse_yaml(text: str, where: str) -> Any:
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:60] + "..."
+
+
+def parse_yaml(text: str, where: str, what: str = "") -> Any:
     """YAML text -> plain data, bounded: at most ``MAX_YAML_BYTES``, ``MAX_YAML_DEPTH`` levels
     and ``MAX_YAML_VALUES`` values after alias expansion (config files, overrides, a
     checkpoint's stored config). A ConfigError names ``where`` and what was wrong."""
@@ -450,7 +454,7 @@ def parse_yaml(text: str, where: str) -> Any:
                               f"{MAX_YAML_VALUES:,}); write the values out instead of aliasing them")
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"{where}: {what}not valid YAML: {' '.join(str(exc).split())}") from None
     finally:
         loader.dispose()
 
@@ -464,13 +468,13 @@ def read_text(path: str, what: str, limit: int = MAX_YAML_BYTES) -> str:
         raise ConfigError(f"{what} not found: {path}") from None
     except OSError as exc:
         raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ConfigError(f"{what} {path} is a folder; give a YAML file (e.g. configs/demo_cpu"
+                          ".yaml)" if stat.S_ISDIR(mode) else f"{what} {path} is not a regular "
+                          "file (a pipe or device); give a YAML file")
     with os.fdopen(fd, "rb") as f:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise ConfigError(f"{what} {path} is a folder; give a YAML file (e.g. "
-                              "configs/demo_cpu.yaml)")
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"{what} {path} is not a regular file (a pipe or device); give a "
-                              "YAML file")
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ConfigError(f"{what} {path}: larger than {limit:,} bytes; a config is a few KB")
@@ -520,8 +524,7 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
     if path:
         _merge(cfg, load_yaml(path), SCHEMA, str(path), origins)
     for text in overrides:
-        shown = text if len(text) <= 80 else text[:60] + "..."
-        _merge(cfg, parse_override(text), SCHEMA, f"override '{shown}'", origins)
+        _merge(cfg, parse_override(text), SCHEMA, f"override '{_short(text)}'", origins)
     return validate(cfg, origins)
 
 

@@ -4,6 +4,7 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
+from ebv_ms.errors import ModelError
 from ebv_ms.ebv import EBVSet
 from ebv_ms.loss import create_loss
 from ebv_ms.models import HEADS, create_backbone, create_classifier, create_classifier_from_config
@@ -107,7 +108,7 @@ def test_from_config_and_backbone_checkpoint(tmp_path):
     net2 = create_classifier("small_cnn", "fc", 6, backbone_checkpoint=path)
     w = dict(net2.parameters_and_names())["backbone.features.0.weight"].asnumpy()
     np.testing.assert_array_equal(w, dict(feats.parameters_and_names())["features.0.weight"].asnumpy())
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(ModelError, match="file not found"):
         create_classifier("small_cnn", "fc", 6, backbone_checkpoint=str(tmp_path / "missing.ckpt"))
     with pytest.raises(ValueError, match="no pretrained weights"):
         create_classifier("small_cnn", "fc", 6, pretrained=True)

@@ -240,7 +240,12 @@ CRAFTED = [  # (meta, config) -> text in the message
     (json.dumps({**GOOD_META, "metrics": [1]}), None, "metrics is a list, not a mapping"),
     (json.dumps(GOOD_META), "- a\n- b\n", "the recorded config is a list, not a mapping"),
     (json.dumps(GOOD_META), "seed: !!python/object/apply:os.system ['echo owned']\n",
-     "damaged checkpoint metadata (ConstructorError"),
+     "damaged checkpoint metadata (ConfigError: stored config: not valid YAML: could not "
+     "determine a constructor"),
+    (json.dumps(GOOD_META), "model: {a: &a [x, x, x, x], b: &b [*a, *a, *a, *a], c: &c [*b, *b, *b, *b],"
+     " d: &d [*c, *c, *c, *c], e: &e [*d, *d, *d, *d], f: &f [*e, *e, *e, *e], g: [*f, *f, *f, *f, *f, *f,"
+     " *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f, *f]}\n",
+     "stored config: YAML aliases expand to"),
     (json.dumps(GOOD_META), "model:\n  tau: 0\n", "'model.tau' must be > 0, got 0.0 (set in "
                                                   "checkpoint config)"),
     (json.dumps(GOOD_META), "model:\n  hed: 0\n", "unknown config key 'model.hed'"),

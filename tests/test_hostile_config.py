@@ -43,7 +43,7 @@ def test_alias_bomb_in_a_config_file_and_in_an_override(tmp_path):
     _one_line(_train(f"model:\n  backbone_kwargs: {BOMB}\n", tmp_path), "c.yaml",
               "aliases expand to")
     _one_line(_train("", tmp_path, f"model.backbone_kwargs={BOMB}"),
-              "override 'model.backbone_kwargs'", "aliases expand to")
+              "override 'model.backbone_kwargs={a0: &a0", "aliases expand to")
     assert not (tmp_path / "run").exists()
 
 

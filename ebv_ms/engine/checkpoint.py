@@ -218,7 +218,7 @@ def _read_metadata(state: CheckpointState, meta_s, cfg_s, vec, raw) -> None:
     state.best_top1 = float(meta["best_top1"])
     state.best_epoch = int(meta["best_epoch"])
     state.metrics = meta.get("metrics", {})
-    state.config = parse_yaml(str(cfg_s), f"{path}: stored config") if cfg_s else None
+    state.config = parse_yaml(str(cfg_s), "stored config") if cfg_s else None
     info = meta.get("ebv")
     if info:
         state.ebv_info = dict(info)
