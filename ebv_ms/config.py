@@ -646,21 +646,14 @@ def _not_a_file(key: str, path: Optional[str]) -> None:
 
 
 def _writable_dir(key: str, path: str) -> None:
-    """Prove a file can be written in ``path`` (root ignores mode bits, so only a real write
-    shows a read-only file system); folders made for the probe are removed again: the run
-    makes its folder once every check has passed (a failed run leaves nothing)."""
+    """Create ``path`` if needed and prove a file can be written there (root ignores mode bits,
+    so only a real write shows a read-only file system)."""
     _not_a_file(key, path)
-    made, p = [], os.path.abspath(path)
-    while not os.path.exists(p):
-        made.append(p)
-        p = os.path.dirname(p)
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
         os.close(fd)
         os.remove(probe)
-        for d in made:
-            os.rmdir(d)
     except OSError as exc:
         raise ConfigError(f"config key '{key}': cannot write into {path} "
                           f"({exc.strerror or exc}); choose a writable folder") from None
@@ -694,7 +687,7 @@ def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Co
     if not os.path.exists(cfg.data.path):
         raise ConfigError(f"config key 'data.path': {cfg.data.path} not found; point it at the "
                           ".zip archive or the dataset folder")
-    if training:
+    if training:  # last: the only check that creates something (the folder, if all else passed)
         _writable_dir("output_dir", str(cfg.output_dir))
     cores = multiprocessing.cpu_count()  # MindSpore's own bound (dataset validator_helpers)
     if cfg.data.num_workers > cores:

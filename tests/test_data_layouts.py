@@ -147,4 +147,4 @@ def test_a_layout_error_names_each_folder_once_and_leaves_no_run_folder(tmp_path
     assert r.returncode == 2, r.stderr[-2000:]
     err = [ln for ln in r.stderr.splitlines() if "error:" in ln]
     assert len(err) == 1 and "split 'train' not found (looked for train, training);" in err[0]
-    assert not (tmp_path / "runs").exists()
+    assert not out.exists()

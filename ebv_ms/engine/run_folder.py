@@ -49,10 +49,9 @@ class RunLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
-        self._made, p = [], os.path.abspath(self.folder)  # what `release(undo=True)` removes
-        while not os.path.exists(p):
-            self._made.append(p)
-            p = os.path.dirname(p)
+        # new or empty (as check_run's writability probe leaves it): `release(undo=True)` may
+        # remove it; ranks probe it at once, so check_run cannot remove it itself
+        self._new = not os.path.isdir(self.folder) or not os.listdir(self.folder)
         os.makedirs(self.folder, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -71,13 +70,12 @@ class RunLock:
 
     def release(self, undo: bool = False) -> None:
         """Give the folder up (the file stays: removing it would race with a waiting run).
-        ``undo`` (the run failed before writing anything): remove the folders this run made if
-        they hold only the lock."""
-        if self._fd is not None and undo and self._made and os.listdir(self.folder) == [LOCK_NAME]:
+        ``undo`` (the run failed before writing anything): remove the folder if it was new or
+        empty and holds only the lock."""
+        if self._fd is not None and undo and self._new and os.listdir(self.folder) == [LOCK_NAME]:
             os.unlink(self.path)
             try:
-                for d in self._made:
-                    os.rmdir(d)
+                os.rmdir(self.folder)
             except OSError:  # another process put something there meanwhile: keep it
                 pass
         if self._fd is not None:
