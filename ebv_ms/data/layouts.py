@@ -93,7 +93,7 @@ class Layout:
 
 
 def is_image(name: str) -> bool:
-    base = posixpath.basename(name)
+    base = name.rpartition("/")[2]
     return (base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
             and not name.startswith("__MACOSX/"))
 
@@ -534,7 +534,7 @@ def _walk(root: str, split_dirs: Mapping[str, str]) -> List[str]:
 
     def walk(rel: str, depth: int) -> None:
         try:
-            entries = sorted(os.scandir(os.path.join(root, rel)), key=lambda e: e.name)
+            entries = list(os.scandir(os.path.join(root, rel)))  # (order: folder_layout sorts)
         except (NotADirectoryError, FileNotFoundError):
             return
         for e in entries:
