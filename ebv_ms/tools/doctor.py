@@ -1,12 +1,13 @@
-"""``python -m ebv_ms.tools.doctor``: what this machine can run, and what to do about what it cannot.
+"""``python -m ebv_ms.tools.doctor``: what this machine can run, and what each device would need.
 
-Prints MindSpore's version and install, the Python environment, which device targets (CPU,
-GPU, Ascend) pass a small computation with a known answer plus ``mindspore.run_check()``
-(each in its own subprocess with a timeout, so a broken GPU plugin cannot hang or crash the
-check), the CUDA / cuDNN / NCCL libraries MindSpore 2.10's GPU plugins need (read from the
-installed ``libmindspore_gpu.so.11.{1,6}`` with ``ldd``: found or missing), mpirun and msrun
-(the launchers of scripts/run_distribute_{gpu,ascend}.sh), and every problem with its remedy.
-Exit status 0 when the CPU flow works (the quick start and the tests), 1 otherwise.
+The first lines say what runs here (the CPU demo, the tests and CPU training when the CPU target
+works), what GPU and Ascend would need, and the multi-rank launchers; then the details: each
+device target tried in its own subprocess with a timeout (a 2x3 matmul with a known answer plus
+``mindspore.run_check()``), the CUDA / cuDNN / NCCL libraries MindSpore 2.10's GPU plugins need
+(``ldd`` on ``libmindspore_gpu.so.11.{1,6}``), the Ascend chip (``npu-smi``), and the problems
+with their remedies. A device without its hardware (no ``nvidia-smi`` / ``npu-smi``) is "not
+here", not a problem. Every subprocess is time-bounded; one that hangs is a problem line.
+Exit status 0 when the CPU flow works, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ from typing import Dict, List, Optional
 # recommendation there ("CUDA11.1 with cuDNN8.0.x or CUDA11.6 with cuDNN8.5.x").
 GPU_PLUGINS = {"11.1": "cuDNN 8.0", "11.6": "cuDNN 8.5"}
 _CUDA_LIB = re.compile(r"^(libcu\w*|libnvrtc|libnccl|libnvidia_collective)")
+# MindSpore 2.10's default precision_mode is "must_keep_origin_dtype" (its docstring,
+# mindspore/device_context/ascend/op_precision.py); CANN's ATC guide says that mode cannot lower a
+# float32 operator whose AI Core kernel is float16-only, and the 910A's Cube unit multiplies
+# float16 only. docs/deploy.md has the consequence for the fp32 EBV head.
+ASCEND_910A = ("Ascend 910A: MindSpore 2.10 keeps fp32 MatMul in fp32 by default (precision_mode "
+               "must_keep_origin_dtype) and the 910A's Cube unit multiplies fp16 only, so the fp32 "
+               "EBV head and projection fall back to slow float32 kernels or fail to compile; "
+               "before training call mindspore.device_context.ascend.op_precision.precision_mode("
+               "'allow_fp32_to_fp16') (MatMul in fp16, vector ops stay fp32; docs/deploy.md)")
 
 _PROBE = r"""
 import sys, numpy as np, mindspore as ms
@@ -36,6 +46,20 @@ print("EBV_DOCTOR_OK")
 """
 
 
+def _run(cmd: List[str], timeout: float, problems: Optional[list] = None, **kw):
+    """``subprocess.run`` bounded by ``timeout``; a hang or a failure to start is a problem line
+    (when ``problems`` is given) and None, never an exception."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        if problems is not None:
+            why = (f"did not answer within {timeout:g} s (hung)"
+                   if isinstance(exc, subprocess.TimeoutExpired) else f"could not run ({exc})")
+            problems.append({"what": f"`{' '.join(cmd)}` {why}",
+                             "remedy": f"check {cmd[0]} by hand; the rest of the report is unaffected"})
+        return None
+
+
 def _mindspore_dir() -> Optional[str]:
     import importlib.util
     spec = importlib.util.find_spec("mindspore")
@@ -44,11 +68,9 @@ def _mindspore_dir() -> Optional[str]:
 
 def check_device(target: str, timeout: float = 120.0) -> Dict:
     """Run the probe for ``target`` in a fresh interpreter: {"ok", "detail"}."""
-    try:
-        r = subprocess.run([sys.executable, "-c", _PROBE, target], capture_output=True, text=True,
-                           timeout=timeout, env=dict(os.environ, GLOG_v="3"))
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "detail": f"no answer within {timeout:.0f} s (hung)"}
+    r = _run([sys.executable, "-c", _PROBE, target], timeout, env=dict(os.environ, GLOG_v="3"))
+    if r is None:
+        return {"ok": False, "detail": f"no answer within {timeout:g} s (hung)"}
     out = r.stdout + r.stderr
     if r.returncode == 0 and "EBV_DOCTOR_OK" in r.stdout and "successfully" in r.stdout:
         return {"ok": True, "detail": "2x3 matmul correct; mindspore.run_check() passed"}
@@ -58,54 +80,42 @@ def check_device(target: str, timeout: float = 120.0) -> Dict:
     why = why or (lines[-1] if lines else f"exit status {r.returncode}")
     if r.returncode < 0:
         why = f"crashed with signal {-r.returncode}"
-    return {"ok": False, "detail": why[:400]}
+    return {"ok": False, "detail": why.split(". ")[0][:200]}  # MindSpore's first sentence
 
 
-def gpu_libraries(ms_dir: str) -> Dict[str, Dict[str, Optional[str]]]:
+def gpu_libraries(ms_dir: str, timeout: float = 30.0,
+                  problems: Optional[list] = None) -> Dict[str, Dict[str, Optional[str]]]:
     """{CUDA version: {soname: path or None}} for each GPU plugin, from ``ldd`` (which resolves
     like the loader will: LD_LIBRARY_PATH, the plugin's RPATH incl. /usr/local/cuda/lib64, the
-    system cache). The NCCL MindSpore uses is bundled in plugin/gpu11.x/."""
+    system cache). The NCCL MindSpore uses is bundled in plugin/gpu11.x/. A hung ``ldd`` is
+    asked once, then left alone."""
     out: Dict[str, Dict[str, Optional[str]]] = {}
     plugin = os.path.join(ms_dir, "lib", "plugin")
+    ldd = shutil.which("ldd")
     for cuda in GPU_PLUGINS:
-        libs: Dict[str, Optional[str]] = {}
-        targets = [os.path.join(plugin, f"libmindspore_gpu.so.{cuda}"),
-                   os.path.join(plugin, f"gpu{cuda}", "libnvidia_collective.so")]
-        for so in targets:
-            if not os.path.isfile(so):
-                continue
-            libs.update(_ldd_cuda(so))
-        out[cuda] = libs
+        out[cuda] = {}
+        for so in (os.path.join(plugin, f"libmindspore_gpu.so.{cuda}"),
+                   os.path.join(plugin, f"gpu{cuda}", "libnvidia_collective.so")):
+            r = _run([ldd, so], timeout, problems) if ldd and os.path.isfile(so) else None
+            if ldd and os.path.isfile(so) and r is None:
+                ldd = None
+            for line in (r.stdout.splitlines() if r else []):
+                m = re.match(r"\s*(\S+)\s+=>\s+(not found|\S+)", line)
+                if m and _CUDA_LIB.match(m.group(1)):
+                    out[cuda][m.group(1)] = None if m.group(2) == "not found" else m.group(2)
     return out
 
 
-def _ldd_cuda(path: str) -> Dict[str, Optional[str]]:
-    ldd = shutil.which("ldd")
-    if not ldd:
-        return {}
-    r = subprocess.run([ldd, path], capture_output=True, text=True, timeout=30)
-    found: Dict[str, Optional[str]] = {}
-    for line in r.stdout.splitlines():
-        m = re.match(r"\s*(\S+)\s+=>\s+(not found|\S+)", line)
-        if m and _CUDA_LIB.match(m.group(1)):
-            found[m.group(1)] = None if m.group(2) == "not found" else m.group(2)
-    return found
+def _tool(name: str, timeout: float, problems: list, args=("--version",)) -> Optional[str]:
+    """``path (first line of its --version)``, or None when it is not installed."""
+    path = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+    r = _run([path, *args], timeout, problems) if path else None
+    first = (r.stdout or r.stderr).strip().splitlines() if r else []
+    return f"{path} ({first[0]})" if first and r.returncode == 0 else path
 
 
-def _tool(name: str) -> Optional[str]:
-    venv_bin = os.path.dirname(sys.executable)
-    path = shutil.which(name) or shutil.which(name, path=venv_bin)
-    if not path:
-        return None
-    try:
-        r = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-        first = (r.stdout or r.stderr).strip().splitlines()
-        return f"{path} ({first[0]})" if first and r.returncode == 0 else path
-    except (OSError, subprocess.TimeoutExpired):
-        return path
-
-
-def diagnose(timeout: float = 120.0, targets=("CPU", "GPU", "Ascend")) -> Dict:
+def diagnose(timeout: float = 120.0, targets=("CPU", "GPU", "Ascend"),
+             tool_timeout: float = 30.0) -> Dict:
     """Everything the report prints, as a dict (``--json``)."""
     rep: Dict = {"python": sys.version.split()[0], "executable": sys.executable,
                  "venv": sys.prefix if sys.prefix != sys.base_prefix else None, "problems": []}
@@ -128,27 +138,18 @@ def diagnose(timeout: float = 120.0, targets=("CPU", "GPU", "Ascend")) -> Dict:
     if rep["mindspore"] != "2.10.0":
         problems.append({"what": f"MindSpore {rep['mindspore']} installed; this project pins 2.10.0",
                          "remedy": "pip install mindspore==2.10.0 'numpy<2' (or bash scripts/setup_env.sh)"})
-
     rep["devices"] = {t: check_device(t, timeout) for t in targets}
-    libs = gpu_libraries(ms_dir)
-    rep["gpu_libraries"] = libs
+    rep["gpu_libraries"] = libs = gpu_libraries(ms_dir, tool_timeout, problems)
+    rep["nvidia_smi"] = _tool("nvidia-smi", tool_timeout, problems, ("-L",))
+    rep["npu_smi"] = _tool("npu-smi", tool_timeout, problems, ("info",))
+    chip = re.search(r"\b910(?:Pro|Premium)?A?\b(?!\w)", rep["npu_smi"] or "")
+    rep["ascend_notes"] = [ASCEND_910A] if chip and "910B" not in (rep["npu_smi"] or "") else []
     for t, res in rep["devices"].items():
-        if res["ok"]:
-            continue
-        if t == "CPU":
-            problems.append({"what": f"CPU target fails: {res['detail']}",
-                             "remedy": "reinstall: rm -rf .venv && bash scripts/setup_env.sh"})
-        elif t == "GPU":
-            problems.append({"what": f"GPU target unavailable: {res['detail']}",
-                             "remedy": _gpu_remedy(libs)})
-        else:
-            problems.append({"what": f"Ascend target unavailable: {res['detail']}",
-                             "remedy": "on an Ascend machine: install the CANN toolkit matching "
-                                       "MindSpore 2.10 and `source /usr/local/Ascend/ascend-toolkit/"
-                                       "set_env.sh` before running; nothing to do elsewhere"})
-    rep["nvidia_smi"] = _tool("nvidia-smi")
-    rep["mpirun"] = _tool("mpirun")
-    rep["msrun"] = _tool("msrun")
+        hardware = {"CPU": True, "GPU": rep["nvidia_smi"], "Ascend": rep["npu_smi"]}[t]
+        if not res["ok"] and hardware:  # without the hardware it is "not here", not a problem
+            problems.append({"what": f"{t} target fails: {res['detail']}", "remedy": _needs(t, libs)})
+    rep["mpirun"] = _tool("mpirun", tool_timeout, problems)
+    rep["msrun"] = _tool("msrun", tool_timeout, problems)
     if rep["mpirun"] is None:
         problems.append({"what": "mpirun not found (scripts/run_distribute_gpu.sh and the 2-rank "
                                  "tests need it)",
@@ -160,42 +161,57 @@ def diagnose(timeout: float = 120.0, targets=("CPU", "GPU", "Ascend")) -> Dict:
     return rep
 
 
-def _gpu_remedy(libs: Dict[str, Dict[str, Optional[str]]]) -> str:
-    parts = []
-    for cuda, found in libs.items():
-        missing = sorted(k for k, v in found.items() if v is None)
-        if missing:
-            parts.append(f"CUDA {cuda} plugin misses {', '.join(missing)}")
-    driver = any(k == "libcuda.so.1" and v for f in libs.values() for k, v in f.items())
-    text = "; ".join(parts) + ". " if parts else ""
-    text += ("MindSpore 2.10's GPU plugins are built for CUDA 11.1 (with cuDNN 8.0) and CUDA 11.6 "
-             "(with cuDNN 8.5): install one CUDA 11.x toolkit and cuDNN 8 for it, and put their "
-             "lib64 on the loader path (export LD_LIBRARY_PATH=/usr/local/cuda-11.6/lib64:"
-             "$LD_LIBRARY_PATH, or /usr/local/cuda -> cuda-11.6)")
-    if not driver:
-        text += "; libcuda.so.1 comes with the NVIDIA driver: install it (nvidia-smi must work)"
-    return text + ". NCCL is bundled with MindSpore (lib/plugin/gpu11.x/libnccl.so.2)."
+def _needs(target: str, libs: Dict[str, Dict[str, Optional[str]]]) -> str:
+    """What ``target`` needs on a machine, with what is missing here."""
+    if target == "CPU":
+        return "reinstall: rm -rf .venv && bash scripts/setup_env.sh"
+    if target == "Ascend":
+        return ("an Ascend NPU (npu-smi) with the CANN toolkit matching MindSpore 2.10, set up by "
+                "`source /usr/local/Ascend/ascend-toolkit/set_env.sh` before running")
+    missing = sorted({k for found in libs.values() for k, v in found.items() if v is None})
+    return ("an NVIDIA GPU with its driver (nvidia-smi, libcuda.so.1) and one CUDA 11.x toolkit "
+            "with cuDNN 8 for MindSpore 2.10's plugins (CUDA 11.6 + cuDNN 8.5, or 11.1 + 8.0) on "
+            "the loader path (export LD_LIBRARY_PATH=/usr/local/cuda-11.6/lib64:$LD_LIBRARY_PATH)"
+            + (f"; missing here: {', '.join(missing)}" if missing else "")
+            + "; NCCL is bundled with MindSpore")
 
 
 def format_report(rep: Dict) -> str:
-    lines = [f"MindSpore  {rep.get('mindspore') or 'NOT INSTALLED'}  ({rep.get('mindspore_dir')})",
-             f"Python     {rep['python']}  {rep['executable']}",
-             f"venv       {rep['venv'] or 'none (system Python)'}"]
-    for t, res in (rep.get("devices") or {}).items():
+    """The summary (what runs here, what each device needs), then the details."""
+    devices = rep.get("devices") or {}
+    cpu = devices.get("CPU")
+    lines = []
+    if cpu is not None:
+        lines.append("can run    : " + ("the CPU demo, the tests and CPU training (device_target=CPU)"
+                                        if cpu["ok"] else "nothing: the CPU target fails (see problems)"))
+    for t in ("GPU", "Ascend"):
+        if t in devices:
+            state = ("works here: training and the launchers on this device" if devices[t]["ok"]
+                     else "FAILS although the hardware is there (see problems)"
+                     if rep.get({"GPU": "nvidia_smi", "Ascend": "npu_smi"}[t]) else
+                     f"not here; needs {_needs(t, rep.get('gpu_libraries') or {})}")
+            lines.append(f"{t:<11}: {state}")
+    lines += [f"Ascend note: {n}" for n in rep.get("ascend_notes", [])]
+    if "mpirun" in rep:
+        lines.append(f"multi-rank : mpirun {'found' if rep['mpirun'] else 'MISSING'} (GPU/CPU "
+                     f"clusters), msrun {'found' if rep['msrun'] else 'MISSING'} (Ascend)")
+    n = len(rep["problems"])
+    lines.append(f"{n} problem(s), listed at the end" if n else "no problems found")
+    lines += ["", "details:",
+              f"MindSpore  {rep.get('mindspore') or 'NOT INSTALLED'}  ({rep.get('mindspore_dir')})",
+              f"Python     {rep['python']}  {rep['executable']}",
+              f"venv       {rep['venv'] or 'none (system Python)'}"]
+    for t, res in devices.items():
         lines.append(f"device {t:<7}{'ok     ' if res['ok'] else 'NOT OK '} {res['detail']}")
     for cuda, found in (rep.get("gpu_libraries") or {}).items():
         lines.append(f"GPU plugin for CUDA {cuda} ({GPU_PLUGINS[cuda]}) needs:")
-        for name, path in sorted(found.items()):
-            lines.append(f"    {name:<28} {path or 'MISSING'}")
-    for k in ("nvidia_smi", "mpirun", "msrun"):
+        lines += [f"    {name:<28} {path or 'MISSING'}" for name, path in sorted(found.items())]
+    for k in ("nvidia_smi", "npu_smi", "mpirun", "msrun"):
         if k in rep:
-            lines.append(f"{k.replace('_', '-'):<10} {rep[k] or 'not found'}")
-    if rep["problems"]:
-        lines.append(f"\n{len(rep['problems'])} problem(s):")
-        for i, p in enumerate(rep["problems"], 1):
-            lines.append(f"{i}. {p['what']}\n   remedy: {p['remedy']}")
-    else:
-        lines.append("\nno problems found")
+            lines.append(f"{k.replace('_', '-'):<10} {(rep[k] or 'not found').splitlines()[0]}")
+    if n:
+        lines.append(f"\n{n} problem(s):")
+        lines += [f"{i}. {p['what']}\n   remedy: {p['remedy']}" for i, p in enumerate(rep["problems"], 1)]
     return "\n".join(lines)
 
 
@@ -203,9 +219,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ebv_ms.tools.doctor", description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per device check")
+    ap.add_argument("--tool-timeout", type=float, default=30.0,
+                    help="seconds for each tool asked (ldd, nvidia-smi, npu-smi, mpirun, msrun)")
     ap.add_argument("--targets", default="CPU,GPU,Ascend", help="device targets to try")
     a = ap.parse_args(argv)
-    rep = diagnose(a.timeout, tuple(t for t in a.targets.split(",") if t))
+    rep = diagnose(a.timeout, tuple(t for t in a.targets.split(",") if t), a.tool_timeout)
     print(json.dumps(rep, indent=1) if a.json else format_report(rep))
     cpu = (rep.get("devices") or {}).get("CPU")
     return 0 if rep.get("mindspore") and (cpu is None or cpu["ok"]) else 1
