@@ -267,7 +267,7 @@ def test_names_cannot_forge_or_colour_predict_output(demo_run, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     forged = "x.jpg: 7 100.0%\nevil"
-    names = [f"{forged}.jpg", "\x1b[31mred.jpg", "plain.jpg"]
+    names = [f"{forged}.jpg", "\x1b[31mred.jpg", "plain.jpg", os.fsdecode(b"caf\xe9.jpg")]
     for i, n in enumerate(names):
         (folder / n).write_bytes(flat_jpeg(i, 32))
     z = write_zip(str(tmp_path / "m.zip"), {f"in/{forged}.jpg": flat_jpeg(1, 32),
@@ -276,11 +276,13 @@ def test_names_cannot_forge_or_colour_predict_output(demo_run, tmp_path):
     text = run_script("predict.py", args, tmp_path)
     assert text.returncode == 0, text.stderr[-2000:]
     lines = text.stdout.splitlines()
-    assert len(lines) == 4 and not any("\x1b" in s or "\x07" in s for s in (text.stdout, text.stderr))
-    assert sum(ln.startswith(str(folder)) for ln in lines) == 3
+    assert len(lines) == 5 and not any("\x1b" in s or "\x07" in s for s in (text.stdout, text.stderr))
+    assert sum(ln.startswith(str(folder)) for ln in lines) == 4
     assert "x.jpg: 7 100.0%\\nevil.jpg: " in text.stdout and "\\x1b[31mred.jpg: " in text.stdout
+    assert "caf\\udce9.jpg: " in text.stdout  # undecodable bytes of a file name
     assert "skipped " + z + ":in/\\x1b]0;title\\x07.png" in text.stderr
     js = run_script("predict.py", args + ["--json"], tmp_path)
+    assert js.returncode == 0, js.stderr[-2000:]
     recs = [json.loads(ln) for ln in js.stdout.splitlines()]
     assert sorted(r["image"] for r in recs) == sorted(
         [str(folder / n) for n in names] + [f"{z}:in/{forged}.jpg", f"{z}:in/\x1b]0;title\x07.png"])
