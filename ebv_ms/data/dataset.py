@@ -74,30 +74,28 @@ class DatasetInfo:
     recipe: str
     soft_targets: bool        # labels are float32 (B, num_classes) (A2) instead of int32 (B,)
     description: str          # where the samples came from (layout, folders, lists)
-    source: Optional[ImageSource] = field(default=None, repr=False)
-    bad: Optional[BadSampleLog] = field(default=None, repr=False)
-    sampler: Optional[ShardSampler] = field(default=None, repr=False)
-    batch_counter: Optional[List[int]] = field(default=None, repr=False)  # seeds per-batch randomness
+    source: ImageSource = field(repr=False)
+    bad: BadSampleLog = field(repr=False)
+    sampler: ShardSampler = field(repr=False)
+    batch_counter: List[int] = field(repr=False)  # seeds per-batch randomness
 
     def set_start_epoch(self, epoch: int) -> None:
         """Make the next pass the one an uninterrupted run would make as epoch ``epoch``
         (0-based): the same shuffle and the same per-batch randomness (random erasing,
         mixup/cutmix), so a resumed run sees the data it would have seen."""
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-        if self.batch_counter is not None:
-            self.batch_counter[0] = int(epoch) * self.steps_per_epoch
+        self.sampler.set_epoch(epoch)
+        self.batch_counter[0] = int(epoch) * self.steps_per_epoch
 
     def bad_count(self, epoch: Optional[int] = None) -> int:
         """Bad (skipped) samples seen in ``epoch`` (0-based), or in all epochs so far."""
-        return self.bad.count(epoch) if self.bad else 0
+        return self.bad.count(epoch)
 
     def bad_names(self, epoch: Optional[int] = None) -> List[str]:
-        return self.bad.names(epoch) if self.bad else []
+        return self.bad.names(epoch)
 
     def bad_report(self, epoch: Optional[int] = None, limit: int = 20) -> str:
         """'' if none, else a line per bad sample with the reason (re-read here, cheaply)."""
-        idx = self.bad.indices(epoch) if self.bad else []
+        idx = self.bad.indices(epoch)
         if not idx:
             return ""
         lines = [f"{len(idx)} bad sample(s) skipped in {self.split}"

@@ -334,8 +334,7 @@ class ImageSource:
     """Rows ``(image, label int32, meta int64 [epoch, bad])`` for ``GeneratorDataset``.
 
     ``image`` is the encoded file as uint8 (n,) for ``vision.Decode`` (JPEG, PNG, BMP, TIFF;
-    WebP/GIF are decoded here and passed on as BMP), or, with ``decode=True``, RGB uint8 (H, W, 3)
-    decoded here with OpenCV.
+    WebP/GIF are decoded here and passed on as BMP).
 
     The key asked for is ``epoch * len(self) + index`` (see ``ShardSampler(encode_epoch=True)``);
     ``bad`` is the index of a sample that could not be decoded and was replaced, or -1.
@@ -355,7 +354,7 @@ class ImageSource:
             are bad samples, refused before they are read (0: no limit).
     """
 
-    def __init__(self, reader, members: np.ndarray, labels: np.ndarray, decode: bool = False,
+    def __init__(self, reader, members: np.ndarray, labels: np.ndarray,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = MAX_IMAGE_BYTES):
         if len(members) != len(labels):
             raise ValueError("members and labels differ in length")
@@ -364,7 +363,6 @@ class ImageSource:
         self.reader = reader
         self.members = np.ascontiguousarray(members, dtype=np.int64)
         self.labels = np.ascontiguousarray(labels, dtype=np.int32)
-        self.decode = bool(decode)
         self.max_pixels = int(max_pixels or 0)
         self.max_bytes = int(max_bytes or 0)
         self._known_bad: dict = {}
@@ -418,7 +416,7 @@ class ImageSource:
         for k in range(min(n, _MAX_SUBSTITUTES)):
             j = (i + k) % n
             try:
-                img = self.load(j, self.decode)
+                img = self.load(j, decode=False)
             except BadMember:
                 if k == 0:
                     bad = i
