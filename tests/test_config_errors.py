@@ -279,7 +279,7 @@ def test_resume_from_damaged_or_crafted_metadata(capsys, tmp_path, demo_zip, met
 
 # --------------------------------------------------------------------------- other CLIs, --debug
 def test_every_command_line_reports_one_line(capsys, tmp_path):
-    from ebv_ms import generate, inspect, params
+    from ebv_ms.tools import generate, inspect, params
     from ebv_ms.tools import inspect_data as data_inspect
     from ebv_ms.engine import distributed, ebv_source
     _fails(capsys, generate.main, ["-n", "10", "-d", "4", "--alpha", "0.1", "--out",

@@ -129,6 +129,7 @@ def test_parse_list_errors_name_the_line():
     assert paths == ["./a.jpg"] and labels.dtype == np.int32 and labels.tolist() == [3]
 
 
+@pytest.mark.slow
 def test_a_layout_error_names_each_folder_once_and_leaves_no_run_folder(tmp_path):
     """train.py on a folder with no training split: one error line listing each name it looked
     for once, exit 2, and no run folder (it used to stay, empty but for .run.lock)."""

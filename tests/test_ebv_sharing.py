@@ -70,6 +70,7 @@ def _write(kind, ebv, folder):
 
 
 @pytest.mark.parametrize("kind", ["native", "numpy_npz", "deflated", "npy"])
+@pytest.mark.slow
 def test_loading_a_set_holds_one_copy_at_its_peak(tmp_path, big_set, kind):
     """Peak RSS of load_ebv stays below matrix + 0.4 x matrix (reading a whole member and then
     copying it peaked at 2 x matrix), and the vectors are exact."""
@@ -87,6 +88,7 @@ def test_loading_a_set_holds_one_copy_at_its_peak(tmp_path, big_set, kind):
                                 f"{MATRIX / MB:.0f} MB matrix"
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_mapped_set_and_its_head(tmp_path, big_set):
     """Rank-like processes load the same native file: the second one's proportional set size
     grows by about half the matrix (the pages are shared), also after building an EBVHead and
@@ -165,6 +167,7 @@ def test_two_ranks_with_their_own_cache_folders_get_rank0s_sets(tmp_path):
 # ------------------------------------------------------------------ the run's EBV file
 
 
+@pytest.mark.slow
 def test_run_ebv_file_is_ready_before_the_first_checkpoint(tmp_path, demo_zip):
     """A set too large for the checkpoints (inline threshold 0, as at 100k x 5000) is placed
     next to them at set-up, as a hard link to the cache file it is mapped from: the first
