@@ -35,6 +35,7 @@ def parse_args(argv=None):
                    help="device MindSpore compiles the graph on (default CPU; AIR needs Ascend)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="config overrides, e.g. model.ebv_dtype=float16")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     return p.parse_args(argv)
 
 
@@ -53,19 +54,15 @@ def run(args):
 
 def main(argv=None) -> int:
     import gc
-    code = _main(parse_args(argv))
+    from ebv_ms.errors import run_cli
+    args = parse_args(argv)
+    code = run_cli("export.py", lambda: _main(args), debug=args.debug)
     gc.collect()  # free the network's Cells now: at interpreter exit MindSpore is half torn down
     return code
 
 
 def _main(args) -> int:
-    from ebv_ms.deploy.exporting import ExportError
-    from ebv_ms.engine.errors import user_errors
-    try:
-        meta, sidecar = run(args)
-    except (ExportError, *user_errors()) as exc:
-        print(f"export.py: error: {exc}", file=sys.stderr)
-        return 2
+    meta, sidecar = run(args)
     spec = meta["input"]
     print(f"exported {meta['backbone']} + {meta['head']} head ({meta['num_classes']} classes) "
           f"as {meta['file_format']}: load {meta['model']}")

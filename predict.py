@@ -33,6 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value",
                    help="--ckpt only: config override on top of the checkpoint's (repeatable)")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     return p.parse_args(argv)
 
 
@@ -51,37 +52,31 @@ def open_source(args):
 
 def main(argv=None) -> int:
     import gc
-    code = _main(parse_args(argv))
+    from ebv_ms.errors import run_cli
+    args = parse_args(argv)
+    code = run_cli("predict.py", lambda: _main(args), debug=args.debug)
     gc.collect()  # free the network's Cells now: at interpreter exit MindSpore is half torn down
     return code
 
 
 def _main(args) -> int:
-    from ebv_ms.deploy.exporting import ExportError
     from ebv_ms.deploy.predicting import PredictError, collect_images, predict, text_line
-    from ebv_ms.engine.errors import user_errors
     if args.topk < 1:
-        print("predict.py: error: --topk must be >= 1", file=sys.stderr)
-        return 2
+        raise PredictError("--topk must be >= 1")
     n_ok = n_bad = 0
-    try:
-        lists = collect_images(args.paths)
-        runner, names, transform = open_source(args)
-        for rec in predict(runner, transform, names, lists, args.topk,
-                           progress=not args.no_progress):
-            if "error" in rec:
-                n_bad += 1
-                print(f"predict.py: {text_line(rec)}", file=sys.stderr)
-            else:
-                n_ok += 1
-            if args.json:  # exact names; \u-escaped only where not UTF-8 (undecodable bytes)
-                line = json.dumps(rec, ensure_ascii=False)
-                print(line if line.isascii() or _utf8(line) else json.dumps(rec))
-            elif "topk" in rec:
-                print(text_line(rec))
-    except (PredictError, ExportError, *user_errors()) as exc:
-        print(f"predict.py: error: {exc}", file=sys.stderr)
-        return 2
+    lists = collect_images(args.paths)
+    runner, names, transform = open_source(args)
+    for rec in predict(runner, transform, names, lists, args.topk, progress=not args.no_progress):
+        if "error" in rec:
+            n_bad += 1
+            print(f"predict.py: {text_line(rec)}", file=sys.stderr)
+        else:
+            n_ok += 1
+        if args.json:  # exact names; \u-escaped only where not UTF-8 (undecodable bytes)
+            line = json.dumps(rec, ensure_ascii=False)
+            print(line if line.isascii() or _utf8(line) else json.dumps(rec))
+        elif "topk" in rec:
+            print(text_line(rec))
     if n_bad:
         print(f"predict.py: {n_ok} image(s) predicted, {n_bad} skipped (reasons above)",
               file=sys.stderr)

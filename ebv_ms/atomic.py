@@ -1,5 +1,6 @@
-"""Atomic file writes, used for everything the project saves (checkpoints, EBV sets, logs,
-caches, demo archives).
+"""Atomic file writes, used for every file the project writes whole (checkpoints, EBV sets,
+config.yaml, classes.json, export sidecars, caches, demo archives); logs are appended line by
+line instead.
 
 ``atomic_path(target)`` hands out a hidden temporary sibling of ``target``; when the block ends
 cleanly the temporary is flushed to disk and ``os.replace``d over the target, so a kill at any

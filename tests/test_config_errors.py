@@ -383,8 +383,12 @@ def test_one_base_class():
     from ebv_ms.engine.checkpoint import CheckpointError
     from ebv_ms.engine.distributed import DistributedError
     from ebv_ms.generation import GenerationError
+    from ebv_ms.deploy.exporting import ExportError
+    from ebv_ms.deploy.predicting import PredictError
+    from ebv_ms.errors import ModelError
     for cls in (ConfigError, EBVError, CheckpointError, DataError, ArchiveError, LayoutError,
-                GenerationError, DistributedError, WriteError):
+                GenerationError, DistributedError, WriteError, ExportError, PredictError,
+                ModelError):
         assert issubclass(cls, EBVMSError), cls
     assert issubclass(WriteError, OSError) and issubclass(ConfigError, ValueError)
 
@@ -431,3 +435,4 @@ def test_a_checkpoint_config_with_a_retired_key_still_loads():
     assert cfg.train.epochs == 3 and "debug_kill_at_step" not in cfg.train
     with pytest.raises(ConfigError, match="unknown config key 'train.debug_kill_at_step'"):
         load_config(None, ["train.debug_kill_at_step=3"])
+

@@ -80,3 +80,19 @@ def test_deep_nesting_huge_numbers_and_nul_bytes_name_the_key(tmp_path):
 def test_backbone_kwargs_a_network_cannot_take(backbone, kwargs, needle):
     _one_line(["-m", "ebv_ms.tools.params", "--config", DEMO, f"model.backbone={backbone}",
                f"model.backbone_kwargs={kwargs}"], "'model.backbone_kwargs'", needle)
+
+
+def test_bad_backbone_checkpoints_are_user_errors(tmp_path):
+    """A backbone_checkpoint of another network, or not a checkpoint at all, is an EBVMSError
+    naming the key (it was ValueError / MindSpore's own error: a traceback)."""
+    import mindspore as ms
+    from ebv_ms.errors import EBVMSError
+    from ebv_ms.models import create_backbone
+    feats, _, _ = create_backbone("small_cnn", 4)
+    ms.save_checkpoint(feats, str(tmp_path / "cnn.ckpt"))
+    (tmp_path / "junk.ckpt").write_bytes(b"\x00not a checkpoint" * 64)
+    for path, needle in (("cnn.ckpt", "does not fit backbone small_mlp"),
+                         ("junk.ckpt", "not a readable MindSpore checkpoint")):
+        with pytest.raises(EBVMSError, match=needle) as e:
+            create_backbone("small_mlp", 4, checkpoint_path=str(tmp_path / path))
+        assert "'model.backbone_checkpoint'" in str(e.value)

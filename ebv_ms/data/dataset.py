@@ -113,9 +113,8 @@ class DatasetInfo:
 
 
 def save_class_mapping(info: DatasetInfo, output_dir: str) -> str:
-    os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "classes.json")
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump({"num_classes": info.num_classes, "description": info.description,
                    "class_names": list(info.class_names)}, f, indent=0, ensure_ascii=False)
     return path

@@ -32,6 +32,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import mindspore as ms
 
+from ebv_ms.atomic import atomic_path
+from ebv_ms.errors import EBVMSError
+
 __all__ = ["FORMATS", "export_network",
            "sidecar_path", "read_sidecar", "ExportError", "SIDECAR_FORMAT"]
 
@@ -40,7 +43,7 @@ _EXT = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 SIDECAR_FORMAT = "ebv-ms-export/1"
 
 
-class ExportError(RuntimeError):
+class ExportError(EBVMSError):
     """An export that cannot be made here; the message says what to do instead."""
 
 
@@ -142,7 +145,7 @@ def export_network(network, cfg, class_names, file_format: str, out: str, batch:
         "mindspore": ms.__version__, "class_names": list(class_names),
     }
     side = sidecar_path(base + _EXT[fmt])
-    with open(side, "w", encoding="utf-8") as f:
+    with atomic_path(side, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1, ensure_ascii=False)
     return meta, side
 

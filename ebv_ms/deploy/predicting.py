@@ -20,12 +20,13 @@ import numpy as np
 from ebv_ms.data.layouts import is_image
 from ebv_ms.data.readers import BadMember, FileReader, printable
 from ebv_ms.data.source import ImageSource
+from ebv_ms.errors import EBVMSError
 
 __all__ = ["ImageList", "collect_images", "EvalTransform", "NetworkRunner", "MindIRRunner",
            "ONNXRunner", "open_model", "predict", "text_line", "topk", "PredictError"]
 
 
-class PredictError(RuntimeError):
+class PredictError(EBVMSError):
     """Nothing to predict on, or a model that cannot be used; the message says what to do."""
 
 

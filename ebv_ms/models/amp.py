@@ -22,7 +22,7 @@ import tempfile
 import mindspore as ms
 from mindspore import nn
 
-from ebv_ms.config import ConfigError
+from ebv_ms.errors import ModelError
 
 __all__ = ["apply_mixed_precision", "AMP_LEVELS"]
 
@@ -58,7 +58,7 @@ def _o1(cell: nn.Cell, dtype, what: str) -> nn.Cell:
         with _cwd(_rewrite_dir()):
             return ms.amp.auto_mixed_precision(cell, "O1", dtype)
     except Exception as exc:  # noqa: BLE001 - the rewrite fails with arbitrary types
-        raise ConfigError(
+        raise ModelError(
             f"config key 'train.amp_level' is O1, but MindSpore's rewrite cannot convert the {what} "
             f"({type(exc).__name__}: {exc}); use train.amp_level=O2 (the GPU/Ascend default) "
             "or O0") from exc

@@ -94,7 +94,10 @@ def _load_backbone_checkpoint(model: nn.Cell, path: str, name: str) -> None:
         if key.startswith("classifier.") and key in own and tuple(params[key].shape) != tuple(own[key].shape):
             skipped.append(key)
             params.pop(key)
-    not_loaded, _ = ms.load_param_into_net(model, params)
+    try:
+        not_loaded, _ = ms.load_param_into_net(model, params)
+    except RuntimeError as exc:  # a parameter of the same name and another shape
+        not_loaded = [' '.join(str(exc).split())[:160]]
     missing = [k for k in not_loaded if not k.startswith("classifier.")]
     if missing:
         raise ModelError(f"config key 'model.backbone_checkpoint': {path} does not fit backbone "
