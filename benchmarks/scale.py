@@ -53,18 +53,33 @@ PER_CLASS = {"train": 12, "val": 6}  # the real archive: 1.2M train / 600k val f
 # launcher's own helper calls run unchanged.
 WRAPPER = """#!/usr/bin/env bash
 if [[ "${MS_ROLE:-}" == MS_WORKER ]]; then
-  exec %(py)s -c %(snippet)s "%(out)s/peak_rss_rank_${RANK_ID}.kb" %(py)s "$@"
+  exec %(py)s -c %(snippet)s "%(out)s/memory_rank_${RANK_ID}.json" %(py)s "$@"
 fi
 exec %(py)s "$@"
 """
 SNIPPET = """
-import resource, signal, subprocess, sys
+import json, resource, signal, subprocess, sys, threading, time
 p = subprocess.Popen(sys.argv[2:])
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(s, lambda *_: p.terminate())
+samples = []
+def sample():  # RSS and PSS (shared pages counted once per sharer) every 0.5 s
+    while p.poll() is None:
+        try:
+            kb = {}
+            for line in open(f"/proc/{p.pid}/smaps_rollup"):
+                k, _, v = line.partition(":")
+                if k in ("Rss", "Pss"):
+                    kb[k] = int(v.split()[0])
+            samples.append((round(time.time(), 1), kb["Rss"], kb["Pss"]))
+        except (OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.5)
+threading.Thread(target=sample, daemon=True).start()
 rc = p.wait()
 with open(sys.argv[1], "w") as f:
-    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+    json.dump({"maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+               "samples": samples}, f)
 sys.exit(rc if rc >= 0 else 128 - rc)
 """
 
@@ -125,13 +140,13 @@ def launch(tmp: str, ranks: int, args) -> dict:
         f.write(WRAPPER % {"py": shlex.quote(sys.executable), "snippet": shlex.quote(SNIPPET),
                            "out": rss_dir})
     os.chmod(wrapper, 0o755)
-    cmd = ["bash", LAUNCH, CONFIG, str(ranks), *overrides(tmp, out, args)]
-    env = dict(os.environ, DEVICE_TARGET="CPU", PYTHON=wrapper, GLOG_v="2")
+    cmd = ["bash", os.path.join(args.tree, LAUNCH), CONFIG, str(ranks), *overrides(tmp, out, args)]
+    env = dict(os.environ, DEVICE_TARGET="CPU", PYTHON=wrapper, GLOG_v="2", PYTHONPATH=args.tree)
     env.pop("MS_ROLE", None)
     print(f"[scale] {ranks} rank(s): DEVICE_TARGET=CPU {' '.join(map(shlex.quote, cmd))}",
           flush=True)
     t0 = time.time()
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    r = subprocess.run(cmd, cwd=args.tree, env=env, capture_output=True, text=True)
     wall = time.time() - t0
     failed = None
     if r.returncode != 0:  # reported in the table with what the run logged before it failed
@@ -178,15 +193,20 @@ def read_run(out: str, ranks: int) -> list:
         elif "reused from cache" in log or "EBV set loaded from" in log or "waiting for rank 0" in log:
             t = _float(r"EBV set (?:reused from cache|loaded from)[^\n]*? in ([\d.]+) s", log)
             ebv = f"loaded {t:.1f} s" if t is not None else "loaded (time not logged)"
+        elif "received from rank 0" in log or "mapped from" in log:
+            t = _float(r"received from rank 0 in ([\d.]+) s", log)
+            ebv = f"received {t:.1f} s" if t is not None else "mapped (saved by a neighbour)"
         else:
             ebv = "?"
-        kb = None
-        p = os.path.join(out, "peak_rss", f"peak_rss_rank_{k}.kb")
+        mem = {"maxrss_kb": None, "samples": []}
+        p = os.path.join(out, "peak_rss", f"memory_rank_{k}.json")
         if os.path.isfile(p):
-            kb = int(open(p).read().strip())
+            mem = json.load(open(p))
+        pss = [smp[2] for smp in mem["samples"]]
         train_s = [_float(r"epoch_seconds=([\d.e+-]+)", epochs[e]) for e in sorted(epochs)]
-        row = {"rank": k, "peak_rss_gb": kb / 1024 ** 2 if kb else None, "ebv": ebv,
-               "train_s": train_s}
+        row = {"rank": k, "peak_rss_gb": mem["maxrss_kb"] / 1024 ** 2 if mem["maxrss_kb"] else None,
+               "peak_pss_gb": max(pss) / 1024 ** 2 if pss else None, "samples": mem["samples"],
+               "ebv": ebv, "train_s": train_s}
         if k == 0:
             row["eval_s"] = [r.get("eval_seconds", r["eval_samples"] / r["eval_images_per_s"]
                                    if r.get("eval_images_per_s") else None)
@@ -207,15 +227,15 @@ def read_run(out: str, ranks: int) -> list:
     return rows
 
 
-def time_ebv_load(tmp: str) -> float:
+def time_ebv_load(tmp: str, tree: str) -> float:
     """Seconds for load_ebv of the cached set in a fresh process (loading is not logged)."""
-    path = glob.glob(os.path.join(tmp, "ebv_cache", "*"))
+    path = glob.glob(os.path.join(tmp, "ebv_cache", "*.npz"))
     if not path:
         return float("nan")
     code = ("import time, sys; from ebv_ms.ebv import load_ebv; t = time.perf_counter(); "
             "e = load_ebv(sys.argv[1]); print(time.perf_counter() - t)")
-    r = subprocess.run([sys.executable, "-c", code, path[0]], cwd=ROOT, capture_output=True,
-                       text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    r = subprocess.run([sys.executable, "-c", code, path[0]], cwd=tree, capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=tree))
     return float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else float("nan")
 
 
@@ -230,15 +250,15 @@ def _list(vs, spec=".1f"):
 
 def report(runs: list, data: dict, load_s: float, args, argv: list) -> None:
     gb = 1024 ** 3
-    print(f"\nRehearsal of {CONFIG} on CPU ({os.cpu_count()} cores): N={args.num_classes:,} classes, "
+    print(f"\nRehearsal of {CONFIG} on CPU, code of {args.tree} ({os.cpu_count()} cores): N={args.num_classes:,} classes, "
           f"d={args.embed_dim:,} (EBV matrix {args.num_classes * args.embed_dim * 4 / gb:.2f} GiB "
           f"fp32), small_cnn, {args.side} px, archive of {data['members']:,} members "
           f"({data['bytes'] / 1e6:.0f} MB), lists of {data['listed_classes']} classes: "
           f"{data['train']} train / {data['val']} val images, batch {args.batch_size} per rank, "
           f"{args.epochs} epochs (epoch 1 includes graph compilation)\n")
-    print("| ranks | rank | peak RSS | EBV set | last.ckpt | ckpt write | train s/epoch | "
+    print("| ranks | rank | peak RSS | peak PSS | EBV set | last.ckpt | ckpt write | train s/epoch | "
           "eval s/epoch | eval samples on this rank | run wall |")
-    print("|---:|---:|---:|---|---:|---:|---|---|---|---:|")
+    print("|---:|---:|---:|---:|---|---:|---:|---|---|---|---:|")
     for run in runs:
         for row in run["per_rank"]:
             k = row["rank"]
@@ -258,9 +278,23 @@ def report(runs: list, data: dict, load_s: float, args, argv: list) -> None:
                 samples = str(n) if n is not None else "not logged"
             if run["failed"] and k == 0:
                 samples += f"; RUN FAILED: {run['failed']}"
-            print(f"| {run['ranks']} | {k} | {_fmt(row['peak_rss_gb'], '.2f', ' GB')} | {row['ebv']} "
+            print(f"| {run['ranks']} | {k} | {_fmt(row['peak_rss_gb'], '.2f', ' GB')} | "
+                  f"{_fmt(row['peak_pss_gb'], '.2f', ' GB')} | {row['ebv']} "
                   f"| {ckpt} | {write} | {_list(row['train_s'])} | {ev} | {samples} | "
                   f"{run['wall']:.0f} s |")
+    print("\nPSS: proportional set size, pages shared by k processes counted 1/k each (sampled "
+          "every 0.5 s from /proc/PID/smaps_rollup); peak of the sum over ranks, same second:")
+    for run in runs:
+        buckets = {}
+        for row in run["per_rank"]:
+            per_s = {}
+            for t, _, pss in row["samples"]:
+                per_s[int(t)] = max(per_s.get(int(t), 0), pss)
+            for t, pss in per_s.items():
+                buckets.setdefault(t, []).append(pss)
+        full = [sum(v) for v in buckets.values() if len(v) == len(run["per_rank"])]
+        print(f"  {run['ranks']} rank(s): {max(full) / 1024 ** 2:.2f} GB" if full else
+              f"  {run['ranks']} rank(s): not sampled")
     print(f"\nEBV set load in a fresh process (load_ebv of the cached file): {load_s:.1f} s")
     for run in runs:
         r0 = run["per_rank"][0]
@@ -288,7 +322,10 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", type=float, default=0.122)
     ap.add_argument("--tmp", default=None, help="work folder (default: a new one in $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--tree", default=ROOT, help="the checkout to run (launcher and code; "
+                    "default this one), e.g. an earlier commit's `git worktree add`")
     args = ap.parse_args(argv)
+    args.tree = os.path.abspath(args.tree)
     tmp = tempfile.mkdtemp(prefix="ebv_scale_", dir=args.tmp)
     try:
         t0 = time.time()
@@ -297,7 +334,7 @@ def main(argv=None) -> int:
         print(f"[scale] archive: {data['members']:,} members, {data['bytes'] / 1e6:.0f} MB, "
               f"{time.time() - t0:.0f} s", flush=True)
         runs = [launch(tmp, int(n), args) for n in args.ranks.split(",")]
-        load_s = time_ebv_load(tmp)
+        load_s = time_ebv_load(tmp, args.tree)
         report(runs, data, load_s, args, argv)
     finally:
         if args.keep:

@@ -89,8 +89,9 @@ def _local_ebv(cfg, rank: int, world: int, progress: bool, log) -> Optional[EBVS
                 return None
             raise ConfigError(f"config key 'ebv.path': file not found: {path} (leave it unset to "
                               "generate a set and cache it under 'ebv.cache_dir')")
+        t0 = time.time()
         ebv = _check_shape(load_ebv(path), cfg, path)
-        log.info("EBV set loaded from %s: %r", path, ebv)
+        log.info("EBV set loaded from %s in %.1f s: %r", path, time.time() - t0, ebv)
         return ebv
 
     from ebv_ms.generation import closed_form_choice, create_ebv
@@ -100,13 +101,13 @@ def _local_ebv(cfg, rank: int, world: int, progress: bool, log) -> Optional[EBVS
     if rank > 0 and closed is None and not os.path.isfile(path):
         return None  # an iterative set: rank 0 generates it, the others receive it
     with _cache_lock(path):
+        t0 = time.time()
         if os.path.isfile(path):
             ebv = _check_shape(load_ebv(path), cfg, path)
-            log.info("EBV set reused from cache %s: %r", path, ebv)
+            log.info("EBV set reused from cache %s in %.1f s: %r", path, time.time() - t0, ebv)
             return ebv
         log.info("generating the EBV set (N=%d, d=%d, alpha=%s, method=%s, seed=%s); cached at %s",
                  n, d, cfg.ebv.alpha, cfg.ebv.method, cfg.ebv.seed, path)
-        t0 = time.time()
         ebv = create_ebv(n, d, alpha=cfg.ebv.alpha, method=cfg.ebv.method, seed=int(cfg.ebv.seed),
                          max_steps=cfg.ebv.max_steps, progress=progress,
                          device_target=cfg.device_target)
