@@ -1,7 +1,8 @@
 """An ENTRY for the multi-host EBV test: each rank resolves three EBV sets with its OWN cache
 folder (OUT/host_<rank>, as on hosts that share no disk) and records what it got in
 OUT/share_<rank>.json: a closed form (rebuilt on each rank), an iterative set (rank 0 generates,
-the others receive it over the collective) and an ``ebv.path`` file only rank 0 has."""
+the others receive it over the collective), an ``ebv.path`` file only rank 0 has, and an
+``ebv.path`` file that differs between the ranks (an error on every rank)."""
 import argparse
 import json
 import os
@@ -42,6 +43,18 @@ def main():
                      "shape": list(ebv.vectors.shape), "method": ebv.method,
                      "mapped": ebv.vectors.base is not None and not ebv.vectors.flags.owndata,
                      "files": sorted(f for f in os.listdir(cache) if f.endswith(".npz"))}
+    # a set that differs between hosts under the same settings: every rank stops, same message
+    import numpy as np
+    from ebv_ms.ebv import EBVError, EBVSet, save_ebv
+    mine = os.path.join(cache, "mine.npz")
+    save_ebv(EBVSet(np.random.default_rng(rank).standard_normal((30, 16))), mine)
+    cfg = load_config(args.config, [*args.overrides, "model.head=ebv", f"ebv.path={mine}",
+                                    "model.num_classes=30", "model.embed_dim=16"])
+    try:
+        resolve_ebv(cfg, rank, progress=False)
+        rec["differ"] = None
+    except EBVError as exc:
+        rec["differ"] = str(exc)
     with open(os.path.join(out, f"share_{rank}.json"), "w", encoding="utf-8") as f:
         json.dump(rec, f)
     return 0

@@ -162,6 +162,9 @@ def test_two_ranks_with_their_own_cache_folders_get_rank0s_sets(tmp_path):
     assert recs[0]["path"]["checksum"] == only0.checksum()
     assert recs[1]["closed"]["method"] == "closed_form:kerdock"
     assert recs[1]["iterative"]["method"] == recs[0]["iterative"]["method"] == "smoothmax"
+    # different files under the same settings: one message on every rank, naming rank 1
+    assert recs[0]["differ"] and recs[0]["differ"] == recs[1]["differ"]
+    assert "rank(s) [1] hold a different EBV set" in recs[0]["differ"]
 
 
 # ------------------------------------------------------------------ the run's EBV file
