@@ -3,7 +3,8 @@
 - ``RankProbe`` / ``RankProbeCallback``: per-rank evidence that data parallelism did what it
   should: a digest over every label the rank trained on, its first labels, its step count and a
   SHA-256 of its trainable parameters at the end, written to OUTPUT_DIR/logs/rank_K.json.
-- ``KillAtStep``: SIGKILLs the process just before a given global step (the resume test).
+- ``KillAtStep``: SIGKILLs the process just before a given global step (the resume tests).
+- ``KeepEpochCheckpoints``: a copy of every epoch's last.ckpt (per-epoch outcome tests).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from typing import Optional
@@ -120,14 +122,25 @@ class RankProbeCallback(Callback):
 
 
 class KillAtStep(Callback):
-    """SIGKILL this process just before global step ``step`` (0-based), logs flushed first."""
+    """SIGKILL this process just before global step ``step`` (0-based), logs flushed first;
+    ``rank``: only on that rank (the others then fail at the next collective)."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, rank: Optional[int] = None):
         self.step = int(step)
+        self.rank = rank
 
     def on_train_step(self, trainer, global_step, batch) -> None:
-        if global_step == self.step:
+        if global_step == self.step and self.rank in (None, trainer.rank):
             trainer.log.warning("KillAtStep(%d) reached: SIGKILL", global_step)
             for h in trainer.log.handlers:
                 h.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KeepEpochCheckpoints(Callback):
+    """Rank 0 copies last.ckpt to OUTPUT_DIR/epoch_K.ckpt after each epoch (outcome tests
+    evaluate every epoch's model)."""
+
+    def on_epoch_end(self, trainer, epoch, record) -> None:
+        if trainer.rank == 0:
+            shutil.copyfile(trainer.last_path, os.path.join(trainer.out, f"epoch_{epoch}.ckpt"))

@@ -325,4 +325,4 @@ def restore_checkpoint(state: CheckpointState, network: nn.Cell,
     for name, p in (extra_params or {}).items():
         saved = state.params.get(_EXTRA + name)
         if saved is not None:
-            p.set_data(ms.Tensor(saved.asnumpy(), dtype=p.dtype))
+            p.copy_(ms.Tensor(saved.asnumpy(), dtype=p.dtype))  # in place: see write_in_place

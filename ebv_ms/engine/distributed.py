@@ -154,9 +154,28 @@ def all_gather_counts(counts) -> np.ndarray:
     return ops.AllGather()(ms.Tensor(arr)).asnumpy().astype(np.int64)
 
 
+def write_in_place(params, values) -> None:
+    """Copy ``values`` (a flat float array, the params' sizes in order) into ``params`` in place.
+
+    In place, not ``Parameter.set_data``: set_data gives the Parameter a new buffer
+    (parameter.py: set_data -> _update_tensor_data -> assign_value), while a graph that has
+    already run keeps reading and writing the buffer it was given at its first step. Measured
+    (tests/test_param_writes.py): after set_data the compiled train step never moved the
+    BatchNorm statistics again; ``Tensor.copy_`` (what MindSpore 2.10 names in place of
+    ``assign_value``; ``ops.assign`` is deprecated) writes the buffer the graph reads.
+    """
+    import mindspore as ms
+    at = 0
+    for p in params:
+        n = int(np.prod(p.shape)) if p.shape else 1
+        p.copy_(ms.Tensor(np.asarray(values[at:at + n]).reshape(p.shape), dtype=p.dtype))
+        at += n
+
+
 def broadcast_from_main_rank(params) -> None:
-    """Set ``params`` (float32 Parameters) to rank 0's values on every rank: one
-    ``ops.Broadcast`` of their concatenation. Alone: nothing to do."""
+    """Set ``params`` (float32 Parameters) to rank 0's values on every rank, in place (the
+    compiled steps keep using them): one ``ops.Broadcast`` of their concatenation. Alone:
+    nothing to do."""
     params = list(params)
     if _STATE["world_size"] == 1 or not params:
         return
@@ -164,12 +183,43 @@ def broadcast_from_main_rank(params) -> None:
     from mindspore import ops
     flat = np.concatenate([p.asnumpy().astype(np.float32).reshape(-1) for p in params])
     (got,) = ops.Broadcast(0)((ms.Tensor(flat),))
-    got = got.asnumpy()
-    at = 0
-    for p in params:
-        n = int(np.prod(p.shape)) if p.shape else 1
-        p.set_data(ms.Tensor(got[at:at + n].reshape(p.shape), dtype=p.dtype))
-        at += n
+    write_in_place(params, got.asnumpy())
+
+
+def check_same_start(resume, rank: int, world_size: int) -> None:
+    """Stop every rank, with one message, unless all ranks resume from the same checkpoint.
+
+    ``resume`` is this rank's ``ResumeState`` (None: starts from scratch). Each rank decides from
+    the files it sees, so a rank that cannot see OUTPUT_DIR/last.ckpt would start from scratch
+    while the others resume, run a different number of steps and hang in a collective. One
+    all-gather of (epoch, global step, checkpoint identity) per rank compares them first.
+    """
+    if world_size == 1:
+        return
+    import json
+    import zlib
+    seen = [0, 0, 0]
+    if resume is not None:
+        ckpt = resume.checkpoint
+        ident = json.dumps([resume.epoch, resume.global_step, resume.ebv_checksum,
+                            getattr(ckpt, "metrics", None)], sort_keys=True, default=str)
+        seen = [resume.epoch, resume.global_step, zlib.crc32(ident.encode()) & 0x7FFFFFFF]
+    per_rank = all_gather_counts(seen)
+    if (per_rank == per_rank[0]).all():
+        return
+
+    def said(row) -> str:
+        epoch, step, ident = (int(v) for v in row)
+        if not (epoch or step or ident):
+            return "no checkpoint (would start from scratch)"
+        return f"a checkpoint at epoch {epoch} (global step {step}, identity {ident:08x})"
+
+    where = resume.path if resume is not None else "nothing"
+    raise DistributedError(
+        "the ranks do not agree where the resumed run starts: " + "; ".join(
+            f"rank {k} sees {said(row)}" for k, row in enumerate(per_rank)) +
+        f" (rank {rank} read {where}). Every rank must see the same OUTPUT_DIR/last.ckpt: put "
+        "output_dir on a folder all hosts share, or copy the run folder to every host")
 
 
 def _main(argv=None) -> int:

@@ -28,7 +28,7 @@ from .builders import (build_data, build_eval, build_network, build_training, in
                        resolve_amp, scaler_params, setup_context)
 from .callbacks import Callback
 from .checkpoint import atomic_copy, save_checkpoint
-from .distributed import broadcast_from_main_rank
+from .distributed import broadcast_from_main_rank, check_same_start
 from .ebv_source import resolve_ebv, start_run_ebv_file
 from .evaluator import count_parameters, evaluate
 from .logger import JsonlLog, open_log_file, setup_logger
@@ -65,6 +65,7 @@ class Trainer:
             self.lock.acquire()  # before anything else: a second run into this folder stops here
         self.log = setup_logger(self.out, self.rank, defer_file=True)
         self.resume = resume = ResumeState.find(self.resume_arg, self.last_path, self.log)
+        check_same_start(resume, self.rank, self.world_size)  # else the ranks would hang apart
 
         self.train_ds, self.train_info = build_data(cfg, "train", int(t.batch_size), True,
                                                     self.world_size, self.rank)
@@ -93,7 +94,8 @@ class Trainer:
         # evaluation on every rank uses rank 0's BatchNorm statistics: the model that is saved
         self.bn_stats = [p for p in self.network.get_parameters()
                          if p.name.endswith(("moving_mean", "moving_variance"))]
-        if resume is not None:
+        if resume is not None:  # before any step compiles: restore replaces Parameter buffers
+            # (load_param_into_net -> set_data), which a compiled graph would never read
             resume.restore(self.network, self.optimizer, scaler_params(self.scaler),
                            self.steps_per_epoch)
             self.start_epoch, self.best_top1, self.best_epoch = (resume.epoch, resume.best_top1,

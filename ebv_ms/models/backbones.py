@@ -121,7 +121,10 @@ def _check_own_kwargs(name: str, in_channels: int, kwargs: dict) -> None:
     a = args.arguments
     widths, size = a["widths"], a.get("image_size", 1)
     ints = lambda v: all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)  # noqa: E731
-    if not (isinstance(widths, (list, tuple)) and widths and ints(widths)) or not ints([size]):
+    # small_mlp with widths [] is flatten -> projection: a linear model without BatchNorm (the
+    # 2-rank == 1-rank equivalence test needs one)
+    if not (isinstance(widths, (list, tuple)) and (widths or name == "small_mlp")
+            and ints(widths)) or not ints([size]):
         raise ModelError(f"config key 'model.backbone_kwargs': {name} needs widths as a list of "
                          f"positive integers and a positive image_size, got {kwargs}")
     c, k = ((1 if a.get("grayscale") else in_channels) * size * size, 1) if name == "small_mlp" \
