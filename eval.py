@@ -63,7 +63,8 @@ def run(args) -> dict:
     from ebv_ms.engine.builders import build_eval, build_network, init_parallel, setup_context
     from ebv_ms.engine.checkpoint import load_checkpoint, restore_checkpoint
     from ebv_ms.engine.ebv_source import checkpoint_ebv
-    from ebv_ms.engine.evaluator import count_parameters, evaluate
+    from ebv_ms.engine.evaluator import evaluate
+    from ebv_ms.models.classifier import parameter_totals
 
     if args.json:
         _check_json_path(args.json)
@@ -89,7 +90,7 @@ def run(args) -> dict:
     restore_checkpoint(state, network)
     epoch, logged_top1 = state.epoch, state.metrics.get("top1")
     del state  # the weights are in the network now
-    counts = count_parameters(network)
+    counts = parameter_totals(network)
     parts = build_eval(cfg, network, rank, world)  # this rank's shard of the split
     t0 = time.time()
     m = evaluate(network, parts, progress=progress, desc=f"eval {cfg.eval.split}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib
 import logging
 import math
 import multiprocessing
@@ -29,7 +28,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = ["SCHEMA", "DEFAULTS", "Key", "Config", "ConfigError", "load_config", "load_yaml",
-           "parse_override", "validate", "check_run", "save_config", "require", "schema_table"]
+           "parse_override", "parse_yaml", "validate", "check_run", "save_config", "schema_table"]
 
 _log = logging.getLogger("ebv_ms")
 
@@ -47,8 +46,8 @@ class _Bad(Exception):
 
 class Key:
     """One config key: default, type (``int``, ``float``, ``bool``, ``str``, ``pair`` of floats,
-    ``map``, ``splits`` (split name -> path), ``columns``, ``bool|str``), allowed ``choices`` (a tuple, or "module:NAME" read from
-    the module that owns them when validating), a range ``lo``/``hi`` (``*_open``: strict), and
+    ``map``, ``splits`` (split name -> path), ``columns``, ``bool|str``), allowed ``choices`` (a tuple; the
+    vocabularies below, which the factories import from here), a range ``lo``/``hi`` (``*_open``: strict), and
     whether None is allowed. ``hint`` is added to the error message."""
 
     def __init__(self, default: Any, type: str, doc: str = "", *, choices: Union[None, tuple, str] = None,
@@ -63,12 +62,7 @@ class Key:
 
     # ------------------------------------------------------------------ allowed values
     def allowed(self) -> Optional[Tuple[str, ...]]:
-        if self.choices is None:
-            return None
-        if isinstance(self.choices, str):  # "module:NAME": one source of truth, its owner
-            mod, name = self.choices.split(":")
-            return tuple(getattr(importlib.import_module(mod), name))
-        return tuple(self.choices)
+        return None if self.choices is None else tuple(self.choices)
 
     def _range_text(self) -> str:
         parts = []
@@ -82,10 +76,7 @@ class Key:
     def describe(self) -> str:
         """The allowed values in words (docs table, error messages)."""
         if self.choices is not None:
-            try:
-                text = "one of " + ", ".join(self.allowed())
-            except ImportError:  # pragma: no cover - owner module missing
-                text = f"one of {self.choices}"
+            text = "one of " + ", ".join(self.allowed())
         elif self.type == "pair":
             text = f"two numbers [a, b], a <= b, each {self._range_text()}"
         elif self.type == "map":
@@ -180,6 +171,18 @@ class Key:
         raise AssertionError(f"unknown key type {t!r}")  # a bug in SCHEMA
 
 
+# The allowed values of the keys that pick an implementation. The factories import them from
+# here (config imports nothing of the package but errors, so any layer may).
+METHODS = ("auto", "smoothmax", "official", "orthonormal", "simplex", "kerdock", "kerdock_padded")
+HEADS = ("ebv", "fc", "fixed_random_dot", "fixed_random_cos")
+STORAGE_DTYPES = ("float32", "float16")
+RECIPES = ("eval", "A0", "A1", "A2")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("warmup_cosine", "constant")
+AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
+LOSS_SCALES = ("auto", "dynamic", "static", "none")
+
+
 def _k(default, type, doc="", **kw) -> Key:
     return Key(default, type, doc, **kw)
 
@@ -196,7 +199,7 @@ SCHEMA: Dict[str, Any] = {
         "alpha": _k(None, "float", "coherence target max|cos| when generating (null: as low as the "
                     "method gets; >= the Welch bound; official needs it)", lo=0.0, hi=1.0, hi_open=True),
         "method": _k("auto", "str", "auto: a closed form if one fits, else smoothmax",
-                     choices="ebv_ms.generation.factory:METHODS"),
+                     choices=METHODS),
         "seed": _k(0, "int", "init draw / closed-form subset", lo=0),
         "max_steps": _k(None, "int", "step cap of iterative methods (null: 3000 smoothmax, 1e5 "
                         "official)", lo=1),
@@ -205,14 +208,14 @@ SCHEMA: Dict[str, Any] = {
     "model": {                  # -> ebv_ms.models.create_classifier(**model, ebv=...)
         "backbone": _k("resnet50", "str", "resnet50 | swin_tiny (mindcv) | small_cnn (CPU demo/"
                        "tests) | another mindcv model name"),
-        "head": _k("ebv", "str", "the classifier head", choices="ebv_ms.models.classifier:HEADS"),
+        "head": _k("ebv", "str", "the classifier head", choices=HEADS),
         "num_classes": _k(1000, "int", "N", lo=1),
         "embed_dim": _k(1000, "int", "d of the EBVs (and of the random class vectors); unused by fc", lo=1),
         "tau": _k(0.07, "float", "temperature of the EBV logits: cos(v, w_k) / tau", lo=0.0, lo_open=True),
         "scale": _k(None, "float", "S of the fixed-random heads (null: 1 for dot, 1/tau for cos)",
                     lo=0.0, lo_open=True),
         "ebv_dtype": _k("float32", "str", "storage dtype of the frozen class-vector matrix",
-                        choices="ebv_ms.models.heads:STORAGE_DTYPES"),
+                        choices=STORAGE_DTYPES),
         "pretrained": _k(False, "bool|str", "true: mindcv downloads ImageNet weights (needs internet)"),
         "backbone_checkpoint": _k(None, "str", "local backbone .ckpt (mindcv layout) to start from"),
         "head_seed": _k(0, "int", "seed of the fixed random class vectors", lo=0),
@@ -246,7 +249,7 @@ SCHEMA: Dict[str, Any] = {
         "eval_resize": _k(None, "int", "eval: shorter side resized to this (null: image_size / 0.875)", lo=1),
         "eval_crop": _k(None, "int", "eval: centre crop (null: image_size)", lo=1),
         "recipe": _k("A1", "str", "training augmentation (evaluation always uses 'eval')",
-                     choices="ebv_ms.data.presets:RECIPES"),
+                     choices=RECIPES),
         "scale": _k([0.08, 1.0], "pair", "random resized crop area range", lo=0.0, hi=1.0, lo_open=True),
         "color_jitter": _k(0.4, "float", "A0 brightness/contrast/saturation jitter", lo=0.0),
         "random_erasing": _k(0.1, "float", "A1/A2 random erasing probability", lo=0.0, hi=1.0),
@@ -262,7 +265,7 @@ SCHEMA: Dict[str, Any] = {
     },
     "optim": {
         "opt": _k("sgd", "str", "sgd (momentum SGD, the paper's ResNet runs) | adamw (Swin/ViT)",
-                  choices="ebv_ms.optim:OPTIMIZERS"),
+                  choices=OPTIMIZERS),
         "lr": _k(0.1, "float", "peak learning rate, used as given (not scaled by world size)",
                  lo=0.0, lo_open=True),
         "momentum": _k(0.9, "float", "sgd only", lo=0.0, hi=1.0, hi_open=True),
@@ -274,7 +277,7 @@ SCHEMA: Dict[str, Any] = {
     },
     "scheduler": {
         "name": _k("warmup_cosine", "str", "per-step values, one list per run",
-                   choices="ebv_ms.scheduler:SCHEDULERS"),
+                   choices=SCHEDULERS),
         "warmup_epochs": _k(5.0, "float", "linear warm-up length (epochs; may be fractional)", lo=0.0),
         "warmup_factor": _k(0.01, "float", "the warm-up starts at lr x warmup_factor", lo=0.0, hi=1.0),
         "min_lr": _k(0.0, "float", "where the cosine ends (<= optim.lr)", lo=0.0),
@@ -283,9 +286,9 @@ SCHEMA: Dict[str, Any] = {
         "epochs": _k(100, "int", "epochs to train", lo=1),
         "batch_size": _k(256, "int", "per device (global batch = batch_size x number of ranks)", lo=1),
         "amp_level": _k("auto", "str", "auto: O2 on GPU/Ascend, O0 on CPU",
-                        choices="ebv_ms.engine.train_step:AMP_LEVELS"),
+                        choices=AMP_LEVELS),
         "loss_scale": _k("auto", "str", "auto: dynamic under fp16 amp, none otherwise",
-                         choices="ebv_ms.engine.train_step:LOSS_SCALES"),
+                         choices=LOSS_SCALES),
         "loss_scale_value": _k(65536.0, "float", "initial (dynamic) or fixed (static) loss scale",
                                lo=0.0, lo_open=True),
         "clip_grad_norm": _k(0.0, "float", "clip gradients to this global norm; 0 disables", lo=0.0),
@@ -313,7 +316,8 @@ DEFAULTS: dict = _defaults(SCHEMA)  # the default config (plain dict)
 
 
 class Config(dict):
-    """A dict with attribute access (``cfg.model.head``), nested."""
+    """A validated config, read-only, with attribute access (``cfg.model.head``); every value
+    has its key's type. To change one, edit ``cfg.to_dict()`` and ``validate`` it again."""
 
     def __getattr__(self, name):
         try:
@@ -321,8 +325,20 @@ class Config(dict):
         except KeyError:
             raise AttributeError(f"config has no key '{name}'") from None
 
-    def __setattr__(self, name, value):
-        self[name] = value
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("a validated config is read-only: change cfg.to_dict() and validate it")
+
+    __setattr__ = __setitem__ = __delitem__ = __delattr__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):  # pickling (worker processes) rebuilds it without __setitem__
+        return _wrap, (self.to_dict(),)
 
     def to_dict(self) -> dict:
         return _plain(self)
@@ -354,8 +370,7 @@ def _merge(base: dict, update: Any, schema: Mapping, where: str, origins: Dict[s
     for key, value in update.items():
         path = f"{prefix}{key}"
         if key not in schema:
-            close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            hint = _did_you_mean(str(key), schema, prefix)
             raise ConfigError(f"{where}: unknown config key '{path}'{hint} "
                               f"(known keys here: {', '.join(sorted(map(str, schema))) or 'none'})")
         if isinstance(schema[key], Mapping):
@@ -363,6 +378,19 @@ def _merge(base: dict, update: Any, schema: Mapping, where: str, origins: Dict[s
             continue
         base[key] = copy.deepcopy(value)
         origins[path] = where
+
+
+def _did_you_mean(key: str, schema: Mapping, prefix: str) -> str:
+    """A close key in this section, else a key of that name (or close) in another section
+    ('epochs' -> 'train.epochs')."""
+    close = difflib.get_close_matches(key, [str(k) for k in schema], n=1)
+    if close:
+        return f"; did you mean '{prefix}{close[0]}'?"
+    leaves = {dotted.rsplit(".", 1)[-1]: dotted for dotted, _ in _walk(SCHEMA)
+              if not dotted.startswith(prefix) or not prefix}
+    close = [leaves[key]] if key in leaves else [
+        leaves[k] for k in difflib.get_close_matches(key, list(leaves), n=1)]
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def parse_override(text: str) -> dict:
@@ -659,22 +687,27 @@ def _writable_dir(key: str, path: str) -> None:
                           f"({exc.strerror or exc}); choose a writable folder") from None
 
 
+def ebv_path_missing(path: str) -> ConfigError:
+    return ConfigError(f"config key 'ebv.path': file not found: {path} (leave it unset to "
+                       "generate a set and cache it under 'ebv.cache_dir')")
+
+
 def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Config:
     """The checks that look at this machine, after ``validate`` and before any work.
 
     Folders must not be files (output_dir, ebv.cache_dir, data.index_cache_dir), output_dir must
     be writable when training, configured files must exist (``ebv.path`` only if the EBV set
-    does not come from elsewhere: ``ebv_needed=False`` for a checkpoint that holds it), and ``data.num_workers`` is lowered
-    to the core count MindSpore allows (its "num_parallel_workers exceeds the boundary" error),
-    with a warning: the 100k config's 8 workers still run on a 2-core machine.
+    does not come from elsewhere: ``ebv_needed=False`` for a checkpoint that holds it). Returns
+    the config to run with: ``data.num_workers`` lowered to the core count MindSpore allows (its
+    "num_parallel_workers exceeds the boundary" error), with a warning, so the 100k config's 8
+    workers still run on a 2-core machine; ``cfg`` itself is not changed.
     """
     _not_a_file("output_dir", str(cfg.output_dir))
     _not_a_file("data.index_cache_dir", cfg.data.index_cache_dir)
     if cfg.model.head == "ebv" and ebv_needed:
         if cfg.ebv.path:
             if not os.path.isfile(cfg.ebv.path):
-                raise ConfigError(f"config key 'ebv.path': file not found: {cfg.ebv.path} (leave "
-                                  "it unset to generate a set and cache it under 'ebv.cache_dir')")
+                raise ebv_path_missing(cfg.ebv.path)
         else:
             _not_a_file("ebv.cache_dir", str(cfg.ebv.cache_dir))
     ckpt = cfg.model.backbone_checkpoint or (cfg.model.pretrained
@@ -683,18 +716,21 @@ def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Co
         raise ConfigError(f"config key 'model.backbone_checkpoint': file not found: {ckpt}")
     if not cfg.data.path:
         raise ConfigError("config key 'data.path' must be set: the .zip archive or the dataset "
-                          "folder (demo data: python -m ebv_ms.tools.make_demo --out DIR)")
+                          "folder, in the --config file (e.g. --config configs/demo_cpu.yaml) or "
+                          "as data.path=PATH (demo data: python -m ebv_ms.tools.make_demo --out DIR)")
     if not os.path.exists(cfg.data.path):
         raise ConfigError(f"config key 'data.path': {cfg.data.path} not found; point it at the "
                           ".zip archive or the dataset folder")
     if training:  # last: the only check that creates something (the folder, if all else passed)
         _writable_dir("output_dir", str(cfg.output_dir))
     cores = multiprocessing.cpu_count()  # MindSpore's own bound (dataset validator_helpers)
-    if cfg.data.num_workers > cores:
-        _log.warning("data.num_workers=%d is more than this machine's %d cores; using %d",
-                     cfg.data.num_workers, cores, cores)
-        cfg.data.num_workers = cores
-    return cfg
+    if cfg.data.num_workers <= cores:
+        return cfg
+    _log.warning("data.num_workers=%d is more than this machine's %d cores; using %d",
+                 cfg.data.num_workers, cores, cores)
+    plain = cfg.to_dict()
+    plain["data"]["num_workers"] = cores
+    return _wrap(plain)
 
 
 # ------------------------------------------------------------------------------ writing, helpers
@@ -702,16 +738,6 @@ def save_config(cfg: Mapping, path: str) -> None:
     from .atomic import atomic_path
     with atomic_path(path, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump(_plain(cfg), f, sort_keys=False)
-
-
-def require(cfg: Mapping, dotted: str, what: str = "") -> Any:
-    """Value at ``a.b.c``, or a ConfigError naming the key if it is missing or None."""
-    node: Any = cfg
-    for p in dotted.split("."):
-        if not isinstance(node, Mapping) or node.get(p) is None:
-            raise ConfigError(f"config key '{dotted}' must be set{': ' + what if what else ''}")
-        node = node[p]
-    return node
 
 
 def schema_table() -> str:

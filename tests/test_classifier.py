@@ -7,7 +7,7 @@ from mindspore import Tensor, nn
 from ebv_ms.errors import ModelError
 from ebv_ms.ebv import EBVSet
 from ebv_ms.loss import create_loss
-from ebv_ms.models import HEADS, create_backbone, create_classifier, create_classifier_from_config
+from ebv_ms.models import HEADS, create_backbone, create_classifier
 
 
 def _ebv(n, d, seed=0):
@@ -100,7 +100,8 @@ def test_from_config_and_backbone_checkpoint(tmp_path):
     from ebv_ms.config import load_config
     cfg = load_config(overrides=["model.backbone=small_cnn", "model.head=fixed_random_dot",
                                  "model.num_classes=6", "model.embed_dim=4"])
-    net = create_classifier_from_config(cfg.model)
+    from ebv_ms.engine.builders import build_network
+    net = build_network(cfg)  # the model section is create_classifier's arguments
     assert net(Tensor(np.zeros((2, 3, 8, 8), np.float32))).shape == (2, 6)
     feats, f, _ = create_backbone("small_cnn", 3)
     path = str(tmp_path / "bb.ckpt")

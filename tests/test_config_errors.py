@@ -211,7 +211,7 @@ def test_num_workers_above_the_core_count_is_lowered_with_a_warning(tmp_path, ca
     with pytest.raises(Exception, match="num_parallel_workers exceeds the boundary"):
         create_dataset(dict(cfg.data), "train", 4, True)  # what happened before the clamp
     with caplog.at_level(logging.WARNING, logger="ebv_ms"):
-        check_run(cfg, training=False)
+        cfg = check_run(cfg, training=False)  # the config to run with
     assert cfg.data.num_workers == cores
     assert f"data.num_workers={cores + 6} is more than this machine's {cores} cores" in caplog.text
     ds, _ = create_dataset(dict(cfg.data), "train", 4, True)
@@ -420,9 +420,9 @@ def test_write_error_keeps_the_old_file(tmp_path):
 
 def test_train_api_validates_a_config_built_in_code():
     from ebv_ms.engine.trainer import train
-    cfg = load_config()
-    cfg.model.tau = 0.0
-    cfg.model["hed"] = 1
+    cfg = load_config().to_dict()  # a validated Config is read-only: edit a plain copy
+    cfg["model"]["tau"] = 0.0
+    cfg["model"]["hed"] = 1
     with pytest.raises(ConfigError, match=r"'model.hed' is unknown.*'model.tau' must be > 0"):
         train(cfg)
 
@@ -436,3 +436,22 @@ def test_a_checkpoint_config_with_a_retired_key_still_loads():
     with pytest.raises(ConfigError, match="unknown config key 'train.debug_kill_at_step'"):
         load_config(None, ["train.debug_kill_at_step=3"])
 
+
+
+def test_newcomer_messages(capsys):
+    """train.py without --config names --config; a section's key given at the top level gets
+    "did you mean" with its section (issue 20)."""
+    err = _fails(capsys, train_cli.main, [], "'data.path' must be set", "--config")
+    assert len(err.strip().splitlines()) == 1
+    _fails(capsys, train_cli.main, ["--config", DEMO, "epochs=3"], "did you mean 'train.epochs'")
+    _fails(capsys, train_cli.main, ["--config", DEMO, "model.lr=3"], "did you mean 'optim.lr'")
+
+
+def test_validated_config_is_read_only_and_check_run_leaves_it_alone():
+    cfg = load_config(None, ["data.num_workers=64", f"data.path={DEMO}", "output_dir=/tmp"])
+    with pytest.raises(TypeError, match="read-only"):
+        cfg.model.tau = 1.0
+    with pytest.raises(TypeError, match="read-only"):
+        cfg["seed"] = 1
+    ran = check_run(cfg, training=False)
+    assert cfg.data.num_workers == 64 and ran.data.num_workers == multiprocessing.cpu_count()

@@ -78,8 +78,7 @@ def build_network(cfg, ebv=None, amp_level: str = "O0"):
     """``create_classifier`` with the ``model`` section as its arguments, plus the EBV set;
     cast for mixed precision by ``models.amp.apply_mixed_precision`` unless ``amp_level`` is O0."""
     from ebv_ms.models import create_classifier
-    kwargs = dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model)
-    network = create_classifier(ebv=ebv, **kwargs)
+    network = create_classifier(ebv=ebv, **cfg.model.to_dict())
     from ebv_ms.models.amp import apply_mixed_precision
     return apply_mixed_precision(network, amp_level)  # the embedding and head stay fp32
 
@@ -91,22 +90,19 @@ class EvalParts:
     dataset: Any
     info: Any                  # DatasetInfo: shard padding, bad samples
     step: Any                  # images -> (B, k) class indices, best first
-    num_classes: int
 
 
 def build_eval(cfg, network, rank: int = 0, world_size: int = 1) -> EvalParts:
     """The ``eval.split`` shard of this rank (``eval.batch_size`` per device) and its step."""
     ds, info = build_data(cfg, str(cfg.eval.split), int(cfg.eval.batch_size), False,
                           num_shards=world_size, shard_id=rank)
-    n = int(cfg.model.num_classes)
-    return EvalParts(ds, info, build_eval_step(network, min(5, n), jit=is_jit(cfg)), n)
+    return EvalParts(ds, info, build_eval_step(network, min(5, cfg.model.num_classes), jit=is_jit(cfg)))
 
 
 @dataclass
 class TrainParts:
-    """Loss, per-step lr list, optimizer, loss scaler and the compiled train step."""
+    """Per-step lr list, optimizer, loss scaler and the compiled train step."""
 
-    loss_fn: Any
     lrs: List[float]
     optimizer: Any
     scaler: Any
@@ -131,7 +127,7 @@ def build_training(cfg, network, steps_per_epoch: int, amp_level: str) -> TrainP
     scaler = create_loss_scaler(t.loss_scale, amp_level, float(t.loss_scale_value))
     step = build_train_step(network, loss_fn, optimizer, jit=is_jit(cfg), loss_scaler=scaler,
                             clip_grad_norm=float(t.clip_grad_norm))
-    return TrainParts(loss_fn, lrs, optimizer, scaler, step)
+    return TrainParts(lrs, optimizer, scaler, step)
 
 
 def scaler_params(scaler) -> dict:

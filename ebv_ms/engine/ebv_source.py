@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from ebv_ms.config import ConfigError
+from ebv_ms.config import ConfigError, ebv_path_missing
 from ebv_ms.ebv import EBVError, EBVSet, load_ebv, save_ebv
 
 __all__ = ["needs_ebv", "ebv_cache_path", "resolve_ebv", "checkpoint_ebv", "share_ebv",
@@ -89,8 +89,7 @@ def _local_ebv(cfg, rank: int, progress: bool, log) -> Optional[EBVSet]:
             if rank > 0:
                 log.info("rank %d: %s not found here; receiving rank 0's set", rank, path)
                 return None
-            raise ConfigError(f"config key 'ebv.path': file not found: {path} (leave it unset to "
-                              "generate a set and cache it under 'ebv.cache_dir')")
+            raise ebv_path_missing(path)
         t0 = time.time()
         ebv = _check_shape(load_ebv(path), cfg, path)
         log.info("EBV set loaded from %s in %.1f s: %r", path, time.time() - t0, ebv)

@@ -12,24 +12,12 @@ from __future__ import annotations
 import time
 from typing import Dict
 
-import numpy as np
 from tqdm import tqdm
 
 from .distributed import all_gather_counts
 from .metrics import AccuracyMeter
 
-__all__ = ["evaluate", "count_parameters", "own_bad_samples"]
-
-
-def count_parameters(network) -> Dict[str, int]:
-    """Total, trainable and frozen (e.g. the EBV matrix) parameter counts."""
-    total = trainable = 0
-    for p in network.get_parameters():
-        n = int(np.prod(p.shape)) if p.shape else 1
-        total += n
-        if p.requires_grad:
-            trainable += n
-    return {"total": total, "trainable": trainable, "frozen": total - trainable}
+__all__ = ["evaluate", "own_bad_samples"]
 
 
 def own_bad_samples(info) -> int:

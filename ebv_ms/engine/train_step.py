@@ -18,12 +18,10 @@ from mindspore import amp
 from mindspore.ops.operations.math_ops import NPUClearFloatStatusV2
 
 from ebv_ms.errors import DivergenceError
-from ebv_ms.models.amp import AMP_LEVELS  # one list: what apply_mixed_precision takes
+from ebv_ms.config import AMP_LEVELS, LOSS_SCALES
 
 __all__ = ["build_train_step", "build_eval_step", "create_loss_scaler", "resolve_amp_level",
            "grad_reducer_for", "SkippedStepGuard", "AMP_LEVELS", "LOSS_SCALES"]
-
-LOSS_SCALES = ("auto", "dynamic", "static", "none")
 
 _PARALLEL = ("data_parallel", "hybrid_parallel")
 

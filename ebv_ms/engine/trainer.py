@@ -30,7 +30,7 @@ from .callbacks import Callback
 from .checkpoint import atomic_copy, save_checkpoint
 from .distributed import broadcast_from_main_rank, check_same_start
 from .ebv_source import resolve_ebv, start_run_ebv_file
-from .evaluator import count_parameters, evaluate
+from .evaluator import evaluate
 from .logger import JsonlLog, open_log_file, setup_logger
 from .resume import ResumeState
 from .run_folder import RunLock, remove_stale_temps
@@ -100,8 +100,10 @@ class Trainer:
                            self.steps_per_epoch)
             self.start_epoch, self.best_top1, self.best_epoch = (resume.epoch, resume.best_top1,
                                                                  resume.best_epoch)
-        counts = count_parameters(self.network)
-        self.log.info("model %s + %s head: %s parameters (%s trainable, %s frozen); amp %s; "
+        from ebv_ms.models.classifier import parameter_totals
+        counts = parameter_totals(self.network)
+        self.log.info("model %s + %s head: %s parameters (%s trainable, %s frozen; BatchNorm "
+                      "statistics apart); amp %s; "
                       "mode %s; %d step(s)/epoch x %d epochs; world size %d",
                       cfg.model.backbone, cfg.model.head, f"{counts['total']:,}",
                       f"{counts['trainable']:,}", f"{counts['frozen']:,}", amp_level, cfg.mode,

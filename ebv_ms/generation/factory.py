@@ -25,7 +25,7 @@ from ebv_ms.errors import EBVMSError
 
 from . import closed_form as cf
 
-METHODS = ("auto", "smoothmax", "official", "orthonormal", "simplex", "kerdock", "kerdock_padded")
+from ebv_ms.config import METHODS  # noqa: E402 - the one list, with the config keys
 DEFAULT_METHOD = "smoothmax"
 LARGE_N = 20_000          # above this, auto returns the padded closed form when alpha is None
 PAD_INIT_RATIO = 1.4      # start smoothmax from a padded Kerdock set of R^k if 1/sqrt(k) <= this x

@@ -2,9 +2,9 @@
 
 (How a checkpoint carries and checks its EBV set is ``ebv_ms.engine.checkpoint``.)"""
 from .backbones import BACKBONES, SmallCNN, create_backbone
-from .classifier import HEADS, Classifier, create_classifier, create_classifier_from_config
+from .classifier import HEADS, Classifier, create_classifier
 from .heads import EBVHead, FCHead, FixedRandomHead, FrozenVectorHead, random_unit_vectors
 
 __all__ = ["BACKBONES", "HEADS", "SmallCNN", "create_backbone", "Classifier",
-           "create_classifier", "create_classifier_from_config", "EBVHead", "FCHead",
+           "create_classifier", "EBVHead", "FCHead",
            "FixedRandomHead", "FrozenVectorHead", "random_unit_vectors"]

@@ -26,7 +26,7 @@ from ebv_ms.errors import ModelError
 
 __all__ = ["apply_mixed_precision", "AMP_LEVELS"]
 
-AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
+from ebv_ms.config import AMP_LEVELS  # noqa: E402 - the one list, with the config keys
 _REWRITE_DIR = None
 
 

@@ -16,8 +16,7 @@ from mindspore import nn, ops
 
 from ..errors import ModelError
 
-__all__ = ["SmallCNN", "SmallMLP", "create_backbone", "is_backbone", "BACKBONES",
-           "backbone_num_features"]
+__all__ = ["SmallCNN", "SmallMLP", "create_backbone", "is_backbone", "BACKBONES"]
 
 # The ones we document and test; any other mindcv model with a ``classifier`` Dense works too.
 BACKBONES = ("resnet50", "swin_tiny", "small_cnn", "small_mlp")
@@ -197,13 +196,3 @@ def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = Fals
     num_features = int(linear.in_channels)
     model.classifier = nn.Identity()
     return model, num_features, linear
-
-
-def backbone_num_features(name: str) -> int:
-    """F of a backbone without building it when known (used by the parameter report)."""
-    name = _ALIASES.get(name, name)
-    known = {"resnet50": 2048, "swin_tiny": 768, "small_cnn": SmallCNN.num_features}
-    if name in known:
-        return known[name]
-    _, f, _ = create_backbone(name, 1)
-    return f

@@ -7,7 +7,8 @@ linear layer (ResNet-50 built with num_classes=d, as in the paper).
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Union
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Union
 
 import numpy as np
 import mindspore as ms
@@ -17,23 +18,20 @@ from ..ebv.ebvset import EBVError, EBVSet
 from .backbones import create_backbone
 from .heads import EBVHead, FCHead, FixedRandomHead
 
-__all__ = ["Classifier", "create_classifier", "create_classifier_from_config", "HEADS"]
+__all__ = ["Classifier", "create_classifier", "count_parameters", "count_cell", "parameter_totals", "PartCount", "HEADS"]
 
-HEADS = ("ebv", "fc", "fixed_random_dot", "fixed_random_cos")
+from ..config import HEADS  # noqa: E402 - the one list, with the config keys
 
 
 class Classifier(nn.Cell):
     """images (B, C, H, W) -> logits (B, N). Parts: ``backbone``, ``projection``, ``head``."""
 
-    def __init__(self, backbone: nn.Cell, projection: Optional[nn.Cell], head: nn.Cell,
-                 backbone_name: str = "", head_name: str = ""):
+    def __init__(self, backbone: nn.Cell, projection: Optional[nn.Cell], head: nn.Cell):
         super().__init__()
         self.backbone = backbone
         self.projection = projection if projection is not None else nn.Identity()
         self.head = head
         self.has_projection = projection is not None
-        self.backbone_name = backbone_name
-        self.head_name = head_name
 
     @property
     def ebv_checksum(self) -> Optional[str]:
@@ -77,7 +75,7 @@ def create_classifier(backbone: str, head: str, num_classes: int, embed_dim: Opt
     if head == "fc":
         feats, num_features, linear = create_backbone(backbone, num_classes, pretrained,
                                                       backbone_checkpoint, in_channels, **kwargs)
-        return Classifier(feats, None, FCHead(num_features, num_classes, dense=linear), backbone, head)
+        return Classifier(feats, None, FCHead(num_features, num_classes, dense=linear))
 
     if head == "ebv":
         if ebv is None:
@@ -106,9 +104,38 @@ def create_classifier(backbone: str, head: str, num_classes: int, embed_dim: Opt
             scale = 1.0 if mode == "dot" else 1.0 / tau
         head_cell = FixedRandomHead(num_classes, dim, mode=mode, scale=scale, seed=head_seed,
                                     storage_dtype=ebv_dtype)
-    return Classifier(feats, projection, head_cell, backbone, head)
+    return Classifier(feats, projection, head_cell)
 
 
-def create_classifier_from_config(model_cfg: Mapping, ebv: Optional[EBVSet] = None) -> Classifier:
-    """``create_classifier(**cfg.model, ebv=ebv)``; the ``model`` config section mirrors its args."""
-    return create_classifier(ebv=ebv, **dict(model_cfg))
+PARTS = ("backbone", "projection", "head")
+
+
+@dataclass
+class PartCount:
+    """Parameters of a part: ``trainable``, ``frozen`` (the fixed class vectors) and ``buffers``
+    (BatchNorm running statistics: not trained, and never counted in the paper's numbers)."""
+    trainable: int = 0
+    frozen: int = 0
+    buffers: int = 0
+
+
+def count_cell(cell: nn.Cell) -> PartCount:
+    out = PartCount()
+    for name, p in cell.parameters_and_names():
+        kind = "trainable" if p.requires_grad else \
+            "buffers" if name.endswith(("moving_mean", "moving_variance")) else "frozen"
+        setattr(out, kind, getattr(out, kind) + int(p.size))
+    return out
+
+
+def count_parameters(net: Classifier) -> Dict[str, PartCount]:
+    """Counts of a ``Classifier`` per part (``PARTS``)."""
+    return {part: count_cell(getattr(net, part)) for part in PARTS}
+
+
+def parameter_totals(net: Classifier) -> Dict[str, int]:
+    """``trainable``, ``frozen``, ``buffers`` summed over the parts; ``total`` = trainable +
+    frozen (BatchNorm statistics apart, as in the paper's counts)."""
+    c = count_cell(net)
+    return {"total": c.trainable + c.frozen, "trainable": c.trainable, "frozen": c.frozen,
+            "buffers": c.buffers}

@@ -18,12 +18,13 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import initializer
 
+from .. import config
 from ..ebv.ebvset import matrix_checksum
 
 __all__ = ["FrozenVectorHead", "EBVHead", "ScaledL2Normalize", "FixedRandomHead", "FCHead", "random_unit_vectors",
            "matrix_checksum", "STORAGE_DTYPES"]
 
-STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
+STORAGE_DTYPES = {name: getattr(np, name) for name in config.STORAGE_DTYPES}
 
 
 def random_unit_vectors(num_classes: int, dim: int, seed: int = 0) -> np.ndarray:

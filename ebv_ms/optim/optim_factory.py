@@ -12,7 +12,7 @@ from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 
 __all__ = ["create_optimizer", "OPTIMIZERS"]
 
-OPTIMIZERS = ("sgd", "adamw")
+from ..config import OPTIMIZERS  # noqa: E402 - the one list, with the config keys
 
 
 def _is_no_decay(param) -> bool:

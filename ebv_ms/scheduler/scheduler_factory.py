@@ -12,7 +12,7 @@ from typing import List
 
 __all__ = ["create_scheduler", "warmup_cosine_lr", "SCHEDULERS"]
 
-SCHEDULERS = ("warmup_cosine", "constant")
+from ..config import SCHEDULERS  # noqa: E402 - the one list, with the config keys
 
 
 def warmup_cosine_lr(lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float = 5,

@@ -15,42 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Dict, List, Mapping, Optional
 
-from mindspore import nn
-
 from ..config import ConfigError, load_config
+from ..models.classifier import PARTS, PartCount, count_cell, count_parameters
 
 __all__ = ["PartCount", "count_parameters", "parameter_report", "format_report", "main"]
 
-PARTS = ("backbone", "projection", "head")
-_BUFFER_SUFFIXES = ("moving_mean", "moving_variance")
-
-
-@dataclass
-class PartCount:
-    trainable: int = 0
-    frozen: int = 0
-    buffers: int = 0
-
-
-def _count_cell(cell: nn.Cell) -> PartCount:
-    out = PartCount()
-    for name, p in cell.parameters_and_names():
-        size = int(p.size)
-        if p.requires_grad:
-            out.trainable += size
-        elif name.endswith(_BUFFER_SUFFIXES):
-            out.buffers += size
-        else:
-            out.frozen += size
-    return out
-
-
-def count_parameters(net) -> Dict[str, PartCount]:
-    """Counts of a built ``Classifier`` (from ``create_classifier``), per part."""
-    return {part: _count_cell(getattr(net, part)) for part in PARTS}
 
 
 def _dense(fan_in: int, fan_out: int) -> int:
@@ -81,7 +53,7 @@ def parameter_report(model_cfg: Mapping, heads: Optional[List[str]] = None) -> D
     feats, num_features, _ = create_backbone(model_cfg.get("backbone", "resnet50"), 1,
                                              in_channels=model_cfg.get("in_channels", 3),
                                              **dict(model_cfg.get("backbone_kwargs") or {}))
-    backbone = _count_cell(feats)
+    backbone = count_cell(feats)
     report = {}
     for h in heads:
         report[h] = {"backbone": backbone, **_head_counts(h, num_features, num_classes, dim)}
