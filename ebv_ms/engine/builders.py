@@ -26,15 +26,15 @@ MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 
 def setup_context(cfg) -> None:
     """Device, execution mode (graph | pynative) and the global seed, from a validated config."""
-    device, mode = str(cfg.device_target), str(cfg.mode).lower()
+    device, mode = cfg.device_target, cfg.mode
     device_id = os.environ.get("DEVICE_ID")  # set per rank by the launch scripts
     if device != "CPU" and device_id not in (None, ""):
         ms.set_device(device, int(device_id))
     else:
         ms.set_device(device)
     ms.set_context(mode=MODES[mode])
-    ms.set_seed(int(cfg.seed))
-    np.random.seed(int(cfg.seed))
+    ms.set_seed(cfg.seed)
+    np.random.seed(cfg.seed)
 
 
 def init_parallel(cfg) -> Tuple[int, int]:
@@ -45,7 +45,7 @@ def init_parallel(cfg) -> Tuple[int, int]:
 
 def is_jit(cfg) -> bool:
     """Steps are compiled with ``ms.jit`` in ``mode: graph``."""
-    return str(cfg.mode).lower() == "graph"
+    return cfg.mode == "graph"
 
 
 def eval_sizes(cfg) -> Tuple[int, int]:
@@ -54,11 +54,9 @@ def eval_sizes(cfg) -> Tuple[int, int]:
     ``data.eval_crop``, defaulting to ``image_size / 0.875`` and ``image_size``."""
     size = cfg.eval.get("test_size")
     if size:
-        return int(round(int(size) / 0.875)), int(size)
+        return round(size / 0.875), size
     d = cfg.data
-    crop = int(d.eval_crop or d.image_size)
-    resize = int(d.eval_resize or round(int(d.image_size) / 0.875))
-    return resize, crop
+    return d.eval_resize or round(d.image_size / 0.875), d.eval_crop or d.image_size
 
 
 def build_data(cfg, split: str, batch_size: int, is_training: bool, num_shards: int = 1,
@@ -70,8 +68,8 @@ def build_data(cfg, split: str, batch_size: int, is_training: bool, num_shards: 
     if cfg.eval.get("test_size") and not is_training:
         data_cfg["eval_resize"], data_cfg["eval_crop"] = eval_sizes(cfg)
     return create_dataset(data_cfg, split, batch_size, is_training, num_shards=num_shards,
-                          shard_id=shard_id, seed=int(cfg.seed),
-                          num_classes=int(cfg.model.num_classes))
+                          shard_id=shard_id, seed=cfg.seed,
+                          num_classes=cfg.model.num_classes)
 
 
 def build_network(cfg, ebv=None, amp_level: str = "O0"):
@@ -94,7 +92,7 @@ class EvalParts:
 
 def build_eval(cfg, network, rank: int = 0, world_size: int = 1) -> EvalParts:
     """The ``eval.split`` shard of this rank (``eval.batch_size`` per device) and its step."""
-    ds, info = build_data(cfg, str(cfg.eval.split), int(cfg.eval.batch_size), False,
+    ds, info = build_data(cfg, cfg.eval.split, cfg.eval.batch_size, False,
                           num_shards=world_size, shard_id=rank)
     return EvalParts(ds, info, build_eval_step(network, min(5, cfg.model.num_classes), jit=is_jit(cfg)))
 
@@ -116,17 +114,16 @@ def build_training(cfg, network, steps_per_epoch: int, amp_level: str) -> TrainP
     from ebv_ms.scheduler import create_scheduler
     t, s, o = cfg.train, cfg.scheduler, cfg.optim
     loss_fn = create_loss(**dict(cfg.loss))
-    lrs = create_scheduler(steps_per_epoch, int(t.epochs), float(o.lr), name=s.name,
-                           warmup_epochs=float(s.warmup_epochs),
-                           warmup_factor=float(s.warmup_factor), min_lr=float(s.min_lr))
+    lrs = create_scheduler(steps_per_epoch, t.epochs, o.lr, name=s.name,
+                           warmup_epochs=s.warmup_epochs, warmup_factor=s.warmup_factor,
+                           min_lr=s.min_lr)
     optimizer = create_optimizer(network, opt=o.opt, lr=lrs,
-                                 weight_decay=float(o.weight_decay),
-                                 momentum=float(o.momentum), nesterov=bool(o.nesterov),
-                                 filter_bias_and_bn=bool(o.filter_bias_and_bn),
-                                 betas=tuple(o.betas), eps=float(o.eps))
-    scaler = create_loss_scaler(t.loss_scale, amp_level, float(t.loss_scale_value))
+                                 weight_decay=o.weight_decay, momentum=o.momentum,
+                                 nesterov=o.nesterov, filter_bias_and_bn=o.filter_bias_and_bn,
+                                 betas=tuple(o.betas), eps=o.eps)
+    scaler = create_loss_scaler(t.loss_scale, amp_level, t.loss_scale_value)
     step = build_train_step(network, loss_fn, optimizer, jit=is_jit(cfg), loss_scaler=scaler,
-                            clip_grad_norm=float(t.clip_grad_norm))
+                            clip_grad_norm=t.clip_grad_norm)
     return TrainParts(lrs, optimizer, scaler, step)
 
 
