@@ -72,7 +72,8 @@ def _write(kind, ebv, folder):
 @pytest.mark.parametrize("kind", ["native", "numpy_npz", "deflated", "npy"])
 @pytest.mark.slow
 def test_loading_a_set_holds_one_copy_at_its_peak(tmp_path, big_set, kind):
-    """Peak RSS of load_ebv stays below matrix + 0.4 x matrix (reading a whole member and then
+    """Peak RSS of load_ebv stays below matrix + 0.3 x matrix (zipfile inflates a deflated member
+    through buffers of a few read sizes; reading a whole member and then
     copying it peaked at 2 x matrix), and the vectors are exact."""
     path = _write(kind, big_set, tmp_path)
     rec = _run("""
@@ -84,7 +85,7 @@ def test_loading_a_set_holds_one_copy_at_its_peak(tmp_path, big_set, kind):
     """, path)
     assert rec["checksum"] == big_set.checksum()
     peak = rec["hwm"] - rec["rss0"]
-    assert peak < 1.4 * MATRIX, f"{kind}: load peaked {peak / MB:.0f} MB above the start for a " \
+    assert peak < 1.3 * MATRIX, f"{kind}: load peaked {peak / MB:.0f} MB above the start for a " \
                                 f"{MATRIX / MB:.0f} MB matrix"
 
 
@@ -122,9 +123,8 @@ def test_two_processes_share_one_mapped_set_and_its_head(tmp_path, big_set):
         hold.stdin.close()
         hold.wait(timeout=60)
     assert rec["ok"]
-    # half the matrix each, plus ~60 MB the allocator keeps from the 32 MB float64 row blocks
-    # of the norm check (a constant, not a second matrix, which would add 200 MB here)
-    limit = 0.5 * MATRIX + 80 * MB
+    # half the matrix each, plus a few MB of the checks' row blocks (a private copy adds 200 MB)
+    limit = 0.5 * MATRIX + 40 * MB
     assert rec["load"] < limit, f"load: +{rec['load'] / MB:.0f} MB PSS (a private copy?)"
     assert rec["head"] < limit + 40 * MB, f"head: +{rec['head'] / MB:.0f} MB PSS (a private copy?)"
 

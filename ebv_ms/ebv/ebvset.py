@@ -88,14 +88,15 @@ def validate_matrix(w, normalize: bool = True) -> np.ndarray:
         raise EBVError(f"EBV matrix is empty: shape {arr.shape}")
     src = arr
     arr = arr.astype(np.float32, copy=False)
-    # Row blocks of ~4M elements: float64 temporaries stay ~32 MB even for 100k x 5000.
+    # Row blocks of ~4M elements: temporaries stay a few MB even for 100k x 5000.
     step = max(1, (1 << 22) // arr.shape[1])
     bad = np.zeros(arr.shape[0], dtype=bool)
     norms = np.empty(arr.shape[0], dtype=np.float64)
     for i in range(0, arr.shape[0], step):
         blk = arr[i:i + step]
         bad[i:i + step] = ~np.isfinite(blk).all(axis=1)
-        norms[i:i + step] = np.linalg.norm(blk.astype(np.float64), axis=1)
+        # float64 sums without a float64 copy of the block (einsum casts in small buffers)
+        norms[i:i + step] = np.sqrt(np.einsum("ij,ij->i", blk, blk, dtype=np.float64))
     if bad.any():
         raise EBVError(f"EBV matrix has NaN/inf in {int(bad.sum())} row(s), first row {int(np.argmax(bad))}")
     zero = norms < 1e-12
@@ -121,9 +122,12 @@ def degeneracy(vectors: np.ndarray) -> str:
     if d == 1 and n > 1:
         return (f"dimension d=1: every vector is +1 or -1, so at most 2 of the {n} classes can be "
                 "told apart")
-    bits = np.ascontiguousarray(vectors[:, :64]).view(np.uint32).astype(np.uint64)
-    weights = np.random.default_rng(0).integers(1, 1 << 61, bits.shape[1], dtype=np.uint64) | 1
-    keys = (bits * weights).sum(axis=1)  # wraps mod 2^64: a hash, not a number
+    cols = min(d, 64)
+    weights = np.random.default_rng(0).integers(1, 1 << 61, 64, dtype=np.uint64)[:cols] | 1
+    keys = np.empty(n, dtype=np.uint64)
+    for i in range(0, n, 8192):  # row blocks: no N x 64 uint64 temporaries (100 MB at 100k)
+        bits = np.ascontiguousarray(vectors[i:i + 8192, :cols]).view(np.uint32).astype(np.uint64)
+        keys[i:i + 8192] = (bits * weights).sum(axis=1)  # wraps mod 2^64: a hash, not a number
     order = np.argsort(keys, kind="stable")
     same = np.flatnonzero(keys[order][1:] == keys[order][:-1])
     pairs = [(int(order[k]), int(order[k + 1])) for k in same
