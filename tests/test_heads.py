@@ -257,3 +257,54 @@ def test_amp_with_fp16_storage(mode):
     assert out.dtype == np.float32 and head.ebv.dtype == ms.float16
     # fp16 products of unit vectors: ~1e-3 relative on cos, times 1/tau
     assert np.abs(out - ref).max() < 3e-3 / 0.007
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
+def test_tau_warmup_logits_and_step_count(ebv, mode):
+    """Training logits follow tau_t = tau_start^(1-t) tau^t, t = step/steps (0.4, 0.2, 0.1, 0.1
+    here), one step per optimizer step; evaluation uses the final tau and leaves the count."""
+    ms.set_context(mode=mode)
+    try:
+        v = np.random.default_rng(4).standard_normal((5, 8)).astype(np.float32)
+        spread = 1 / (0.4 * np.sqrt(8))  # tau_start = 0.4 at d = 8
+        head = EBVHead(ebv, tau=0.1, tau_warmup_spread=spread, tau_warmup_steps=2)
+        head.set_train(True)
+        for tau_t in (0.4, 0.2, 0.1, 0.1):
+            np.testing.assert_allclose(head(Tensor(v)).asnumpy(), _ref_cos_logits(v, ebv.vectors, tau_t),
+                                       rtol=1e-5, atol=1e-4)
+        assert float(head.tau_step.asnumpy()) == 4.0
+        head.set_train(False)
+        np.testing.assert_allclose(head(Tensor(v)).asnumpy(), _ref_cos_logits(v, ebv.vectors, 0.1),
+                                   rtol=1e-5, atol=1e-4)
+        assert float(head.tau_step.asnumpy()) == 4.0
+
+        # inside a jitted gradient step the count moves once per step, and the gradient is
+        # that of cos / tau_t (the factor is a constant of the step)
+        proj = nn.Dense(8, 8, weight_init="normal", has_bias=False)
+        warm = EBVHead(ebv, tau=0.1, tau_warmup_spread=spread, tau_warmup_steps=10)
+        net = nn.SequentialCell([proj, warm])
+        net.set_train(True)
+        loss_fn = nn.CrossEntropyLoss()
+
+        def forward(x, y):
+            return loss_fn(net(x), y)
+
+        grad_fn = ms.value_and_grad(forward, None, [proj.weight])
+        step = ms.jit(grad_fn) if mode == ms.GRAPH_MODE else grad_fn
+        y = Tensor(np.arange(5, dtype=np.int32))
+        for _ in range(3):
+            loss, _ = step(Tensor(v), y)
+        assert float(warm.tau_step.asnumpy()) == 3.0
+        z = v @ proj.weight.asnumpy().T
+        tau_2 = 0.4 ** 0.8 * 0.1 ** 0.2  # the third step: t = 2/10
+        logits = _ref_cos_logits(z, ebv.vectors, tau_2)
+        ref = np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(5), np.arange(5)])
+        assert abs(float(loss.asnumpy()) - ref) < 1e-4
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+
+
+def test_tau_warmup_off_by_default_and_where_the_spread_is_already_small(ebv):
+    for head in (EBVHead(ebv, tau=0.1), EBVHead(ebv, tau=0.1, tau_warmup_spread=4.0, tau_warmup_steps=9)):
+        # spread 4 at d = 8 means tau_start = 0.088 < tau: nothing to warm up
+        assert head.tau_warmup_steps == 0 and "tau_step" not in dict(head.parameters_and_names())
