@@ -2,6 +2,7 @@
 """Training-step throughput (images/s): GRAPH vs PyNative, EBV head vs FC, plus quick-start wall time.
 
     flock /tmp/ebv_heavy.lock python benchmarks/train.py [--steps 8] [--skip-quick-start]
+    flock /tmp/ebv_heavy.lock python benchmarks/train.py --loop-trees OLD,NEW [--rounds 3]
 
 Each case runs in its own process: the real ``create_classifier`` + ``create_loss`` +
 ``create_optimizer`` (SGD momentum) + ``build_train_step`` (``ms.jit`` under GRAPH_MODE, eager
@@ -103,6 +104,48 @@ def quick_start_wall(python: str) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def loop_epochs(trees, rounds: int, epochs: int, python: str) -> int:
+    """The whole training loop (``Trainer.train_one_epoch``: data, steps, host reads, logging),
+    not the step alone: ``train.py`` on the demo config from each checkout in ``trees``, in
+    alternating order, ``rounds`` times; the per-epoch ``epoch_seconds`` of epochs 2.. (epoch 1
+    compiles) from metrics.jsonl, median over rounds, and each tree's ratio to the first."""
+    import statistics
+    tmp = tempfile.mkdtemp(prefix="ebv_loop_bench_")
+    try:
+        subprocess.run([python, "-m", "ebv_ms.data.demo", "--out", f"{tmp}/demo"], check=True,
+                       cwd=ROOT, stdout=subprocess.DEVNULL,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+        secs = {t: [] for t in trees}
+        for rnd in range(rounds):
+            for tree in (trees if rnd % 2 == 0 else trees[::-1]):
+                out = f"{tmp}/run_{rnd}_{abs(hash(tree))}"
+                r = subprocess.run([python, os.path.join(tree, "train.py"), "--config",
+                                    os.path.join(tree, "configs", "demo_cpu.yaml"),
+                                    f"output_dir={out}", f"data.path={tmp}/demo/digits.zip",
+                                    f"ebv.cache_dir={tmp}/ebv", f"train.epochs={epochs}",
+                                    "train.progress_bar=false", "train.log_interval=10"],
+                                   cwd=tmp, env=dict(os.environ, PYTHONPATH=tree),
+                                   capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise SystemExit(f"{tree}: train.py failed\n{r.stderr[-3000:]}")
+                with open(f"{out}/metrics.jsonl") as f:
+                    recs = [json.loads(line) for line in f]
+                secs[tree].extend(rec["epoch_seconds"] for rec in recs[1:])
+                print(f"  round {rnd + 1}: {tree}: " + ", ".join(
+                    f"{rec['epoch_seconds']:.2f}" for rec in recs[1:]) + " s/epoch", flush=True)
+        base = statistics.median(secs[trees[0]])
+        print(f"\nTraining loop on CPU, demo config ({epochs} epochs, log_interval 10), "
+              f"seconds per epoch after the first, median of {rounds} alternated rounds\n")
+        print("| tree | s/epoch (median) | min | max | / first tree |")
+        print("|---|---:|---:|---:|---:|")
+        for t in trees:
+            m = statistics.median(secs[t])
+            print(f"| {t} | {m:.3f} | {min(secs[t]):.3f} | {max(secs[t]):.3f} | {m / base:.3f}x |")
+        return 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=8, help="timed steps per case")
@@ -113,8 +156,18 @@ def main(argv=None) -> int:
     ap.add_argument("--r50-steps", type=int, default=2, help="timed steps per ResNet-50 case")
     ap.add_argument("--models", default="demo,resnet50")
     ap.add_argument("--skip-quick-start", action="store_true")
+    ap.add_argument("--loop-trees", metavar="OLD,NEW",
+                    help="time the whole training loop (train.py, demo config) of these "
+                         "checkouts instead, alternated (e.g. a `git worktree add` of the old code)")
+    ap.add_argument("--loop-epochs", type=int, default=4, help="epochs per --loop-trees run")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: model,head,mode in this process
     args = ap.parse_args(argv)
+    if args.loop_trees:
+        rc = loop_epochs([os.path.abspath(t) for t in args.loop_trees.split(",")], args.rounds,
+                         args.loop_epochs, sys.executable)
+        print("\nReproduce: flock /tmp/ebv_heavy.lock python benchmarks/train.py "
+              + " ".join(a for a in (argv if argv is not None else sys.argv[1:])))
+        return rc
     if args.case:
         model, head, mode = args.case.split(",")
         print("CASE " + json.dumps(run_case(model, head, mode, args.steps, args.warmup,

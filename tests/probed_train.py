@@ -1,7 +1,7 @@
 """train.py with the test callbacks of tests/probes.py installed.
 
     python tests/probed_train.py [--rank-probe] [--kill-at-step N [--kill-rank K]]
-        [--keep-epochs] [--rank1-output-dir DIR] TRAIN.PY ARGUMENTS...
+        [--keep-epochs] [--rank1-output-dir DIR] [--loss-probe] TRAIN.PY ARGUMENTS...
 
 Used as ENTRY of scripts/run_distribute_gpu.sh by the 2-rank test (``--rank-probe``) and by
 the resume tests (``--kill-at-step``), the per-epoch outcome tests (``--keep-epochs``) and the
@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 import train  # noqa: E402
-from probes import KeepEpochCheckpoints, KillAtStep, RankProbeCallback  # noqa: E402
+from probes import KeepEpochCheckpoints, KillAtStep, LossProbe, RankProbeCallback  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--kill-rank", type=int, default=None, help="only this rank is killed")
     p.add_argument("--keep-epochs", action="store_true", help="copy last.ckpt to epoch_K.ckpt")
     p.add_argument("--rank1-output-dir", default=None, help="rank 1's output_dir")
+    p.add_argument("--loss-probe", action="store_true", help="logs/loss_probe_rank_K.json")
     ours, rest = p.parse_known_args(argv)
     callbacks = []
     if ours.rank_probe:
@@ -35,6 +36,8 @@ def main(argv=None) -> int:
         callbacks.append(KillAtStep(ours.kill_at_step, ours.kill_rank))
     if ours.keep_epochs:
         callbacks.append(KeepEpochCheckpoints())
+    if ours.loss_probe:
+        callbacks.append(LossProbe())
     if ours.rank1_output_dir and os.environ.get("MS_NODE_ID") == "1":
         rest = [a for a in rest if not a.startswith("output_dir=")]
         at = rest.index("--config") + 2 if "--config" in rest else 0

@@ -5,6 +5,7 @@
   SHA-256 of its trainable parameters at the end, written to OUTPUT_DIR/logs/rank_K.json.
 - ``KillAtStep``: SIGKILLs the process just before a given global step (the resume tests).
 - ``KeepEpochCheckpoints``: a copy of every epoch's last.ckpt (per-epoch outcome tests).
+- ``LossProbe``: each step's loss computed independently, and the loop's host reads per step.
 """
 from __future__ import annotations
 
@@ -144,3 +145,41 @@ class KeepEpochCheckpoints(Callback):
     def on_epoch_end(self, trainer, epoch, record) -> None:
         if trainer.rank == 0:
             shutil.copyfile(trainer.last_path, os.path.join(trainer.out, f"epoch_{epoch}.ckpt"))
+
+
+class LossProbe(Callback):
+    """Per step, before it runs: the loss of the model on the step's batch, computed here with
+    the run's loss (``ref_losses``; only for networks without BatchNorm or dropout, where this
+    forward changes nothing), and the host reads of any Tensor (``Tensor.asnumpy``) the loop
+    made since the previous step (``reads``). Written to OUTPUT_DIR/logs/loss_probe_rank_K.json
+    after every step, so a run that stops early leaves its report too."""
+
+    def __init__(self):
+        self.ref_losses, self.reads, self._count, self._paused = [], [], 0, False
+
+    def on_train_begin(self, trainer) -> None:
+        import mindspore as ms
+        from ebv_ms.loss import create_loss
+        self.loss_fn = create_loss(**dict(trainer.cfg.loss))
+        self.path = os.path.join(rank_log_dir(trainer.out), f"loss_probe_rank_{trainer.rank}.json")
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        original, probe = ms.Tensor.asnumpy, self
+
+        def counting(tensor):
+            if not probe._paused:
+                probe._count += 1
+            return original(tensor)
+
+        ms.Tensor.asnumpy = counting
+
+    def on_train_step(self, trainer, global_step, batch) -> None:
+        import mindspore as ms
+        from mindspore import ops
+        self.reads.append(self._count)
+        self._paused = True
+        logits = ops.cast(trainer.network(batch["image"]), ms.float32)
+        self.ref_losses.append(float(self.loss_fn(logits, batch["label"]).asnumpy()))
+        self._paused = False
+        self._count = 0
+        with open(self.path, "w", encoding="utf-8") as f:
+            json.dump({"ref_losses": self.ref_losses, "reads": self.reads[1:]}, f)

@@ -131,13 +131,16 @@ def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer
                      jit: bool = True, loss_scaler=None, clip_grad_norm: float = 0.0):
     """``step(images, labels) -> (loss, finite)``: forward, backward, all-reduce, update.
 
-    Without a loss scaler this is one compiled function. With one it is two: ``grads`` (forward,
-    backward, all-reduce, unscale, finiteness, scale update) and ``apply`` (clip, optimizer),
-    and Python calls ``apply`` only when the gradients are finite. A data-dependent ``if`` inside
-    one compiled step makes MindSpore copy every parameter the forward reads before the branch
-    (``TensorMove(Load(head.ebv))`` in the CPU IR): for the frozen 100k x 5000 matrix that is 2 GB
-    of device memory and 4 GB of copying per step. The split costs one host read of ``finite``
-    per step, which the training loop makes anyway when it reads the loss.
+    ``loss`` stays on the device (reading it waits for the step: the loop reads a whole log
+    interval at once); ``finite`` is a Python bool, False when the step was skipped.
+
+    Without a loss scaler this is one compiled function and every step is applied. With one it
+    is two: ``grads`` (forward, backward, all-reduce, unscale, finiteness, scale update) and
+    ``apply`` (clip, optimizer), and Python calls ``apply`` only when the gradients are finite. A
+    data-dependent ``if`` inside one compiled step makes MindSpore copy every parameter the
+    forward reads before the branch (``TensorMove(Load(head.ebv))`` in the CPU IR): for the
+    frozen 100k x 5000 matrix that is 2 GB of device memory and 4 GB of copying per step. The
+    split costs one host read of ``finite`` per step (the only one a step makes).
     """
     weights = optimizer.parameters
     reducer = grad_reducer_for(weights)
@@ -159,14 +162,18 @@ def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer
         return optimizer(grads)
 
     if scaler is None:
-        def step(images, labels):
+        def fused(images, labels):
             (_, loss), grads = grad_fn(images, labels)
             if reducer is not None:
                 grads = reducer(grads)
-            loss = ops.depend(loss, update(grads))
-            return loss, ops.ones((), ms.bool_)
+            return ops.depend(loss, update(grads))
 
-        return ms.jit(step) if jit else step
+        fused_step = ms.jit(fused) if jit else fused
+
+        def step(images, labels):
+            return fused_step(images, labels), True
+
+        return step
 
     def scaled_grads(images, labels):
         if clear_status:  # see _reads_status_register
@@ -188,7 +195,8 @@ def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer
 
     def step(images, labels):
         loss, finite, grads = grads_step(images, labels)
-        if bool(finite.asnumpy()):
+        finite = bool(finite.asnumpy())
+        if finite:
             # mutable: a tuple of tensors passed as constants would recompile the graph each step
             apply_step(ms.mutable(grads))
         return loss, finite

@@ -21,6 +21,7 @@ import os
 import time
 from typing import Optional, Sequence
 
+from mindspore import ops
 from tqdm import tqdm
 
 from ebv_ms.config import Config, ConfigError, check_run, save_config, validate
@@ -38,6 +39,9 @@ from .train_step import SkippedStepGuard
 from ebv_ms.errors import DivergenceError
 
 __all__ = ["Trainer", "train"]
+
+# with train.log_interval 0 the losses are still read (and checked) every this many steps
+_READ_EVERY = 50
 
 
 class Trainer:
@@ -162,12 +166,20 @@ class Trainer:
         return result
 
     def train_one_epoch(self, epoch: int, iterator) -> dict:
-        """One pass over this rank's shard; returns the epoch's training record."""
+        """One pass over this rank's shard; returns the epoch's training record.
+
+        The step's loss stays on the device: reading it every step would make the host wait for
+        each step before queueing the next one on a GPU/NPU. The losses are read as one vector
+        every ``train.log_interval`` steps (``_READ_EVERY`` when 0) and at the end of the epoch,
+        where the divergence check looks at each of them; the skipped-step guard acts on every
+        step (``finite`` is the host bool the loss-scaled step already reads)."""
         t, spe = self.cfg.train, self.steps_per_epoch
         self.network.set_train(True)
         bar = tqdm(total=spe, desc=f"epoch {epoch}/{t.epochs}", dynamic_ncols=True,
                    disable=not (self.rank == 0 and t.progress_bar), mininterval=1.0, leave=False)
-        loss_sum, n_img, n_skipped, steps = 0.0, 0, 0, 0
+        log_every = int(t.log_interval or 0)
+        read_every = log_every or _READ_EVERY
+        pending, loss_sum, n_img, n_skipped, steps = [], 0.0, 0, 0, 0
         speed = _Throughput(self.world_size)
         t0 = time.perf_counter()
         for i, batch in enumerate(iterator):
@@ -176,24 +188,24 @@ class Trainer:
                 cb.on_train_step(self, gstep, batch)
             images = batch["image"]
             loss, finite = self.step_fn(images, batch["label"])
-            loss_v = float(loss.asnumpy())
             if self.skip_guard is not None:  # raises when stalled at the lowest loss scale
-                self.skip_guard(bool(finite.asnumpy()), self.scaler.scale_value)
-            if not bool(finite.asnumpy()):
-                n_skipped += 1
-            elif not math.isfinite(loss_v):
-                raise DivergenceError(
-                    f"training diverged at epoch {epoch} step {i}: loss is {loss_v}; lower "
-                    f"optim.lr ({self.cfg.optim.lr}) or enable train.loss_scale; {self.last_path} "
-                    "still holds the last good epoch")
-            loss_sum, n_img, steps = loss_sum + loss_v, n_img + int(images.shape[0]), i + 1
+                self.skip_guard(finite, self.scaler.scale_value)
+            n_skipped += not finite
+            pending.append((loss, finite))
+            n_img, steps = n_img + int(images.shape[0]), i + 1
             ips = speed.update(n_img)
-            lr = self.lrs[min(gstep, len(self.lrs) - 1)]
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}", refresh=False)
-            if self.rank == 0 and t.log_interval and steps % int(t.log_interval) == 0:
-                self.log.info("epoch %d step %d/%d loss %.4f lr %.3e %.0f img/s", epoch, steps,
-                              spe, loss_v, lr, ips)
+            if steps % read_every == 0:
+                loss_sum, loss_v = self._read_losses(epoch, steps, pending, loss_sum)
+                pending = []
+                lr = self.lrs[min(gstep, len(self.lrs) - 1)]
+                bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}",
+                                refresh=False)
+                if self.rank == 0 and log_every and steps % log_every == 0:
+                    self.log.info("epoch %d step %d/%d loss %.4f lr %.3e %.0f img/s", epoch,
+                                  steps, spe, loss_v, lr, ips)
+        if pending:
+            loss_sum, _ = self._read_losses(epoch, steps, pending, loss_sum)
         bar.close()
         secs = time.perf_counter() - t0
         # samples the pipeline could not decode this epoch (replaced, never mislabelled):
@@ -206,6 +218,22 @@ class Trainer:
                 "epoch_seconds": round(secs, 3),
                 "train_images_per_s": round(n_img * self.world_size / max(secs, 1e-9), 1),
                 "skipped_steps": n_skipped, "bad_samples": n_bad}
+
+    def _read_losses(self, epoch: int, steps: int, pending, loss_sum: float):
+        """Read the losses of the ``pending`` (loss, finite) steps ending at ``steps`` (one host
+        read) and check each applied step's loss is finite; returns (``loss_sum`` plus them, added
+        in step order as before, the last one)."""
+        values = ops.stack([loss for loss, _ in pending]).asnumpy()
+        first = steps - len(pending)
+        for k, ((_, finite), v) in enumerate(zip(pending, values)):
+            v = float(v)
+            if finite and not math.isfinite(v):
+                raise DivergenceError(
+                    f"training diverged at epoch {epoch} step {first + k}: loss is {v}; lower "
+                    f"optim.lr ({self.cfg.optim.lr}) or enable train.loss_scale; "
+                    f"{self.last_path} still holds the last good epoch")
+            loss_sum += v
+        return loss_sum, float(values[-1])
 
     def evaluate(self, epoch: int) -> dict:
         """Top-1/top-5 of the whole ``eval.split``, each rank evaluating its shard."""
