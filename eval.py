@@ -68,7 +68,9 @@ def run(args) -> dict:
 
     if args.json:
         _check_json_path(args.json)
-    state = load_checkpoint(args.ckpt)  # damaged metadata: a CheckpointError naming the file
+    # the record and config only: the device is set up (and init() called on several ranks)
+    # before any Tensor exists, as MindSpore asks on Ascend; the weights are read after that
+    state = load_checkpoint(args.ckpt, params=False)  # damaged metadata: CheckpointError
     if state.config is None and not args.config:
         raise ConfigError(f"{args.ckpt} records no config (not written by train.py); "
                           "pass --config with the model/data settings it was trained with")
@@ -84,6 +86,7 @@ def run(args) -> dict:
     setup_context(cfg)
     rank, world = init_parallel(cfg)  # (0, 1) unless launched on several ranks
     progress = rank == 0 and not args.no_progress
+    state = load_checkpoint(args.ckpt)
 
     ebv = checkpoint_ebv(state, cfg, ebv_file=args.ebv, rank=rank, progress=progress)
     network = build_network(cfg, ebv)

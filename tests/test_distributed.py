@@ -309,3 +309,16 @@ def test_eval_script_rejects_a_missing_checkpoint(tmp_path):
     r = subprocess.run(["bash", str(ROOT / "scripts" / "run_eval_gpu.sh"), str(tmp_path / "x.ckpt")],
                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "checkpoint not found" in r.stderr
+
+
+def test_eval_sets_up_the_device_before_any_tensor(demo_run):
+    """MindSpore asks for init() before any Tensor is made on Ascend: eval.py sets the device
+    and joins the job (init_parallel) before it reads a checkpoint's weights (tests/
+    eval_order_probe.py records the first of each, then calls the real function)."""
+    tmp, run = demo_run
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "eval_order_probe.py"), "--ckpt",
+                        str(run / "last.ckpt"), "--no-progress"], cwd=tmp, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    order = json.loads(next(line[6:] for line in r.stdout.splitlines() if line.startswith("ORDER ")))
+    assert order[:3] == ["set_device", "init_parallel", "tensor"], order

@@ -171,20 +171,36 @@ def _plain_ebv_param(raw: Mapping) -> Optional[str]:
     return keys[0] if keys else None
 
 
-def load_checkpoint(path: str) -> CheckpointState:
-    """Read a checkpoint written by ``save_checkpoint`` (or a plain MindSpore weights file)."""
+def load_checkpoint(path: str, params: bool = True) -> CheckpointState:
+    """Read a checkpoint written by ``save_checkpoint`` (or a plain MindSpore weights file).
+
+    ``params=False``: the record and config only, no Tensor made (eval.py reads the config this
+    way before ``init()``, which MindSpore asks for before any Tensor on Ascend)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    names = []  # every entry's name, also those a header read leaves out
+
+    def header(name: str) -> bool:
+        names.append(name)
+        return name in (_META, _CONFIG)
+
     try:
-        raw = ms.load_checkpoint(path)
+        raw = ms.load_checkpoint(path, choice_func=None if params else header)
     except Exception as exc:  # noqa: BLE001 - MindSpore raises several types for bad files
-        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({exc})") from exc
+        if not params and names and "empty after filter" in str(exc):
+            raw = {}  # a readable plain weights file: neither record nor config
+        else:
+            raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({exc})") from exc
     state = CheckpointState(path=path)
     meta_s = raw.pop(_META, None)
     cfg_s = raw.pop(_CONFIG, None)
     vec = raw.pop(_EBV, None)
     if meta_s is None:
         state.is_ebv_ms = False
+        if not params:  # only say where the matrix is: nothing is read
+            name = _plain_ebv_param(dict.fromkeys(names))
+            state.ebv_info = {"param": name} if name else None
+            return state
         name = _plain_ebv_param(raw)
         if name is not None:  # ms.save_checkpoint(net) of an EBV classifier: the matrix inside
             stored = raw.pop(name).asnumpy()
