@@ -455,3 +455,14 @@ def test_validated_config_is_read_only_and_check_run_leaves_it_alone():
         cfg["seed"] = 1
     ran = check_run(cfg, training=False)
     assert cfg.data.num_workers == 64 and ran.data.num_workers == multiprocessing.cpu_count()
+
+
+def test_make_demo_into_a_read_only_folder_is_one_line(capsys, tmp_path):
+    """The demo writer reports through run_cli like every command line (it ended in a traceback)."""
+    from ebv_ms.tools.make_demo import main
+    ro = tmp_path / "ro"
+    _mount_tmpfs(ro, "ro,size=64k")
+    try:
+        _fails(capsys, main, ["--out", str(ro / "d")], "make_demo: error:", "Read-only file system")
+    finally:
+        _umount(ro)

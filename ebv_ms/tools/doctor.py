@@ -223,6 +223,11 @@ def main(argv=None) -> int:
                     help="seconds for each tool asked (ldd, nvidia-smi, npu-smi, mpirun, msrun)")
     ap.add_argument("--targets", default="CPU,GPU,Ascend", help="device targets to try")
     a = ap.parse_args(argv)
+    from ..errors import run_cli
+    return run_cli("doctor", lambda: _report(a))
+
+
+def _report(a) -> int:
     rep = diagnose(a.timeout, tuple(t for t in a.targets.split(",") if t), a.tool_timeout)
     print(json.dumps(rep, indent=1) if a.json else format_report(rep))
     cpu = (rep.get("devices") or {}).get("CPU")

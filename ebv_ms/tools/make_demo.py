@@ -94,6 +94,11 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="digits.zip")
     a = ap.parse_args(argv)
+    from ..errors import run_cli
+    return run_cli("make_demo", lambda: _run(a))
+
+
+def _run(a) -> int:
     path = write_demo_archive(a.out, a.size, a.val_fraction, a.seed, a.copies, a.deflate, name=a.name)
     with zipfile.ZipFile(path) as z:
         n = len(z.namelist())
