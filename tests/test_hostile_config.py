@@ -72,14 +72,24 @@ def test_deep_nesting_huge_numbers_and_nul_bytes_name_the_key(tmp_path):
 
 
 @pytest.mark.parametrize("backbone,kwargs,needle", [
-    ("small_cnn", "{foo: 1}", "foo"),
-    ("resnet18", "{foo: 1}", "foo"),
-    ("small_mlp", "{widths: [300000, 300000]}", "GiB of float32"),
-    ("small_mlp", "{widths: [abc]}", "positive integers"),
+    ("small_cnn", {"foo": 1}, "foo"),
+    ("resnet18", {"foo": 1}, "foo"),
+    ("small_mlp", {"widths": [300000, 300000]}, "GiB of float32"),
+    ("small_mlp", {"widths": ["abc"]}, "positive integers"),
 ])
 def test_backbone_kwargs_a_network_cannot_take(backbone, kwargs, needle):
-    _one_line(["-m", "ebv_ms.tools.params", "--config", DEMO, f"model.backbone={backbone}",
-               f"model.backbone_kwargs={kwargs}"], "'model.backbone_kwargs'", needle)
+    """Refused before anything is allocated (widths [300000, 300000] asked for 339 GiB)."""
+    from ebv_ms.errors import ModelError
+    from ebv_ms.models import create_backbone
+    with pytest.raises(ModelError, match=needle) as e:
+        create_backbone(backbone, 4, **kwargs)
+    assert "'model.backbone_kwargs'" in str(e.value)
+
+
+def test_backbone_kwargs_error_on_the_command_line():
+    _one_line(["-m", "ebv_ms.tools.params", "--config", DEMO, "model.backbone=small_mlp",
+               "model.backbone_kwargs={widths: [300000, 300000]}"], "'model.backbone_kwargs'",
+              "GiB of float32")
 
 
 def test_bad_backbone_checkpoints_are_user_errors(tmp_path):
