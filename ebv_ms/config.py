@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import stat
 import tempfile
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import yaml
 
@@ -46,11 +46,11 @@ class _Bad(Exception):
 
 class Key:
     """One config key: default, type (``int``, ``float``, ``bool``, ``str``, ``pair`` of floats,
-    ``map``, ``splits`` (split name -> path), ``columns``, ``bool|str``), allowed ``choices`` (a tuple; the
-    vocabularies below, which the factories import from here), a range ``lo``/``hi`` (``*_open``: strict), and
-    whether None is allowed. ``hint`` is added to the error message."""
+    ``map``, ``splits`` (split name -> path), ``columns``, ``bool|str``), allowed ``choices`` (one
+    of the vocabularies below), a range ``lo``/``hi`` (``*_open``: strict), and whether None is
+    allowed. ``hint`` is added to the error message."""
 
-    def __init__(self, default: Any, type: str, doc: str = "", *, choices: Union[None, tuple, str] = None,
+    def __init__(self, default: Any, type: str, doc: str = "", *, choices: Optional[tuple] = None,
                  lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
                  hi_open: bool = False, nullable: bool = False, hint: str = "", empty: bool = False):
         self.default, self.type, self.doc = default, type, doc
@@ -183,8 +183,7 @@ AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
 LOSS_SCALES = ("auto", "dynamic", "static", "none")
 
 
-def _k(default, type, doc="", **kw) -> Key:
-    return Key(default, type, doc, **kw)
+_k = Key
 
 
 # The schema: every key the project reads, with its default, type and allowed values. Each
