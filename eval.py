@@ -59,21 +59,18 @@ def _check_json_path(path: str) -> None:
 
 
 def run(args) -> dict:
-    from ebv_ms.config import ConfigError, check_run, load_config
-    from ebv_ms.engine.builders import build_eval, build_network, init_parallel, setup_context
-    from ebv_ms.engine.checkpoint import load_checkpoint, restore_checkpoint
-    from ebv_ms.engine.ebv_source import checkpoint_ebv
+    from ebv_ms.config import check_run
+    from ebv_ms.engine.builders import build_eval, init_parallel, setup_context
+    from ebv_ms.engine.checkpoint import checkpoint_config, load_checkpoint, network_from_checkpoint
     from ebv_ms.engine.evaluator import evaluate
+    from ebv_ms.engine.run_folder import check_class_names
     from ebv_ms.models.classifier import parameter_totals
 
     if args.json:
         _check_json_path(args.json)
-    # the record and config only: the device is set up (and init() called on several ranks)
-    # before any Tensor exists, as MindSpore asks on Ascend; the weights are read after that
-    state = load_checkpoint(args.ckpt, params=False)  # damaged metadata: CheckpointError
-    if state.config is None and not args.config:
-        raise ConfigError(f"{args.ckpt} records no config (not written by train.py); "
-                          "pass --config with the model/data settings it was trained with")
+    # read and checked without making a Tensor: the device is set up (and init() called on
+    # several ranks) before any Tensor exists, as MindSpore asks on Ascend
+    state = load_checkpoint(args.ckpt)  # damaged or crafted: a CheckpointError naming the file
     overrides = list(args.overrides)
     if args.batch_size is not None:
         overrides.append(f"eval.batch_size={args.batch_size}")
@@ -81,20 +78,20 @@ def run(args) -> dict:
         overrides.append(f"eval.split={args.split}")
     if args.test_size is not None:
         overrides.append(f"eval.test_size={args.test_size}")
-    cfg = check_run(load_config(args.config, overrides, base=state.config), training=False,
+    cfg = check_run(checkpoint_config(state, args.config, overrides), training=False,
                     ebv_needed=state.ebv_info is None)
     setup_context(cfg)
     rank, world = init_parallel(cfg)  # (0, 1) unless launched on several ranks
     progress = rank == 0 and not args.no_progress
-    state = load_checkpoint(args.ckpt)
 
-    ebv = checkpoint_ebv(state, cfg, ebv_file=args.ebv, rank=rank, progress=progress)
-    network = build_network(cfg, ebv)
-    restore_checkpoint(state, network)
-    epoch, logged_top1 = state.epoch, state.metrics.get("top1")
+    network, ebv = network_from_checkpoint(state, cfg, ebv_file=args.ebv, rank=rank,
+                                           progress=progress)
+    epoch, logged_top1, names = state.epoch, state.metrics.get("top1"), state.class_names
     del state  # the weights are in the network now
     counts = parameter_totals(network)
     parts = build_eval(cfg, network, rank, world)  # this rank's shard of the split
+    if names is not None:  # each label index must mean the class it meant in training
+        check_class_names(args.ckpt, parts.info.class_names, names)
     t0 = time.time()
     m = evaluate(network, parts, progress=progress, desc=f"eval {cfg.eval.split}")
     result = {"ckpt": args.ckpt, "epoch": epoch, "split": cfg.eval.split,

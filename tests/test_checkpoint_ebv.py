@@ -9,9 +9,10 @@ import pytest
 
 from ebv_ms.config import load_config
 from ebv_ms.ebv import EBVSet, save_ebv
-from ebv_ms.engine.checkpoint import (CheckpointError, ebv_file_name, ebv_from_checkpoint,
-                                      load_checkpoint, restore_checkpoint, save_checkpoint)
-from ebv_ms.engine.ebv_source import checkpoint_ebv
+from ebv_ms.ebv.identity import ebv_file_name
+from ebv_ms.engine.checkpoint import (CheckpointError, checkpoint_ebv, load_checkpoint,
+                                      save_checkpoint)
+from ebv_ms.engine.checkpoint import restore as restore_checkpoint
 from ebv_ms.generation import create_ebv
 from ebv_ms.models import create_classifier
 
@@ -45,7 +46,7 @@ def test_large_set_written_once_next_to_checkpoints_not_inside(tmp_path):
         {"checksum": ebv.checksum(), "num_classes": 12, "dim": 8, "method": "unknown", "seed": None}
     found = checkpoint_ebv(st)                             # next to the checkpoint
     assert found.checksum() == ebv.checksum()
-    assert ebv_from_checkpoint(str(tmp_path / "last.ckpt")).checksum() == ebv.checksum()
+    assert checkpoint_ebv(load_checkpoint(str(tmp_path / "last.ckpt"))).checksum() == ebv.checksum()
     net = create_classifier("small_cnn", "ebv", 12, ebv=found, tau=0.07)
     restore_checkpoint(st, net)                            # no head.ebv in the file: fine
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,21 +221,21 @@ def test_num_workers_above_the_core_count_is_lowered_with_a_warning(tmp_path, ca
 
 # --------------------------------------------------------------------------- eval.py
 def _ckpt(path, meta=None, config=None):
-    import mindspore as ms
-    extra = {}
+    """A checkpoint with a valid checksum (so the metadata itself is what is checked)."""
+    from ebv_ms.engine.checkpoint import write_entries
+    extra = {"w": np.ones(1, np.float32)}
     if meta is not None:
         extra["ebv_ms_meta"] = meta
     if config is not None:
         extra["ebv_ms_config"] = config
-    ms.save_checkpoint([{"name": "w", "data": ms.Tensor([1.0])}], str(path), append_dict=extra)
-    return str(path)
+    return write_entries(str(path), extra)
 
 
-GOOD_META = {"format": "ebv-ms/1", "epoch": 1, "global_step": 1, "best_top1": 1.0,
+GOOD_META = {"format": "ebv-ms/3", "epoch": 1, "global_step": 1, "best_top1": 1.0,
              "best_epoch": 1, "metrics": {}}
 CRAFTED = [  # (meta, config) -> text in the message
     ("{not json", None, "damaged checkpoint metadata (JSONDecodeError"),
-    (json.dumps({"format": "ebv-ms/1"}), None, "damaged checkpoint metadata (KeyError"),
+    (json.dumps({"format": "ebv-ms/3"}), None, "damaged checkpoint metadata (KeyError"),
     ("[1, 2]", None, "the record is a list, not a mapping"),
     (json.dumps({**GOOD_META, "epoch": "abc"}), None, "damaged checkpoint metadata (ValueError"),
     (json.dumps({**GOOD_META, "metrics": [1]}), None, "metrics is a list, not a mapping"),

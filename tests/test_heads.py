@@ -6,7 +6,7 @@ from mindspore import Tensor, nn
 
 from ebv_ms.ebv import EBVError, EBVSet
 from ebv_ms.engine.checkpoint import (CheckpointError, check_ebv_matches, load_checkpoint,
-                                      restore_checkpoint)
+                                      restore as restore_checkpoint)
 from ebv_ms.models import EBVHead, FixedRandomHead, create_classifier, random_unit_vectors
 
 

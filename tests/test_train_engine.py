@@ -9,7 +9,7 @@ from mindspore import nn, ops
 
 from ebv_ms.config import ConfigError, load_config
 from ebv_ms.ebv import EBVSet
-from ebv_ms.engine.checkpoint import (CheckpointError, load_checkpoint, restore_checkpoint,
+from ebv_ms.engine.checkpoint import (CheckpointError, load_checkpoint, restore as restore_checkpoint,
                                       save_checkpoint)
 from ebv_ms.engine.logger import JsonlLog
 from ebv_ms.engine.metrics import AccuracyMeter, topk_correct

@@ -65,15 +65,34 @@ def sidecar_path(model_file: str) -> str:
 
 
 def read_sidecar(model_file: str) -> dict:
+    """The export description beside ``model_file``, checked: its ``model`` (a path inside the
+    sidecar's folder), input shape and sizes, and one class name per output class."""
     path = sidecar_path(model_file)
     if not os.path.isfile(path):
         raise ExportError(f"{path} not found: predictions from an exported model need the JSON "
                           "export.py writes beside it (input size, normalisation, class names)")
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
-    if meta.get("format") != SIDECAR_FORMAT:
-        raise ExportError(f"{path}: not an ebv-ms export description (format "
-                          f"{meta.get('format')!r}, expected {SIDECAR_FORMAT!r})")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+            raise ExportError(f"{path}: not an ebv-ms export description (expected format "
+                              f"{SIDECAR_FORMAT!r})")
+        model, spec, names = meta["model"], meta["input"], meta["class_names"]
+        shape, n = spec["shape"], meta["output"]["shape"][1]
+        ok = (isinstance(model, str) and model and not os.path.isabs(model)
+              and ".." not in model.replace("\\", "/").split("/") and "\0" not in model)
+        if not ok:
+            raise ExportError(f"{path}: 'model' {str(model)[:80]!r} is not a file inside its "
+                              "folder; pass the model file itself")
+        if not (isinstance(shape, list) and len(shape) == 4 and
+                all(type(x) is int and 0 < x <= 1 << 16 for x in shape + [spec["resize"], spec["crop"]])):
+            raise ValueError("input shape / resize / crop are not positive whole numbers")
+        if type(n) is not int or not isinstance(names, list) or len(names) != n \
+                or not all(isinstance(c, str) for c in names):
+            raise ValueError(f"the class names are not {n} strings")
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ExportError(f"{path}: damaged export description ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:120]}); export the model again") from None
     return meta
 
 

@@ -1,42 +1,46 @@
-"""A trained network from a checkpoint, ready for inference: the one place export and predict
-load checkpoints (``load_network``).
-
-Everything it needs comes from the engine's public API (``load_checkpoint`` /
-``restore_checkpoint``, ``resolve_ebv``, ``build_network``); keeping it in one function means
-a change of checkpoint layout is wired here once, not in every entry point.
+"""A trained network from a checkpoint, ready for inference (``load_network``, used by export
+and predict), with its class names: the ones the checkpoint records, which ``classes.json``
+beside it (if any) must repeat exactly, so a replaced or permuted file is refused.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD
 
 from ebv_ms.engine.builders import eval_sizes  # the evaluation transform's sizes, one rule
 
-__all__ = ["load_network", "eval_sizes", "input_spec", "read_class_names"]
+__all__ = ["load_network", "eval_sizes", "input_spec", "class_names"]
 
 _log = logging.getLogger("ebv_ms")
 
 
-def read_class_names(ckpt: str, num_classes: int) -> Tuple[List[str], Optional[str]]:
-    """Class names from ``classes.json`` next to ``ckpt`` (train.py writes it into the run's
-    folder); ``(["0", ..., "N-1"], None)`` with a warning when there is none."""
-    path = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "classes.json")
-    if not os.path.isfile(path):
+def class_names(state, num_classes: int) -> List[str]:
+    """The checkpoint's class names, checked against ``classes.json`` beside it; without a
+    record, that file's; without either, ``["0", ..., "N-1"]`` with a warning."""
+    import os
+    from ebv_ms.engine.checkpoint import CheckpointError
+    from ebv_ms.engine.run_folder import read_class_names
+    folder = os.path.dirname(os.path.abspath(state.path))
+    names, beside = state.class_names, read_class_names(folder)
+    if names is not None:
+        if beside is not None and beside != names:
+            raise CheckpointError(f"{os.path.join(folder, 'classes.json')} does not list the "
+                                  f"{len(names)} classes {state.path} records, in its order (it "
+                                  "was replaced or reordered): put the run's own classes.json "
+                                  "beside the checkpoint, or remove it")
+        return list(names)
+    names = beside
+    if names is None:
         _log.warning("no classes.json next to %s: classes are shown as their index numbers "
-                     "(copy the run's classes.json beside the checkpoint to get names)", ckpt)
-        return [str(i) for i in range(num_classes)], None
-    with open(path, encoding="utf-8") as f:
-        names = json.load(f).get("class_names") or []
+                     "(copy the run's classes.json beside the checkpoint to get names)", state.path)
+        return [str(i) for i in range(num_classes)]
     if len(names) != num_classes:
-        from ebv_ms.config import ConfigError
-        raise ConfigError(f"{path} names {len(names)} classes but the checkpoint's model has "
-                          f"{num_classes}; it belongs to another run: copy that run's classes.json "
-                          "beside the checkpoint")
-    return [str(n) for n in names], path
+        raise CheckpointError(f"{os.path.join(folder, 'classes.json')} names {len(names)} classes "
+                              f"but the checkpoint's model has {num_classes}; it belongs to another "
+                              "run: copy that run's classes.json beside the checkpoint")
+    return names
 
 
 def input_spec(cfg, batch: int) -> dict:
@@ -66,35 +70,12 @@ def load_network(ckpt: str, overrides: Sequence[str] = (), config: Optional[str]
     YAML applied first (needed for a plain weights file). The network is in inference mode
     (``set_train(False)``); MindSpore's context (device, mode, seed) is set from the config.
     """
-    from ebv_ms.config import ConfigError, load_config
-    from ebv_ms.engine.builders import build_network, setup_context
-    from ebv_ms.engine.checkpoint import load_checkpoint, restore_checkpoint
-    from ebv_ms.engine.ebv_source import checkpoint_ebv
-
+    from ebv_ms.engine.builders import setup_context
+    from ebv_ms.engine.checkpoint import checkpoint_config, load_checkpoint, network_from_checkpoint
     state = load_checkpoint(ckpt)
-    if state.config is None and not config:
-        raise ConfigError(f"{ckpt} records no config (not written by train.py); pass --config "
-                          "with the model/data settings it was trained with")
-    cfg = load_config(config, list(overrides), base=state.config)
+    cfg = checkpoint_config(state, config, overrides)
+    names = class_names(state, int(cfg.model.num_classes))
     setup_context(cfg)
-    # the set inside the checkpoint, next to it, or rebuilt from its recipe; verified by checksum
-    ebv = checkpoint_ebv(state, cfg)
-    network = build_network(cfg, ebv)
-    _match_frozen_dtypes(state, network)
-    restore_checkpoint(state, network)
+    network, _ = network_from_checkpoint(state, cfg)
     network.set_train(False)
-    names, _ = read_class_names(ckpt, int(cfg.model.num_classes))
     return cfg, network, names
-
-
-def _match_frozen_dtypes(state, network) -> None:
-    """A frozen class-vector matrix stored in another dtype than the network holds it (e.g.
-    ``model.ebv_dtype=float16`` asked for an fp32-trained checkpoint, to halve an export):
-    cast the stored copy. Trainable weights are never cast: a mismatch there stays an error."""
-    import mindspore as ms
-    for p in network.get_parameters():
-        saved = state.params.get(p.name)
-        if p.requires_grad or saved is None or saved.dtype == p.dtype:
-            continue
-        state.params[p.name] = ms.Parameter(ms.Tensor(saved.asnumpy().astype(
-            ms.dtype_to_nptype(p.dtype))), name=p.name, requires_grad=False)

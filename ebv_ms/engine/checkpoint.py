@@ -1,125 +1,229 @@
-"""Checkpoints that are enough to resume training or to evaluate, and the one place that
-decides how the EBV set travels with them.
+"""The checkpoint: one module writes it, reads it, and loads it into a network (eval, predict,
+export and resume all go through ``network_from_checkpoint`` / ``restore``).
 
-One MindSpore ``.ckpt`` file holds: the network's parameters (names as in the Cell) except the
-frozen EBV matrix, the optimizer's state under ``optimizer/`` (moments, ``global_step`` - which
-also positions the per-step lr list), the loss scaler's state under ``loss_scale/``, and as
-strings the full config (YAML) and a JSON record (epoch, global step, best top-1, metrics, and
-the EBV set's identity: checksum, N, d, alpha, method, seed, file).
+The file is MindSpore's ``.ckpt`` (a protobuf ``Checkpoint``: one ``Value`` per tensor, tag +
+dims + dtype label + raw bytes; strings as UTF-32), so ``ms.load_checkpoint`` still reads it,
+but this module writes and parses it itself: MindSpore's loader trusts a tensor's dims and
+copies past its buffer when they declare more elements than the bytes hold (a crafted file
+crashed eval.py with SIGSEGV). Here every tensor's dtype label, dims (1..8, each >= 1) and byte
+length are checked before an array is made, the tensors together cannot exceed the file, and
+anything else is refused with one line naming the file.
 
-The EBV set is never changed by training, so it is not rewritten with every epoch:
+What it holds: the network's parameters except the frozen EBV matrix, the optimizer's state
+under ``optimizer/`` (moments, ``global_step``), the loss scaler's under ``loss_scale/``, the
+full config (YAML), a JSON record (epoch, global step, best top-1, metrics, the class names in
+order, the EBV set's identity), and a sha256 of all of it (``ebv_ms_sha256``): a flipped bit
+anywhere is refused on load, and so are non-finite weights.
 
-* a set of at most ``ebv_inline_max_bytes`` (default ``EBV_INLINE_MAX_BYTES`` = 64 MiB of
-  float32, e.g. ImageNet's 1000 x 1000 = 4 MB) is stored inside each checkpoint, once, as
-  float32 (``ebv_ms_ebv_vectors``), so a demo checkpoint evaluates alone;
-* a larger one (100,000 x 5,000 = 2.0 GB) is written once, atomically, next to the checkpoint
-  as ``ebv_N{N}_d{d}_{checksum}.npz`` (the native format, verified by its checksum on load) and
-  the checkpoint records only its identity (about 2 GB less per checkpoint and per epoch).
+The EBV set never changes during training, so it is not rewritten every epoch: a set of at most
+``ebv_inline_max_bytes`` (64 MiB of float32, e.g. ImageNet's 1000 x 1000) is stored inside,
+once (``ebv_ms_ebv_vectors``); a larger one (100,000 x 5,000 = 2 GB) is written once next to
+the checkpoint as ``ebv_N{N}_d{d}_{checksum}.npz`` and only its identity is recorded.
+``checkpoint_ebv`` finds it again: ``--ebv``, inside, next to the checkpoint (a plain file name
+only: a recorded name never leads out of the checkpoint's folder), the EBV cache, or rebuilt
+from a closed-form recipe whose N and d match the checkpoint's own tensors.
 
-``restore_checkpoint`` checks that the network's EBV head holds the recorded set (by the cached
-checksum, no data read) and never loads the matrix over it; finding the set for a checkpoint
-(next to it, ``--ebv``, or rebuilt from a closed-form recipe) is ``ebv_source.checkpoint_ebv``.
-
-Files are written atomically: to a temporary file in the same folder, fsync'ed, then
-``os.replace``d over the target, so a kill at any moment leaves either the old or the new file.
+Files are written atomically (``atomic.atomic_path``): a kill leaves the old or the new file.
 """
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
 import logging
+import math
 import os
+import stat
+import time
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import yaml
-import mindspore as ms
-from mindspore import nn
 
-from ebv_ms.ebv import EBVSet
 from ebv_ms.atomic import atomic_copy, atomic_path
 from ebv_ms.config import parse_yaml
+from ebv_ms.ebv import EBVSet, load_ebv
+from ebv_ms.ebv.identity import describe, identity, matches, safe_file_name
 from ebv_ms.errors import EBVMSError
 
 __all__ = ["CheckpointError", "CheckpointState", "save_checkpoint", "load_checkpoint",
-           "restore_checkpoint", "atomic_copy", "FORMAT", "EBV_INLINE_MAX_BYTES",
-           "ebv_file_name", "ebv_head", "check_ebv_matches", "ebv_from_checkpoint"]
+           "restore", "checkpoint_ebv", "checkpoint_config", "network_from_checkpoint",
+           "read_entries", "write_entries", "atomic_copy", "FORMAT", "EBV_INLINE_MAX_BYTES"]
 
-FORMAT = "ebv-ms/2"
-_READS = ("ebv-ms/1", FORMAT)      # 1: the matrix was always inside (as a parameter or _EBV)
-EBV_INLINE_MAX_BYTES = 64 << 20    # larger sets go to a file next to the checkpoints
-_META = "ebv_ms_meta"
-_CONFIG = "ebv_ms_config"
-_EBV = "ebv_ms_ebv_vectors"
-_OPT = "optimizer/"
-_EXTRA = "loss_scale/"
+_log = logging.getLogger("ebv_ms")
+
+FORMAT = "ebv-ms/3"                 # 3: weights checksum and class names recorded
+EBV_INLINE_MAX_BYTES = 64 << 20     # larger sets go to a file next to the checkpoints
+_META, _CONFIG, _EBV, _SUM = "ebv_ms_meta", "ebv_ms_config", "ebv_ms_ebv_vectors", "ebv_ms_sha256"
+_OPT, _EXTRA = "optimizer/", "loss_scale/"
+_MAX_DIMS = 8                       # MindSpore's own limit on a tensor's rank
+_CHUNK = 1 << 28                    # bytes per protobuf Value (a message must stay < 2 GiB)
+_DTYPES = {"Float16": np.float16, "Float32": np.float32, "Float64": np.float64,
+           "Int8": np.int8, "UInt8": np.uint8, "Int16": np.int16, "UInt16": np.uint16,
+           "Int32": np.int32, "UInt32": np.uint32, "Int64": np.int64, "UInt64": np.uint64,
+           "Bool": np.bool_}
+_LABELS = {np.dtype(v): k for k, v in _DTYPES.items()}
+# a recipe from a file is rebuilt only up to this many float32 elements (N x d): the 100k x 5000
+# set is 5e8; a crafted N = d = 20,000 orthonormal recipe grew eval.py to 9.8 GB
+MAX_RECIPE_ELEMENTS = 2_000_000_000
+
+Entry = Union[np.ndarray, str]
 
 
 class CheckpointError(EBVMSError, RuntimeError):
-    """A checkpoint that cannot be used here (missing, foreign, or for another model/EBV set)."""
+    """A checkpoint that cannot be used here (missing, damaged, crafted, or another model's)."""
 
 
+# ------------------------------------------------------------------------------ the file
+def _digest(entries: Mapping[str, Entry]) -> str:
+    h = hashlib.sha256()
+    for name, value in entries.items():
+        if name == _SUM:
+            continue
+        if isinstance(value, str):
+            label, dims, data = "str", "", value.encode("utf-8")
+        else:
+            label, dims, data = _LABELS[value.dtype], ",".join(map(str, value.shape)), value
+        h.update(f"{len(name)}:{name}|{label}|{dims}|{value.nbytes if label != 'str' else len(data)}|"
+                 .encode())
+        h.update(memoryview(np.ascontiguousarray(data)).cast("B") if label != "str" else data)
+    return h.hexdigest()
+
+
+def write_entries(path: str, entries: Mapping[str, Entry]) -> str:
+    """Write ``entries`` (name -> array or string) as a MindSpore ``.ckpt`` with their sha256,
+    atomically."""
+    from mindspore.train.checkpoint_pb2 import Checkpoint
+    entries = {k: v if isinstance(v, str) else np.ascontiguousarray(v) for k, v in entries.items()}
+    entries[_SUM] = _digest(entries)
+    with atomic_path(path, suffix=".ckpt") as tmp, open(tmp, "wb") as f:
+        for name, value in entries.items():
+            if isinstance(value, str):
+                label, dims, raw = "str", [0], np.array(value).tobytes()  # as MindSpore: UTF-32
+            else:
+                label, dims, raw = _LABELS[value.dtype], list(value.shape), value.tobytes()
+            for i in range(0, max(len(raw), 1), _CHUNK):
+                msg = Checkpoint()
+                v = msg.value.add()
+                v.tag, v.tensor.tensor_type, v.tensor.tensor_content = name, label, raw[i:i + _CHUNK]
+                v.tensor.dims.extend(dims)
+                f.write(msg.SerializeToString())
+    return path
+
+
+def read_entries(path: str) -> Dict[str, Entry]:
+    """Parse a ``.ckpt`` into name -> read-only array (or string), checking its structure first.
+
+    Refused (``CheckpointError`` naming the file): not a regular file, not a Checkpoint message,
+    unknown fields, map tensors, a dtype label outside MindSpore's numeric types, no or more than
+    8 dims, a dim < 1, a byte length other than dims x item size, a name given twice.
+    """
+    from google.protobuf import unknown_fields
+    from mindspore.train.checkpoint_pb2 import Checkpoint
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a usable checkpoint ({why}); use another checkpoint "
+                               "(last.ckpt / best.ckpt of the run)")
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path}: not a regular file (a checkpoint is a .ckpt file)")
+    with open(path, "rb") as f:
+        content = f.read()
+    if content[-17:-10] == b"crc_num":  # MindSpore's optional CRC trailer (save crc_check=True)
+        content = content[:-17]
+    msg = Checkpoint()
+    try:
+        msg.ParseFromString(content)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others
+        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({exc})") from None
+    del content
+    if len(unknown_fields.UnknownFieldSet(msg)):
+        raise bad("fields a MindSpore checkpoint does not have")
+    parts: Dict[str, list] = {}
+    order = []
+    for v in msg.value:
+        if not v.HasField("tensor") or len(unknown_fields.UnknownFieldSet(v)) \
+                or len(unknown_fields.UnknownFieldSet(v.tensor)):
+            raise bad(f"entry {v.tag[:80]!r} is not a plain tensor")
+        t = v.tensor
+        key = (t.tensor_type, tuple(t.dims))
+        if order and order[-1] == v.tag:  # a large tensor is written in consecutive chunks
+            if parts[v.tag][0] != key:
+                raise bad(f"the chunks of {v.tag[:80]!r} disagree on dtype or shape")
+            parts[v.tag][1].append(t.tensor_content)
+            continue
+        if v.tag in parts:
+            raise bad(f"{v.tag[:80]!r} appears twice")
+        order.append(v.tag)
+        parts[v.tag] = (key, [t.tensor_content])
+    del msg
+    out: Dict[str, Entry] = {}
+    for name in order:
+        (label, dims), chunks = parts.pop(name)
+        data = b"".join(chunks)
+        out[name] = _entry(name, label, dims, data, bad)
+    return out
+
+
+def _entry(name, label, dims, data, bad) -> Entry:
+    if label == "str":
+        if dims != (0,) or len(data) % 4:
+            raise bad(f"string {name[:80]!r} has dims {list(dims)[:10]} and {len(data)} bytes")
+        try:
+            return data.decode("utf-32-le").rstrip("\0")
+        except UnicodeDecodeError:
+            raise bad(f"string {name[:80]!r} is not UTF-32") from None
+    if label not in _DTYPES:
+        raise bad(f"tensor {name[:80]!r} has dtype label {label[:40]!r}")
+    if len(dims) > _MAX_DIMS or any(d < 1 for d in dims):
+        raise bad(f"tensor {name[:80]!r} has {len(dims)} dims {list(dims)[:10]} (1..{_MAX_DIMS} "
+                  "dims, each >= 1)")
+    dtype = np.dtype(_DTYPES[label])
+    if math.prod(dims) * dtype.itemsize != len(data):
+        raise bad(f"tensor {name[:80]!r} declares {list(dims)} x {label} = "
+                  f"{math.prod(dims) * dtype.itemsize} bytes but holds {len(data)}")
+    return np.frombuffer(data, dtype).reshape(dims)
+
+
+# ------------------------------------------------------------------------------ the record
 @dataclass
 class CheckpointState:
-    """What ``load_checkpoint`` read; ``params`` maps names to Parameters for ``restore``.
-
-    ``ebv_info`` is the recorded identity of the EBV set (None: the checkpoint records none);
-    ``ebv`` the set itself when the checkpoint carries it inline.
-    """
+    """What ``load_checkpoint`` read. ``params``: name -> array (network, ``optimizer/``,
+    ``loss_scale/``); ``ebv_info`` the recorded EBV identity (None: none); ``ebv`` the set when
+    it is inside; ``is_ebv_ms`` False for a plain MindSpore weights file (no config, epoch)."""
 
     path: str
     epoch: int = 0                     # last completed epoch (1-based); 0 = none
     global_step: int = 0
     config: Optional[dict] = None      # the full config the run used, if recorded
     ebv: Optional[EBVSet] = None
-    ebv_checksum: Optional[str] = None
     ebv_info: Optional[dict] = None
     best_top1: float = -1.0
     best_epoch: int = 0
     metrics: dict = field(default_factory=dict)
-    params: Dict[str, ms.Parameter] = field(default_factory=dict, repr=False)
-    is_ebv_ms: bool = True             # False: a plain weights file (no config/epoch)
+    class_names: Optional[list] = None
+    params: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    is_ebv_ms: bool = True
+
+    @property
+    def ebv_checksum(self) -> Optional[str]:
+        return self.ebv_info["checksum"] if self.ebv_info else None
 
     def ebv_file(self) -> Optional[str]:
-        """Where the recorded EBV file is expected: next to the checkpoint (None: inline/none)."""
+        """Where the recorded EBV file is expected: next to the checkpoint (None: none)."""
         name = (self.ebv_info or {}).get("file")
         return os.path.join(os.path.dirname(os.path.abspath(self.path)), name) if name else None
 
-    def describe_ebv(self) -> str:
-        """The recorded set in words, for error messages."""
-        i = self.ebv_info or {}
-        where = f" (file {i['file']})" if i.get("file") else ""
-        return (f"EBV set {i.get('checksum')}{where}: N={i.get('num_classes')}, d={i.get('dim')}, "
-                f"alpha={i.get('alpha')}, method={i.get('method')}, seed={i.get('seed')}")
 
-
-def ebv_file_name(ebv: EBVSet) -> str:
-    """File name of an external EBV set: shape and checksum, so one name is one set."""
-    return f"ebv_N{ebv.num_classes}_d{ebv.dim}_{ebv.checksum()}.npz"
-
-
-def ebv_head(network: nn.Cell):
-    """The network's EBV head (``models.EBVHead``), or None."""
-    from ebv_ms.models.heads import EBVHead
-    if isinstance(network, EBVHead):
-        return network
-    for _, cell in network.cells_and_names():
-        if isinstance(cell, EBVHead):
-            return cell
-    return None
-
-
-def _identity(ebv: EBVSet) -> dict:
-    return {"checksum": ebv.checksum(), "num_classes": ebv.num_classes, "dim": ebv.dim,
-            "alpha": ebv.alpha, "method": ebv.method, "seed": ebv.seed, "file": None}
-
-
-def save_checkpoint(path: str, network: nn.Cell, optimizer: Optional[nn.Optimizer] = None, *,
-                    epoch: int, global_step: int, config: Optional[Mapping] = None,
-                    ebv: Optional[EBVSet] = None, best_top1: float = -1.0, best_epoch: int = 0,
-                    metrics: Optional[Mapping] = None,
-                    extra_params: Optional[Mapping[str, ms.Parameter]] = None,
+def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_step: int,
+                    config: Optional[Mapping] = None, ebv: Optional[EBVSet] = None,
+                    best_top1: float = -1.0, best_epoch: int = 0,
+                    metrics: Optional[Mapping] = None, class_names: Optional[Sequence] = None,
+                    extra_params: Optional[Mapping] = None,
                     ebv_inline_max_bytes: int = EBV_INLINE_MAX_BYTES) -> str:
     """Write everything needed to resume (or evaluate) to ``path``, atomically.
 
@@ -129,216 +233,354 @@ def save_checkpoint(path: str, network: nn.Cell, optimizer: Optional[nn.Optimize
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     head = ebv_head(network)
     skip = {id(head.matrix)} if head is not None else set()  # the frozen matrix: see module doc
-    items = []
+    entries: Dict[str, Entry] = {}
     seen = set()
     for p in network.get_parameters():
         seen.add(id(p))
         if id(p) not in skip:
-            items.append({"name": p.name, "data": p})
+            entries[p.name] = p.asnumpy().reshape(p.shape)
     if optimizer is not None:
         for p in optimizer.get_parameters():
             # the lr list is rebuilt from the config; the network's own weights are saved above
-            if id(p) in seen or p.name.startswith("learning_rate"):
-                continue
-            items.append({"name": _OPT + p.name, "data": p})
+            if id(p) not in seen and not p.name.startswith("learning_rate"):
+                entries[_OPT + p.name] = p.asnumpy().reshape(p.shape)
     for name, p in (extra_params or {}).items():
-        items.append({"name": _EXTRA + name, "data": p})
+        entries[_EXTRA + name] = p.asnumpy().reshape(p.shape)
     meta = {"format": FORMAT, "epoch": int(epoch), "global_step": int(global_step),
             "best_top1": float(best_top1), "best_epoch": int(best_epoch),
-            "metrics": dict(metrics or {})}
-    append: dict = {}
+            "metrics": dict(metrics or {}),
+            "class_names": [str(c) for c in class_names] if class_names is not None else None}
     if ebv is not None:
-        meta["ebv"] = _identity(ebv)
+        meta["ebv"] = identity(ebv)
         if ebv.vectors.nbytes <= int(ebv_inline_max_bytes):
-            append[_EBV] = ms.Tensor(ebv.vectors)
+            entries[_EBV] = ebv.vectors
         else:
             from .ebv_source import run_ebv_file  # written at set-up (trainer), else now
             meta["ebv"]["file"] = run_ebv_file(os.path.dirname(os.path.abspath(path)), ebv)
-    append[_META] = json.dumps(meta)
+    entries[_META] = json.dumps(meta)
     if config is not None:
         plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        append[_CONFIG] = yaml.safe_dump(plain, sort_keys=False)
-    with atomic_path(path, suffix=".ckpt") as tmp:
-        ms.save_checkpoint(items, tmp, append_dict=append)
-    return path
+        entries[_CONFIG] = yaml.safe_dump(plain, sort_keys=False)
+    return write_entries(path, entries)
 
 
-def _plain_ebv_param(raw: Mapping) -> Optional[str]:
-    """Name of the EBV matrix in a plain ``ms.save_checkpoint(net)`` file, if any."""
-    from ebv_ms.models.heads import EBVHead
-    suffix = "head." + EBVHead.param_name
-    keys = [k for k in raw if k == suffix or k.endswith("." + suffix)]
-    return keys[0] if keys else None
-
-
-def load_checkpoint(path: str, params: bool = True) -> CheckpointState:
-    """Read a checkpoint written by ``save_checkpoint`` (or a plain MindSpore weights file).
-
-    ``params=False``: the record and config only, no Tensor made (eval.py reads the config this
-    way before ``init()``, which MindSpore asks for before any Tensor on Ascend)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    names = []  # every entry's name, also those a header read leaves out
-
-    def header(name: str) -> bool:
-        names.append(name)
-        return name in (_META, _CONFIG)
-
-    try:
-        raw = ms.load_checkpoint(path, choice_func=None if params else header)
-    except Exception as exc:  # noqa: BLE001 - MindSpore raises several types for bad files
-        if not params and names and "empty after filter" in str(exc):
-            raw = {}  # a readable plain weights file: neither record nor config
-        else:
-            raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({exc})") from exc
+def load_checkpoint(path: str) -> CheckpointState:
+    """Read and check a checkpoint written by ``save_checkpoint`` (or a plain MindSpore weights
+    file): structure, checksum, metadata, finite weights. Any problem: ``CheckpointError``.
+    No MindSpore Tensor is made (the weights stay numpy until ``restore``), so eval.py can read
+    it before ``init()``, which MindSpore asks for before any Tensor on Ascend."""
+    raw = read_entries(path)
     state = CheckpointState(path=path)
-    meta_s = raw.pop(_META, None)
-    cfg_s = raw.pop(_CONFIG, None)
-    vec = raw.pop(_EBV, None)
+    recorded = raw.pop(_SUM, None)
+    meta_s, cfg_s, vec = raw.pop(_META, None), raw.pop(_CONFIG, None), raw.pop(_EBV, None)
+    if recorded is not None and recorded != _digest({**raw, **{k: v for k, v in (
+            (_EBV, vec), (_META, meta_s), (_CONFIG, cfg_s)) if v is not None}}):
+        raise CheckpointError(f"{path}: checksum mismatch: the file is damaged (changed since it "
+                              "was written); use another copy or the run's other checkpoint")
+    if any(not isinstance(v, np.ndarray) for v in raw.values()) or \
+            (vec is not None and not isinstance(vec, np.ndarray)):
+        raise CheckpointError(f"{path}: holds strings where weights belong; not a checkpoint of "
+                              "this project")
     if meta_s is None:
-        state.is_ebv_ms = False
-        if not params:  # only say where the matrix is: nothing is read
-            name = _plain_ebv_param(dict.fromkeys(names))
-            state.ebv_info = {"param": name} if name else None
-            return state
-        name = _plain_ebv_param(raw)
-        if name is not None:  # ms.save_checkpoint(net) of an EBV classifier: the matrix inside
-            stored = raw.pop(name).asnumpy()
-            state.ebv = EBVSet(stored.astype(np.float32), method="checkpoint")
-            state.ebv_checksum = state.ebv.checksum()
-            state.ebv_info = {**_identity(state.ebv), "param": name, "dtype": str(stored.dtype)}
-        state.params = raw
-        return state
-    try:
-        _read_metadata(state, meta_s, cfg_s, vec, raw)
-    except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
-        # damaged or crafted metadata (bad JSON, missing keys, wrong types, YAML tags)
-        raise CheckpointError(f"{path}: damaged checkpoint metadata ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:200]}); use another checkpoint "
-                              "(last.ckpt / best.ckpt of the run)") from exc
+        if recorded is None:
+            _plain_weights(state, raw)
+        else:
+            raise CheckpointError(f"{path}: checksummed but holds no record; damaged")
+    else:
+        if recorded is None:
+            raise CheckpointError(f"{path}: holds no weights checksum (written by an older "
+                                  f"version; this one reads format {FORMAT!r}): its weights "
+                                  "cannot be verified")
+        if not isinstance(meta_s, str) or (cfg_s is not None and not isinstance(cfg_s, str)):
+            raise CheckpointError(f"{path}: damaged checkpoint metadata (not text)")
+        try:
+            _read_metadata(state, meta_s, cfg_s, vec)
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
+                yaml.YAMLError) as exc:
+            raise CheckpointError(f"{path}: damaged checkpoint metadata ({type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())[:200]}); use another checkpoint "
+                                  "(last.ckpt / best.ckpt of the run)") from None
+    for name, arr in raw.items():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or inf; these weights are "
+                                  "unusable (a diverged or damaged run): use an earlier checkpoint")
     state.params = raw
     return state
 
 
-def _read_metadata(state: CheckpointState, meta_s, cfg_s, vec, raw) -> None:
-    """Fill ``state`` from the JSON record and the YAML config of an ebv-ms checkpoint."""
+def _plain_weights(state: CheckpointState, raw: dict) -> None:
+    """``ms.save_checkpoint(net)`` of an EBV classifier: the matrix is inside, as ``head.ebv``."""
+    from ebv_ms.models.heads import EBVHead
+    state.is_ebv_ms = False
+    suffix = "head." + EBVHead.param_name
+    name = next((k for k in raw if k == suffix or k.endswith("." + suffix)), None)
+    if name is not None:
+        stored = raw.pop(name)
+        state.ebv = _set_from(state.path, stored.astype(np.float32), method="checkpoint")
+        state.ebv_info = {**identity(state.ebv), "param": name, "dtype": str(stored.dtype)}
+
+
+def _set_from(path: str, vectors, **how) -> EBVSet:
+    from ebv_ms.ebv import EBVError
+    try:
+        return EBVSet(vectors, **how)
+    except EBVError as exc:
+        raise CheckpointError(f"{path}: the stored EBV matrix is unusable ({exc})") from None
+
+
+def _read_metadata(state: CheckpointState, meta_s: str, cfg_s: Optional[str], vec) -> None:
+    """Fill ``state`` from the JSON record and the YAML config; wrong types raise TypeError."""
     path = state.path
-    meta = json.loads(str(meta_s))
+    meta = json.loads(meta_s)
     if not isinstance(meta, dict):
         raise TypeError(f"the record is a {type(meta).__name__}, not a mapping")
-    if meta.get("format") not in _READS:
-        raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, "
-                              f"this version reads {' and '.join(map(repr, _READS))}")
-    state.epoch = int(meta["epoch"])
-    state.global_step = int(meta["global_step"])
-    state.best_top1 = float(meta["best_top1"])
-    state.best_epoch = int(meta["best_epoch"])
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {str(meta.get('format'))[:40]!r}, this "
+                              f"version reads {FORMAT!r}")
+    state.epoch, state.global_step = _int(meta["epoch"]), _int(meta["global_step"])
+    state.best_top1, state.best_epoch = float(meta["best_top1"]), _int(meta["best_epoch"])
     state.metrics = meta.get("metrics", {})
-    state.config = parse_yaml(str(cfg_s), "stored config") if cfg_s else None
-    info = meta.get("ebv")
-    if info:
-        state.ebv_info = dict(info)
-        state.ebv_checksum = info["checksum"]
-        if vec is None and info.get("param") in raw:  # format 1: the head's own parameter
-            vec = raw.pop(info["param"])
-        if vec is not None:
-            state.ebv = EBVSet(vec.asnumpy().astype(np.float32), alpha=info.get("alpha"),
-                               method=info.get("method", "unknown"), seed=info.get("seed"))
-            if state.ebv.checksum() != state.ebv_checksum:
-                raise CheckpointError(f"{path}: the stored EBV matrix does not match its recorded "
-                                      f"checksum {state.ebv_checksum}; the file is damaged")
     if not isinstance(state.metrics, Mapping):
         raise TypeError(f"metrics is a {type(state.metrics).__name__}, not a mapping")
+    if not isinstance(state.metrics.get("top1", 0.0), (int, float)):
+        raise TypeError("metrics.top1 is not a number")
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, list) or
+                              not all(isinstance(n, str) for n in names)):
+        raise TypeError("class_names is not a list of strings")
+    state.class_names = names
+    state.config = parse_yaml(cfg_s, f"{path}: stored config") if cfg_s else None
     if state.config is not None and not isinstance(state.config, Mapping):
         raise TypeError(f"the recorded config is a {type(state.config).__name__}, not a mapping")
+    info = meta.get("ebv")
+    if info is None:
+        return
+    if not isinstance(info, dict) or not isinstance(info.get("checksum"), str):
+        raise TypeError("the EBV record is not a mapping with a checksum")
+    n, d = _int(info.get("num_classes")), _int(info.get("dim"))
+    if info.get("file") is not None and not safe_file_name(info["file"]):
+        raise ValueError(f"the recorded EBV file {str(info['file'])[:80]!r} is not a plain file "
+                         "name (only files next to the checkpoint are looked for; pass --ebv FILE)")
+    if names is not None and len(names) != n:
+        raise ValueError(f"{len(names)} class names recorded for an EBV set of N={n}")
+    state.ebv_info = dict(info)
+    if vec is not None:
+        if vec.shape != (n, d):
+            raise ValueError(f"the stored EBV matrix is {vec.shape}, the record says {n} x {d}")
+        state.ebv = _set_from(path, vec.astype(np.float32), alpha=info.get("alpha"),
+                              method=str(info.get("method", "unknown")), seed=info.get("seed"))
+        if state.ebv.checksum() != info["checksum"]:
+            raise CheckpointError(f"{path}: the stored EBV matrix does not match its recorded "
+                                  f"checksum {info['checksum']}; the file is damaged")
 
 
-def check_ebv_matches(state: CheckpointState, ebv) -> str:
-    """Raise CheckpointError unless ``ebv`` (an EBVSet, or an EBV head) is the checkpoint's set.
+def _int(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2 ** 62:
+        raise ValueError(f"{str(v)[:40]!r} is not a whole number >= 0")
+    return v
 
-    A model trained against one set of EBVs gives meaningless predictions against another.
-    Compares cached checksums; for a plain weights file holding an fp16-stored matrix, the
-    given set rounded to fp16. Returns the checksum. No-op (None) if no set is recorded.
-    """
-    if state.ebv_checksum is None:
+
+# ------------------------------------------------------------------------------ the EBV set
+def ebv_head(network):
+    """The network's EBV head (``models.EBVHead``), or None."""
+    from ebv_ms.models.heads import EBVHead
+    return next((c for _, c in network.cells_and_names() if isinstance(c, EBVHead)), None)
+
+
+def check_ebv_matches(state: CheckpointState, ebv: EBVSet) -> Optional[str]:
+    """Raise unless ``ebv`` is the checkpoint's set; its checksum (None: no set recorded)."""
+    if state.ebv_info is None:
         return None
-    given = ebv.checksum() if isinstance(ebv, EBVSet) else ebv.checksum
-    dtype = (state.ebv_info or {}).get("dtype", "float32")
-    if given != state.ebv_checksum and dtype != "float32" and isinstance(ebv, EBVSet):
-        # a plain file of an fp16-stored head: its set is the given one rounded to fp16
-        if EBVSet(ebv.vectors.astype(dtype).astype(np.float32)).checksum() == state.ebv_checksum:
-            return given
-    if given != state.ebv_checksum:
+    if not matches(state.ebv_info, ebv):
         near = state.ebv_file()
         hint = f" ({near})" if near and os.path.isfile(near) else ""
         raise CheckpointError(
-            f"EBV mismatch: {state.path} was trained with {state.describe_ebv()}, but the set "
-            f"given is {ebv.num_classes} x {ebv.dim} (checksum {given}); use the set it was "
-            f"trained with{hint}: eval.py --ebv FILE, or the original run's 'ebv' settings / "
-            "ebv.path for train.py --resume")
-    return given
+            f"EBV mismatch: {state.path} was trained with {describe(state.ebv_info)}, but the "
+            f"set given is {ebv.num_classes} x {ebv.dim} (checksum {ebv.checksum()}); use the set "
+            f"it was trained with{hint}: eval.py --ebv FILE, or the original run's 'ebv' "
+            "settings / ebv.path for train.py --resume")
+    return ebv.checksum()
 
 
-def ebv_from_checkpoint(path: str) -> Optional[EBVSet]:
-    """The EBV set a checkpoint carries inline, or in its recorded file next to it (None: none)."""
-    from .ebv_source import checkpoint_ebv
-    state = load_checkpoint(path)
-    return checkpoint_ebv(state) if state.ebv_info else None
+def _check_recipe(state: CheckpointState, cfg) -> None:
+    """The recorded N and d must be the network's: the config's, and d the out-dim of the
+    checkpoint's own projection (a 2-D weight (d, F)); and N x d bounded."""
+    info = state.ebv_info
+    n, d = info["num_classes"], info["dim"]
+    proj = [a.shape for k, a in state.params.items()
+            if a.ndim == 2 and not k.startswith((_OPT, _EXTRA)) and a.shape[0] == d]
+    why = None
+    if cfg is not None and (int(cfg.model.num_classes) != n or
+                            (cfg.model.embed_dim and int(cfg.model.embed_dim) != d)):
+        why = (f"the config's model.num_classes / embed_dim are {cfg.model.num_classes} / "
+               f"{cfg.model.embed_dim}")
+    elif not proj:
+        why = f"no weight in it projects to d={d}"
+    elif n * d > MAX_RECIPE_ELEMENTS:
+        why = f"N x d = {n * d:,} is over the {MAX_RECIPE_ELEMENTS:,} a recipe may ask for"
+    if why:
+        raise CheckpointError(f"{state.path}: its EBV recipe (N={n}, d={d}) does not fit the "
+                              f"network it holds ({why}); not rebuilt: pass --ebv FILE")
 
 
-@contextlib.contextmanager
-def _mindspore_warnings_off(active: bool):
-    """The frozen EBV matrix is deliberately not in the checkpoint, and MindSpore warns that
-    ``head.ebv`` was "not loaded" (two WARNING lines in every eval.py run). Silence MindSpore's
-    own logger for that one call; any other missing parameter is our error below."""
-    if not active:
-        yield
-        return
-    from mindspore import log as ms_log
-    logger = ms_log._get_logger()  # noqa: SLF001 - MindSpore's logger has no public handle
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = None,
+                   rank: int = 0, progress: bool = False,
+                   logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
+    """The EBV set ``state`` was trained with, verified by its checksum.
 
-
-def restore_checkpoint(state: CheckpointState, network: nn.Cell,
-                       optimizer: Optional[nn.Optimizer] = None,
-                       extra_params: Optional[Mapping[str, ms.Parameter]] = None) -> None:
-    """Load ``state`` into ``network`` (every parameter must be found), and the optimizer/scaler.
-
-    The network's EBV head must already hold the checkpoint's set (``check_ebv_matches``);
-    the frozen matrix itself is never loaded over (it may share its buffer with the EBVSet).
+    Looked for in this order: ``ebv_file`` (``eval.py --ebv``) or the ``ebv.path`` of ``cfg``
+    (the user's: a checkpoint's own ebv.path is dropped by ``checkpoint_config``); inside the
+    checkpoint; the recorded file next to it; the EBV cache of ``cfg``; a rebuild from the
+    recorded recipe for the deterministic closed forms. A checkpoint that records no set gets
+    ``resolve_ebv(cfg)``.
     """
-    net_dict = {k: v for k, v in state.params.items()
-                if not k.startswith(_OPT) and not k.startswith(_EXTRA)}
+    from .ebv_source import ebv_cache_path, needs_ebv, resolve_ebv
+    log = logger or _log
+    if state.ebv_info is None:
+        return resolve_ebv(cfg, rank, progress=progress, logger=log) if cfg is not None else None
+    given = ebv_file or (str(cfg.ebv.path) if cfg is not None and cfg.ebv.path else None)
+    if given is not None:
+        if not os.path.isfile(given):
+            raise CheckpointError(f"EBV file not found: {given}; {state.path} needs its "
+                                  f"{describe(state.ebv_info)}")
+        ebv = load_ebv(given)
+        check_ebv_matches(state, ebv)
+        log.info("EBV set for %s loaded from %s", state.path, given)
+        return ebv
+    if state.ebv is not None:
+        return state.ebv
+    looked = []
+    for path in (state.ebv_file(), ebv_cache_path(cfg) if cfg is not None and needs_ebv(cfg)
+                 else None):
+        if not path or path in looked:
+            continue
+        looked.append(path)
+        if os.path.isfile(path):
+            ebv = load_ebv(path)
+            if ebv.checksum() == state.ebv_checksum:
+                log.info("EBV set for %s loaded from %s", state.path, path)
+                return ebv
+            log.warning("%s holds EBV set %s, not the checkpoint's %s; not used", path,
+                        ebv.checksum(), state.ebv_checksum)
+    info = state.ebv_info
+    recipe = _closed_form_recipe(info)
+    if recipe is not None:
+        _check_recipe(state, cfg)
+        from ebv_ms.generation import create_ebv
+        t0 = time.time()
+        ebv = create_ebv(info["num_classes"], info["dim"], alpha=info.get("alpha"),
+                         method=recipe, seed=int(info["seed"]), progress=False)
+        check_ebv_matches(state, ebv)
+        log.info("EBV set for %s rebuilt from its recipe (%s, seed %s) in %.1f s", state.path,
+                 info["method"], info["seed"], time.time() - t0)
+        return ebv
+    raise CheckpointError(
+        f"{state.path} needs its {describe(info)}, which is not in the checkpoint and was "
+        f"not found (looked at: {', '.join(looked) or 'nothing'}); put "
+        f"{info.get('file') or 'that set'} next to the checkpoint or pass --ebv FILE")
+
+
+def _closed_form_recipe(info: dict) -> Optional[str]:
+    """The ``create_ebv`` method that rebuilds a recorded closed-form set, else None."""
+    method = info.get("method")
+    if not isinstance(method, str) or not method.startswith("closed_form:") \
+            or isinstance(info.get("seed"), bool) or not isinstance(info.get("seed"), int):
+        return None
+    from ebv_ms.generation.factory import METHODS
+    name = method.split(":", 1)[1]
+    return name if name in METHODS else None
+
+
+# ------------------------------------------------------------------------------ into a network
+def checkpoint_config(state: CheckpointState, config: Optional[str] = None,
+                      overrides: Sequence[str] = ()):
+    """The config to rebuild ``state``'s network: its recorded config <- ``config`` YAML <-
+    ``overrides``. The recorded ``ebv.path`` / ``ebv.cache_dir`` are not followed (paths from a
+    file lead anywhere): the user passes them, or --ebv."""
+    from ebv_ms.config import ConfigError, load_config
+    if state.config is None and not config:
+        raise ConfigError(f"{state.path} records no config (not written by train.py); pass "
+                          "--config with the model/data settings it was trained with")
+    base = None
+    if state.config is not None:
+        base = dict(state.config)
+        if isinstance(base.get("ebv"), Mapping):
+            base["ebv"] = {k: v for k, v in base["ebv"].items() if k not in ("path", "cache_dir")}
+    cfg = load_config(config, list(overrides), base=base)
+    if state.class_names is not None and len(state.class_names) != int(cfg.model.num_classes):
+        raise CheckpointError(f"{state.path} records {len(state.class_names)} class names but "
+                              f"model.num_classes={cfg.model.num_classes}")
+    return cfg
+
+
+def network_from_checkpoint(state: CheckpointState, cfg, ebv_file: Optional[str] = None,
+                            rank: int = 0, progress: bool = False, amp_level: str = "O0",
+                            logger: Optional[logging.Logger] = None):
+    """The one checkpoint -> network loader (eval, predict, export, resume): the EBV set it was
+    trained with (``checkpoint_ebv``), the network ``build_network`` makes from ``cfg``, and
+    its weights (``restore``). Returns ``(network, ebv)``."""
+    from .builders import build_network
+    ebv = checkpoint_ebv(state, cfg, ebv_file, rank=rank, progress=progress, logger=logger)
+    network = build_network(cfg, ebv, amp_level)
+    restore(state, network)
+    return network, ebv
+
+
+def restore(state: CheckpointState, network, optimizer=None,
+            extra_params: Optional[Mapping] = None) -> None:
+    """Load ``state``'s weights into ``network`` (every parameter must be there, same shape and
+    dtype; a frozen matrix stored in another dtype is cast), and the optimizer / loss scaler.
+
+    Values are set directly (``Parameter.set_data``), after these checks, so MindSpore's
+    ``load_param_into_net`` has nothing to warn about (it listed every parameter the optimizer
+    shares with the network as "not loaded" on every resume). The network's EBV head must hold
+    the checkpoint's set; the frozen matrix itself is never loaded over.
+    """
     head = ebv_head(network)
+    skip = set()
     if head is not None:
-        check_ebv_matches(state, head)
-        net_dict.pop(head.matrix.name, None)
-    with _mindspore_warnings_off(head is not None):
-        missing, _unused = ms.load_param_into_net(network, net_dict, strict_load=True)
-    missing = [m for m in missing if head is None or m != head.matrix.name]
-    if missing:
-        raise CheckpointError(f"{state.path}: {len(missing)} network parameters are not in the "
-                              f"checkpoint (e.g. {missing[:5]}); was it written for another "
-                              "model, head or number of classes?")
+        if state.ebv_info is not None and not matches(state.ebv_info, None, head.checksum):
+            raise CheckpointError(f"EBV mismatch: {state.path} was trained with "
+                                  f"{describe(state.ebv_info)}, not the network's set "
+                                  f"{head.checksum}")
+        skip.add(id(head.matrix))
+    params = [p for p in network.get_parameters() if id(p) not in skip]
+    _assign(state, params, {p.name: p.name for p in params}, "network parameters",
+            "was it written for another model, head or number of classes?")
     if optimizer is not None:
-        opt_dict = {k[len(_OPT):]: v for k, v in state.params.items() if k.startswith(_OPT)}
-        if not opt_dict:
-            raise CheckpointError(f"{state.path}: holds no optimizer state; cannot resume from it")
         net_ids = {id(p) for p in network.get_parameters()}
-        _, unused = ms.load_param_into_net(optimizer, opt_dict, strict_load=True)
-        expected = {p.name for p in optimizer.get_parameters()
-                    if id(p) not in net_ids and not p.name.startswith("learning_rate")}
-        not_found = sorted(expected - set(opt_dict))
-        if not_found or unused:
+        opt = [p for p in optimizer.get_parameters()
+               if id(p) not in net_ids and not p.name.startswith("learning_rate")]
+        names = {_OPT + p.name: p.name for p in opt}
+        unused = sorted(k for k in state.params if k.startswith(_OPT) and k not in names)
+        if not any(k.startswith(_OPT) for k in state.params):
+            raise CheckpointError(f"{state.path}: holds no optimizer state; cannot resume from it")
+        if unused:
             raise CheckpointError(f"{state.path}: optimizer state does not match this optimizer "
-                                  f"(missing {not_found[:5]}, unexpected {list(unused)[:5]}); "
-                                  "resume with the same optim.opt as the original run")
-    for name, p in (extra_params or {}).items():
-        saved = state.params.get(_EXTRA + name)
-        if saved is not None:
-            p.copy_(ms.Tensor(saved.asnumpy(), dtype=p.dtype))  # in place: see write_in_place
+                                  f"(unexpected {unused[:5]}); resume with the same optim.opt "
+                                  "as the original run")
+        _assign(state, opt, {p.name: _OPT + p.name for p in opt}, "optimizer states",
+                "resume with the same optim.opt as the original run")
+    extra = [p for n, p in (extra_params or {}).items() if _EXTRA + n in state.params]
+    _assign(state, extra, {p.name: _EXTRA + n for n, p in (extra_params or {}).items()}, "", "",
+            in_place=True)  # the compiled step keeps the scaler's buffers: see write_in_place
+
+
+def _assign(state: CheckpointState, params, key_of: Mapping[str, str], what: str, hint: str,
+            in_place: bool = False):
+    import mindspore as ms
+    missing = [key_of[p.name] for p in params if key_of[p.name] not in state.params]
+    if missing:
+        raise CheckpointError(f"{state.path}: {len(missing)} {what} are not in the checkpoint "
+                              f"(e.g. {missing[:5]}); {hint}")
+    for p in params:
+        arr = state.params[key_of[p.name]]
+        if arr.size == 1 == math.prod(p.shape):  # a scalar state is () or (1,) by MindSpore's mood
+            arr = arr.reshape(p.shape)
+        want = np.dtype(_DTYPES[str(p.dtype)])
+        if tuple(arr.shape) != tuple(p.shape) or (arr.dtype != want and p.requires_grad):
+            raise CheckpointError(f"{state.path}: {key_of[p.name]} is {arr.dtype} "
+                                  f"{list(arr.shape)} there but {want} {list(p.shape)} "
+                                  f"in this network; {hint or 'not this run'}")
+        value = ms.Tensor(arr.astype(want))
+        p.copy_(value) if in_place else p.set_data(value, p.sliced)

@@ -1,5 +1,6 @@
 """The EBV set a run uses: a configured file, or generated once and cached; how every rank of a
-multi-host run gets the same set; and the set a checkpoint was trained with (``checkpoint_ebv``).
+multi-host run gets the same set (the set a checkpoint was trained with is found by
+``checkpoint.checkpoint_ebv``).
 
 The cache file name is the generation key (N, d, alpha, method, seed), so a second run (or
 another rank) with the same settings reuses the same vectors. Files are the native ``.npz``,
@@ -28,9 +29,10 @@ import numpy as np
 
 from ebv_ms.config import ConfigError, ebv_path_missing
 from ebv_ms.ebv import EBVError, EBVSet, load_ebv, save_ebv
+from ebv_ms.ebv.identity import ebv_file_name
 
-__all__ = ["needs_ebv", "ebv_cache_path", "resolve_ebv", "checkpoint_ebv", "share_ebv",
-           "start_run_ebv_file", "run_ebv_file"]
+__all__ = ["needs_ebv", "ebv_cache_path", "resolve_ebv", "share_ebv", "start_run_ebv_file",
+           "run_ebv_file"]
 
 _log = logging.getLogger("ebv_ms")
 _CHUNK_BYTES = 16 << 20   # per broadcast: a 2 GB set never needs a 2 GB collective buffer
@@ -262,7 +264,6 @@ def start_run_ebv_file(folder: str, ebv: EBVSet) -> str:
     ``run_ebv_file`` waits for it. Written by the first checkpoint instead, it held every other
     rank at the next collective for 7.6-10.9 s (2 GB at 100k x 5000)."""
     import threading
-    from .checkpoint import ebv_file_name
     target = os.path.join(os.path.abspath(folder), ebv_file_name(ebv))
     if target not in _WRITING and not os.path.isfile(target):
         _WRITING[target] = threading.Thread(target=_write_run_file, args=(ebv, target),
@@ -274,84 +275,12 @@ def start_run_ebv_file(folder: str, ebv: EBVSet) -> str:
 def run_ebv_file(folder: str, ebv: EBVSet) -> str:
     """The name of the run's EBV file in ``folder``, there when this returns (waits for a write
     started by ``start_run_ebv_file``; writes it now if none was, or if that one failed)."""
-    from .checkpoint import ebv_file_name
     target = os.path.join(os.path.abspath(folder), ebv_file_name(ebv))
     pending = _WRITING.pop(target, None)
     if pending is not None:
         pending.join()
     _write_run_file(ebv, target)  # nothing to do when the file is there
     return os.path.basename(target)
-
-
-def _closed_form_recipe(info: dict):
-    """The ``create_ebv`` method that rebuilds a recorded closed-form set, else None."""
-    method = str(info.get("method") or "")
-    if not method.startswith("closed_form:") or info.get("seed") is None:
-        return None
-    from ebv_ms.generation.factory import METHODS
-    name = method.split(":", 1)[1]
-    return name if name in METHODS else None
-
-
-def checkpoint_ebv(state, cfg=None, ebv_file: Optional[str] = None, rank: int = 0,
-                   progress: bool = False, logger: Optional[logging.Logger] = None):
-    """The EBV set ``state`` (a ``CheckpointState``) was trained with, verified by its checksum.
-
-    Looked for in this order: ``ebv_file`` (``eval.py --ebv``) or an ``ebv.path`` in ``cfg``
-    that the checkpoint's own config does not have (both must be the recorded set, else an
-    error); the set inside the checkpoint; the recorded file next to the checkpoint; the
-    training config's ``ebv.path`` and the EBV cache of ``cfg``; a rebuild from the recorded
-    recipe for the deterministic closed forms. Anything else is refused with the file it needs.
-    A checkpoint that records no set gets ``resolve_ebv(cfg)``.
-    """
-    from .checkpoint import CheckpointError, check_ebv_matches
-    log = logger or _log
-    if state.ebv_info is None:
-        return resolve_ebv(cfg, rank, progress=progress, logger=log) if cfg is not None else None
-    trained_path = ((state.config or {}).get("ebv") or {}).get("path")
-    given = ebv_file
-    if given is None and cfg is not None and cfg.ebv.path and cfg.ebv.path != trained_path:
-        given = str(cfg.ebv.path)
-    if given is not None:
-        if not os.path.isfile(given):
-            raise CheckpointError(f"EBV file not found: {given}; {state.path} needs its "
-                                  f"{state.describe_ebv()}")
-        ebv = load_ebv(given)
-        check_ebv_matches(state, ebv)
-        log.info("EBV set for %s loaded from %s", state.path, given)
-        return ebv
-    if state.ebv is not None:
-        return state.ebv
-    looked = []
-    candidates = [state.ebv_file(), trained_path]
-    if cfg is not None and needs_ebv(cfg):
-        candidates.append(ebv_cache_path(cfg))
-    for path in candidates:
-        if not path or path in looked:
-            continue
-        looked.append(path)
-        if os.path.isfile(path):
-            ebv = load_ebv(path)
-            if ebv.checksum() == state.ebv_checksum:
-                log.info("EBV set for %s loaded from %s", state.path, path)
-                return ebv
-            log.warning("%s holds EBV set %s, not the checkpoint's %s; not used", path,
-                        ebv.checksum(), state.ebv_checksum)
-    info = state.ebv_info
-    recipe = _closed_form_recipe(info)
-    if recipe is not None:
-        from ebv_ms.generation import create_ebv
-        t0 = time.time()
-        ebv = create_ebv(int(info["num_classes"]), int(info["dim"]), alpha=info.get("alpha"),
-                         method=recipe, seed=int(info["seed"]), progress=False)
-        check_ebv_matches(state, ebv)
-        log.info("EBV set for %s rebuilt from its recipe (%s, seed %s) in %.1f s", state.path,
-                 info["method"], info["seed"], time.time() - t0)
-        return ebv
-    raise CheckpointError(
-        f"{state.path} needs its {state.describe_ebv()}, which is not in the checkpoint and was "
-        f"not found (looked at: {', '.join(looked) or 'nothing'}); put "
-        f"{info.get('file') or 'that set'} next to the checkpoint or pass --ebv FILE")
 
 
 def main(argv=None) -> int:

@@ -90,20 +90,25 @@ class JsonlLog:
         if not os.path.isfile(self.path):
             return []
         out = []
-        with open(self.path, "r", encoding="utf-8") as f:
-            for line in f:
+        with open(self.path, "r", encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
                 line = line.strip()
                 if not line:
                     continue
                 try:
-                    out.append(json.loads(line))
+                    rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a kill mid-write
+                if not isinstance(rec, dict) or type(rec.get("epoch", 0)) is not int:
+                    from .run_folder import RunFolderError
+                    raise RunFolderError(f"{self.path} line {number} is not an epoch record "
+                                         f"({line[:60]!r}); restore the file or remove that line")
+                out.append(rec)
         return out
 
     def truncate_after(self, epoch: int) -> None:
         """Keep only records of epochs <= ``epoch`` (those the checkpoint being resumed covers)."""
-        keep = [r for r in self.read() if int(r.get("epoch", 0)) <= epoch]
+        keep = [r for r in self.read() if r.get("epoch", 0) <= epoch]
         with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for r in keep:
                 f.write(json.dumps(r) + "\n")

@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
-from .checkpoint import CheckpointError, CheckpointState, atomic_copy, load_checkpoint, \
-    restore_checkpoint
+from .checkpoint import (CheckpointError, CheckpointState, atomic_copy, load_checkpoint,
+                         network_from_checkpoint, restore)
 from .run_folder import check_class_names
 
 __all__ = ["ResumeState"]
@@ -37,7 +37,6 @@ class ResumeState:
     global_step: int
     best_top1: float
     best_epoch: int
-    ebv_checksum: Optional[str]
     checkpoint: Optional[CheckpointState] = field(default=None, repr=False)  # until restore()
 
     @classmethod
@@ -61,24 +60,21 @@ class ResumeState:
         if not state.is_ebv_ms:
             raise CheckpointError(f"--resume: {path} is a plain weights file without optimizer "
                                   "state/epoch; resume needs a last.ckpt written by train.py")
-        return cls(path=path, epoch=state.epoch, global_step=state.global_step,
-                   best_top1=state.best_top1, best_epoch=state.best_epoch,
-                   ebv_checksum=state.ebv_checksum, checkpoint=state)
+        return cls(path, state.epoch, state.global_step, state.best_top1, state.best_epoch, state)
 
     # ------------------------------------------------------------- checks (change nothing)
     def check_classes(self, run_folder: str, class_names: Sequence[str]) -> None:
-        """The data must have the classes, in order, of the run's ``classes.json`` (and of the
-        one beside the checkpoint, for ``--resume-from`` another folder)."""
+        """The data must have the classes, in order, that the checkpoint records, and those of
+        the run's ``classes.json`` (and of the one beside the checkpoint, for ``--resume-from``
+        another folder)."""
         for folder in dict.fromkeys([run_folder, os.path.dirname(os.path.abspath(self.path))]):
             check_class_names(folder, class_names)
+        check_class_names(self.path, class_names, self.checkpoint.class_names)
 
-    def ebv(self, cfg, rank: int, log: logging.Logger):
-        """The EBV set the checkpoint was trained with (``ebv_source.checkpoint_ebv``: inside it,
-        next to it, the config's file or cache, or rebuilt from a closed-form recipe), checked
-        against its recorded checksum before the head is built; None for heads without one."""
-        from .ebv_source import checkpoint_ebv, needs_ebv
-        if not needs_ebv(cfg):
-            return None
+    def network(self, cfg, rank: int, amp_level: str, log: logging.Logger):
+        """``(network, ebv)`` from the checkpoint (``network_from_checkpoint``), after refusing
+        changed 'ebv' settings: the set is the one it was trained with (inside it, next to it,
+        cached, or rebuilt from a closed-form recipe), checked against its recorded checksum."""
         recorded = (self.checkpoint.config or {}).get("ebv") or {}
         changed = [k for k in _EBV_RECIPE_KEYS if k in recorded and recorded[k] != cfg.ebv[k]]
         if changed:
@@ -87,12 +83,13 @@ class ResumeState:
                     f"ebv.{k}={recorded[k]!r}" for k in changed) + " but this run sets " +
                 ", ".join(f"ebv.{k}={cfg.ebv[k]!r}" for k in changed) + "; resume with the same "
                 "'ebv' settings as the original run (or start a new output_dir)")
-        return checkpoint_ebv(self.checkpoint, cfg, rank=rank, progress=rank == 0, logger=log)
+        return network_from_checkpoint(self.checkpoint, cfg, rank=rank, progress=rank == 0,
+                                       amp_level=amp_level, logger=log)
 
     def restore(self, network, optimizer, extra_params: Mapping, steps_per_epoch: int) -> None:
-        """Load weights, optimizer and loss-scale state; check the step count; drop the file's
+        """Load the optimizer and loss-scale state; check the step count; drop the file's
         tensors."""
-        restore_checkpoint(self.checkpoint, network, optimizer, extra_params)
+        restore(self.checkpoint, network, optimizer, extra_params)
         self.checkpoint = None  # the values now live in the network and optimizer
         expect = self.epoch * steps_per_epoch
         if self.global_step != expect:

@@ -1,6 +1,7 @@
 """The run folder (``output_dir``): one run at a time, and left as it was until a run is accepted.
 
-- ``RunLock``: an exclusive ``fcntl.flock`` on ``OUTPUT_DIR/.run.lock`` for the run's lifetime.
+- ``RunLock``: an exclusive ``fcntl.flock`` on the folder for the run's lifetime (the holder is
+  recorded in ``OUTPUT_DIR/.run.lock``; deleting it does not release the lock).
   The kernel drops it when the process ends in any way (kill -9 included), so a lock is never
   stale and ``--resume`` after a crash just works; a second run into the same folder is refused
   with the first one's pid, host and start time (written into the lock file). Only rank 0 writes
@@ -26,7 +27,7 @@ from typing import List, Optional, Sequence
 from ebv_ms.errors import EBVMSError
 
 __all__ = ["RunFolderError", "RunLock", "LOCK_NAME", "CLASSES_NAME", "remove_stale_temps",
-           "check_class_names"]
+           "check_class_names", "read_class_names"]
 
 LOCK_NAME = ".run.lock"
 CLASSES_NAME = "classes.json"
@@ -41,7 +42,12 @@ class RunFolderError(EBVMSError, RuntimeError):
 
 
 class RunLock:
-    """``with RunLock(folder):`` holds the folder for this process (see the module docstring)."""
+    """``with RunLock(folder):`` holds the folder for this process (see the module docstring).
+
+    The lock is an ``fcntl.flock`` on the folder itself (an open directory), so deleting
+    ``.run.lock`` (which only records the holder) does not release it; where directories cannot
+    be flock'ed (some network file systems) the lock file itself is locked.
+    """
 
     def __init__(self, folder: str):
         self.folder = str(folder)
@@ -53,18 +59,28 @@ class RunLock:
         # remove it; ranks probe it at once, so check_run cannot remove it itself
         self._new = not os.path.isdir(self.folder) or not os.listdir(self.folder)
         os.makedirs(self.folder, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        info = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise
+            except OSError:  # no flock on directories here: lock the file
+                os.close(fd)
+                fd = os.dup(info)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
+            holder = _read_holder(info)
+            os.close(info)
             raise RunFolderError(
                 f"output_dir {self.folder} is in use by another run ({holder}); wait for it to "
                 "finish or stop it, or set output_dir to another folder") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        os.ftruncate(info, 0)
+        os.write(info, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        os.close(info)
         self._fd = fd
         return self
 
@@ -128,24 +144,40 @@ def remove_stale_temps(folders: Sequence[str]) -> List[str]:
     return removed
 
 
-def check_class_names(folder: str, class_names: Sequence[str]) -> None:
-    """Refuse data whose class list differs from the run's saved ``classes.json``."""
+def read_class_names(folder: str) -> Optional[List[str]]:
+    """The class names of ``folder``'s ``classes.json`` (None: there is none); a damaged one is
+    a ``RunFolderError`` naming it."""
     path = os.path.join(folder, CLASSES_NAME)
     if not os.path.isfile(path):
-        return
+        return None
     try:
         with open(path, "r", encoding="utf-8") as f:
-            saved = list(json.load(f)["class_names"])
+            saved = json.load(f)["class_names"]
+        if not isinstance(saved, list) or not all(isinstance(n, str) for n in saved):
+            raise TypeError("class_names is not a list of strings")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RunFolderError(f"{path} is unreadable ({exc}); the run's class list cannot be "
-                             "checked: restore it, or start a new output_dir") from None
-    names = list(class_names)
+        raise RunFolderError(f"{path} is unreadable ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:120]}); the run's class list cannot "
+                             "be checked: restore it, or start a new output_dir") from None
+    return saved
+
+
+def check_class_names(where: str, class_names: Sequence[str],
+                      saved: Optional[Sequence[str]] = None) -> None:
+    """Refuse data whose class list differs from the one recorded at ``where``: ``saved``
+    (a checkpoint's record), else the folder's ``classes.json`` (if any)."""
+    if saved is None:
+        saved = read_class_names(where)
+        where = os.path.join(where, CLASSES_NAME)
+        if saved is None:
+            return
+    saved, names = list(saved), list(class_names)
     if saved == names:
         return
     i = next((k for k, (a, b) in enumerate(zip(saved, names)) if a != b), min(len(saved), len(names)))
     at = (f"class {i} is {saved[i]!r} there and {names[i]!r} in the data" if i < min(len(saved), len(names))
           else f"the first {i} agree")
     raise RunFolderError(
-        f"the data's classes differ from the run's {path} ({len(saved)} classes there, "
-        f"{len(names)} in the data; {at}): resuming would give class indices another meaning. "
-        "Resume with the data the run was trained on (data.path), or start a new output_dir")
+        f"the data's classes differ from the run's {where} ({len(saved)} classes there, "
+        f"{len(names)} in the data; {at}): its class indices would mean other classes. Use "
+        "the data the run was trained on (data.path), or (to train) start a new output_dir")

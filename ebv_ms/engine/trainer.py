@@ -84,12 +84,12 @@ class Trainer:
             raise ConfigError(f"config key 'train.batch_size' ({t.batch_size}) is larger than this "
                               "rank's share of the training data; lower it")
 
+        amp_level = resolve_amp(cfg)
         if resume is None:
             self.ebv = resolve_ebv(cfg, self.rank, progress=self.rank == 0, logger=self.log)
-        else:  # the set the checkpoint was trained with (next to it, cached, or rebuilt), verified
-            self.ebv = resume.ebv(cfg, self.rank, self.log)
-        amp_level = resolve_amp(cfg)
-        self.network = build_network(cfg, self.ebv, amp_level)
+            self.network = build_network(cfg, self.ebv, amp_level)
+        else:  # the checkpoint's network and EBV set (found or rebuilt, verified), its weights
+            self.network, self.ebv = resume.network(cfg, self.rank, amp_level, self.log)
         parts = build_training(cfg, self.network, self.steps_per_epoch, amp_level)
         self.optimizer, self.scaler, self.step_fn, self.lrs = (parts.optimizer, parts.scaler,
                                                                parts.step, parts.lrs)
@@ -267,7 +267,8 @@ class Trainer:
             save_checkpoint(self.last_path, self.network, self.optimizer, epoch=epoch,
                             global_step=epoch * self.steps_per_epoch, config=self.cfg,
                             ebv=self.ebv, best_top1=self.best_top1, best_epoch=self.best_epoch,
-                            metrics=record, extra_params=scaler_params(self.scaler),
+                            metrics=record, class_names=self.train_info.class_names,
+                            extra_params=scaler_params(self.scaler),
                             ebv_inline_max_bytes=self._inline_ebv_bytes())
             if is_best and self.cfg.train.keep_best:
                 atomic_copy(self.last_path, self.best_path)
