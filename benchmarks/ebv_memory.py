@@ -70,18 +70,11 @@ print("LOAD", time.perf_counter() - t0)
 
 SAVE_PROBE = r"""
 import json, os, sys, time
-from ebv_ms.config import load_config
 from ebv_ms.engine import checkpoint as C
-from ebv_ms.engine.builders import build_network
 run_dir, dst = sys.argv[1], sys.argv[2]
 state = C.load_checkpoint(os.path.join(run_dir, "last.ckpt"))
-cfg = load_config(None, [], base=state.config)
-if hasattr(state, "ebv_info") and state.ebv is None:
-    from ebv_ms.engine.ebv_source import checkpoint_ebv
-    ebv = checkpoint_ebv(state, cfg)
-else:
-    ebv = state.ebv
-net = build_network(cfg, ebv)
+cfg = C.checkpoint_config(state)
+net, ebv = C.network_from_checkpoint(state, cfg)
 times = []
 for name in ("first.ckpt", "second.ckpt"):
     t0 = time.time()
