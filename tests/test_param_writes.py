@@ -84,7 +84,7 @@ def test_write_in_place_keeps_dtype_and_order():
 _BEFORE_FIRST_COMPILE = {
     # resume / eval.py / export / predict: Trainer.setup and deploy.loading restore before any step;
     # outcome: tests/test_dist_outcomes.py (2-rank resume == uninterrupted), test_train_resume.py
-    ("ebv_ms/engine/checkpoint.py", "restore_checkpoint"): 2,
+    ("ebv_ms/engine/checkpoint.py", "_assign"): 1,  # restore(); in place for the loss scaler
     # pretrained backbone weights, while the model is built
     ("ebv_ms/models/backbones.py", "_load_backbone_checkpoint"): 1,
     # the frozen EBV matrix, given its buffer when the head is built (never written again)

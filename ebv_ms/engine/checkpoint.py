@@ -349,7 +349,7 @@ def _read_metadata(state: CheckpointState, meta_s: str, cfg_s: Optional[str], ve
                               not all(isinstance(n, str) for n in names)):
         raise TypeError("class_names is not a list of strings")
     state.class_names = names
-    state.config = parse_yaml(cfg_s, f"{path}: stored config") if cfg_s else None
+    state.config = parse_yaml(cfg_s, "stored config") if cfg_s else None
     if state.config is not None and not isinstance(state.config, Mapping):
         raise TypeError(f"the recorded config is a {type(state.config).__name__}, not a mapping")
     info = meta.get("ebv")
