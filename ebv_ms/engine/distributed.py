@@ -201,7 +201,7 @@ def check_same_start(resume, rank: int, world_size: int) -> None:
     seen = [0, 0, 0]
     if resume is not None:
         ckpt = resume.checkpoint
-        ident = json.dumps([resume.epoch, resume.global_step, resume.ebv_checksum,
+        ident = json.dumps([resume.epoch, resume.global_step, getattr(ckpt, "ebv_checksum", None),
                             getattr(ckpt, "metrics", None)], sort_keys=True, default=str)
         seen = [resume.epoch, resume.global_step, zlib.crc32(ident.encode()) & 0x7FFFFFFF]
     per_rank = all_gather_counts(seen)
