@@ -11,6 +11,7 @@ itself is never cast (a 100k x 5000 matrix would otherwise be copied every step)
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import numpy as np
@@ -84,8 +85,12 @@ def _shared_parameter(data: np.ndarray, name: str) -> Parameter:
 class FrozenVectorHead(nn.Cell):
     """Base of heads with a fixed N x d class-vector matrix ``self.<param_name>``.
 
-    ``storage_dtype`` "float16" halves the memory (2 GB -> 1 GB at 100k x 5000); the matmul then
-    runs in fp16 (fp32 accumulation on GPU/Ascend), everything around it stays fp32.
+    ``storage_dtype`` "float16" halves the matrix (2 GB -> 1 GB at 100k x 5000), but MatMul's
+    output type is its input type: the logits leave the matmul rounded to fp16 (up to 2^-11 x
+    the largest logit), then are cast to fp32. On CPU, training also casts the whole matrix to
+    fp32 in the backend (measured: +354 MB peak vs +54 MB for fp32 storage at 20,000 x 2,000,
+    ``benchmarks/fp16_storage.py --train-memory``), so there it costs memory instead of saving
+    it. docs/models.md has the measured logit error.
     """
 
     param_name = "vectors"
@@ -154,6 +159,12 @@ class EBVHead(FrozenVectorHead):
                          checksum=ebv.checksum() if hasattr(ebv, "checksum") else None)
         self.tau = float(tau)
         self.normalize = ScaledL2Normalize(1.0 / float(tau))
+        if self.low_precision_storage and self.tau < 0.05:
+            logging.getLogger(__name__).warning(
+                "model.ebv_dtype=%s at tau %g: the logits (up to %.0f) come out of the matmul "
+                "rounded to fp16, off by up to %.3f (measured 0.031 at tau 0.007, docs/models.md); "
+                "use float32 unless the matrix does not fit", storage_dtype, self.tau,
+                1.0 / self.tau, 2.0 ** -11 / self.tau)
         # Temperature warm-up (docs/fidelity.md, the slow start at N >> d): training starts at
         # the tau where the logits' initial spread 1/(tau sqrt d) is tau_warmup_spread, and
         # moves geometrically to tau: tau_t = tau_start^(1-t) * tau^t, t = step/steps. A no-op
