@@ -62,11 +62,13 @@ def demo_run(tmp_path_factory, demo_zip):
 
 
 def pytest_collection_modifyitems(config, items):
-    """A test that launches several processes (marker ``distributed``) is ``slow`` too, so
-    ``-m "not slow"`` never starts a cluster. ``slow``: anything over ~5 s on a 2-core CPU
-    (subprocess training runs, launches, fuzzers; README 'Tests and CI')."""
+    """A test that launches several processes (marker ``distributed``) or uses the session's
+    demo training run (``demo_run``: a 2-epoch train.py, 20-70 s) is ``slow`` too, so
+    ``-m "not slow"`` never starts a cluster or a training run. ``slow``: anything over ~5 s on a
+    2-core CPU (subprocess training runs, launches, fuzzers; README 'Tests and CI')."""
     for item in items:
-        if item.get_closest_marker("distributed") is not None:
+        if (item.get_closest_marker("distributed") is not None
+                or "demo_run" in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

@@ -311,6 +311,7 @@ def test_eval_script_rejects_a_missing_checkpoint(tmp_path):
     assert r.returncode == 2 and "checkpoint not found" in r.stderr
 
 
+@pytest.mark.slow
 def test_eval_sets_up_the_device_before_any_tensor(demo_run):
     """MindSpore asks for init() before any Tensor is made on Ascend: eval.py sets the device
     and joins the job (init_parallel) before it reads a checkpoint's weights (tests/

@@ -86,6 +86,7 @@ def test_backbone_kwargs_a_network_cannot_take(backbone, kwargs, needle):
     assert "'model.backbone_kwargs'" in str(e.value)
 
 
+@pytest.mark.slow
 def test_backbone_kwargs_error_on_the_command_line():
     _one_line(["-m", "ebv_ms.tools.params", "--config", DEMO, "model.backbone=small_mlp",
                "model.backbone_kwargs={widths: [300000, 300000]}"], "'model.backbone_kwargs'",
