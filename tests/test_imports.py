@@ -35,9 +35,6 @@ ALLOWED = {
     ("ebv_ms.config", "ebv_ms.ebv.metrics"): "config -> ebv: welch_bound",
     # the native .npz records ebv_ms.__version__: the package, which is the top layer
     ("ebv_ms.ebv.formats", "ebv_ms"): "ebv -> the package: __version__",
-    # cycle: checkpoint.py <-> ebv_source.py (function-level imports both ways); the EBV identity
-    # and the checkpoint format are being split between ebv/ and one checkpoint module
-    ("ebv_ms.engine.ebv_source", "ebv_ms.engine.checkpoint"): "cycle: ebv_file_name, check_ebv_matches",
     # cycle: backbones -> mindcv_zoo (registers the EBV models on first use of mindcv) ->
     # classifier -> backbones
     ("ebv_ms.models.backbones", "ebv_ms.models.mindcv_zoo"): "cycle: mindcv registration",
