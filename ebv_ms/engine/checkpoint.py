@@ -5,7 +5,7 @@ The file is MindSpore's ``.ckpt`` (a protobuf ``Checkpoint``: one ``Value`` per 
 dims + dtype label + raw bytes; strings as UTF-32), so ``ms.load_checkpoint`` still reads it,
 but this module writes and parses it itself: MindSpore's loader trusts a tensor's dims and
 copies past its buffer when they declare more elements than the bytes hold (a crafted file
-crashed eval.py with SIGSEGV). Here every tensor's dtype label, dims (1..8, each >= 1) and byte
+crashed eval.py with SIGSEGV). Here every tensor's dtype label, dims (0..8, each >= 1) and byte
 length are checked before an array is made, the tensors together cannot exceed the file, and
 anything else is refused with one line naming the file.
 
