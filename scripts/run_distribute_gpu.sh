@@ -4,7 +4,7 @@
 # Usage: bash scripts/run_distribute_gpu.sh CONFIG [NUM_DEVICES] [key=value ...] [options] [-- ARGS]
 #   CONFIG           the YAML config (e.g. configs/10w_classes.yaml)
 #   NUM_DEVICES      number of ranks, a whole number right after CONFIG (default: the GPUs
-#                    nvidia-smi lists, else 8)
+#                    visible here, i.e. nvidia-smi's list narrowed by CUDA_VISIBLE_DEVICES; else 8)
 #   key=value        config overrides, passed to train.py
 #   --hostfile FILE  an Open MPI hostfile for several machines (default: this machine only)
 #   --resume         continue the run in output_dir (passed to train.py)
@@ -23,28 +23,13 @@
 #   MS_SCHED_PORT         scheduler port (default: a free port)
 #   CLUSTER_TIMEOUT=600   seconds the ranks wait for each other to join (MS_TOPO_TIMEOUT)
 #   MPIRUN_ARGS           extra mpirun arguments
+# Checked before anything starts (one line 'error:', exit status 2): the arguments, the config
+# and data.path, the rank count against the visible GPUs or the hostfile's slots, the device.
 # Logs: OUTPUT_DIR/logs/rank_K.log per rank (rank 0 is also echoed here), scheduler.log.
-# A failed rank stops the job: mpirun stops the others, the scheduler is stopped, and the script
-# prints the failing rank's log path and exits non-zero.
-set -uo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-source "$ROOT/scripts/_cluster.sh"
-
-FIRST_NAME=CONFIG SECOND_NAME=NUM_DEVICES ENTRY_NAME="$(basename "${ENTRY:-train.py}")"
-OPTS=(hostfile=FILE dry-run)
-FWD_OPTS=(resume resume-from=CKPT)
-hint_positional() { [[ -f "$1" ]] && echo "a hostfile is given as --hostfile $1"; }
-parse_launch_args "$@"
-CONFIG="$FIRST"
-DEVICE_TARGET="${DEVICE_TARGET:-GPU}"
-check_device_target
-NUM="$SECOND"
-if [[ -z "$NUM" ]]; then
-  NUM=8
-  if [[ "$DEVICE_TARGET" == GPU ]] && command -v nvidia-smi >/dev/null 2>&1; then
-    NUM="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"; [[ "$NUM" -gt 0 ]] || NUM=8
-  fi
-fi
-[[ "$NUM" -ge 1 ]] || die "NUM_DEVICES must be at least 1, got '$NUM'"
-prepare_training_run 'rank_*' 'scheduler.*'
-mpirun_job "$NUM" "${OPT[hostfile]:-}" "$LOG_DIR" "${ENTRY_CMD[@]}"
+# The first rank that fails stops the job: the others and the scheduler are stopped, and the
+# script shows that rank's error and log path and exits non-zero.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[[ -n "${PYTHON:-}" ]] || { PYTHON="$ROOT/.venv/bin/python"; [[ -x "$PYTHON" ]] || PYTHON=python3; }
+export PYTHON PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+exec "$PYTHON" -m ebv_ms.tools.launch mpirun "$0" "$@"   # the logic: ebv_ms/tools/launch.py

@@ -11,26 +11,8 @@
 # Environment: DEVICE_TARGET=GPU (set CPU to run on CPU), PYTHON, ENTRY=train.py
 # Log: OUTPUT_DIR/logs/rank_0.log (stdout + stderr, also shown here); train.py writes its own
 # train.log / metrics.jsonl / checkpoints in OUTPUT_DIR.
-set -uo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
-
-FIRST_NAME=CONFIG SECOND_NAME=DEVICE_ID ENTRY_NAME="$(basename "${ENTRY:-train.py}")"
-OPTS=(dry-run)
-FWD_OPTS=(resume resume-from=CKPT)
-parse_launch_args "$@"
-CONFIG="$FIRST"
-DEVICE_TARGET="${DEVICE_TARGET:-GPU}"
-check_device_target
-prepare_training_run 'rank_*'
-select_one_device "$SECOND"
-if [[ -n "${OPT[dry-run]:-}" ]]; then
-  echo "[dry-run] 1 process on $DEVICE_TARGET; environment: $(device_env_text)"
-  print_command run "${ENTRY_CMD[@]}"
-  exit 0
-fi
-LOG="$LOG_DIR/rank_0.log"
-echo "[launch] 1 process on $DEVICE_TARGET${SECOND:+ (device $SECOND)}; log: $LOG"
-"${ENTRY_CMD[@]}" 2>&1 | tee "$LOG"
-RC=${PIPESTATUS[0]}
-[[ $RC -eq 0 ]] || echo "[launch] FAILED (exit status $RC); log: $LOG" >&2
-exit "$RC"
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[[ -n "${PYTHON:-}" ]] || { PYTHON="$ROOT/.venv/bin/python"; [[ -x "$PYTHON" ]] || PYTHON=python3; }
+export PYTHON PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+exec "$PYTHON" -m ebv_ms.tools.launch standalone "$0" "$@"   # the logic: ebv_ms/tools/launch.py

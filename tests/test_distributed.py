@@ -134,7 +134,7 @@ def test_launch_names_a_bad_config_key_before_starting(tmp_path):
 
 def test_launch_rejects_bad_device(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"output_dir: {tmp_path}/out\n")
+    cfg.write_text(f"output_dir: {tmp_path}/out\ndata: {{path: {tmp_path}}}\n")
     r = _launch([cfg, 2], DEVICE_TARGET="TPU", ENTRY=str(PROBE))
     assert r.returncode == 2 and "DEVICE_TARGET" in r.stderr
 
@@ -150,13 +150,14 @@ needs_mpirun = pytest.mark.skipif(not HAVE_MPIRUN, reason="mpirun not installed 
 def test_a_failed_rank_stops_the_job_and_names_its_log(tmp_path):
     out = tmp_path / "out"
     cfg = tmp_path / "probe.yaml"
-    cfg.write_text(f"output_dir: {out}\n")
+    cfg.write_text(f"output_dir: {out}\ndata: {{path: {tmp_path}}}\n")
     r = _launch([cfg, 2, "--", "--fail-rank=1", "--steps=50"], ENTRY=str(PROBE), CLUSTER_TIMEOUT="60")
     assert r.returncode != 0
     log1 = out / "logs" / "rank_1.log"
     assert f"rank 1 failed with exit status 1; its log: {log1}" in r.stderr
     assert "failing on purpose" in r.stderr  # the tail of the failing rank's log is shown
     assert "failing on purpose" in log1.read_text()
+    _assert_no_mpi_noise(r.stdout + r.stderr)
     # nothing left running: no rank, no scheduler
     assert _no_process_mentions(str(cfg)) == []
     sched_pid = int((out / "logs" / "scheduler.pid").read_text())
@@ -164,11 +165,42 @@ def test_a_failed_rank_stops_the_job_and_names_its_log(tmp_path):
     assert not glob.glob(f"{out}/**/*.ckpt", recursive=True)
 
 
+def _assert_no_mpi_noise(text):
+    """Open MPI's own reports (help blocks, a crash backtrace) are not what the user needs."""
+    for noise in ("Primary job", "mpirun noticed", "mpirun detected", "Process received signal",
+                  "Segmentation fault", "exit status 139", "-----------------------------"):
+        assert noise not in text, text[-3000:]
+
+
+@pytest.mark.distributed
+@needs_mpirun
+def test_a_failed_scheduler_stops_the_ranks_at_once(tmp_path):
+    """The scheduler cannot serve (its port is taken): the ranks, which would wait for it for
+    CLUSTER_TIMEOUT, are stopped at once, and the screen says why, with no MPI report."""
+    import socket
+    import time
+    out = tmp_path / "out"
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(f"output_dir: {out}\ndata: {{path: {tmp_path}}}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(8)
+        t0 = time.time()
+        r = _launch([cfg, 2, "--", "--steps=3"], ENTRY=str(PROBE), CLUSTER_TIMEOUT="300",
+                    MS_SCHED_PORT=str(taken.getsockname()[1]))
+        took = time.time() - t0
+    assert r.returncode != 0 and took < 150, (took, r.stderr[-3000:])
+    assert "[launch] the scheduler failed: " in r.stderr, r.stderr[-3000:]
+    _assert_no_mpi_noise(r.stdout + r.stderr)
+    assert _no_process_mentions(str(cfg)) == []
+    assert sorted((out / "logs" / f"rank_{k}.exit").read_text() for k in (0, 1)) == ["killed"] * 2
+
+
 @pytest.mark.distributed
 def test_msrun_script_two_ranks(tmp_path):
     out = tmp_path / "out"
     cfg = tmp_path / "probe.yaml"
-    cfg.write_text(f"output_dir: {out}\nseed: 3\n")
+    cfg.write_text(f"output_dir: {out}\nseed: 3\ndata: {{path: {tmp_path}}}\n")
     r = subprocess.run(["bash", str(ROOT / "scripts" / "run_distribute_ascend.sh"), str(cfg), "2",
                         "--", "--steps=3"], cwd=ROOT, env=_env(ENTRY=str(PROBE)), capture_output=True,
                        text=True, timeout=300)
@@ -182,7 +214,8 @@ def test_msrun_script_two_ranks(tmp_path):
     assert reps[0]["param_checksum"] == reps[1]["param_checksum"]
     # each rank trained on its own shard
     assert reps[0]["shard_digest"] != reps[1]["shard_digest"]
-    assert sorted(os.listdir(out / "logs")) == ["rank_0.json", "rank_1.json", "scheduler.log",
+    assert sorted(os.listdir(out / "logs")) == ["msrun.log", "rank_0.json", "rank_1.json",
+                                                "scheduler.log",
                                                 "worker_0.log", "worker_1.log"]
     assert [os.path.relpath(p, out) for p in glob.glob(f"{out}/**/*.ckpt", recursive=True)] == \
         [os.path.join("checkpoints", "last.ckpt")]
@@ -291,7 +324,7 @@ def test_two_ranks_train_py_on_demo_data(tmp_path, demo_zip):
 def test_standalone_script_runs_one_process_and_keeps_earlier_logs(tmp_path):
     out = tmp_path / "out"
     cfg = tmp_path / "probe.yaml"
-    cfg.write_text(f"output_dir: {out}\n")
+    cfg.write_text(f"output_dir: {out}\ndata: {{path: {tmp_path}}}\n")
     (out / "logs").mkdir(parents=True)
     (out / "logs" / "rank_0.log").write_text("the crashed run's log\n")
     r = subprocess.run(["bash", str(ROOT / "scripts" / "run_standalone_gpu.sh"), str(cfg), "--", "--steps=2"],

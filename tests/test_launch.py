@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from ebv_ms.tools import launch as L
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 ENTRY = ROOT / "tests" / "launch_entry.py"
@@ -37,7 +39,7 @@ def _run(script, *args, timeout=120, **env):
 def run_dir(tmp_path):
     """A config whose output_dir is in tmp_path, a checkpoint-shaped file, the entry's out dir."""
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"output_dir: {tmp_path / 'out'}\n")
+    cfg.write_text(f"output_dir: {tmp_path / 'out'}\ndata: {{path: {tmp_path}}}\n")
     ckpt = tmp_path / "run" / "best.ckpt"
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"not read by the probe entry")
@@ -78,35 +80,49 @@ def test_eval_test_size_as_eval_py_spells_it_and_the_device_environment(run_dir)
     bare --test-size; an inherited DEVICE_ID pointed at a card the process could not see."""
     _, ckpt, probe = run_dir
     r = _run("scripts/run_eval_gpu.sh", ckpt, "--test-size", "256", "data.root=x",
-             ENTRY=ENTRY, LAUNCH_PROBE_OUT=probe, DEVICE_TARGET="GPU", DEVICE_ID=5)
+             ENTRY=ENTRY, LAUNCH_PROBE_OUT=probe, DEVICE_ID=5, MS_ROLE="MS_WORKER")
     assert r.returncode == 0, r.stderr
     rec = _entry_record(probe)
-    assert rec["argv"] == ["--ckpt", str(ckpt), "device_target=GPU", "data.root=x",
+    assert rec["argv"] == ["--ckpt", str(ckpt), "device_target=CPU", "data.root=x",
                            "--test-size", "256"]
-    assert rec["env"]["CUDA_VISIBLE_DEVICES"] == "0" and rec["env"]["DEVICE_ID"] == "0"
+    assert rec["env"]["DEVICE_ID"] is None and rec["env"]["MS_ROLE"] is None
     r = _run("scripts/run_eval_gpu.sh", ckpt, "--device-id", "3", "--config=c.yaml", "--",
-             "--no-progress", ENTRY=ENTRY, LAUNCH_PROBE_OUT=probe, DEVICE_TARGET="GPU",
-             DEVICE_ID=5)
-    rec = _entry_record(probe)
-    assert rec["argv"] == ["--ckpt", str(ckpt), "device_target=GPU", "--config", "c.yaml",
-                           "--no-progress"]
-    # the one visible card is device 0 of the process
-    assert rec["env"]["CUDA_VISIBLE_DEVICES"] == "3" and rec["env"]["DEVICE_ID"] == "0"
-    r = _run("scripts/run_eval_gpu.sh", ckpt, "--device-id", "3", ENTRY=ENTRY,
-             LAUNCH_PROBE_OUT=probe, DEVICE_TARGET="Ascend", DEVICE_ID=5)
-    rec = _entry_record(probe)
-    assert rec["env"]["DEVICE_ID"] == "3" and rec["env"]["CUDA_VISIBLE_DEVICES"] is None
+             "--no-progress", ENTRY=ENTRY, LAUNCH_PROBE_OUT=probe)
+    assert _entry_record(probe)["argv"] == ["--ckpt", str(ckpt), "device_target=CPU", "--config",
+                                            "c.yaml", "--no-progress"]
+    # on GPU / Ascend (no such device here: the dry run shows what the process would get)
+    for target, card, want in (("GPU", [], "CUDA_VISIBLE_DEVICES=0 DEVICE_ID=0"),
+                               ("GPU", ["--device-id", "3"], "CUDA_VISIBLE_DEVICES=3 DEVICE_ID=0"),
+                               ("Ascend", ["--device-id", "3"], "DEVICE_ID=3")):
+        r = _run("scripts/run_eval_gpu.sh", ckpt, *card, "--dry-run", DEVICE_TARGET=target,
+                 DEVICE_ID=5)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[0].endswith(f"environment: {want}"), r.stdout
+
+
+def test_one_device_environment():
+    """One process on card N: on GPU it sees only that card, as its device 0 (an inherited
+    DEVICE_ID=5 would select a card it cannot see); on Ascend DEVICE_ID is the card."""
+    inherited = {"DEVICE_ID": "5", "PATH": "/bin"}
+    assert L.one_device_env(inherited, "GPU", "3") == {"CUDA_VISIBLE_DEVICES": "3",
+                                                       "DEVICE_ID": "0", "PATH": "/bin"}
+    assert L.one_device_env(inherited, "GPU", "")["CUDA_VISIBLE_DEVICES"] == "0"
+    assert L.one_device_env(dict(inherited, CUDA_VISIBLE_DEVICES="6"), "GPU", "")[
+        "CUDA_VISIBLE_DEVICES"] == "6"
+    assert L.one_device_env(inherited, "Ascend", "3") == {"DEVICE_ID": "3", "PATH": "/bin"}
+    assert L.one_device_env(inherited, "CPU", "3") == {"PATH": "/bin"}
 
 
 def test_standalone_device_environment_and_arguments(run_dir):
     cfg, _, probe = run_dir
     r = _run("scripts/run_standalone_gpu.sh", cfg, 3, "train.epochs=1", "--resume", ENTRY=ENTRY,
-             LAUNCH_PROBE_OUT=probe, DEVICE_TARGET="GPU", DEVICE_ID=5, MS_ROLE="MS_WORKER")
+             LAUNCH_PROBE_OUT=probe, DEVICE_ID=5, MS_ROLE="MS_WORKER")
     assert r.returncode == 0, r.stderr
     rec = _entry_record(probe)
-    assert rec["argv"] == ["--config", str(cfg), "device_target=GPU", "train.epochs=1", "--resume"]
-    assert rec["env"]["CUDA_VISIBLE_DEVICES"] == "3" and rec["env"]["DEVICE_ID"] == "0"
+    assert rec["argv"] == ["--config", str(cfg), "device_target=CPU", "train.epochs=1", "--resume"]
     assert rec["env"]["MS_ROLE"] is None  # a stray cluster role would wait for a scheduler
+    r = _run("scripts/run_standalone_gpu.sh", cfg, 3, "--dry-run", DEVICE_TARGET="GPU", DEVICE_ID=5)
+    assert "environment: CUDA_VISIBLE_DEVICES=3 DEVICE_ID=0" in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.slow
@@ -126,7 +142,10 @@ def test_distribute_dry_run_shows_the_ranks_and_their_command(run_dir, tmp_path)
             want += ["train.epochs=1", "--resume"]
             assert mpi[mpi.index("--hostfile") + 1] == str(hosts)
         assert lines["rank"] == want
-        assert mpi[-len(want):] == want and str(SCRIPTS / "mpirun_rank.sh") in mpi
+        assert mpi[-len(want):] == want
+        # each rank through the rank wrapper of the launcher module, logging to OUTPUT_DIR/logs
+        assert mpi[-len(want) - 4:-len(want)] == ["-m", "ebv_ms.tools.launch", "rank",
+                                                  str(tmp_path / "out" / "logs")]
         # CPU collectives wait as long as the join (MindSpore's 30 s failed at 100k classes)
         assert "MS_CPU_COMM_OP_TIMEOUT=600" in r.stdout and "MS_CPU_COMM_OP_TIMEOUT" in mpi
     assert not (tmp_path / "out").exists()  # a dry run creates nothing
@@ -208,3 +227,188 @@ def test_eval_on_two_ranks_starts_two_cluster_workers_with_one_command(run_dir, 
         assert rec["env"]["MS_ROLE"] == "MS_WORKER" and rec["env"]["DEVICE_ID"] == str(k)
     assert sorted(p.name for p in logs.glob("rank_*.log")) == ["rank_0.log", "rank_1.log"]
     assert (logs / "scheduler.exit").read_text().strip() == "0"
+
+
+# ---------------------------------------------------------------- the module itself (no process)
+
+def _parse(kind, *argv):
+    return L.parse_args(L.SPECS[kind], list(argv), f"scripts/{kind}.sh", "train.py")
+
+
+def test_grammar_sorts_every_word_into_its_slot():
+    a = _parse("mpirun", "c.yaml", "16", "x.y=1", "--hostfile=h", "--resume", "a.b=2",
+               "--resume-from", "k.ckpt", "--dry-run", "--", "--steps=3", "z")
+    assert (a.first, a.second, a.overrides) == ("c.yaml", "16", ["x.y=1", "a.b=2"])
+    assert a.forward == ["--resume", "--resume-from", "k.ckpt"]  # in order, as train.py spells them
+    assert a.opts == {"hostfile": "h", "dry-run": "1"} and a.passthrough == ["--steps=3", "z"]
+    a = _parse("eval", "b.ckpt", "--test-size=256", "--ranks", "4", "--no-progress")
+    assert a.forward == ["--test-size", "256", "--no-progress"] and a.opts == {"ranks": "4"}
+    assert _parse("quick-start").first == ""
+    with pytest.raises(L._Usage):
+        _parse("mpirun")
+    with pytest.raises(L.LaunchError, match="'--resume-from' needs a value|--resume-from needs a"):
+        _parse("mpirun", "c.yaml", "--resume-from", "--resume")
+
+
+def _launch(kind="mpirun", device="CPU", **opts):
+    args = L.Args(first="c.yaml", opts={k.replace("_", "-"): v for k, v in opts.items()})
+    return L.Launch(kind, f"scripts/{kind}.sh", args, device, "/py/bin/python", "/r/train.py",
+                    {"PATH": "/bin", "PYTHONPATH": "/r"}, dry_run=False)
+
+
+def test_mpirun_command_line(monkeypatch):
+    monkeypatch.delenv("MPIRUN_ARGS", raising=False)
+    monkeypatch.setenv("MS_SCHED_PORT", "4567")
+    launch = _launch()
+    env = L.cluster_env(launch, 2, None)
+    assert (env["MS_WORKER_NUM"], env["MS_SCHED_HOST"], env["MS_SCHED_PORT"]) == ("2", "127.0.0.1",
+                                                                                 "4567")
+    assert env["MS_CPU_COMM_OP_TIMEOUT"] == env["MS_TOPO_TIMEOUT"] == "600"
+    cmd = L.mpirun_command(launch, 2, None, "/o/logs", ["/py/bin/python", "t.py"], env)
+    assert cmd[:4] == ["mpirun", "-n", "2", "--quiet"]  # --quiet: no Open MPI help blocks
+    assert "--oversubscribe" in cmd and cmd[cmd.index("--bind-to") + 1] == "none"
+    exported = [cmd[i + 1] for i, c in enumerate(cmd) if c == "-x"]
+    assert {"MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_TOPO_TIMEOUT",
+            "MS_CPU_COMM_OP_TIMEOUT", "PYTHONPATH", "PATH"} <= set(exported)
+    assert cmd[-7:] == ["/py/bin/python", "-m", "ebv_ms.tools.launch", "rank", "/o/logs",
+                        "/py/bin/python", "t.py"]
+    monkeypatch.setenv("MPIRUN_ARGS", "--bind-to core --mca btl_tcp_if_include eth0")
+    monkeypatch.delenv("MS_SCHED_HOST", raising=False)
+    env = L.cluster_env(_launch(device="GPU"), 16, "hosts")
+    assert env["MS_SCHED_HOST"] == L.this_host_address() and "MS_CPU_COMM_OP_TIMEOUT" not in env
+    cmd = L.mpirun_command(_launch(device="GPU"), 16, "hosts", "/o/logs", ["t.py"], env)
+    assert cmd[cmd.index("--hostfile") + 1] == "hosts" and "--oversubscribe" not in cmd
+    assert cmd.count("--bind-to") == 1 and "btl_tcp_if_include" in cmd
+
+
+def test_msrun_command_line_one_and_several_machines(monkeypatch):
+    monkeypatch.delenv("MSRUN_ARGS", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "9000")
+    one = L.msrun_command(_launch("msrun"), 4, "/o/logs", ["/py/bin/python", "t.py", "a=1"])
+    assert one[1:5] == ["--worker_num=4", "--local_worker_num=4", "--master_port=9000",
+                        "--log_dir=/o/logs"] and one[-2:] == ["t.py", "a=1"]
+    assert not any(c.startswith(("--master_addr", "--node_rank")) for c in one)
+    monkeypatch.delenv("MASTER_PORT")
+    two = L.msrun_command(_launch("msrun", nodes="2", node_rank="1", master_addr="10.0.0.1"), 8,
+                          "/o/logs", ["/py/bin/python", "t.py"])
+    assert {"--worker_num=16", "--local_worker_num=8", "--master_port=8118",
+            "--master_addr=10.0.0.1", "--node_rank=1"} <= set(two)
+    for bad, msg in (({"nodes": "2", "master_addr": "h"}, "needs --node-rank"),
+                     ({"node_rank": "1"}, "give --nodes M"),
+                     ({"nodes": "2", "node_rank": "2", "master_addr": "h"}, "below --nodes")):
+        with pytest.raises(L.LaunchError, match=msg):
+            L.msrun_command(_launch("msrun", **bad), 1, "/o", ["t.py"])
+
+
+def test_first_failed_rank_is_the_earliest_exit_that_is_an_error(tmp_path):
+    for rank, status, t in ((0, "killed", 100), (1, "1", 200), (2, "134", 150), (3, "0", 50)):
+        f = tmp_path / f"rank_{rank}.exit"
+        f.write_text(status)
+        os.utime(f, (t, t))
+    assert L.first_failed_rank(str(tmp_path)) == (2, "134", str(tmp_path / "rank_2.log"))
+    assert L.first_failed_rank(str(tmp_path / "none")) is None
+
+
+# ---------------------------------------------------------------- GPUs: what is visible
+
+NVIDIA_SMI = """#!/bin/sh
+# a stand-in for nvidia-smi -L on an 8-GPU host
+for i in 0 1 2 3 4 5 6 7; do echo "GPU $i: NVIDIA A100-SXM4-80GB (UUID: GPU-$i$i$i$i-aaaa)"; done
+"""
+
+
+@pytest.fixture
+def eight_gpus(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(NVIDIA_SMI)
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
+@pytest.mark.parametrize("cvd,want", [(None, 8), ("0,1", 2), ("GPU-3333,GPU-5", 2), ("7", 1),
+                                      ("0,9,1", 1), ("1,1", 1), ("", 0), ("-1", 0)])
+def test_visible_gpus_reads_cuda_visible_devices_as_cuda_does(eight_gpus, monkeypatch, cvd, want):
+    if cvd is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", cvd)
+    assert L.visible_gpus() == want
+
+
+def test_distribute_starts_one_rank_per_visible_gpu(run_dir, eight_gpus):
+    """#16: with CUDA_VISIBLE_DEVICES=0,1 on an 8-GPU host it used to start 8 ranks."""
+    cfg, _, _ = run_dir
+    path = os.environ["PATH"]
+    for cvd, n in ((None, 8), ("0,1", 2), ("5", 1)):
+        env = {"PATH": path, "DEVICE_TARGET": "GPU"}
+        if cvd is not None:
+            env["CUDA_VISIBLE_DEVICES"] = cvd
+        r = _run("scripts/run_distribute_gpu.sh", cfg, "--dry-run", **env)
+        assert r.returncode == 0, r.stderr
+        mpi = _dry_run_lines(r.stdout)["mpirun"]
+        assert mpi[mpi.index("-n") + 1] == str(n), (cvd, mpi)
+        if cvd is not None:  # the ranks see the same cards
+            assert mpi[mpi.index("CUDA_VISIBLE_DEVICES") - 1] == "-x"
+    r = _run("scripts/run_distribute_gpu.sh", cfg, 4, "--dry-run", PATH=path, DEVICE_TARGET="GPU",
+             CUDA_VISIBLE_DEVICES="0,1")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("scripts/run_distribute_gpu.sh: error: 4 ranks on this machine, but "
+                                "2 GPU(s) are visible (CUDA_VISIBLE_DEVICES=0,1): give NUM_DEVICES "
+                                "<= 2, or several machines with --hostfile")
+
+
+# ---------------------------------------------------------------- pre-flight: nothing starts
+
+def _nothing_started(r, probe, tmp_path):
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one line, no traceback
+    assert not list(probe.iterdir()) and not (tmp_path / "out").exists()
+    assert "[launch]" not in r.stdout
+
+
+def test_the_issue_command_on_a_cpu_machine_is_one_line():
+    """#20: it printed a per-rank config error, '[launch] the scheduler failed', an Open MPI
+    segfault backtrace and 'mpirun exit status 139'."""
+    e = {k: v for k, v in os.environ.items() if k not in ("DEVICE_TARGET", "MS_ROLE")}
+    r = subprocess.run(["bash", "scripts/run_distribute_gpu.sh", "configs/10w_classes.yaml", "8",
+                        "data.path=/data/10w_classes.zip"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env=dict(e, PYTHON=sys.executable))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        "scripts/run_distribute_gpu.sh: error: config key 'data.path': /data/10w_classes.zip not "
+        "found; point it at the .zip archive or the dataset folder"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["2", "data.path=/nonexistent/d.zip"], "config key 'data.path': /nonexistent/d.zip not found"),
+    (["2", "optim.lrr=0.1"], "did you mean 'optim.lr'"),
+    (["0"], "NUM_DEVICES must be a whole number of at least 1, got '0'"),
+    (["4", "--hostfile", "HOSTS"], "4 ranks, but the hostfile HOSTS has 2 slots"),
+])
+def test_preflight_refuses_before_any_rank_or_scheduler(run_dir, tmp_path, args, message):
+    cfg, _, probe = run_dir
+    hosts = tmp_path / "HOSTS"
+    hosts.write_text("# two hosts\nnode1 slots=1\nnode2 slots=1\n")
+    args = [str(hosts) if a == "HOSTS" else a for a in args]
+    r = _run("scripts/run_distribute_gpu.sh", cfg, *args, ENTRY=ENTRY, LAUNCH_PROBE_OUT=probe)
+    _nothing_started(r, probe, tmp_path)
+    assert message in r.stderr.replace(str(hosts), "HOSTS"), r.stderr
+
+
+@pytest.mark.parametrize("script,target", [("scripts/run_distribute_gpu.sh", "GPU"),
+                                           ("scripts/run_distribute_ascend.sh", "Ascend"),
+                                           ("scripts/run_standalone_gpu.sh", "GPU")])
+def test_preflight_checks_the_device_against_this_machine(run_dir, tmp_path, script, target):
+    """No GPU or NPU here: the doctor's probe says so before anything starts."""
+    from ebv_ms.tools.doctor import check_device
+    if check_device(target, timeout=60)["ok"]:
+        pytest.skip(f"this machine has a working {target}")
+    cfg, _, probe = run_dir
+    r = _run(script, cfg, 2 if "distribute" in script else 0, ENTRY=ENTRY, LAUNCH_PROBE_OUT=probe,
+             DEVICE_TARGET=target)
+    _nothing_started(r, probe, tmp_path)
+    assert f"error: DEVICE_TARGET={target} does not work on this machine: RuntimeError: " \
+           f"Unsupported device target {target}" in r.stderr
+    assert "DEVICE_TARGET=CPU runs the same launch on CPU" in r.stderr

@@ -1,0 +1,865 @@
+"""The launchers' logic, called by the thin scripts in scripts/ and run_with_gpu/.
+
+    python -m ebv_ms.tools.launch KIND SCRIPT [ARGS ...]
+
+KIND is ``mpirun`` (scripts/run_distribute_gpu.sh), ``msrun`` (run_distribute_ascend.sh),
+``standalone`` (run_standalone_gpu.sh), ``eval`` (run_eval_gpu.sh), ``quick-start``
+(run_with_gpu/run_quick_start.sh), or ``rank`` (one mpirun rank; started by mpirun). SCRIPT is
+the calling script: its header comment is the usage text and its path names it in messages.
+
+Every launcher reads one grammar (docs/launch.md): ``FIRST [SECOND] [key=value ...] [--option
+...] [-- ENTRY_ARGS]``. Everything that can be checked is checked before any process starts (the
+arguments, the config with the project's loader and ``check_run``, the data path, the rank
+count, the device against this machine with the doctor's own probe); a failure is one line
+``SCRIPT: error: ...`` and exit status 2. After the start, the first rank that fails ends the
+job: mpirun stops the others (its own abort handling, ``--quiet``), the scheduler is stopped,
+and that rank's error is what the screen shows.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from ebv_ms.errors import EBVMSError, run_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEVICES = ("CPU", "GPU", "Ascend")
+# The dynamic-cluster variables a single process must not inherit (it would wait for a scheduler).
+CLUSTER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_NODE_ID",
+               "RANK_ID")
+
+
+class LaunchError(EBVMSError):
+    """A launch refused before anything started; the message says what to write instead."""
+
+
+class _Usage(Exception):
+    """--help, or no argument at all."""
+
+    def __init__(self, to_stderr: bool):
+        super().__init__()
+        self.to_stderr = to_stderr
+
+
+# ---------------------------------------------------------------- arguments
+
+@dataclass(frozen=True)
+class Spec:
+    """One launcher's grammar. Options map a name to its value's name, or None for a flag."""
+    first: str                              # CONFIG | CKPT
+    entry: str                              # the default ENTRY
+    device: str = "GPU"                     # the default DEVICE_TARGET
+    second: str = ""                        # NUM_DEVICES | DEVICE_ID | "" (no second slot)
+    own: Dict[str, Optional[str]] = field(default_factory=dict)
+    forward: Dict[str, Optional[str]] = field(default_factory=dict)   # passed on to the entry
+    first_optional: bool = False
+    allow_pass: bool = True                 # `-- ARGS` accepted
+    hint: Callable[[str], str] = lambda word: ""
+
+
+@dataclass
+class Args:
+    first: str = ""
+    second: str = ""
+    overrides: List[str] = field(default_factory=list)
+    forward: List[str] = field(default_factory=list)
+    passthrough: List[str] = field(default_factory=list)
+    opts: Dict[str, str] = field(default_factory=dict)
+
+
+def _hint_hostfile(word: str) -> str:
+    return f"a hostfile is given as --hostfile {word}" if os.path.isfile(word) else ""
+
+
+def _hint_msrun(word: str) -> str:
+    return ("msrun takes no hostfile: on several machines give --nodes, --node-rank and "
+            "--master-addr" if os.path.isfile(word) else "")
+
+
+def _hint_eval(word: str) -> str:
+    if word.isdigit():
+        return f"choose the card with --device-id {word}, or run {word} ranks with --ranks {word}"
+    if word.endswith((".yaml", ".yml")):
+        return f"a config is given as --config {word}"
+    return ""
+
+
+_TRAIN_FWD = {"resume": None, "resume-from": "CKPT"}
+SPECS: Dict[str, Spec] = {
+    "mpirun": Spec("CONFIG", "train.py", "GPU", "NUM_DEVICES",
+                   {"hostfile": "FILE", "dry-run": None}, _TRAIN_FWD, hint=_hint_hostfile),
+    "msrun": Spec("CONFIG", "train.py", "Ascend", "NUM_DEVICES",
+                  {"dry-run": None, "hostfile": "FILE", "nodes": "M", "node-rank": "K",
+                   "master-addr": "HOST", "master-port": "PORT"}, _TRAIN_FWD, hint=_hint_msrun),
+    "standalone": Spec("CONFIG", "train.py", "GPU", "DEVICE_ID", {"dry-run": None}, _TRAIN_FWD),
+    "eval": Spec("CKPT", "eval.py", "GPU", "",
+                 {"device-id": "N", "ranks": "N", "hostfile": "FILE", "launcher": "L",
+                  "log-dir": "DIR", "dry-run": None},
+                 {"config": "FILE", "test-size": "S", "batch-size": "B", "split": "S",
+                  "json": "PATH", "no-progress": None}, hint=_hint_eval),
+    "quick-start": Spec("CONFIG", "train.py", "GPU", first_optional=True, allow_pass=False),
+}
+
+
+def parse_args(spec: Spec, argv: List[str], prog: str, entry_name: str) -> Args:
+    """``argv`` read with ``spec``'s grammar; LaunchError names a misplaced argument and the
+    spelling that works."""
+    a, argv = Args(), list(argv)
+    while argv:
+        word = argv.pop(0)
+        if word == "--":
+            if not spec.allow_pass:
+                raise LaunchError(f"'--': {prog} passes no further arguments to {entry_name}")
+            a.passthrough = argv
+            break
+        if word in ("-h", "--help"):
+            raise _Usage(to_stderr=False)
+        if word.startswith("--") and len(word) > 2:
+            name = word[2:].split("=", 1)[0]
+            table = (spec.own if name in spec.own else
+                     spec.forward if name in spec.forward else None)
+            if table is None:
+                if spec.allow_pass:
+                    raise LaunchError(f"unknown option '{word}'. Arguments for {entry_name} go after "
+                                      f"'--': bash {prog} {a.first or spec.first} ... -- {word}   "
+                                      "(see --help)")
+                raise LaunchError(f"unknown option '{word}' (see bash {prog} --help)")
+            if table[name] is not None:
+                if "=" in word:
+                    value = word.split("=", 1)[1]
+                elif argv and not argv[0].startswith("--"):
+                    value = argv.pop(0)
+                else:
+                    value = ""
+                if not value:
+                    raise LaunchError(f"option --{name} needs a value: --{name} {table[name]}")
+            else:
+                if "=" in word:
+                    raise LaunchError(f"option --{name} takes no value: write '--{name}' alone")
+                value = "1"
+            if table is spec.forward:
+                a.forward += [f"--{name}"] + ([value] if table[name] is not None else [])
+            else:
+                a.opts[name] = value
+        elif word.startswith("-"):
+            raise LaunchError(f"unknown option '{word}' (see bash {prog} --help)")
+        elif "=" in word:
+            if not a.first and not spec.first_optional:
+                second = f"[{spec.second}] " if spec.second else ""
+                raise LaunchError(f"'{word}' comes before {spec.first}; write: bash {prog} "
+                                  f"{spec.first} {second}{word}")
+            a.overrides.append(word)
+        else:
+            hint = spec.hint(word)
+            hint = f"; {hint}" if hint else ""
+            if not a.first and not a.overrides:
+                a.first = word
+            elif spec.second and not a.second and not a.overrides:
+                if not word.isdigit():
+                    raise LaunchError(f"'{word}' is not {spec.second} (a whole number after "
+                                      f"{spec.first}) nor key=value{hint}")
+                a.second = word
+            elif a.second and word.isdigit():
+                raise LaunchError(f"unexpected argument '{word}': {spec.second} is already "
+                                  f"{a.second}{hint}")
+            elif spec.second and word.isdigit():
+                raise LaunchError(f"'{word}': {spec.second} comes right after {spec.first}, before "
+                                  f"any key=value: bash {prog} {spec.first} {word} key=value ...")
+            else:
+                second = f" [{spec.second}]" if spec.second else ""
+                raise LaunchError(f"unexpected argument '{word}' (after {spec.first}{second} only "
+                                  f"key=value overrides and options come){hint}")
+    if not a.first and not spec.first_optional:
+        raise _Usage(to_stderr=True)
+    return a
+
+
+def usage(script: str) -> str:
+    """The script's header comment (after the shebang, up to the first non-comment line)."""
+    out = []
+    with open(script, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i == 0:
+                continue
+            if not line.startswith("#"):
+                break
+            out.append(re.sub(r"^# ?", "", line.rstrip("\n")))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- this machine
+
+def visible_gpus() -> Optional[int]:
+    """GPUs a process started here may use: ``nvidia-smi -L``'s list narrowed by
+    CUDA_VISIBLE_DEVICES the way CUDA reads it (indices or GPU-UUID prefixes, up to the first
+    entry that names no GPU or one already named). None without nvidia-smi."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    uuids = [(re.search(r"UUID: (GPU-[\w-]+)", ln) or [None, ""])[1]
+             for ln in listing.splitlines() if ln.startswith("GPU ")]
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is None:
+        return len(uuids)
+    seen = set()
+    for tok in (t.strip() for t in cvd.split(",")):
+        if tok.isdigit() and int(tok) < len(uuids):
+            idx = int(tok)
+        else:
+            hits = [i for i, u in enumerate(uuids) if tok.startswith("GPU-") and u.startswith(tok)]
+            if len(hits) != 1:
+                break
+            idx = hits[0]
+        if idx in seen:
+            break
+        seen.add(idx)
+    return len(seen)
+
+
+def check_device_works(device: str) -> None:
+    """The doctor's probe (a small computation with a known answer in a fresh interpreter) for
+    GPU / Ascend; CPU works wherever MindSpore imports, which every rank does first anyway."""
+    if device == "CPU":
+        return
+    from ebv_ms.tools.doctor import check_device
+    res = check_device(device, timeout=120.0)
+    if not res["ok"]:
+        raise LaunchError(f"DEVICE_TARGET={device} does not work on this machine: {res['detail']} "
+                          f"(python -m ebv_ms.tools.doctor says what it needs; DEVICE_TARGET=CPU "
+                          "runs the same launch on CPU)")
+
+
+def hostfile_slots(path: str) -> Optional[int]:
+    """Total ``slots=`` of an Open MPI hostfile, None when a host line leaves them to Open MPI."""
+    if not os.path.isfile(path):
+        raise LaunchError(f"hostfile not found: {path}")
+    total, lines = 0, 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            lines += 1
+            m = re.search(r"\bslots\s*=\s*(\d+)", line)
+            if m is None:
+                return None
+            total += int(m.group(1))
+    if lines == 0:
+        raise LaunchError(f"hostfile {path} names no host (one line per host: 'host1 slots=8')")
+    return total
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def this_host_address() -> str:
+    """The first address of ``hostname -I`` (what other hosts reach this one at), else loopback."""
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout
+        return out.split()[0] if out.split() else "127.0.0.1"
+    except (OSError, subprocess.TimeoutExpired):
+        return "127.0.0.1"
+
+
+# ---------------------------------------------------------------- the launch
+
+@dataclass
+class Launch:
+    """What every launcher works out before starting anything."""
+    kind: str
+    prog: str
+    args: Args
+    device: str
+    python: str
+    entry: str
+    env: Dict[str, str]
+    dry_run: bool
+
+    def say(self, text: str, err: bool = False) -> None:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _whole(value: str, what: str, minimum: int) -> int:
+    if not value.isdigit() or int(value) < minimum:
+        raise LaunchError(f"{what} must be a whole number of at least {minimum}, got '{value}'")
+    return int(value)
+
+
+def _base(kind: str, prog: str, argv: List[str]) -> Launch:
+    spec = SPECS[kind]
+    entry = os.environ.get("ENTRY") or os.path.join(ROOT, spec.entry)
+    args = parse_args(spec, argv, prog, os.path.basename(entry))
+    device = os.environ.get("DEVICE_TARGET") or spec.device
+    if device not in DEVICES:
+        raise LaunchError(f"DEVICE_TARGET must be CPU, GPU or Ascend, got '{device}'")
+    if not os.path.isfile(entry):
+        raise LaunchError(f"{'evaluation' if kind == 'eval' else 'training'} script not found: "
+                          f"{entry} (ENTRY)")
+    env = dict(os.environ)
+    for k in CLUSTER_ENV:
+        env.pop(k, None)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return Launch(kind, prog, args, device, os.environ.get("PYTHON") or sys.executable, entry, env,
+                  "dry-run" in args.opts)
+
+
+def check_training_config(launch: Launch) -> str:
+    """The config as train.py will load it, and the checks train.py makes on this machine (the
+    data path among them), without creating anything. Returns output_dir."""
+    import logging
+    from ebv_ms.config import check_run, load_config
+    cfg = load_config(launch.args.first, [f"device_target={launch.device}", *launch.args.overrides])
+    logging.getLogger("ebv_ms").setLevel(logging.ERROR)  # its warnings are the ranks' to give
+    check_run(cfg, training=False)
+    return str(cfg.output_dir)
+
+
+def training_command(launch: Launch) -> List[str]:
+    a = launch.args
+    return [launch.python, launch.entry, "--config", a.first, f"device_target={launch.device}",
+            *a.overrides, *a.forward, *a.passthrough]
+
+
+def one_device_env(env: Dict[str, str], device: str, card: str) -> Dict[str, str]:
+    """One process on one card. On GPU it sees only that card, which it then knows as device 0:
+    an inherited DEVICE_ID would select a card that is not visible, so it is 0. On Ascend
+    DEVICE_ID is the card; on CPU there is none."""
+    env = dict(env)
+    if device == "GPU":
+        env["CUDA_VISIBLE_DEVICES"] = card or env.get("CUDA_VISIBLE_DEVICES") or "0"
+        env["DEVICE_ID"] = "0"
+    elif device == "Ascend":
+        env["DEVICE_ID"] = card or env.get("DEVICE_ID") or "0"
+    else:
+        env.pop("DEVICE_ID", None)
+    return env
+
+
+def _device_env_text(env: Dict[str, str]) -> str:
+    got = [f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "DEVICE_ID") if k in env]
+    return " ".join(got) or "(no device variables)"
+
+
+def _print_command(label: str, cmd: List[str]) -> None:
+    print(f"[{label}] " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+
+
+def prepare_log_dir(log_dir: str, patterns: List[str]) -> None:
+    """Create LOG_DIR; earlier logs matching ``patterns`` move to LOG_DIR/previous/<time>/ (a new
+    launch into the same output_dir, e.g. --resume after a crash, overwrites nothing)."""
+    import glob
+    os.makedirs(log_dir, exist_ok=True)
+    old = sorted({p for pat in patterns for p in glob.glob(os.path.join(log_dir, pat))})
+    if old:
+        dest = os.path.join(log_dir, "previous", time.strftime("%Y%m%d-%H%M%S"))
+        os.makedirs(dest, exist_ok=True)
+        for p in old:
+            os.replace(p, os.path.join(dest, os.path.basename(p)))
+        print(f"[launch] earlier logs moved to {dest}", flush=True)
+
+
+def tee(cmd: List[str], env: Dict[str, str], log_path: str, echo: bool,
+        header: str = "") -> subprocess.Popen:
+    """Start ``cmd`` with stdout+stderr into ``log_path`` (and the console when ``echo``)."""
+    log = open(log_path, "ab", buffering=0)
+    if header:
+        log.write(header.encode() + b"\n")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc.log = log  # type: ignore[attr-defined]
+    proc.echo = echo  # type: ignore[attr-defined]
+    return proc
+
+
+def pump(proc: subprocess.Popen) -> int:
+    """Copy ``proc``'s output (see ``tee``) until it ends; its exit status."""
+    out = sys.stdout.buffer
+    for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+        proc.log.write(chunk)
+        if proc.echo:
+            out.write(chunk)
+            out.flush()
+    rc = proc.wait()
+    proc.log.close()
+    return rc
+
+
+def _tail(path: str, n: int = 15) -> str:
+    """The last ``n`` lines of a log that are not MindSpore's [INFO]/[WARNING] chatter."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [ln.rstrip("\n") for ln in f if not ln.startswith(("[WARNING]", "[INFO]"))]
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+# ---------------------------------------------------------------- mpirun + our scheduler
+
+def cluster_env(launch: Launch, num: int, hostfile: Optional[str]) -> Dict[str, str]:
+    """The dynamic-cluster variables every rank and the scheduler share."""
+    env = dict(launch.env)
+    timeout = os.environ.get("CLUSTER_TIMEOUT", "600")
+    env["MS_WORKER_NUM"] = str(num)
+    env["MS_SCHED_HOST"] = (os.environ.get("MS_SCHED_HOST")
+                            or (this_host_address() if hostfile else "127.0.0.1"))
+    env["MS_SCHED_PORT"] = os.environ.get("MS_SCHED_PORT") or str(free_port())
+    env["MS_TOPO_TIMEOUT"] = timeout
+    if launch.device == "CPU":
+        # MindSpore's CPU collectives give up after MS_CPU_COMM_OP_TIMEOUT (30 s by default) while
+        # ranks wait for rank 0 to evaluate or write a checkpoint: at 100k classes a 2-rank CPU
+        # run failed there (docs/launch.md). They may wait as long as they wait to join.
+        env.setdefault("MS_CPU_COMM_OP_TIMEOUT", timeout)
+    return env
+
+
+def mpirun_command(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
+                   cmd: List[str], env: Dict[str, str]) -> List[str]:
+    """``mpirun`` starting ``num`` ranks of ``python -m ebv_ms.tools.launch rank LOG_DIR CMD``."""
+    extra = shlex.split(os.environ.get("MPIRUN_ARGS", ""))
+    opts = ["-n", str(num), "--quiet"]  # --quiet: no Open MPI help text, the rank's error is shown
+    if os.geteuid() == 0:
+        opts.append("--allow-run-as-root")
+    opts += ["--hostfile", hostfile] if hostfile else ["--oversubscribe"]
+    if "--bind-to" not in extra:  # a rank's many threads (kernels, data workers) on every core
+        opts += ["--bind-to", "none"]
+    for v in ("MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_TOPO_TIMEOUT",
+              "MS_CPU_COMM_OP_TIMEOUT", "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "PATH",
+              "LD_LIBRARY_PATH"):
+        if env.get(v):
+            opts += ["-x", v]
+    return ["mpirun", *opts, *extra, launch.python, "-m", "ebv_ms.tools.launch", "rank", log_dir,
+            *cmd]
+
+
+def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
+               cmd: List[str]) -> int:
+    env = cluster_env(launch, num, hostfile)
+    sched_cmd = [launch.python, "-m", "ebv_ms.engine.distributed", "scheduler", "--device",
+                 launch.device]
+    mpi_cmd = mpirun_command(launch, num, hostfile, log_dir, cmd, env)
+    head = (f"{num} ranks on {launch.device}, scheduler {env['MS_SCHED_HOST']}:"
+            f"{env['MS_SCHED_PORT']}, logs in {log_dir}")
+    if launch.dry_run:
+        cpu_to = env.get("MS_CPU_COMM_OP_TIMEOUT")
+        print(f"[dry-run] {head}\n[dry-run] environment: MS_WORKER_NUM={num} MS_SCHED_HOST="
+              f"{env['MS_SCHED_HOST']} MS_SCHED_PORT={env['MS_SCHED_PORT']} MS_TOPO_TIMEOUT="
+              f"{env['MS_TOPO_TIMEOUT']}{f' MS_CPU_COMM_OP_TIMEOUT={cpu_to}' if cpu_to else ''}; "
+              "each rank: MS_ROLE=MS_WORKER MS_NODE_ID=RANK_ID=<rank> DEVICE_ID=<local rank>")
+        _print_command("scheduler", ["env", "MS_ROLE=MS_SCHED", *sched_cmd])
+        _print_command("mpirun", mpi_cmd)
+        _print_command("rank", cmd)
+        return 0
+    if shutil.which("mpirun") is None:
+        raise LaunchError("mpirun not found: install Open MPI (Debian/Ubuntu: apt-get install "
+                          "openmpi-bin)")
+    launch.say(f"[launch] {head}")
+    for name in ("scheduler.pid", "scheduler.exit"):
+        if os.path.exists(os.path.join(log_dir, name)):
+            os.remove(os.path.join(log_dir, name))
+    # The scheduler only serves the rank discovery and leaves when the workers have; its own
+    # session, so a Ctrl-C reaches mpirun (which stops the ranks) and we stop it last.
+    with open(os.path.join(log_dir, "scheduler.log"), "wb") as slog:
+        sched = subprocess.Popen(sched_cmd, env=dict(env, MS_ROLE="MS_SCHED"), stdout=slog,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    with open(os.path.join(log_dir, "scheduler.pid"), "w") as f:
+        f.write(str(sched.pid))
+    mpi = subprocess.Popen(mpi_cmd, env=env)
+    sched_failed = False
+    try:
+        while mpi.poll() is None:
+            if not sched_failed and sched.poll() not in (None, 0):
+                # The ranks would wait for it until the cluster timeout. mpirun passes SIGUSR1 on
+                # to every rank, whose wrapper stops its process; mpirun then ends the job itself.
+                sched_failed = True
+                why = _last_error(os.path.join(log_dir, "scheduler.log"))
+                launch.say(f"[launch] the scheduler failed: {why}; stopping the ranks "
+                           f"(log: {log_dir}/scheduler.log)", err=True)
+                mpi.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        launch.say("[launch] interrupted; stopping the ranks", err=True)
+        mpi.send_signal(signal.SIGINT)
+        try:
+            mpi.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            mpi.kill()
+    rc = mpi.wait()
+    _stop(sched, grace=30 if rc == 0 else 0)
+    with open(os.path.join(log_dir, "scheduler.exit"), "w") as f:
+        f.write(str(sched.returncode))
+    if rc == 0:
+        launch.say(f"[launch] done: {num} ranks finished; logs in {log_dir}")
+        return 0
+    report_failure(launch, log_dir, f"mpirun exit status {rc}")
+    return rc if rc > 0 else 1
+
+
+def _stop(proc: subprocess.Popen, grace: float) -> None:
+    try:
+        proc.wait(timeout=grace)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _last_error(log: str) -> str:
+    lines = _tail(log, 200).splitlines()
+    hits = [ln for ln in lines if re.search(r"Error|error:|Exception", ln)]
+    return (hits or lines or ["no output"])[-1].strip()[:500]
+
+
+def first_failed_rank(log_dir: str):
+    """(rank, status, log) of the rank that failed first (exit files by time), or None."""
+    failed = []
+    for name in os.listdir(log_dir) if os.path.isdir(log_dir) else ():
+        m = re.fullmatch(r"rank_(\d+)\.exit", name)
+        if not m:
+            continue
+        path = os.path.join(log_dir, name)
+        with open(path) as f:
+            status = f.read().strip()
+        if status not in ("0", "killed", ""):
+            failed.append((os.path.getmtime(path), int(m.group(1)), status))
+    if not failed:
+        return None
+    _, rank, status = min(failed)
+    return rank, status, os.path.join(log_dir, f"rank_{rank}.log")
+
+
+def report_failure(launch: Launch, log_dir: str, what: str) -> None:
+    first = first_failed_rank(log_dir)
+    if first is None:
+        launch.say(f"[launch] FAILED ({what}); no rank on this host reported an error: see "
+                   f"{log_dir}/rank_*.log here and on the other hosts, and "
+                   f"{log_dir}/scheduler.log", err=True)
+        return
+    rank, status, log = first
+    launch.say(f"[launch] FAILED: rank {rank} failed with exit status {status}; its log: {log}\n"
+               f"---- last lines of {log} ----\n{_tail(log)}\n----\n"
+               "[launch] the other ranks and the scheduler were stopped", err=True)
+
+
+def run_rank(argv: List[str]) -> int:
+    """One mpirun rank: a dynamic-cluster worker with MS_NODE_ID = RANK_ID = its world rank and
+    DEVICE_ID = its rank on this host. Its output goes to LOG_DIR/rank_K.log (rank 0's also to
+    the console) and its exit status to LOG_DIR/rank_K.exit, which names the first rank to fail."""
+    log_dir, cmd = argv[0], argv[1:]
+    rank = os.environ.get("OMPI_COMM_WORLD_RANK")
+    if rank is None:
+        print("launch rank: not started by mpirun (OMPI_COMM_WORLD_RANK unset)", file=sys.stderr)
+        return 2
+    local = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", rank)
+    # Without Open MPI's own variables: MindSpore would otherwise see a job "using both dynamic
+    # cluster and OpenMPI" and register with the scheduler far more slowly (10-45 s instead of
+    # ~0-10 s for 2 ranks on CPU, measured).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_"))}
+    env.update(MS_ROLE="MS_WORKER", MS_NODE_ID=rank, RANK_ID=rank, DEVICE_ID=local)
+    os.makedirs(log_dir, exist_ok=True)
+    exit_file = os.path.join(log_dir, f"rank_{rank}.exit")
+    if os.path.exists(exit_file):
+        os.remove(exit_file)
+    log = os.path.join(log_dir, f"rank_{rank}.log")
+    open(log, "wb").close()
+    proc = tee(cmd, env, log, echo=rank == "0", header=f"[launch rank] rank {rank} (local {local}) "
+               f"on {socket.gethostname()}: {shlex.join(cmd)}")
+
+    def stop(*_):
+        # mpirun stops the ranks with SIGTERM when one fails (SIGUSR1 when the scheduler failed):
+        # pass it on, so no process is left waiting in a collective.
+        proc.terminate()
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        with open(exit_file, "w") as f:
+            f.write("killed")
+        os._exit(143)
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(s, stop)
+    rc = pump(proc)
+    with open(exit_file, "w") as f:
+        f.write(str(rc if rc >= 0 else 128 - rc))
+    return rc if rc >= 0 else 128 - rc
+
+
+# ---------------------------------------------------------------- msrun
+
+def msrun_command(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> List[str]:
+    """msrun starting ``local`` ranks here (and the scheduler, on the node at --master-addr);
+    with ``--nodes M`` the job has M x local ranks and this node is --node-rank."""
+    o = launch.args.opts
+    nodes = _whole(o.get("nodes", "1"), "--nodes", 1)
+    multi = nodes > 1
+    for k in ("node-rank", "master-addr"):
+        if multi and k not in o:
+            raise LaunchError(f"--nodes {nodes} needs --{k} (every machine runs this script with "
+                              "the same --nodes, --master-addr and --master-port, and its own "
+                              "--node-rank 0..M-1; docs/launch.md)")
+        if not multi and k in o:
+            raise LaunchError(f"--{k} is for several machines: give --nodes M as well")
+    node_rank = _whole(o.get("node-rank", "0"), "--node-rank", 0)
+    if node_rank >= nodes:
+        raise LaunchError(f"--node-rank must be below --nodes ({nodes}), got {node_rank}")
+    # Every machine must name the same port: a free one is picked only on a single machine.
+    port = o.get("master-port") or os.environ.get("MASTER_PORT") or (
+        "8118" if multi else str(free_port()))
+    msrun = os.path.join(os.path.dirname(launch.python), "msrun")
+    if not os.access(msrun, os.X_OK):
+        msrun = shutil.which("msrun") or "msrun"
+    # msrun runs `python SCRIPT ARGS`: the command given here starts with the interpreter.
+    args = cmd[1:] if cmd and cmd[0] == launch.python else cmd
+    out = [msrun, f"--worker_num={local * nodes}", f"--local_worker_num={local}",
+           f"--master_port={port}", f"--log_dir={log_dir}", "--join=True",
+           f"--cluster_time_out={os.environ.get('CLUSTER_TIMEOUT', '600')}", "--tail_worker_log=0"]
+    if multi:
+        out += [f"--master_addr={o['master-addr']}", f"--node_rank={node_rank}"]
+    return out + shlex.split(os.environ.get("MSRUN_ARGS", "")) + args
+
+
+def run_msrun(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> int:
+    mcmd = msrun_command(launch, local, log_dir, cmd)
+    env = dict(launch.env)
+    if launch.device == "CPU":
+        env.setdefault("MS_CPU_COMM_OP_TIMEOUT", os.environ.get("CLUSTER_TIMEOUT", "600"))
+    # msrun starts the ranks with the `python` found on PATH: make it ours.
+    if os.sep in launch.python:
+        env["PATH"] = os.path.dirname(os.path.abspath(launch.python)) + os.pathsep + env["PATH"]
+    if launch.dry_run:
+        print(f"[dry-run] msrun: {local} ranks here on {launch.device}, logs in {log_dir}")
+        _print_command("msrun", mcmd)
+        return 0
+    if not os.path.isabs(mcmd[0]) and shutil.which(mcmd[0]) is None:
+        raise LaunchError("msrun not found (it comes with MindSpore >= 2.3)")
+    launch.say(f"[launch] msrun: {local} ranks here on {launch.device}, logs in {log_dir}")
+    # msrun's own messages (and its traceback when a worker failed) go to msrun.log; worker 0's
+    # output, which msrun tails, to the console.
+    with open(os.path.join(log_dir, "msrun.log"), "wb") as mlog:
+        rc = subprocess.run(mcmd, env=env, stderr=mlog).returncode
+    if rc == 0:
+        launch.say(f"[launch] done; logs in {log_dir}")
+        return 0
+    import glob
+    logs = [p for p in glob.glob(os.path.join(log_dir, "worker_*.log"))
+            if re.search(r"Traceback|error:|Error", _tail(p, 400))]
+    if logs:
+        log = min(logs, key=os.path.getmtime)
+        launch.say(f"[launch] FAILED: the first rank to fail logged to {log}\n"
+                   f"---- last lines of {log} ----\n{_tail(log)}\n----\n"
+                   "[launch] msrun stopped the other ranks", err=True)
+    else:
+        launch.say(f"[launch] FAILED (msrun exit status {rc}); see {log_dir}/msrun.log and "
+                   f"{log_dir}/scheduler.log", err=True)
+    return rc
+
+
+# ---------------------------------------------------------------- the launchers
+
+def launch_training(launch: Launch) -> int:
+    a, kind = launch.args, launch.kind
+    output_dir = check_training_config(launch)
+    cmd = training_command(launch)
+    log_dir = os.path.join(output_dir, "logs")
+    if kind == "standalone":
+        env = one_device_env(launch.env, launch.device, a.second)
+        if launch.dry_run:
+            print(f"[dry-run] 1 process on {launch.device}; environment: {_device_env_text(env)}")
+            _print_command("run", cmd)
+            return 0
+        check_device_works(launch.device)
+        prepare_log_dir(log_dir, ["rank_*"])
+        log = os.path.join(log_dir, "rank_0.log")
+        card = f" (device {a.second})" if a.second else ""
+        launch.say(f"[launch] 1 process on {launch.device}{card}; log: {log}")
+        rc = pump(tee(cmd, env, log, echo=True))
+        if rc:
+            launch.say(f"[launch] FAILED (exit status {rc}); log: {log}", err=True)
+        return rc
+    hostfile = a.opts.get("hostfile")
+    if kind == "msrun" and hostfile:
+        raise LaunchError("--hostfile: msrun takes no hostfile; run this script on every machine "
+                          "with --nodes M --node-rank K --master-addr HOST (docs/launch.md)")
+    num = check_rank_count(launch, a.second, hostfile, default=8)
+    if not launch.dry_run:
+        check_device_works(launch.device)
+    if kind == "msrun":
+        if not launch.dry_run:
+            prepare_log_dir(log_dir, ["worker_*", "rank_*", "scheduler.*", "msrun.log"])
+        return run_msrun(launch, num, log_dir, cmd)
+    if not launch.dry_run:
+        prepare_log_dir(log_dir, ["rank_*", "scheduler.*"])
+    return run_mpirun(launch, num, hostfile, log_dir, cmd)
+
+
+def check_rank_count(launch: Launch, given: str, hostfile: Optional[str], default: int) -> int:
+    """NUM_DEVICES as given, else the GPUs visible here (else ``default``), checked against the
+    GPUs visible here (without a hostfile) and the hostfile's slots."""
+    gpus = visible_gpus() if launch.device == "GPU" else None
+    if given:
+        num = _whole(given, "NUM_DEVICES", 1)
+    elif gpus:
+        num = gpus
+    else:
+        num = default
+    if launch.device == "GPU" and not hostfile and gpus is not None and num > gpus:
+        cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen = f" (CUDA_VISIBLE_DEVICES={cvd})" if cvd is not None else ""
+        raise LaunchError(f"{num} ranks on this machine, but {gpus} GPU(s) are visible{seen}: "
+                          f"give NUM_DEVICES <= {gpus}, or several machines with --hostfile")
+    if hostfile:
+        slots = hostfile_slots(hostfile)
+        if slots is not None and num > slots:
+            raise LaunchError(f"{num} ranks, but the hostfile {hostfile} has {slots} slots: give "
+                              f"NUM_DEVICES <= {slots} or more slots")
+    return num
+
+
+def launch_eval(launch: Launch) -> int:
+    a, o = launch.args, launch.args.opts
+    if not os.path.isfile(a.first):
+        raise LaunchError(f"checkpoint not found: {a.first}")
+    for k in ("device-id", "ranks"):
+        if k in o and not o[k].isdigit():
+            raise LaunchError(f"--{k} needs a whole number, got '{o[k]}'")
+    cmd = [launch.python, launch.entry, "--ckpt", a.first, f"device_target={launch.device}",
+           *a.overrides, *a.forward, *a.passthrough]
+    ranks = _whole(o.get("ranks", "1"), "--ranks", 1)
+    if ranks > 1 or "hostfile" in o:
+        if "device-id" in o:
+            raise LaunchError("--device-id is for one process; with --ranks each rank uses its "
+                              "local card (set CUDA_VISIBLE_DEVICES to choose the cards)")
+        launcher = o.get("launcher") or ("msrun" if launch.device == "Ascend" else "mpirun")
+        if launcher not in ("mpirun", "msrun"):
+            raise LaunchError(f"--launcher must be mpirun or msrun, got '{launcher}'")
+        if launcher == "msrun" and "hostfile" in o:
+            raise LaunchError("--hostfile: msrun takes no hostfile; pass msrun's own options in "
+                              "MSRUN_ARGS")
+        num = check_rank_count(launch, str(ranks), o.get("hostfile"), default=ranks)
+        log_dir = o.get("log-dir") or os.path.join(os.path.dirname(a.first) or ".", "logs", "eval")
+        if not launch.dry_run:
+            check_device_works(launch.device)
+            prepare_log_dir(log_dir, ["rank_*", "worker_*", "scheduler.*", "msrun.log"])
+        if launcher == "msrun":
+            return run_msrun(launch, num, log_dir, cmd)
+        return run_mpirun(launch, num, o.get("hostfile"), log_dir, cmd)
+    for k in ("hostfile", "launcher", "log-dir"):
+        if k in o:
+            raise LaunchError(f"--{k} only applies with --ranks N (N > 1)")
+    env = one_device_env(launch.env, launch.device, o.get("device-id", ""))
+    if launch.dry_run:
+        print(f"[dry-run] 1 process on {launch.device}; environment: {_device_env_text(env)}")
+        _print_command("run", cmd)
+        return 0
+    check_device_works(launch.device)
+    sys.stdout.flush()
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+def launch_quick_start(launch: Launch) -> int:
+    """Demo data if needed, the EBV set, training (continued when interrupted), evaluation of the
+    best checkpoint: on a GPU that MindSpore can compute on (the doctor's probe), else on CPU."""
+    from ebv_ms.config import load_config
+    demo = "configs/demo_cpu.yaml"
+    config = launch.args.first or demo
+    os.chdir(ROOT)
+    if not os.path.isfile(config):
+        raise LaunchError(f"config not found: {config}")
+    t0, py = time.time(), launch.python
+    say = lambda text: launch.say(f"quick start: {text}")  # noqa: E731
+    if os.environ.get("EBV_PYTHON"):
+        say(f"using {py} (EBV_PYTHON set; scripts/setup_env.sh skipped)")
+    device = "CPU"
+    if os.environ.get("EBV_FORCE_CPU", "0") != "1" and visible_gpus():
+        from ebv_ms.tools.doctor import check_device
+        res = check_device("GPU", timeout=600.0)
+        if res["ok"]:
+            device = "GPU"
+            say(f"GPU found; running on GPU with {config}")
+        else:
+            say(f"nvidia-smi lists a GPU but MindSpore cannot run on it ({res['detail'][:200]}); "
+                "falling back to CPU")
+    if device == "CPU":
+        say("no usable GPU found: running the same flow on CPU with the demo config "
+            f"({config})" if config == demo else
+            f"no usable GPU: running {config} on CPU (device_target=CPU) - this may be slow")
+    ovr = [*launch.args.overrides, f"device_target={device}"]
+    cfg = load_config(config, ovr)
+    out, data = str(cfg.output_dir), cfg.data.get("path") or ""
+    steps = []
+    if not os.path.exists(data):
+        if os.path.basename(data) != "digits.zip":
+            raise LaunchError(f"data.path '{data}' not found; set data.path=... to your dataset")
+        steps.append((f"[1/4] writing the demo images to {os.path.dirname(data)}/",
+                      [py, "-m", "ebv_ms.tools.make_demo", "--out", os.path.dirname(data)]))
+    else:
+        say(f"[1/4] data: {data}")
+    ckpt = os.path.join(out, "best.ckpt")
+    steps += [("[2/4] EBV set", [py, "-m", "ebv_ms.engine.ebv_source", "--config", config, *ovr]),
+              (f"[3/4] training -> {out}", [py, "train.py", "--config", config, "--resume", *ovr]),
+              ("[4/4] evaluating the best checkpoint",
+               [py, "eval.py", "--ckpt", ckpt, "--json", os.path.join(out, "eval.json"),
+                f"device_target={device}"])]
+    for text, cmd in steps:
+        say(text)
+        if cmd[1] == "eval.py" and not os.path.isfile(ckpt):
+            cmd[3] = os.path.join(out, "last.ckpt")
+        rc = subprocess.run(cmd, env=launch.env).returncode
+        if rc:
+            return rc
+    say(f"done on {device} in {time.time() - t0:.0f} s; logs, checkpoints and eval.json in {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["rank"]:
+        return run_rank(argv[1:])
+    if len(argv) < 2 or argv[0] not in SPECS:
+        print(f"usage: python -m ebv_ms.tools.launch {{{','.join(SPECS)},rank}} SCRIPT [ARGS ...]",
+              file=sys.stderr)
+        return 2
+    kind, script = argv[0], argv[1]
+    prog = os.path.relpath(os.path.abspath(script), ROOT)
+    if prog.startswith(".."):
+        prog = os.path.basename(script)
+
+    def body() -> int:
+        try:
+            launch = _base(kind, prog, argv[2:])
+        except _Usage as u:
+            print(usage(script), file=sys.stderr if u.to_stderr else sys.stdout)
+            return 2 if u.to_stderr else 0
+        if kind == "eval":
+            return launch_eval(launch)
+        if kind == "quick-start":
+            return launch_quick_start(launch)
+        return launch_training(launch)
+
+    return run_cli(prog, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
