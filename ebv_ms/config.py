@@ -300,7 +300,8 @@ SCHEMA: Dict[str, Any] = {
         "clip_grad_norm": _k(0.0, "float", "clip gradients to this global norm; 0 disables", lo=0.0),
         "eval_interval": _k(1, "int", "evaluate every N epochs (and always after the last one)", lo=1),
         "log_interval": _k(50, "int", "steps between text-log lines inside an epoch; 0: none", lo=0),
-        "progress_bar": _k(True, "bool", "tqdm bar per epoch (rank 0 only)"),
+        "progress_bar": _k(True, "bool", "progress per epoch, rank 0 only (a bar on a terminal, "
+                                     "else a line every 30 s)"),
         "max_skipped_steps": _k(200, "int", "stop after this many consecutive overflowed steps at the lowest loss scale (fp16 overflow in the forward); 0: never", lo=0),
         "keep_best": _k(True, "bool", "also keep best.ckpt (highest validation top-1)"),
         "ckpt_inline_ebv_mb": _k(64.0, "float", "EBV sets up to this size (MB of float32) go inside every checkpoint; larger ones once, next to them", lo=0),

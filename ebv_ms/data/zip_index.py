@@ -129,8 +129,8 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
     unpack = _CDIR.unpack_from
     bar = None
     if progress and n > 200_000:
-        from tqdm import tqdm
-        bar = tqdm(total=n, desc="indexing zip", unit="member", mininterval=1.0)
+        from ebv_ms.progress import progress_bar
+        bar = progress_bar(total=n, desc="indexing zip", unit="member", mininterval=1.0)
     p = 0
     total = 0
     end = len(cd)

@@ -202,10 +202,10 @@ def predict(runner, transform: EvalTransform, class_names: Sequence[str],
             lists: Sequence[ImageList], k: int = 5, progress: bool = True) -> Iterator[dict]:
     """One record per image, in input order: ``{"image", "topk": [{"class", "index", "prob"}]}``
     or ``{"image", "error"}`` for one that was skipped."""
-    from tqdm import tqdm
+    from ebv_ms.progress import progress_bar
     total = sum(len(il) for il in lists)
-    bar = tqdm(total=total, desc="predict", unit="img", disable=not progress or total < 64,
-               dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(total=total, desc="predict", unit="img", disable=not progress or total < 64,
+                       dynamic_ncols=True, mininterval=1.0)
     pending: List[Tuple[str, Optional[np.ndarray], str]] = []  # in input order, bad ones too
     n_img = 0
 

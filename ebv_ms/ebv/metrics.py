@@ -61,8 +61,8 @@ def _iter_pair_blocks(w: np.ndarray, block_size: int, progress: bool, desc: str)
     starts = list(range(0, n, block_size))
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(starts) * (len(starts) + 1) // 2, desc=desc, unit="block",
+        from ebv_ms.progress import progress_bar
+        bar = progress_bar(total=len(starts) * (len(starts) + 1) // 2, desc=desc, unit="block",
                    dynamic_ncols=True)
     try:
         for bi, i0 in enumerate(starts):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Dict
 
-from tqdm import tqdm
+from ebv_ms.progress import progress_bar
 
 from .distributed import all_gather_counts
 from .metrics import AccuracyMeter
@@ -38,8 +38,8 @@ def evaluate(network, parts, *, progress: bool = True, desc: str = "eval") -> Di
     info = parts.info
     own = info.shard_samples - info.shard_padding   # rows of this shard that are its own samples
     meter = AccuracyMeter(ks=(1, 5))
-    bar = tqdm(total=parts.dataset.get_dataset_size(), desc=desc, disable=not progress,
-               leave=False, dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(total=parts.dataset.get_dataset_size(), desc=desc, unit="batch",
+                       disable=not progress, leave=False, dynamic_ncols=True, mininterval=1.0)
     t0 = time.perf_counter()
     for batch in parts.dataset.create_dict_iterator(num_epochs=1, output_numpy=False):
         idx = parts.step(batch["image"]).asnumpy()

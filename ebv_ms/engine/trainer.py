@@ -9,7 +9,7 @@ epoch, as torchvision's reference scripts do:
                                                         (metrics.jsonl, last.ckpt, best.ckpt)
 
 MindSpore compiles the step (``ms.jit`` in GRAPH mode); the loop stays in Python for the
-per-epoch evaluation, atomic checkpoints and a tqdm bar with images/s. A run killed at any
+per-epoch evaluation, atomic checkpoints and a progress bar with images/s. A run killed at any
 point continues with ``resume="auto"``: it reloads ``last.ckpt`` and starts at the first epoch
 that checkpoint does not cover, so no epoch is lost or repeated. ``callbacks`` see every step
 and epoch (``callbacks.Callback``); the loop has no other hooks.
@@ -22,7 +22,7 @@ import time
 from typing import Optional, Sequence
 
 from mindspore import ops
-from tqdm import tqdm
+from ebv_ms.progress import progress_bar
 
 from ebv_ms.config import Config, ConfigError, check_run, save_config, validate
 from .builders import (build_data, build_eval, build_network, build_training, init_parallel,
@@ -175,8 +175,9 @@ class Trainer:
         step (``finite`` is the host bool the loss-scaled step already reads)."""
         t, spe = self.cfg.train, self.steps_per_epoch
         self.network.set_train(True)
-        bar = tqdm(total=spe, desc=f"epoch {epoch}/{t.epochs}", dynamic_ncols=True,
-                   disable=not (self.rank == 0 and t.progress_bar), mininterval=1.0, leave=False)
+        bar = progress_bar(total=spe, desc=f"epoch {epoch}/{t.epochs}", unit="step",
+                           disable=not (self.rank == 0 and t.progress_bar), dynamic_ncols=True,
+                           mininterval=1.0, leave=False)
         log_every = int(t.log_interval or 0)
         read_every = log_every or _READ_EVERY
         pending, loss_sum, n_img, n_skipped, steps = [], 0.0, 0, 0, 0

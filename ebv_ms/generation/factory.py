@@ -110,8 +110,8 @@ def _set_device(device_target: Optional[str]) -> None:
 def _progress_bar(enabled: bool, total: int, desc: str):
     if not enabled:
         return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=0.5)
+    from ebv_ms.progress import progress_bar
+    return progress_bar(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=0.5)
 
 
 def _closed(name: str, n: int, dim: int, alpha, seed: int) -> EBVSet:

@@ -53,12 +53,12 @@ def _run(a) -> int:
     splits = _splits(cfg)
     if not a.verify:
         return 0
-    from tqdm import tqdm
+    from ebv_ms.progress import progress_bar
     from ..data.readers import printable
     total_bad = 0
     for s, src in splits:
         bad = []
-        for i in tqdm(range(len(src)), desc=f"verify {s}", unit="img", mininterval=1.0):
+        for i in progress_bar(range(len(src)), desc=f"verify {s}", unit="img", mininterval=1.0):
             why = src.check(i)
             if why:
                 bad.append((src.name(i), why))

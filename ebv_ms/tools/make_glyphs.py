@@ -292,8 +292,9 @@ def write_glyph_archive(out: str, num_classes: int = 1000, train_faces: Optional
     worker_faces = [(f.name, f.path, index[f.name]) for f in faces]
 
     def members() -> Iterator[Tuple[str, bytes]]:
-        from tqdm import tqdm
-        bar = tqdm(total=len(jobs), unit="class", desc="glyphs", disable=not progress, file=sys.stderr)
+        from ebv_ms.progress import progress_bar
+        bar = progress_bar(total=len(jobs), unit="class", desc="glyphs", disable=not progress,
+                           file=sys.stderr)
         if workers > 1:
             ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
             with ctx.Pool(workers, _init_worker, (worker_faces, size)) as pool:

@@ -63,8 +63,8 @@ def write_tiny_archive(path: str, num_members: int, num_classes: int = 100_000,
     payload = payload if payload is not None else encode(np.zeros((8, 8, 3), np.uint8))
     it = range(num_members)
     if progress:
-        from tqdm import tqdm
-        it = tqdm(it, desc="writing tiny archive", unit="member", mininterval=2.0)
+        from ebv_ms.progress import progress_bar
+        it = progress_bar(it, desc="writing tiny archive", unit="member", mininterval=2.0)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
         for i in it:
             cls, k = divmod(i, 18)
