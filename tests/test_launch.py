@@ -337,6 +337,7 @@ def test_visible_gpus_reads_cuda_visible_devices_as_cuda_does(eight_gpus, monkey
     assert L.visible_gpus() == want
 
 
+@pytest.mark.slow
 def test_distribute_starts_one_rank_per_visible_gpu(run_dir, eight_gpus):
     """#16: with CUDA_VISIBLE_DEVICES=0,1 on an 8-GPU host it used to start 8 ranks."""
     cfg, _, _ = run_dir
@@ -397,6 +398,7 @@ def test_preflight_refuses_before_any_rank_or_scheduler(run_dir, tmp_path, args,
     assert message in r.stderr.replace(str(hosts), "HOSTS"), r.stderr
 
 
+@pytest.mark.slow  # the doctor's probe: a fresh MindSpore per target, ~10 s
 @pytest.mark.parametrize("script,target", [("scripts/run_distribute_gpu.sh", "GPU"),
                                            ("scripts/run_distribute_ascend.sh", "Ascend"),
                                            ("scripts/run_standalone_gpu.sh", "GPU")])
