@@ -265,7 +265,7 @@ def test_mpirun_command_line(monkeypatch):
                                                                                  "4567")
     assert env["MS_CPU_COMM_OP_TIMEOUT"] == env["MS_TOPO_TIMEOUT"] == "600"
     cmd = L.mpirun_command(launch, 2, None, "/o/logs", ["/py/bin/python", "t.py"], env)
-    assert cmd[:4] == ["mpirun", "-n", "2", "--quiet"]  # --quiet: no Open MPI help blocks
+    assert cmd[:3] == ["mpirun", "-n", "2"]
     assert "--oversubscribe" in cmd and cmd[cmd.index("--bind-to") + 1] == "none"
     exported = [cmd[i + 1] for i, c in enumerate(cmd) if c == "-x"]
     assert {"MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_TOPO_TIMEOUT",
@@ -414,3 +414,71 @@ def test_preflight_checks_the_device_against_this_machine(run_dir, tmp_path, scr
     assert f"error: DEVICE_TARGET={target} does not work on this machine: RuntimeError: " \
            f"Unsupported device target {target}" in r.stderr
     assert "DEVICE_TARGET=CPU runs the same launch on CPU" in r.stderr
+
+
+# ---------------------------------------------------------------- two hosts, no shared disk
+
+TWO_HOSTS_PYTHON = ROOT / "tests" / "two_hosts_python.sh"
+needs_two_hosts = pytest.mark.skipif(
+    shutil.which("mpirun") is None or shutil.which("unshare") is None or os.geteuid() != 0,
+    reason="needs mpirun, and unshare + mount as root to give each simulated host its own disk")
+
+
+def _two_host_launch(tmp, *args, timeout=600, **env):
+    """run_distribute_gpu.sh with a hostfile naming this machine twice; rank K runs on
+    'host K': tmp/host_K mounted over tmp/host (tests/two_hosts_python.sh)."""
+    hosts = tmp / "hosts"
+    hosts.write_text("localhost\nlocalhost\n")  # one slot per line: 2 ranks, one per 'host'
+    h = tmp / "host"
+    return _run("scripts/run_distribute_gpu.sh", CONFIG, 2, "--hostfile", hosts,
+                f"output_dir={h / 'run'}", f"ebv.cache_dir={h / 'cache'}",
+                f"data.path={h / 'data' / 'digits.zip'}", "train.batch_size=16",
+                "data.num_workers=1", "eval.batch_size=40", "train.progress_bar=false", *args,
+                "--", "--rank-probe", timeout=timeout, ENTRY=ROOT / "tests" / "probed_train.py",
+                PYTHON=TWO_HOSTS_PYTHON, REAL_PYTHON=sys.executable, TWO_HOSTS=tmp, **env)
+
+
+CONFIG = ROOT / "configs" / "demo_cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def two_hosts(tmp_path_factory, demo_zip):
+    """One 2-rank run of train.py on two simulated hosts, each with its own working folder,
+    cache folder and run folder, and its own copy of the data at the same path."""
+    from demo_data import small_demo_zip
+    tmp = tmp_path_factory.mktemp("two_hosts")
+    data = small_demo_zip(demo_zip, tmp)
+    for disk in ("host", "host_0", "host_1"):  # host: the disk of the machine you type on
+        (tmp / disk / "data").mkdir(parents=True)
+        shutil.copy(data, tmp / disk / "data" / "digits.zip")
+    r = _two_host_launch(tmp, "train.epochs=1")
+    return tmp, r
+
+
+@pytest.mark.distributed
+@needs_two_hosts
+def test_two_hosts_without_a_shared_disk(two_hosts):
+    """#16 §4: rank 1 used to wait up to 6 h for the EBV cache file rank 0 writes on its own
+    disk. Each host now gets the set (rebuilt, or sent by rank 0) and the job trains."""
+    import numpy as np
+    tmp, r = two_hosts
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    disk = {k: tmp / f"host_{k}" for k in (0, 1)}
+    reps = {k: json.loads((disk[k] / "run" / "logs" / f"rank_{k}.json").read_text()) for k in (0, 1)}
+    assert reps[0]["world_size"] == reps[1]["world_size"] == 2
+    assert reps[0]["param_checksum"] == reps[1]["param_checksum"]  # one model on both hosts
+    assert reps[0]["shard_digest"] != reps[1]["shard_digest"]
+    # each host's disk: its own rank's log; rank 0's holds the checkpoints, rank 1's none
+    assert (disk[0] / "run" / "logs" / "rank_0.log").is_file()
+    assert (disk[1] / "run" / "logs" / "rank_1.log").is_file()
+    assert {p.name for p in (disk[0] / "run").glob("*.ckpt")} == {"best.ckpt", "last.ckpt"}
+    assert not list((disk[1] / "run").glob("*.ckpt"))
+    # and its own copy of the EBV set, the same set
+    sets = [sorted((disk[k] / "cache").glob("ebv_N10_d32_*.npz")) for k in (0, 1)]
+    assert len(sets[0]) == len(sets[1]) == 1 and sets[0][0].name == sets[1][0].name
+    with np.load(sets[0][0]) as a, np.load(sets[1][0]) as b:
+        np.testing.assert_array_equal(a["vectors"] if "vectors" in a else a[a.files[0]],
+                                      b["vectors"] if "vectors" in b else b[b.files[0]])
+    # the machine the command was typed on holds the scheduler's log only
+    assert not list((tmp / "host" / "run").glob("**/rank_*"))
+    assert (tmp / "host" / "run" / "logs" / "scheduler.exit").read_text() == "0"

@@ -432,7 +432,7 @@ def mpirun_command(launch: Launch, num: int, hostfile: Optional[str], log_dir: s
                    cmd: List[str], env: Dict[str, str]) -> List[str]:
     """``mpirun`` starting ``num`` ranks of ``python -m ebv_ms.tools.launch rank LOG_DIR CMD``."""
     extra = shlex.split(os.environ.get("MPIRUN_ARGS", ""))
-    opts = ["-n", str(num), "--quiet"]  # --quiet: no Open MPI help text, the rank's error is shown
+    opts = ["-n", str(num)]
     if os.geteuid() == 0:
         opts.append("--allow-run-as-root")
     opts += ["--hostfile", hostfile] if hostfile else ["--oversubscribe"]
@@ -479,7 +479,10 @@ def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     with open(os.path.join(log_dir, "scheduler.pid"), "w") as f:
         f.write(str(sched.pid))
-    mpi = subprocess.Popen(mpi_cmd, env=env)
+    # Open MPI's own reports ("Primary job terminated...", a crash backtrace, a hostfile error) go
+    # to mpirun.log: the screen shows the failed rank's error, or that file when no rank failed.
+    with open(os.path.join(log_dir, "mpirun.log"), "wb") as mlog:
+        mpi = subprocess.Popen(mpi_cmd, env=env, stderr=mlog)
     sched_failed = False
     try:
         while mpi.poll() is None:
@@ -551,9 +554,12 @@ def first_failed_rank(log_dir: str):
 def report_failure(launch: Launch, log_dir: str, what: str) -> None:
     first = first_failed_rank(log_dir)
     if first is None:
-        launch.say(f"[launch] FAILED ({what}); no rank on this host reported an error: see "
-                   f"{log_dir}/rank_*.log here and on the other hosts, and "
-                   f"{log_dir}/scheduler.log", err=True)
+        mpi_log = os.path.join(log_dir, "mpirun.log")
+        said = "\n".join(ln for ln in _tail(mpi_log, 30).splitlines() if ln.strip("- "))
+        launch.say(f"[launch] FAILED ({what}); no rank on this host reported an error"
+                   + (f"; mpirun said:\n{said}" if said else "") +
+                   f"\n[launch] see {log_dir}/rank_*.log here and on the other hosts, "
+                   f"{mpi_log} and {log_dir}/scheduler.log", err=True)
         return
     rank, status, log = first
     launch.say(f"[launch] FAILED: rank {rank} failed with exit status {status}; its log: {log}\n"
@@ -709,7 +715,7 @@ def launch_training(launch: Launch) -> int:
             prepare_log_dir(log_dir, ["worker_*", "rank_*", "scheduler.*", "msrun.log"])
         return run_msrun(launch, num, log_dir, cmd)
     if not launch.dry_run:
-        prepare_log_dir(log_dir, ["rank_*", "scheduler.*"])
+        prepare_log_dir(log_dir, ["rank_*", "scheduler.*", "mpirun.log"])
     return run_mpirun(launch, num, hostfile, log_dir, cmd)
 
 
@@ -760,7 +766,7 @@ def launch_eval(launch: Launch) -> int:
         log_dir = o.get("log-dir") or os.path.join(os.path.dirname(a.first) or ".", "logs", "eval")
         if not launch.dry_run:
             check_device_works(launch.device)
-            prepare_log_dir(log_dir, ["rank_*", "worker_*", "scheduler.*", "msrun.log"])
+            prepare_log_dir(log_dir, ["rank_*", "worker_*", "scheduler.*", "m*run.log"])
         if launcher == "msrun":
             return run_msrun(launch, num, log_dir, cmd)
         return run_mpirun(launch, num, o.get("hostfile"), log_dir, cmd)
