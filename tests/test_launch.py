@@ -482,3 +482,20 @@ def test_two_hosts_without_a_shared_disk(two_hosts):
     # the machine the command was typed on holds the scheduler's log only
     assert not list((tmp / "host" / "run").glob("**/rank_*"))
     assert (tmp / "host" / "run" / "logs" / "scheduler.exit").read_text() == "0"
+
+
+@pytest.mark.distributed
+@needs_two_hosts
+@pytest.mark.xfail(strict=True, reason="#16 §3: the ranks agree on where a resumed run starts "
+                   "(helper dist); until then rank 1, which cannot see host 0's last.ckpt, starts "
+                   "from scratch and the ranks wait on each other in a collective")
+def test_resume_on_hosts_without_a_shared_run_folder_stops_at_once(two_hosts):
+    """--resume needs rank 0's last.ckpt on every host (a shared output_dir, docs/launch.md):
+    host 1 has none, so the job stops at once, and says why, instead of ranks disagreeing."""
+    import time
+    tmp, first = two_hosts
+    assert first.returncode == 0
+    t0 = time.time()  # a rank left waiting in a collective gives up after CLUSTER_TIMEOUT
+    r = _two_host_launch(tmp, "train.epochs=2", "--resume", timeout=900, CLUSTER_TIMEOUT=120)
+    assert r.returncode != 0 and time.time() - t0 < 100, (time.time() - t0, r.stderr[-3000:])
+    assert "last.ckpt" in r.stderr and "rank 1" in r.stderr, r.stderr[-3000:]
