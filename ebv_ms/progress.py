@@ -61,9 +61,6 @@ class LineProgress:
     def __exit__(self, *exc):
         self.close()
 
-    def __len__(self):
-        return self.total or 0
-
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
@@ -77,12 +74,6 @@ class LineProgress:
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
         self.postfix = str(s)
-
-    def set_description(self, desc: str = "", refresh: bool = True) -> None:
-        self.desc = desc
-
-    def refresh(self) -> None:
-        pass
 
     def close(self) -> None:
         if not self._closed and self.n:
