@@ -486,9 +486,6 @@ def test_two_hosts_without_a_shared_disk(two_hosts):
 
 @pytest.mark.distributed
 @needs_two_hosts
-@pytest.mark.xfail(strict=True, reason="#16 §3: the ranks agree on where a resumed run starts "
-                   "(helper dist); until then rank 1, which cannot see host 0's last.ckpt, starts "
-                   "from scratch and the ranks wait on each other in a collective")
 def test_resume_on_hosts_without_a_shared_run_folder_stops_at_once(two_hosts):
     """--resume needs rank 0's last.ckpt on every host (a shared output_dir, docs/launch.md):
     host 1 has none, so the job stops at once, and says why, instead of ranks disagreeing."""
