@@ -382,6 +382,7 @@ def test_a_deleted_lock_file_does_not_release_the_run_folder(tmp_path):
     assert third.returncode == 0 and "HELD" in third.stdout  # freed when the holder is gone
 
 
+@pytest.mark.slow
 def test_resume_prints_no_mindspore_not_loaded_warning(base, tmp_path):
     """Before: every --resume printed "For 'load_param_into_net', 12 parameters in the 'net'
     are not loaded" although the resume was right."""
