@@ -100,12 +100,14 @@ def write_entries(path: str, entries: Mapping[str, Entry]) -> str:
         for name, value in entries.items():
             if isinstance(value, str):
                 label, dims, raw = "str", [0], np.array(value).tobytes()  # as MindSpore: UTF-32
-            else:
-                label, dims, raw = _LABELS[value.dtype], list(value.shape), value.tobytes()
+            else:  # a view: each chunk is copied once, into the message
+                label, dims, raw = _LABELS[value.dtype], list(value.shape), memoryview(
+                    value.reshape(-1).view(np.uint8))
             for i in range(0, max(len(raw), 1), _CHUNK):
                 msg = Checkpoint()
                 v = msg.value.add()
-                v.tag, v.tensor.tensor_type, v.tensor.tensor_content = name, label, raw[i:i + _CHUNK]
+                v.tag, v.tensor.tensor_type = name, label
+                v.tensor.tensor_content = bytes(raw[i:i + _CHUNK])
                 v.tensor.dims.extend(dims)
                 f.write(msg.SerializeToString())
     return path
