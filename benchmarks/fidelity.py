@@ -428,7 +428,7 @@ def plot_long(args, rows, level) -> None:
     os.makedirs(args.plots, exist_ok=True)
     for key, ylabel, fname in (("epoch_top1", "held-out top-1 (%)", "fidelity_top1.png"),
                                ("epoch_loss", "training loss (epoch mean)", "fidelity_loss.png")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=80)
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=64)
         for i, r in enumerate(rows):
             ys = [statistics.mean(v) for v in zip(*r[key])]
             ax.plot(range(1, len(ys) + 1), ys, label=r["case"], color=f"C{LONG_CASES.index(r['case'].split('+')[0]) if r['case'].split('+')[0] in LONG_CASES else i}",

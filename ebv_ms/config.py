@@ -210,14 +210,7 @@ SCHEMA: Dict[str, Any] = {
         "head": _k("ebv", "str", "the classifier head", choices=HEADS),
         "num_classes": _k(1000, "int", "N", lo=1),
         "embed_dim": _k(1000, "int", "d of the EBVs (and of the random class vectors); unused by fc", lo=1),
-        "embed_init_scale": _k(1.0, "float", "factor on the projection's initial weights (slow start "
-                               "at N >> d: docs/fidelity.md)", lo=0.0, lo_open=True),
         "tau": _k(0.07, "float", "temperature of the EBV logits: cos(v, w_k) / tau", lo=0.0, lo_open=True),
-        "tau_warmup_spread": _k(None, "float", "EBV head: training starts at the tau where the "
-                                "initial logit spread 1/(tau sqrt d) is this, and moves geometrically to "
-                                "tau over tau_warmup_steps (null: no warm-up; docs/fidelity.md)",
-                                lo=0.0, lo_open=True),
-        "tau_warmup_steps": _k(0, "int", "optimizer steps of the tau warm-up", lo=0),
         "scale": _k(None, "float", "S of the fixed-random heads (null: 1 for dot, 1/tau for cos)",
                     lo=0.0, lo_open=True),
         "ebv_dtype": _k("float32", "str", "storage dtype of the frozen class-vector matrix",

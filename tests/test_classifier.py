@@ -115,20 +115,3 @@ def test_from_config_and_backbone_checkpoint(tmp_path):
         create_classifier("small_cnn", "fc", 6, pretrained=True)
     with pytest.raises(ValueError, match="unknown backbone"):
         create_classifier("resnet5O", "fc", 6)
-
-
-@pytest.mark.parametrize("head", ["ebv", "fixed_random_cos"])
-def test_embed_init_scale_scales_only_the_projection(head):
-    """model.embed_init_scale multiplies the projection's initial weights and nothing else."""
-    nets = []
-    for scale in (1.0, 3.0):
-        ms.set_seed(7)
-        nets.append(create_classifier("small_mlp", head, 6, embed_dim=8, ebv=_ebv(6, 8),
-                                      embed_init_scale=scale,
-                                      backbone_kwargs={"image_size": 4, "widths": [16]}))
-    one, three = (dict((k, p.asnumpy()) for k, p in n.parameters_and_names()) for n in nets)
-    assert one.keys() == three.keys()
-    for k in one:
-        want = one[k] * 3 if k == "projection.weight" else one[k]
-        np.testing.assert_allclose(three[k], want, rtol=1e-6, err_msg=k)
-    assert np.abs(one["projection.weight"]).max() > 0

@@ -55,9 +55,7 @@ def create_classifier(backbone: str, head: str, num_classes: int, embed_dim: Opt
                       scale: Optional[float] = None, ebv_dtype: str = "float32",
                       pretrained: Union[bool, str] = False, backbone_checkpoint: Optional[str] = None,
                       head_seed: int = 0, in_channels: int = 3,
-                      backbone_kwargs: Optional[Mapping] = None,
-                      embed_init_scale: float = 1.0, tau_warmup_spread: Optional[float] = None,
-                      tau_warmup_steps: int = 0) -> Classifier:
+                      backbone_kwargs: Optional[Mapping] = None) -> Classifier:
     """Build a classifier mapping images (B,3,H,W) float32 to logits (B, num_classes).
 
     backbone: "resnet50" | "swin_tiny" | "small_cnn" (or another mindcv model name).
@@ -67,8 +65,6 @@ def create_classifier(backbone: str, head: str, num_classes: int, embed_dim: Opt
     for cos, i.e. the EBV head's scale). ``ebv_dtype``: storage of the frozen matrix
     (float32 | float16). ``pretrained``: mindcv download (True) or a local checkpoint path;
     ``backbone_checkpoint``: local checkpoint path. ``head_seed``: seed of the random vectors.
-    ``embed_init_scale``: factor on the projection's initial weights; ``tau_warmup_spread``,
-    ``tau_warmup_steps``: the EBV head's temperature warm-up (docs/fidelity.md, slow start).
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}: use one of {', '.join(HEADS)}")
@@ -100,11 +96,8 @@ def create_classifier(backbone: str, head: str, num_classes: int, embed_dim: Opt
 
     feats, num_features, projection = create_backbone(backbone, dim, pretrained,
                                                       backbone_checkpoint, in_channels, **kwargs)
-    if embed_init_scale != 1.0:
-        projection.weight.set_data(projection.weight.value() * float(embed_init_scale))
     if head == "ebv":
-        head_cell: nn.Cell = EBVHead(ebv, tau=tau, storage_dtype=ebv_dtype, tau_warmup_spread=tau_warmup_spread,
-                                     tau_warmup_steps=tau_warmup_steps)
+        head_cell: nn.Cell = EBVHead(ebv, tau=tau, storage_dtype=ebv_dtype)
     else:
         mode = "dot" if head == "fixed_random_dot" else "cos"
         if scale is None:

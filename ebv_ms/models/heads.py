@@ -149,8 +149,7 @@ class EBVHead(FrozenVectorHead):
 
     param_name = "ebv"
 
-    def __init__(self, ebv, tau: float = 0.07, storage_dtype: str = "float32",
-                 tau_warmup_spread: Optional[float] = None, tau_warmup_steps: int = 0):
+    def __init__(self, ebv, tau: float = 0.07, storage_dtype: str = "float32"):
         vectors = ebv.vectors if hasattr(ebv, "vectors") else np.asarray(ebv, dtype=np.float32)
         if not tau or tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
@@ -165,34 +164,13 @@ class EBVHead(FrozenVectorHead):
                 "rounded to fp16, off by up to %.3f (measured 0.031 at tau 0.007, docs/models.md); "
                 "use float32 unless the matrix does not fit", storage_dtype, self.tau,
                 1.0 / self.tau, 2.0 ** -11 / self.tau)
-        # Temperature warm-up (docs/fidelity.md, the slow start at N >> d): training starts at
-        # the tau where the logits' initial spread 1/(tau sqrt d) is tau_warmup_spread, and
-        # moves geometrically to tau: tau_t = tau_start^(1-t) * tau^t, t = step/steps. A no-op
-        # where the spread at tau is already below it. The step counter is a frozen Parameter
-        # (checkpointed: a resumed run goes on where it stopped); evaluation (argmax) ignores tau.
-        self.tau_start = 1.0 / (float(tau_warmup_spread) * np.sqrt(self.dim)) if tau_warmup_spread else self.tau
-        self.tau_warmup_steps = int(tau_warmup_steps) if self.tau_start > self.tau else 0
-        if self.tau_warmup_steps:
-            self.log_ratio = float(np.log(self.tau / self.tau_start))
-            self.tau_step = Parameter(Tensor(0.0, ms.float32), name="tau_step", requires_grad=False)
-
-    def warmup_factor(self):
-        """tau / tau_t at the current step (1 once the warm-up is over)."""
-        t = ops.minimum(self.tau_step / float(self.tau_warmup_steps), 1.0)
-        return ops.exp((1.0 - t) * self.log_ratio)
 
     def construct(self, v):
         # (v / ||v|| / tau) @ W^T == cos(v, w_k) / tau since the rows of W are unit vectors
-        u = self.normalize(ops.cast(v, ms.float32))
-        if self.training and self.tau_warmup_steps:
-            u = u * ops.stop_gradient(self.warmup_factor())
-            ops.assign_add(self.tau_step, ops.ones((), ms.float32))
-        return self._dot(u)
+        return self._dot(self.normalize(ops.cast(v, ms.float32)))
 
     def extend_repr(self):
-        warm = (f", tau from {self.tau_start:.4g} over {self.tau_warmup_steps} steps"
-                if self.tau_warmup_steps else "")
-        return f"N={self.num_classes}, d={self.dim}, tau={self.tau}{warm}, storage={self.storage_dtype}"
+        return f"N={self.num_classes}, d={self.dim}, tau={self.tau}, storage={self.storage_dtype}"
 
 
 class FixedRandomHead(FrozenVectorHead):
