@@ -112,7 +112,7 @@ def loop_epochs(trees, rounds: int, epochs: int, python: str) -> int:
     import statistics
     tmp = tempfile.mkdtemp(prefix="ebv_loop_bench_")
     try:
-        subprocess.run([python, "-m", "ebv_ms.data.demo", "--out", f"{tmp}/demo"], check=True,
+        subprocess.run([python, "-m", "ebv_ms.tools.make_demo", "--out", f"{tmp}/demo"], check=True,
                        cwd=ROOT, stdout=subprocess.DEVNULL,
                        env=dict(os.environ, PYTHONPATH=ROOT))
         secs = {t: [] for t in trees}
