@@ -248,6 +248,25 @@ def _list(vs, spec=".1f"):
     return " / ".join(_fmt(v, spec) for v in vs) if vs else "not logged"
 
 
+def peak_pss_sum(rows: list):
+    """Peak over rank 0's samples of the PSS summed over the ranks (GiB), None if unsampled."""
+    series = [np.array([(t, pss) for t, _, pss in row["samples"]], dtype=float).reshape(-1, 2)
+              for row in rows]
+    if any(len(s) == 0 for s in series):
+        return None
+    best = None
+    for t, pss in series[0]:
+        total = pss
+        for other in series[1:]:
+            k = int(np.argmin(np.abs(other[:, 0] - t)))
+            if abs(other[k, 0] - t) > 0.3:
+                break
+            total += other[k, 1]
+        else:
+            best = total if best is None else max(best, total)
+    return None if best is None else best / 1024 ** 2
+
+
 def report(runs: list, data: dict, load_s: float, args, argv: list) -> None:
     gb = 1024 ** 3
     print(f"\nRehearsal of {CONFIG} on CPU, code of {args.tree} ({os.cpu_count()} cores): N={args.num_classes:,} classes, "
@@ -283,18 +302,10 @@ def report(runs: list, data: dict, load_s: float, args, argv: list) -> None:
                   f"| {ckpt} | {write} | {_list(row['train_s'])} | {ev} | {samples} | "
                   f"{run['wall']:.0f} s |")
     print("\nPSS: proportional set size, pages shared by k processes counted 1/k each (sampled "
-          "every 0.5 s from /proc/PID/smaps_rollup); peak of the sum over ranks, same second:")
+          "every 0.5 s from /proc/PID/smaps_rollup); peak of the sum over ranks, each rank's "
+          "sample nearest in time (within 0.3 s) to rank 0's:")
     for run in runs:
-        buckets = {}
-        for row in run["per_rank"]:
-            per_s = {}
-            for t, _, pss in row["samples"]:
-                per_s[int(t)] = max(per_s.get(int(t), 0), pss)
-            for t, pss in per_s.items():
-                buckets.setdefault(t, []).append(pss)
-        full = [sum(v) for v in buckets.values() if len(v) == len(run["per_rank"])]
-        print(f"  {run['ranks']} rank(s): {max(full) / 1024 ** 2:.2f} GB" if full else
-              f"  {run['ranks']} rank(s): not sampled")
+        print(f"  {run['ranks']} rank(s): {_fmt(peak_pss_sum(run['per_rank']), '.2f', ' GB')}")
     print(f"\nEBV set load in a fresh process (load_ebv of the cached file): {load_s:.1f} s")
     for run in runs:
         r0 = run["per_rank"][0]
