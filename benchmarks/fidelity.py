@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     ap.add_argument("--long-cases", default=",".join(LONG_CASES), help="its cases")
     ap.add_argument("--variant", action="append", default=[], metavar="TAG:KEY=VAL[,KEY=VAL]",
                     help="also run the long schedule's EBV cases with these overrides, e.g. "
-                         "warm:model.tau_warmup_epochs=2 (repeatable)")
+                         "tau0.2:model.tau=0.2 (repeatable)")
     ap.add_argument("--variants-only", action="store_true", help="skip the long schedule's plain cases")
     ap.add_argument("--init-grid", action="store_true", help="also the initial loss for each d and tau")
     ap.add_argument("--init-dims", default="100,200,500,1000", help="d of --init-grid")
