@@ -154,7 +154,7 @@ def test_a_failed_rank_stops_the_job_and_names_its_log(tmp_path):
     r = _launch([cfg, 2, "--", "--fail-rank=1", "--steps=50"], ENTRY=str(PROBE), CLUSTER_TIMEOUT="60")
     assert r.returncode != 0
     log1 = out / "logs" / "rank_1.log"
-    assert f"rank 1 failed with exit status 1; its log: {log1}" in r.stderr
+    assert f"rank 1 failed with exit status 1; its log: {log1}" in r.stderr  # + " on HOST"
     assert "failing on purpose" in r.stderr  # the tail of the failing rank's log is shown
     assert "failing on purpose" in log1.read_text()
     _assert_no_mpi_noise(r.stdout + r.stderr)

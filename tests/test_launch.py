@@ -305,8 +305,18 @@ def test_first_failed_rank_is_the_earliest_exit_that_is_an_error(tmp_path):
         f = tmp_path / f"rank_{rank}.exit"
         f.write_text(status)
         os.utime(f, (t, t))
-    assert L.first_failed_rank(str(tmp_path)) == (2, "134", str(tmp_path / "rank_2.log"))
+    (tmp_path / "rank_2.log").write_text("[INFO] chatter\nValueError: two\n")
+    assert L.first_failed_rank(str(tmp_path)) == (2, "134", str(tmp_path / "rank_2.log"),
+                                                  "ValueError: two")
     assert L.first_failed_rank(str(tmp_path / "none")) is None
+    # the reports rank wrappers on every host send through mpirun: the earliest one wins
+    (tmp_path / "mpirun.log").write_text(
+        "[launch rank 3] failed with exit status 1 at 300.5 on h2; its log: /o/logs/rank_3.log\n"
+        "late\n[launch rank end]\nPrimary job  terminated normally, but 1 process returned\n"
+        "[launch rank 1] failed with exit status 2 at 299.25 on h1; its log: /o/logs/rank_1.log\n"
+        "train.py: error: ranks disagree\n[launch rank end]\n")
+    assert L.first_failed_rank(str(tmp_path)) == (1, "2", "/o/logs/rank_1.log on h1",
+                                                  "train.py: error: ranks disagree")
 
 
 # ---------------------------------------------------------------- GPUs: what is visible

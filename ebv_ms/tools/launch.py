@@ -509,7 +509,11 @@ def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
     if rc == 0:
         launch.say(f"[launch] done: {num} ranks finished; logs in {log_dir}")
         return 0
-    report_failure(launch, log_dir, f"mpirun exit status {rc}")
+    if sched_failed:  # said above; the ranks were stopped on purpose
+        launch.say(f"[launch] FAILED: the scheduler failed; ranks stopped; logs in {log_dir}",
+                   err=True)
+    else:
+        report_failure(launch, log_dir, f"mpirun exit status {rc}")
     return rc if rc > 0 else 1
 
 
@@ -533,8 +537,22 @@ def _last_error(log: str) -> str:
     return (hits or lines or ["no output"])[-1].strip()[:500]
 
 
+_FAILED = re.compile(r"^\[launch rank (\d+)\] failed with exit status (\S+) at ([\d.]+) on (\S+); "
+                     r"its log: (.*?)\n(.*?)^\[launch rank end\]$", re.M | re.S)
+
+
 def first_failed_rank(log_dir: str):
-    """(rank, status, log) of the rank that failed first (exit files by time), or None."""
+    """(rank, status, log, its last lines) of the rank that failed first, or None: from the
+    reports the rank wrappers of every host send through mpirun (mpirun.log), else from this
+    host's exit files."""
+    try:
+        with open(os.path.join(log_dir, "mpirun.log"), encoding="utf-8", errors="replace") as f:
+            reports = _FAILED.findall(f.read())
+    except OSError:
+        reports = []
+    if reports:
+        rank, status, _, host, log, tail = min(reports, key=lambda r: float(r[2]))
+        return int(rank), status, f"{log} on {host}", tail.rstrip("\n")
     failed = []
     for name in os.listdir(log_dir) if os.path.isdir(log_dir) else ():
         m = re.fullmatch(r"rank_(\d+)\.exit", name)
@@ -548,7 +566,8 @@ def first_failed_rank(log_dir: str):
     if not failed:
         return None
     _, rank, status = min(failed)
-    return rank, status, os.path.join(log_dir, f"rank_{rank}.log")
+    log = os.path.join(log_dir, f"rank_{rank}.log")
+    return rank, status, log, _tail(log)
 
 
 def report_failure(launch: Launch, log_dir: str, what: str) -> None:
@@ -561,9 +580,9 @@ def report_failure(launch: Launch, log_dir: str, what: str) -> None:
                    f"\n[launch] see {log_dir}/rank_*.log here and on the other hosts, "
                    f"{mpi_log} and {log_dir}/scheduler.log", err=True)
         return
-    rank, status, log = first
+    rank, status, log, tail = first
     launch.say(f"[launch] FAILED: rank {rank} failed with exit status {status}; its log: {log}\n"
-               f"---- last lines of {log} ----\n{_tail(log)}\n----\n"
+               f"---- last lines of rank {rank}'s log ----\n{tail}\n----\n"
                "[launch] the other ranks and the scheduler were stopped", err=True)
 
 
@@ -606,9 +625,14 @@ def run_rank(argv: List[str]) -> int:
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(s, stop)
     rc = pump(proc)
+    rc = rc if rc >= 0 else 128 - rc
     with open(exit_file, "w") as f:
-        f.write(str(rc if rc >= 0 else 128 - rc))
-    return rc if rc >= 0 else 128 - rc
+        f.write(str(rc))
+    if rc:  # through mpirun to the launcher, which may be on another host than this log
+        print(f"[launch rank {rank}] failed with exit status {rc} at {time.time():.3f} on "
+              f"{socket.gethostname()}; its log: {os.path.abspath(log)}\n{_tail(log)}\n"
+              "[launch rank end]", file=sys.stderr, flush=True)
+    return rc
 
 
 # ---------------------------------------------------------------- msrun
