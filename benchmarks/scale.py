@@ -259,7 +259,9 @@ def peak_pss_sum(rows: list):
         total = pss
         for other in series[1:]:
             k = int(np.argmin(np.abs(other[:, 0] - t)))
-            if abs(other[k, 0] - t) > 0.3:
+            # only instants when every rank is alive: a rank that has exited (or not yet
+            # started) leaves the shared pages to the others, whose PSS then rises
+            if abs(other[k, 0] - t) > 0.3 or not other[0, 0] < t < other[-1, 0]:
                 break
             total += other[k, 1]
         else:
@@ -303,7 +305,7 @@ def report(runs: list, data: dict, load_s: float, args, argv: list) -> None:
                   f"{run['wall']:.0f} s |")
     print("\nPSS: proportional set size, pages shared by k processes counted 1/k each (sampled "
           "every 0.5 s from /proc/PID/smaps_rollup); peak of the sum over ranks, each rank's "
-          "sample nearest in time (within 0.3 s) to rank 0's:")
+          "sample nearest in time (within 0.3 s) to rank 0's, while all ranks run:")
     for run in runs:
         print(f"  {run['ranks']} rank(s): {_fmt(peak_pss_sum(run['per_rank']), '.2f', ' GB')}")
     print(f"\nEBV set load in a fresh process (load_ebv of the cached file): {load_s:.1f} s")
