@@ -14,6 +14,7 @@ import pytest
 from mindspore.train.checkpoint_pb2 import Checkpoint
 
 from conftest import run_script
+from memstat import reset_peak, status_mb
 from demo_data import small_demo_zip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,7 +264,6 @@ def test_a_recipe_must_fit_the_network_it_comes_with(base, tmp_path, capsys, n, 
                                                     cfg_nd, needle):
     """A recorded recipe is rebuilt only when N and d are the network's (its config, and d the
     out-dim of its own projection weight): refused before anything is built."""
-    import resource
     import eval as eval_cli
     folder = tmp_path / "alone"  # no EBV file next to it: the recipe would be used
     folder.mkdir()
@@ -278,12 +278,12 @@ def test_a_recipe_must_fit_the_network_it_comes_with(base, tmp_path, capsys, n, 
         return text.replace("num_classes: 10", f"num_classes: {cfg_nd[0]}").replace(
             "embed_dim: 32", f"embed_dim: {cfg_nd[1]}")
     ck = _signed(folder / "c.ckpt", _entries(base["ckpt"]), meta=meta, config=config)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = reset_peak()
     assert eval_cli.main(["--ckpt", ck, "--no-progress", "mode=pynative"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"eval.py: error: {ck}") and needle in err, err
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    grown_mb = status_mb("VmHWM") - before
     assert grown_mb < 200, grown_mb
 
 

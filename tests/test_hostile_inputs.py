@@ -25,8 +25,8 @@ GIB = 1 << 30
 def _probe(code: str, timeout: int = 120) -> dict:
     """Run ``code`` in a fresh Python (this checkout first on the path); it sets ``out`` (a dict),
     returned with the process's peak RSS in MB and exit status."""
-    wrapped = ("import json, resource, sys\nout = {}\n" + code +
-               "\nout['peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+    wrapped = ("import json, resource, sys\nfrom memstat import status_mb\nout = {}\n" + code +
+               "\nout['peak_mb'] = status_mb('VmHWM')\n"
                "print('PROBE' + json.dumps(out))\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + str(ROOT / "tests"))
     r = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True,
