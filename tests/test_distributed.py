@@ -63,7 +63,6 @@ def _no_process_mentions(text):
 def single_process(monkeypatch):
     for var in ("MS_ROLE", "OMPI_COMM_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(dist, "_STATE", {"rank": 0, "world_size": 1, "initialized": False})
 
 
 def test_single_process_is_rank0_of_1(single_process):

@@ -155,7 +155,8 @@ def open_model(path: str, device: str = "CPU"):
         runner = ONNXRunner(model_file, batch)
     elif path.endswith(".mindir"):
         import mindspore as ms
-        ms.set_device(device)
+        from ebv_ms.device import set_device
+        set_device(device)
         ms.set_context(mode=ms.GRAPH_MODE)
         runner = MindIRRunner(model_file, batch)
     else:

@@ -7,7 +7,6 @@ and calls that section's factory (``create_dataset``, ``create_classifier``, ``c
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, List, Tuple
 
@@ -26,13 +25,9 @@ MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 
 def setup_context(cfg) -> None:
     """Device, execution mode (graph | pynative) and the global seed, from a validated config."""
-    device, mode = cfg.device_target, cfg.mode
-    device_id = os.environ.get("DEVICE_ID")  # set per rank by the launch scripts
-    if device != "CPU" and device_id not in (None, ""):
-        ms.set_device(device, int(device_id))
-    else:
-        ms.set_device(device)
-    ms.set_context(mode=MODES[mode])
+    from ebv_ms.device import set_device
+    set_device(cfg.device_target)  # and this rank's card (DEVICE_ID) on GPU/Ascend
+    ms.set_context(mode=MODES[cfg.mode])
     ms.set_seed(cfg.seed)
     np.random.seed(cfg.seed)
 

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ebv_ms.device import set_device
 from ebv_ms.errors import EBVMSError
 
 _LOG = logging.getLogger(__name__)
@@ -35,9 +36,6 @@ _LOG = logging.getLogger(__name__)
 ROLE_ENV = "MS_ROLE"            # MS_SCHED | MS_WORKER
 WORKER_ROLE = "MS_WORKER"
 SCHED_ROLE = "MS_SCHED"
-
-_STATE = {"rank": 0, "world_size": 1, "initialized": False}
-
 
 class DistributedError(EBVMSError, RuntimeError):
     """A launch that cannot work; the message says what to do."""
@@ -61,19 +59,6 @@ def launch_env() -> Optional[str]:
     return None
 
 
-def _ensure_device(device_target: Optional[str]) -> None:
-    """Select the configured device if the caller has not (init() needs it), and on GPU/Ascend
-    the rank's own card: DEVICE_ID, which msrun and scripts/mpirun_rank.sh set to the local rank."""
-    import mindspore as ms
-    target = device_target or ms.get_context("device_target")
-    dev_id = os.environ.get("DEVICE_ID")
-    if target in ("GPU", "Ascend") and dev_id is not None and dev_id.isdigit():
-        if ms.get_context("device_target") != target or ms.get_context("device_id") != int(dev_id):
-            ms.set_device(target, int(dev_id))
-    elif ms.get_context("device_target") != target:
-        ms.set_device(target)
-
-
 def init_distributed(cfg: Any = None) -> Tuple[int, int]:
     """Join the data-parallel job if launched as one; returns (rank, world_size).
 
@@ -82,23 +67,20 @@ def init_distributed(cfg: Any = None) -> Tuple[int, int]:
     ``nn.TrainOneStepCell`` / ``Model`` all-reduce gradients across ranks. A scheduler process
     (MS_ROLE=MS_SCHED) serves the cluster inside ``init()`` and exits without returning.
     """
-    if _STATE["initialized"]:
-        return _STATE["rank"], _STATE["world_size"]
     how = launch_env()
     device_target = _cfg_get(cfg, "device_target")
-    if how is None:
-        _STATE.update(rank=0, world_size=1, initialized=True)
-        return 0, 1
+    if how is None or _comm_initialized():
+        return get_rank_info()
 
     import mindspore as ms
-    from mindspore.communication import get_group_size, get_rank, init
+    from mindspore.communication import init
 
     if how == "mpirun" and (device_target or "CPU") == "CPU":
         raise DistributedError(
             "started by bare mpirun on CPU, where MindSpore's MPI-only init does not work; "
             "launch with `DEVICE_TARGET=CPU bash scripts/run_distribute_gpu.sh CONFIG N`, which "
             "starts the dynamic-cluster scheduler and sets MS_ROLE/MS_NODE_ID for each rank")
-    _ensure_device(device_target)
+    set_device(device_target)  # init() needs the device (and the rank's card) chosen
     role = os.environ.get(ROLE_ENV)
     try:
         init()
@@ -111,23 +93,31 @@ def init_distributed(cfg: Any = None) -> Tuple[int, int]:
     if role == SCHED_ROLE:
         # The scheduler's work is done when init() returns (all workers have left).
         sys.exit(0)
-    rank, world = int(get_rank()), int(get_group_size())
+    rank, world = get_rank_info()
     ms.reset_auto_parallel_context()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
                                  gradients_mean=True, device_num=world)
-    _STATE.update(rank=rank, world_size=world, initialized=True)
     _LOG.info("data parallel: rank %d of %d on %s", rank, world, device_target)
     return rank, world
 
 
+def _comm_initialized() -> bool:
+    from mindspore.communication.management import GlobalComm
+    return bool(GlobalComm.INITED)
+
+
 def get_rank_info() -> Tuple[int, int]:
-    """(rank, world_size) as set by ``init_distributed`` ((0, 1) before it)."""
-    return _STATE["rank"], _STATE["world_size"]
+    """(rank, world_size), from MindSpore's communication state itself (the one source: no copy
+    kept here); (0, 1) before ``init_distributed`` joined a job, or in a single process."""
+    if not _comm_initialized():
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank
+    return int(get_rank()), int(get_group_size())
 
 
 def is_main_rank() -> bool:
     """True on rank 0: the only rank that writes checkpoints, the main log and summaries."""
-    return _STATE["rank"] == 0
+    return get_rank_info()[0] == 0
 
 
 def rank_log_dir(output_dir: str) -> str:
@@ -136,7 +126,7 @@ def rank_log_dir(output_dir: str) -> str:
 
 def rank_log_path(output_dir: str, rank: Optional[int] = None) -> str:
     """OUTPUT_DIR/logs/rank_K.log: where the launch scripts write rank K's stdout and stderr."""
-    rank = _STATE["rank"] if rank is None else rank
+    rank = get_rank_info()[0] if rank is None else rank
     return os.path.join(rank_log_dir(output_dir), f"rank_{rank}.log")
 
 
@@ -147,7 +137,7 @@ def all_gather_counts(counts) -> np.ndarray:
     MindSpore 2.10, its AllGather takes int32; summing the rows afterwards is exact). Alone: (1, k).
     """
     arr = np.asarray(counts, dtype=np.int32).reshape(1, -1)
-    if _STATE["world_size"] == 1:
+    if get_rank_info()[1] == 1:
         return arr.astype(np.int64)
     import mindspore as ms
     from mindspore import ops
@@ -177,7 +167,7 @@ def broadcast_from_main_rank(params) -> None:
     compiled steps keep using them): one ``ops.Broadcast`` of their concatenation. Alone:
     nothing to do."""
     params = list(params)
-    if _STATE["world_size"] == 1 or not params:
+    if get_rank_info()[1] == 1 or not params:
         return
     import mindspore as ms
     from mindspore import ops
@@ -247,9 +237,8 @@ def _main(argv=None) -> int:
         print("error: set MS_ROLE=MS_SCHED, MS_WORKER_NUM, MS_SCHED_HOST and MS_SCHED_PORT "
               "(scripts/run_distribute_gpu.sh does this)", file=sys.stderr)
         return 2
-    import mindspore as ms
     from mindspore.communication import init
-    ms.set_device(args.device)  # as under msrun, whose scheduler runs the training script
+    set_device(args.device)  # as under msrun, whose scheduler runs the training script
     init()
     return 0
 

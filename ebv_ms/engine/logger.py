@@ -16,14 +16,13 @@ from typing import List, Mapping, Optional
 
 from ebv_ms.atomic import atomic_path
 
-__all__ = ["setup_logger", "open_log_file", "JsonlLog", "rank_log_path"]
+__all__ = ["setup_logger", "open_log_file", "JsonlLog", "main_log_path"]
 
 
-def rank_log_path(output_dir: str, rank: int, main_name: str = "train.log") -> str:
-    """Rank 0's log file; other ranks' logs are their captured stdout (logs/rank_<r>.log)."""
-    if rank == 0:
-        return os.path.join(output_dir, main_name)
-    return os.path.join(output_dir, "logs", f"rank_{rank}.log")
+def main_log_path(output_dir: str, main_name: str = "train.log") -> str:
+    """Rank 0's log file (OUTPUT_DIR/train.log); every rank's captured stdout is
+    ``distributed.rank_log_path``."""
+    return os.path.join(output_dir, main_name)
 
 
 def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = "ebv_ms",
@@ -58,7 +57,7 @@ def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = "ebv_ms",
 
 def open_log_file(logger: logging.Logger, output_dir: str, main_name: str = "train.log") -> None:
     """Start writing rank 0's log file; lines kept back by ``defer_file`` go first."""
-    path = rank_log_path(output_dir, 0, main_name)
+    path = main_log_path(output_dir, main_name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fh = logging.FileHandler(path, encoding="utf-8")
     fmt = next((h.formatter for h in logger.handlers if h.formatter is not None), None)

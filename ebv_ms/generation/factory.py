@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 
+from ebv_ms.device import set_device
 from ebv_ms.ebv import EBVSet, coherence, welch_bound
 from ebv_ms.errors import EBVMSError
 
@@ -93,18 +94,6 @@ def _check_memory(method: str, n: int, dim: int) -> None:
             f"N={n}, d={dim} with method {method!r} needs about {need / 2**30:,.1f} GiB of memory "
             f"(the set alone is {4 * n * dim / 2**30:,.1f} GiB); this machine has "
             f"{ram / 2**30:,.1f} GiB: use a smaller N or d")
-
-
-def _set_device(device_target: Optional[str]) -> None:
-    if not device_target:
-        return
-    import mindspore as ms
-    try:
-        current = ms.get_context("device_target")
-    except Exception:  # noqa: BLE001 - older/newer context APIs
-        current = None
-    if current != device_target:
-        ms.set_device(device_target)
 
 
 def _progress_bar(enabled: bool, total: int, desc: str):
@@ -217,13 +206,15 @@ def create_ebv(num_classes: int, dim: int, alpha: Optional[float] = None, method
         if alpha is None:
             raise GenerationError("method 'official' (Algorithm 1) needs alpha, its stopping "
                                   "threshold, e.g. alpha=0.135 for N=1000, d=100")
-        _set_device(device_target)
+        if device_target:
+            set_device(device_target)
         return _iterative("official", n, d, alpha, seed, max_steps, progress, None, "normal",
                           time_limit, **method_kwargs)
 
     # smoothmax, explicitly or as auto's fallback
     _check_memory("smoothmax", n, d)
-    _set_device(device_target)
+    if device_target:
+        set_device(device_target)
     init, init_name = None, "normal"
     exact = cf.closed_form_for(n, d)
     if exact == "kerdock":
