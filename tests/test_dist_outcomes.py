@@ -83,13 +83,15 @@ def test_bn_statistics_move_every_epoch_and_train_top1_is_eval_py(two_rank_run):
     # eval.py alone on that epoch's checkpoint
     recs = _records(out)
     assert [r["epoch"] for r in recs] == [1, 2, 3]
+    evals = {rec["epoch"]: subprocess.Popen(  # the three eval.py runs side by side
+        [sys.executable, str(ROOT / "eval.py"), "--ckpt", str(out / f"epoch_{rec['epoch']}.ckpt"),
+         "--no-progress", "--json", str(tmp / f"eval_{rec['epoch']}.json")], cwd=tmp, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rec in recs}
     for rec in recs:
-        ckpt = out / f"epoch_{rec['epoch']}.ckpt"
-        r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--ckpt", str(ckpt),
-                            "--no-progress", "--json", str(tmp / "eval.json")], cwd=tmp,
-                           env=_env(), capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        got = json.loads((tmp / "eval.json").read_text())
+        proc = evals[rec["epoch"]]
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        got = json.loads((tmp / f"eval_{rec['epoch']}.json").read_text())
         assert got["num_samples"] == rec["eval_samples"] == 39
         assert (got["top1"], got["top5"]) == (rec["top1"], rec["top5"]), rec["epoch"]
 
