@@ -11,7 +11,7 @@ PKG = ROOT / "ebv_ms"
 # Lowest first. A module may import its own layer and the ones below. ``ebv_ms`` itself (the
 # package's __init__) is the top: nothing inside the package imports the package as a whole.
 LAYERS = [
-    ("errors", "atomic", "progress"),  # the error classes; atomic file writes; progress output
+    ("errors", "atomic", "progress", "device"),  # errors; atomic writes; progress; set_device
     ("config",),                     # YAML -> one validated config
     ("ebv",),                        # the EBV set: identity, metrics, files
     ("generation",),                 # making sets
