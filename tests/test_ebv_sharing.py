@@ -145,7 +145,8 @@ def test_two_ranks_with_their_own_cache_folders_get_rank0s_sets(tmp_path):
     only0 = EBVSet(rng.standard_normal((30, 16)), method="file_only_on_rank0")
     save_ebv(only0, out / "rank0_only.npz")
     cfg = tmp_path / "share.yaml"
-    cfg.write_text(f"output_dir: {out}\nseed: 3\ndevice_target: CPU\n")
+    # data.path: the launcher checks the config before it starts a rank; this ENTRY reads none
+    cfg.write_text(f"output_dir: {out}\nseed: 3\ndevice_target: CPU\ndata:\n  path: {tmp_path}\n")
     env = dict(os.environ, PYTHON=sys.executable, DEVICE_TARGET="CPU", GLOG_v="2",
                ENTRY=str(ROOT / "tests" / "ebv_share_entry.py"))
     env.pop("MS_ROLE", None)

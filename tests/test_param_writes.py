@@ -9,7 +9,6 @@ import ast
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import mindspore as ms
 from mindspore import nn
