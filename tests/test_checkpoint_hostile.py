@@ -261,10 +261,11 @@ def test_crafted_metadata_is_one_line(base, tmp_path, capsys, edit, needle):
      "its EBV recipe (N=10, d=2097152) does not fit the network it holds (the config's"),
 ])
 def test_a_recipe_must_fit_the_network_it_comes_with(base, tmp_path, capsys, n, d, method,
-                                                    cfg_nd, needle):
+                                                    cfg_nd, needle, monkeypatch):
     """A recorded recipe is rebuilt only when N and d are the network's (its config, and d the
     out-dim of its own projection weight): refused before anything is built."""
     import eval as eval_cli
+    monkeypatch.chdir(tmp_path)  # eval's default ebv_cache/ is the cwd's, not the repo's (the quick start fills that)
     folder = tmp_path / "alone"  # no EBV file next to it: the recipe would be used
     folder.mkdir()
 
@@ -287,10 +288,11 @@ def test_a_recipe_must_fit_the_network_it_comes_with(base, tmp_path, capsys, n, 
     assert grown_mb < 200, grown_mb
 
 
-def test_recorded_paths_never_lead_out_of_the_checkpoints_folder(base, tmp_path, capsys):
+def test_recorded_paths_never_lead_out_of_the_checkpoints_folder(base, tmp_path, capsys, monkeypatch):
     """The run's EBV file outside the checkpoint's folder: a recorded '../' name or the recorded
     config's ebv.path are not followed; the user's --ebv is."""
     import eval as eval_cli
+    monkeypatch.chdir(tmp_path)  # eval's default ebv_cache/ is the cwd's, not the repo's (the quick start fills that)
     folder = tmp_path / "a" / "b"
     folder.mkdir(parents=True)
     npz = next(base["out"].glob("ebv_*.npz"))
