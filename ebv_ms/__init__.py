@@ -4,6 +4,6 @@ Folders by role: ``ebv`` (the vector set: files, metrics), ``generation`` (makin
 ``models`` (backbones, heads, classifier factory), ``loss``, ``data``, ``optim``,
 ``scheduler``, ``engine`` (training/evaluation loops, checkpoints, logs), ``deploy`` (export,
 predict), ``tools`` (the ``python -m`` commands). Importing the package imports no framework;
-the EBV models join mindcv's registry when mindcv is first used (ebv_ms/models/mindcv_zoo.py).
+``import ebv_ms.models`` registers the EBV models with mindcv (ebv_ms/models/mindcv_zoo.py).
 """
 __version__ = "0.1.0"

@@ -32,9 +32,6 @@ ALLOWED = {
     # bound by importing the modules that own them (config would need those values passed in)
     ("ebv_ms.config", "ebv_ms.models.backbones"): "config -> models: backbone names",
     ("ebv_ms.config", "ebv_ms.ebv.metrics"): "config -> ebv: welch_bound",
-    # cycle: backbones -> mindcv_zoo (registers the EBV models on first use of mindcv) ->
-    # classifier -> backbones
-    ("ebv_ms.models.backbones", "ebv_ms.models.mindcv_zoo"): "cycle: mindcv registration",
 }
 
 

@@ -4,6 +4,7 @@
 from .backbones import BACKBONES, SmallCNN, create_backbone
 from .classifier import HEADS, Classifier, create_classifier
 from .heads import EBVHead, FCHead, FixedRandomHead, FrozenVectorHead, random_unit_vectors
+from . import mindcv_zoo  # noqa: F401 - registers ebv_resnet50 / ebv_swin_tiny with mindcv
 
 __all__ = ["BACKBONES", "HEADS", "SmallCNN", "create_backbone", "Classifier",
            "create_classifier", "EBVHead", "FCHead",

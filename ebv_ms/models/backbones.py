@@ -145,9 +145,7 @@ def is_backbone(name: str) -> bool:
 
 
 def _mindcv():
-    """mindcv's ``models`` package, with the EBV models registered in it (mindcv_zoo)."""
     import mindcv.models
-    from . import mindcv_zoo  # noqa: F401 - registers ebv_resnet50 / ebv_swin_tiny on first use
     return mindcv.models
 
 
