@@ -3,7 +3,7 @@
 
     flock /tmp/ebv_heavy.lock python benchmarks/ebv_memory.py [--before-tree DIR] [--classes 100000]
 
-Makes the set once (``python -m ebv_ms.engine.ebv_source``), times ``load_ebv`` of the cached file
+Makes the set once (``python -m ebv_ms.tools.make_ebv``), times ``load_ebv`` of the cached file
 in a fresh process, then runs ``train.py --config configs/10w_classes.yaml`` on CPU (one rank) with the small backbone,
 32 px images and a tiny list-file zip whose labels reach ``--classes - 1`` (so the model has
 100,000 classes and the EBV set is 100,000 x 5,000 = 2.0 GB, the padded Kerdock closed form),
@@ -93,7 +93,7 @@ def measure(tree: str, work: str, archive: str, classes: int) -> dict:
               f"ebv.cache_dir={os.path.join(work, 'ebv_cache')}"]
     config = os.path.join(tree, "configs", "10w_classes.yaml")
     # the set is made once (as by a first job), so train.py and eval.py load it from the cache
-    gen = run([sys.executable, "-m", "ebv_ms.engine.ebv_source", "--config", config, *common],
+    gen = run([sys.executable, "-m", "ebv_ms.tools.make_ebv", "--config", config, *common],
               tree, work)
     (cached,) = [os.path.join(work, "ebv_cache", f) for f in os.listdir(os.path.join(work, "ebv_cache"))
                  if f.endswith(".npz")]

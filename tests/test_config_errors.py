@@ -282,17 +282,16 @@ def test_resume_from_damaged_or_crafted_metadata(capsys, tmp_path, demo_zip, met
 def test_every_command_line_reports_one_line(capsys, tmp_path):
     from ebv_ms.tools import generate, inspect, params
     from ebv_ms.tools import inspect_data as data_inspect
-    from ebv_ms.engine import distributed, ebv_source
+    from ebv_ms.tools import make_ebv
     _fails(capsys, generate.main, ["-n", "10", "-d", "4", "--alpha", "0.1", "--out",
                                    str(tmp_path / "e.npy")], "generate: error:", "Welch bound")
     (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
     _fails(capsys, inspect.main, [str(tmp_path / "bad.npy")], "inspect: error:", "bad.npy")
     _fails(capsys, data_inspect.main, [str(tmp_path / "none.zip")], "data.inspect: error:")
     _fails(capsys, data_inspect.main, [str(tmp_path), "--set", "recipe=A9"], "'data.recipe'")
-    _fails(capsys, ebv_source.main, ["--config", str(tmp_path)], "ebv_source: error:", "folder")
+    _fails(capsys, make_ebv.main, ["--config", str(tmp_path)], "make_ebv: error:", "folder")
     _fails(capsys, params.main, ["--config", DEMO, "model.backbone=bogus"], "params: error:",
            "'model.backbone'")
-    _fails(capsys, distributed._main, ["output-dir", DEMO, "model.tau=0"], "'model.tau'")
 
 
 def test_debug_prints_the_traceback(capsys):

@@ -4,7 +4,7 @@ Why the dynamic cluster even under mpirun: MindSpore's MPI-only ``init()`` does 
 while the dynamic cluster (one scheduler process plus N workers that find it through
 ``MS_SCHED_HOST``/``MS_SCHED_PORT``) works on CPU, GPU and Ascend alike. So
 ``scripts/run_distribute_gpu.sh`` uses mpirun only to start and stop the workers; it starts the
-scheduler beside them (``python -m ebv_ms.engine.distributed scheduler``) and a small wrapper
+scheduler beside them (``python -m ebv_ms.tools.scheduler``) and a small wrapper
 maps ``OMPI_COMM_WORLD_RANK`` to ``MS_NODE_ID``. ``msrun`` sets the same variables itself.
 
 What a training or evaluation script calls (in this order):
@@ -19,7 +19,6 @@ returns (the process serves the cluster and exits), which is why it must come be
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -210,38 +209,3 @@ def check_same_start(resume, rank: int, world_size: int) -> None:
             f"rank {k} sees {said(row)}" for k, row in enumerate(per_rank)) +
         f" (rank {rank} read {where}). Every rank must see the same OUTPUT_DIR/last.ckpt: put "
         "output_dir on a folder all hosts share, or copy the run folder to every host")
-
-
-def _main(argv=None) -> int:
-    """``scheduler``: the scheduler process started beside the mpirun workers.
-    ``output-dir CONFIG [key=value ...]``: validate a config and print its output_dir (the launch
-    scripts use it to place the per-rank logs before starting anything)."""
-    parser = argparse.ArgumentParser(prog="python -m ebv_ms.engine.distributed")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_s = sub.add_parser("scheduler", help="run the dynamic-cluster scheduler (MS_ROLE=MS_SCHED)")
-    p_s.add_argument("--device", default="CPU", help="CPU | GPU | Ascend")
-    p_o = sub.add_parser("output-dir", help="validate CONFIG + overrides, print output_dir")
-    p_o.add_argument("config")
-    p_o.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    if args.cmd == "output-dir":
-        from ebv_ms.config import load_config
-        from ebv_ms.errors import run_cli
-
-        def body() -> int:
-            print(load_config(args.config, args.overrides).output_dir)  # every key checked
-            return 0
-
-        return run_cli("config", body)
-    if os.environ.get(ROLE_ENV) != SCHED_ROLE:
-        print("error: set MS_ROLE=MS_SCHED, MS_WORKER_NUM, MS_SCHED_HOST and MS_SCHED_PORT "
-              "(scripts/run_distribute_gpu.sh does this)", file=sys.stderr)
-        return 2
-    from mindspore.communication import init
-    set_device(args.device)  # as under msrun, whose scheduler runs the training script
-    init()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -281,32 +281,3 @@ def run_ebv_file(folder: str, ebv: EBVSet) -> str:
         pending.join()
     _write_run_file(ebv, target)  # nothing to do when the file is there
     return os.path.basename(target)
-
-
-def main(argv=None) -> int:
-    """``python -m ebv_ms.engine.ebv_source --config X [key=value ...]``: make/cache the EBV set."""
-    import argparse
-    from ebv_ms.config import load_config
-    from ebv_ms.errors import run_cli
-    ap = argparse.ArgumentParser(prog="python -m ebv_ms.engine.ebv_source",
-                                 description="generate (once) the EBV set a config trains with")
-    ap.add_argument("--config", "-c", required=True)
-    ap.add_argument("--debug", action="store_true", help="print the traceback of an error too")
-    ap.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-
-    def body() -> int:
-        cfg = load_config(args.config, args.overrides)
-        ebv = resolve_ebv(cfg)
-        if ebv is None:
-            print(f"model.head={cfg.model.head}: no EBV set needed")
-        else:
-            print(f"EBV set ready: {ebv!r} ({cfg.ebv.path or ebv_cache_path(cfg)})")
-        return 0
-
-    return run_cli("ebv_source", body, debug=args.debug)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

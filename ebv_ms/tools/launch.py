@@ -450,8 +450,7 @@ def mpirun_command(launch: Launch, num: int, hostfile: Optional[str], log_dir: s
 def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
                cmd: List[str]) -> int:
     env = cluster_env(launch, num, hostfile)
-    sched_cmd = [launch.python, "-m", "ebv_ms.engine.distributed", "scheduler", "--device",
-                 launch.device]
+    sched_cmd = [launch.python, "-m", "ebv_ms.tools.scheduler", "--device", launch.device]
     mpi_cmd = mpirun_command(launch, num, hostfile, log_dir, cmd, env)
     head = (f"{num} ranks on {launch.device}, scheduler {env['MS_SCHED_HOST']}:"
             f"{env['MS_SCHED_PORT']}, logs in {log_dir}")
@@ -847,7 +846,7 @@ def launch_quick_start(launch: Launch) -> int:
     else:
         say(f"[1/4] data: {data}")
     ckpt = os.path.join(out, "best.ckpt")
-    steps += [("[2/4] EBV set", [py, "-m", "ebv_ms.engine.ebv_source", "--config", config, *ovr]),
+    steps += [("[2/4] EBV set", [py, "-m", "ebv_ms.tools.make_ebv", "--config", config, *ovr]),
               (f"[3/4] training -> {out}", [py, "train.py", "--config", config, "--resume", *ovr]),
               ("[4/4] evaluating the best checkpoint",
                [py, "eval.py", "--ckpt", ckpt, "--json", os.path.join(out, "eval.json"),
