@@ -1,13 +1,11 @@
 """Classification heads: the frozen EBV head, fixed random class vectors, and a learned FC.
 
-All heads map an embedding (B, d) to logits (B, N). The fixed heads keep their N x d matrix as
-ONE non-trainable ``Parameter`` (``requires_grad=False``): it is saved by ``ms.save_checkpoint``
-(so a checkpoint alone evaluates correctly), it is not in ``trainable_params()`` (so no optimizer
-sees it and no gradient is computed for it), and it is used through ``MatMul(transpose_b=True)``
-so no transposed copy is made per step. The fixed heads also refuse mixed-precision cast flags
-(``auto_mixed_precision`` O1/O2/O3/auto, ``Cell.to_float``): under amp the embedding arrives in
-fp16/bf16 and the head casts *it* to fp32, normalises and divides by tau in fp32; the matrix
-itself is never cast (a 100k x 5000 matrix would otherwise be copied every step).
+All map an embedding (B, d) to logits (B, N). A fixed head keeps its N x d matrix as ONE
+non-trainable ``Parameter``: no optimizer sees it, no gradient is computed for it, and it is used
+through ``MatMul(transpose_b=True)`` (no transposed copy per step). ``engine.checkpoint`` stores
+the EBV matrix once, beside the weights, with the set's identity. Under mixed precision the
+embedding is cast to fp32 and the head computes in fp32; the matrix itself is never cast (a
+100k x 5000 matrix would be copied every step).
 """
 from __future__ import annotations
 
@@ -22,43 +20,42 @@ from mindspore.common.initializer import initializer
 from .. import config
 from ..ebv.ebvset import matrix_checksum
 
-__all__ = ["FrozenVectorHead", "EBVHead", "ScaledL2Normalize", "FixedRandomHead", "FCHead", "random_unit_vectors",
-           "matrix_checksum", "STORAGE_DTYPES"]
-
-STORAGE_DTYPES = {name: getattr(np, name) for name in config.STORAGE_DTYPES}
+__all__ = ["FrozenVectorHead", "EBVHead", "ScaledL2Normalize", "FixedRandomHead", "FCHead",
+           "random_unit_vectors"]
 
 
 def random_unit_vectors(num_classes: int, dim: int, seed: int = 0) -> np.ndarray:
     """N x d Gaussian vectors with unit rows (the fixed-random baseline's class vectors)."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((num_classes, dim), dtype=np.float32)
+    w = np.random.default_rng(seed).standard_normal((num_classes, dim), dtype=np.float32)
     w /= np.linalg.norm(w, axis=1, keepdims=True)
     return w
 
 
-class ScaledL2Normalize(nn.Cell):
-    """y = scale * v / ||v|| row-wise (fp32 in, fp32 out), with a hand-written backward.
+class _Fp32Cell(nn.Cell):
+    """A cell amp cannot cast: it stays marked fp32 if ``keep_fp32`` (amp O2/O3/auto call
+    ``to_float(fp16)`` on every sub-cell; O1 skips cells whose precision is set), else unmarked.
+    (Not named ``fp32``: ``add_flags`` stores every flag as an attribute of the same name.)"""
 
-    The scale (1/tau, or S) is applied to the (B, 1) norm factor, not to the (B, N) logits, and
-    the backward is dv = scale / ||v|| * (dy - u <dy, u>) with u = v / ||v||: 5 kernels instead of
-    autodiff's ~10. On CPU these small kernels, not the matmul, dominate the head's extra cost
-    at N = d = 1000. Zero rows map to zero.
+    keep_fp32 = True
+
+    def add_flags_recursive(self, **flags):
+        if any(key in flags for key in ("fp16", "bf16", "fp32")):
+            flags.update(fp16=False, bf16=False, fp32=self.keep_fp32)
+        return super().add_flags_recursive(**flags)
+
+
+class ScaledL2Normalize(_Fp32Cell):
+    """y = scale * v / ||v|| row-wise, fp32, with a hand-written backward.
+
+    dv = scale / ||v|| * (dy - u <dy, u>), u = v / ||v||: 5 kernels instead of autodiff's ~10; on
+    CPU these small kernels, not the matmul, dominate the head's cost at N = d = 1000. The scale
+    goes on the (B, 1) norm factor, not the (B, N) logits. Zero rows map to zero.
     """
-
-    # A class attribute, not a module global: amp O1 (MindSpore's rewrite) regenerates this
-    # class's methods in a new module that has none of heads.py's globals.
-    amp_flags = ("fp16", "bf16", "fp32")
 
     def __init__(self, scale: float = 1.0):
         super().__init__()
         self.scale = float(scale)
         self.to_float(ms.float32)
-
-    def add_flags_recursive(self, **flags):
-        # always fp32 (amp O2 calls to_float(fp16) on every sub-cell it walks)
-        if any(key in flags for key in self.amp_flags):
-            flags.update(fp16=False, bf16=False, fp32=True)
-        return super().add_flags_recursive(**flags)
 
     def construct(self, v):
         return v * (ops.rsqrt(ops.sum(v * v, -1, keepdim=True) + 1e-24) * self.scale)
@@ -70,62 +67,50 @@ class ScaledL2Normalize(nn.Cell):
 
 
 def _shared_parameter(data: np.ndarray, name: str) -> Parameter:
-    """A frozen Parameter over ``data``'s own buffer (no copy; ``data`` must stay unchanged).
+    """A frozen Parameter over ``data``'s own buffer (``data`` must stay unchanged).
 
-    ``Parameter(Tensor.from_numpy(data))`` copies (Parameter copies any Tensor still referenced
-    elsewhere): measured +381 MB for a 20,000 x 5,000 float32 matrix, i.e. a second 2 GB at
-    100k x 5000. A lazily initialised Parameter (no allocation) given the data by ``set_data``
-    keeps the buffer: +0 MB, and a GRAPH-mode forward on CPU adds no copy either (+19 MB).
+    ``Parameter(Tensor.from_numpy(data))`` copies: measured +381 MB at 20,000 x 5,000 float32. A
+    lazily initialised Parameter given the data by ``set_data`` keeps the buffer: +0 MB, and a
+    GRAPH-mode forward on CPU adds no copy either (+19 MB).
     """
-    tensor = Tensor.from_numpy(data)  # shares the buffer
+    tensor = Tensor.from_numpy(data)
     p = Parameter(initializer("zeros", tensor.shape, tensor.dtype), name=name, requires_grad=False)
     return p.set_data(tensor)
 
 
-class FrozenVectorHead(nn.Cell):
+class FrozenVectorHead(_Fp32Cell):
     """Base of heads with a fixed N x d class-vector matrix ``self.<param_name>``.
 
-    ``storage_dtype`` "float16" halves the matrix (2 GB -> 1 GB at 100k x 5000), but MatMul's
-    output type is its input type: the logits leave the matmul rounded to fp16 (up to 2^-11 x
-    the largest logit), then are cast to fp32. On CPU, training also casts the whole matrix to
-    fp32 in the backend (measured: +354 MB peak vs +54 MB for fp32 storage at 20,000 x 2,000,
-    ``benchmarks/fp16_storage.py --train-memory``), so there it costs memory instead of saving
-    it. docs/models.md has the measured logit error.
+    ``storage_dtype`` "float16" halves the matrix (2 GB -> 1 GB at 100k x 5000), but the logits
+    leave the matmul rounded to fp16 (up to 2^-11 x the largest logit). On CPU, training casts the
+    whole matrix to fp32 in the backend (measured: +354 MB peak vs +54 MB for fp32 storage at
+    20,000 x 2,000, ``benchmarks/fp16_storage.py --train-memory``). docs/models.md has the error.
+    An fp16-stored head carries no amp flag and handles dtypes itself in construct.
     """
 
     param_name = "vectors"
-    amp_flags = ScaledL2Normalize.amp_flags
 
-    def __init__(self, vectors: np.ndarray, storage_dtype: str = "float32",
-                 checksum: Optional[str] = None):
+    def __init__(self, vectors: np.ndarray, storage_dtype: str = "float32"):
         super().__init__()
-        if storage_dtype not in STORAGE_DTYPES:
-            raise ValueError(f"ebv_dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}")
+        if storage_dtype not in config.STORAGE_DTYPES:
+            raise ValueError(f"ebv_dtype must be one of {sorted(config.STORAGE_DTYPES)}, "
+                             f"got {storage_dtype!r}")
         vectors = np.asarray(vectors)
         if vectors.ndim != 2:
             raise ValueError(f"class-vector matrix must be 2-D (N x d), got shape {vectors.shape}")
         self.num_classes, self.dim = int(vectors.shape[0]), int(vectors.shape[1])
         self.storage_dtype = storage_dtype
-        self.low_precision_storage = storage_dtype != "float32"
-        self.checksum = checksum or matrix_checksum(vectors)
-        data = np.ascontiguousarray(vectors, dtype=STORAGE_DTYPES[storage_dtype])
+        self.keep_fp32 = storage_dtype == "float32"
+        self.low_precision_storage = not self.keep_fp32
+        data = np.ascontiguousarray(vectors, dtype=np.dtype(storage_dtype))
         setattr(self, self.param_name, _shared_parameter(data, self.param_name))
         self.matmul_nt = ops.MatMul(transpose_b=True)
-        if not self.low_precision_storage:
+        if self.keep_fp32:
             self.to_float(ms.float32)
 
     @property
     def matrix(self) -> Parameter:
         return getattr(self, self.param_name)
-
-    def add_flags_recursive(self, **flags):
-        # Mixed precision must not cast the frozen matrix (a copy per step) nor compute the
-        # logits in fp16: an fp32-stored head stays marked fp32 (amp O2/O3 and "auto" keep it
-        # fp32, O1 skips cells whose precision is set), an fp16-stored head carries no flag
-        # and handles dtypes itself in construct.
-        if any(key in flags for key in self.amp_flags):
-            flags.update(fp16=False, bf16=False, fp32=not self.low_precision_storage)
-        return super().add_flags_recursive(**flags)
 
     def _dot(self, v32):
         """v32 (B, d) float32 @ W^T -> (B, N) float32, without casting or copying W."""
@@ -140,11 +125,9 @@ class FrozenVectorHead(nn.Cell):
 
 
 class EBVHead(FrozenVectorHead):
-    """logits_k = cos(v, w_k) / tau over the fixed EBVs w_k (rows of ``ebv``, unit norm).
+    """logits_k = cos(v, w_k) / tau over the fixed unit EBVs w_k (rows of ``ebv``).
 
-    Prediction (argmax of the logits) is the nearest EBV by cosine. Normalisation, the matmul
-    (with fp32 storage) and the 1/tau scaling are fp32: at tau=0.007 the logits reach +-143 and
-    fp16 would keep only ~3 significant digits of them.
+    fp32 throughout: at tau=0.007 the logits reach +-143 and fp16 keeps ~3 significant digits.
     """
 
     param_name = "ebv"
@@ -153,11 +136,11 @@ class EBVHead(FrozenVectorHead):
         vectors = ebv.vectors if hasattr(ebv, "vectors") else np.asarray(ebv, dtype=np.float32)
         if not tau or tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
+        super().__init__(vectors, storage_dtype)
         # an EBVSet's checksum is cached: hashing 2 GB again here would cost 1-2 s
-        super().__init__(vectors, storage_dtype,
-                         checksum=ebv.checksum() if hasattr(ebv, "checksum") else None)
+        self.checksum = ebv.checksum() if hasattr(ebv, "checksum") else matrix_checksum(vectors)
         self.tau = float(tau)
-        self.normalize = ScaledL2Normalize(1.0 / float(tau))
+        self.normalize = ScaledL2Normalize(1.0 / self.tau)
         if self.low_precision_storage and self.tau < 0.05:
             logging.getLogger(__name__).warning(
                 "model.ebv_dtype=%s at tau %g: the logits (up to %.0f) come out of the matmul "
@@ -174,11 +157,8 @@ class EBVHead(FrozenVectorHead):
 
 
 class FixedRandomHead(FrozenVectorHead):
-    """Fixed random unit class vectors (Yang et al., "Redesigning the classification layer by
-    randomizing the class representation vectors", WACV 2022).
-
-    mode "dot": logits = S * <v, w_k>; mode "cos": logits = S * cos(v, w_k).
-    """
+    """Fixed random unit class vectors (Yang et al., WACV 2022): mode "dot": S * <v, w_k>;
+    mode "cos": S * cos(v, w_k)."""
 
     param_name = "class_vectors"
 
@@ -187,10 +167,7 @@ class FixedRandomHead(FrozenVectorHead):
         if mode not in ("dot", "cos"):
             raise ValueError(f"fixed random head mode must be 'dot' or 'cos', got {mode!r}")
         super().__init__(random_unit_vectors(num_classes, dim, seed), storage_dtype)
-        self.mode = mode
-        self.cosine = mode == "cos"
-        self.scale = float(scale)
-        self.seed = seed
+        self.mode, self.cosine, self.scale = mode, mode == "cos", float(scale)
         self.normalize = ScaledL2Normalize(self.scale)
 
     def construct(self, v):
@@ -209,10 +186,6 @@ class FCHead(nn.Cell):
     def __init__(self, in_features: int, num_classes: int, dense: Optional[nn.Dense] = None):
         super().__init__()
         self.fc = dense if dense is not None else nn.Dense(in_features, num_classes)
-        self.num_classes = num_classes
 
     def construct(self, x):
         return self.fc(x)
-
-    def predict(self, x):
-        return ops.cast(ops.argmax(self(x), dim=-1), ms.int32)
