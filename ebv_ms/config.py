@@ -181,6 +181,19 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("warmup_cosine", "constant")
 AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
 LOSS_SCALES = ("auto", "dynamic", "static", "none")
+# Backbones: the documented and tested ones; ours (no pretrained weights) and their aliases;
+# any other mindcv model with a ``classifier`` Dense works too (``is_backbone``).
+BACKBONES = ("resnet50", "swin_tiny", "small_cnn", "small_mlp")
+OWN_BACKBONES = ("small_cnn", "small_mlp")
+BACKBONE_ALIASES = {"tiny_cnn": "small_cnn"}
+
+
+def is_backbone(name: str) -> bool:
+    """Ours (or an alias) or a model in mindcv's registry (mindcv is imported on this call)."""
+    if BACKBONE_ALIASES.get(name, name) in OWN_BACKBONES:
+        return True
+    from mindcv.models.registry import is_model
+    return bool(is_model(name))
 
 
 _k = Key
@@ -590,7 +603,7 @@ def _cross_checks(c: Mapping) -> list:
     if c["scheduler"]["min_lr"] > c["optim"]["lr"]:
         out.append(("scheduler.min_lr", f"must be <= optim.lr ({c['optim']['lr']}), got "
                                         f"{c['scheduler']['min_lr']}"))
-    if m["pretrained"] is True and m["backbone"] in ("small_cnn", "tiny_cnn", "small_mlp"):
+    if m["pretrained"] is True and BACKBONE_ALIASES.get(m["backbone"], m["backbone"]) in OWN_BACKBONES:
         out.append(("model.pretrained", f"{m['backbone']} has no pretrained weights; set it to "
                                         "false"))
     e = c["ebv"]
@@ -607,11 +620,6 @@ def _cross_checks(c: Mapping) -> list:
                                          f"exists; use ebv.alpha >= {wb:.5f} or a larger "
                                          "model.embed_dim"))
     return out
-
-
-def _known_backbone(name: str) -> bool:
-    from ebv_ms.models.backbones import is_backbone
-    return is_backbone(name)
 
 
 def _unknown(cfg: Mapping, schema: Mapping, bad, prefix: str = "") -> None:
@@ -657,8 +665,7 @@ def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Confi
             bad(key, str(exc), spec.hint)
     if not problems:
         backbone = out["model"]["backbone"]
-        if not _known_backbone(backbone):
-            from ebv_ms.models.backbones import BACKBONES
+        if not is_backbone(backbone):
             bad("model.backbone", f"{backbone!r} is neither one of {', '.join(BACKBONES)} nor a "
                                   "mindcv model name (mindcv.models.list_models())")
         for key, msg in _cross_checks(out):

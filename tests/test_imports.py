@@ -12,8 +12,8 @@ PKG = ROOT / "ebv_ms"
 # package's __init__) holds only __version__ and imports nothing (test below), so it is layer 0.
 LAYERS = [
     ("", "errors", "atomic", "progress", "device"),  # __version__; errors; atomic writes; progress; set_device
-    ("config",),                     # YAML -> one validated config
-    ("ebv",),                        # the EBV set: identity, metrics, files
+    ("ebv",),                        # the EBV set: identity, metrics, files (numpy only)
+    ("config",),                     # YAML -> one validated config (reads ebv's Welch bound)
     ("generation",),                 # making sets
     ("data",),                       # datasets -> batches
     ("models",),                     # backbones, heads, classifier
@@ -24,15 +24,9 @@ LAYERS = [
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
-# Violations still in the code when this test was written (issue 21), each named:
-# (importer, imported) -> why it is allowed for now. Remove an entry when its fix lands (the last
-# test warns when one has gone); any other violation fails.
-ALLOWED = {
-    # config validates model.backbone against mindcv's registry and alpha against the Welch
-    # bound by importing the modules that own them (config would need those values passed in)
-    ("ebv_ms.config", "ebv_ms.models.backbones"): "config -> models: backbone names",
-    ("ebv_ms.config", "ebv_ms.ebv.metrics"): "config -> ebv: welch_bound",
-}
+# Violations allowed for now, each named: (importer, imported) -> why. None are left (issue 21
+# fixed the last three); the last test warns when an entry's import has gone.
+ALLOWED = {}
 
 
 def _module(path: Path) -> str:

@@ -14,13 +14,11 @@ from typing import Optional, Tuple, Union
 import mindspore as ms
 from mindspore import nn, ops
 
+from ..config import BACKBONE_ALIASES, BACKBONES, is_backbone
 from ..errors import ModelError
 
 __all__ = ["SmallCNN", "SmallMLP", "create_backbone", "is_backbone", "BACKBONES"]
 
-# The ones we document and test; any other mindcv model with a ``classifier`` Dense works too.
-BACKBONES = ("resnet50", "swin_tiny", "small_cnn", "small_mlp")
-_ALIASES = {"tiny_cnn": "small_cnn"}
 
 
 class SmallCNN(nn.Cell):
@@ -138,12 +136,6 @@ def _check_own_kwargs(name: str, in_channels: int, kwargs: dict) -> None:
                          f"machine has {ram / 2**30:,.1f} GiB: use smaller widths")
 
 
-def is_backbone(name: str) -> bool:
-    """Whether ``create_backbone`` knows ``name`` (ours, an alias, or a mindcv model)."""
-    name = _ALIASES.get(name, name)
-    return name in _OWN or bool(_mindcv().registry.is_model(name))
-
-
 def _mindcv():
     import mindcv.models
     return mindcv.models
@@ -157,7 +149,7 @@ def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = Fals
     ``pretrained=True`` asks mindcv to download ImageNet weights (needs internet);
     ``checkpoint_path`` (or ``pretrained="/path.ckpt"``) loads local weights instead.
     """
-    name = _ALIASES.get(name, name)
+    name = BACKBONE_ALIASES.get(name, name)
     if isinstance(pretrained, str):
         checkpoint_path, pretrained = pretrained, False
     if name in _OWN:
