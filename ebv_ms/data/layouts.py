@@ -1,27 +1,10 @@
-"""Which entries of an archive or a dataset folder are the samples of each split, and their labels.
+"""Which files of an archive or a dataset folder are each split's samples, and their labels.
 
-One implementation per layout, whatever holds the files: `folder_layout` (entry names, as an
-archive lists them or `_walk` lists a folder) and `list_layout` (list texts and a ``lookup`` of
-listed paths), each giving a `Layout` (class names, and per split the member numbers and
-labels). The drivers only say where names and bytes come from: `detect_layout` for an archive
-(zip index names, members read in place), `disk_layout` for a folder (a ``FileReader``).
-
-Recognised layouts (``data.layout: auto`` tries lists first, then folders):
-
-- ``folders``: ``[top/]<split>/<class>/<image>``, split folders named ``train``/``training`` and
-  ``val``/``validation``/``valid``/``test`` (``test`` also answers ``val`` when there is no
-  ``val``). Class indices: the sorted union of the class folder names of all splits (the
-  ``ImageFolder`` convention), so train and val agree.
-- ``lists``: image files plus list files inside the archive (``.txt``/``.csv``/``.tsv``/``.lst``
-  whose name contains the split's name): one sample per line, a relative path and an integer
-  label (comma, tab or space separated, optional header). Paths are resolved relative to the
-  list's folder, the archive root or the top folder, whichever matches. Class indices are the
-  list's labels; ``num_classes`` = largest label + 1.
-
-YAML keys override detection: ``data.layout``, ``data.root`` (top folder inside the archive),
-``data.split_dirs`` ({split: folder}), ``data.split_lists`` ({split: list file}),
-``data.list_columns`` ([path column, label column], by index or header name),
-``data.list_delimiter``.
+One implementation per layout, whatever holds the files: `folder_layout` (class folders,
+``[top/]<split>/<class>/<image>``) and `list_layout` (list files of path and label), each giving
+a `Layout`. The drivers only say where names and bytes come from: `detect_layout` for an archive
+(``data.layout: auto`` tries lists first, then folders), `disk_layout` for a folder. The rules
+and the YAML keys that override detection: docs/data.md, "Layouts recognised".
 """
 from __future__ import annotations
 
@@ -32,6 +15,7 @@ import posixpath
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -43,12 +27,13 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 LIST_EXTENSIONS = (".txt", ".csv", ".tsv", ".lst")
 SPLIT_ALIASES: Dict[str, Tuple[str, ...]] = {
-    "train": ("train", "training"),
-    "val": ("val", "validation", "valid", "test"),
-    "test": ("test",),
-}
+    "train": ("train", "training"), "val": ("val", "validation", "valid", "test"), "test": ("test",)}
+# words in a list file's name that make it a split's list ("test" is val's only without a val)
+_LIST_WORDS = {"train": {"train", "training"}, "val": {"val", "validation", "valid"}, "test": {"test"}}
 _PATH_COLUMNS = ("image_id", "image", "path", "file", "filename", "file_name", "img", "name")
 _LABEL_COLUMNS = ("label", "class", "target", "class_id", "label_id", "category")
+MAX_LABELS = 1 << 22  # 4,194,304 classes: labels at or above this are refused as corrupt
+_ASCII_INT = re.compile(r"\s*[-+]?[0-9]+\s*")
 
 
 class LayoutError(EBVMSError, ValueError):
@@ -100,99 +85,84 @@ def is_image(name: str) -> bool:
 
 # ----------------------------------------------------------------------------------------- folders
 def folder_layout(names: Sequence[str], image_ids: np.ndarray, root: Optional[str],
-                    split_dirs: Mapping[str, str],
-                    class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
-    """Group images by (prefix, split folder, class folder).
-
-    A class folder without images (a directory entry, or only non-image files) keeps its
-    place in the class list, with a warning, so later class indices do not shift.
-    ``class_names`` (e.g. a resumed run's classes.json) fixes the class list and order.
-    """
-    wanted: Dict[str, str] = {}  # folder path inside the archive -> split name
-    for split, folder in split_dirs.items():
-        wanted[str(folder).strip("/")] = str(split)
-
-    def split_dir_of(parts: List[str]) -> Optional[str]:
-        if len(parts) < 3:
-            return None
-        split_dir = "/".join(parts[:-2])
-        if wanted:
-            if split_dir not in wanted:
-                return None
-        elif parts[-3].lower() not in SPLIT_ALIASES["train"] + SPLIT_ALIASES["val"]:
-            return None
-        if root is not None and posixpath.dirname(split_dir) != root.strip("/"):
-            return None
-        return split_dir
-
-    groups: Dict[Tuple[str, str], List[int]] = defaultdict(list)  # (split dir path, class) -> ids
-    for m in image_ids.tolist():
-        split_dir = split_dir_of(names[m].split("/"))
-        if split_dir is not None:
-            groups[(split_dir, names[m].split("/")[-2])].append(m)
-    if not groups:
-        return None
-    folders = set()  # (split dir, class) of every class folder, with images or not
+                  split_dirs: Mapping[str, str],
+                  class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
+    """Group images by (split folder, class folder). A class folder without images keeps its place
+    in the class list, with a warning, so later class indices do not shift; ``class_names`` (e.g.
+    a resumed run's classes.json) fixes the class list and order."""
+    wanted = {str(folder).strip("/"): str(split) for split, folder in split_dirs.items()}
+    aliases = SPLIT_ALIASES["train"] + SPLIT_ALIASES["val"]
     is_img = np.zeros(len(names), bool)
     is_img[image_ids] = True
+    groups: Dict[Tuple[str, str], List[int]] = defaultdict(list)  # (split dir, class) -> ids
+    folders = set()  # (split dir, class) of every class folder, with images or not
     for m, name in enumerate(names):
-        if not is_img[m] and not name.startswith("__MACOSX/"):
-            parts = name.split("/")
-            split_dir = split_dir_of(parts)
-            if split_dir is not None and parts[-2] and not parts[-2].startswith("."):
-                folders.add((split_dir, parts[-2]))
+        parts = name.split("/")
+        if len(parts) < 3:
+            continue
+        d = "/".join(parts[:-2])
+        if (d not in wanted) if wanted else (parts[-3].lower() not in aliases):
+            continue
+        if root is not None and posixpath.dirname(d) != root.strip("/"):
+            continue
+        if is_img[m]:
+            groups[(d, parts[-2])].append(m)
+        elif not name.startswith("__MACOSX/") and parts[-2] and not parts[-2].startswith("."):
+            folders.add((d, parts[-2]))
+    if not groups:
+        return None
+    prefix = None
     if wanted:
-        prefix = None
+        split_of = {d: wanted[d] for d, _ in groups}
     else:  # several candidate tops (e.g. a stray copy): keep the one holding most images
         per_prefix = Counter()
-        for (split_dir, _), ids in groups.items():
-            per_prefix[posixpath.dirname(split_dir)] += len(ids)
+        for (d, _), ids in groups.items():
+            per_prefix[posixpath.dirname(d)] += len(ids)
         prefix = per_prefix.most_common(1)[0][0]
-    split_of: Dict[str, str] = {}
-    for (split_dir, _) in groups:
-        if wanted:
-            split_of[split_dir] = wanted[split_dir]
-        elif posixpath.dirname(split_dir) == prefix:
-            split_of[split_dir] = posixpath.basename(split_dir)
+        split_of = {d: posixpath.basename(d) for d, _ in groups if posixpath.dirname(d) == prefix}
     found = {c for (d, c) in set(groups) | folders if d in split_of}
-    if class_names is not None:
+    if class_names is None:
+        class_names = sorted(found)
+    else:
         unknown = sorted(found - set(class_names))
         if unknown:
             raise LayoutError(f"the data has class folders that are not in the expected class list "
                               f"({len(unknown)}, e.g. {unknown[:5]}): the dataset changed since the "
                               f"class list (classes.json) was saved")
         class_names = list(class_names)
-    else:
-        class_names = sorted(found)
     class_index = {c: i for i, c in enumerate(class_names)}
     splits: Dict[str, SplitSamples] = {}
-    for split_dir, folder in sorted(split_of.items()):
-        mem: List[np.ndarray] = []
-        lab: List[np.ndarray] = []
-        for c in sorted(c for (d, c) in groups if d == split_dir):
-            ids = sorted(groups[(split_dir, c)], key=lambda m: names[m])
-            mem.append(np.asarray(ids, np.int64))
-            lab.append(np.full(len(ids), class_index[c], np.int32))
+    per_split: Dict[str, set] = defaultdict(set)
+    for d, c in groups:
+        if d in split_of:
+            per_split[d].add(c)
+    for d, folder in sorted(split_of.items()):
+        classes = sorted(per_split[d])
+        ids = [sorted(groups[(d, c)], key=lambda m: names[m]) for c in classes]
+        labels = np.repeat(np.array([class_index[c] for c in classes], np.int32), [len(i) for i in ids])
         key = folder if wanted else _split_key(folder, split_of.values())
-        splits[key] = SplitSamples(np.concatenate(mem), np.concatenate(lab), f"folder {split_dir}/",
-                                   split_dir + "/")
-        empty = sorted(c for (d, c) in folders if d == split_dir and (d, c) not in groups)
+        splits[key] = SplitSamples(np.fromiter(chain.from_iterable(ids), np.int64), labels,
+                                   f"folder {d}/", d + "/")
+        empty = sorted(c for (e, c) in folders if e == d and (e, c) not in groups)
         if empty:
             logger.warning("%d class folder(s) in %s/ have no images, e.g. %s: they keep their "
                            "class index (%s) and get no samples in this split", len(empty),
-                           split_dir, empty[:5], ", ".join(str(class_index[c]) for c in empty[:5]))
-    if class_names is not None:
-        missing = [c for c in class_names if not any((d, c) in groups for d in split_of)]
-        if missing and len(missing) < len(class_names):
-            logger.warning("%d class(es) have no images in any split, e.g. %s (kept, with their "
-                           "index, so the other classes keep theirs)", len(missing), missing[:5])
-    _warn_class_mismatch(splits, groups, split_of)
+                           d, empty[:5], ", ".join(str(class_index[c]) for c in empty[:5]))
+    missing = [c for c in class_names if not any((d, c) in groups for d in split_of)]
+    if missing and len(missing) < len(class_names):
+        logger.warning("%d class(es) have no images in any split, e.g. %s (kept, with their "
+                       "index, so the other classes keep theirs)", len(missing), missing[:5])
+    sets = list(per_split.values())
+    if any(s != sets[0] for s in sets[1:]):
+        sizes = ", ".join(f"{d}: {len(s)}" for d, s in per_split.items())
+        logger.warning("splits have different class folders (%s); class indices come from their "
+                       "sorted union", sizes)
     return Layout("folders", class_names, splits, root=prefix or "")
 
 
 def _bad_component(name: str) -> str:
-    """'' or what makes a member name ambiguous as a path: a '..', '.' or empty component,
-    or a backslash (a Windows separator: 'a\\b' is one name here, two folders there)."""
+    """What makes a member name ambiguous as a path ('' if nothing): a '..', '.' or empty
+    component, or a backslash (a Windows separator: 'a\\b' is one name here, two folders there)."""
     for part in name.split("/"):
         if part in ("..", "."):
             return f"a {part!r} path component"
@@ -207,36 +177,17 @@ def _split_key(folder: str, all_folders) -> str:
         return "train"
     if f == "test" and any(x.lower() in ("val", "validation", "valid") for x in all_folders):
         return "test"
-    if f in SPLIT_ALIASES["val"]:
-        return "val"
-    return folder
-
-
-def _warn_class_mismatch(splits, groups, split_of) -> None:
-    per_split = defaultdict(set)
-    for (d, c) in groups:
-        if d in split_of:
-            per_split[d].add(c)
-    sets = list(per_split.values())
-    if len(sets) > 1 and any(s != sets[0] for s in sets[1:]):
-        sizes = ", ".join(f"{d}: {len(s)}" for d, s in per_split.items())
-        logger.warning("splits have different class folders (%s); class indices come from their "
-                       "sorted union", sizes)
+    return "val" if f in SPLIT_ALIASES["val"] else folder
 
 
 # ------------------------------------------------------------------------------------------- lists
-MAX_LABELS = 1 << 22  # 4,194,304 classes: labels at or above this are refused as corrupt
-
-
 def parse_list(text: str, source: str, columns: Optional[Sequence] = None,
                delimiter: Optional[str] = None,
                num_classes: Optional[int] = None) -> Tuple[List[str], np.ndarray]:
     """(relative paths, int labels) from a list file's text; LayoutError names the bad line.
 
-    Labels must lie in [0, ``num_classes``) when given (``model.num_classes`` in training),
-    and below `MAX_LABELS` in any case: one corrupt label must neither make a table of
-    millions of classes nor wrap around int32 to another class.
-    """
+    Labels must lie in [0, ``num_classes``) when given, and below `MAX_LABELS` in any case: one
+    corrupt label must neither make a table of millions of classes nor wrap around int32."""
     numbered = [(k + 1, ln) for k, ln in enumerate(text.splitlines())
                 if ln.strip() and not ln.lstrip().startswith("#")]
     if not numbered:
@@ -245,66 +196,49 @@ def parse_list(text: str, source: str, columns: Optional[Sequence] = None,
     if delimiter is None:
         first = lines[min(1, len(lines) - 1)]
         delimiter = "," if "," in first else ("\t" if "\t" in first else None)
-    if delimiter is None:
-        rows = [ln.split() for ln in lines]
-    else:
-        rows = list(csv.reader(lines, delimiter=delimiter))
+    rows = [ln.split() for ln in lines] if delimiter is None else list(csv.reader(lines, delimiter=delimiter))
     if len(rows) != len(numbered):  # a quoted field spanning lines: line numbers approximate
         numbered = [(k + 1, "") for k in range(len(rows))]
-    header: Optional[List[str]] = None
-    path_col: object = 0
-    label_col: object = 1
+    path_col, label_col = 0, 1
     if columns is not None:
         if len(columns) != 2:
             raise LayoutError(f"data.list_columns must be [path column, label column], got {columns!r}")
         path_col, label_col = columns
-    first = rows[0]
-    label_probe = label_col if isinstance(label_col, int) else None
-    start = 0
+    first, start = rows[0], 0
     if (isinstance(path_col, str) or isinstance(label_col, str)
-            or (label_probe is not None and len(first) > label_probe and not _is_int(first[label_probe]))
+            or (isinstance(label_col, int) and len(first) > label_col and not _is_int(first[label_col]))
             or any(c.strip().lower() in _LABEL_COLUMNS for c in first)):
-        header = [c.strip() for c in first]
-        start = 1
+        header, start = [c.strip() for c in first], 1
         lower = [h.lower() for h in header]
         if columns is None:
             path_col = next((lower.index(c) for c in _PATH_COLUMNS if c in lower), 0)
             label_col = next((lower.index(c) for c in _LABEL_COLUMNS if c in lower), 1)
-        path_col = _column(path_col, header, source)
-        label_col = _column(label_col, header, source)
+        path_col, label_col = (_column(c, header, source) for c in (path_col, label_col))
     limit = MAX_LABELS if num_classes is None else min(int(num_classes), MAX_LABELS)
     paths: List[str] = []
     labels = np.empty(len(rows) - start, np.int32)
     for i in range(start, len(rows)):
-        row = rows[i]
+        row, line = rows[i], numbered[i][0]
         try:
             p = row[path_col].strip()
-            label = _ascii_int(row[label_col])
+            if not _ASCII_INT.fullmatch(row[label_col]):  # int() also reads '٣' and '0_3' as 3
+                raise ValueError(row[label_col])
+            label = int(row[label_col])
         except (IndexError, ValueError):
-            raise LayoutError(f"list {source}, line {numbered[i][0]}: expected a path and an ASCII "
+            raise LayoutError(f"list {source}, line {line}: expected a path and an ASCII "
                               f"decimal integer label in columns {path_col} and {label_col}, got {str(row)[:200]}; "
                               f"set data.list_columns / data.list_delimiter") from None
         if label < 0:
-            raise LayoutError(f"list {source}, line {numbered[i][0]}: negative label {label}")
+            raise LayoutError(f"list {source}, line {line}: negative label {label}")
         if label >= limit:
             why = (f"outside [0, {limit}) = model.num_classes" if num_classes is not None
                    and limit == int(num_classes) else
                    f"outside [0, {MAX_LABELS}): more classes than supported; is column "
                    f"{label_col} the label?")
-            raise LayoutError(f"list {source}, line {numbered[i][0]}: label {label} {why}")
+            raise LayoutError(f"list {source}, line {line}: label {label} {why}")
         labels[i - start] = label
         paths.append(p)
     return paths, labels
-
-
-_ASCII_INT = re.compile(r"\s*[-+]?[0-9]+\s*")
-
-
-def _ascii_int(s: str) -> int:
-    """ASCII decimal only: Python's ``int`` also reads '٣' (an Arabic-Indic 3) and '0_3' as 3."""
-    if not _ASCII_INT.fullmatch(s):
-        raise ValueError(s)
-    return int(s)
 
 
 def _is_int(s: str) -> bool:  # header detection: anything int() reads is a label, not a header
@@ -324,45 +258,13 @@ def _column(col, header: List[str], source: str) -> int:
     return lower.index(str(col).lower())
 
 
-def find_list_files(names: Sequence[str]) -> Dict[str, List[int]]:
-    """{canonical split: [member numbers of candidate list files]} by file name."""
-    found: Dict[str, List[int]] = defaultdict(list)
-    for m, name in enumerate(names):
-        base = posixpath.basename(name).lower()
-        if not base.endswith(LIST_EXTENSIONS) or name.startswith("__MACOSX/") or base.startswith("."):
-            continue
-        stem = base.rsplit(".", 1)[0]
-        tokens = set(stem.replace("-", "_").replace(".", "_").split("_"))
-        for canon in ("train", "val", "test"):
-            if tokens & set(SPLIT_ALIASES[canon]) and not (canon == "val" and "test" in tokens
-                                                            and not tokens & {"val", "validation", "valid"}):
-                found[canon].append(m)
-                break
-    return found
-
-
-def resolve_paths(paths: Sequence[str], prefixes: Sequence[str],
-                  lookup: Callable[[str], int]) -> np.ndarray:
-    """Member numbers of ``paths`` (-1 where missing) under the prefix that finds most of them."""
-    candidates = list(dict.fromkeys(prefixes))
-    probe = paths[: min(len(paths), 200)]
-    best = max(candidates, key=lambda pre: sum(lookup(pre + _clean(p)) >= 0 for p in probe))
-    return np.fromiter((lookup(best + _clean(p)) for p in paths), np.int64, len(paths))
-
-
-def _clean(p: str) -> str:
-    while p.startswith("./"):
-        p = p[2:]
-    return p.lstrip("/")
-
-
 def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Callable[[str], int],
                 prefixes: Callable[[str], Sequence[str]], missing_where: str, strict: bool, columns=None,
                 delimiter: Optional[str] = None, strip_prefix: str = "",
                 num_classes: Optional[int] = None,
                 class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
     """The ``lists`` layout, in an archive or on disk: ``lists`` holds (split, list name, text
-    reader); each listed path (``strip_prefix`` removed) is found by ``lookup`` under the first of
+    reader); each listed path (``strip_prefix`` removed) is found by ``lookup`` under the one of
     ``prefixes(list name)`` that finds most. Not ``strict`` (auto-detection): a list that cannot
     be parsed or names none of the files is ignored, with a warning. ``num_classes`` = largest
     label + 1 over all lists (``class_names`` names them if it is long enough)."""
@@ -377,7 +279,10 @@ def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Cal
             continue
         if strip_prefix:
             paths = [p[len(strip_prefix):] if p.startswith(strip_prefix) else p for p in paths]
-        members = resolve_paths(paths, prefixes(lname), lookup)
+        clean = [re.sub(r"^(\./)*", "", p).lstrip("/") for p in paths]
+        # under the prefix that finds most of the first 200
+        best = max(dict.fromkeys(prefixes(lname)), key=lambda pre: sum(lookup(pre + p) >= 0 for p in clean[:200]))
+        members = np.fromiter((lookup(best + p) for p in clean), np.int64, len(paths))
         missing = np.flatnonzero(members < 0)
         if len(missing):
             if not strict and len(missing) == len(paths):
@@ -396,45 +301,21 @@ def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Cal
     return Layout("lists", names_out, splits)
 
 
-def _archive_lists(names: Sequence[str], read: Callable[[int], bytes],
-                   lookup: Callable[[str], int], root: Optional[str],
-                   split_lists: Mapping[str, str]) -> List[Tuple[str, str, Callable[[], str]]]:
-    """(split, member name, text reader) of the list files in an archive: ``data.split_lists``
-    (members), else found by name (the shortest path when several)."""
-    if split_lists:
-        chosen: Dict[str, int] = {}
-        for split, lname in split_lists.items():
-            m = lookup(str(lname).strip("/"))
-            if m < 0:
-                raise LayoutError(f"data.split_lists.{split} = {lname!r} is not a member of the archive")
-            chosen[str(split)] = m
-    else:
-        chosen = {split: sorted(cands, key=lambda m: (names[m].count("/"), names[m]))[0]
-                  for split, cands in find_list_files(names).items()}
-    return [(split, names[m], lambda m=m: bytes(read(m)).decode("utf-8-sig"))
-            for split, m in sorted(chosen.items())]
-
-
-# ------------------------------------------------------------------------------------------ driver
+# ------------------------------------------------------------------------------------------ drivers
 def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: str = "auto",
                   root: Optional[str] = None, split_dirs: Optional[Mapping[str, str]] = None,
                   split_lists: Optional[Mapping[str, str]] = None, list_columns=None,
                   list_delimiter: Optional[str] = None, where: str = "archive",
                   num_classes: Optional[int] = None,
                   class_names: Optional[Sequence[str]] = None) -> Layout:
-    """Detect (or follow the overrides for) the layout of an archive given its member names.
-
-    ``read(member) -> bytes`` reads list files. Raises LayoutError describing what was found
-    when no layout is recognised, for list labels outside [0, ``num_classes``), and for image
-    names with ``..`` / ``.`` / empty components (a class folder named ``..`` is no class).
-    ``class_names`` fixes the class list (a resumed run's), see `folder_layout`.
-    """
+    """The layout of an archive from its member names (``read(member)`` reads list files), or a
+    LayoutError saying what was found; also for image names with ``..`` / ``.`` / empty parts."""
     if layout not in ("auto", "folders", "lists"):
         raise LayoutError(f"data.layout must be auto, folders or lists, got {layout!r}")
-    lookup_table = {n: i for i, n in enumerate(names)}
+    table = {n: i for i, n in enumerate(names)}
 
     def lookup(name: str) -> int:
-        return lookup_table.get(name, -1)
+        return table.get(name, -1)
 
     image_ids = np.fromiter((i for i, n in enumerate(names) if is_image(n)), np.int64)
     for i in image_ids.tolist():
@@ -443,10 +324,7 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
             raise LayoutError(f"{where}: member {names[i][:200]!r} has {bad}: its folders cannot "
                               f"be named classes safely (the archive is malformed or hostile); "
                               f"remove or rename that member")
-    if split_lists:
-        layout = "lists"
-    elif split_dirs:
-        layout = "folders"
+    layout = "lists" if split_lists else "folders" if split_dirs else layout
     result = None
     if layout in ("auto", "lists"):
         tops = ([root] if root else []) + sorted({n.split("/")[0] for n in names[:1000] if "/" in n})
@@ -454,18 +332,31 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
         def prefixes(lname: str) -> List[str]:  # the list's folder, the root, a top folder
             base = posixpath.dirname(lname)
             return [base + "/" if base else "", ""] + [t.strip("/") + "/" for t in tops if t]
-        result = list_layout(_archive_lists(names, read, lookup, root, split_lists or {}), lookup,
-                             prefixes, "that are not in the archive", layout == "lists",
-                             list_columns, list_delimiter,
-                             num_classes=num_classes, class_names=class_names)
+        if split_lists:
+            chosen = {}
+            for split, lname in split_lists.items():
+                chosen[str(split)] = lookup(str(lname).strip("/"))
+                if chosen[str(split)] < 0:
+                    raise LayoutError(f"data.split_lists.{split} = {lname!r} is not a member of the archive")
+        else:  # by name: the shortest path when several
+            found = defaultdict(list)
+            for m, name in enumerate(names):
+                base = posixpath.basename(name).lower()
+                if base.endswith(LIST_EXTENSIONS) and not name.startswith("__MACOSX/") and not base.startswith("."):
+                    words = set(base.rsplit(".", 1)[0].replace("-", "_").replace(".", "_").split("_"))
+                    split = next((s for s, w in _LIST_WORDS.items() if words & w), None)
+                    if split:
+                        found[split].append(m)
+            chosen = {s: min(c, key=lambda m: (names[m].count("/"), names[m])) for s, c in found.items()}
+        lists = [(s, names[m], lambda m=m: bytes(read(m)).decode("utf-8-sig")) for s, m in sorted(chosen.items())]
+        result = list_layout(lists, lookup, prefixes, "that are not in the archive", layout == "lists",
+                             list_columns, list_delimiter, num_classes=num_classes, class_names=class_names)
         if result is not None:
             result.root = root or ""
-    if layout == "auto" and result is not None:
-        folders = folder_layout(names, image_ids, root, {})
-        if folders is not None:
-            logger.warning("%s holds both list files and class folders; using the lists (%s). Set "
-                           "data.layout: folders to use the folders instead", where,
-                           ", ".join(v.origin for v in result.splits.values()))
+    if layout == "auto" and result is not None and folder_layout(names, image_ids, root, {}) is not None:
+        logger.warning("%s holds both list files and class folders; using the lists (%s). Set "
+                       "data.layout: folders to use the folders instead", where,
+                       ", ".join(v.origin for v in result.splits.values()))
     if result is None and layout in ("auto", "folders"):
         result = folder_layout(names, image_ids, root, split_dirs or {}, class_names)
     if result is None:
@@ -476,10 +367,9 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
 
 def disk_layout(root: str, cfg: Mapping, lists: bool, num_classes: Optional[int] = None,
                 class_names: Optional[Sequence[str]] = None) -> Tuple[FileReader, Layout]:
-    """The layout of a dataset folder and the reader of its files: class folders
-    (``root/<split>/<class>/<image>``, or ``data.split_dirs``), or, with ``data.split_lists``,
-    list files on disk (absolute, or relative to the working folder or ``root``) naming images
-    under ``root``. The same rules and messages as in an archive (`folder_layout`, `list_layout`)."""
+    """The layout of a dataset folder and the reader of its files: class folders, or, with
+    ``data.split_lists``, list files on disk (absolute, or relative to the working folder or
+    ``root``) naming images under ``root``."""
     if lists:
         if not cfg["split_lists"]:
             raise LayoutError("data.format: list needs data.split_lists ({split: list file})")
@@ -487,10 +377,8 @@ def disk_layout(root: str, cfg: Mapping, lists: bool, num_classes: Optional[int]
         for split, lf in cfg["split_lists"].items():
             path = lf if os.path.isabs(lf) or os.path.exists(lf) else os.path.join(root, lf)
             found.append((str(split), path, lambda path=path: _read_list(path)))
-        layout = list_layout(found, table, lambda _: [""], f"missing under {root}", True,
-                             cfg["list_columns"],
-                             cfg["list_delimiter"], str(cfg["list_strip_prefix"] or ""),
-                             num_classes, class_names)
+        layout = list_layout(found, table, lambda _: [""], f"missing under {root}", True, cfg["list_columns"],
+                             cfg["list_delimiter"], str(cfg["list_strip_prefix"] or ""), num_classes, class_names)
         return FileReader(root, table.paths), layout
     names = _walk(root, cfg["split_dirs"])
     image_ids = np.fromiter((i for i, n in enumerate(names) if is_image(n)), np.int64)
@@ -528,8 +416,8 @@ def _read_list(path: str) -> str:
 
 def _walk(root: str, split_dirs: Mapping[str, str]) -> List[str]:
     """Entry names under ``root`` as in an archive ('/'-separated, folders end with '/'): regular
-    files and folders down to ``<split>/<class>/<image>`` (each ``data.split_dirs`` folder down
-    to ``<class>/<image>``). A FIFO or a link to a device is no file, so not listed."""
+    files and folders down to ``<split>/<class>/<image>`` (or ``<class>/<image>`` in each
+    ``data.split_dirs`` folder). A FIFO or a link to a device is no file, so not listed."""
     out: List[str] = []
 
     def walk(rel: str, depth: int) -> None:
@@ -538,13 +426,12 @@ def _walk(root: str, split_dirs: Mapping[str, str]) -> List[str]:
         except (NotADirectoryError, FileNotFoundError):
             return
         for e in entries:
-            name = rel + e.name
             if e.is_dir():
-                out.append(name + "/")
+                out.append(rel + e.name + "/")
                 if depth > 1:
-                    walk(name + "/", depth - 1)
+                    walk(rel + e.name + "/", depth - 1)
             elif e.is_file():
-                out.append(name)
+                out.append(rel + e.name)
 
     if split_dirs:
         for d in dict.fromkeys(str(v).strip("/") for v in split_dirs.values()):
