@@ -1,30 +1,17 @@
 """Random-access ``GeneratorDataset`` source: read and check encoded images, never crash.
 
-The source returns the *encoded* bytes; MindSpore's C++ ``vision.Decode`` decodes them in the
-map's threads. Decoding in Python (OpenCV) was measured 2-4x slower end to end: a
-``GeneratorDataset`` moves ~150 KB decoded rows through Python one at a time, and its worker
-threads fight over the GIL (benchmarks/data.py, docs/data.md). What the source does per
-sample is cheap: one ``pread``, inflate if deflated, CRC-32, and ``precheck`` (signature,
-JPEG header walk and end marker, PNG end chunk): ~25 us.
+The source hands over *encoded* bytes; MindSpore's C++ ``vision.Decode`` decodes them in the
+map's threads (decoding in Python was measured 2-4x slower end to end, docs/data.md). Per
+sample it does one ``pread``, inflate, CRC-32 and `precheck` (~25 us).
 
-A ``GeneratorDataset`` has a fixed length and a sampler decides which index each row is, so a
-bad sample cannot simply be dropped (ranks would get different step counts). The choice made
-here: **substitute and report**. When sample i fails the read or the precheck, the source
-returns the next good sample of its own list (i+1, i+2, ... wrapping), *with that sample's own
-label*, and puts i (and the epoch) in a third column, ``meta`` (bad = -1 for a normal row). The
-batch step (main process) records the bad indices and drops the column, so the count and names
-are visible from ``DatasetInfo`` whatever the number of workers. A label is never attached to
-the wrong image; a run with bad members sees a few duplicates instead.
+A bad sample cannot be dropped (the sampler fixed the length; ranks would get different step
+counts): it is **substituted and reported**, by the next good sample of the list *with its own
+label*, and its index goes in the ``meta`` column for the batch step to record.
 
-MindSpore 2.10's C++ decoder crashes the process (SIGSEGV) on JPEGs libjpeg refuses (e.g. a
-scan using an undefined Huffman table), so every row is validated first: ``precheck`` (a walk
-of every JPEG segment, the pixel cap) then a trial decode by OpenCV, which reports the same
-libjpeg errors as an empty result (`validate`). Samples that passed are remembered by CRC, so
-the trial decode costs only the first epoch. Safety net: an image MindSpore's decoder still
-rejects with an exception is replaced by MindSpore itself with an earlier good row, image and
-label together (``ErrorSamplesMode.REPLACE``, set by ``create_dataset``). Corrupt
-entropy-coded data decodes with a libjpeg warning to a partly grey image, as in every other
-loader.
+MindSpore 2.10's C++ decoder crashes the process (SIGSEGV) on JPEGs libjpeg refuses (e.g. an
+undefined Huffman table), so every row is `validate`d first: `precheck` (every JPEG segment,
+the pixel cap), then a trial decode by OpenCV, remembered by CRC so it costs only the first
+epoch. Safety net: ``ErrorSamplesMode.REPLACE`` (set by ``create_dataset``).
 """
 from __future__ import annotations
 
@@ -46,21 +33,17 @@ class DataError(EBVMSError, RuntimeError):
     """The data cannot be used at all (not a single bad sample); the message says what to do."""
 
 
-def _looks_truncated_jpeg(raw) -> bool:
-    # libjpeg decodes a cut-off JPEG with a grey bottom and only a warning: look for the
-    # end-of-image marker (FF D9 cannot occur inside entropy-coded data) near the end.
-    if bytes(raw[:2]) != b"\xff\xd8":
-        return False
-    return bytes(raw[max(0, len(raw) - 4096):]).rfind(b"\xff\xd9") < 0
-
-
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_SIGNATURES = ((b"\xff\xd8\xff", "jpeg"), (_PNG_SIG, "png"), (b"BM", "bmp"), (b"II*\x00", "tiff"),
+               (b"MM\x00*", "tiff"), (b"GIF8", "gif"))
+DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # Pillow's MAX_IMAGE_PIXELS: ~89.5 MP, 268 MB as RGB
 
 
-def _huffman_problem(seg: bytes) -> str:
-    """Check the tables of one DHT segment as libjpeg will (code space, DC symbols)."""
-    q, out = 0, ""
+def _huffman_problem(seg: bytes, huff: set) -> str:
+    """Check the tables of one DHT segment as libjpeg will (code space, DC symbols); each
+    (class, id) defined goes into ``huff``."""
+    q = 0
     while q < len(seg):
         if q + 17 > len(seg):
             return "corrupt JPEG Huffman table (short)"
@@ -79,22 +62,16 @@ def _huffman_problem(seg: bytes) -> str:
             code <<= 1
         if tc == 0 and any(v > 15 for v in seg[q + 17:q + 17 + total]):
             return "corrupt JPEG Huffman table (bad DC symbol)"
+        huff.add((tc, th))
         q += 17 + total
-    return out
+    return ""
 
 
 def _jpeg_header_problem(b: bytes, max_pixels: int = 0) -> str:
     """Walk the JPEG segments (every scan header) as libjpeg will: '' if sane, else what is wrong.
-
-    Stricter than a format sniff on purpose: MindSpore's C++ decoder crashes the process on
-    some malformed headers (e.g. a bogus Huffman table) instead of raising. This gives the
-    precise reason cheaply; `_decodes` is the complete check.
-    """
+    Cheap and precise; `_decodes` is the complete check."""
     p, n = 2, len(b)
-    progressive = False
-    comps: dict = {}
-    huff = set()
-    quant = set()
+    progressive, comps, huff, quant = False, {}, set(), set()
     while p + 4 <= n:
         if b[p] != 0xFF:
             return "corrupt JPEG header (marker expected)"
@@ -133,13 +110,9 @@ def _jpeg_header_problem(b: bytes, max_pixels: int = 0) -> str:
                     return "corrupt JPEG header (bad component)"
                 comps[cid] = tq
         elif m == 0xC4:
-            why = _huffman_problem(seg)
+            why = _huffman_problem(seg, huff)
             if why:
                 return why
-            q = 0
-            while q < len(seg):
-                huff.add((seg[q] >> 4, seg[q] & 15))
-                q += 17 + sum(seg[q + 1:q + 17])
         elif m == 0xDB:
             q = 0
             while q < len(seg):
@@ -196,9 +169,6 @@ def _skip_entropy_data(b: bytes, p: int) -> int:
         return n if nxt == 0xD9 else p  # end of image, or the next segment
 
 
-DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # Pillow's MAX_IMAGE_PIXELS: ~89.5 MP, 268 MB as RGB
-
-
 def _too_big(w: int, h: int, max_pixels: int) -> str:
     return (f"image is {w} x {h} = {w * h} pixels, more than data.max_image_pixels = {max_pixels} "
             f"(decoding it would take {3 * w * h / 2 ** 20:.0f} MB)")
@@ -221,13 +191,8 @@ def _image_size(raw, fmt: str):
 
 
 def _decodes(raw, fmt: str) -> bool:
-    """Whether OpenCV decodes it: the complete check before MindSpore's decoder sees the bytes.
-
-    OpenCV reports a libjpeg/libpng error as an empty result; MindSpore 2.10's JPEG path takes
-    the same libjpeg errors down with the process (SIGSEGV). A JPEG is decoded at 1/8 scale:
-    libjpeg still parses every table and entropy-codes every block (where its errors come
-    from) but skips most of the IDCT and upsampling, ~60 % of a full decode's CPU.
-    """
+    """Whether OpenCV decodes it (it reports a libjpeg/libpng error as an empty result). A JPEG at
+    1/8 scale: libjpeg still parses every table and block, ~60 % of a full decode's CPU."""
     flag = cv2.IMREAD_REDUCED_COLOR_8 if fmt == "jpeg" else cv2.IMREAD_COLOR
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), flag)
     return img is not None and img.size > 0
@@ -257,34 +222,21 @@ def _png_problem(b: bytes) -> str:
 
 def image_format(raw) -> str:
     head = bytes(raw[:12])
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:8] == _PNG_SIG:
-        return "png"
-    if head[:2] == b"BM":
-        return "bmp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
-    if head[:4] == b"GIF8":
-        return "gif"
-    return ""
+    return next((fmt for sig, fmt in _SIGNATURES if head.startswith(sig)), "")
 
 
 def precheck(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """Cheap checks of encoded image bytes (no decode): '' if it looks decodable, else the reason.
-
-    ``max_pixels`` (0 = no limit) bounds the pixel count the header declares, checked before
-    anything is decoded: a 400 KB PNG can declare 20000 x 20000 pixels (1.2 GB decoded).
-    """
+    ``max_pixels`` (0: no limit) bounds the declared size: a 400 KB PNG can declare 1.2 GB."""
     if len(raw) == 0:
         return "empty file"
     fmt = image_format(raw)
     if not fmt:
         return "not an image (no JPEG/PNG/BMP/TIFF/WebP/GIF signature)"
-    if fmt == "jpeg":
-        if _looks_truncated_jpeg(raw):
+    if fmt == "jpeg":  # libjpeg decodes a cut-off JPEG with a grey bottom and only a warning
+        if bytes(raw[max(0, len(raw) - 4096):]).rfind(b"\xff\xd9") < 0:  # no end marker near the end
             return "truncated JPEG (no end-of-image marker)"
         return _jpeg_header_problem(bytes(raw), max_pixels)
     if fmt == "png":
@@ -301,10 +253,9 @@ def precheck(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
 
 def validate(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """`precheck`, then a real decode by OpenCV (`_decodes`): '' only if decoding will work."""
-    why = precheck(raw, max_pixels)
+    why, fmt = precheck(raw, max_pixels), image_format(raw)
     if why:
         return why
-    fmt = image_format(raw)
     if not _decodes(raw, fmt):
         return (f"{fmt.upper()} data cannot be decoded (corrupt tables or image data; "
                 "libjpeg/libpng refuse it)")
@@ -333,25 +284,11 @@ def decode_image(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 class ImageSource:
     """Rows ``(image, label int32, meta int64 [epoch, bad])`` for ``GeneratorDataset``.
 
-    ``image`` is the encoded file as uint8 (n,) for ``vision.Decode`` (JPEG, PNG, BMP, TIFF;
-    WebP/GIF are decoded here and passed on as BMP).
-
-    The key asked for is ``epoch * len(self) + index`` (see ``ShardSampler(encode_epoch=True)``);
-    ``bad`` is the index of a sample that could not be decoded and was replaced, or -1.
-
-    Every encoded row is `validate`d (header walk, pixel cap, then a decode by OpenCV) before
-    MindSpore's decoder sees it, since that decoder kills the process on some corrupt JPEGs.
-    A sample that passed is remembered with the CRC-32 of its bytes, so later epochs skip the
-    trial decode (the bytes are re-read and must match): the cost is paid in the first epoch.
-
-    Args:
-        reader: ``ZipMemberReader`` or ``FileReader`` (``read(member) -> bytes``, ``name(member)``,
-            ``crc(member, bytes)``).
-        members: member number of each sample, shape (n,).
-        labels: class index of each sample, shape (n,).
-        max_pixels: ``data.max_image_pixels``; larger images are bad samples (0: no limit).
-        max_bytes: ``data.max_image_bytes``; larger files or members (stored or inflated)
-            are bad samples, refused before they are read (0: no limit).
+    ``image`` is the encoded file, uint8 (n,), for ``vision.Decode`` (WebP/GIF are decoded here
+    and passed on as BMP). The key is ``epoch * len(self) + index`` (``ShardSampler(encode_epoch=
+    True)``); ``bad`` is the index of a sample that was replaced, or -1. ``reader`` is a
+    ``ZipMemberReader`` or ``FileReader``; ``max_pixels``/``max_bytes`` (0: no limit) make larger
+    images bad samples, refused before decoding/reading.
     """
 
     def __init__(self, reader, members: np.ndarray, labels: np.ndarray,
@@ -379,7 +316,6 @@ class ImageSource:
         return state
 
     def name(self, i: int) -> str:
-        """Member name (path inside the archive, or relative file path) of sample ``i``."""
         return self.reader.name(int(self.members[i]))
 
     def load(self, i: int, decode: bool = True) -> np.ndarray:
