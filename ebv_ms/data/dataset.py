@@ -1,9 +1,9 @@
 """``create_dataset``: one factory for the zip archive, dataset folders and CSV lists.
 
-Pipeline: source (`open_split`: zip members or files, read and validated by ``ImageSource``)
--> ``ShardSampler`` (shard, epoch reshuffle, equal length) -> per-image recipe ops (C++) ->
-batch (+ per-batch mixup/cutmix for A2, and bad-sample bookkeeping, in the main process).
-``open_split`` is also what ``python -m ebv_ms.tools.inspect_data`` lists and verifies.
+Pipeline: `open_split` (zip members or files, read and validated by ``ImageSource``) ->
+``ShardSampler`` (shard, epoch reshuffle, equal length) -> per-image recipe ops (C++) -> batch
+(per-batch recipe step and bad-sample bookkeeping, in the main process). ``open_split`` is also
+what ``python -m ebv_ms.tools.inspect_data`` lists and verifies.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import threading
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -22,7 +23,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..config import DEFAULTS as CONFIG_DEFAULTS
 from .layouts import Layout, SplitSamples, detect_layout, disk_layout
-from .presets import BatchAugment, check_recipe, create_batch_transform, create_transforms
+from .presets import check_recipe, create_batch_transform, create_transforms
 from .readers import MAX_LIST_BYTES, FileReader, ZipMemberReader, printable
 from .sampler import ShardSampler
 from .source import DataError, ImageSource
@@ -32,31 +33,24 @@ logger = logging.getLogger(__name__)
 
 # Keys of the ``data`` config section and their defaults: one source of truth, ebv_ms/config.py.
 DATA_DEFAULTS: Dict[str, object] = copy.deepcopy(CONFIG_DEFAULTS["data"])
+_LAYOUT_KEYS = ("layout", "root", "split_dirs", "split_lists", "list_columns", "list_delimiter")
 
 
 class BadSampleLog:
     """Bad samples seen by the pipeline, per epoch (thread-safe; lives in the main process)."""
 
-    def __init__(self, name_of):
-        self._name_of = name_of
-        self._lock = threading.Lock()
-        self._by_epoch: Dict[int, set] = {}
+    def __init__(self):
+        self._lock, self._by_epoch = threading.Lock(), defaultdict(set)
 
-    def record(self, epoch: int, indices) -> None:
+    def record(self, epoch: int, index: int) -> None:
         with self._lock:
-            self._by_epoch.setdefault(int(epoch), set()).update(int(i) for i in indices)
+            self._by_epoch[int(epoch)].add(int(index))
 
     def indices(self, epoch: Optional[int] = None) -> List[int]:
         with self._lock:
             if epoch is None:
-                return sorted(set().union(*self._by_epoch.values())) if self._by_epoch else []
+                return sorted(set().union(*self._by_epoch.values()))
             return sorted(self._by_epoch.get(int(epoch), ()))
-
-    def names(self, epoch: Optional[int] = None) -> List[str]:
-        return [self._name_of(i) for i in self.indices(epoch)]
-
-    def count(self, epoch: Optional[int] = None) -> int:
-        return len(self.indices(epoch))
 
 
 @dataclass
@@ -80,44 +74,40 @@ class DatasetInfo:
     batch_counter: List[int] = field(repr=False)  # seeds per-batch randomness
 
     def set_start_epoch(self, epoch: int) -> None:
-        """Make the next pass the one an uninterrupted run would make as epoch ``epoch``
-        (0-based): the same shuffle and the same per-batch randomness (random erasing,
-        mixup/cutmix), so a resumed run sees the data it would have seen."""
+        """Make the next pass the one an uninterrupted run would make as epoch ``epoch`` (0-based):
+        the same shuffle and per-batch randomness, so a resumed run sees the same data."""
         self.sampler.set_epoch(epoch)
         self.batch_counter[0] = int(epoch) * self.steps_per_epoch
 
     def bad_count(self, epoch: Optional[int] = None) -> int:
         """Bad (skipped) samples seen in ``epoch`` (0-based), or in all epochs so far."""
-        return self.bad.count(epoch)
+        return len(self.bad.indices(epoch))
 
     def bad_names(self, epoch: Optional[int] = None) -> List[str]:
-        return self.bad.names(epoch)
+        return [self.source.name(i) for i in self.bad.indices(epoch)]
 
     def bad_report(self, epoch: Optional[int] = None, limit: int = 20) -> str:
         """'' if none, else a line per bad sample with the reason (re-read here, cheaply)."""
         idx = self.bad.indices(epoch)
         if not idx:
             return ""
-        lines = [f"{len(idx)} bad sample(s) skipped in {self.split}"
-                 + (f" epoch {epoch}" if epoch is not None else "")
+        lines = [f"{len(idx)} bad sample(s) skipped in {self.split}" + (f" epoch {epoch}" if epoch is not None else "")
                  + " (each replaced by the next good sample, with its own label):"]
-        for i in idx[:limit]:
-            lines.append(f"  {printable(self.source.name(i))}: {self.source.check(i) or 'unreadable'}")
+        lines += [f"  {printable(self.source.name(i))}: {self.source.check(i) or 'unreadable'}" for i in idx[:limit]]
         if len(idx) > limit:
             lines.append(f"  ... and {len(idx) - limit} more")
         return "\n".join(lines)
 
     def save_class_mapping(self, output_dir: str) -> str:
-        """Write ``classes.json`` (index -> class name, plus where the data came from); returns its path."""
-        return save_class_mapping(self, output_dir)
+        """Write ``classes.json`` (index -> class name, where the data came from); returns its path."""
+        path = os.path.join(output_dir, "classes.json")
+        with atomic_path(path, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"num_classes": self.num_classes, "description": self.description,
+                       "class_names": list(self.class_names)}, f, indent=0, ensure_ascii=False)
+        return path
 
 
-def save_class_mapping(info: DatasetInfo, output_dir: str) -> str:
-    path = os.path.join(output_dir, "classes.json")
-    with atomic_path(path, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"num_classes": info.num_classes, "description": info.description,
-                   "class_names": list(info.class_names)}, f, indent=0, ensure_ascii=False)
-    return path
+save_class_mapping = DatasetInfo.save_class_mapping  # save_class_mapping(info, output_dir)
 
 
 def _cfg(data_cfg: Optional[Mapping]) -> Dict[str, object]:
@@ -132,11 +122,10 @@ def _cfg(data_cfg: Optional[Mapping]) -> Dict[str, object]:
 
 
 def _format(cfg) -> str:
-    path = cfg["path"]
+    path, fmt = cfg["path"], cfg["format"]
     if not path:
         raise DataError("data.path is not set: point it at the .zip archive or the dataset folder "
                         "(demo data: python -m ebv_ms.tools.make_demo --out DIR)")
-    fmt = cfg["format"]
     if fmt not in ("auto", "zip", "folder", "list"):
         raise DataError(f"data.format must be auto, zip, folder or list, got {fmt!r}")
     if fmt != "auto":
@@ -148,18 +137,11 @@ def _format(cfg) -> str:
     return "zip"
 
 
-# ------------------------------------------------------------------------------ archive layouts
-_LAYOUT_KEYS = ("layout", "root", "split_dirs", "split_lists", "list_columns", "list_delimiter")
-
-
 def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None,
                    num_classes: Optional[int] = None,
                    class_names: Optional[List[str]] = None) -> Tuple[ZipIndex, Layout]:
     """The archive's index and layout; the layout is cached next to the index (keyed by options).
-
-    ``num_classes`` bounds list labels (an error names the list line); ``class_names`` fixes
-    the class list (see ``create_dataset``).
-    """
+    ``num_classes`` bounds list labels, ``class_names`` fixes the class list (see `open_split`)."""
     index = index or load_zip_index(path, cache_dir=cfg.get("index_cache_dir"))
     opts = json.dumps(dict({k: cfg.get(k) for k in _LAYOUT_KEYS}, class_names=class_names),
                       sort_keys=True, default=str)
@@ -178,18 +160,13 @@ def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None,
             logger.warning("ignoring unreadable layout cache %s", cache)
     reader = ZipMemberReader(index)
     layout = detect_layout(index.all_names(), lambda m: reader.read(m, MAX_LIST_BYTES),
-                           layout=cfg.get("layout", "auto"),
-                           root=cfg.get("root"), split_dirs=cfg.get("split_dirs") or {},
-                           split_lists=cfg.get("split_lists") or {},
-                           list_columns=cfg.get("list_columns"),
-                           list_delimiter=cfg.get("list_delimiter"), where=path,
-                           num_classes=num_classes, class_names=class_names)
+                           layout=cfg.get("layout", "auto"), root=cfg.get("root"),
+                           split_dirs=cfg.get("split_dirs") or {}, split_lists=cfg.get("split_lists") or {},
+                           list_columns=cfg.get("list_columns"), list_delimiter=cfg.get("list_delimiter"),
+                           where=path, num_classes=num_classes, class_names=class_names)
     reader.close()
     if cache:
-        arrays = {}
-        for s, v in layout.splits.items():
-            arrays[f"{s}.members"] = v.members
-            arrays[f"{s}.labels"] = v.labels
+        arrays = {f"{s}.{k}": getattr(v, k) for s, v in layout.splits.items() for k in ("members", "labels")}
         meta = {"kind": layout.kind, "class_names": layout.class_names, "root": layout.root,
                 "splits": {s: v.origin for s, v in layout.splits.items()}}
         try:
@@ -200,7 +177,6 @@ def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None,
     return index, layout
 
 
-# ---------------------------------------------------------------------------------- split sources
 @dataclass
 class SplitSource:
     """One split of a dataset, ready to read: what ``create_dataset`` and ``inspect`` both use."""
@@ -214,24 +190,19 @@ class SplitSource:
 def open_split(data_cfg: Optional[Mapping], split: str, num_classes: Optional[int] = None,
                class_names: Optional[List[str]] = None) -> SplitSource:
     """The samples of ``split`` from the archive, folders or lists ``data_cfg`` names.
-
     ``num_classes`` bounds list labels (refused with the list's line number); ``class_names``
-    (e.g. the saved classes.json of a run being resumed) fixes the class list and its order.
-    """
+    (e.g. the saved classes.json of a run being resumed) fixes the class list and its order."""
     cfg = _cfg(data_cfg)
     reader, layout = _open(cfg, num_classes, class_names)
     samples, members = layout.split(split), None
     if isinstance(reader, FileReader) and samples.folder:  # files named below their split folder
         reader, members = reader.below(samples.folder, samples.members), np.arange(len(samples.members))
     source = ImageSource(reader, samples.members if members is None else members, samples.labels,
-                         max_pixels=int(cfg["max_image_pixels"] or 0),
-                         max_bytes=int(cfg["max_image_bytes"] or 0))
-    return SplitSource(split, source, list(layout.class_names),
-                       f"{cfg['path']}: {layout.kind}, {samples.origin}")
+                         max_pixels=int(cfg["max_image_pixels"] or 0), max_bytes=int(cfg["max_image_bytes"] or 0))
+    return SplitSource(split, source, list(layout.class_names), f"{cfg['path']}: {layout.kind}, {samples.origin}")
 
 
-def _open(cfg: Mapping, num_classes: Optional[int] = None,
-          class_names: Optional[List[str]] = None):
+def _open(cfg: Mapping, num_classes: Optional[int] = None, class_names: Optional[List[str]] = None):
     """(reader, Layout) of the archive or folder ``cfg`` names."""
     path, fmt = str(cfg["path"]), _format(cfg)
     if fmt == "zip":
@@ -245,7 +216,6 @@ def split_names(data_cfg: Optional[Mapping]) -> List[str]:
     return list(_open(_cfg(data_cfg))[1].splits)
 
 
-# ------------------------------------------------------------------------------------- factory
 def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_training: bool,
                    num_shards: int = 1, shard_id: int = 0, seed: int = 0,
                    recipe: Optional[str] = None, drop_remainder: Optional[bool] = None,
@@ -253,32 +223,25 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
                    class_names: Optional[List[str]] = None):
     """A batched MindSpore dataset of ``split`` and its ``DatasetInfo``.
 
-    Batches: ``image`` float32 (B, 3, S, S) normalised with ImageNet mean/std; ``label`` int32
-    (B,), or float32 (B, num_classes) soft targets under the A2 recipe (mixup/cutmix).
-    Training uses ``data_cfg.recipe`` (A0/A1/A2) and drops the last partial batch; evaluation
-    uses the ``eval`` recipe and keeps it. Each of ``num_shards`` ranks gets the same number of
-    steps; ``seed`` must be the same on every rank (it drives the shared shuffle).
-    ``num_classes`` (optional) must match the data's, else a clear error; list labels outside
-    it are refused with the line. ``class_names`` (optional, e.g. a resumed run's
-    classes.json) fixes the class list and order: a class folder missing from the data keeps
-    its index (with a warning), one not in the list is an error.
+    Batches: ``image`` float32 (B, 3, S, S), ImageNet-normalised; ``label`` int32 (B,), or float32
+    (B, num_classes) soft targets under A2. Training uses ``data.recipe`` and drops the last
+    partial batch; evaluation uses ``eval`` and keeps it. Every shard gets the same number of
+    steps; ``seed`` must be the same on every rank (the shared shuffle). ``num_classes`` must
+    match the data's; ``class_names`` fixes the class list (see `open_split`).
     """
     cfg = _cfg(data_cfg)
     recipe = check_recipe(recipe or (cfg["recipe"] if is_training else "eval"))
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if drop_remainder is None:
-        drop_remainder = bool(is_training)
-    workers = int(num_workers if num_workers is not None else cfg["num_workers"])
-    workers = max(1, workers)
+    drop_remainder = bool(is_training) if drop_remainder is None else drop_remainder
+    workers = max(1, int(num_workers if num_workers is not None else cfg["num_workers"]))
     multiproc = bool(cfg["python_multiprocessing"]) and workers > 1
     import mindspore.dataset as ds
 
     opened = open_split(cfg, split, num_classes, class_names)
     source, class_names, description = opened.source, opened.class_names, opened.description
     n = len(source)
-    sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed,
-                           encode_epoch=True)
+    sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed, encode_epoch=True)
     # The source's per-row work is small (read, CRC, precheck; the trial decode only in the
     # first epoch); one thread feeds several decode threads (docs/data.md).
     dataset = ds.GeneratorDataset(source, ["image", "label", "meta"], sampler=sampler,
@@ -287,22 +250,36 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     if num_classes is not None and int(num_classes) != len(class_names):
         raise DataError(f"the data has {len(class_names)} classes but num_classes={num_classes} was "
                         f"asked for (model.num_classes?); make them agree")
-
-    # The source hands over encoded bytes (validated, see source.py); the recipe decodes them
-    # in C++ (RandomCropDecodeResize for training: only the crop's region is decoded).
+    # Decoding is part of the recipe, in C++ (for training only the crop's region is decoded).
     ops = create_transforms(recipe, int(cfg["image_size"]), cfg["eval_resize"], cfg["eval_crop"],
-                            tuple(cfg["scale"]), float(cfg["color_jitter"]),
-                            encoded=True)
-    _replace_decode_failures()
-    # C++ ops only: threads, no process hop
+                            tuple(cfg["scale"]), float(cfg["color_jitter"]), encoded=True)
+    # Safety net for images that pass `validate` but fail in the C++ decoder (see source.py)
+    if ds.config.get_error_samples_mode() == ds.config.ErrorSamplesMode.RETURN:
+        ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.REPLACE)
+        logger.info("MindSpore error samples mode set to REPLACE (a sample the decoder rejects is "
+                    "replaced by an earlier good one, image and label together)")
     dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
 
-    bad_log = BadSampleLog(source.name)
+    bad_log, lock, batches_done = BadSampleLog(), threading.Lock(), [0]
     batch_aug = create_batch_transform(recipe, len(class_names), float(cfg["random_erasing"]),
                                        float(cfg["mixup_alpha"]), float(cfg["cutmix_alpha"]),
                                        float(cfg["mix_switch_prob"]), seed=seed * 1000003 + shard_id)
-    dataset, batch_counter = _batch(dataset, batch_size, drop_remainder, bad_log, batch_aug)
 
+    def per_batch(image, label, meta, batch_info):  # MindSpore checks the signature
+        images, labels = np.stack(image), np.stack(label).astype(np.int32)
+        meta = np.stack(meta).reshape(-1, 2)
+        for epoch, bad in meta[meta[:, 1] >= 0].tolist():
+            bad_log.record(epoch, bad)
+        if batch_aug is not None:
+            with lock:  # a run-wide batch counter seeds the per-batch randomness
+                count = batches_done[0]
+                batches_done[0] += 1
+            images, labels = batch_aug(images, labels, 0, count)
+        return images, labels
+
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, per_batch_map=per_batch,
+                            input_columns=["image", "label", "meta"], output_columns=["image", "label"],
+                            num_parallel_workers=1)
     shard_samples = len(sampler)
     steps = shard_samples // batch_size if drop_remainder else math.ceil(shard_samples / batch_size)
     if steps == 0:
@@ -311,45 +288,9 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     info = DatasetInfo(split=split, num_classes=len(class_names), class_names=list(class_names),
                        num_samples=n, shard_samples=shard_samples,
                        shard_padding=shard_samples - len(range(shard_id, n, num_shards)),
-                       steps_per_epoch=steps,
-                       batch_size=batch_size, recipe=recipe, soft_targets=recipe == "A2",
-                       description=description, source=source, bad=bad_log, sampler=sampler,
-                       batch_counter=batch_counter)
+                       steps_per_epoch=steps, batch_size=batch_size, recipe=recipe,
+                       soft_targets=recipe == "A2", description=description, source=source,
+                       bad=bad_log, sampler=sampler, batch_counter=batches_done)
     logger.info("data %s: %d samples (%d on shard %d/%d), %d steps of %d, recipe %s; %s", split, n,
                 shard_samples, shard_id, num_shards, steps, batch_size, recipe, description)
     return dataset, info
-
-
-def _replace_decode_failures() -> None:
-    """Safety net for images that pass ``precheck`` but fail in the C++ decoder (see source.py)."""
-    import mindspore.dataset as ds
-    mode = ds.config.get_error_samples_mode()
-    if mode == ds.config.ErrorSamplesMode.RETURN:
-        ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.REPLACE)
-        logger.info("MindSpore error samples mode set to REPLACE (a sample the decoder rejects is "
-                    "replaced by an earlier good one, image and label together)")
-
-
-def _batch(dataset, batch_size: int, drop_remainder: bool, bad_log: BadSampleLog,
-           mixer: Optional[BatchAugment]):
-    """Batch, recording bad samples (the ``meta`` column) and running the per-batch recipe step.
-    Returns (dataset, batch counter): the counter (a one-element list) numbers the batches
-    run-wide and seeds their randomness; ``DatasetInfo.set_start_epoch`` moves it on a resume."""
-    lock = threading.Lock()
-    batches_done = [0]
-
-    def per_batch(image, label, meta, batch_info):  # MindSpore checks the signature
-        images, labels = np.stack(image), np.stack(label).astype(np.int32)
-        meta = np.stack(meta).reshape(-1, 2)
-        for epoch, bad in meta[meta[:, 1] >= 0].tolist():
-            bad_log.record(epoch, [bad])
-        if mixer is not None:
-            with lock:  # a run-wide batch counter seeds the per-batch randomness
-                count = batches_done[0]
-                batches_done[0] += 1
-            images, labels = mixer(images, labels, 0, count)
-        return images, labels
-
-    return dataset.batch(batch_size, drop_remainder=drop_remainder, per_batch_map=per_batch,
-                         input_columns=["image", "label", "meta"],
-                         output_columns=["image", "label"], num_parallel_workers=1), batches_done
