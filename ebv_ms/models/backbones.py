@@ -1,9 +1,10 @@
-"""Backbones: mindcv's ResNet-50 / Swin-T (and other mindcv models), plus ``small_cnn``.
+"""Backbones: mindcv's ResNet-50 / Swin-T (and other mindcv models), plus ``small_cnn`` and
+``small_mlp``.
 
-``create_backbone`` returns the feature extractor (images -> pooled features (B, F)), F, and the
-backbone's own last linear layer F -> out_dim. For the EBV head that last layer *is* the
-projection to d (as in the paper: ResNet-50 built with num_classes=d); for the FC head it is the
-k-way classifier. Using mindcv keeps weights/checkpoints compatible with mindcv's model zoo.
+``create_backbone`` returns the feature extractor (images -> pooled features (B, F)), F, and a
+last linear layer F -> out_dim: the projection to d for the fixed heads (as in the paper:
+ResNet-50 built with num_classes=d), the k-way classifier for the FC head. For mindcv models it
+is the model's own ``classifier``, so weights stay compatible with mindcv's model zoo.
 """
 from __future__ import annotations
 
@@ -11,29 +12,26 @@ import inspect
 import os
 from typing import Optional, Tuple, Union
 
+import mindcv.models
 import mindspore as ms
 from mindspore import nn, ops
 
 from ..config import BACKBONE_ALIASES, BACKBONES, is_backbone
 from ..errors import ModelError
 
-__all__ = ["SmallCNN", "SmallMLP", "create_backbone", "is_backbone", "BACKBONES"]
-
+__all__ = ["SmallCNN", "SmallMLP", "create_backbone", "BACKBONES"]
 
 
 class SmallCNN(nn.Cell):
-    """3 conv blocks (32-64-128 channels, BN, ReLU, 2 max-pools) + global average pool.
+    """Conv blocks (32-64-128 channels, BN, ReLU, max-pools between) + global average pool.
 
-    ~93k parameters; a training step on a batch of 64 images of 32x32 takes a few ms on a
-    2-core CPU, so tests and the CPU demo train in minutes. Any input size >= 8x8 works.
+    ~93k parameters; a step on 64 images of 32x32 takes a few ms on a 2-core CPU, so tests and
+    the CPU demo train in minutes. Any input size >= 8x8 works.
     """
-
-    num_features = 128
 
     def __init__(self, in_channels: int = 3, widths=(32, 64, 128)):
         super().__init__()
-        layers = []
-        c = in_channels
+        layers, c = [], in_channels
         for i, w in enumerate(widths):
             layers += [nn.Conv2d(c, w, 3, pad_mode="same", has_bias=False), nn.BatchNorm2d(w), nn.ReLU()]
             if i < len(widths) - 1:
@@ -43,19 +41,17 @@ class SmallCNN(nn.Cell):
         self.num_features = c
 
     def construct(self, x):
-        x = self.features(x)
-        return ops.mean(x, axis=(2, 3))
+        return ops.mean(self.features(x), axis=(2, 3))
 
 
 class SmallMLP(nn.Cell):
     """Flatten + (Dense, BN, ReLU) blocks: a backbone for many-class CPU benchmarks.
 
-    Why not a CNN: MindSpore 2.10's CPU 3x3 convolution runs at well under 1 GFLOP/s here
-    (docs/training.md). Measured on this 2-core machine (batch 128, 32x32, forward + backward +
-    SGD, GRAPH mode, machine shared): ``small_cnn`` (16-32-64) 16.4 s/step, the same net with
-    unfold + matmul convolutions 0.78 s/step, this MLP (1024-1024) 0.15 s/step.
-    ``grayscale=True`` averages the channels first (gray images stored as RGB: a third of the
-    first layer's cost for the same information). ``image_size`` fixes the input side.
+    MindSpore 2.10's CPU 3x3 convolution runs at well under 1 GFLOP/s (docs/training.md).
+    Measured (2 cores, batch 128, 32x32, forward + backward + SGD, GRAPH mode): ``small_cnn``
+    (16-32-64) 16.4 s/step, with unfold + matmul convolutions 0.78 s/step, this MLP (1024-1024)
+    0.15 s/step. ``grayscale=True`` averages the channels first (gray images stored as RGB: a
+    third of the first layer's cost).
     """
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, widths=(1024, 1024),
@@ -85,12 +81,9 @@ def _load_backbone_checkpoint(model: nn.Cell, path: str, name: str) -> None:
     except (ValueError, RuntimeError) as exc:  # MindSpore's words for a damaged or foreign file
         raise ModelError(f"config key 'model.backbone_checkpoint': {path} is not a readable "
                          f"MindSpore checkpoint ({' '.join(str(exc).split())[:200]})") from None
-    own = dict(model.parameters_and_names())
-    skipped = []
-    for key in list(params):
-        if key.startswith("classifier.") and key in own and tuple(params[key].shape) != tuple(own[key].shape):
-            skipped.append(key)
-            params.pop(key)
+    own = {k: tuple(p.shape) for k, p in model.parameters_and_names()}
+    params = {k: v for k, v in params.items()
+              if not (k.startswith("classifier.") and own.get(k, tuple(v.shape)) != tuple(v.shape))}
     try:
         not_loaded, _ = ms.load_param_into_net(model, params)
     except RuntimeError as exc:  # a parameter of the same name and another shape
@@ -124,8 +117,8 @@ def _check_own_kwargs(name: str, in_channels: int, kwargs: dict) -> None:
             and ints(widths)) or not ints([size]):
         raise ModelError(f"config key 'model.backbone_kwargs': {name} needs widths as a list of "
                          f"positive integers and a positive image_size, got {kwargs}")
-    c, k = ((1 if a.get("grayscale") else in_channels) * size * size, 1) if name == "small_mlp" \
-        else (in_channels, 9)
+    mlp = name == "small_mlp"
+    c, k = ((1 if a.get("grayscale") else in_channels) * size * size, 1) if mlp else (in_channels, 9)
     weights = 0
     for w in widths:
         weights, c = weights + k * c * w, w
@@ -136,19 +129,12 @@ def _check_own_kwargs(name: str, in_channels: int, kwargs: dict) -> None:
                          f"machine has {ram / 2**30:,.1f} GiB: use smaller widths")
 
 
-def _mindcv():
-    import mindcv.models
-    return mindcv.models
-
-
 def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = False,
                     checkpoint_path: Optional[str] = None, in_channels: int = 3,
                     **kwargs) -> Tuple[nn.Cell, int, nn.Dense]:
-    """(features Cell: images -> (B, F), F, last linear layer F -> out_dim).
-
-    ``pretrained=True`` asks mindcv to download ImageNet weights (needs internet);
-    ``checkpoint_path`` (or ``pretrained="/path.ckpt"``) loads local weights instead.
-    """
+    """(features: images -> (B, F), F, last linear layer F -> out_dim). ``pretrained=True``
+    downloads mindcv's ImageNet weights; ``checkpoint_path`` (or ``pretrained="/path.ckpt"``)
+    loads local ones."""
     name = BACKBONE_ALIASES.get(name, name)
     if isinstance(pretrained, str):
         checkpoint_path, pretrained = pretrained, False
@@ -156,33 +142,31 @@ def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = Fals
         if pretrained:
             raise ModelError(f"{name} has no pretrained weights; set model.pretrained=false")
         _check_own_kwargs(name, in_channels, kwargs)
-        net = _OWN[name](in_channels=in_channels, **kwargs)
-        if checkpoint_path:
-            _load_backbone_checkpoint(net, checkpoint_path, name)
-        return net, net.num_features, nn.Dense(net.num_features, out_dim)
-
-    if not is_backbone(name):
+        model = _OWN[name](in_channels=in_channels, **kwargs)
+    elif not is_backbone(name):
         raise ModelError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)} "
                          f"or another mindcv model name")
-    try:
-        model = _mindcv().create_model(name, num_classes=out_dim, pretrained=bool(pretrained),
-                             in_channels=in_channels, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - mindcv raises URLError/OSError/... when offline
-        if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):
-            raise ModelError(f"config key 'model.backbone_kwargs': mindcv's {name} does not take "
-                             f"{exc}".replace("got an unexpected keyword argument", "")) from None
-        if pretrained:
-            raise ModelError(
-                f"could not load pretrained weights for {name} ({type(exc).__name__}: {exc}). "
-                f"pretrained=True downloads them from the internet; offline, download the mindcv "
-                f"checkpoint elsewhere and pass it as model.backbone_checkpoint=/path/{name}.ckpt "
-                f"(with pretrained=false)") from exc
-        raise
+    else:
+        try:
+            model = mindcv.models.create_model(name, num_classes=out_dim, pretrained=bool(pretrained),
+                                               in_channels=in_channels, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - mindcv raises URLError/OSError/... when offline
+            if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):
+                raise ModelError(f"config key 'model.backbone_kwargs': mindcv's {name} does not take "
+                                 f"{exc}".replace("got an unexpected keyword argument", "")) from None
+            if pretrained:
+                raise ModelError(
+                    f"could not load pretrained weights for {name} ({type(exc).__name__}: {exc}). "
+                    f"pretrained=True downloads them from the internet; offline, download the mindcv "
+                    f"checkpoint elsewhere and pass it as model.backbone_checkpoint=/path/{name}.ckpt "
+                    f"(with pretrained=false)") from exc
+            raise
     if checkpoint_path:
         _load_backbone_checkpoint(model, checkpoint_path, name)
+    if name in _OWN:
+        return model, model.num_features, nn.Dense(model.num_features, out_dim)
     linear = getattr(model, "classifier", None)
     if not isinstance(linear, nn.Dense):
         raise ModelError(f"mindcv model {name} has no 'classifier' Dense layer; not usable as a backbone here")
-    num_features = int(linear.in_channels)
     model.classifier = nn.Identity()
-    return model, num_features, linear
+    return model, int(linear.in_channels), linear

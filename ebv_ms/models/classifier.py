@@ -1,9 +1,8 @@
-"""`create_classifier`: backbone -> (projection to d) -> head.
+"""`create_classifier`: backbone -> (projection to d) -> head, and parameter counts.
 
-Heads: ``ebv`` (projection F -> d, then the frozen EBVs, logits cos/tau), ``fc`` (learned
-F -> N), ``fixed_random_dot`` / ``fixed_random_cos`` (projection F -> d, then frozen random unit
-vectors with scale S). For mindcv backbones the projection / FC layer is the backbone's own last
-linear layer (ResNet-50 built with num_classes=d, as in the paper).
+Heads: ``ebv`` (projection F -> d, the frozen EBVs, logits cos/tau), ``fc`` (learned F -> N),
+``fixed_random_dot`` / ``fixed_random_cos`` (projection F -> d, frozen random unit vectors with
+scale S). For mindcv backbones the projection / FC layer is the backbone's own last linear layer.
 """
 from __future__ import annotations
 
@@ -14,13 +13,13 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from ..config import HEADS
 from ..ebv.ebvset import EBVError, EBVSet
 from .backbones import create_backbone
 from .heads import EBVHead, FCHead, FixedRandomHead
 
-__all__ = ["Classifier", "create_classifier", "count_parameters", "count_cell", "parameter_totals", "PartCount", "HEADS"]
-
-from ..config import HEADS  # noqa: E402 - the one list, with the config keys
+__all__ = ["Classifier", "create_classifier", "count_parameters", "count_cell", "parameter_totals",
+           "PartCount", "HEADS"]
 
 
 class Classifier(nn.Cell):
@@ -39,7 +38,7 @@ class Classifier(nn.Cell):
         return self.head.checksum if isinstance(self.head, EBVHead) else None
 
     def embed(self, x):
-        """The embedding the head sees (B, d) (backbone features for the FC head)."""
+        """The embedding the head sees (B, d); backbone features for the FC head."""
         return self.projection(self.backbone(x))
 
     def construct(self, x):
@@ -56,27 +55,16 @@ def create_classifier(backbone: str, head: str, num_classes: int, embed_dim: Opt
                       pretrained: Union[bool, str] = False, backbone_checkpoint: Optional[str] = None,
                       head_seed: int = 0, in_channels: int = 3,
                       backbone_kwargs: Optional[Mapping] = None) -> Classifier:
-    """Build a classifier mapping images (B,3,H,W) float32 to logits (B, num_classes).
+    """Images (B, C, H, W) float32 -> logits (B, num_classes); the config's ``model`` section.
 
-    backbone: "resnet50" | "swin_tiny" | "small_cnn" (or another mindcv model name).
-    head: "ebv" (needs ``ebv``, an EBVSet with N=num_classes) | "fc" | "fixed_random_dot" |
-    "fixed_random_cos". ``embed_dim`` is d (default: the EBV set's d); ignored by "fc".
-    ``tau``: EBV temperature. ``scale``: S of the fixed random heads (default 1 for dot, 1/tau
-    for cos, i.e. the EBV head's scale). ``ebv_dtype``: storage of the frozen matrix
-    (float32 | float16). ``pretrained``: mindcv download (True) or a local checkpoint path;
-    ``backbone_checkpoint``: local checkpoint path. ``head_seed``: seed of the random vectors.
+    ``embed_dim`` is d (default: the EBV set's; ignored by "fc"). ``scale``: S of the fixed random
+    heads (default 1 for dot, 1/tau for cos). ``ebv_dtype``: storage of the frozen matrix.
+    ``pretrained``: mindcv download (True) or a local checkpoint path.
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}: use one of {', '.join(HEADS)}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    kwargs = dict(backbone_kwargs or {})
-
-    if head == "fc":
-        feats, num_features, linear = create_backbone(backbone, num_classes, pretrained,
-                                                      backbone_checkpoint, in_channels, **kwargs)
-        return Classifier(feats, None, FCHead(num_features, num_classes, dense=linear))
-
     if head == "ebv":
         if ebv is None:
             raise ValueError("head='ebv' needs an EBV set: pass ebv=EBVSet (load_ebv / create_ebv)")
@@ -89,22 +77,22 @@ def create_classifier(backbone: str, head: str, num_classes: int, embed_dim: Opt
             raise EBVError(f"the EBV set has dimension d={ebv.dim} but embed_dim={embed_dim}; "
                            f"set model.embed_dim={ebv.dim} or use a {num_classes} x {embed_dim} EBV set")
         dim = ebv.dim
-    else:
+    elif head != "fc":
         if embed_dim is None:
             raise ValueError(f"head={head!r} needs embed_dim (d of the random class vectors)")
         dim = int(embed_dim)
-
-    feats, num_features, projection = create_backbone(backbone, dim, pretrained,
-                                                      backbone_checkpoint, in_channels, **kwargs)
+    feats, num_features, linear = create_backbone(
+        backbone, num_classes if head == "fc" else dim, pretrained, backbone_checkpoint,
+        in_channels, **dict(backbone_kwargs or {}))
+    if head == "fc":
+        return Classifier(feats, None, FCHead(num_features, num_classes, dense=linear))
     if head == "ebv":
-        head_cell: nn.Cell = EBVHead(ebv, tau=tau, storage_dtype=ebv_dtype)
-    else:
-        mode = "dot" if head == "fixed_random_dot" else "cos"
-        if scale is None:
-            scale = 1.0 if mode == "dot" else 1.0 / tau
-        head_cell = FixedRandomHead(num_classes, dim, mode=mode, scale=scale, seed=head_seed,
-                                    storage_dtype=ebv_dtype)
-    return Classifier(feats, projection, head_cell)
+        return Classifier(feats, linear, EBVHead(ebv, tau=tau, storage_dtype=ebv_dtype))
+    mode = "dot" if head == "fixed_random_dot" else "cos"
+    if scale is None:
+        scale = 1.0 if mode == "dot" else 1.0 / tau
+    return Classifier(feats, linear, FixedRandomHead(num_classes, dim, mode=mode, scale=scale,
+                                                     seed=head_seed, storage_dtype=ebv_dtype))
 
 
 PARTS = ("backbone", "projection", "head")
@@ -112,8 +100,8 @@ PARTS = ("backbone", "projection", "head")
 
 @dataclass
 class PartCount:
-    """Parameters of a part: ``trainable``, ``frozen`` (the fixed class vectors) and ``buffers``
-    (BatchNorm running statistics: not trained, and never counted in the paper's numbers)."""
+    """``frozen``: the fixed class vectors; ``buffers``: BatchNorm running statistics (not
+    trained, never counted in the paper's numbers)."""
     trainable: int = 0
     frozen: int = 0
     buffers: int = 0
@@ -129,13 +117,11 @@ def count_cell(cell: nn.Cell) -> PartCount:
 
 
 def count_parameters(net: Classifier) -> Dict[str, PartCount]:
-    """Counts of a ``Classifier`` per part (``PARTS``)."""
     return {part: count_cell(getattr(net, part)) for part in PARTS}
 
 
 def parameter_totals(net: Classifier) -> Dict[str, int]:
-    """``trainable``, ``frozen``, ``buffers`` summed over the parts; ``total`` = trainable +
-    frozen (BatchNorm statistics apart, as in the paper's counts)."""
+    """The counts summed over the parts; ``total`` = trainable + frozen, as in the paper."""
     c = count_cell(net)
     return {"total": c.trainable + c.frozen, "trainable": c.trainable, "frozen": c.frozen,
             "buffers": c.buffers}

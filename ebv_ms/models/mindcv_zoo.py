@@ -7,11 +7,11 @@ optimizer/loss/trainer factories, its checkpoint loading via ``checkpoint_path=`
     import mindcv, ebv_ms.models.mindcv_zoo
     net = mindcv.create_model("ebv_resnet50", num_classes=100000, embed_dim=5000, tau=0.007)
 
-Each entry point is ``create_classifier`` with the backbone fixed. The EBV set is ``ebv``
-(an ``EBVSet``, an N x d array, or a file path: .npz / .npy / the authors' .pkl), or it is
-generated with ``create_ebv`` (method ``auto``: a closed form when one fits, e.g. the padded
-Kerdock set for 100,000 x 5,000 in ~12 s; else the ``smoothmax`` optimiser). Extra keyword
-arguments go to the mindcv backbone (e.g. ``drop_rate``), as for mindcv's own models.
+Each entry point is ``create_classifier`` with the backbone fixed and head "ebv". ``ebv`` is an
+``EBVSet``, an N x d array or a file path (.npz / .npy / the authors' .pkl); without it the set
+is made by ``create_ebv`` (method ``auto``: a closed form when one fits, e.g. the padded Kerdock
+set for 100,000 x 5,000 in ~12 s; else the ``smoothmax`` optimiser). Extra keyword arguments go
+to the mindcv backbone (e.g. ``drop_rate``).
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ __all__ = ["quiet_cell_teardown"]  # register_model appends the entry points
 
 def quiet_cell_teardown() -> None:
     """Drop the AttributeError MindSpore 2.10's ``Cell.__del__`` raises ("'NoneType' object has
-    no attribute 'total_instance_count'", printed as "Exception ignored in Cell.__del__") for
-    Cells freed at interpreter exit, after MindSpore's module globals are gone: with mindcv
-    imported, train.py's network is freed that late (3 tracebacks per run, measured)."""
+    no attribute 'total_instance_count'") for Cells freed at interpreter exit, after MindSpore's
+    module globals are gone: with mindcv imported, train.py's network is freed that late (3
+    tracebacks per run, measured)."""
     from mindspore.nn import cell as _cell
     original = _cell.Cell.__del__
 
@@ -66,29 +66,20 @@ def _ebv_set(ebv, num_classes: int, embed_dim: Optional[int], alpha, method: str
     return ebv if isinstance(ebv, EBVSet) else EBVSet(np.asarray(ebv, dtype=np.float32))
 
 
-def _build(backbone: str, pretrained, num_classes: int, in_channels: int, embed_dim, ebv, tau,
-           alpha, ebv_method, ebv_seed, ebv_dtype, kwargs):
-    ebv = _ebv_set(ebv, num_classes, embed_dim, alpha, ebv_method, ebv_seed)
-    return create_classifier(backbone, "ebv", int(num_classes), embed_dim=embed_dim, ebv=ebv,
-                             tau=float(tau), ebv_dtype=ebv_dtype, pretrained=pretrained,
-                             in_channels=int(in_channels), backbone_kwargs=kwargs)
+def _entry(name: str, backbone: str, what: str):
+    def entry(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
+              embed_dim: Optional[int] = None, ebv: Union[EBVSet, np.ndarray, str, None] = None,
+              tau: float = 0.07, alpha: Optional[float] = None, ebv_method: str = "auto",
+              ebv_seed: int = 0, ebv_dtype: str = "float32", **kwargs):
+        ebv = _ebv_set(ebv, num_classes, embed_dim, alpha, ebv_method, ebv_seed)
+        return create_classifier(backbone, "ebv", int(num_classes), embed_dim=embed_dim, ebv=ebv,
+                                 tau=float(tau), ebv_dtype=ebv_dtype, pretrained=pretrained,
+                                 in_channels=int(in_channels), backbone_kwargs=kwargs)
+
+    entry.__name__ = entry.__qualname__ = name  # mindcv registers the function by its name
+    entry.__doc__ = f"mindcv {what} whose last linear layer projects to d, then the frozen EBV head."
+    return register_model(entry)
 
 
-@register_model
-def ebv_resnet50(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                 embed_dim: Optional[int] = None, ebv: Union[EBVSet, np.ndarray, str, None] = None,
-                 tau: float = 0.07, alpha: Optional[float] = None, ebv_method: str = "auto",
-                 ebv_seed: int = 0, ebv_dtype: str = "float32", **kwargs):
-    """mindcv ResNet-50 whose last linear layer projects to d, then the frozen EBV head."""
-    return _build("resnet50", pretrained, num_classes, in_channels, embed_dim, ebv, tau, alpha,
-                  ebv_method, ebv_seed, ebv_dtype, kwargs)
-
-
-@register_model
-def ebv_swin_tiny(pretrained: bool = False, num_classes: int = 1000, in_channels: int = 3,
-                  embed_dim: Optional[int] = None, ebv: Union[EBVSet, np.ndarray, str, None] = None,
-                  tau: float = 0.07, alpha: Optional[float] = None, ebv_method: str = "auto",
-                  ebv_seed: int = 0, ebv_dtype: str = "float32", **kwargs):
-    """mindcv Swin-T whose head projects to d, then the frozen EBV head."""
-    return _build("swin_tiny", pretrained, num_classes, in_channels, embed_dim, ebv, tau, alpha,
-                  ebv_method, ebv_seed, ebv_dtype, kwargs)
+ebv_resnet50 = _entry("ebv_resnet50", "resnet50", "ResNet-50")
+ebv_swin_tiny = _entry("ebv_swin_tiny", "swin_tiny", "Swin-T")
