@@ -64,7 +64,6 @@ def run(args) -> dict:
     from ebv_ms.engine.checkpoint import checkpoint_config, load_checkpoint, network_from_checkpoint
     from ebv_ms.engine.evaluator import evaluate
     from ebv_ms.engine.run_folder import check_class_names
-    from ebv_ms.models.classifier import parameter_totals
 
     if args.json:
         _check_json_path(args.json)
@@ -84,6 +83,7 @@ def run(args) -> dict:
     rank, world = init_parallel(cfg)  # (0, 1) unless launched on several ranks
     progress = rank == 0 and not args.no_progress
 
+    from ebv_ms.models.classifier import parameter_totals  # mindcv makes Tensors on import
     network, ebv = network_from_checkpoint(state, cfg, ebv_file=args.ebv, rank=rank,
                                            progress=progress)
     epoch, logged_top1, names = state.epoch, state.metrics.get("top1"), state.class_names

@@ -1,29 +1,15 @@
-"""The checkpoint: one module writes it, reads it, and loads it into a network (eval, predict,
-export and resume all go through ``network_from_checkpoint`` / ``restore``).
+"""The checkpoint: written, read and loaded into a network here only (eval, predict, export and
+resume all go through ``network_from_checkpoint`` / ``restore``).
 
-The file is MindSpore's ``.ckpt`` (a protobuf ``Checkpoint``: one ``Value`` per tensor, tag +
-dims + dtype label + raw bytes; strings as UTF-32), so ``ms.load_checkpoint`` still reads it,
-but this module writes and parses it itself: MindSpore's loader trusts a tensor's dims and
-copies past its buffer when they declare more elements than the bytes hold (a crafted file
-crashed eval.py with SIGSEGV). Here every tensor's dtype label, dims (0..8, each >= 1) and byte
-length are checked before an array is made, the tensors together cannot exceed the file, and
-anything else is refused with one line naming the file.
+The file is MindSpore's ``.ckpt`` protobuf (so ``ms.load_checkpoint`` still reads it), written and
+parsed here with checks first: MindSpore's loader trusts a tensor's dims and copies past its buffer
+when they declare more than the bytes hold (a crafted file crashed eval.py with SIGSEGV).
 
-What it holds: the network's parameters except the frozen EBV matrix, the optimizer's state
-under ``optimizer/`` (moments, ``global_step``), the loss scaler's under ``loss_scale/``, the
-full config (YAML), a JSON record (epoch, global step, best top-1, metrics, the class names in
-order, the EBV set's identity), and a sha256 of all of it (``ebv_ms_sha256``): a flipped bit
-anywhere is refused on load, and so are non-finite weights.
-
-The EBV set never changes during training, so it is not rewritten every epoch: a set of at most
-``ebv_inline_max_bytes`` (64 MiB of float32, e.g. ImageNet's 1000 x 1000) is stored inside,
-once (``ebv_ms_ebv_vectors``); a larger one (100,000 x 5,000 = 2 GB) is written once next to
-the checkpoint as ``ebv_N{N}_d{d}_{checksum}.npz`` and only its identity is recorded.
-``checkpoint_ebv`` finds it again: ``--ebv``, inside, next to the checkpoint (a plain file name
-only: a recorded name never leads out of the checkpoint's folder), the EBV cache, or rebuilt
-from a closed-form recipe whose N and d match the checkpoint's own tensors.
-
-Files are written atomically (``atomic.atomic_path``): a kill leaves the old or the new file.
+It holds the network's parameters except the frozen EBV matrix, ``optimizer/`` and
+``loss_scale/`` state, the config (YAML), a JSON record (epoch, steps, best top-1, metrics, class
+names, the EBV set's identity) and a sha256 of all of it. The set is stored inside up to
+``ebv_inline_max_bytes`` (64 MiB: ImageNet's 1000 x 1000); a larger one (100k x 5000 = 2 GB) is
+written once next to the checkpoint and only its identity recorded (``checkpoint_ebv`` finds it).
 """
 from __future__ import annotations
 
@@ -46,10 +32,6 @@ from ebv_ms.ebv import EBVSet, load_ebv
 from ebv_ms.ebv.identity import describe, identity, matches, safe_file_name
 from ebv_ms.errors import EBVMSError
 
-__all__ = ["CheckpointError", "CheckpointState", "save_checkpoint", "load_checkpoint",
-           "restore", "checkpoint_ebv", "checkpoint_config", "network_from_checkpoint",
-           "read_entries", "write_entries", "atomic_copy", "FORMAT", "EBV_INLINE_MAX_BYTES"]
-
 _log = logging.getLogger("ebv_ms")
 
 FORMAT = "ebv-ms/3"                 # 3: weights checksum and class names recorded
@@ -58,11 +40,10 @@ _META, _CONFIG, _EBV, _SUM = "ebv_ms_meta", "ebv_ms_config", "ebv_ms_ebv_vectors
 _OPT, _EXTRA = "optimizer/", "loss_scale/"
 _MAX_DIMS = 8                       # MindSpore's own limit on a tensor's rank
 _CHUNK = 1 << 28                    # bytes per protobuf Value (a message must stay < 2 GiB)
-_DTYPES = {"Float16": np.float16, "Float32": np.float32, "Float64": np.float64,
-           "Int8": np.int8, "UInt8": np.uint8, "Int16": np.int16, "UInt16": np.uint16,
-           "Int32": np.int32, "UInt32": np.uint32, "Int64": np.int64, "UInt64": np.uint64,
-           "Bool": np.bool_}
-_LABELS = {np.dtype(v): k for k, v in _DTYPES.items()}
+_DTYPES = {k: np.dtype(k.lower()) for k in ("Float16", "Float32", "Float64", "Int8", "UInt8",
+                                             "Int16", "UInt16", "Int32", "UInt32", "Int64",
+                                             "UInt64", "Bool")}  # MindSpore's labels
+_LABELS = {v: k for k, v in _DTYPES.items()}
 # a recipe from a file is rebuilt only up to this many float32 elements (N x d): the 100k x 5000
 # set is 5e8; a crafted N = d = 20,000 orthonormal recipe grew eval.py to 9.8 GB
 MAX_RECIPE_ELEMENTS = 2_000_000_000
@@ -74,7 +55,6 @@ class CheckpointError(EBVMSError, RuntimeError):
     """A checkpoint that cannot be used here (missing, damaged, crafted, or another model's)."""
 
 
-# ------------------------------------------------------------------------------ the file
 def _digest(entries: Mapping[str, Entry]) -> str:
     h = hashlib.sha256()
     for name, value in entries.items():
@@ -83,16 +63,15 @@ def _digest(entries: Mapping[str, Entry]) -> str:
         if isinstance(value, str):
             label, dims, data = "str", "", value.encode("utf-8")
         else:
-            label, dims, data = _LABELS[value.dtype], ",".join(map(str, value.shape)), value
-        h.update(f"{len(name)}:{name}|{label}|{dims}|{value.nbytes if label != 'str' else len(data)}|"
-                 .encode())
-        h.update(memoryview(np.ascontiguousarray(data)).cast("B") if label != "str" else data)
+            label, dims = _LABELS[value.dtype], ",".join(map(str, value.shape))
+            data = memoryview(np.ascontiguousarray(value)).cast("B")
+        h.update(f"{len(name)}:{name}|{label}|{dims}|{len(data)}|".encode())
+        h.update(data)
     return h.hexdigest()
 
 
 def write_entries(path: str, entries: Mapping[str, Entry]) -> str:
-    """Write ``entries`` (name -> array or string) as a MindSpore ``.ckpt`` with their sha256,
-    atomically."""
+    """``entries`` (name -> array or string) and their sha256 as a ``.ckpt``, atomically."""
     from mindspore.train.checkpoint_pb2 import Checkpoint
     entries = {k: v if isinstance(v, str) else np.ascontiguousarray(v) for k, v in entries.items()}
     entries[_SUM] = _digest(entries)
@@ -114,12 +93,8 @@ def write_entries(path: str, entries: Mapping[str, Entry]) -> str:
 
 
 def read_entries(path: str) -> Dict[str, Entry]:
-    """Parse a ``.ckpt`` into name -> read-only array (or string), checking its structure first.
-
-    Refused (``CheckpointError`` naming the file): not a regular file, not a Checkpoint message,
-    unknown fields, map tensors, a dtype label outside MindSpore's numeric types, no or more than
-    8 dims, a dim < 1, a byte length other than dims x item size, a name given twice.
-    """
+    """A ``.ckpt`` as name -> read-only array (or string); anything but plain tensors with a
+    known dtype, 0..8 dims each >= 1 and exactly their bytes is a ``CheckpointError``."""
     from google.protobuf import unknown_fields
     from mindspore.train.checkpoint_pb2 import Checkpoint
 
@@ -145,29 +120,28 @@ def read_entries(path: str) -> Dict[str, Entry]:
     del content
     if len(unknown_fields.UnknownFieldSet(msg)):
         raise bad("fields a MindSpore checkpoint does not have")
-    parts: Dict[str, list] = {}
-    order = []
+    parts: Dict[str, tuple] = {}
+    last = None
     for v in msg.value:
         if not v.HasField("tensor") or len(unknown_fields.UnknownFieldSet(v)) \
                 or len(unknown_fields.UnknownFieldSet(v.tensor)):
             raise bad(f"entry {v.tag[:80]!r} is not a plain tensor")
         t = v.tensor
         key = (t.tensor_type, tuple(t.dims))
-        if order and order[-1] == v.tag:  # a large tensor is written in consecutive chunks
+        if v.tag == last:  # a large tensor is written in consecutive chunks
             if parts[v.tag][0] != key:
                 raise bad(f"the chunks of {v.tag[:80]!r} disagree on dtype or shape")
             parts[v.tag][1].append(t.tensor_content)
             continue
         if v.tag in parts:
             raise bad(f"{v.tag[:80]!r} appears twice")
-        order.append(v.tag)
+        last = v.tag
         parts[v.tag] = (key, [t.tensor_content])
     del msg
     out: Dict[str, Entry] = {}
-    for name in order:
+    for name in list(parts):
         (label, dims), chunks = parts.pop(name)
-        data = b"".join(chunks)
-        out[name] = _entry(name, label, dims, data, bad)
+        out[name] = _entry(name, label, dims, b"".join(chunks), bad)
     return out
 
 
@@ -184,19 +158,16 @@ def _entry(name, label, dims, data, bad) -> Entry:
     if len(dims) > _MAX_DIMS or any(d < 1 for d in dims):
         raise bad(f"tensor {name[:80]!r} has {len(dims)} dims {list(dims)[:10]} (1..{_MAX_DIMS} "
                   "dims, each >= 1)")
-    dtype = np.dtype(_DTYPES[label])
+    dtype = _DTYPES[label]
     if math.prod(dims) * dtype.itemsize != len(data):
         raise bad(f"tensor {name[:80]!r} declares {list(dims)} x {label} = "
                   f"{math.prod(dims) * dtype.itemsize} bytes but holds {len(data)}")
     return np.frombuffer(data, dtype).reshape(dims)
 
 
-# ------------------------------------------------------------------------------ the record
 @dataclass
 class CheckpointState:
-    """What ``load_checkpoint`` read. ``params``: name -> array (network, ``optimizer/``,
-    ``loss_scale/``); ``ebv_info`` the recorded EBV identity (None: none); ``ebv`` the set when
-    it is inside; ``is_ebv_ms`` False for a plain MindSpore weights file (no config, epoch)."""
+    """What ``load_checkpoint`` read; ``is_ebv_ms`` False for a plain MindSpore weights file."""
 
     path: str
     epoch: int = 0                     # last completed epoch (1-based); 0 = none
@@ -227,11 +198,8 @@ def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_st
                     metrics: Optional[Mapping] = None, class_names: Optional[Sequence] = None,
                     extra_params: Optional[Mapping] = None,
                     ebv_inline_max_bytes: int = EBV_INLINE_MAX_BYTES) -> str:
-    """Write everything needed to resume (or evaluate) to ``path``, atomically.
-
-    ``ebv`` larger than ``ebv_inline_max_bytes`` (float32 bytes) is written once next to
-    ``path`` (``ebv_file_name``; kept if already there) instead of into the checkpoint.
-    """
+    """Everything needed to resume (or evaluate), atomically; a set over ``ebv_inline_max_bytes``
+    goes to a file next to ``path`` (written once)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     head = ebv_head(network)
     skip = {id(head.matrix)} if head is not None else set()  # the frozen matrix: see module doc
@@ -267,10 +235,8 @@ def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_st
 
 
 def load_checkpoint(path: str) -> CheckpointState:
-    """Read and check a checkpoint written by ``save_checkpoint`` (or a plain MindSpore weights
-    file): structure, checksum, metadata, finite weights. Any problem: ``CheckpointError``.
-    No MindSpore Tensor is made (the weights stay numpy until ``restore``), so eval.py can read
-    it before ``init()``, which MindSpore asks for before any Tensor on Ascend."""
+    """Read and check a checkpoint (or a plain MindSpore weights file); any problem is a
+    ``CheckpointError``. No Tensor is made, so eval.py can read it before ``init()`` (Ascend)."""
     raw = read_entries(path)
     state = CheckpointState(path=path)
     recorded = raw.pop(_SUM, None)
@@ -331,7 +297,6 @@ def _set_from(path: str, vectors, **how) -> EBVSet:
 
 
 def _read_metadata(state: CheckpointState, meta_s: str, cfg_s: Optional[str], vec) -> None:
-    """Fill ``state`` from the JSON record and the YAML config; wrong types raise TypeError."""
     path = state.path
     meta = json.loads(meta_s)
     if not isinstance(meta, dict):
@@ -382,9 +347,7 @@ def _int(v) -> int:
     return v
 
 
-# ------------------------------------------------------------------------------ the EBV set
 def ebv_head(network):
-    """The network's EBV head (``models.EBVHead``), or None."""
     from ebv_ms.models.heads import EBVHead
     return next((c for _, c in network.cells_and_names() if isinstance(c, EBVHead)), None)
 
@@ -405,8 +368,8 @@ def check_ebv_matches(state: CheckpointState, ebv: EBVSet) -> Optional[str]:
 
 
 def _check_recipe(state: CheckpointState, cfg) -> None:
-    """The recorded N and d must be the network's: the config's, and d the out-dim of the
-    checkpoint's own projection (a 2-D weight (d, F)); and N x d bounded."""
+    """The recorded N and d must be the config's and the out-dim of a 2-D weight in it, N x d
+    bounded."""
     info = state.ebv_info
     n, d = info["num_classes"], info["dim"]
     proj = [a.shape for k, a in state.params.items()
@@ -428,14 +391,9 @@ def _check_recipe(state: CheckpointState, cfg) -> None:
 def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = None,
                    rank: int = 0, progress: bool = False,
                    logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
-    """The EBV set ``state`` was trained with, verified by its checksum.
-
-    Looked for in this order: ``ebv_file`` (``eval.py --ebv``) or the ``ebv.path`` of ``cfg``
-    (the user's: a checkpoint's own ebv.path is dropped by ``checkpoint_config``); inside the
-    checkpoint; the recorded file next to it; the EBV cache of ``cfg``; a rebuild from the
-    recorded recipe for the deterministic closed forms. A checkpoint that records no set gets
-    ``resolve_ebv(cfg)``.
-    """
+    """The EBV set ``state`` was trained with, verified by its checksum, from: ``ebv_file``
+    (``--ebv``) or the user's ``ebv.path``; inside; the recorded file next to it; the cache; a
+    rebuild of a closed-form recipe. A checkpoint that records no set gets ``resolve_ebv(cfg)``."""
     from .ebv_source import ebv_cache_path, needs_ebv, resolve_ebv
     log = logger or _log
     if state.ebv_info is None:
@@ -483,7 +441,6 @@ def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = N
 
 
 def _closed_form_recipe(info: dict) -> Optional[str]:
-    """The ``create_ebv`` method that rebuilds a recorded closed-form set, else None."""
     method = info.get("method")
     if not isinstance(method, str) or not method.startswith("closed_form:") \
             or isinstance(info.get("seed"), bool) or not isinstance(info.get("seed"), int):
@@ -493,12 +450,10 @@ def _closed_form_recipe(info: dict) -> Optional[str]:
     return name if name in METHODS else None
 
 
-# ------------------------------------------------------------------------------ into a network
 def checkpoint_config(state: CheckpointState, config: Optional[str] = None,
                       overrides: Sequence[str] = ()):
-    """The config to rebuild ``state``'s network: its recorded config <- ``config`` YAML <-
-    ``overrides``. The recorded ``ebv.path`` / ``ebv.cache_dir`` are not followed (paths from a
-    file lead anywhere): the user passes them, or --ebv."""
+    """Recorded config <- ``config`` <- ``overrides``; the recorded ``ebv.path`` / ``cache_dir``
+    are dropped (paths from a file lead anywhere)."""
     from ebv_ms.config import ConfigError, load_config
     if state.config is None and not config:
         raise ConfigError(f"{state.path} records no config (not written by train.py); pass "
@@ -518,9 +473,7 @@ def checkpoint_config(state: CheckpointState, config: Optional[str] = None,
 def network_from_checkpoint(state: CheckpointState, cfg, ebv_file: Optional[str] = None,
                             rank: int = 0, progress: bool = False, amp_level: str = "O0",
                             logger: Optional[logging.Logger] = None):
-    """The one checkpoint -> network loader (eval, predict, export, resume): the EBV set it was
-    trained with (``checkpoint_ebv``), the network ``build_network`` makes from ``cfg``, and
-    its weights (``restore``). Returns ``(network, ebv)``."""
+    """``(network, ebv)``: the set it was trained with, ``build_network(cfg)``, its weights."""
     from .builders import build_network
     ebv = checkpoint_ebv(state, cfg, ebv_file, rank=rank, progress=progress, logger=logger)
     network = build_network(cfg, ebv, amp_level)
@@ -530,14 +483,10 @@ def network_from_checkpoint(state: CheckpointState, cfg, ebv_file: Optional[str]
 
 def restore(state: CheckpointState, network, optimizer=None,
             extra_params: Optional[Mapping] = None) -> None:
-    """Load ``state``'s weights into ``network`` (every parameter must be there, same shape and
-    dtype; a frozen matrix stored in another dtype is cast), and the optimizer / loss scaler.
-
-    Values are set directly (``Parameter.set_data``), after these checks, so MindSpore's
-    ``load_param_into_net`` has nothing to warn about (it listed every parameter the optimizer
-    shares with the network as "not loaded" on every resume). The network's EBV head must hold
-    the checkpoint's set; the frozen matrix itself is never loaded over.
-    """
+    """``state``'s weights into ``network`` (all there, same shape and dtype; a frozen one stored
+    in another dtype is cast) and the optimizer / loss scaler; the EBV matrix is never loaded over.
+    Set directly, not by ``load_param_into_net``, which called every parameter the optimizer
+    shares with the network "not loaded" on every resume."""
     head = ebv_head(network)
     skip = set()
     if head is not None:
@@ -579,7 +528,7 @@ def _assign(state: CheckpointState, params, key_of: Mapping[str, str], what: str
         arr = state.params[key_of[p.name]]
         if arr.size == 1 == math.prod(p.shape):  # a scalar state is () or (1,) by MindSpore's mood
             arr = arr.reshape(p.shape)
-        want = np.dtype(_DTYPES[str(p.dtype)])
+        want = _DTYPES[str(p.dtype)]
         if tuple(arr.shape) != tuple(p.shape) or (arr.dtype != want and p.requires_grad):
             raise CheckpointError(f"{state.path}: {key_of[p.name]} is {arr.dtype} "
                                   f"{list(arr.shape)} there but {want} {list(p.shape)} "

@@ -1,27 +1,20 @@
-"""Data-parallel set-up for ranks started by mpirun or msrun (MindSpore's dynamic cluster).
+"""Data-parallel set-up for ranks started by mpirun or msrun (MindSpore's dynamic cluster), and the
+collectives the engine uses.
 
-Why the dynamic cluster even under mpirun: MindSpore's MPI-only ``init()`` does not work on CPU,
-while the dynamic cluster (one scheduler process plus N workers that find it through
-``MS_SCHED_HOST``/``MS_SCHED_PORT``) works on CPU, GPU and Ascend alike. So
-``scripts/run_distribute_gpu.sh`` uses mpirun only to start and stop the workers; it starts the
-scheduler beside them (``python -m ebv_ms.tools.scheduler``) and a small wrapper
-maps ``OMPI_COMM_WORLD_RANK`` to ``MS_NODE_ID``. ``msrun`` sets the same variables itself.
-
-What a training or evaluation script calls (in this order):
-
-    rank, world = init_distributed(cfg)        # right after choosing the device, before any work
-    ds, info = create_dataset(..., num_shards=world, shard_id=rank, seed=cfg.seed)
-    ... checkpoints and the main log only if is_main_rank()
-    per_rank = all_gather_counts([hits, samples])   # sharded evaluation: every rank's counts
-
-Under msrun the scheduler runs the training script itself; ``init_distributed`` then never
-returns (the process serves the cluster and exits), which is why it must come before any work.
+The dynamic cluster (a scheduler plus N workers that find it through ``MS_SCHED_HOST``/``_PORT``)
+even under mpirun, because MindSpore's MPI-only ``init()`` does not work on CPU: the launcher
+(``ebv_ms.tools.launch``) starts ``python -m ebv_ms.tools.scheduler`` beside mpirun's workers and
+maps ``OMPI_COMM_WORLD_RANK`` to ``MS_NODE_ID``; msrun sets the same variables. Call
+``init_distributed`` right after choosing the device, before any work: under msrun the scheduler
+runs the training script itself, and ``init_distributed`` then serves the cluster and exits.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import zlib
 from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
@@ -31,27 +24,15 @@ from ebv_ms.errors import EBVMSError
 
 _LOG = logging.getLogger(__name__)
 
-# Environment of the dynamic cluster (set by msrun, or by scripts/run_distribute_gpu.sh).
-ROLE_ENV = "MS_ROLE"            # MS_SCHED | MS_WORKER
-WORKER_ROLE = "MS_WORKER"
-SCHED_ROLE = "MS_SCHED"
 
 class DistributedError(EBVMSError, RuntimeError):
     """A launch that cannot work; the message says what to do."""
 
 
-def _cfg_get(cfg: Any, key: str, default=None):
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
 def launch_env() -> Optional[str]:
-    """How this process was started: 'dynamic_cluster' (msrun / our mpirun script), 'mpirun'
-    (bare mpirun without the dynamic-cluster variables), or None (a single process)."""
-    if os.environ.get(ROLE_ENV):
+    """'dynamic_cluster' (msrun / the launcher), 'mpirun' (bare, without the cluster's
+    variables) or None (a single process)."""
+    if os.environ.get("MS_ROLE"):
         return "dynamic_cluster"
     if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
         return "mpirun"
@@ -59,15 +40,11 @@ def launch_env() -> Optional[str]:
 
 
 def init_distributed(cfg: Any = None) -> Tuple[int, int]:
-    """Join the data-parallel job if launched as one; returns (rank, world_size).
-
-    Single process: (0, 1), nothing changes. Under msrun / run_distribute_gpu.sh: calls
-    ``mindspore.communication.init()`` and sets DATA_PARALLEL with mean-reduced gradients, so
-    ``nn.TrainOneStepCell`` / ``Model`` all-reduce gradients across ranks. A scheduler process
-    (MS_ROLE=MS_SCHED) serves the cluster inside ``init()`` and exits without returning.
-    """
+    """Join the data-parallel job if launched as one (DATA_PARALLEL, mean-reduced gradients);
+    returns (rank, world_size), (0, 1) for a single process."""
     how = launch_env()
-    device_target = _cfg_get(cfg, "device_target")
+    device_target = (cfg.get("device_target") if isinstance(cfg, Mapping)
+                     else getattr(cfg, "device_target", None))
     if how is None or _comm_initialized():
         return get_rank_info()
 
@@ -80,7 +57,7 @@ def init_distributed(cfg: Any = None) -> Tuple[int, int]:
             "launch with `DEVICE_TARGET=CPU bash scripts/run_distribute_gpu.sh CONFIG N`, which "
             "starts the dynamic-cluster scheduler and sets MS_ROLE/MS_NODE_ID for each rank")
     set_device(device_target)  # init() needs the device (and the rank's card) chosen
-    role = os.environ.get(ROLE_ENV)
+    role = os.environ.get("MS_ROLE")
     try:
         init()
     except Exception as exc:  # the message of MindSpore's own error is kept
@@ -89,8 +66,7 @@ def init_distributed(cfg: Any = None) -> Tuple[int, int]:
             f"{os.environ.get('MS_NODE_ID')}, scheduler {os.environ.get('MS_SCHED_HOST')}:"
             f"{os.environ.get('MS_SCHED_PORT')}, MS_WORKER_NUM={os.environ.get('MS_WORKER_NUM')}): "
             f"{exc}") from exc
-    if role == SCHED_ROLE:
-        # The scheduler's work is done when init() returns (all workers have left).
+    if role == "MS_SCHED":  # the scheduler's work is done when init() returns
         sys.exit(0)
     rank, world = get_rank_info()
     ms.reset_auto_parallel_context()
@@ -106,8 +82,7 @@ def _comm_initialized() -> bool:
 
 
 def get_rank_info() -> Tuple[int, int]:
-    """(rank, world_size), from MindSpore's communication state itself (the one source: no copy
-    kept here); (0, 1) before ``init_distributed`` joined a job, or in a single process."""
+    """(rank, world_size) from MindSpore's communication state (no copy kept here)."""
     if not _comm_initialized():
         return 0, 1
     from mindspore.communication import get_group_size, get_rank
@@ -115,7 +90,6 @@ def get_rank_info() -> Tuple[int, int]:
 
 
 def is_main_rank() -> bool:
-    """True on rank 0: the only rank that writes checkpoints, the main log and summaries."""
     return get_rank_info()[0] == 0
 
 
@@ -124,17 +98,14 @@ def rank_log_dir(output_dir: str) -> str:
 
 
 def rank_log_path(output_dir: str, rank: Optional[int] = None) -> str:
-    """OUTPUT_DIR/logs/rank_K.log: where the launch scripts write rank K's stdout and stderr."""
+    """OUTPUT_DIR/logs/rank_K.log: where the launcher writes rank K's output."""
     rank = get_rank_info()[0] if rank is None else rank
     return os.path.join(rank_log_dir(output_dir), f"rank_{rank}.log")
 
 
 def all_gather_counts(counts) -> np.ndarray:
-    """Every rank's integer ``counts`` as a (world_size, k) int array, in rank order.
-
-    One ``ops.AllGather`` of k int32 values (int32: CPU's AllReduce kernel takes floats only in
-    MindSpore 2.10, its AllGather takes int32; summing the rows afterwards is exact). Alone: (1, k).
-    """
+    """Every rank's integer ``counts`` as a (world_size, k) int64 array, in rank order (int32
+    AllGather: CPU's AllReduce takes floats only in MindSpore 2.10)."""
     arr = np.asarray(counts, dtype=np.int32).reshape(1, -1)
     if get_rank_info()[1] == 1:
         return arr.astype(np.int64)
@@ -144,15 +115,11 @@ def all_gather_counts(counts) -> np.ndarray:
 
 
 def write_in_place(params, values) -> None:
-    """Copy ``values`` (a flat float array, the params' sizes in order) into ``params`` in place.
+    """Copy ``values`` (flat, the params' sizes in order) into ``params`` with ``Tensor.copy_``.
 
-    In place, not ``Parameter.set_data``: set_data gives the Parameter a new buffer
-    (parameter.py: set_data -> _update_tensor_data -> assign_value), while a graph that has
-    already run keeps reading and writing the buffer it was given at its first step. Measured
-    (tests/test_param_writes.py): after set_data the compiled train step never moved the
-    BatchNorm statistics again; ``Tensor.copy_`` (what MindSpore 2.10 names in place of
-    ``assign_value``; ``ops.assign`` is deprecated) writes the buffer the graph reads.
-    """
+    Not ``Parameter.set_data``, which gives the Parameter a new buffer while a graph that has run
+    keeps the one it was given: after set_data the compiled step never moved the BatchNorm
+    statistics again (tests/test_param_writes.py)."""
     import mindspore as ms
     at = 0
     for p in params:
@@ -162,9 +129,7 @@ def write_in_place(params, values) -> None:
 
 
 def broadcast_from_main_rank(params) -> None:
-    """Set ``params`` (float32 Parameters) to rank 0's values on every rank, in place (the
-    compiled steps keep using them): one ``ops.Broadcast`` of their concatenation. Alone:
-    nothing to do."""
+    """Rank 0's values of ``params`` (float32) on every rank, in place: one ``ops.Broadcast``."""
     params = list(params)
     if get_rank_info()[1] == 1 or not params:
         return
@@ -175,24 +140,17 @@ def broadcast_from_main_rank(params) -> None:
     write_in_place(params, got.asnumpy())
 
 
-def check_same_start(resume, rank: int, world_size: int) -> None:
-    """Stop every rank, with one message, unless all ranks resume from the same checkpoint.
-
-    ``resume`` is this rank's ``ResumeState`` (None: starts from scratch). Each rank decides from
-    the files it sees, so a rank that cannot see OUTPUT_DIR/last.ckpt would start from scratch
-    while the others resume, run a different number of steps and hang in a collective. One
-    all-gather of (epoch, global step, checkpoint identity) per rank compares them first.
-    """
+def check_same_start(state, rank: int, world_size: int) -> None:
+    """Stop every rank, with one message, unless all resume from the same checkpoint (``state``,
+    None: from scratch). A rank that cannot see OUTPUT_DIR/last.ckpt would start from scratch
+    while the others resume, and hang in a collective."""
     if world_size == 1:
         return
-    import json
-    import zlib
     seen = [0, 0, 0]
-    if resume is not None:
-        ckpt = resume.checkpoint
-        ident = json.dumps([resume.epoch, resume.global_step, getattr(ckpt, "ebv_checksum", None),
-                            getattr(ckpt, "metrics", None)], sort_keys=True, default=str)
-        seen = [resume.epoch, resume.global_step, zlib.crc32(ident.encode()) & 0x7FFFFFFF]
+    if state is not None:
+        ident = json.dumps([state.epoch, state.global_step, state.ebv_checksum, state.metrics],
+                           sort_keys=True, default=str)
+        seen = [state.epoch, state.global_step, zlib.crc32(ident.encode()) & 0x7FFFFFFF]
     per_rank = all_gather_counts(seen)
     if (per_rank == per_rank[0]).all():
         return
@@ -203,7 +161,7 @@ def check_same_start(resume, rank: int, world_size: int) -> None:
             return "no checkpoint (would start from scratch)"
         return f"a checkpoint at epoch {epoch} (global step {step}, identity {ident:08x})"
 
-    where = resume.path if resume is not None else "nothing"
+    where = state.path if state is not None else "nothing"
     raise DistributedError(
         "the ranks do not agree where the resumed run starts: " + "; ".join(
             f"rank {k} sees {said(row)}" for k, row in enumerate(per_rank)) +

@@ -1,17 +1,9 @@
-"""The EBV set a run uses: a configured file, or generated once and cached; how every rank of a
-multi-host run gets the same set (the set a checkpoint was trained with is found by
-``checkpoint.checkpoint_ebv``).
-
-The cache file name is the generation key (N, d, alpha, method, seed), so a second run (or
-another rank) with the same settings reuses the same vectors. Files are the native ``.npz``,
-whose matrix every process maps read-only (``load_ebv``): the ranks of one host share one copy.
-
-Under data parallel every rank first looks on its own disk: the configured file or the cache.
-Failing that, a deterministic closed form (the 100k config's set among them) is rebuilt on each
-host (one rank per cache folder at a time, under a file lock), and rank 0 alone generates an
-iterative set (generation on a GPU is not bit-reproducible across processes). Then the ranks
-compare checksums in one all-gather; a rank that still has no set receives rank 0's over the
-collective in chunks, so hosts need no shared folder and no rank waits for a file.
+"""The EBV set a run uses: the configured file, or generated once and cached under its generation
+key (N, d, alpha, method, seed); ``.npz`` files are mapped read-only, so a host's ranks share one
+copy. Under data parallel each rank looks on its own disk; a closed form is rebuilt per host
+(under a file lock), an iterative set only by rank 0 (GPU generation is not bit-reproducible).
+The ranks compare checksums in one all-gather and a rank without the set receives rank 0's over
+the collective, so hosts need no shared folder and no rank waits for a file.
 """
 from __future__ import annotations
 
@@ -30,9 +22,7 @@ import numpy as np
 from ebv_ms.config import ConfigError, ebv_path_missing
 from ebv_ms.ebv import EBVError, EBVSet, load_ebv, save_ebv
 from ebv_ms.ebv.identity import ebv_file_name
-
-__all__ = ["needs_ebv", "ebv_cache_path", "resolve_ebv", "share_ebv", "start_run_ebv_file",
-           "run_ebv_file"]
+from .distributed import all_gather_counts, get_rank_info
 
 _log = logging.getLogger("ebv_ms")
 _CHUNK_BYTES = 16 << 20   # per broadcast: a 2 GB set never needs a 2 GB collective buffer
@@ -61,7 +51,7 @@ def _check_shape(ebv: EBVSet, cfg, source: str) -> EBVSet:
 
 @contextlib.contextmanager
 def _cache_lock(path: str):
-    """One process at a time makes ``path`` (the ranks of a host share its cache folder)."""
+    """One process at a time makes ``path`` (a host's ranks share the cache folder)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".lock", "a") as f:
         try:
@@ -72,10 +62,8 @@ def _cache_lock(path: str):
 
 
 def _mapped(path: str, checksum: str) -> EBVSet:
-    """The set saved at ``path``, mapped from there (shared with the host's other ranks).
-
-    Callers drop the set they saved first: the mapping then replaces it instead of joining it
-    (at 100k x 5000, 2 GB of anonymous memory freed before 2 GB of page cache is mapped)."""
+    """The set saved at ``path``, mapped (callers drop the one they saved first: at 100k x 5000,
+    2 GB of anonymous memory freed before 2 GB of page cache is mapped)."""
     ebv = load_ebv(path)
     if ebv.checksum() != checksum:
         raise EBVError(f"{path}: holds EBV set {ebv.checksum()}, not {checksum} (written just "
@@ -84,7 +72,7 @@ def _mapped(path: str, checksum: str) -> EBVSet:
 
 
 def _local_ebv(cfg, rank: int, progress: bool, log) -> Optional[EBVSet]:
-    """The set from this rank's own disk or a local build; None for a rank > 0 that needs rank 0's."""
+    """The set from this rank's disk or a local build; None: a rank > 0 that needs rank 0's."""
     if cfg.ebv.path:
         path = str(cfg.ebv.path)
         if not os.path.isfile(path):
@@ -128,7 +116,6 @@ def resolve_ebv(cfg, rank: int = 0, progress: bool = True,
     log = logger or _log
     if not needs_ebv(cfg):
         return None
-    from .distributed import get_rank_info
     world = get_rank_info()[1]
     ebv = _local_ebv(cfg, rank, progress, log)
     if world == 1:
@@ -138,11 +125,8 @@ def resolve_ebv(cfg, rank: int = 0, progress: bool = True,
     return share_ebv(ebv, rank, folder, name, log)
 
 
-# --------------------------------------------------------------------------- sharing
-
-
 def _ids(ebv: Optional[EBVSet], folder: str) -> list:
-    """This rank's row of the all-gather: has-set, N, d, checksum, metadata size, folder key."""
+    """This rank's all-gather row: has-set, N, d, checksum, metadata size, folder key."""
     cs = [0] * 4 if ebv is None else [int(ebv.checksum()[i:i + 4], 16) for i in range(0, 16, 4)]
     meta = 0 if ebv is None else len(_meta_bytes(ebv))
     key = zlib.crc32(f"{socket.gethostname()}:{os.path.realpath(folder)}".encode())
@@ -165,15 +149,11 @@ def _broadcast(arr: np.ndarray) -> np.ndarray:
 
 def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str] = None,
               logger: Optional[logging.Logger] = None) -> EBVSet:
-    """Rank 0's set on every rank (a collective: every rank calls it).
+    """Rank 0's set on every rank (a collective); ``ebv``: what this rank found (None: nothing).
 
-    ``ebv``: what this rank found itself (None: nothing). One all-gather compares every rank's
-    checksum with rank 0's: a different set stops every rank with one message. When ranks have
-    none, rank 0 broadcasts the matrix in ``_CHUNK_BYTES`` pieces; in each host's ``folder``
-    (ranks sharing it: same host and path) one rank keeps it, saves it there (``name``, else
-    ``ebv_N{N}_d{d}_{checksum}.npz``) and the others map that file after a second all-gather.
-    """
-    from .distributed import all_gather_counts
+    A different set stops every rank with one message. Rank 0 broadcasts the matrix to the ranks
+    without one; in each host's ``folder`` one of them saves it (``name``, else
+    ``ebv_N{N}_d{d}_{checksum}.npz``) and the others map that file."""
     log = logger or _log
     rows = all_gather_counts(_ids(ebv, folder))
     ref = rows[0]
@@ -239,14 +219,11 @@ def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str]
     return ebv
 
 
-# --------------------------------------------------------------------------- the run's file
-
 _WRITING: dict = {}   # target path -> the thread writing it (start_run_ebv_file)
 
 
 def _write_run_file(ebv: EBVSet, target: str) -> None:
-    """``ebv`` at ``target``: a hard link to the file it is mapped from when that is possible
-    (no 2 GB written, one page cache), else written out (atomically either way)."""
+    """``ebv`` at ``target``, atomically: a hard link to the file it is mapped from if possible."""
     if os.path.isfile(target):
         return  # the name holds the checksum: it is this set
     source = getattr(ebv.vectors.base, "filename", None)
@@ -260,9 +237,8 @@ def _write_run_file(ebv: EBVSet, target: str) -> None:
 
 
 def start_run_ebv_file(folder: str, ebv: EBVSet) -> str:
-    """Begin writing the run's EBV file into ``folder`` off the training path (rank 0, at set-up);
-    ``run_ebv_file`` waits for it. Written by the first checkpoint instead, it held every other
-    rank at the next collective for 7.6-10.9 s (2 GB at 100k x 5000)."""
+    """Start writing the run's EBV file in a thread (rank 0, at set-up; ``run_ebv_file`` waits):
+    written by the first checkpoint, it held the other ranks 7.6-10.9 s (2 GB at 100k x 5000)."""
     import threading
     target = os.path.join(os.path.abspath(folder), ebv_file_name(ebv))
     if target not in _WRITING and not os.path.isfile(target):
@@ -273,8 +249,7 @@ def start_run_ebv_file(folder: str, ebv: EBVSet) -> str:
 
 
 def run_ebv_file(folder: str, ebv: EBVSet) -> str:
-    """The name of the run's EBV file in ``folder``, there when this returns (waits for a write
-    started by ``start_run_ebv_file``; writes it now if none was, or if that one failed)."""
+    """The name of the run's EBV file in ``folder``, there when this returns."""
     target = os.path.join(os.path.abspath(folder), ebv_file_name(ebv))
     pending = _WRITING.pop(target, None)
     if pending is not None:

@@ -1,12 +1,6 @@
-"""Top-1 / top-5 over the evaluation split, sharded over the ranks, with images/s.
-
-Every rank evaluates its own shard (``create_dataset(..., num_shards, shard_id)``, the same
-sharding as training) and the integer counts are gathered from all ranks in one collective, so
-the figures are the whole split's on every rank. The sampler pads a shard with at most one
-repeat of another shard's sample so that all ranks run the same number of batches; those
-repeats are the last rows of the shard and are left out of the counts, so each sample of the
-split is counted exactly once whatever the number of ranks.
-"""
+"""Top-1 / top-5 over the evaluation split: every rank evaluates its shard and the counts are
+gathered in one collective. The sampler pads a shard with at most one repeat of another shard's
+sample (so all ranks run as many batches); those last rows are left out of the counts."""
 from __future__ import annotations
 
 import time
@@ -17,12 +11,9 @@ from ebv_ms.progress import progress_bar
 from .distributed import all_gather_counts
 from .metrics import AccuracyMeter
 
-__all__ = ["evaluate", "own_bad_samples"]
-
 
 def own_bad_samples(info) -> int:
-    """Bad samples of this shard's own part of the split (padding repeats excluded: they are
-    another shard's samples, counted there)."""
+    """Bad samples of this shard's own part of the split (padding repeats are counted elsewhere)."""
     if info.bad is None:
         return 0
     bad = set(info.bad.indices())
@@ -32,8 +23,8 @@ def own_bad_samples(info) -> int:
 
 
 def evaluate(network, parts, *, progress: bool = True, desc: str = "eval") -> Dict[str, object]:
-    """Run ``network`` (set to eval mode) over this rank's shard (``builders.EvalParts``);
-    returns the whole split's top1/top5 (%), counts, ``samples_per_rank``, bad samples, img/s."""
+    """The whole split's top1/top5 (%), counts, ``samples_per_rank``, bad samples and images/s,
+    from ``network`` (set to eval mode) over this rank's ``builders.EvalParts``."""
     network.set_train(False)
     info = parts.info
     own = info.shard_samples - info.shard_padding   # rows of this shard that are its own samples

@@ -1,8 +1,6 @@
-"""Logs: a text log (console + file) and a JSON-lines metrics file, one record per epoch.
-
-Rank 0 writes the main log ``<output_dir>/train.log`` and ``metrics.jsonl``. Other ranks log to
-their stdout, which the launch scripts capture in ``<output_dir>/logs/rank_<r>.log`` (one file per
-rank, with any traceback), so a failing rank's messages are never lost.
+"""Logs: the text log (console, and rank 0's ``OUTPUT_DIR/train.log``) and ``metrics.jsonl``, one
+record per epoch. Other ranks log to their stdout, which the launcher captures in
+``OUTPUT_DIR/logs/rank_<r>.log``.
 """
 from __future__ import annotations
 
@@ -15,24 +13,13 @@ import time
 from typing import List, Mapping, Optional
 
 from ebv_ms.atomic import atomic_path
-
-__all__ = ["setup_logger", "open_log_file", "JsonlLog", "main_log_path"]
-
-
-def main_log_path(output_dir: str, main_name: str = "train.log") -> str:
-    """Rank 0's log file (OUTPUT_DIR/train.log); every rank's captured stdout is
-    ``distributed.rank_log_path``."""
-    return os.path.join(output_dir, main_name)
+from .run_folder import RunFolderError
 
 
-def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = "ebv_ms",
-                 main_name: str = "train.log", console: bool = True,
-                 defer_file: bool = False) -> logging.Logger:
-    """A logger that writes to this rank's file (appending across resumes) and the console.
-
-    ``defer_file``: keep the file's lines in memory until ``open_log_file`` (a run refused at
-    set-up then leaves the run folder's log untouched; the console has every line at once)."""
-    logger = logging.getLogger(name)
+def setup_logger(output_dir: Optional[str], rank: int = 0) -> logging.Logger:
+    """The "ebv_ms" logger, to the console; rank 0's file lines are kept in memory until
+    ``open_log_file`` (a run refused at set-up leaves the run folder's log untouched)."""
+    logger = logging.getLogger("ebv_ms")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for h in list(logger.handlers):
@@ -40,28 +27,21 @@ def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = "ebv_ms",
         h.close()
     fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s",
                             datefmt="%Y-%m-%d %H:%M:%S")
-    if console:
-        sh = logging.StreamHandler(sys.stdout)
-        sh.setFormatter(fmt)
-        logger.addHandler(sh)
-    if output_dir and rank == 0:
-        if defer_file:
-            mh = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1,
-                                                flushOnClose=False)
-            mh.setFormatter(fmt)  # handed to the file handler by open_log_file
-            logger.addHandler(mh)
-        else:
-            open_log_file(logger, output_dir, main_name)
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if output_dir and rank == 0:  # handed to the file handler by open_log_file
+        handlers.append(logging.handlers.MemoryHandler(
+            capacity=1 << 20, flushLevel=logging.CRITICAL + 1, flushOnClose=False))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
     return logger
 
 
-def open_log_file(logger: logging.Logger, output_dir: str, main_name: str = "train.log") -> None:
-    """Start writing rank 0's log file; lines kept back by ``defer_file`` go first."""
-    path = main_log_path(output_dir, main_name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fh = logging.FileHandler(path, encoding="utf-8")
-    fmt = next((h.formatter for h in logger.handlers if h.formatter is not None), None)
-    fh.setFormatter(fmt)
+def open_log_file(logger: logging.Logger, output_dir: str) -> None:
+    """Start writing rank 0's ``train.log`` (appending across resumes); kept lines go first."""
+    os.makedirs(output_dir, exist_ok=True)
+    fh = logging.FileHandler(os.path.join(output_dir, "train.log"), encoding="utf-8")
+    fh.setFormatter(next((h.formatter for h in logger.handlers if h.formatter is not None), None))
     for h in list(logger.handlers):
         if isinstance(h, logging.handlers.MemoryHandler):
             h.setTarget(fh)
@@ -79,9 +59,8 @@ class JsonlLog:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
     def write(self, record: Mapping) -> None:
-        rec = {"time": round(time.time(), 3), **record}
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, sort_keys=False) + "\n")
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -99,7 +78,6 @@ class JsonlLog:
                 except json.JSONDecodeError:
                     continue  # a line cut by a kill mid-write
                 if not isinstance(rec, dict) or type(rec.get("epoch", 0)) is not int:
-                    from .run_folder import RunFolderError
                     raise RunFolderError(f"{self.path} line {number} is not an epoch record "
                                          f"({line[:60]!r}); restore the file or remove that line")
                 out.append(rec)

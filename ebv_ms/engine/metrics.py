@@ -5,8 +5,6 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-__all__ = ["topk_correct", "AccuracyMeter"]
-
 
 def topk_correct(topk_idx: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)) -> Dict[int, int]:
     """How many rows have their label among the first k of ``topk_idx`` (B, K sorted best-first)."""

@@ -1,18 +1,6 @@
-"""The run folder (``output_dir``): one run at a time, and left as it was until a run is accepted.
-
-- ``RunLock``: an exclusive ``fcntl.flock`` on the folder for the run's lifetime (the holder is
-  recorded in ``OUTPUT_DIR/.run.lock``; deleting it does not release the lock).
-  The kernel drops it when the process ends in any way (kill -9 included), so a lock is never
-  stale and ``--resume`` after a crash just works; a second run into the same folder is refused
-  with the first one's pid, host and start time (written into the lock file). Only rank 0 writes
-  into the folder, so only rank 0 takes it; a second job's rank 0 fails and its launcher stops
-  the other ranks.
-- ``remove_stale_temps``: temporaries of interrupted atomic writes (``.NAME.tmp<pid>...``, see
-  ``ebv_ms/atomic.py``), each possibly checkpoint-sized, whose writer is gone. Run under the lock
-  (no other run writes here then); a temporary whose pid is alive on this host is kept.
-- ``check_class_names``: a resumed run must see the classes, in the order, that its
-  ``classes.json`` recorded, or every label index would silently mean another class.
-"""
+"""The run folder (``output_dir``): one run at a time (``RunLock``, rank 0's), temporaries of
+interrupted writes removed, and the class list a resumed run must see again (``classes.json``:
+else every label index would silently mean another class)."""
 from __future__ import annotations
 
 import fcntl
@@ -25,9 +13,6 @@ import time
 from typing import List, Optional, Sequence
 
 from ebv_ms.errors import EBVMSError
-
-__all__ = ["RunFolderError", "RunLock", "LOCK_NAME", "CLASSES_NAME", "remove_stale_temps",
-           "check_class_names", "read_class_names"]
 
 LOCK_NAME = ".run.lock"
 CLASSES_NAME = "classes.json"
@@ -42,12 +27,10 @@ class RunFolderError(EBVMSError, RuntimeError):
 
 
 class RunLock:
-    """``with RunLock(folder):`` holds the folder for this process (see the module docstring).
-
-    The lock is an ``fcntl.flock`` on the folder itself (an open directory), so deleting
-    ``.run.lock`` (which only records the holder) does not release it; where directories cannot
-    be flock'ed (some network file systems) the lock file itself is locked.
-    """
+    """``with RunLock(folder):`` an ``fcntl.flock`` on the folder itself (on ``.run.lock``, which
+    records the holder, where directories cannot be locked). The kernel drops it when the process
+    ends in any way (kill -9 too), so it is never stale; a second run is refused naming the
+    holder."""
 
     def __init__(self, folder: str):
         self.folder = str(folder)
@@ -125,8 +108,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folders: Sequence[str]) -> List[str]:
-    """Delete the temporaries of interrupted atomic writes in ``folders`` (not recursive) whose
-    writer process no longer exists; returns the removed paths."""
+    """Delete the temporaries of interrupted atomic writes (``.NAME.tmp<pid>``, possibly
+    checkpoint-sized) in ``folders`` whose writer is gone; run under the lock."""
     removed = []
     for folder in folders:
         if not os.path.isdir(folder):
@@ -145,8 +128,7 @@ def remove_stale_temps(folders: Sequence[str]) -> List[str]:
 
 
 def read_class_names(folder: str) -> Optional[List[str]]:
-    """The class names of ``folder``'s ``classes.json`` (None: there is none); a damaged one is
-    a ``RunFolderError`` naming it."""
+    """``folder``'s ``classes.json`` (None: none; damaged: ``RunFolderError``)."""
     path = os.path.join(folder, CLASSES_NAME)
     if not os.path.isfile(path):
         return None
@@ -164,8 +146,8 @@ def read_class_names(folder: str) -> Optional[List[str]]:
 
 def check_class_names(where: str, class_names: Sequence[str],
                       saved: Optional[Sequence[str]] = None) -> None:
-    """Refuse data whose class list differs from the one recorded at ``where``: ``saved``
-    (a checkpoint's record), else the folder's ``classes.json`` (if any)."""
+    """Refuse data whose classes differ from ``saved`` (a checkpoint's), else from the folder
+    ``where``'s ``classes.json`` (if any)."""
     if saved is None:
         saved = read_class_names(where)
         where = os.path.join(where, CLASSES_NAME)
@@ -174,8 +156,9 @@ def check_class_names(where: str, class_names: Sequence[str],
     saved, names = list(saved), list(class_names)
     if saved == names:
         return
-    i = next((k for k, (a, b) in enumerate(zip(saved, names)) if a != b), min(len(saved), len(names)))
-    at = (f"class {i} is {saved[i]!r} there and {names[i]!r} in the data" if i < min(len(saved), len(names))
+    common = min(len(saved), len(names))
+    i = next((k for k, (a, b) in enumerate(zip(saved, names)) if a != b), common)
+    at = (f"class {i} is {saved[i]!r} there and {names[i]!r} in the data" if i < common
           else f"the first {i} agree")
     raise RunFolderError(
         f"the data's classes differ from the run's {where} ({len(saved)} classes there, "

@@ -1,11 +1,6 @@
-"""One optimizer step as (optionally ``ms.jit``-compiled) functions, and the stall guard.
-
-``mindspore.value_and_grad`` over the trainable parameters; gradients are all-reduced (mean)
-with ``nn.DistributedGradReducer`` whenever the auto-parallel context says data parallel (set
-by ``ebv_ms.engine.distributed.init_distributed`` under mpirun/msrun); fp16 loss scaling with
-``mindspore.amp`` loss scalers (a step whose gradients overflow is skipped, as MindSpore's own
-``TrainOneStepWithLossScaleCell`` does); optional global-norm clipping. ``SkippedStepGuard``
-stops a run whose steps all overflow even at the lowest loss scale.
+"""One optimizer step as (``ms.jit``-compiled) functions: gradients mean-all-reduced under data
+parallel, fp16 loss scaling with ``mindspore.amp`` (an overflowing step is skipped, as
+``TrainOneStepWithLossScaleCell`` does), optional global-norm clipping; and the stall guard.
 """
 from __future__ import annotations
 
@@ -19,11 +14,6 @@ from mindspore.ops.operations.math_ops import NPUClearFloatStatusV2
 
 from ebv_ms.errors import DivergenceError
 from ebv_ms.config import AMP_LEVELS, LOSS_SCALES
-
-__all__ = ["build_train_step", "build_eval_step", "create_loss_scaler", "resolve_amp_level",
-           "grad_reducer_for", "SkippedStepGuard", "AMP_LEVELS", "LOSS_SCALES"]
-
-_PARALLEL = ("data_parallel", "hybrid_parallel")
 
 
 def resolve_amp_level(amp_level: str, device_target: str) -> str:
@@ -52,23 +42,17 @@ def create_loss_scaler(kind: str, amp_level: str, value: float = 65536.0):
 
 def grad_reducer_for(params) -> Optional[nn.Cell]:
     """A mean all-reduce over ranks when running data parallel, else None."""
-    mode = ms.get_auto_parallel_context("parallel_mode")
-    if mode in _PARALLEL:
+    if ms.get_auto_parallel_context("parallel_mode") in ("data_parallel", "hybrid_parallel"):
         from mindspore.communication import get_group_size
         return nn.DistributedGradReducer(params, mean=True, degree=get_group_size())
     return None
 
 
 def _reads_status_register() -> bool:
-    """True where ``amp.all_finite`` reads the NPU float-status register instead of the values.
-
-    On Ascend 910A (and 910B with ``MS_ASCEND_CHECK_OVERFLOW_MODE=SATURATION_MODE``) MindSpore
-    2.10's ``all_finite`` returns "no overflow since the register was last cleared" and clears it
-    after reading; anything between two steps (evaluation under amp, the optimizer update after
-    the check) would count against the next step. So the step clears it before its forward, as
-    ``nn.TrainOneStepWithLossScaleCell.start_overflow_check`` does. Elsewhere (CPU, GPU, 910B in
-    its default INF/NAN mode) ``all_finite`` checks the gradient values themselves.
-    """
+    """True where ``amp.all_finite`` reads the NPU float-status register ("no overflow since it
+    was last cleared") instead of the values: Ascend 910A, and 910B in SATURATION_MODE. Anything
+    between two steps would count against the next, so the step clears it before its forward, as
+    ``TrainOneStepWithLossScaleCell.start_overflow_check`` does."""
     if ms.get_context("device_target") != "Ascend":
         return False
     from mindspore._c_expression import MSContext  # what mindspore.amp itself queries
@@ -80,19 +64,14 @@ def _reads_status_register() -> bool:
 
 
 def _all_ranks_finite(finite):
-    """Finite on every rank (sum of the per-rank "not finite" flags is 0)."""
-    bad = ops.AllReduce()(ops.cast(ops.logical_not(finite), ms.float32))
-    return bad < 0.5
+    """Finite on every rank (the sum of the "not finite" flags is 0)."""
+    return ops.AllReduce()(ops.cast(ops.logical_not(finite), ms.float32)) < 0.5
 
 
 class SkippedStepGuard:
-    """Raise after ``max_steps`` consecutive skipped steps with the loss scale at its floor.
-
-    A skipped step normally halves the dynamic scale and the next one succeeds. A run whose
-    forward pass itself overflows fp16 never recovers: the scale falls to its floor (1 for
-    ``DynamicLossScaler``, the fixed value for ``StaticLossScaler``) and every later step is
-    skipped, so without this the run goes on for days doing nothing. ``max_steps`` 0 disables.
-    """
+    """Raise after ``max_steps`` (0: never) consecutive skipped steps with the loss scale at its
+    floor (1, or a static scaler's value): a forward pass that itself overflows fp16 never
+    recovers, and the run would go on for days doing nothing."""
 
     def __init__(self, max_steps: int, min_scale: float = 1.0):
         if int(max_steps) < 0:
@@ -103,7 +82,6 @@ class SkippedStepGuard:
 
     @classmethod
     def for_scaler(cls, loss_scaler, max_steps: int) -> Optional["SkippedStepGuard"]:
-        """The guard for a ``create_loss_scaler`` result (None: no scaler, nothing is skipped)."""
         if loss_scaler is None:
             return None
         floor = 1.0 if isinstance(loss_scaler, amp.DynamicLossScaler) else \
@@ -111,8 +89,7 @@ class SkippedStepGuard:
         return cls(max_steps, floor)
 
     def __call__(self, finite: bool, scale) -> None:
-        """After each step: ``finite`` as returned by it, ``scale`` the loss scale now (float or
-        a scalar Tensor such as ``scaler.scale_value``; only read when the step was skipped)."""
+        """After each step; ``scale`` (float or scalar Tensor) is read only for a skipped one."""
         if finite:
             self.count = 0
             return
@@ -129,30 +106,20 @@ class SkippedStepGuard:
 
 def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, *,
                      jit: bool = True, loss_scaler=None, clip_grad_norm: float = 0.0):
-    """``step(images, labels) -> (loss, finite)``: forward, backward, all-reduce, update.
+    """``step(images, labels) -> (loss on the device, finite: bool, False when skipped)``.
 
-    ``loss`` stays on the device (reading it waits for the step: the loop reads a whole log
-    interval at once); ``finite`` is a Python bool, False when the step was skipped.
-
-    Without a loss scaler this is one compiled function and every step is applied. With one it
-    is two: ``grads`` (forward, backward, all-reduce, unscale, finiteness, scale update) and
-    ``apply`` (clip, optimizer), and Python calls ``apply`` only when the gradients are finite. A
-    data-dependent ``if`` inside one compiled step makes MindSpore copy every parameter the
-    forward reads before the branch (``TensorMove(Load(head.ebv))`` in the CPU IR): for the
-    frozen 100k x 5000 matrix that is 2 GB of device memory and 4 GB of copying per step. The
-    split costs one host read of ``finite`` per step (the only one a step makes).
-    """
-    weights = optimizer.parameters
+    With a loss scaler it is two compiled functions (gradients and finiteness; clip and update)
+    and Python applies the update only when finite: a data-dependent ``if`` inside one compiled
+    step makes MindSpore copy every parameter the forward reads (``TensorMove(Load(head.ebv))``):
+    2 GB of device memory and 4 GB of copying per step for the frozen 100k x 5000 matrix."""
+    weights, scaler, clip = optimizer.parameters, loss_scaler, float(clip_grad_norm or 0.0)
     reducer = grad_reducer_for(weights)
-    scaler = loss_scaler
-    clip = float(clip_grad_norm or 0.0)
     clear_status = scaler is not None and _reads_status_register()
 
     def forward(images, labels):
         logits = ops.cast(network(images), ms.float32)
         loss = loss_fn(logits, labels)
-        scaled = scaler.scale(loss) if scaler is not None else loss
-        return scaled, loss
+        return (scaler.scale(loss) if scaler is not None else loss), loss
 
     grad_fn = ms.value_and_grad(forward, None, weights, has_aux=True)
 
@@ -169,11 +136,7 @@ def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer
             return ops.depend(loss, update(grads))
 
         fused_step = ms.jit(fused) if jit else fused
-
-        def step(images, labels):
-            return fused_step(images, labels), True
-
-        return step
+        return lambda images, labels: (fused_step(images, labels), True)
 
     def scaled_grads(images, labels):
         if clear_status:  # see _reads_status_register

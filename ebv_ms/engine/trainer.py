@@ -1,18 +1,11 @@
 """The training loop: ``Trainer(cfg, resume=...).fit()``.
 
-``setup`` builds everything from the config (``builders``: data, EBV set, network, step
-functions), checks a resumed checkpoint against it (``resume``), and only when every check has
-passed writes to the run folder (``run_folder``: held by a lock for the whole run). Then per
-epoch, as torchvision's reference scripts do:
-
-    train_one_epoch  ->  evaluate (every rank its shard, counts summed)  ->  end_epoch
-                                                        (metrics.jsonl, last.ckpt, best.ckpt)
-
-MindSpore compiles the step (``ms.jit`` in GRAPH mode); the loop stays in Python for the
-per-epoch evaluation, atomic checkpoints and a progress bar with images/s. A run killed at any
-point continues with ``resume="auto"``: it reloads ``last.ckpt`` and starts at the first epoch
-that checkpoint does not cover, so no epoch is lost or repeated. ``callbacks`` see every step
-and epoch (``callbacks.Callback``); the loop has no other hooks.
+``setup`` builds everything from the config (``builders``), checks a resumed checkpoint against it
+(classes, EBV settings, global step) and only then writes to the run folder (held by
+``run_folder.RunLock``). Then per epoch, as torchvision's reference scripts do:
+``train_one_epoch`` -> ``evaluate`` (every rank its shard) -> ``end_epoch`` (metrics.jsonl,
+last.ckpt, best.ckpt). A run killed at any point continues with ``resume="auto"`` at the first
+epoch ``last.ckpt`` does not cover. ``callbacks`` (``callbacks.Callback``) are the only hooks.
 """
 from __future__ import annotations
 
@@ -22,26 +15,47 @@ import time
 from typing import Optional, Sequence
 
 from mindspore import ops
-from ebv_ms.progress import progress_bar
 
 from ebv_ms.config import Config, ConfigError, check_run, save_config, validate
+from ebv_ms.errors import DivergenceError
+from ebv_ms.progress import progress_bar
 from .builders import (build_data, build_eval, build_network, build_training, init_parallel,
-                       resolve_amp, scaler_params, setup_context)
+                       scaler_params, setup_context)
 from .callbacks import Callback
-from .checkpoint import atomic_copy, save_checkpoint
+from .checkpoint import (CheckpointError, CheckpointState, atomic_copy, load_checkpoint,
+                         network_from_checkpoint, restore, save_checkpoint)
 from .distributed import broadcast_from_main_rank, check_same_start
 from .ebv_source import resolve_ebv, start_run_ebv_file
 from .evaluator import evaluate
 from .logger import JsonlLog, open_log_file, setup_logger
-from .resume import ResumeState
-from .run_folder import RunLock, remove_stale_temps
-from .train_step import SkippedStepGuard
-from ebv_ms.errors import DivergenceError
+from .run_folder import RunLock, check_class_names, remove_stale_temps
+from .train_step import SkippedStepGuard, resolve_amp_level
 
-__all__ = ["Trainer", "train"]
+_READ_EVERY = 50  # with train.log_interval 0 the losses are still read (and checked) this often
+# the settings that choose the EBV set: a resume must not change them
+_EBV_RECIPE_KEYS = ("path", "alpha", "method", "seed")
 
-# with train.log_interval 0 the losses are still read (and checked) every this many steps
-_READ_EVERY = 50
+
+def find_resume(resume: Optional[str], last_path: str, log) -> Optional[CheckpointState]:
+    """The checkpoint to resume from: None for a fresh run (refused over an existing
+    ``last_path``); ``resume`` "auto"/"" is ``last_path`` if it exists, else a path."""
+    if resume is None:
+        if os.path.isfile(last_path):
+            raise CheckpointError(
+                f"{last_path} already exists: pass --resume to continue that run, or set "
+                "output_dir to a new folder (nothing is overwritten)")
+        return None
+    path = last_path if resume in ("auto", "") else resume
+    if not os.path.isfile(path):
+        if resume in ("auto", ""):
+            log.info("--resume: no checkpoint at %s yet; starting from scratch", path)
+            return None
+        raise CheckpointError(f"--resume: checkpoint not found: {path}")
+    state = load_checkpoint(path)
+    if not state.is_ebv_ms:
+        raise CheckpointError(f"--resume: {path} is a plain weights file without optimizer "
+                              "state/epoch; resume needs a last.ckpt written by train.py")
+    return state
 
 
 class Trainer:
@@ -58,39 +72,50 @@ class Trainer:
         self.best_path = os.path.join(self.out, "best.ckpt")
         self.lock = RunLock(self.out) if rank == 0 else None  # only rank 0 writes here
         self.jsonl: Optional[JsonlLog] = None                    # rank 0's metrics.jsonl
-        self.resume: Optional[ResumeState] = None                # set by setup() on a resume
         self.start_epoch, self.best_top1, self.best_epoch = 0, -1.0, 0
 
-    # ---------------------------------------------------------------- set-up
     def setup(self) -> None:
         """Build the run and check a resumed checkpoint; the run folder changes only at the end."""
         cfg, t = self.cfg, self.cfg.train
         if self.lock is not None:
             self.lock.acquire()  # before anything else: a second run into this folder stops here
-        self.log = setup_logger(self.out, self.rank, defer_file=True)
-        self.resume = resume = ResumeState.find(self.resume_arg, self.last_path, self.log)
-        check_same_start(resume, self.rank, self.world_size)  # else the ranks would hang apart
+        self.log = setup_logger(self.out, self.rank)
+        state = find_resume(self.resume_arg, self.last_path, self.log)
+        check_same_start(state, self.rank, self.world_size)  # else the ranks would hang apart
 
         self.train_ds, self.train_info = build_data(cfg, "train", int(t.batch_size), True,
                                                     self.world_size, self.rank)
-        if resume is not None:
-            resume.check_classes(self.out, self.train_info.class_names)
+        names = self.train_info.class_names
+        if state is not None:  # the classes of the checkpoint and of both folders' classes.json
+            for folder in dict.fromkeys([self.out, os.path.dirname(os.path.abspath(state.path))]):
+                check_class_names(folder, names)
+            check_class_names(state.path, names, state.class_names)
         n_data = int(self.train_info.num_classes)
         if n_data != int(cfg.model.num_classes):
             raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but the "
                               f"training data has {n_data} classes; set model.num_classes={n_data}")
-        self.steps_per_epoch = int(self.train_ds.get_dataset_size())
-        if self.steps_per_epoch < 1:
+        self.steps_per_epoch = spe = int(self.train_ds.get_dataset_size())
+        if spe < 1:
             raise ConfigError(f"config key 'train.batch_size' ({t.batch_size}) is larger than this "
                               "rank's share of the training data; lower it")
 
-        amp_level = resolve_amp(cfg)
-        if resume is None:
+        amp_level = resolve_amp_level(cfg.train.amp_level, cfg.device_target)
+        if state is None:
             self.ebv = resolve_ebv(cfg, self.rank, progress=self.rank == 0, logger=self.log)
             self.network = build_network(cfg, self.ebv, amp_level)
-        else:  # the checkpoint's network and EBV set (found or rebuilt, verified), its weights
-            self.network, self.ebv = resume.network(cfg, self.rank, amp_level, self.log)
-        parts = build_training(cfg, self.network, self.steps_per_epoch, amp_level)
+        else:  # the checkpoint's network and EBV set (found or rebuilt, verified)
+            recorded = (state.config or {}).get("ebv") or {}
+            changed = [k for k in _EBV_RECIPE_KEYS if k in recorded and recorded[k] != cfg.ebv[k]]
+            if changed:
+                raise CheckpointError(
+                    f"{state.path} was trained with " + ", ".join(
+                        f"ebv.{k}={recorded[k]!r}" for k in changed) + " but this run sets " +
+                    ", ".join(f"ebv.{k}={cfg.ebv[k]!r}" for k in changed) + "; resume with the "
+                    "same 'ebv' settings as the original run (or start a new output_dir)")
+            self.network, self.ebv = network_from_checkpoint(
+                state, cfg, rank=self.rank, progress=self.rank == 0, amp_level=amp_level,
+                logger=self.log)
+        parts = build_training(cfg, self.network, spe, amp_level)
         self.optimizer, self.scaler, self.step_fn, self.lrs = (parts.optimizer, parts.scaler,
                                                                parts.step, parts.lrs)
         self.skip_guard = SkippedStepGuard.for_scaler(self.scaler, int(t.max_skipped_steps))
@@ -98,20 +123,24 @@ class Trainer:
         # evaluation on every rank uses rank 0's BatchNorm statistics: the model that is saved
         self.bn_stats = [p for p in self.network.get_parameters()
                          if p.name.endswith(("moving_mean", "moving_variance"))]
-        if resume is not None:  # before any step compiles: restore replaces Parameter buffers
-            # (load_param_into_net -> set_data), which a compiled graph would never read
-            resume.restore(self.network, self.optimizer, scaler_params(self.scaler),
-                           self.steps_per_epoch)
-            self.start_epoch, self.best_top1, self.best_epoch = (resume.epoch, resume.best_top1,
-                                                                 resume.best_epoch)
+        resumed = None
+        if state is not None:  # before any step compiles: a compiled graph keeps the old buffers
+            restore(state, self.network, self.optimizer, scaler_params(self.scaler))
+            if state.global_step != state.epoch * spe:
+                raise CheckpointError(f"{state.path}: global step {state.global_step} != epoch "
+                                      f"{state.epoch} x {spe} steps; the data or train.batch_size "
+                                      "changed since that run; resume with the same settings")
+            resumed = state.path
+            self.start_epoch, self.best_top1, self.best_epoch = (state.epoch, state.best_top1,
+                                                                 state.best_epoch)
+            state = None  # its tensors and EBV copy (~4 GB per rank at 100k classes) are freed
         from ebv_ms.models.classifier import parameter_totals
         counts = parameter_totals(self.network)
         self.log.info("model %s + %s head: %s parameters (%s trainable, %s frozen; BatchNorm "
-                      "statistics apart); amp %s; "
-                      "mode %s; %d step(s)/epoch x %d epochs; world size %d",
-                      cfg.model.backbone, cfg.model.head, f"{counts['total']:,}",
+                      "statistics apart); amp %s; mode %s; %d step(s)/epoch x %d epochs; world "
+                      "size %d", cfg.model.backbone, cfg.model.head, f"{counts['total']:,}",
                       f"{counts['trainable']:,}", f"{counts['frozen']:,}", amp_level, cfg.mode,
-                      self.steps_per_epoch, t.epochs, self.world_size)
+                      spe, t.epochs, self.world_size)
 
         # every check has passed: from here on the run owns the folder
         if self.rank == 0:
@@ -123,14 +152,24 @@ class Trainer:
             save_config(cfg, os.path.join(self.out, "config.yaml"))
             if self.ebv is not None and self.ebv.vectors.nbytes > self._inline_ebv_bytes():
                 start_run_ebv_file(os.path.dirname(self.last_path), self.ebv)  # off the step path
-        if resume is not None:
+        if resumed is not None:
             self.log.info("resumed from %s: epoch %d/%d done, best top-1 %.2f%% (epoch %d)",
-                          resume.path, self.start_epoch, t.epochs, self.best_top1, self.best_epoch)
-            if self.rank == 0:
-                resume.repair_best(self.best_path, bool(t.keep_best))
-            resume.start_data(self.train_info)
+                          resumed, self.start_epoch, t.epochs, self.best_top1, self.best_epoch)
+            if self.rank == 0 and t.keep_best and self.best_epoch == self.start_epoch > 0:
+                self._repair_best(resumed)
+            if self.start_epoch:  # the shuffle order and randomness the uninterrupted run uses
+                self.train_info.set_start_epoch(self.start_epoch)
 
-    # ---------------------------------------------------------------- loop
+    def _repair_best(self, resumed: str) -> None:
+        """A kill between writing last.ckpt and copying it to best.ckpt: finish the copy."""
+        try:
+            ok = (os.path.isfile(self.best_path)
+                  and load_checkpoint(self.best_path).epoch == self.start_epoch)
+        except CheckpointError:
+            ok = False
+        if not ok:
+            atomic_copy(resumed, self.best_path)
+
     def fit(self) -> dict:
         try:
             try:
@@ -166,13 +205,9 @@ class Trainer:
         return result
 
     def train_one_epoch(self, epoch: int, iterator) -> dict:
-        """One pass over this rank's shard; returns the epoch's training record.
-
-        The step's loss stays on the device: reading it every step would make the host wait for
-        each step before queueing the next one on a GPU/NPU. The losses are read as one vector
-        every ``train.log_interval`` steps (``_READ_EVERY`` when 0) and at the end of the epoch,
-        where the divergence check looks at each of them; the skipped-step guard acts on every
-        step (``finite`` is the host bool the loss-scaled step already reads)."""
+        """One pass over this rank's shard; returns the epoch's training record. The losses stay
+        on the device (a read every step would make the host wait for each step) and are read as
+        one vector every ``train.log_interval`` steps (``_READ_EVERY`` when 0) and at the end."""
         t, spe = self.cfg.train, self.steps_per_epoch
         self.network.set_train(True)
         bar = progress_bar(total=spe, desc=f"epoch {epoch}/{t.epochs}", unit="step",
@@ -181,7 +216,6 @@ class Trainer:
         log_every = int(t.log_interval or 0)
         read_every = log_every or _READ_EVERY
         pending, loss_sum, n_img, n_skipped, steps = [], 0.0, 0, 0, 0
-        speed = _Throughput(self.world_size)
         t0 = time.perf_counter()
         for i, batch in enumerate(iterator):
             gstep = (epoch - 1) * spe + i
@@ -194,7 +228,10 @@ class Trainer:
             n_skipped += not finite
             pending.append((loss, finite))
             n_img, steps = n_img + int(images.shape[0]), i + 1
-            ips = speed.update(n_img)
+            if steps == 1:  # images/s over all ranks since the first step (and its compilation)
+                t_first, n_first = time.perf_counter(), n_img
+            el = time.perf_counter() - t_first
+            ips = (n_img - n_first) * self.world_size / el if el > 0 else 0.0
             bar.update(1)
             if steps % read_every == 0:
                 loss_sum, loss_v = self._read_losses(epoch, steps, pending, loss_sum)
@@ -209,8 +246,7 @@ class Trainer:
             loss_sum, _ = self._read_losses(epoch, steps, pending, loss_sum)
         bar.close()
         secs = time.perf_counter() - t0
-        # samples the pipeline could not decode this epoch (replaced, never mislabelled):
-        # the data's epochs count from 0, and a resumed run's sampler starts at its epoch
+        # samples the pipeline could not decode (replaced); the data's epochs count from 0
         n_bad = self.train_info.bad_count(epoch - 1)
         if n_bad:
             self.log.warning("epoch %d: %s", epoch, self.train_info.bad_report(epoch - 1))
@@ -221,9 +257,8 @@ class Trainer:
                 "skipped_steps": n_skipped, "bad_samples": n_bad}
 
     def _read_losses(self, epoch: int, steps: int, pending, loss_sum: float):
-        """Read the losses of the ``pending`` (loss, finite) steps ending at ``steps`` (one host
-        read) and check each applied step's loss is finite; returns (``loss_sum`` plus them, added
-        in step order as before, the last one)."""
+        """One host read of the ``pending`` (loss, finite) steps ending at ``steps``; each applied
+        step's loss must be finite. Returns (``loss_sum`` plus them, the last one)."""
         values = ops.stack([loss for loss, _ in pending]).asnumpy()
         first = steps - len(pending)
         for k, ((_, finite), v) in enumerate(zip(pending, values)):
@@ -277,25 +312,9 @@ class Trainer:
             cb.on_epoch_end(self, epoch, record)
 
 
-class _Throughput:
-    """Images/s over all ranks since the first step (which includes graph compilation)."""
-
-    def __init__(self, world_size: int):
-        self.world_size = world_size
-        self.t_first = self.n_first = None
-
-    def update(self, n_img: int) -> float:
-        if self.t_first is None:
-            self.t_first, self.n_first = time.perf_counter(), n_img
-        el = time.perf_counter() - self.t_first
-        return (n_img - self.n_first) * self.world_size / el if el > 0 else 0.0
-
-
-def train(cfg: Config, resume: Optional[str] = None,
-          callbacks: Sequence[Callback] = ()) -> dict:
-    """Set up MindSpore from ``cfg`` and train; returns the last epoch's record.
-
-    ``cfg`` is validated (every key, then the machine: ``check_run``) before anything else."""
+def train(cfg: Config, resume: Optional[str] = None, callbacks: Sequence[Callback] = ()) -> dict:
+    """Check ``cfg`` (every key, then the machine), set up MindSpore and train; returns the last
+    epoch's record."""
     cfg = check_run(validate(cfg), training=True)
     setup_context(cfg)
     rank, world = init_parallel(cfg)
