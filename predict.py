@@ -74,21 +74,17 @@ def _main(args) -> int:
             n_ok += 1
         if args.json:  # exact names; \u-escaped only where not UTF-8 (undecodable bytes)
             line = json.dumps(rec, ensure_ascii=False)
-            print(line if line.isascii() or _utf8(line) else json.dumps(rec))
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:
+                line = json.dumps(rec)
+            print(line)
         elif "topk" in rec:
             print(text_line(rec))
     if n_bad:
         print(f"predict.py: {n_ok} image(s) predicted, {n_bad} skipped (reasons above)",
               file=sys.stderr)
     return 0 if n_ok else 2
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 if __name__ == "__main__":

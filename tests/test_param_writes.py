@@ -81,7 +81,7 @@ def test_write_in_place_keeps_dtype_and_order():
 # the first step of any graph that reads that Parameter compiles. A new call site fails this test
 # until it is made in place (distributed.write_in_place) or added here with its reason and test.
 _BEFORE_FIRST_COMPILE = {
-    # resume / eval.py / export / predict: Trainer.setup and deploy.loading restore before any step;
+    # resume / eval.py / export / predict: Trainer.setup and deploy.load_network restore before any step;
     # outcome: tests/test_dist_outcomes.py (2-rank resume == uninterrupted), test_train_resume.py
     ("ebv_ms/engine/checkpoint.py", "_assign"): 1,  # restore(); in place for the loss scaler
     # pretrained backbone weights, while the model is built

@@ -1,8 +1,58 @@
 """From a checkpoint to use: load for inference, export (MindIR / ONNX / AIR), predict on images.
 
-``load_network(ckpt, overrides) -> (cfg, network, class_names)`` is the one checkpoint loader
-of export.py and predict.py. See docs/deploy.md.
+``load_network`` is export's and predict's way in, through the engine's one checkpoint loader.
+See docs/deploy.md.
 """
-from .loading import eval_sizes, input_spec, load_network, class_names
+from __future__ import annotations
 
-__all__ = ["load_network", "eval_sizes", "input_spec", "class_names"]
+import logging
+import os
+from typing import List, Optional, Sequence
+
+from ebv_ms.engine.builders import eval_sizes, setup_context
+from ebv_ms.engine.checkpoint import (CheckpointError, checkpoint_config, load_checkpoint,
+                                      network_from_checkpoint)
+from ebv_ms.engine.run_folder import read_class_names
+
+__all__ = ["load_network", "eval_sizes", "class_names"]
+
+
+def class_names(state, num_classes: int) -> List[str]:
+    """The checkpoint's class names, which ``classes.json`` beside it (if any) must repeat
+    exactly (a replaced or permuted file is refused); without a record, that file's; without
+    either, ``["0", ..., "N-1"]`` with a warning."""
+    folder = os.path.dirname(os.path.abspath(state.path))
+    names, beside = state.class_names, read_class_names(folder)
+    if names is not None:
+        if beside is not None and beside != names:
+            raise CheckpointError(f"{os.path.join(folder, 'classes.json')} does not list the "
+                                  f"{len(names)} classes {state.path} records, in its order (it "
+                                  "was replaced or reordered): put the run's own classes.json "
+                                  "beside the checkpoint, or remove it")
+        return list(names)
+    if beside is None:
+        logging.getLogger("ebv_ms").warning(
+            "no classes.json next to %s: classes are shown as their index numbers (copy the "
+            "run's classes.json beside the checkpoint to get names)", state.path)
+        return [str(i) for i in range(num_classes)]
+    if len(beside) != num_classes:
+        raise CheckpointError(f"{os.path.join(folder, 'classes.json')} names {len(beside)} classes "
+                              f"but the checkpoint's model has {num_classes}; it belongs to another "
+                              "run: copy that run's classes.json beside the checkpoint")
+    return beside
+
+
+def load_network(ckpt: str, overrides: Sequence[str] = (), config: Optional[str] = None):
+    """``(cfg, network in inference mode, class_names)`` from a checkpoint written by train.py.
+
+    ``overrides``: ``key.sub=value`` on top of the checkpoint's config (e.g. ``device_target=CPU``,
+    ``model.ebv_dtype=float16``); ``config``: a YAML applied first (needed for a plain weights
+    file). MindSpore's context (device, mode, seed) is set from the config.
+    """
+    state = load_checkpoint(ckpt)
+    cfg = checkpoint_config(state, config, overrides)
+    names = class_names(state, int(cfg.model.num_classes))
+    setup_context(cfg)
+    network, _ = network_from_checkpoint(state, cfg)
+    network.set_train(False)
+    return cfg, network, names

@@ -1,26 +1,17 @@
 """Export a trained classifier to MindIR / ONNX (/ AIR on Ascend), with a JSON sidecar.
 
-The exported graph is ``images (B, 3, S, S) float32 -> logits (B, N) float32``: backbone,
-projection and head (EBV: cos(v, w_k) / tau; FC; fixed random), as in eval.py. The input's
-preprocessing is NOT in the graph: it is written beside the file (``<file>.json``, e.g.
-``best.mindir.json``: layout, mean/std, resize/crop, class names, the EBV set's checksum), because the same numbers must
-drive whatever decodes images on the serving side, and MindSpore can serialise dataset ops only
-into MindIR (for MindSpore Lite), not into ONNX.
+The graph is ``images (B, 3, S, S) float32 -> logits (B, N) float32`` (backbone, projection,
+head), as in eval.py. Preprocessing is NOT in the graph: it is written beside the file
+(``<file>.json``: layout, mean/std, resize/crop, class names, the EBV set's checksum), because
+the same numbers must drive the serving side's decoder, and MindSpore serialises dataset ops only
+into MindIR, not ONNX.
 
-Sizes (MindSpore 2.10, read from ``mindspore/train/serialization.py`` and
-``mindspore/onnx/onnx_export.py``, and measured: docs/deploy.md):
-
-- MindIR: parameters over 1 GiB in total are written as ``<name>_graph.mindir`` plus
-  ``<name>_variables/data_0``; ``mindspore.load`` of ``<name>_graph.mindir`` reads both.
-  ResNet-50 + the 100k x 5000 fp32 EBVs (2,135 MB) goes this way.
-- ONNX (``mindspore.onnx.export``): a network over 2 GiB (protobuf's limit) has every weight
-  written as its own external data file beside the ``.onnx``; those exports go into a folder
-  ``<name>_onnx/`` of their own. ResNet-50 + 100k x 5000 is 12 MB under the limit: one file.
-  ``model.ebv_dtype=float16`` halves the EBV matrix.
-- AIR: needs Ascend (MindSpore compiles it with the Ascend graph engine); deprecated in 2.10.
-
-MindSpore 2.10's ONNX exporter lacks ``Rsqrt`` and ``InplaceAddExt``: ONNX exports go
-through the rewrites in ``onnx_compat.py`` (same function, ops it has).
+Sizes (MindSpore 2.10, ``mindspore/train/serialization.py``, ``mindspore/onnx/onnx_export.py``;
+measured in docs/deploy.md): a MindIR with over 1 GiB of parameters is split into
+``<name>_graph.mindir`` + ``<name>_variables/data_0`` (ResNet-50 + 100k x 5000 fp32 EBVs,
+2,135 MB, goes this way); an ONNX network over 2 GiB (protobuf's limit) has every weight written
+as its own file, so those exports get a folder ``<name>_onnx/`` (ResNet-50 + 100k x 5000 is 12 MB
+under the limit). AIR needs Ascend's graph engine and is deprecated in 2.10.
 """
 from __future__ import annotations
 
@@ -31,12 +22,17 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import mindspore as ms
+from mindspore import Tensor, nn, ops
+from mindspore.onnx import onnx_export
 
 from ebv_ms.atomic import atomic_path
+from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD
+from ebv_ms.engine.builders import eval_sizes
 from ebv_ms.errors import EBVMSError
+from ebv_ms.models.heads import ScaledL2Normalize
 
-__all__ = ["FORMATS", "export_network",
-           "sidecar_path", "read_sidecar", "ExportError", "SIDECAR_FORMAT"]
+__all__ = ["FORMATS", "export_network", "input_spec", "make_onnx_exportable", "sidecar_path",
+           "read_sidecar", "ExportError", "SIDECAR_FORMAT"]
 
 FORMATS = ("MINDIR", "ONNX", "AIR")
 _EXT = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -47,8 +43,23 @@ class ExportError(EBVMSError):
     """An export that cannot be made here; the message says what to do instead."""
 
 
-def _network_bytes(network) -> int:
-    return int(sum(int(np.prod(p.shape)) * p.data.itemsize for p in network.get_parameters()))
+def input_spec(cfg, batch: int) -> dict:
+    """What the exported graph expects as input (written beside every export)."""
+    resize, crop = eval_sizes(cfg)
+    return {
+        "name": "image", "shape": [int(batch), int(cfg.model.in_channels), crop, crop],
+        "dtype": "float32", "layout": "NCHW", "color": "RGB",
+        "preprocessing": [
+            "decode to RGB uint8 (H, W, 3)",
+            f"resize the shorter side to {resize} (bilinear)",
+            f"centre-crop {crop} x {crop}",
+            "x = (pixel - mean) / std per channel, with pixel in 0..255",
+            "HWC -> CHW, stack to (batch, 3, H, W)"],
+        "resize": resize, "crop": crop, "interpolation": "bilinear",
+        "mean": [round(m * 255.0, 4) for m in IMAGENET_MEAN],
+        "std": [round(s * 255.0, 4) for s in IMAGENET_STD],
+        "same_as": "ebv_ms.data.presets.create_transforms('eval', ...) as used by eval.py",
+    }
 
 
 def sidecar_path(model_file: str) -> str:
@@ -96,12 +107,73 @@ def read_sidecar(model_file: str) -> dict:
     return meta
 
 
+# ONNX: MindSpore 2.10's exporter has no conversion ("Can not find key <Op> in convert map") for
+# Rsqrt (the heads' ScaledL2Normalize) nor InplaceAddExt (graph mode's `out += identity` in
+# mindcv 0.3.0's ResNet blocks). make_onnx_exportable swaps in the same functions with ops it has,
+# for export only: training keeps rsqrt (one kernel fewer) and the hand-written backward.
+class PortableL2Normalize(nn.Cell):
+    """y = v / sqrt(sum v^2 + 1e-24) * scale row-wise: ``ScaledL2Normalize`` in Sqrt, RealDiv."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = float(scale)
+
+    def construct(self, v):
+        return v / ops.sqrt(ops.sum(v * v, -1, keepdim=True) + 1e-24) * self.scale
+
+
+def _residual_blocks():
+    """mindcv's ResNet blocks -> the same blocks with ``out + identity`` (Add)."""
+    from mindcv.models.resnet import BasicBlock, Bottleneck
+
+    class _AddBasicBlock(BasicBlock):
+        def construct(self, x: Tensor) -> Tensor:
+            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return self.relu(out + (x if self.down_sample is None else self.down_sample(x)))
+
+    class _AddBottleneck(Bottleneck):
+        def construct(self, x: Tensor) -> Tensor:
+            out = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+            out = self.bn3(self.conv3(out))
+            return self.relu(out + (x if self.down_sample is None else self.down_sample(x)))
+
+    return {BasicBlock: _AddBasicBlock, Bottleneck: _AddBottleneck}
+
+
+def make_onnx_exportable(network: nn.Cell) -> List[str]:
+    """Apply the ONNX rewrites to ``network`` in place (only the instances' classes and the
+    normalisers change, not the parameters); returns what was rewritten."""
+    blocks, done, n_blocks = _residual_blocks(), [], 0
+    for name, cell in list(network.cells_and_names()):
+        if type(cell) in blocks:
+            cell.__class__ = blocks[type(cell)]
+            n_blocks += 1
+        for child_name, child in list(cell.name_cells().items()):
+            if isinstance(child, ScaledL2Normalize):
+                setattr(cell, child_name, PortableL2Normalize(child.scale))
+                done.append(f"{name + '.' if name else ''}{child_name}: Rsqrt -> Sqrt, RealDiv")
+    if n_blocks:
+        done.append(f"{n_blocks} mindcv residual blocks: InplaceAddExt -> Add")
+    return done
+
+
+def _parameter_bytes(network, each: int = 0) -> int:
+    return int(sum(int(np.prod(p.shape)) * p.data.itemsize + each for p in network.get_parameters()))
+
+
+def _written(base: str, fmt: str) -> List[str]:
+    found = [base + _EXT[fmt]]
+    if fmt == "MINDIR":  # split save: <base>_graph.mindir + <base>_variables/data_K
+        found += [base + "_graph.mindir"] + glob.glob(base + "_variables/*")
+    if fmt == "ONNX" and os.path.isdir(base + "_onnx"):  # the model and its external data
+        found = glob.glob(os.path.join(base + "_onnx", "*"))
+    return [f for f in found if os.path.isfile(f)]
+
+
 def export_network(network, cfg, class_names, file_format: str, out: str, batch: int = 1,
                    checkpoint: Optional[str] = None) -> Tuple[Dict, str]:
     """Export ``network`` (in inference mode) and write the sidecar; returns (the sidecar's
     content, its path). ``model``: the file to load; ``files``: everything written, with sizes."""
-    from .loading import input_spec
-
     fmt = str(file_format).upper()
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {file_format!r}")
@@ -118,48 +190,48 @@ def export_network(network, cfg, class_names, file_format: str, out: str, batch:
     if ext.lower() != _EXT[fmt]:
         base = out  # MindSpore appends the extension itself; keep "x.v1" as a name
     os.makedirs(os.path.dirname(base), exist_ok=True)
-    before = set(_written(base, fmt))
-    for f in before:  # MindSpore marks its outputs read-only; a re-export replaces them
+    for f in _written(base, fmt):  # MindSpore marks its outputs read-only; a re-export replaces them
         os.chmod(f, 0o644)
     x = ms.Tensor(np.zeros(spec["shape"], np.float32))
     network.set_train(False)
+    swapped, output_name = [], None
     if fmt == "ONNX":
-        from .onnx_compat import make_onnx_exportable
         swapped = make_onnx_exportable(network)
-        # MindSpore 2.10 writes an invalid graph ("Graph output (logits) does not exist")
-        # when the output is renamed and the last op is a Cast (fp16-stored heads end in one):
-        # those keep MindSpore's own output name; it is the graph's only output either way.
-        low = bool(getattr(network.head, "low_precision_storage", False))
-        output_name = None if low else "logits"
+        # MindSpore 2.10 writes an invalid graph ("Graph output (logits) does not exist") when
+        # the output is renamed and the last op is a Cast (fp16-stored heads end in one): those
+        # keep MindSpore's own output name, the graph's only output either way.
+        output_name = None if getattr(network.head, "low_precision_storage", False) else "logits"
         onnx_file = base + ".onnx"
-        if _onnx_needs_external_data(network):
-            # MindSpore then writes one file per parameter (named after it) beside the .onnx:
-            # give them a folder of their own instead of spraying them into the run folder
+        # MindSpore's own test (onnx_export.py): parameters over PROTO_LIMIT_SIZE KiB (2 GiB),
+        # each counted as sys.getsizeof(bytes); a 1% margin keeps us on its side. It then writes
+        # one file per parameter beside the .onnx: they get a folder of their own.
+        if _parameter_bytes(network, 33) / 1024 > 0.99 * onnx_export.PROTO_LIMIT_SIZE:
             os.makedirs(base + "_onnx", exist_ok=True)
             onnx_file = os.path.join(base + "_onnx", os.path.basename(base) + ".onnx")
         ms.onnx.export(network, x, file_name=onnx_file, input_names=["image"],
                        output_names=[output_name] if output_name else None)
     else:
-        swapped, output_name = [], None
         ms.export(network, x, file_name=base, file_format=fmt)
     files = sorted(_written(base, fmt))
     if not files:
         raise ExportError(f"MindSpore wrote no {fmt} file for {base}; see its log above")
     model = next(f for f in files if f.endswith(_EXT[fmt]) and "_variables" not in f)
-    head = network.head
+    head, folder = str(cfg.model.head), os.path.dirname(base)
+    meaning = {"ebv": f"cos(embedding, EBV_k) / tau, tau={float(cfg.model.tau)}",
+               "fc": "learned FC logits"}.get(head, f"fixed random class vectors ({head})")
     meta = {
-        "format": SIDECAR_FORMAT, "file_format": fmt, "model": os.path.relpath(model, os.path.dirname(base)),
-        "files": {os.path.relpath(f, os.path.dirname(base)): os.path.getsize(f) for f in files},
+        "format": SIDECAR_FORMAT, "file_format": fmt, "model": os.path.relpath(model, folder),
+        "files": {os.path.relpath(f, folder): os.path.getsize(f) for f in files},
         "input": spec,
-        "output": {"name": output_name or "(the only output)", "shape": [int(batch), int(cfg.model.num_classes)],
-                   "dtype": "float32",
-                   "meaning": _meaning(cfg), "prediction": "argmax; softmax gives probabilities"},
-        "backbone": str(cfg.model.backbone), "head": str(cfg.model.head),
+        "output": {"name": output_name or "(the only output)",
+                   "shape": [int(batch), int(cfg.model.num_classes)], "dtype": "float32",
+                   "meaning": meaning, "prediction": "argmax; softmax gives probabilities"},
+        "backbone": str(cfg.model.backbone), "head": head,
         "num_classes": int(cfg.model.num_classes),
-        "embed_dim": int(getattr(head, "dim", 0) or 0) or None,
-        "tau": float(cfg.model.tau) if str(cfg.model.head) == "ebv" else None,
+        "embed_dim": int(getattr(network.head, "dim", 0) or 0) or None,
+        "tau": float(cfg.model.tau) if head == "ebv" else None,
         "ebv_dtype": str(cfg.model.ebv_dtype), "ebv_checksum": network.ebv_checksum,
-        "parameter_bytes": _network_bytes(network), "onnx_rewrites": swapped,
+        "parameter_bytes": _parameter_bytes(network), "onnx_rewrites": swapped,
         "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
         "mindspore": ms.__version__, "class_names": list(class_names),
     }
@@ -167,30 +239,3 @@ def export_network(network, cfg, class_names, file_format: str, out: str, batch:
     with atomic_path(side, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1, ensure_ascii=False)
     return meta, side
-
-
-def _meaning(cfg) -> str:
-    head = str(cfg.model.head)
-    if head == "ebv":
-        return f"cos(embedding, EBV_k) / tau, tau={float(cfg.model.tau)}"
-    if head == "fc":
-        return "learned FC logits"
-    return f"fixed random class vectors ({head})"
-
-
-def _onnx_needs_external_data(network) -> bool:
-    """MindSpore's own test (mindspore/onnx/onnx_export.py): parameters over PROTO_LIMIT_SIZE
-    KiB (2 GiB) counted as ``sys.getsizeof(bytes)``; a 1% margin keeps us on its side."""
-    from mindspore.onnx import onnx_export
-    kib = sum(int(np.prod(p.shape)) * p.data.itemsize + 33 for p in network.get_parameters()) / 1024
-    return kib > 0.99 * onnx_export.PROTO_LIMIT_SIZE
-
-
-def _written(base: str, fmt: str) -> List[str]:
-    ext = _EXT[fmt]
-    found = [base + ext]
-    if fmt == "MINDIR":  # split save: <base>_graph.mindir + <base>_variables/data_K
-        found += [base + "_graph.mindir"] + glob.glob(base + "_variables/*")
-    if fmt == "ONNX" and os.path.isdir(base + "_onnx"):  # the model and its external data
-        found = glob.glob(os.path.join(base + "_onnx", "*"))
-    return [f for f in found if os.path.isfile(f)]

@@ -1,13 +1,13 @@
 """Top-k predictions on image files, folders and zips, from a checkpoint or an exported model.
 
-Images are read and checked by the data package's own readers and ``ImageSource`` (the same
-``precheck`` that keeps a malformed JPEG from crashing MindSpore's decoder) and transformed by
-``create_transforms("eval", ...)``, the ops eval.py's pipeline runs, so a checkpoint predicts
-here exactly what eval.py scores. A bad image is reported with its reason and skipped.
+Images are read and checked by the data package's readers and ``ImageSource`` (the ``precheck``
+that keeps a malformed JPEG from crashing MindSpore's decoder) and transformed by
+``create_transforms("eval", ...)``, the ops of eval.py's pipeline, so a checkpoint predicts here
+exactly what eval.py scores. A bad image is reported with its reason and skipped.
 
-Runners all map a float32 (B, 3, S, S) batch to logits: the network itself (``--ckpt``), a
-MindIR through ``mindspore.load`` + ``nn.GraphCell``, an ONNX file through onnxruntime. The
-exported graphs have a fixed batch; the last batch is padded to it.
+Runners map a float32 (B, 3, S, S) batch to logits: the network (``--ckpt``), a MindIR through
+``mindspore.load`` + ``nn.GraphCell``, an ONNX file through onnxruntime. Exported graphs have a
+fixed batch; the last batch is padded to it.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from ebv_ms.data.readers import BadMember, FileReader, printable
 from ebv_ms.data.source import ImageSource
 from ebv_ms.errors import EBVMSError
 
-__all__ = ["ImageList", "collect_images", "EvalTransform", "NetworkRunner", "MindIRRunner",
-           "ONNXRunner", "open_model", "predict", "text_line", "topk", "PredictError"]
+__all__ = ["ImageList", "collect_images", "EvalTransform", "NetworkRunner", "ONNXRunner",
+           "open_model", "predict", "text_line", "topk", "PredictError"]
 
 
 class PredictError(EBVMSError):
@@ -41,18 +41,9 @@ class ImageList:
         return len(self.names)
 
 
-def _zip_images(path: str) -> ImageList:
-    from ebv_ms.data.readers import ZipMemberReader
-    from ebv_ms.data.zip_index import load_zip_index
-    index = load_zip_index(path, progress=False)
-    names = index.all_names()
-    members = np.array([i for i, n in enumerate(names) if is_image(n)], np.int64)
-    if not len(members):
-        raise PredictError(f"{path}: no image members (extensions .jpg .png .bmp .webp .tif ...)")
-    order = np.argsort([names[i] for i in members], kind="stable")
-    members = members[order]
-    return ImageList(ImageSource(ZipMemberReader(index), members, np.zeros(len(members), np.int32)),
-                     [f"{path}:{names[i]}" for i in members])
+def _image_list(reader, members, names) -> ImageList:
+    members = np.asarray(members, np.int64)
+    return ImageList(ImageSource(reader, members, np.zeros(len(members), np.int32)), list(names))
 
 
 def collect_images(paths: Sequence[str]) -> List[ImageList]:
@@ -66,15 +57,22 @@ def collect_images(paths: Sequence[str]) -> List[ImageList]:
                          for d, _, files in os.walk(path) for f in files if is_image(f))
             if not rel:
                 raise PredictError(f"{path}: a folder with no images in it (or below it)")
-            out.append(ImageList(ImageSource(FileReader(path, rel), np.arange(len(rel)),
-                                             np.zeros(len(rel), np.int32)),
-                                 [os.path.join(path, r) for r in rel]))
+            out.append(_image_list(FileReader(path, rel), range(len(rel)),
+                                   [os.path.join(path, r) for r in rel]))
         elif os.path.isfile(path) and path.lower().endswith(".zip"):
-            out.append(_zip_images(path))
+            from ebv_ms.data.readers import ZipMemberReader
+            from ebv_ms.data.zip_index import load_zip_index
+            index = load_zip_index(path, progress=False)
+            names = index.all_names()
+            members = sorted((i for i, n in enumerate(names) if is_image(n)), key=names.__getitem__)
+            if not members:
+                raise PredictError(f"{path}: no image members (extensions .jpg .png .bmp .webp "
+                                   ".tif ...)")
+            out.append(_image_list(ZipMemberReader(index), members,
+                                   [f"{path}:{names[i]}" for i in members]))
         elif os.path.isfile(path):
             reader = FileReader(os.path.dirname(os.path.abspath(path)), [os.path.basename(path)])
-            out.append(ImageList(ImageSource(reader, np.zeros(1, np.int64), np.zeros(1, np.int32)),
-                                 [path]))
+            out.append(_image_list(reader, [0], [path]))
         else:
             what = "not a regular file" if os.path.exists(path) else "no such file or folder"
             raise PredictError(f"{printable(path)}: {what} (give image files, folders or .zip "
@@ -83,8 +81,7 @@ def collect_images(paths: Sequence[str]) -> List[ImageList]:
 
 
 class EvalTransform:
-    """Encoded image bytes -> float32 (3, crop, crop): ``create_transforms("eval", ...)``, the
-    evaluation recipe, run eagerly on one image."""
+    """Encoded image bytes -> float32 (3, crop, crop): the evaluation recipe, eagerly."""
 
     def __init__(self, resize: int, crop: int):
         import mindspore.dataset.transforms as T
@@ -98,8 +95,8 @@ class EvalTransform:
 
 
 class NetworkRunner:
-    """A MindSpore Cell (from ``load_network``); batches padded to ``batch`` so graph mode
-    compiles one shape."""
+    """A MindSpore Cell: the network from ``load_network``, or a MindIR's ``nn.GraphCell``.
+    ``batch``: batches are padded to it, so graph mode compiles one shape."""
 
     def __init__(self, network, batch: int):
         self.network, self.batch = network, int(batch)
@@ -107,19 +104,6 @@ class NetworkRunner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import mindspore as ms
         return self.network(ms.Tensor(x)).asnumpy()
-
-
-class MindIRRunner:
-    """An exported MindIR, run by ``mindspore.load`` + ``nn.GraphCell``."""
-
-    def __init__(self, path: str, batch: int):
-        import mindspore as ms
-        self.net = ms.nn.GraphCell(ms.load(path))
-        self.batch = int(batch)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        import mindspore as ms
-        return self.net(ms.Tensor(x)).asnumpy()
 
 
 class ONNXRunner:
@@ -158,7 +142,7 @@ def open_model(path: str, device: str = "CPU"):
         from ebv_ms.device import set_device
         set_device(device)
         ms.set_context(mode=ms.GRAPH_MODE)
-        runner = MindIRRunner(model_file, batch)
+        runner = NetworkRunner(ms.nn.GraphCell(ms.load(model_file)), batch)
     else:
         raise PredictError(f"--model {path}: expected a .mindir or .onnx file written by export.py")
     return runner, list(meta["class_names"]), EvalTransform(spec["resize"], spec["crop"])
@@ -176,8 +160,7 @@ def text_line(rec: dict) -> str:
 def topk(logits: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
     """(indices (B, k), softmax probabilities (B, k)), best first; float64 softmax."""
     z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     k = min(int(k), p.shape[1])
     idx = np.argpartition(-p, k - 1, axis=1)[:, :k]
@@ -191,8 +174,7 @@ def _images(lists: Sequence[ImageList], transform: EvalTransform):
     for il in lists:
         for i, name in enumerate(il.names):
             try:
-                raw = il.source.load(i, decode=False)
-                yield name, transform(raw), ""
+                yield name, transform(il.source.load(i, decode=False)), ""
             except BadMember as exc:
                 yield name, None, str(exc)
             except (RuntimeError, ValueError) as exc:  # the decoder refused what precheck let by
