@@ -1,15 +1,8 @@
-"""YAML configs: one schema (default, type, allowed values, range of every key), ``key.sub=value``
-overrides, and one validation pass that checks every key before any work starts.
-
-A config file only needs the keys it changes; everything else comes from the defaults. An
-unknown key is an error with a "did you mean"; every value is checked against its ``Key`` in
-``SCHEMA`` (keys whose default is None included) and all problems are reported together, each
-naming the key and where it was set (file, override, checkpoint). ``check_run`` adds the checks
-that look at the machine (folders that are files, read-only output, missing files, more data
-workers than cores). Sections mirror the factories' arguments (``model`` ->
-``create_classifier``, ``data`` -> ``create_dataset``, ``optim`` -> ``create_optimizer``,
-``scheduler`` -> ``create_scheduler``); the factories themselves know nothing of YAML keys.
-``python -m ebv_ms.tools.schema`` prints the schema as the table in docs/training.md.
+"""YAML configs: one schema (default, type, allowed values and range of every key),
+``key.sub=value`` overrides, and one validation pass that reports every bad key together, each
+with where it was set (file, override, checkpoint); ``check_run`` adds the checks that look at
+the machine. Sections mirror the factories' arguments (``model`` -> ``create_classifier``,
+``data`` -> ``create_dataset``, ...), which know nothing of YAML keys.
 """
 from __future__ import annotations
 
@@ -21,7 +14,7 @@ import multiprocessing
 import os
 import stat
 import tempfile
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 import yaml
 
@@ -29,8 +22,6 @@ from .errors import ConfigError
 
 __all__ = ["SCHEMA", "DEFAULTS", "Key", "Config", "ConfigError", "load_config", "load_yaml",
            "parse_override", "parse_yaml", "validate", "check_run", "save_config", "schema_table"]
-
-_log = logging.getLogger("ebv_ms")
 
 
 def _show(value) -> str:
@@ -40,73 +31,62 @@ def _show(value) -> str:
     return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
 
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:60] + "..."
+
+
 class _Bad(Exception):
     """A value a Key refuses; the message says what is allowed (the caller adds the key)."""
 
 
+_TYPE_TEXT = {"map": "mapping", "splits": "mapping split name -> path",
+              "columns": "[path column, label column] (index >= 0 or header name)",
+              "bool|str": "bool or a local checkpoint path"}
+
+
 class Key:
-    """One config key: default, type (``int``, ``float``, ``bool``, ``str``, ``pair`` of floats,
-    ``map``, ``splits`` (split name -> path), ``columns``, ``bool|str``), allowed ``choices`` (one
-    of the vocabularies below), a range ``lo``/``hi`` (``*_open``: strict), and whether None is
-    allowed. ``hint`` is added to the error message."""
+    """One config key: default, type (int, float, bool, str, bool|str, ``pair`` of floats, ``map``,
+    ``splits`` (split name -> path), ``columns``), allowed ``choices``, a range ``lo``/``hi``
+    (``*_open``: strict), ``empty`` (str: "" allowed) and a ``hint`` for the error message. None
+    is allowed when the default is None."""
 
     def __init__(self, default: Any, type: str, doc: str = "", *, choices: Optional[tuple] = None,
                  lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
-                 hi_open: bool = False, nullable: bool = False, hint: str = "", empty: bool = False):
-        self.default, self.type, self.doc = default, type, doc
-        self.empty = empty  # str: "" allowed
+                 hi_open: bool = False, hint: str = "", empty: bool = False):
+        self.default, self.type, self.doc, self.hint, self.empty = default, type, doc, hint, empty
         self.choices, self.lo, self.hi = choices, lo, hi
         self.lo_open, self.hi_open = lo_open, hi_open
-        self.nullable = nullable or default is None
-        self.hint = hint
+        self.nullable = default is None
 
-    # ------------------------------------------------------------------ allowed values
-    def allowed(self) -> Optional[Tuple[str, ...]]:
-        return None if self.choices is None else tuple(self.choices)
+    def allowed(self) -> Optional[tuple]:
+        return self.choices
 
     def _range_text(self) -> str:
-        parts = []
         num = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731
-        if self.lo is not None:
-            parts.append(f"{'>' if self.lo_open else '>='} {num(self.lo)}")
-        if self.hi is not None:
-            parts.append(f"{'<' if self.hi_open else '<='} {num(self.hi)}")
-        return " and ".join(parts)
+        return " and ".join(f"{op} {num(x)}" for op, x in (
+            (">" if self.lo_open else ">=", self.lo), ("<" if self.hi_open else "<=", self.hi))
+            if x is not None)
 
     def describe(self) -> str:
         """The allowed values in words (docs table, error messages)."""
         if self.choices is not None:
-            text = "one of " + ", ".join(self.allowed())
+            text = "one of " + ", ".join(self.choices)
         elif self.type == "pair":
             text = f"two numbers [a, b], a <= b, each {self._range_text()}"
-        elif self.type == "map":
-            text = "mapping"
-        elif self.type == "splits":
-            text = "mapping split name -> path"
-        elif self.type == "columns":
-            text = "[path column, label column] (index >= 0 or header name)"
-        elif self.type == "bool|str":
-            text = "bool or a local checkpoint path"
         else:
-            text = self.type + (" " + self._range_text() if self._range_text() else "")
+            text = _TYPE_TEXT.get(self.type) or f"{self.type} {self._range_text()}".strip()
         return text + (" or null" if self.nullable else "")
 
-    # ------------------------------------------------------------------ checking
     def _number(self, value, integer: bool):
-        if isinstance(value, bool):
-            raise _Bad(f"expects {self.describe()}, got {_show(value)} (bool)")
-        if integer:
-            if not isinstance(value, int):
-                raise _Bad(f"expects {self.describe()}, got {_show(value)} ({type(value).__name__})")
-        else:
-            if isinstance(value, str):
-                # PyYAML reads "1e-4" (no dot) as a string: accept numbers written that way
-                try:
-                    value = float(value)
-                except ValueError:
-                    raise _Bad(f"expects {self.describe()}, got {_show(value)} (str)") from None
-            if not isinstance(value, (int, float)):
-                raise _Bad(f"expects {self.describe()}, got {_show(value)} ({type(value).__name__})")
+        got = f"got {_show(value)} ({type(value).__name__})"
+        if isinstance(value, str) and not integer:
+            try:  # PyYAML reads "1e-4" (no dot) as a string: accept numbers written that way
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            raise _Bad(f"expects {self.describe()}, {got}")
+        if not integer:
             value = float(value)
             if not math.isfinite(value):
                 raise _Bad(f"expects a finite {self.describe()}, got {value}")
@@ -117,62 +97,61 @@ class Key:
 
     def check(self, value):
         """The value, normalised (int -> float, choices' own spelling); ``_Bad`` if refused."""
+        t, got = self.type, f"got {_show(value)}"
         if value is None:
             if self.nullable:
                 return None
             raise _Bad(f"must be set ({self.describe()})")
-        t = self.type
-        if t == "int":
-            return self._number(value, True)
-        if t == "float":
-            return self._number(value, False)
+        if t in ("int", "float"):
+            return self._number(value, t == "int")
         if t == "bool":
             if not isinstance(value, bool):
-                raise _Bad(f"expects true or false, got {_show(value)} ({type(value).__name__})")
+                raise _Bad(f"expects true or false, {got} ({type(value).__name__})")
             return value
         if t == "bool|str":
             if not isinstance(value, (bool, str)) or value == "":
-                raise _Bad(f"expects {self.describe()}, got {_show(value)}")
+                raise _Bad(f"expects {self.describe()}, {got}")
             return value
         if t == "str":
             if not isinstance(value, str) or not (value or self.empty):
-                raise _Bad(f"expects a {'' if self.empty else 'non-empty '}string, got {_show(value)} ({type(value).__name__})")
+                raise _Bad(f"expects a {'' if self.empty else 'non-empty '}string, {got} "
+                           f"({type(value).__name__})")
             if "\0" in value:
-                raise _Bad(f"contains a NUL byte (\\0), which no path or name can hold: {_show(value)}")
-            allowed = self.allowed()
-            if allowed is not None:
-                for a in allowed:  # case-insensitive; the canonical spelling is kept
-                    if value.lower() == a.lower():
-                        return a
-                close = difflib.get_close_matches(value, allowed, n=1)
-                raise _Bad(f"must be one of {', '.join(allowed)}, got {_show(value)}"
-                           + (f"; did you mean '{close[0]}'?" if close else ""))
-            return value
+                raise _Bad("contains a NUL byte (\\0), which no path or name can hold: "
+                           + _show(value))
+            if self.choices is None:
+                return value
+            for a in self.choices:  # case-insensitive; the canonical spelling is kept
+                if value.lower() == a.lower():
+                    return a
+            close = difflib.get_close_matches(value, self.choices, n=1)
+            raise _Bad(f"must be one of {', '.join(self.choices)}, {got}"
+                       + (f"; did you mean '{close[0]}'?" if close else ""))
         if t == "pair":
             if not isinstance(value, (list, tuple)) or len(value) != 2:
-                raise _Bad(f"expects {self.describe()}, got {_show(value)}")
+                raise _Bad(f"expects {self.describe()}, {got}")
             a, b = (self._number(v, False) for v in value)
             if a > b:
-                raise _Bad(f"expects [a, b] with a <= b, got {_show(value)}")
+                raise _Bad(f"expects [a, b] with a <= b, {got}")
             return [a, b]
         if t in ("map", "splits"):
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-                raise _Bad(f"expects a mapping with string keys, got {_show(value)}")
-            if self.type == "splits" and not all(isinstance(v, str) and v and "\0" not in v for v in value.values()):
-                raise _Bad(f"expects a mapping of split name -> path (strings), got {_show(value)}")
+                raise _Bad(f"expects a mapping with string keys, {got}")
+            if t == "splits" and not all(isinstance(v, str) and v and "\0" not in v
+                                         for v in value.values()):
+                raise _Bad(f"expects a mapping of split name -> path (strings), {got}")
             return dict(value)
         if t == "columns":
-            ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-                (isinstance(c, int) and not isinstance(c, bool) and c >= 0)
-                or (isinstance(c, str) and c) for c in value)
-            if not ok:
-                raise _Bad(f"expects {self.describe()}, got {_show(value)}")
+            if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                    (isinstance(c, int) and not isinstance(c, bool) and c >= 0)
+                    or (isinstance(c, str) and c) for c in value)):
+                raise _Bad(f"expects {self.describe()}, {got}")
             return list(value)
         raise AssertionError(f"unknown key type {t!r}")  # a bug in SCHEMA
 
 
-# The allowed values of the keys that pick an implementation. The factories import them from
-# here (config imports nothing of the package but errors, so any layer may).
+# The allowed values of the keys that pick an implementation; the modules that implement them
+# import these lists (config imports only errors and ebv.metrics, so any layer above may).
 METHODS = ("auto", "smoothmax", "official", "orthonormal", "simplex", "kerdock", "kerdock_padded")
 HEADS = ("ebv", "fc", "fixed_random_dot", "fixed_random_cos")
 STORAGE_DTYPES = ("float32", "float16")
@@ -199,8 +178,7 @@ def is_backbone(name: str) -> bool:
 _k = Key
 
 
-# The schema: every key the project reads, with its default, type and allowed values. Each
-# section is owned by the module that consumes it; add keys there, with a doc saying what they do.
+# Every key the project reads. Each section is consumed by one factory; add a key with a doc.
 SCHEMA: Dict[str, Any] = {
     "seed": _k(42, "int", "one seed for every rank: init, shuffling, augmentation", lo=0, hi=2**32 - 1),
     "device_target": _k("CPU", "str", "where to run", choices=("CPU", "GPU", "Ascend")),
@@ -288,8 +266,7 @@ SCHEMA: Dict[str, Any] = {
         "eps": _k(1e-8, "float", "adamw only", lo=0.0, lo_open=True),
     },
     "scheduler": {
-        "name": _k("warmup_cosine", "str", "per-step values, one list per run",
-                   choices=SCHEDULERS),
+        "name": _k("warmup_cosine", "str", "per-step values, one list per run", choices=SCHEDULERS),
         "warmup_epochs": _k(5.0, "float", "linear warm-up length (epochs; may be fractional)", lo=0.0),
         "warmup_factor": _k(0.01, "float", "the warm-up starts at lr x warmup_factor", lo=0.0, hi=1.0),
         "min_lr": _k(0.0, "float", "where the cosine ends (<= optim.lr)", lo=0.0),
@@ -297,8 +274,7 @@ SCHEMA: Dict[str, Any] = {
     "train": {
         "epochs": _k(100, "int", "epochs to train", lo=1),
         "batch_size": _k(256, "int", "per device (global batch = batch_size x number of ranks)", lo=1),
-        "amp_level": _k("auto", "str", "auto: O2 on GPU/Ascend, O0 on CPU",
-                        choices=AMP_LEVELS),
+        "amp_level": _k("auto", "str", "auto: O2 on GPU/Ascend, O0 on CPU", choices=AMP_LEVELS),
         "loss_scale": _k("auto", "str", "auto: dynamic under fp16 amp, none otherwise",
                          choices=LOSS_SCALES),
         "loss_scale_value": _k(65536.0, "float", "initial (dynamic) or fixed (static) loss scale",
@@ -357,20 +333,15 @@ class Config(dict):
         return _plain(self)
 
 
-def _plain(x):
+def _plain(x, kind=dict):
+    """Plain dicts and lists all the way down (``kind=Config``: the read-only form)."""
     if isinstance(x, Mapping):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_plain(v) for v in x]
-    return x
+        return kind({k: _plain(v, kind) for k, v in x.items()})
+    return [_plain(v, kind) for v in x] if isinstance(x, list) else x
 
 
 def _wrap(x):
-    if isinstance(x, Mapping):
-        return Config({k: _wrap(v) for k, v in x.items()})
-    if isinstance(x, list):
-        return [_wrap(v) for v in x]
-    return x
+    return _plain(x, Config)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -383,14 +354,14 @@ def _merge(base: dict, update: Any, schema: Mapping, where: str, origins: Dict[s
     for key, value in update.items():
         path = f"{prefix}{key}"
         if key not in schema:
-            hint = _did_you_mean(str(key), schema, prefix)
-            raise ConfigError(f"{where}: unknown config key '{path}'{hint} "
-                              f"(known keys here: {', '.join(sorted(map(str, schema))) or 'none'})")
+            raise ConfigError(f"{where}: unknown config key '{path}'"
+                              f"{_did_you_mean(str(key), schema, prefix)} (known keys here: "
+                              f"{', '.join(sorted(map(str, schema))) or 'none'})")
         if isinstance(schema[key], Mapping):
             _merge(base[key], value, schema[key], where, origins, path + ".")
-            continue
-        base[key] = copy.deepcopy(value)
-        origins[path] = where
+        else:
+            base[key] = copy.deepcopy(value)
+            origins[path] = where
 
 
 def _did_you_mean(key: str, schema: Mapping, prefix: str) -> str:
@@ -415,21 +386,19 @@ def parse_override(text: str) -> dict:
     if not all(parts):
         raise ConfigError(f"override '{text}': the key must look like key.sub (no empty parts)")
     try:
-        value = parse_yaml(raw, f"override '{_short(text)}'", "the value is ") if raw.strip() else None
+        value = parse_yaml(raw, f"override '{_short(text)}'", "the value is ") if raw.strip() \
+            else None
     except ConfigError as exc:
         raise ConfigError(f"{exc}; quote the value, e.g. {key}='...'") from None
-    out: dict = {}
-    node = out
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
+    for p in reversed(parts):
+        value = {p: value}
+    return value
 
 
 MAX_YAML_BYTES = 1 << 20   # a config is a few KB (the largest in configs/ is 3.1 KB)
 MAX_YAML_VALUES = 100_000  # after alias expansion: a 9x9 alias bomb is 387 million
 MAX_YAML_DEPTH = 32        # a config is 3 levels deep; 50,000 levels overflowed the parser's stack
-MAX_INT_DIGITS = 100       # longer integers stay text, refused by the key's check (no int() of 5,000 digits)
+MAX_INT_DIGITS = 100       # longer integers stay text, refused by the key's check (no int())
 
 
 class _Loader(yaml.SafeLoader):
@@ -448,9 +417,7 @@ class _Loader(yaml.SafeLoader):
             self._keys.pop()
 
     def construct_yaml_int(self, node):
-        if len(node.value) > MAX_INT_DIGITS:
-            return node.value
-        return super().construct_yaml_int(node)
+        return node.value if len(node.value) > MAX_INT_DIGITS else super().construct_yaml_int(node)
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
@@ -469,14 +436,9 @@ def _expanded_size(node, memo: dict) -> int:
     return memo[id(node)]
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= 80 else text[:60] + "..."
-
-
 def parse_yaml(text: str, where: str, what: str = "") -> Any:
-    """YAML text -> plain data, bounded: at most ``MAX_YAML_BYTES``, ``MAX_YAML_DEPTH`` levels
-    and ``MAX_YAML_VALUES`` values after alias expansion (config files, overrides, a
-    checkpoint's stored config). A ConfigError names ``where`` and what was wrong."""
+    """YAML text -> plain data, bounded in bytes, depth and values after alias expansion (config
+    files, overrides, a checkpoint's stored config); a ConfigError names ``where``."""
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError(f"{where}: {len(text):,} characters of YAML, more than a config's "
                           f"{MAX_YAML_BYTES:,}")
@@ -500,9 +462,10 @@ def parse_yaml(text: str, where: str, what: str = "") -> Any:
         loader.dispose()
 
 
-def read_text(path: str, what: str, limit: int = MAX_YAML_BYTES) -> str:
-    """A regular file's UTF-8 text, at most ``limit`` bytes (a FIFO or device would block or
-    never end), or a ConfigError naming ``what`` (e.g. "--config")."""
+def load_yaml(path: str) -> dict:
+    """The mapping in a YAML config file (a regular UTF-8 file of at most ``MAX_YAML_BYTES``: a
+    FIFO or device would block or never end), or a ConfigError saying why it cannot be used."""
+    what = "config file"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -516,42 +479,19 @@ def read_text(path: str, what: str, limit: int = MAX_YAML_BYTES) -> str:
                           ".yaml)" if stat.S_ISDIR(mode) else f"{what} {path} is not a regular "
                           "file (a pipe or device); give a YAML file")
     with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ConfigError(f"{what} {path}: larger than {limit:,} bytes; a config is a few KB")
+        data = f.read(MAX_YAML_BYTES + 1)
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError(f"{what} {path}: larger than {MAX_YAML_BYTES:,} bytes; a config is a "
+                          "few KB")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save "
                           "it as UTF-8") from None
-
-
-def load_yaml(path: str) -> dict:
-    """The mapping in a YAML config file, or a ConfigError saying why it cannot be used."""
-    data = parse_yaml(read_text(path, "config file"), str(path))
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
+    data = parse_yaml(text, str(path))
+    if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
-    return data
-
-
-# Keys earlier versions had and wrote into their checkpoints' configs: a checkpoint that
-# records one still loads (the key is dropped); a config file or override naming it is refused
-# like any unknown key.
-RETIRED_KEYS = ("train.debug_kill_at_step",)  # now a test callback (tests/probes.py)
-
-
-def _without_retired(base: Mapping) -> Mapping:
-    plain = copy.deepcopy(dict(base))
-    for dotted in RETIRED_KEYS:
-        *head, last = dotted.split(".")
-        node = plain
-        for p in head:
-            node = node.get(p) if isinstance(node, Mapping) else None
-        if isinstance(node, dict):
-            node.pop(last, None)
-    return plain
+    return data or {}
 
 
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
@@ -561,7 +501,11 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
     cfg = copy.deepcopy(DEFAULTS)
     origins: Dict[str, str] = {}
     if base is not None:
-        _merge(cfg, _without_retired(base), SCHEMA, "checkpoint config", origins)
+        base = copy.deepcopy(dict(base))
+        # a retired key older checkpoints record (now a test callback, tests/probes.py)
+        if isinstance(base.get("train"), dict):
+            base["train"].pop("debug_kill_at_step", None)
+        _merge(cfg, base, SCHEMA, "checkpoint config", origins)
     if path:
         _merge(cfg, load_yaml(path), SCHEMA, str(path), origins)
     for text in overrides:
@@ -578,48 +522,32 @@ def _walk(schema: Mapping, prefix: str = ""):
             yield f"{prefix}{k}", v
 
 
-def _get(cfg: Mapping, dotted: str):
-    node: Any = cfg
-    for p in dotted.split("."):
-        node = node[p]
-    return node
-
-
-def _set(cfg: dict, dotted: str, value) -> None:
-    *head, last = dotted.split(".")
-    node = cfg
-    for p in head:
-        node = node[p]
-    node[last] = value
-
-
-def _cross_checks(c: Mapping) -> list:
-    """Rules between keys: (keys, message) pairs."""
-    out = []
-    d, m = c["data"], c["model"]
+def _cross_checks(c: Mapping, bad) -> None:
+    """Rules between keys."""
+    d, m, e = c["data"], c["model"], c["ebv"]
     if d["recipe"] == "A2" and d["mixup_alpha"] == 0 and d["cutmix_alpha"] == 0:
-        out.append(("data.recipe", "A2 mixes images: set data.mixup_alpha or data.cutmix_alpha > 0, "
-                                   "or use recipe A1"))
+        bad("data.recipe", "A2 mixes images: set data.mixup_alpha or data.cutmix_alpha > 0, or use "
+                           "recipe A1")
     if c["scheduler"]["min_lr"] > c["optim"]["lr"]:
-        out.append(("scheduler.min_lr", f"must be <= optim.lr ({c['optim']['lr']}), got "
-                                        f"{c['scheduler']['min_lr']}"))
-    if m["pretrained"] is True and BACKBONE_ALIASES.get(m["backbone"], m["backbone"]) in OWN_BACKBONES:
-        out.append(("model.pretrained", f"{m['backbone']} has no pretrained weights; set it to "
-                                        "false"))
-    e = c["ebv"]
+        bad("scheduler.min_lr", f"must be <= optim.lr ({c['optim']['lr']}), got "
+                                f"{c['scheduler']['min_lr']}")
+    if not is_backbone(m["backbone"]):
+        bad("model.backbone", f"{m['backbone']!r} is neither one of {', '.join(BACKBONES)} nor a "
+                              "mindcv model name (mindcv.models.list_models())")
+    if m["pretrained"] is True and BACKBONE_ALIASES.get(m["backbone"], m["backbone"]) in \
+            OWN_BACKBONES:
+        bad("model.pretrained", f"{m['backbone']} has no pretrained weights; set it to false")
     if m["head"] == "ebv" and not e["path"]:
         if e["method"] == "official" and e["alpha"] is None:
-            out.append(("ebv.alpha", "ebv.method official (Algorithm 1) needs ebv.alpha, its "
-                                     "stopping threshold (e.g. 0.135 for N=1000, d=100)"))
+            bad("ebv.alpha", "ebv.method official (Algorithm 1) needs ebv.alpha, its stopping "
+                             "threshold (e.g. 0.135 for N=1000, d=100)")
         elif e["alpha"] is not None:
-            from ebv_ms.ebv.metrics import welch_bound
+            from .ebv.metrics import welch_bound
             wb = welch_bound(m["num_classes"], m["embed_dim"])
             if e["alpha"] < wb:
-                out.append(("ebv.alpha", f"{e['alpha']} is below the Welch bound {wb:.5f} for "
-                                         f"N={m['num_classes']}, d={m['embed_dim']}: no such set "
-                                         f"exists; use ebv.alpha >= {wb:.5f} or a larger "
-                                         "model.embed_dim"))
-    return out
+                bad("ebv.alpha", f"{e['alpha']} is below the Welch bound {wb:.5f} for "
+                                 f"N={m['num_classes']}, d={m['embed_dim']}: no such set exists; "
+                                 f"use ebv.alpha >= {wb:.5f} or a larger model.embed_dim")
 
 
 def _unknown(cfg: Mapping, schema: Mapping, bad, prefix: str = "") -> None:
@@ -632,12 +560,9 @@ def _unknown(cfg: Mapping, schema: Mapping, bad, prefix: str = "") -> None:
 
 
 def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Config:
-    """Check every key of a full config (values, types, ranges, rules between keys).
-
-    Returns the normalised config (ints where floats are expected become floats, choices take
-    their canonical spelling); raises one ConfigError listing every problem, each naming its
-    key and where it was set.
-    """
+    """Check every key of a full config (values, types, ranges, rules between keys) and return it
+    normalised (floats where floats are expected, choices' canonical spelling), or raise one
+    ConfigError listing every problem, each naming its key and where it was set."""
     origins = origins or {}
     out = copy.deepcopy(_plain(cfg))
     problems = []
@@ -652,24 +577,19 @@ def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Confi
     for k in broken:
         bad(k, f"must be a mapping (a config section), got {_show(out.get(k))}")
     for key, spec in _walk(SCHEMA):
-        if key.split(".")[0] in broken:
+        *head, last = key.split(".")
+        if head and head[0] in broken:
             continue
-        try:
-            value = _get(out, key)
-        except KeyError:
+        node = out[head[0]] if head else out  # SCHEMA is two levels deep
+        if last not in node:
             bad(key, "is missing")
             continue
         try:
-            _set(out, key, spec.check(value))
+            node[last] = spec.check(node[last])
         except _Bad as exc:
             bad(key, str(exc), spec.hint)
     if not problems:
-        backbone = out["model"]["backbone"]
-        if not is_backbone(backbone):
-            bad("model.backbone", f"{backbone!r} is neither one of {', '.join(BACKBONES)} nor a "
-                                  "mindcv model name (mindcv.models.list_models())")
-        for key, msg in _cross_checks(out):
-            bad(key, msg)
+        _cross_checks(out, bad)
     if problems:
         raise ConfigError("; ".join(problems))
     return _wrap(out)
@@ -680,35 +600,17 @@ def _not_a_file(key: str, path: Optional[str]) -> None:
         raise ConfigError(f"config key '{key}': {path} is a file, not a folder; choose a folder")
 
 
-def _writable_dir(key: str, path: str) -> None:
-    """Create ``path`` if needed and prove a file can be written there (root ignores mode bits,
-    so only a real write shows a read-only file system)."""
-    _not_a_file(key, path)
-    try:
-        os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        raise ConfigError(f"config key '{key}': cannot write into {path} "
-                          f"({exc.strerror or exc}); choose a writable folder") from None
-
-
 def ebv_path_missing(path: str) -> ConfigError:
     return ConfigError(f"config key 'ebv.path': file not found: {path} (leave it unset to "
                        "generate a set and cache it under 'ebv.cache_dir')")
 
 
 def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Config:
-    """The checks that look at this machine, after ``validate`` and before any work.
-
-    Folders must not be files (output_dir, ebv.cache_dir, data.index_cache_dir), output_dir must
-    be writable when training, configured files must exist (``ebv.path`` only if the EBV set
-    does not come from elsewhere: ``ebv_needed=False`` for a checkpoint that holds it). Returns
-    the config to run with: ``data.num_workers`` lowered to the core count MindSpore allows (its
-    "num_parallel_workers exceeds the boundary" error), with a warning, so the 100k config's 8
-    workers still run on a 2-core machine; ``cfg`` itself is not changed.
-    """
+    """The checks that look at this machine, after ``validate`` and before any work: folders
+    that are files, missing files (``ebv.path`` only when ``ebv_needed``: a checkpoint may hold
+    the set), a writable ``output_dir`` when training. Returns the config to run with
+    (``cfg`` is not changed): ``data.num_workers`` lowered, with a warning, to the core count
+    MindSpore allows (its "num_parallel_workers exceeds the boundary" error)."""
     _not_a_file("output_dir", str(cfg.output_dir))
     _not_a_file("data.index_cache_dir", cfg.data.index_cache_dir)
     if cfg.model.head == "ebv" and ebv_needed:
@@ -729,18 +631,25 @@ def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Co
         raise ConfigError(f"config key 'data.path': {cfg.data.path} not found; point it at the "
                           ".zip archive or the dataset folder")
     if training:  # last: the only check that creates something (the folder, if all else passed)
-        _writable_dir("output_dir", str(cfg.output_dir))
+        try:  # root ignores mode bits: only a real write shows a read-only file system
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=cfg.output_dir)
+            os.close(fd)
+            os.remove(probe)
+        except OSError as exc:
+            raise ConfigError(f"config key 'output_dir': cannot write into {cfg.output_dir} "
+                              f"({exc.strerror or exc}); choose a writable folder") from None
     cores = multiprocessing.cpu_count()  # MindSpore's own bound (dataset validator_helpers)
     if cfg.data.num_workers <= cores:
         return cfg
-    _log.warning("data.num_workers=%d is more than this machine's %d cores; using %d",
-                 cfg.data.num_workers, cores, cores)
+    logging.getLogger("ebv_ms").warning("data.num_workers=%d is more than this machine's %d "
+                                        "cores; using %d", cfg.data.num_workers, cores, cores)
     plain = cfg.to_dict()
     plain["data"]["num_workers"] = cores
     return _wrap(plain)
 
 
-# ------------------------------------------------------------------------------ writing, helpers
+# ------------------------------------------------------------------------------ writing, docs
 def save_config(cfg: Mapping, path: str) -> None:
     from .atomic import atomic_path
     with atomic_path(path, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -753,8 +662,7 @@ def schema_table() -> str:
     for key, spec in _walk(SCHEMA):
         default = "null" if spec.default is None else yaml.safe_dump(
             spec.default, default_flow_style=True).strip().removesuffix("...").strip()
-        allowed = spec.describe() + (f" ({spec.hint})" if spec.hint else "")
+        allowed = (spec.describe() + (f" ({spec.hint})" if spec.hint else "")).replace("|", "\\|")
         doc = spec.doc.replace("|", "\\|")
-        rows.append(f"| `{key}` | `{default}` | {allowed.replace('|', chr(92) + '|')} | {doc} |")
+        rows.append(f"| `{key}` | `{default}` | {allowed} | {doc} |")
     return "\n".join(rows)
-

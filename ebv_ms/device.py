@@ -1,6 +1,5 @@
 """The one place that selects MindSpore's device (as torchvision's ``init_distributed_mode`` and
-timm's ``init_distributed_device`` are for PyTorch): training, evaluation, generation, prediction
-and the dynamic-cluster scheduler all call ``set_device``."""
+timm's ``init_distributed_device`` do for PyTorch)."""
 from __future__ import annotations
 
 import os
@@ -11,7 +10,7 @@ __all__ = ["set_device"]
 
 def set_device(target: Optional[str] = None) -> None:
     """Select ``target`` (CPU | GPU | Ascend; None: the current one) and, on GPU/Ascend, this
-    rank's own card: DEVICE_ID, which msrun and scripts/mpirun_rank.sh set to the local rank.
+    rank's card: DEVICE_ID, which msrun and scripts/mpirun_rank.sh set to the local rank.
     Calling it again with the same device is harmless (MindSpore 2.10 accepts it)."""
     import mindspore as ms
     target = target or ms.get_context("device_target")

@@ -1,16 +1,11 @@
 """The project's one error base class, and how every command line reports it.
 
-Every "bad input" error (config, data, EBV files, checkpoints, launches, failed writes) derives
-from ``EBVMSError``; its message names what is wrong and what to do. A command line runs its
-body through ``run_cli``: an ``EBVMSError`` (or an ``OSError``, which is always about the
-machine: a full disk, a missing or read-only folder) becomes one line on stderr and exit
-status 2. The traceback is printed with ``--debug`` and written to the run's log file when
-one is open (``train.log``), never to the console otherwise. Any other exception is a bug and
-keeps its traceback.
-
-The factories (``create_classifier``, ``create_loss``, ...) raise plain ``ValueError`` for
-arguments they cannot use: a config never reaches them with such values, because
-``ebv_ms.config.validate`` checks every key first.
+Every user-input error (config, data, EBV files, checkpoints, launches, failed writes) derives from
+``EBVMSError`` and names what is wrong and what to do. ``run_cli`` turns one (or an ``OSError``:
+a full disk, a missing or read-only folder) into one stderr line and exit status 2; the traceback
+goes to the run's log file (``train.log``) when one is open and to the console only with
+``--debug``. Any other exception is a bug and keeps its traceback. The factories raise plain
+``ValueError``: a config reaches them only after ``ebv_ms.config.validate``.
 """
 from __future__ import annotations
 
@@ -19,10 +14,7 @@ import sys
 import traceback
 from typing import Callable
 
-__all__ = ["EBVMSError", "ConfigError", "ModelError", "WriteError", "DivergenceError", "run_cli",
-           "EXIT_USER_ERROR"]
-
-EXIT_USER_ERROR = 2
+__all__ = ["EBVMSError", "ConfigError", "ModelError", "WriteError", "DivergenceError", "run_cli"]
 
 
 class EBVMSError(Exception):
@@ -47,29 +39,22 @@ class DivergenceError(EBVMSError, FloatingPointError):
     scale); the message says which setting to change, and last.ckpt holds the last good epoch."""
 
 
-def _log_traceback(prog: str, exc: BaseException) -> None:
-    """Write the traceback to the file handlers of the project's logger (the run's log)."""
-    log = logging.getLogger("ebv_ms")
-    files = [h for h in log.handlers if isinstance(h, logging.FileHandler)]
-    if not files:
-        return
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: error: %s",
-                            (prog, exc), (type(exc), exc, exc.__traceback__))
-    raise_before, logging.raiseExceptions = logging.raiseExceptions, False  # a full disk too
-    try:
-        for h in files:
-            h.handle(record)
-    finally:
-        logging.raiseExceptions = raise_before
-
-
 def run_cli(prog: str, body: Callable[[], int], debug: bool = False) -> int:
     """``body()``'s exit status, or 2 with one line ``PROG: error: MESSAGE`` on stderr."""
     try:
         return body()
     except (EBVMSError, OSError) as exc:
-        _log_traceback(prog, exc)
+        log = logging.getLogger("ebv_ms")
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: error: %s",
+                                (prog, exc), (type(exc), exc, exc.__traceback__))
+        raise_before, logging.raiseExceptions = logging.raiseExceptions, False  # a full disk too
+        try:
+            for h in log.handlers:
+                if isinstance(h, logging.FileHandler):
+                    h.handle(record)
+        finally:
+            logging.raiseExceptions = raise_before
         if debug:
             traceback.print_exc(file=sys.stderr)
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return 2
