@@ -79,7 +79,8 @@ def _shared_parameter(data: np.ndarray, name: str) -> Parameter:
 
 
 class FrozenVectorHead(_Fp32Cell):
-    """Base of heads with a fixed N x d class-vector matrix ``self.<param_name>``.
+    """Base of heads with a fixed N x d class-vector matrix ``self.<param_name>``: logits
+    S * cos(v, w_k) if ``cosine``, else S * <v, w_k>.
 
     ``storage_dtype`` "float16" halves the matrix (2 GB -> 1 GB at 100k x 5000), but the logits
     leave the matmul rounded to fp16 (up to 2^-11 x the largest logit). On CPU, training casts the
@@ -90,7 +91,8 @@ class FrozenVectorHead(_Fp32Cell):
 
     param_name = "vectors"
 
-    def __init__(self, vectors: np.ndarray, storage_dtype: str = "float32"):
+    def __init__(self, vectors: np.ndarray, storage_dtype: str = "float32", scale: float = 1.0,
+                 cosine: bool = True):
         super().__init__()
         if storage_dtype not in config.STORAGE_DTYPES:
             raise ValueError(f"ebv_dtype must be one of {sorted(config.STORAGE_DTYPES)}, "
@@ -105,6 +107,8 @@ class FrozenVectorHead(_Fp32Cell):
         data = np.ascontiguousarray(vectors, dtype=np.dtype(storage_dtype))
         setattr(self, self.param_name, _shared_parameter(data, self.param_name))
         self.matmul_nt = ops.MatMul(transpose_b=True)
+        self.scale, self.cosine = float(scale), bool(cosine)
+        self.normalize = ScaledL2Normalize(self.scale)
         if self.keep_fp32:
             self.to_float(ms.float32)
 
@@ -118,6 +122,12 @@ class FrozenVectorHead(_Fp32Cell):
         if self.low_precision_storage:
             return ops.cast(self.matmul_nt(ops.cast(v32, w.dtype), w), ms.float32)
         return self.matmul_nt(v32, w)
+
+    def construct(self, v):
+        v = ops.cast(v, ms.float32)
+        if self.cosine:  # (v / ||v|| * S) @ W^T == S cos(v, w_k): the rows of W are unit vectors
+            return self._dot(self.normalize(v))
+        return self._dot(v) * self.scale
 
     def predict(self, v):
         """Index of the class vector with the largest logit (int32, shape (B,))."""
@@ -136,21 +146,16 @@ class EBVHead(FrozenVectorHead):
         vectors = ebv.vectors if hasattr(ebv, "vectors") else np.asarray(ebv, dtype=np.float32)
         if not tau or tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
-        super().__init__(vectors, storage_dtype)
+        super().__init__(vectors, storage_dtype, 1.0 / float(tau))
         # an EBVSet's checksum is cached: hashing 2 GB again here would cost 1-2 s
         self.checksum = ebv.checksum() if hasattr(ebv, "checksum") else matrix_checksum(vectors)
         self.tau = float(tau)
-        self.normalize = ScaledL2Normalize(1.0 / self.tau)
         if self.low_precision_storage and self.tau < 0.05:
             logging.getLogger(__name__).warning(
                 "model.ebv_dtype=%s at tau %g: the logits (up to %.0f) come out of the matmul "
                 "rounded to fp16, off by up to %.3f (measured 0.031 at tau 0.007, docs/models.md); "
                 "use float32 unless the matrix does not fit", storage_dtype, self.tau,
                 1.0 / self.tau, 2.0 ** -11 / self.tau)
-
-    def construct(self, v):
-        # (v / ||v|| / tau) @ W^T == cos(v, w_k) / tau since the rows of W are unit vectors
-        return self._dot(self.normalize(ops.cast(v, ms.float32)))
 
     def extend_repr(self):
         return f"N={self.num_classes}, d={self.dim}, tau={self.tau}, storage={self.storage_dtype}"
@@ -166,15 +171,9 @@ class FixedRandomHead(FrozenVectorHead):
                  seed: int = 0, storage_dtype: str = "float32"):
         if mode not in ("dot", "cos"):
             raise ValueError(f"fixed random head mode must be 'dot' or 'cos', got {mode!r}")
-        super().__init__(random_unit_vectors(num_classes, dim, seed), storage_dtype)
-        self.mode, self.cosine, self.scale = mode, mode == "cos", float(scale)
-        self.normalize = ScaledL2Normalize(self.scale)
-
-    def construct(self, v):
-        v = ops.cast(v, ms.float32)
-        if self.cosine:
-            return self._dot(self.normalize(v))
-        return self._dot(v) * self.scale
+        super().__init__(random_unit_vectors(num_classes, dim, seed), storage_dtype, scale,
+                         cosine=mode == "cos")
+        self.mode = mode
 
     def extend_repr(self):
         return f"N={self.num_classes}, d={self.dim}, mode={self.mode}, scale={self.scale}"
