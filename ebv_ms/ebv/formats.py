@@ -1,13 +1,8 @@
-"""Reading and writing EBV sets: `load_ebv` / `save_ebv`, the format chosen by file extension.
-
-* ``.npz`` -- the native format: ``vectors`` (float32 N x d) plus ``metadata`` (UTF-8 JSON as a
-  uint8 array, so it loads with ``allow_pickle=False``) recording N, d, alpha, method, seed,
-  extra and the set's checksum, which is verified on load.
-* ``.npy`` -- a plain float32 N x d array (what ``--out FILE.npy`` writes; no metadata).
-* ``.pkl`` / ``.pickle`` -- the authors' released files (numpy arrays or torch CUDA tensors),
-  read through the restricted unpickler of `safe_pickle`; writing gives a numpy float32 array
-  pickle, which the authors' MindSpore code loads as is.
-"""
+"""Reading and writing EBV sets (`load_ebv` / `save_ebv`), the format chosen by file extension:
+``.npz`` native (float32 ``vectors`` + ``metadata``, UTF-8 JSON as uint8 so it loads with
+``allow_pickle=False``, with the checksum verified on load), ``.npy`` (a plain float32 N x d
+array), ``.pkl`` / ``.pickle`` (the authors' numpy/torch files, read by `safe_pickle`; written as
+a numpy float32 array pickle, which the authors' MindSpore code loads as is)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -24,7 +19,6 @@ from typing import Optional, Union
 import numpy as np
 
 from ..atomic import atomic_path
-
 from .ebvset import EBVError, EBVSet, degeneracy
 from .safe_pickle import UnsafePickleError, safe_load_pickle
 
@@ -47,15 +41,6 @@ def _ext(path: Path) -> str:
     return ext
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"EBV file not found: {path}")
-    if path.is_dir():
-        raise EBVError(f"{path}: is a directory, not an EBV file")
-    if path.stat().st_size == 0:
-        raise EBVError(f"{path}: file is empty")
-
-
 def _make_set(path: Path, matrix, **meta) -> EBVSet:
     try:
         ebv = EBVSet(matrix, **meta)
@@ -65,9 +50,6 @@ def _make_set(path: Path, matrix, **meta) -> EBVSet:
     if why:  # loadable, but training with it stays at chance for the classes concerned
         logger.warning("%s: degenerate EBV set: %s", path, why)
     return ebv
-
-
-# --------------------------------------------------------------------------- readers
 
 
 def _check_magic(path: Path, magic: bytes, what: str) -> None:
@@ -81,16 +63,26 @@ _NPZ_MAX_META = 16 << 20   # metadata JSON is a few hundred bytes; 16 MiB is cor
 _DEFLATE_MAX_RATIO = 1032  # zlib's worst case: deflate cannot shrink data more than this
 
 
-def _npy_header(f, where: str):
-    """(shape, fortran, dtype, header bytes) of an .npy stream, or EBVError; reads no data."""
+_CHUNK = 16 << 20          # read size: the only temporary a load needs beside the matrix
+
+
+def _read_array(f, where: str, have: int, mmap_path: Optional[Path] = None,
+                max_bytes: Optional[int] = None) -> np.ndarray:
+    """The .npy array at ``f``'s position (``have`` bytes to its end), its declared size checked
+    against ``have`` before allocating; the caller verifies the content (the native checksum).
+
+    ``mmap_path`` (``f`` reads that file uncompressed): an aligned array is mapped read-only, so
+    the processes of a host share one copy in the page cache. Otherwise it is read in ``_CHUNK``
+    pieces into its final buffer: read whole and copied, a 2 GB set peaked at 4.25 GB.
+    """
+    start = f.tell()
     try:
         version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
+        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:
             raise ValueError(f"unsupported .npy format version {version}")
+        shape, fortran, dtype = read(f)
     except Exception as exc:  # noqa: BLE001 - a garbled header raises ValueError, SyntaxError, ...
         text = f"{type(exc).__name__}: {exc}"
         raise EBVError(f"{where}: .npy header is not readable ({text[:200]}): the file is "
@@ -98,40 +90,15 @@ def _npy_header(f, where: str):
     if dtype.hasobject:
         raise EBVError(f"{where}: .npy holds an object array (pickled Python objects), refused: "
                        "EBV files are numeric matrices")
-    return tuple(int(n) for n in shape), bool(fortran), dtype, f.tell()
-
-
-def _check_declared(where: str, shape, dtype, have: int) -> int:
-    """The data bytes the header declares; EBVError unless the file holds exactly that many."""
-    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    shape, offset = tuple(int(n) for n in shape), f.tell()
+    need, have = int(np.prod(shape, dtype=object)) * dtype.itemsize, have - (offset - start)
     if need != have:
         raise EBVError(f"{where}: header declares a {' x '.join(map(str, shape)) or 'scalar'} "
                        f"array of {dtype} ({need} bytes) but the file holds {have} bytes of data: "
                        "truncated or corrupt")
-    return need
-
-
-_CHUNK = 16 << 20          # read size: the only temporary a load needs beside the matrix
-
-
-def _read_array(f, where: str, have: int, mmap_path: Optional[Path] = None,
-                max_bytes: Optional[int] = None) -> np.ndarray:
-    """The .npy array at ``f``'s position (``have`` bytes from there to its end), read straight
-    into its final buffer, its declared size checked against ``have`` before allocating.
-
-    ``mmap_path``: ``f`` reads that file without compression, so an aligned array is mapped
-    read-only instead of read (every process on a host then shares one copy in the page cache).
-    Otherwise the data is read in ``_CHUNK`` pieces into ``np.empty``: a 2 GB member read whole
-    and then copied was two copies at once (4.25 GB peak for a 2 GB set, 13.8-17.2 s; chunked
-    3.1 s in 64 MiB pieces). The caller verifies the content (the native format's checksum).
-    """
-    start = f.tell()
-    shape, fortran, dtype, end = _npy_header(f, where)
-    need = _check_declared(where, shape, dtype, have - (end - start))
     if max_bytes is not None and need > max_bytes:
         raise EBVError(f"{where}: {need} bytes, expected at most {max_bytes}")
     shape = shape[::-1] if fortran else shape
-    offset = f.tell()
     if mmap_path is not None and need and offset % dtype.alignment == 0:
         arr = np.memmap(mmap_path, dtype=dtype, mode="r", offset=offset, shape=shape)
         arr = arr.view(np.ndarray)  # a plain array; the mapping lives as long as it does
@@ -158,37 +125,31 @@ def _load_npy(path: Path) -> EBVSet:
     return _make_set(path, arr, method="unknown", extra={"source": str(path), "format": "npy"})
 
 
-def _stored_data_offset(path: Path, info: zipfile.ZipInfo, archive_size: int) -> int:
-    """Where a stored (uncompressed) member's bytes start: after its local header."""
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)
-    if len(local) != 30 or local[:4] != b"PK\x03\x04":
-        raise EBVError(f"{path} (member {info.filename}): local header missing: corrupt")
-    name_len, extra_len = struct.unpack("<HH", local[26:30])
-    start = info.header_offset + 30 + name_len + extra_len
-    if start + info.file_size > archive_size:
-        raise EBVError(f"{path} (member {info.filename}): {info.file_size} bytes at offset "
-                       f"{start} run past the end of the {archive_size}-byte file: corrupt")
-    return start
-
-
 def _read_npz_member(z: zipfile.ZipFile, path: Path, name: str, archive_size: int,
                      max_bytes: Optional[int] = None) -> np.ndarray:
-    """One array of an .npz, its declared size checked against the member before allocating;
-    a stored member is read (or mapped) at its offset in the file, not through zipfile."""
+    """One array of an .npz, its size checked before allocating; a stored member is read (or
+    mapped) at its offset in the file, not through zipfile."""
     where = f"{path} (member {name})"
     info = z.getinfo(name)
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise EBVError(f"{where}: compression method {info.compress_type} not supported")
-    limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO)
+    stored = info.compress_type == zipfile.ZIP_STORED
+    limit = info.compress_size * (1 if stored else _DEFLATE_MAX_RATIO)
     if info.compress_size > archive_size or info.file_size > limit + 1024 or \
-            (info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size):
+            (stored and info.file_size != info.compress_size):
         raise EBVError(f"{where}: zip directory declares {info.file_size} bytes in "
                        f"{info.compress_size} stored bytes of a {archive_size}-byte file: corrupt")
-    if info.compress_type == zipfile.ZIP_STORED and max_bytes is None:
+    if stored and max_bytes is None:  # its bytes start after its local header
         with open(path, "rb") as f:
-            f.seek(_stored_data_offset(path, info, archive_size))
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                raise EBVError(f"{where}: local header missing: corrupt")
+            start = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
+            if start + info.file_size > archive_size:
+                raise EBVError(f"{where}: {info.file_size} bytes at offset {start} run past the "
+                               f"end of the {archive_size}-byte file: corrupt")
+            f.seek(start)
             return _read_array(f, where, info.file_size, mmap_path=path)
     with z.open(name) as f:  # deflated (or the small metadata member: its CRC is checked)
         return _read_array(f, where, info.file_size, max_bytes=max_bytes)
@@ -292,18 +253,17 @@ _READERS = {".npy": _load_npy, ".npz": _load_npz, ".pkl": _load_pickle, ".pickle
 
 
 def load_ebv(path: PathLike) -> EBVSet:
-    """Read an EBV set from ``.npz`` (native), ``.npy`` or the authors' ``.pkl`` files.
-
-    Raises `EBVError` naming the file and the problem for anything that is not a usable set,
-    and `safe_pickle.UnsafePickleError` (an EBVError) for a pickle outside the allow-list.
-    """
+    """Read an EBV set; `EBVError` (`UnsafePickleError` for a pickle outside the allow-list)
+    names the file and the problem for anything that is not a usable set."""
     path = Path(path)
     ext = _ext(path)
-    _check_file(path)
+    if not path.exists():
+        raise FileNotFoundError(f"EBV file not found: {path}")
+    if path.is_dir():
+        raise EBVError(f"{path}: is a directory, not an EBV file")
+    if path.stat().st_size == 0:
+        raise EBVError(f"{path}: file is empty")
     return _READERS[ext](path)
-
-
-# --------------------------------------------------------------------------- writers
 
 
 def _metadata(ebv: EBVSet) -> dict:
@@ -319,20 +279,13 @@ def _metadata(ebv: EBVSet) -> dict:
     }
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary sibling: a crash never leaves a half-written set."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        write(f)
-
-
 _PAGE = 4096
 _PAD_ID = 0xD935  # the extra-field id Android's zipalign uses for padding
 
 
 def _write_npz(f, arrays: dict) -> None:
-    """``np.savez`` with each array's data starting on a page boundary (a padding extra field in
-    the member's local header), so a reader can map it in place (`_read_array`); np.load and
-    every zip tool read it as usual. Written from the array's own buffer, no copy."""
+    """``np.savez`` with each array's data on a page boundary (padding in the member's local
+    header), so `_read_array` can map it in place; np.load and zip tools read it as usual."""
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
         for name, arr in arrays.items():
             head = io.BytesIO()
@@ -357,14 +310,19 @@ def save_ebv(ebv: EBVSet, path: PathLike) -> Path:
     ext = _ext(path)
     vectors = np.ascontiguousarray(ebv.vectors, dtype=np.float32)
     if ext == ".npy":
-        _atomic_write(path, lambda f: np.save(f, vectors, allow_pickle=False))
+        def write(f):
+            np.save(f, vectors, allow_pickle=False)
     elif ext == ".npz":
         try:
             meta = json.dumps(_metadata(ebv), sort_keys=True).encode("utf-8")
         except TypeError as exc:
             raise EBVError(f"{path}: EBVSet.extra must be JSON-serialisable ({exc})") from None
-        meta_arr = np.frombuffer(meta, dtype=np.uint8)
-        _atomic_write(path, lambda f: _write_npz(f, {"vectors": vectors, "metadata": meta_arr}))
+
+        def write(f):
+            _write_npz(f, {"vectors": vectors, "metadata": np.frombuffer(meta, dtype=np.uint8)})
     else:  # .pkl / .pickle: numpy array pickle, as in the authors' MindSpore repository
-        _atomic_write(path, lambda f: pickle.dump(vectors, f, protocol=4))
+        def write(f):
+            pickle.dump(vectors, f, protocol=4)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a crash leaves no half-written set
+        write(f)
     return path

@@ -1,44 +1,15 @@
-"""Restricted unpickling of EBV matrices saved by numpy or PyTorch, with neither torch nor a GPU.
+"""Restricted unpickling of the authors' released EBV files (numpy arrays, torch CUDA tensors),
+with neither torch nor a GPU; the formats and every rule's reason are in docs/files.md.
 
-Why: the authors released their sets as ``pickle.dump`` files (numpy arrays, and torch CUDA
-tensors), and a ``.pkl`` from the internet is untrusted input: ``pickle.load`` runs whatever
-callable the file names. Here every global the file asks for goes through an allow-list that
-maps it to a local, argument-checking function; anything else raises `UnsafePickleError`
-before any of the file's code could run.
-
-What the formats need (checked against the released files with ``pickletools``):
-
-* numpy array: ``numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b')`` then BUILD
-  with ``(version, shape, numpy.dtype('f4', False, True) + BUILD state, fortran, raw bytes)``.
-  Neither the dtype nor the array state is handed to numpy's own ``__setstate__``: local
-  stand-ins check them (numeric dtype, no fields, byte count = shape x itemsize) and build a
-  copy with ``np.frombuffer``, so no attacker-chosen state reaches numpy's C code.
-* torch tensor: ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride,
-  requires_grad, collections.OrderedDict())`` where ``storage`` is
-  ``torch.storage._load_from_bytes(b'...')``. Those bytes are torch's legacy (non-zip)
-  serialisation of one storage: five protocol-2 pickles -- magic number, protocol version
-  (1001), sys info (``little_endian``, type sizes), the storage object as a persistent id
-  ``('storage', torch.FloatStorage, key, location, numel, view_metadata)``, the list of
-  storage keys -- then, per key, an int64 little-endian element count and the raw data.
-  The location ("cuda:0") is ignored: the data are plain bytes, little-endian (torch converts
-  on big-endian machines when writing), so ``sys_info['little_endian']`` is not consulted.
-
-Cost bounded by the file's size S, whatever it holds (a file of S bytes is accepted or refused
-in O(S) time and memory): the opcodes run on Python's own pure-Python unpickler (each opcode
-consumes at least one byte) with these changes --
-
-* BUILD only on the two stand-ins that need state (`_ArrayState`, `_DType`); anything else,
-  e.g. ``__name__`` / ``__defaults__`` onto an allowed function, is refused;
-* dict keys and set items must be plain scalars (str, bytes, int, float, bool, None): hashing
-  a tuple walks it as a tree, and a memo of shared sub-tuples makes that tree 2^k nodes;
-* declared lengths (BYTEARRAY8 allocates before reading) are checked against the file size;
-* every call of an allowed global is charged the size of its arguments and its result against
-  a budget of a few times S, so memo references cannot make the same bytes be copied or parsed
-  again and again;
-* at most 2^18 opcodes (EBV files have a few dozen), so the pure-Python speed (~1-5 us per
-  opcode) stays about a second at worst;
-* the result walk visits each object once (by id), and messages quote bounded excerpts
-  (`excerpt`), never a full ``repr``.
+A ``.pkl`` from the internet is untrusted: ``pickle.load`` runs whatever callable it names. Here
+every global goes through an allow-list of local, argument-checking stand-ins (numpy's own
+``__setstate__`` never sees file data), so nothing of the file's runs. A file of S bytes costs
+O(S) time and memory whatever it holds (a memo can make a 1 KB file a DAG of 2^40 paths): the
+opcodes run on Python's pure-Python unpickler, changed so that BUILD acts only on the array and
+dtype stand-ins, dict keys and set items are plain scalars (hashing a tuple walks it as a tree),
+declared lengths are checked against S, every call of an allowed global is charged against a
+budget of 8 x S, at most 2^18 opcodes run, and messages quote bounded excerpts (`excerpt`).
+The C unpickler (``pickle.Unpickler`` + ``find_class``) cannot bound the hashing or the opcodes.
 """
 from __future__ import annotations
 
@@ -48,7 +19,7 @@ import pickle
 import reprlib
 import struct
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -59,19 +30,13 @@ __all__ = ["UnsafePickleError", "safe_load_pickle", "load_torch_legacy_storage",
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 TORCH_LEGACY_PROTOCOL = 1001
 
-# Dtypes an EBV pickle may contain (numpy dtype strings); no object, void or string dtypes.
-_SAFE_DTYPES = {np.dtype(t) for t in (
-    "f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1")}
+_SAFE_DTYPES = {np.dtype(t) for t in "f2 f4 f8 i1 i2 i4 i8 u1 u2 u4 u8 b1".split()}
 
-# torch legacy storage class name -> numpy dtype of its elements ("bfloat16" handled apart).
-_TORCH_STORAGE_DTYPES = {
-    "FloatStorage": np.dtype("<f4"), "DoubleStorage": np.dtype("<f8"),
-    "HalfStorage": np.dtype("<f2"), "BFloat16Storage": np.dtype("<u2"),
-    "LongStorage": np.dtype("<i8"), "IntStorage": np.dtype("<i4"),
-    "ShortStorage": np.dtype("<i2"), "CharStorage": np.dtype("i1"),
-    "ByteStorage": np.dtype("u1"), "BoolStorage": np.dtype("?"),
-    "UntypedStorage": np.dtype("u1"),
-}
+# torch legacy storage class -> numpy dtype of its elements (bfloat16 widened when read)
+_TORCH_STORAGE_DTYPES = {f"{k}Storage": np.dtype(v) for k, v in (
+    ("Float", "<f4"), ("Double", "<f8"), ("Half", "<f2"), ("BFloat16", "<u2"), ("Long", "<i8"),
+    ("Int", "<i4"), ("Short", "<i2"), ("Char", "i1"), ("Byte", "u1"), ("Bool", "?"),
+    ("Untyped", "u1"))}
 
 
 class UnsafePickleError(EBVError):
@@ -118,15 +83,7 @@ def _dims(shape, what: str) -> tuple:
 
 # --------------------------------------------------------------------------- numpy
 
-
-class _NDArrayClass:
-    """Stands for ``numpy.ndarray`` inside the pickle (the real class would allow NEWOBJ)."""
-
-    def __reduce__(self):  # never re-pickled
-        raise TypeError("internal marker")
-
-
-_NDARRAY = _NDArrayClass()
+_NDARRAY = object()  # stands for numpy.ndarray (the real class would allow NEWOBJ)
 
 
 class _DType:
@@ -179,8 +136,7 @@ class _ArrayState:
             raise UnsafePickleError(f"numpy array of dtype {type(dtype).__name__} refused")
         if not isinstance(raw, (bytes, bytearray)):  # object arrays carry a list of objects
             raise UnsafePickleError(f"numpy array data of type {type(raw).__name__} refused")
-        shape = _dims(shape, "numpy array shape")
-        dt = dtype.dtype
+        shape, dt = _dims(shape, "numpy array shape"), dtype.dtype
         if len(raw) != math.prod(shape) * dt.itemsize:
             raise EBVError(f"numpy array data has {len(raw)} bytes, shape {shape} of {dt} needs "
                            f"{math.prod(shape) * dt.itemsize}: file truncated or corrupt")
@@ -223,65 +179,16 @@ def _latin1_bytes(text, encoding="latin1"):
     return text.encode("latin1")
 
 
-def _resolve(root):
-    """Replace finished `_ArrayState`s by their arrays (in lists, tuples, dict values).
-
-    Each object is visited once, by id: a memo can make a structure of S bytes a DAG with 2^S
-    paths, which a recursive walk (or ``repr``) would treat as a tree.
-    """
-    done: Dict[int, Any] = {}
-    open_: set = set()
-    stack = [root]
-    while stack:
-        obj = stack[-1]
-        key = id(obj)
-        if key in done:
-            stack.pop()
-            continue
-        if isinstance(obj, _ArrayState):
-            if obj.array is None:
-                raise EBVError("numpy array in the pickle was never filled (truncated or corrupt)")
-            done[key] = obj.array
-            stack.pop()
-            continue
-        if not isinstance(obj, (list, tuple, dict)):
-            done[key] = obj
-            stack.pop()
-            continue
-        children = list(obj.values()) if isinstance(obj, dict) else obj
-        if key not in open_:  # first visit: children first
-            open_.add(key)
-            for c in children:
-                if id(c) in open_ and id(c) not in done:
-                    raise EBVError("pickle holds a self-referencing structure, not an EBV matrix")
-                if id(c) not in done:
-                    stack.append(c)
-            continue
-        stack.pop()
-        if isinstance(obj, dict):
-            out = type(obj)((k, done[id(v)]) for k, v in obj.items())
-        elif isinstance(obj, list):
-            out = [done[id(c)] for c in obj]
-        else:
-            out = tuple(done[id(c)] for c in obj)
-        done[key] = out
-    return done[id(root)]
-
-
 # --------------------------------------------------------------------------- torch
 
 
 class _TorchStorage:
     """A torch storage decoded to a 1-D numpy array (what ``_load_from_bytes`` returns here)."""
 
-    __slots__ = ("array", "location")
+    __slots__ = ("array",)
 
-    def __init__(self, array: np.ndarray, location: str):
+    def __init__(self, array: np.ndarray):
         self.array = array
-        self.location = location
-
-    def __setstate__(self, state):  # BUILD on a storage is not part of the format
-        raise UnsafePickleError("BUILD on a torch storage refused")
 
 
 class _TorchStorageType:
@@ -290,14 +197,10 @@ class _TorchStorageType:
     __slots__ = ("name", "dtype")
 
     def __init__(self, name: str):
-        self.name = name
-        self.dtype = _TORCH_STORAGE_DTYPES[name]
+        self.name, self.dtype = name, _TORCH_STORAGE_DTYPES[name]
 
     def __call__(self, *args, **kwargs):
         raise UnsafePickleError(f"calling torch.{self.name} refused")
-
-    def __setstate__(self, state):
-        raise UnsafePickleError(f"BUILD on torch.{self.name} refused")
 
 
 def _as_int(x, what: str) -> int:
@@ -316,8 +219,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
         raise EBVError(f"torch tensor size/stride malformed: {excerpt(size)} / {excerpt(stride)}")
     size = tuple(_as_int(s, "size") for s in size)
     stride = tuple(_as_int(s, "stride") for s in stride)
-    data = storage.array
-    numel = math.prod(size)
+    data, numel = storage.array, math.prod(size)
     if offset < 0 or min(size, default=1) < 0 or min(stride, default=0) < 0:
         raise EBVError(f"torch tensor has negative offset/size/stride: {offset}, {size}, {stride}")
     if numel:
@@ -328,9 +230,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
         if numel > data.size:
             raise EBVError(f"torch tensor of {numel} elements over a storage of {data.size} "
                            "(expanded views are not supported)")
-    item = data.itemsize
     view = np.lib.stride_tricks.as_strided(data[offset:] if numel else data[:0], shape=size,
-                                           strides=tuple(st * item for st in stride),
+                                           strides=tuple(st * data.itemsize for st in stride),
                                            writeable=False)
     return np.array(view, copy=True)
 
@@ -345,7 +246,6 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *_ignored
 class _Budget:
     """Bytes the allowed globals may take in and build for one file: a few times its size."""
 
-    __slots__ = ("size", "left")
     FACTOR = 8  # the official files use ~4: storage bytes parsed, copied, then viewed and copied
 
     def __init__(self, size: int):
@@ -353,14 +253,10 @@ class _Budget:
         self.left = self.FACTOR * self.size + (1 << 20)
 
     def charge(self, obj) -> None:
-        if isinstance(obj, (bytes, bytearray, str)):
+        if isinstance(obj, (bytes, bytearray, str, tuple, list, dict)):
             n = len(obj)
-        elif isinstance(obj, np.ndarray):
-            n = obj.nbytes
-        elif isinstance(obj, _TorchStorage):
-            n = obj.array.nbytes
-        elif isinstance(obj, (tuple, list, dict)):
-            n = len(obj)
+        elif isinstance(obj, (np.ndarray, _TorchStorage)):
+            n = obj.nbytes if isinstance(obj, np.ndarray) else obj.array.nbytes
         else:
             n = 1
         self.left -= n + 1
@@ -371,17 +267,13 @@ class _Budget:
 
 
 class _Global:
-    """An allowed global as the pickle sees it: charges its arguments and result to the budget.
-
-    Per load, with slots and no ``__setstate__`` reachable from BUILD, so a file cannot leave
-    state on the module's functions for the rest of the process.
-    """
+    """An allowed global as the pickle sees it, charging its arguments and result to the budget;
+    made per load, with slots and out of BUILD's reach, so a file leaves no state behind."""
 
     __slots__ = ("_fn", "_budget")
 
     def __init__(self, fn, budget: _Budget):
-        self._fn = fn
-        self._budget = budget
+        self._fn, self._budget = fn, budget
 
     def __call__(self, *args, **kwargs):
         for a in args + tuple(kwargs.values()):
@@ -390,24 +282,9 @@ class _Global:
         self._budget.charge(out)
         return out
 
-    def __reduce__(self):  # never re-pickled
-        raise TypeError("internal stand-in")
-
 
 _PLAIN_KEYS = (str, bytes, int, float, bool, type(None))
-
-
-def _plain(keys, what: str) -> None:
-    for k in keys:
-        if type(k) not in _PLAIN_KEYS:
-            raise UnsafePickleError(f"{what} of type {type(k).__name__} refused (EBV files use "
-                                    "only str/number keys; hashing a nested tuple can take "
-                                    "time exponential in the file size)")
-
-
 _BASE_DISPATCH = pickle._Unpickler.dispatch  # the pure-Python unpickler's opcode table
-
-
 _MAX_OPS = 1 << 18  # EBV pickles hold a few dozen opcodes (the matrix is one BINBYTES)
 
 
@@ -422,19 +299,32 @@ def _counted(load_op):
     return op
 
 
+def _plain_keys(name: str, what: str, keys, target=None):
+    """The stock opcode ``name``, once its keys / items are plain scalars (and its target a dict)."""
+    base = _BASE_DISPATCH[getattr(pickle, name)[0]]
+
+    def op(self):
+        if target is not None and not isinstance(target(self), dict):
+            raise UnsafePickleError(f"{name} on {type(target(self)).__name__} refused")
+        for k in keys(self):
+            if type(k) not in _PLAIN_KEYS:
+                raise UnsafePickleError(f"{what} of type {type(k).__name__} refused (EBV files use "
+                                        "only str/number keys; hashing a nested tuple can take "
+                                        "time exponential in the file size)")
+        base(self)
+    return op
+
+
 class _RestrictedUnpickler(pickle._Unpickler):
     """Python's pure-Python unpickler, globals only from ``allowed``, no persistent ids,
     and the opcode changes listed in the module docstring (cost O(file size))."""
 
     dispatch = dict(_BASE_DISPATCH)
 
-    def __init__(self, file, allowed: Dict[Tuple[str, str], Any], size: int,
-                 budget: Optional[_Budget] = None):
+    def __init__(self, file, allowed: dict, size: int):
         super().__init__(file)
-        self._ops = 0
-        self._size = int(size)
-        self._budget = budget or _Budget(size)
-        self._allowed = {k: v if isinstance(v, (_NDArrayClass, _TorchStorageType))
+        self._ops, self._size, self._budget = 0, int(size), _Budget(size)
+        self._allowed = {k: v if v is _NDARRAY or isinstance(v, _TorchStorageType)
                          else _Global(v, self._budget) for k, v in allowed.items()}
 
     def find_class(self, module, name):
@@ -452,7 +342,6 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def persistent_load(self, pid):
         raise UnsafePickleError(f"refused persistent id {excerpt(pid)} outside a torch storage")
 
-    # ---- opcodes whose cost or effect the stock unpickler does not bound
     def _load_build(self):
         inst = self.stack[-2]
         if type(inst) not in (_ArrayState, _DType):
@@ -466,36 +355,6 @@ class _RestrictedUnpickler(pickle._Unpickler):
             self._budget.charge(inst.array)  # the bytes() copy made on the way
     dispatch[pickle.BUILD[0]] = _load_build
 
-    def _load_setitem(self):
-        if not isinstance(self.stack[-3], dict):
-            raise UnsafePickleError(f"SETITEM on {type(self.stack[-3]).__name__} refused")
-        _plain(self.stack[-2:-1], "dict key")
-        _BASE_DISPATCH[pickle.SETITEM[0]](self)
-    dispatch[pickle.SETITEM[0]] = _load_setitem
-
-    def _load_setitems(self):
-        target = self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None
-        if not isinstance(target, dict):
-            raise UnsafePickleError(f"SETITEMS on {type(target).__name__} refused")
-        _plain(self.stack[0::2], "dict key")
-        _BASE_DISPATCH[pickle.SETITEMS[0]](self)
-    dispatch[pickle.SETITEMS[0]] = _load_setitems
-
-    def _load_dict(self):
-        _plain(self.stack[0::2], "dict key")
-        _BASE_DISPATCH[pickle.DICT[0]](self)
-    dispatch[pickle.DICT[0]] = _load_dict
-
-    def _load_frozenset(self):
-        _plain(self.stack, "set item")
-        _BASE_DISPATCH[pickle.FROZENSET[0]](self)
-    dispatch[pickle.FROZENSET[0]] = _load_frozenset
-
-    def _load_additems(self):
-        _plain(self.stack, "set item")
-        _BASE_DISPATCH[pickle.ADDITEMS[0]](self)
-    dispatch[pickle.ADDITEMS[0]] = _load_additems
-
     def _load_bytearray8(self):
         (n,) = struct.unpack("<Q", self.read(8))
         if n > self._size:  # bytearray(n) is allocated before the bytes are read
@@ -507,9 +366,16 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self.append(b)
     dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
 
-
-# every opcode counted: the pure-Python unpickler costs ~1-5 us per opcode on this machine
-_RestrictedUnpickler.dispatch = {k: _counted(f) for k, f in _RestrictedUnpickler.dispatch.items()}
+    for _args in (("SETITEM", "dict key", lambda u: u.stack[-2:-1], lambda u: u.stack[-3]),
+                  ("SETITEMS", "dict key", lambda u: u.stack[0::2],
+                   lambda u: u.metastack[-1][-1] if u.metastack and u.metastack[-1] else None),
+                  ("DICT", "dict key", lambda u: u.stack[0::2]),
+                  ("FROZENSET", "set item", lambda u: u.stack),
+                  ("ADDITEMS", "set item", lambda u: u.stack)):
+        dispatch[getattr(pickle, _args[0])[0]] = _plain_keys(*_args)
+    del _args
+    # every opcode counted: the pure-Python unpickler costs ~1-5 us per opcode on this machine
+    dispatch = {k: _counted(f) for k, f in dispatch.items()}
 
 
 class _TorchStorageUnpickler(_RestrictedUnpickler):
@@ -529,26 +395,13 @@ class _TorchStorageUnpickler(_RestrictedUnpickler):
                 or not isinstance(location, str):
             raise UnsafePickleError(f"malformed torch storage record {excerpt(pid)}")
         numel = _as_int(numel, "storage size")
-        if key in self.records and self.records[key][:2] != (storage_type, numel):
+        if self.records.setdefault(key, (storage_type, numel)) != (storage_type, numel):
             raise EBVError(f"torch storage {excerpt(key)} declared twice with different types/sizes")
-        self.records[key] = (storage_type, numel, location)
         if view is not None:  # very old torch: a view (view_key, offset, view_size) of `key`
             if not (isinstance(view, tuple) and len(view) == 3):
                 raise UnsafePickleError(f"malformed torch storage view {excerpt(view)}")
             return ("view", key, _as_int(view[1], "view offset"), _as_int(view[2], "view size"))
         return ("root", key)
-
-
-_NUMPY_GLOBALS: Dict[Tuple[str, str], Any] = {}
-for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x / 2.x names
-    _NUMPY_GLOBALS[(_mod, "_reconstruct")] = _safe_reconstruct
-    _NUMPY_GLOBALS[(_mod, "scalar")] = _safe_scalar
-for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
-    _NUMPY_GLOBALS[(_mod, "_frombuffer")] = _safe_frombuffer
-_NUMPY_GLOBALS[("numpy", "ndarray")] = _NDARRAY
-_NUMPY_GLOBALS[("numpy", "dtype")] = _DType
-_NUMPY_GLOBALS[("collections", "OrderedDict")] = _ordered_dict
-_NUMPY_GLOBALS[("_codecs", "encode")] = _latin1_bytes
 
 
 def _read_exact(f: io.BytesIO, n: int, what: str) -> bytes:
@@ -560,7 +413,9 @@ def _read_exact(f: io.BytesIO, n: int, what: str) -> bytes:
 
 
 def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
-    """Decode ``torch.storage._load_from_bytes`` bytes (legacy torch.save of one storage)."""
+    """Decode ``torch.storage._load_from_bytes`` bytes: five pickles (magic number, protocol
+    version, sys info, the storage record, its keys), then per key an int64 LE count and the
+    data, little-endian whatever sys info says (the location, e.g. "cuda:0", is ignored)."""
     if not isinstance(data, (bytes, bytearray)):
         raise UnsafePickleError(f"torch _load_from_bytes of {type(data).__name__} refused")
     f = io.BytesIO(bytes(data))
@@ -568,44 +423,42 @@ def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
         raise EBVError("torch storage in zip serialisation is not supported (expected the legacy "
                        "format torch uses when pickling tensors)")
 
-    def load(unpickler_cls=_RestrictedUnpickler, what="header"):
+    def load(what, storage=False):
         try:
-            u = unpickler_cls(f, len(data)) if unpickler_cls is _TorchStorageUnpickler \
-                else unpickler_cls(f, {}, len(data))
+            u = _TorchStorageUnpickler(f, len(data)) if storage \
+                else _RestrictedUnpickler(f, {}, len(data))
             return u, u.load()
         except EBVError:
             raise
         except Exception as exc:  # noqa: BLE001 - corrupt bytes raise anything
             raise EBVError(f"torch storage bytes corrupt ({what}): {_why(exc)}") from None
 
-    _, magic = load(what="magic number")
+    _, magic = load("magic number")
     if magic != TORCH_LEGACY_MAGIC:
         raise EBVError(f"not torch legacy storage bytes (magic number {excerpt(magic)})")
-    _, version = load(what="protocol version")
+    _, version = load("protocol version")
     if version != TORCH_LEGACY_PROTOCOL:
         raise EBVError(f"unsupported torch legacy protocol version {excerpt(version)}")
-    load(what="sys info")  # torch writes counts and data little-endian whatever this says
-    u, obj = load(_TorchStorageUnpickler, "storage record")
-    _, keys = load(what="storage keys")
+    load("sys info")
+    u, obj = load("storage record", storage=True)
+    _, keys = load("storage keys")
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise EBVError(f"torch storage keys malformed: {excerpt(keys)}")
-    remaining = len(data) - f.tell()
     arrays = {}
     for key in keys:
         if key not in u.records:
             raise EBVError(f"torch storage key {excerpt(key)} has no record")
-        stype, numel, location = u.records[key]
+        stype, numel = u.records[key]
         (count,) = struct.unpack("<q", _read_exact(f, 8, f"size of storage {key}"))
-        itemsize = stype.dtype.itemsize
-        if count != numel or count < 0 or count * itemsize > remaining:
+        remaining = len(data) - f.tell()
+        if count != numel or count < 0 or count * stype.dtype.itemsize > remaining:
             raise EBVError(f"torch storage {key}: {count} elements recorded, {numel} declared, "
                            f"{remaining} bytes left: file truncated or corrupt")
-        raw = _read_exact(f, count * itemsize, f"data of storage {key}")
+        raw = _read_exact(f, count * stype.dtype.itemsize, f"data of storage {key}")
         arr = np.frombuffer(raw, dtype=stype.dtype)
         if stype.name == "BFloat16Storage":  # bfloat16 = top half of a float32
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         arrays[key] = arr.astype(arr.dtype.newbyteorder("="), copy=False)
-        remaining = len(data) - f.tell()
     if not (isinstance(obj, tuple) and obj and obj[0] in ("root", "view")):
         raise EBVError("torch storage bytes hold no storage record")
     if obj[1] not in arrays:
@@ -616,35 +469,38 @@ def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
         if off < 0 or n < 0 or off + n > arr.size:
             raise EBVError(f"torch storage view [{off}:{off + n}] outside {arr.size} elements")
         arr = arr[off:off + n]
-    return _TorchStorage(arr, u.records[obj[1]][2])
+    return _TorchStorage(arr)
 
 
-_TORCH_GLOBALS: Dict[Tuple[str, str], Callable] = {
+ALLOWED_GLOBALS = {
+    **{(m, n): fn for m in ("numpy.core.multiarray", "numpy._core.multiarray")  # numpy 1.x / 2.x
+       for n, fn in (("_reconstruct", _safe_reconstruct), ("scalar", _safe_scalar))},
+    **{(m, "_frombuffer"): _safe_frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
+    ("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _DType,
+    ("collections", "OrderedDict"): _ordered_dict, ("_codecs", "encode"): _latin1_bytes,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): load_torch_legacy_storage,
 }
 
-ALLOWED_GLOBALS = {**_NUMPY_GLOBALS, **_TORCH_GLOBALS}
-
-
-def allowed_globals() -> list:
-    """The ``module.name`` globals a pickle may use (for docs and error messages)."""
-    return sorted(f"{m}.{n}" for m, n in ALLOWED_GLOBALS)
-
 
 def safe_load_pickle(data: bytes) -> Any:
     """Unpickle ``data`` through the allow-list; raises `UnsafePickleError` / `EBVError`.
 
-    The result is whatever the pickle built from numpy arrays, torch tensors (as numpy arrays),
-    OrderedDicts and plain Python values; the caller decides whether it is an EBV matrix.
+    Returns the top-level object, a numpy array for numpy and torch EBV files; containers are
+    not walked (that could take 2^S steps), so whatever they hold stays as the unpickler made it.
     """
     try:
-        return _resolve(_RestrictedUnpickler(io.BytesIO(data), ALLOWED_GLOBALS, len(data)).load())
+        obj = _RestrictedUnpickler(io.BytesIO(data), ALLOWED_GLOBALS, len(data)).load()
     except EBVError:
         raise
     except MemoryError as exc:
         raise EBVError(f"pickle asks for more memory than available ({_why(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - truncated/corrupt pickles raise anything
         raise EBVError(f"not a readable pickle ({_why(exc)})") from None
+    if isinstance(obj, _ArrayState):
+        if obj.array is None:
+            raise EBVError("numpy array in the pickle was never filled (truncated or corrupt)")
+        return obj.array
+    return obj
