@@ -6,9 +6,8 @@ docs/generation.md for the benchmark behind the choices.
 """
 from .closed_form import (kerdock, kerdock_capacity, kerdock_vectors, orthonormal,
                           padded_kerdock, simplex)
-from .factory import (DEFAULT_METHOD, METHODS, GenerationError, check_alpha, closed_form_choice,
-                      create_ebv)
+from .factory import METHODS, GenerationError, check_alpha, closed_form_choice, create_ebv
 
-__all__ = ["create_ebv", "closed_form_choice", "check_alpha", "GenerationError", "METHODS", "DEFAULT_METHOD",
+__all__ = ["create_ebv", "closed_form_choice", "check_alpha", "GenerationError", "METHODS",
            "kerdock", "kerdock_capacity", "kerdock_vectors", "orthonormal", "padded_kerdock",
            "simplex"]

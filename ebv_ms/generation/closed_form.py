@@ -3,11 +3,9 @@
 * ``orthonormal``  N <= d: coherence 0 (a seeded random orthonormal frame).
 * ``simplex``      N = d + 1: the regular simplex, coherence exactly 1/d (optimal).
 * ``kerdock``      d = 4^k, N <= d (d/2 + 1): the standard basis plus d/2 real mutually unbiased
-  bases (MUBs) built from a Kerdock set of quadratic forms (Cameron & Seidel 1973; Calderbank,
-  Cameron, Kantor & Seidel 1997). Any two vectors from different bases have |cos| = 1/sqrt(d)
-  exactly, so the coherence is 1/sqrt(d): d=16 -> 144 vectors at 0.25, d=64 -> 2112 at 0.125,
-  d=1024 -> 525,312 at 1/32. Vectors are generated on demand, so a 100k subset at d=1024 (or,
-  padded, at d=5000 from d=4096) never builds the whole set.
+  bases (MUBs) from a Kerdock set of quadratic forms (Cameron & Seidel 1973; Calderbank et al.
+  1997): coherence exactly 1/sqrt(d) (d=64 -> 2112 vectors at 0.125, d=1024 -> 525,312 at
+  1/32). Vectors are generated on demand: a 100k subset never builds the whole set.
 
 Kerdock set used here (MacWilliams & Sloane, ch. 15): with t = log2(d) - 1 (odd) and
 F = GF(2^t), each u in F gives the quadratic form on V = F x GF(2)
@@ -43,28 +41,20 @@ def kerdock_capacity(dim: int) -> int:
     return dim * (dim // 2 + 1) if is_power_of_four(dim) else 0
 
 
-# ---------------------------------------------------------------- GF(2^t) arithmetic (vectorised)
 def _gf_mul(a: np.ndarray, b: np.ndarray, t: int) -> np.ndarray:
-    """Carry-less product of field elements (ints < 2^t) reduced by the irreducible polynomial."""
-    poly = _IRREDUCIBLE[t]
-    a = np.asarray(a, dtype=np.int64).copy()
-    b = np.asarray(b, dtype=np.int64)
-    a, b = np.broadcast_arrays(a, b)
-    a, b = a.copy(), b.copy()
-    out = np.zeros_like(a)
+    """Carry-less product in GF(2^t) (ints < 2^t), reduced by the irreducible polynomial."""
+    a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+    out = np.zeros(a.shape, dtype=np.int64)
     for _ in range(t):
         out ^= np.where(b & 1, a, 0)
-        b = b >> 1
-        a = a << 1
-        a = np.where(a >> t & 1, a ^ poly, a)
+        b, a = b >> 1, a << 1
+        a = np.where(a >> t & 1, a ^ _IRREDUCIBLE[t], a)
     return out
 
 
 def _gf_trace(a: np.ndarray, t: int) -> np.ndarray:
     """Absolute trace Tr(a) = a + a^2 + ... + a^(2^(t-1)), an element of GF(2) (0/1)."""
-    a = np.asarray(a, dtype=np.int64)
-    acc = a.copy()
-    x = a
+    acc = x = np.array(a, dtype=np.int64)
     for _ in range(t - 1):
         x = _gf_mul(x, x, t)
         acc ^= x
@@ -79,8 +69,7 @@ def kerdock_polar_forms(dim: int) -> np.ndarray:
     if not is_power_of_four(dim):
         raise ValueError(f"Kerdock sets exist here only for d = 4^k, got d={dim}")
     m = dim.bit_length() - 1
-    t = m - 1
-    q = 1 << t
+    t, q = m - 1, 1 << (m - 1)
     u = np.arange(q, dtype=np.int64)
     basis = (1 << np.arange(t, dtype=np.int64))                      # x^i
     tr_u_xi = _gf_trace(_gf_mul(u[:, None], basis[None, :], t), t)    # (q, t): Tr(u x^i)
@@ -89,38 +78,26 @@ def kerdock_polar_forms(dim: int) -> np.ndarray:
     tr_u2_xixj = _gf_trace(_gf_mul(u2[:, None, None], xixj[None], t), t)  # (q, t, t)
     a = np.zeros((q, m, m), dtype=np.uint8)
     a[:, :t, :t] = (tr_u_xi[:, :, None] * tr_u_xi[:, None, :] + tr_u2_xixj) & 1
-    a[:, :t, t] = tr_u_xi
-    a[:, t, :t] = tr_u_xi
-    idx = np.arange(m)
-    a[:, idx, idx] = 0  # alternating (the diagonal is 0 by construction; make it explicit)
+    a[:, :t, t] = a[:, t, :t] = tr_u_xi
+    a[:, np.arange(m), np.arange(m)] = 0  # alternating (0 by construction; made explicit)
     return a
 
 
 def _gf2_rank(mats: np.ndarray) -> np.ndarray:
     """Ranks over GF(2) of a stack of square 0/1 matrices (vectorised Gaussian elimination)."""
-    a = (np.asarray(mats) & 1).astype(np.uint8).copy()
+    a = (np.asarray(mats) & 1).astype(bool)
     k, m, _ = a.shape
-    rank = np.zeros(k, dtype=np.int64)
-    row = np.zeros(k, dtype=np.int64)
-    ar = np.arange(k)
+    rank = np.zeros(k, dtype=np.int64)  # also the next pivot row of each matrix
     for col in range(m):
-        # pivot: first row >= row[k] with a 1 in this column
-        cand = a[:, :, col].astype(bool) & (np.arange(m)[None, :] >= row[:, None])
-        has = cand.any(axis=1)
-        piv = np.argmax(cand, axis=1)
-        sel = ar[has]
+        cand = a[:, :, col] & (np.arange(m)[None, :] >= rank[:, None])
+        sel = np.flatnonzero(cand.any(axis=1))
         if sel.size == 0:
             continue
-        r = row[sel]
-        p = piv[sel]
-        tmp = a[sel, r].copy()
-        a[sel, r] = a[sel, p]
-        a[sel, p] = tmp
-        pivot_rows = a[sel, r]                                  # (s, m)
-        mask = a[sel, :, col].astype(bool)
+        r, p = rank[sel], np.argmax(cand[sel], axis=1)
+        a[sel, r], a[sel, p] = a[sel, p], a[sel, r]             # swap the pivot row up
+        mask = a[sel, :, col]
         mask[np.arange(sel.size), r] = False
-        a[sel] ^= (mask[:, :, None] & pivot_rows[:, None, :].astype(bool)).astype(np.uint8)
-        row[sel] += 1
+        a[sel] ^= mask[:, :, None] & a[sel, r][:, None, :]
         rank[sel] += 1
     return rank
 
@@ -128,13 +105,9 @@ def _gf2_rank(mats: np.ndarray) -> np.ndarray:
 def check_kerdock(dim: int) -> bool:
     """True if every A_u + A_v (u != v) is non-singular over GF(2), i.e. the bases are unbiased."""
     a = kerdock_polar_forms(dim)
-    q, m, _ = a.shape
-    iu, iv = np.triu_indices(q, 1)
-    ok = True
-    for s in range(0, iu.size, 65536):
-        r = _gf2_rank(a[iu[s:s + 65536]] ^ a[iv[s:s + 65536]])
-        ok &= bool((r == m).all())
-    return ok
+    iu, iv = np.triu_indices(a.shape[0], 1)
+    return all(bool((_gf2_rank(a[iu[s:s + 65536]] ^ a[iv[s:s + 65536]]) == a.shape[1]).all())
+               for s in range(0, iu.size, 65536))
 
 
 def _quadratic_tables(dim: int) -> np.ndarray:
@@ -218,13 +191,8 @@ def kerdock(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 def largest_kerdock_dim(n: int, dim: int) -> Optional[int]:
     """Largest 4^k <= dim whose real-MUB set has at least n vectors, else None."""
-    k = 4
-    best = None
-    while k <= dim:
-        if kerdock_capacity(k) >= n:
-            best = k
-        k *= 4
-    return best
+    k = 4 ** ((dim.bit_length() - 1) // 2)  # the capacity grows with k: the largest 4^k <= dim
+    return k if dim >= 4 and kerdock_capacity(k) >= n else None
 
 
 def padded_kerdock(n: int, dim: int, seed: int = 0, noise: float = 0.0) -> np.ndarray:
@@ -286,16 +254,10 @@ def closed_form_for(n: int, dim: int) -> Optional[str]:
 
 
 def closed_form_coherence(name: str, n: int, dim: int) -> float:
-    if name == "orthonormal":
-        return 0.0
-    if name == "simplex":
-        return 1.0 / dim
-    if name == "kerdock":
-        return 1.0 / math.sqrt(dim) if n > dim else 0.0
-    if name == "kerdock_padded":
-        k = largest_kerdock_dim(n, dim)
-        return 1.0 / math.sqrt(k) if (k and n > k) else 0.0
-    raise ValueError(name)
+    if name in ("orthonormal", "simplex"):
+        return 0.0 if name == "orthonormal" else 1.0 / dim
+    k = dim if name == "kerdock" else largest_kerdock_dim(n, dim)
+    return 1.0 / math.sqrt(k) if (k and n > k) else 0.0
 
 
 CLOSED_FORMS = {"orthonormal": orthonormal, "simplex": simplex, "kerdock": kerdock,

@@ -1,16 +1,12 @@
-"""`create_ebv`: one entry point that picks the right way to make an EBV set.
+"""`create_ebv`: one entry point that picks the way to make an EBV set. ``method="auto"``:
 
-``method="auto"`` (the default) decides in this order:
-
-1. an exact closed form when (N, d) fits one (orthonormal N <= d, simplex N = d + 1,
-   Kerdock real MUBs for d = 4^k and N <= d(d/2+1)) and its coherence meets ``alpha``;
-2. a Kerdock set of the largest fitting 4^k <= d, zero-padded into d, when that already
-   meets ``alpha`` (or when no alpha is given and N > ``LARGE_N``: an optimiser epoch there
-   costs ~N^2 d flops, hours on a CPU, and the padded set is within ~15% of the Welch bound
-   at the paper's 100k x 5000);
-3. otherwise ``smoothmax`` (Adam on a smooth max of |cos|), started from the padded Kerdock
-   set when that is within ``PAD_INIT_RATIO`` x Welch bound and leaves enough free dimensions
-   (``PAD_INIT_FREE``), else from a seeded normal draw.
+1. an exact closed form when (N, d) fits one (orthonormal N <= d, simplex N = d + 1, Kerdock
+   real MUBs for d = 4^k, N <= d(d/2+1)) and its coherence meets ``alpha``;
+2. the Kerdock set of the largest fitting 4^k <= d, zero-padded into d, when that meets
+   ``alpha`` (or no alpha is given and N > ``LARGE_N``: an optimiser epoch costs ~N^2 d flops,
+   hours on a CPU, and at 100k x 5000 the padded set is within ~15% of the Welch bound);
+3. else ``smoothmax``, started from the padded Kerdock set when that is within
+   ``PAD_INIT_RATIO`` x Welch bound with ``PAD_INIT_FREE`` free dimensions, else a normal draw.
 """
 from __future__ import annotations
 
@@ -27,7 +23,6 @@ from ebv_ms.errors import EBVMSError
 from . import closed_form as cf
 
 from ebv_ms.config import METHODS  # noqa: E402 - the one list, with the config keys
-DEFAULT_METHOD = "smoothmax"
 LARGE_N = 20_000          # above this, auto returns the padded closed form when alpha is None
 PAD_INIT_RATIO = 1.4      # start smoothmax from a padded Kerdock set of R^k if 1/sqrt(k) <= this x
 PAD_INIT_FREE = 0.5       # Welch bound and d - k >= this x k. Measured at N=1000: d=100 (k=64,
@@ -67,15 +62,10 @@ def _ram_bytes() -> int:
 
 
 def memory_needed(method: str, n: int, dim: int) -> int:
-    """Bytes a method needs at its peak for N x d (an estimate; the result itself is 4 N d).
-
-    Iterative: about eight N x d float32 copies (start, weights, Adam's two moments, gradient,
-    the step's "before", best and epoch copies) plus one step's cosine block (``block_rows``)
-    and ~500 bytes of index arrays and Tensors per row slice (1e8 one-row slices at N=1e8, d=3
-    grew past 7 GB before anything ran). Kerdock: the (d/2 + d) x d sign tables when a vector
-    lies outside the standard basis, plus ~64 MB chunks. Orthonormal / simplex: float64 QR
-    of a d x N draw (three N x d float64 arrays).
-    """
+    """Estimated peak bytes of a method for N x d. Iterative: eight N x d float32 copies (start,
+    weights, Adam's moments, gradient, before, best, epoch), one step's block and ~500 bytes per
+    row slice. Kerdock: the (d/2 + d) x d sign tables and ~64 MB chunks. Orthonormal / simplex:
+    the float64 QR of a d x N draw."""
     out = 4 * n * dim
     if method in ("smoothmax", "official"):
         from .iterative import block_rows
@@ -96,13 +86,6 @@ def _check_memory(method: str, n: int, dim: int) -> None:
             f"{ram / 2**30:,.1f} GiB: use a smaller N or d")
 
 
-def _progress_bar(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from ebv_ms.progress import progress_bar
-    return progress_bar(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=0.5)
-
-
 def _closed(name: str, n: int, dim: int, alpha, seed: int) -> EBVSet:
     _check_memory(name, n, dim)
     vec = cf.CLOSED_FORMS[name](n, dim, seed)
@@ -115,13 +98,18 @@ def _closed(name: str, n: int, dim: int, alpha, seed: int) -> EBVSet:
 
 
 def _iterative(method: str, n: int, dim: int, alpha, seed: int, max_steps: Optional[int],
-               progress: bool, init: Optional[np.ndarray], init_name: str,
-               time_limit: Optional[float], **kw) -> EBVSet:
+               progress: bool, device_target: Optional[str], init: Optional[np.ndarray],
+               init_name: str, time_limit: Optional[float], **kw) -> EBVSet:
     from .iterative import run_official, run_smoothmax
     _check_memory(method, n, dim)
+    if device_target:
+        set_device(device_target)
     steps = int(max_steps) if max_steps is not None else DEFAULT_STEPS[method]
-    bar = _progress_bar(progress, steps, method)
-
+    bar = None
+    if progress:
+        from ebv_ms.progress import progress_bar
+        bar = progress_bar(total=steps, desc=method, unit="step", dynamic_ncols=True,
+                           mininterval=0.5)
     user_callback = kw.pop("callback", None)
 
     def callback(step, coh):
@@ -132,12 +120,11 @@ def _iterative(method: str, n: int, dim: int, alpha, seed: int, max_steps: Optio
         if user_callback is not None:
             user_callback(step, coh)
 
+    w0 = init if init is not None else normal_init(n, dim, seed)
     try:
         if method == "official":
-            w0 = init if init is not None else normal_init(n, dim, seed)
             res = run_official(w0, alpha, steps, time_limit=time_limit, callback=callback, **kw)
         else:
-            w0 = init if init is not None else normal_init(n, dim, seed)
             res = run_smoothmax(w0, alpha, steps, seed=seed, time_limit=time_limit,
                                 callback=callback, **kw)
     finally:
@@ -179,11 +166,9 @@ def create_ebv(num_classes: int, dim: int, alpha: Optional[float] = None, method
                **method_kwargs) -> EBVSet:
     """Make N = ``num_classes`` unit vectors in R^``dim`` with max |cos| as low as possible.
 
-    alpha: coherence target (None: the method's best within ``max_steps``; required by
-    ``official``). An alpha below the Welch bound is refused at once. method: see ``METHODS``.
-    The returned EBVSet records alpha, method and seed; ``extra`` holds the measured coherence,
-    steps, whether the target was reached (``reached``), and the initialisation used.
-    ``time_limit`` (seconds) stops iterative methods early (used by the benchmark).
+    ``alpha``: the coherence target (None: the method's best within ``max_steps``; ``official``
+    needs it; below the Welch bound refused at once). ``extra`` of the returned set holds the
+    measured coherence, steps, ``reached`` and the start; ``time_limit`` (s) stops iterative runs.
     """
     n, d = int(num_classes), int(dim)
     if n < 1 or d < 1:
@@ -206,15 +191,11 @@ def create_ebv(num_classes: int, dim: int, alpha: Optional[float] = None, method
         if alpha is None:
             raise GenerationError("method 'official' (Algorithm 1) needs alpha, its stopping "
                                   "threshold, e.g. alpha=0.135 for N=1000, d=100")
-        if device_target:
-            set_device(device_target)
-        return _iterative("official", n, d, alpha, seed, max_steps, progress, None, "normal",
-                          time_limit, **method_kwargs)
+        return _iterative("official", n, d, alpha, seed, max_steps, progress, device_target,
+                          None, "normal", time_limit, **method_kwargs)
 
     # smoothmax, explicitly or as auto's fallback
     _check_memory("smoothmax", n, d)
-    if device_target:
-        set_device(device_target)
     init, init_name = None, "normal"
     exact = cf.closed_form_for(n, d)
     if exact == "kerdock":
@@ -225,16 +206,13 @@ def create_ebv(num_classes: int, dim: int, alpha: Optional[float] = None, method
             pad_coh = 1.0 / math.sqrt(k)
             if pad_coh <= PAD_INIT_RATIO * welch_bound(n, d) and d - k >= PAD_INIT_FREE * k:
                 init, init_name = cf.padded_kerdock(n, d, seed, noise=0.05), f"kerdock{k}_padded"
-    # run_smoothmax's defaults suit a normal draw: large steps and a soft max that sharpens
-    # slowly, so all pairs spread before the worst ones are singled out (measured at N=1000,
-    # d=200, 30 s: lr 1e-2 / beta0 40 gives 0.0771, lr 3e-3 / beta0 150 gives 0.0784, lr 1e-3
-    # 0.0801). A closed-form start is already close: small steps, a firmer max, and a long
-    # patience, because the max first climbs a little while the free dimensions open up
-    # (restoring the start after 10 epochs without a new best undoes that). Measured at d=100,
-    # 30 s: lr 1e-3 / beta0 100 gives 0.1112; with a normal start, 0.1313.
+    # run_smoothmax's defaults suit a normal draw (N=1000, d=200, 30 s: lr 1e-2 / beta0 40 gives
+    # 0.0771, lr 1e-3 0.0801). A closed-form start is close already: small steps, a firmer max,
+    # a long patience, as the max first climbs while the free dimensions open up (d=100, 30 s:
+    # 0.1112; from a normal start 0.1313).
     if init is not None:
         method_kwargs.setdefault("lr", 1e-3)
         method_kwargs.setdefault("beta0", 100.0)
         method_kwargs.setdefault("patience", 200)
-    return _iterative("smoothmax", n, d, alpha, seed, max_steps, progress, init, init_name,
-                      time_limit, **method_kwargs)
+    return _iterative("smoothmax", n, d, alpha, seed, max_steps, progress, device_target, init,
+                      init_name, time_limit, **method_kwargs)

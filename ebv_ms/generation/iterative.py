@@ -1,14 +1,7 @@
-"""The two iterative generators, driven by MindSpore Cells.
-
-* ``official``: Algorithm 1 of the paper as the authors released it (SGD on the hinge
-  ``relu(|cos| - alpha)``, rows normalised every step, row slices, stop when
-  max |cos| <= alpha + 1e-4).
-* ``smoothmax`` (the default): Adam on a log-sum-exp smooth maximum of |cos| with a rising
-  sharpness, optionally started from a padded closed-form set. It minimises the coherence
-  itself rather than a hinge count, so it keeps improving below any fixed alpha.
-
-Both work on row slices (an |S| x N block at a time) so memory stays a small multiple of W.
-"""
+"""The two iterative generators, on row slices (memory a small multiple of W): ``official``,
+Algorithm 1 as the authors released it (SGD on ``relu(|cos| - alpha)``, stop at max |cos| <=
+alpha + 1e-4), and ``smoothmax`` (the default: Adam on a smooth max of |cos| with a rising
+sharpness; it minimises the coherence itself, so it keeps improving below any fixed alpha)."""
 from __future__ import annotations
 
 import math
@@ -20,7 +13,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .cells import EBVParams, OfficialSliceLoss, SmoothMaxGrad
+from .cells import EBVParams, OfficialSliceLoss, SmoothMaxGrad, assign_unit_rows
 
 OFFICIAL_TOL = 1e-4   # Algorithm 1 stops when max|cos| <= alpha + 1e-4
 OFFICIAL_LR = 1e-3
@@ -38,14 +31,9 @@ class RunResult:
 
 
 def block_rows(num_classes: int, dim: int, budget_mb: float = 256.0) -> int:
-    """Rows per slice so that a step on one slice fits in ``budget_mb`` above W.
-
-    A step keeps about 8 |S| x N float32 blocks alive at its peak (the cosines, their squares,
-    exponentials, products, gradient temporaries): measured 610 MB (smoothmax) and 732 MB
-    (official) above the start with 744-row slices of N = 30,000, i.e. 6.9 and 8.2 blocks of
-    89 MB (``benchmarks/generation_memory.py``); with this budget (279-row slices) the peaks are
-    862 and 829 MB in all. Sets with N <= 2896 fit in one slice.
-    """
+    """Rows per slice so that a step on one slice fits in ``budget_mb`` above W: a step keeps
+    about 8 |S| x N float32 blocks alive (measured 6.9 and 8.2 at N = 30,000 by
+    ``benchmarks/generation_memory.py``). Sets with N <= 2896 fit in one slice."""
     per_row = 4.0 * (8 * num_classes + dim)
     return int(max(1, min(num_classes, budget_mb * 2 ** 20 // per_row)))
 
@@ -62,48 +50,37 @@ def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = OFF
     that normalised W); else one SGD step on the summed gradient."""
     n, d = init.shape
     params = EBVParams(init)
-    loss_cell = OfficialSliceLoss(params, alpha)
     opt = nn.SGD([params.weight], learning_rate=lr)
-    grad_fn = ms.value_and_grad(loss_cell, None, opt.parameters, has_aux=True)
+    grad_fn = ms.value_and_grad(OfficialSliceLoss(params, alpha), None, opt.parameters,
+                                has_aux=True)
+    rows_t = [Tensor(r) for r in _slices(n, slice_size or max(OFFICIAL_SLICE, block_rows(n, d)))]
+    one, weight = len(rows_t) == 1, params.weight
 
     @ms.jit
     def slice_grad(rows):
-        # compiled, like the other steps: op-by-op PyNative gave Algorithm 1 half the steps
-        # per second at N=1000, d=100, which would flatter the default in the benchmark
+        # compiled: op-by-op PyNative gave Algorithm 1 half the steps per second (N=1000, d=100)
+        if one:  # the step's normalisation in the same compiled call
+            assign_unit_rows(weight)
         (_, m), grads = grad_fn(rows)
         return m, grads[0]
 
-    weight = params.weight
-
-    @ms.jit
-    def normalize_and_grad(rows):
-        # one slice: the step's normalisation and its gradient in one compiled call
-        w = weight.value()
-        ops.assign(weight, w / ops.norm(w, dim=1, keepdim=True).clamp(min=1e-12))
-        (_, m), grads = grad_fn(rows)
-        return m, grads[0]
-
-    size = slice_size or max(OFFICIAL_SLICE, block_rows(n, d))
-    slices = _slices(n, size)
-    rows_t = [Tensor(r) for r in slices]
     t0 = time.perf_counter()
     best, best_w, history = math.inf, None, []
-    step = 0
-    reached = False
+    step, reached = 0, False
     while True:
-        if len(slices) > 1:
+        if not one:
             params.normalize_()
         true_max = -math.inf     # the authors start their max at alpha; keep the true one too
         total = None
         for rows in rows_t:
-            m, grad = (slice_grad if len(slices) > 1 else normalize_and_grad)(rows)
+            m, grad = slice_grad(rows)
             true_max = max(true_max, float(m.asnumpy()))
             total = grad if total is None else total + grad
         mx = max(float(alpha), true_max)
         elapsed = time.perf_counter() - t0
         history.append((elapsed, step, true_max))
         if true_max < best:
-            best, best_w = true_max, params.numpy().copy()
+            best, best_w = true_max, params.weight.asnumpy().copy()
         if callback is not None:
             callback(step, true_max)
         if mx <= alpha + OFFICIAL_TOL:
@@ -123,19 +100,15 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
                   slice_size: Optional[int] = None, seed: int = 0,
                   time_limit: Optional[float] = None,
                   callback: Optional[Callable[[int, float], None]] = None) -> RunResult:
-    """Adam on the smooth max of |cos| (see ``SmoothMaxGrad``).
+    """Adam on the smooth max of |cos| (``SmoothMaxGrad``), rows re-normalised after each step.
 
-    beta (sharpness) starts at ``beta0`` and grows by ``beta_growth`` per epoch up to
-    ``beta_max``; when the best coherence has not improved for ``patience`` epochs, or an
-    epoch is ``diverge_tol`` (relative) worse than the best, the run goes back to the best set
-    and halves the learning rate. Rows are re-normalised after each step. With several slices, an
-    epoch visits every slice once in a seeded order and its coherence is the max over slices.
-    Stops when the best coherence <= alpha (if given), after ``max_steps`` steps, or after
-    ``time_limit`` seconds; returns the best set seen.
+    beta grows from ``beta0`` by ``beta_growth`` per epoch (every slice once, in a seeded order)
+    up to ``beta_max``; after ``patience`` epochs without a new best, or an epoch ``diverge_tol``
+    worse than the best, the run goes back to the best set and halves the learning rate. Stops
+    at best <= alpha (if given), ``max_steps`` or ``time_limit``; returns the best set seen.
     """
     n, d = init.shape
-    size = slice_size or block_rows(n, d)
-    slices = _slices(n, size)
+    slices = _slices(n, slice_size or block_rows(n, d))
     params = EBVParams(init)
     grad_cell = SmoothMaxGrad(params, whole=len(slices) == 1)
     lr_t = ms.Parameter(Tensor(lr, ms.float32), name="lr", requires_grad=False)
@@ -152,8 +125,7 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
         ops.assign(before, w)
         m, grad = grad_cell(rows, beta)
         opt((grad,))
-        w = weight.value()
-        ops.assign(weight, w / ops.norm(w, dim=1, keepdim=True))
+        assign_unit_rows(weight)
         return m
 
     @ms.jit
@@ -179,7 +151,7 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
         order = rng.permutation(len(slices)) if len(slices) > 1 else [0]
         epoch_max = 0.0
         # with several slices the epoch's coherence belongs (approximately) to its start
-        w_epoch = params.numpy().copy() if len(slices) > 1 else None
+        w_epoch = weight.asnumpy().copy() if len(slices) > 1 else None
         beta_t = Tensor(beta, ms.float32)
         for k in order:
             m = train_step(rows_t[k], beta_t)
