@@ -201,21 +201,11 @@ def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_st
     """Everything needed to resume (or evaluate), atomically; a set over ``ebv_inline_max_bytes``
     goes to a file next to ``path`` (written once)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    head = ebv_head(network)
-    skip = {id(head.matrix)} if head is not None else set()  # the frozen matrix: see module doc
-    entries: Dict[str, Entry] = {}
-    seen = set()
-    for p in network.get_parameters():
-        seen.add(id(p))
-        if id(p) not in skip:
-            entries[p.name] = p.asnumpy().reshape(p.shape)
-    if optimizer is not None:
-        for p in optimizer.get_parameters():
-            # the lr list is rebuilt from the config; the network's own weights are saved above
-            if id(p) not in seen and not p.name.startswith("learning_rate"):
-                entries[_OPT + p.name] = p.asnumpy().reshape(p.shape)
-    for name, p in (extra_params or {}).items():
-        entries[_EXTRA + name] = p.asnumpy().reshape(p.shape)
+    _, net, opt = _params(network, optimizer)
+    entries: Dict[str, Entry] = {p.name: p.asnumpy().reshape(p.shape) for p in net}
+    entries.update({_OPT + p.name: p.asnumpy().reshape(p.shape) for p in opt})
+    for n, p in (extra_params or {}).items():
+        entries[_EXTRA + n] = p.asnumpy().reshape(p.shape)
     meta = {"format": FORMAT, "epoch": int(epoch), "global_step": int(global_step),
             "best_top1": float(best_top1), "best_epoch": int(best_epoch),
             "metrics": dict(metrics or {}),
@@ -347,9 +337,16 @@ def _int(v) -> int:
     return v
 
 
-def ebv_head(network):
+def _params(network, optimizer=None):
+    """(EBV head, the network's parameters but its frozen matrix, the optimizer's own but the lr
+    list, which is rebuilt from the config)."""
     from ebv_ms.models.heads import EBVHead
-    return next((c for _, c in network.cells_and_names() if isinstance(c, EBVHead)), None)
+    head = next((c for _, c in network.cells_and_names() if isinstance(c, EBVHead)), None)
+    net = list(network.get_parameters())
+    ids = {id(p) for p in net}
+    opt = [] if optimizer is None else [p for p in optimizer.get_parameters() if id(p) not in ids
+                                        and not p.name.startswith("learning_rate")]
+    return head, [p for p in net if head is None or p is not head.matrix], opt
 
 
 def check_ebv_matches(state: CheckpointState, ebv: EBVSet) -> Optional[str]:
@@ -487,22 +484,15 @@ def restore(state: CheckpointState, network, optimizer=None,
     in another dtype is cast) and the optimizer / loss scaler; the EBV matrix is never loaded over.
     Set directly, not by ``load_param_into_net``, which called every parameter the optimizer
     shares with the network "not loaded" on every resume."""
-    head = ebv_head(network)
-    skip = set()
-    if head is not None:
-        if state.ebv_info is not None and not matches(state.ebv_info, None, head.checksum):
-            raise CheckpointError(f"EBV mismatch: {state.path} was trained with "
-                                  f"{describe(state.ebv_info)}, not the network's set "
-                                  f"{head.checksum}")
-        skip.add(id(head.matrix))
-    params = [p for p in network.get_parameters() if id(p) not in skip]
+    head, params, opt = _params(network, optimizer)
+    if head is not None and state.ebv_info is not None \
+            and not matches(state.ebv_info, None, head.checksum):
+        raise CheckpointError(f"EBV mismatch: {state.path} was trained with "
+                              f"{describe(state.ebv_info)}, not the network's set {head.checksum}")
     _assign(state, params, {p.name: p.name for p in params}, "network parameters",
             "was it written for another model, head or number of classes?")
     if optimizer is not None:
-        net_ids = {id(p) for p in network.get_parameters()}
-        opt = [p for p in optimizer.get_parameters()
-               if id(p) not in net_ids and not p.name.startswith("learning_rate")]
-        names = {_OPT + p.name: p.name for p in opt}
+        names = {_OPT + p.name for p in opt}
         unused = sorted(k for k in state.params if k.startswith(_OPT) and k not in names)
         if not any(k.startswith(_OPT) for k in state.params):
             raise CheckpointError(f"{state.path}: holds no optimizer state; cannot resume from it")
