@@ -1,17 +1,13 @@
 """Export a trained classifier to MindIR / ONNX (/ AIR on Ascend), with a JSON sidecar.
 
-The graph is ``images (B, 3, S, S) float32 -> logits (B, N) float32`` (backbone, projection,
-head), as in eval.py. Preprocessing is NOT in the graph: it is written beside the file
-(``<file>.json``: layout, mean/std, resize/crop, class names, the EBV set's checksum), because
-the same numbers must drive the serving side's decoder, and MindSpore serialises dataset ops only
-into MindIR, not ONNX.
+The graph is ``images (B, 3, S, S) float32 -> logits (B, N) float32``, as in eval.py. The
+preprocessing is written beside it (``<file>.json``), not into it: the serving side's decoder
+needs the same numbers, and MindSpore serialises dataset ops only into MindIR, not ONNX.
 
-Sizes (MindSpore 2.10, ``mindspore/train/serialization.py``, ``mindspore/onnx/onnx_export.py``;
-measured in docs/deploy.md): a MindIR with over 1 GiB of parameters is split into
-``<name>_graph.mindir`` + ``<name>_variables/data_0`` (ResNet-50 + 100k x 5000 fp32 EBVs,
-2,135 MB, goes this way); an ONNX network over 2 GiB (protobuf's limit) has every weight written
-as its own file, so those exports get a folder ``<name>_onnx/`` (ResNet-50 + 100k x 5000 is 12 MB
-under the limit). AIR needs Ascend's graph engine and is deprecated in 2.10.
+Sizes (MindSpore 2.10; measured in docs/deploy.md): a MindIR over 1 GiB of parameters is split
+into ``<name>_graph.mindir`` + ``<name>_variables/`` (ResNet-50 + 100k x 5000 fp32 EBVs, 2,135
+MB); an ONNX network over 2 GiB (protobuf's limit) has one file per weight, so it gets a folder
+``<name>_onnx/`` (ResNet-50 + 100k x 5000 is 12 MB under). AIR needs Ascend's graph engine.
 """
 from __future__ import annotations
 

@@ -1,13 +1,9 @@
 """Top-k predictions on image files, folders and zips, from a checkpoint or an exported model.
 
-Images are read and checked by the data package's readers and ``ImageSource`` (the ``precheck``
-that keeps a malformed JPEG from crashing MindSpore's decoder) and transformed by
-``create_transforms("eval", ...)``, the ops of eval.py's pipeline, so a checkpoint predicts here
-exactly what eval.py scores. A bad image is reported with its reason and skipped.
-
-Runners map a float32 (B, 3, S, S) batch to logits: the network (``--ckpt``), a MindIR through
-``mindspore.load`` + ``nn.GraphCell``, an ONNX file through onnxruntime. Exported graphs have a
-fixed batch; the last batch is padded to it.
+Images are read and checked by the data package's readers and ``ImageSource`` (its
+``precheck`` keeps a malformed JPEG from crashing MindSpore's decoder) and transformed by eval.py's
+``create_transforms("eval", ...)``, so a checkpoint predicts what eval.py scores. A bad image is
+reported and skipped. Runners map a float32 (B, 3, S, S) batch to logits.
 """
 from __future__ import annotations
 
@@ -86,8 +82,7 @@ class EvalTransform:
     def __init__(self, resize: int, crop: int):
         import mindspore.dataset.transforms as T
         from ebv_ms.data.presets import create_transforms
-        self.resize, self.crop = int(resize), int(crop)
-        self._ops = T.Compose(create_transforms("eval", self.crop, self.resize, self.crop,
+        self._ops = T.Compose(create_transforms("eval", int(crop), int(resize), int(crop),
                                                 encoded=True))
 
     def __call__(self, encoded: np.ndarray) -> np.ndarray:
