@@ -1,19 +1,12 @@
 """Byte readers: one zip member by offset (``ZipMemberReader``) or one file under a root (``FileReader``).
 
-Both are picklable without their open state, so a ``GeneratorDataset`` can hand them to worker
-processes: each process opens its own file descriptor lazily (re-opened after a fork, keyed by
-pid) and reads with ``os.pread``, which has no shared file position and needs no lock.
-
-A zip member is read with one ``pread`` of its local header plus data (the local header's
-variable-length fields are parsed there, so the index needs only the header offset), then
-inflated if deflated and checked against its CRC-32. Anything wrong raises ``BadMember`` with a
-reason; the image source turns that into a skipped, reported sample.
-
-Reads are bounded before anything is allocated: a file must be a regular file (a FIFO would
-block ``open`` forever, ``/dev/zero`` never ends) of at most ``max_bytes``; a member's declared
-sizes must fit in ``max_bytes`` and in the archive (a crafted zip64 field of 2^62 bytes was a
-MemoryError that killed training), and inflating stops at the declared size (a 1 MB member
-that inflates to 1 GiB cost 1.5 GB).
+Both pickle without their open state, so worker processes each open their own descriptor lazily
+(again after a fork) and read with ``os.pread`` (no shared file position, no lock). Anything
+wrong with one sample raises ``BadMember``, which the image source skips and reports. Reads are
+bounded before anything is allocated: only regular files (a FIFO would block ``open``,
+``/dev/zero`` never ends) of at most ``max_bytes``; a member's declared sizes must fit in
+``max_bytes`` and in the archive (a crafted zip64 size of 2^62 was a MemoryError that killed
+training), and inflating stops at the declared size (a 1 MB member inflating to 1 GiB cost 1.5 GB).
 """
 from __future__ import annotations
 
@@ -45,8 +38,7 @@ def _too_large(size: int, max_bytes: int) -> str:
 
 
 def read_regular(path: str, max_bytes: int) -> bytes:
-    """The bytes of the regular file ``path`` (symlinks followed), at most ``max_bytes`` (0: no
-    cap). ``BadMember`` for a FIFO, device, socket or larger file; ``OSError`` as ``open``.
+    """The bytes of the regular file ``path``, at most ``max_bytes`` (0: no cap), else ``BadMember``.
     O_NONBLOCK: opening a FIFO does not wait for a writer, so it can be refused."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
     with os.fdopen(fd, "rb") as f:
@@ -72,12 +64,7 @@ class ZipMemberReader:
     """Reads members of one archive by index number, using its ``ZipIndex``."""
 
     def __init__(self, index: ZipIndex):
-        self.archive = index.archive
-        self._index_cache = index.cache_dir
-        self._set_index(index)
-
-    def _set_index(self, index: ZipIndex) -> None:
-        self.index = index
+        self.archive, self._index_cache, self.index = index.archive, index.cache_dir, index
         self._fd: Optional[int] = None
         self._pid: Optional[int] = None
 
@@ -89,14 +76,10 @@ class ZipMemberReader:
         return state
 
     def __setstate__(self, state):
-        self.archive = state["archive"]
-        self._index_cache = state["_index_cache"]
         index = state.get("index")
-        if index is None:
-            index = load_zip_index(self.archive, location=self._index_cache, progress=False,
-                                   must_exist=True, digest=state.get("digest"),
-                                   checked_key=state.get("key"))
-        self._set_index(index)
+        self.__init__(index if index is not None else load_zip_index(
+            state["archive"], location=state["_index_cache"], progress=False, must_exist=True,
+            digest=state.get("digest"), checked_key=state.get("key")))
 
     def _handle(self) -> int:
         pid = os.getpid()
@@ -121,12 +104,9 @@ class ZipMemberReader:
         return self.index.name(member)
 
     def read(self, member: int, max_bytes: int = MAX_IMAGE_BYTES):
-        """The member's bytes (``bytes`` or a ``memoryview``), CRC-checked; ``BadMember`` if not
-        (also when it is, stored or inflated, larger than ``max_bytes``; 0: no cap)."""
+        """The member's bytes (``bytes`` or a ``memoryview``), CRC-checked, else ``BadMember``."""
         ix = self.index
-        off = int(ix.header_offset[member])
-        csz = int(ix.comp_size[member])
-        usz = int(ix.size[member])
+        off, csz, usz = int(ix.header_offset[member]), int(ix.comp_size[member]), int(ix.size[member])
         method = int(ix.method[member])
         if int(ix.flags[member]) & 0x1:
             raise BadMember("encrypted zip member (not supported)")
@@ -165,8 +145,7 @@ class ZipMemberReader:
             raise BadMember("CRC-32 mismatch (member corrupt)")
         return raw
 
-    def crc(self, member: int, raw) -> int:
-        """CRC-32 of bytes ``read(member)`` returned: the directory's, which ``read`` checked."""
+    def crc(self, member: int, raw) -> int:  # of bytes `read` returned: it checked the directory's
         return int(self.index.crc[member])
 
 
@@ -186,20 +165,15 @@ class FileReader:
 
     def below(self, folder: str, members: np.ndarray) -> "FileReader":
         """A reader of ``members`` (in that order) rooted at ``folder``, a folder they are in."""
-        return FileReader(os.path.join(self.root, folder),
-                          [self.name(int(m))[len(folder):] for m in members])
-
-    def path(self, member: int) -> str:
-        return os.path.join(self.root, self.name(member))
+        return FileReader(os.path.join(self.root, folder), [self.name(int(m))[len(folder):] for m in members])
 
     def read(self, member: int, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
         try:
-            return read_regular(self.path(member), max_bytes)
+            return read_regular(os.path.join(self.root, self.name(member)), max_bytes)
         except OSError as exc:
             raise BadMember(f"cannot read file ({exc.strerror})") from None
 
-    def crc(self, member: int, raw) -> int:
-        """CRC-32 of bytes ``read(member)`` returned (a file may change between epochs)."""
+    def crc(self, member: int, raw) -> int:  # of the bytes: a file may change between epochs
         return zlib.crc32(raw)
 
     def close(self) -> None:

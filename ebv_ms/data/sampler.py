@@ -1,16 +1,11 @@
-"""Epoch-reshuffled, sharded, equal-length sampling for data parallel training.
+"""Epoch-reshuffled, sharded, equal-length sampling for data parallel training (docs/data.md).
 
-Every rank draws the same permutation of the whole split from ``(seed, epoch)``, pads it by
-wrapping around to a multiple of ``num_shards`` and takes every ``num_shards``-th index from
-``shard_id``. So the shards are disjoint (apart from at most ``num_shards - 1`` padded repeats),
-cover the split, are reshuffled every epoch, and all have ``ceil(n / num_shards)`` samples, so
-every rank runs the same number of steps. The epoch is the number of passes started over this
-sampler (MindSpore calls ``__iter__`` once per epoch, and the sampler survives the copy
-MindSpore makes of the pipeline for each new iterator), or set with ``set_epoch``.
-
-With ``encode_epoch`` (for our own ``ImageSource``) the sampler yields ``epoch * n + index``,
-so each row knows its epoch (bad samples are reported per epoch even when prefetching has
-started the next one); MindSpore passes the number through to the source unchanged.
+Every rank draws the same permutation from ``(seed, epoch)``, pads it by wrapping to a multiple
+of ``num_shards`` and takes every ``num_shards``-th index from ``shard_id``: disjoint shards of
+``ceil(n / num_shards)`` samples, so every rank runs the same number of steps. The epoch is the
+number of passes started (MindSpore calls ``__iter__`` once per epoch) or set by ``set_epoch``.
+With ``encode_epoch`` the sampler yields ``epoch * n + index``, so each row of ``ImageSource``
+knows its epoch (bad samples are reported per epoch even when prefetching started the next).
 """
 from __future__ import annotations
 
@@ -26,10 +21,8 @@ def shard_indices(n: int, num_shards: int, shard_id: int, shuffle: bool, seed: i
     """The sample indices of one shard for one epoch (length ``ceil(n / num_shards)``)."""
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
-    order = (np.random.default_rng([int(seed), int(epoch)]).permutation(n) if shuffle
-             else np.arange(n))
-    per_shard = math.ceil(n / num_shards)
-    total = per_shard * num_shards
+    order = np.random.default_rng([int(seed), int(epoch)]).permutation(n) if shuffle else np.arange(n)
+    total = math.ceil(n / num_shards) * num_shards
     if total > n:
         order = np.concatenate([order, np.resize(order, total - n)])
     return order[shard_id::num_shards]
@@ -42,12 +35,8 @@ class ShardSampler(ds.Sampler):
                  seed: int = 0, encode_epoch: bool = False):
         if n <= 0:
             raise ValueError("cannot sample from an empty split")
-        self.n = int(n)
-        self.num_shards = int(num_shards)
-        self.shard_id = int(shard_id)
-        self.shuffle = bool(shuffle)
-        self.seed = int(seed)
-        self.encode_epoch = bool(encode_epoch)
+        self.n, self.num_shards, self.shard_id = int(n), int(num_shards), int(shard_id)
+        self.seed, self.shuffle, self.encode_epoch = int(seed), bool(shuffle), bool(encode_epoch)
         self._next_epoch = 0
         shard_indices(1, self.num_shards, self.shard_id, False, 0, 0)  # validates shard_id
         super().__init__(num_samples=math.ceil(self.n / self.num_shards))
@@ -69,13 +58,13 @@ class ShardSampler(ds.Sampler):
     def _epoch_array(self) -> np.ndarray:
         epoch = self._next_epoch
         self._next_epoch += 1
-        idx = shard_indices(self.n, self.num_shards, self.shard_id, self.shuffle, self.seed, epoch)
+        idx = self.indices(epoch)
         return idx + epoch * self.n if self.encode_epoch else idx
 
     def indices(self, epoch: Optional[int] = None) -> np.ndarray:
         """This shard's indices for ``epoch`` (default: the next one), without advancing."""
-        return shard_indices(self.n, self.num_shards, self.shard_id, self.shuffle, self.seed,
-                             self._next_epoch if epoch is None else epoch)
+        epoch = self._next_epoch if epoch is None else epoch
+        return shard_indices(self.n, self.num_shards, self.shard_id, self.shuffle, self.seed, epoch)
 
     def __deepcopy__(self, memo):
         # MindSpore deep-copies the pipeline for every new iterator; the epoch counter must

@@ -1,26 +1,15 @@
 """A compact, cached index of a zip archive's members, so workers never parse the central directory.
 
-The index is a handful of flat numpy arrays (local-header offset, compressed and uncompressed
-size, method, CRC, flags) plus one packed blob of UTF-8 names with an offsets array. At 1.8M
-members that is ~100 MB on disk, loaded with ``np.load(mmap_mode="r")`` in well under a second:
-pages are shared between worker processes through the page cache instead of being copied.
-
-The central directory is read once, by hand (``struct`` over one contiguous read), because
-``zipfile.ZipFile`` builds one ``ZipInfo`` object per member (~1 GB and ~10 s at 1.8M members).
-Zip64 archives (more than 65,535 members or 4 GiB) are handled.
-
-The cache is a directory ``<archive>.ebvidx/`` next to the archive, or under ``cache_dir``;
-``meta.json`` records the sha256 of the archive's central directory (plus path, size and mtime,
-for information), and the index is rebuilt when the digest differs. Size and mtime are not
-enough: an archive replaced by another of the same size and mtime (``cp -p``, a restore,
-``touch -r``) would keep the old index, and members would be read under other members' names.
-Checking costs one read of the directory (~150 MB and ~0.5 s at 1.8M members), not of the data.
-Worker processes get the digest from their parent and only compare it with ``meta.json``.
-It is written to a temporary directory and renamed into place, so ranks that build it at the
-same time never see a half-written index.
-
-The end records are untrusted: the member count must fit in the directory's real size (46
-bytes per entry at least), every entry must lie inside it, before anything is allocated.
+Flat numpy arrays (local-header offset, sizes, method, CRC, flags) plus one packed blob of
+names: ~100 MB at 1.8M members, memory-mapped in well under a second and shared by workers
+through the page cache. The central directory is parsed by hand (``zipfile`` builds one
+``ZipInfo`` per member: ~1 GB and ~10 s at 1.8M). The cache (``<archive>.ebvidx/`` or under
+``cache_dir``) is keyed by the sha256 of the central directory: size and mtime are not enough
+(``cp -p`` or ``touch -r`` would keep a stale index, and members would be read under other
+names); hashing costs one read of the directory (~0.5 s at 1.8M). It is written to a temporary
+directory and renamed into place, so ranks building it at once never see half an index. The
+end records are untrusted: counts and entries must fit in the directory before anything is
+allocated.
 """
 from __future__ import annotations
 
@@ -59,12 +48,6 @@ class ArchiveError(EBVMSError, ValueError):
 def _fail(path: str, what: str) -> ArchiveError:
     return ArchiveError(f"{path}: {what}. Check data.path: it must be a readable .zip archive "
                         f"(read in place, not extracted) or a folder.")
-
-
-def archive_key(path: str) -> Dict[str, object]:
-    """What identifies one version of an archive: absolute path, size and mtime (ns)."""
-    st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
 
 
 def _read_central_directory(path: str):
@@ -118,21 +101,15 @@ def _read_central_directory(path: str):
 
 
 def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
-    header_offset = np.empty(n, np.int64)
-    comp_size = np.empty(n, np.int64)
-    size = np.empty(n, np.int64)
-    method = np.empty(n, np.uint16)
-    crc = np.empty(n, np.uint32)
-    flags = np.empty(n, np.uint16)
-    name_start = np.empty(n + 1, np.int64)
+    header_offset, comp_size, size, name_start = (np.empty(k, np.int64) for k in (n, n, n, n + 1))
+    method, crc, flags = np.empty(n, np.uint16), np.empty(n, np.uint32), np.empty(n, np.uint16)
     name_chunks: List[bytes] = []
     unpack = _CDIR.unpack_from
     bar = None
     if progress and n > 200_000:
         from ebv_ms.progress import progress_bar
         bar = progress_bar(total=n, desc="indexing zip", unit="member", mininterval=1.0)
-    p = 0
-    total = 0
+    p = total = 0
     end = len(cd)
     bad_utf8: List[int] = []
     for i in range(n):
@@ -159,12 +136,8 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
                     name = name.decode("cp437").encode("utf-8")
             else:
                 name = name.decode("cp437").encode("utf-8")
-        header_offset[i] = hoff
-        comp_size[i] = csz
-        size[i] = usz
-        method[i] = meth
-        crc[i] = crc32
-        flags[i] = flag
+        header_offset[i], comp_size[i], size[i] = hoff, csz, usz
+        method[i], crc[i], flags[i] = meth, crc32, flag
         name_start[i] = total
         total += len(name)
         name_chunks.append(name)
@@ -187,24 +160,20 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
                 crc=crc, flags=flags, name_start=name_start, names=names)
 
 
-def _zip64_extra(extra: bytes, usz: int, csz: int, hoff: int):
-    q = 0
+def _zip64_extra(extra: bytes, *values: int):
+    """(size, compressed size, header offset): those that are 0xFFFFFFFF read from the zip64 field."""
+    out, q = list(values), 0
     while q + 4 <= len(extra):
         tag, ln = struct.unpack_from("<2H", extra, q)
         if tag == 0x0001:
-            body = extra[q + 4:q + 4 + ln] + bytes(24)  # a short field reads as 0: a bad member
-            k = 0
-            if usz == 0xFFFFFFFF:
-                usz = struct.unpack_from("<Q", body, k)[0]
-                k += 8
-            if csz == 0xFFFFFFFF:
-                csz = struct.unpack_from("<Q", body, k)[0]
-                k += 8
-            if hoff == 0xFFFFFFFF:
-                hoff = struct.unpack_from("<Q", body, k)[0]
+            body, k = extra[q + 4:q + 4 + ln] + bytes(24), 0  # a short field reads as 0: a bad member
+            for j, v in enumerate(values):
+                if v == 0xFFFFFFFF:
+                    out[j] = struct.unpack_from("<Q", body, k)[0]
+                    k += 8
             break
         q += 4 + ln
-    return usz, csz, hoff
+    return out
 
 
 @dataclass
@@ -223,7 +192,7 @@ class ZipIndex:
     cache_dir: Optional[str] = None
     built: bool = False  # True when this call built it (False: loaded from the cache)
     digest: str = ""     # sha256 of the central directory it was built from
-    key: Optional[Dict[str, object]] = None  # archive_key() when the digest was checked
+    key: Optional[Dict[str, object]] = None  # path, size, mtime_ns when the digest was checked
 
     def __len__(self) -> int:
         return int(self.header_offset.shape[0])
@@ -238,28 +207,16 @@ class ZipIndex:
         starts = self.name_start.tolist()
         return [blob[starts[i]:starts[i + 1]].decode("utf-8", "replace") for i in range(len(self))]
 
-    def is_dir(self, i: int) -> bool:
-        return int(self.name_start[i + 1]) > int(self.name_start[i]) and \
-            int(self.names[int(self.name_start[i + 1]) - 1]) == ord("/")
-
-
-def _cache_location(archive: str, cache_dir: Optional[str]) -> str:
-    ap = os.path.abspath(archive)
-    if cache_dir:
-        tag = hashlib.sha1(ap.encode("utf-8")).hexdigest()[:12]
-        return os.path.join(cache_dir, f"{os.path.basename(ap)}.{tag}.ebvidx")
-    return ap + ".ebvidx"
-
-
-def _default_cache_dir() -> str:
-    return os.environ.get("EBV_MS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ebv_ms"))
-
 
 def index_location(archive: str, cache_dir: Optional[str] = None) -> str:
     """Where the index of ``archive`` lives: next to it if that folder is writable, else a cache dir."""
-    if cache_dir is None and not os.access(os.path.dirname(os.path.abspath(archive)) or ".", os.W_OK):
-        cache_dir = _default_cache_dir()
-    return _cache_location(archive, cache_dir)
+    ap = os.path.abspath(archive)
+    if cache_dir is None and not os.access(os.path.dirname(ap) or ".", os.W_OK):
+        cache_dir = os.environ.get("EBV_MS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ebv_ms"))
+    if not cache_dir:
+        return ap + ".ebvidx"
+    tag = hashlib.sha1(ap.encode("utf-8")).hexdigest()[:12]
+    return os.path.join(cache_dir, f"{os.path.basename(ap)}.{tag}.ebvidx")
 
 
 def _load(loc: str, digest: str) -> Optional[Dict[str, np.ndarray]]:
@@ -309,21 +266,17 @@ def load_zip_index(archive: str, cache_dir: Optional[str] = None, progress: bool
                    rebuild: bool = False, location: Optional[str] = None,
                    must_exist: bool = False, digest: Optional[str] = None,
                    checked_key: Optional[Dict[str, object]] = None) -> ZipIndex:
-    """The archive's index: loaded (memory-mapped) from the cache, or built and cached.
-
-    Rebuilt when the sha256 of the archive's central directory differs from the cached one
-    (read and hashed here: one read of the directory). If the cache location is not writable
-    the index is kept in memory only (with a warning). ``location`` names the index directory
-    directly; ``must_exist`` with ``digest`` and ``checked_key`` (used by workers: what their
-    parent checked) loads that index without reading the directory again if the archive's
-    size and mtime are still those; a missing or different index is an error instead of a
-    rebuild, since member numbers would no longer match.
-    """
+    """The archive's index: loaded (memory-mapped) from the cache, or built and cached (in memory
+    only, with a warning, where the cache is not writable). Workers pass ``location``,
+    ``must_exist`` and what their parent checked (``digest``, ``checked_key``): the directory is
+    not read again while size and mtime match, and a missing or different index is an error, not
+    a rebuild, since member numbers would no longer match."""
     if not os.path.exists(archive):
         raise _fail(archive, "archive not found")
     if not os.path.isfile(archive):
         raise _fail(archive, "is not a regular file (a directory, FIFO, device or socket)")
-    key = archive_key(archive)
+    st = os.stat(archive)
+    key = {"path": os.path.abspath(archive), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
     loc = location or index_location(archive, cache_dir)
     cd = n = None
     if not (must_exist and digest and checked_key == key):
