@@ -1,22 +1,15 @@
-"""The launchers' logic, called by the thin scripts in scripts/ and run_with_gpu/.
+"""The launchers' logic: ``python -m ebv_ms.tools.launch KIND SCRIPT [ARGS ...]``.
 
-    python -m ebv_ms.tools.launch KIND SCRIPT [ARGS ...]
-
-KIND is ``mpirun`` (scripts/run_distribute_gpu.sh), ``msrun`` (run_distribute_ascend.sh),
-``standalone`` (run_standalone_gpu.sh), ``eval`` (run_eval_gpu.sh), ``quick-start``
-(run_with_gpu/run_quick_start.sh), or ``rank`` (one mpirun rank; started by mpirun). SCRIPT is
-the calling script: its header comment is the usage text and its path names it in messages.
-
-Every launcher reads one grammar (docs/launch.md): ``FIRST [SECOND] [key=value ...] [--option
-...] [-- ENTRY_ARGS]``. Everything that can be checked is checked before any process starts (the
-arguments, the config with the project's loader and ``check_run``, the data path, the rank
-count, the device against this machine with the doctor's own probe); a failure is one line
-``SCRIPT: error: ...`` and exit status 2. After the start, the first rank that fails ends the
-job: mpirun stops the others (its own abort handling, ``--quiet``), the scheduler is stopped,
-and that rank's error is what the screen shows.
+KIND is ``mpirun``, ``msrun``, ``standalone``, ``eval``, ``quick-start`` (one per script in
+scripts/ and run_with_gpu/) or ``rank`` (one mpirun rank). SCRIPT's header comment is the usage
+text. One grammar for all (docs/launch.md); everything checkable is checked before any process
+starts, a failure being one line ``SCRIPT: error: ...`` with exit status 2; after the start the
+first rank that fails ends the job and its error is what the screen shows.
 """
 from __future__ import annotations
 
+import glob
+import itertools
 import os
 import re
 import shlex
@@ -36,6 +29,7 @@ DEVICES = ("CPU", "GPU", "Ascend")
 # The dynamic-cluster variables a single process must not inherit (it would wait for a scheduler).
 CLUSTER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_NODE_ID",
                "RANK_ID")
+LOG_PATTERNS = ["rank_*", "worker_*", "scheduler.*", "m*run.log"]  # a launch's logs in LOG_DIR
 
 
 class LaunchError(EBVMSError):
@@ -43,7 +37,7 @@ class LaunchError(EBVMSError):
 
 
 class _Usage(Exception):
-    """--help, or no argument at all."""
+    """--help (usage on stdout, exit 0), or no argument at all (stderr, exit 2)."""
 
     def __init__(self, to_stderr: bool):
         super().__init__()
@@ -76,30 +70,22 @@ class Args:
     opts: Dict[str, str] = field(default_factory=dict)
 
 
-def _hint_hostfile(word: str) -> str:
-    return f"a hostfile is given as --hostfile {word}" if os.path.isfile(word) else ""
-
-
-def _hint_msrun(word: str) -> str:
-    return ("msrun takes no hostfile: on several machines give --nodes, --node-rank and "
-            "--master-addr" if os.path.isfile(word) else "")
-
-
 def _hint_eval(word: str) -> str:
     if word.isdigit():
         return f"choose the card with --device-id {word}, or run {word} ranks with --ranks {word}"
-    if word.endswith((".yaml", ".yml")):
-        return f"a config is given as --config {word}"
-    return ""
+    return f"a config is given as --config {word}" if word.endswith((".yaml", ".yml")) else ""
 
 
 _TRAIN_FWD = {"resume": None, "resume-from": "CKPT"}
 SPECS: Dict[str, Spec] = {
-    "mpirun": Spec("CONFIG", "train.py", "GPU", "NUM_DEVICES",
-                   {"hostfile": "FILE", "dry-run": None}, _TRAIN_FWD, hint=_hint_hostfile),
+    "mpirun": Spec("CONFIG", "train.py", "GPU", "NUM_DEVICES", {"hostfile": "FILE", "dry-run": None},
+                   _TRAIN_FWD, hint=lambda w: f"a hostfile is given as --hostfile {w}"
+                   if os.path.isfile(w) else ""),
     "msrun": Spec("CONFIG", "train.py", "Ascend", "NUM_DEVICES",
                   {"dry-run": None, "hostfile": "FILE", "nodes": "M", "node-rank": "K",
-                   "master-addr": "HOST", "master-port": "PORT"}, _TRAIN_FWD, hint=_hint_msrun),
+                   "master-addr": "HOST", "master-port": "PORT"}, _TRAIN_FWD,
+                  hint=lambda w: "msrun takes no hostfile: on several machines give --nodes, "
+                  "--node-rank and --master-addr" if os.path.isfile(w) else ""),
     "standalone": Spec("CONFIG", "train.py", "GPU", "DEVICE_ID", {"dry-run": None}, _TRAIN_FWD),
     "eval": Spec("CKPT", "eval.py", "GPU", "",
                  {"device-id": "N", "ranks": "N", "hostfile": "FILE", "launcher": "L",
@@ -125,27 +111,22 @@ def parse_args(spec: Spec, argv: List[str], prog: str, entry_name: str) -> Args:
             raise _Usage(to_stderr=False)
         if word.startswith("--") and len(word) > 2:
             name = word[2:].split("=", 1)[0]
-            table = (spec.own if name in spec.own else
-                     spec.forward if name in spec.forward else None)
+            table = next((t for t in (spec.own, spec.forward) if name in t), None)
             if table is None:
                 if spec.allow_pass:
                     raise LaunchError(f"unknown option '{word}'. Arguments for {entry_name} go after "
                                       f"'--': bash {prog} {a.first or spec.first} ... -- {word}   "
                                       "(see --help)")
                 raise LaunchError(f"unknown option '{word}' (see bash {prog} --help)")
-            if table[name] is not None:
-                if "=" in word:
-                    value = word.split("=", 1)[1]
-                elif argv and not argv[0].startswith("--"):
-                    value = argv.pop(0)
-                else:
-                    value = ""
-                if not value:
-                    raise LaunchError(f"option --{name} needs a value: --{name} {table[name]}")
-            else:
+            if table[name] is None:
                 if "=" in word:
                     raise LaunchError(f"option --{name} takes no value: write '--{name}' alone")
                 value = "1"
+            else:
+                value = (word.split("=", 1)[1] if "=" in word else
+                         argv.pop(0) if argv and not argv[0].startswith("--") else "")
+                if not value:
+                    raise LaunchError(f"option --{name} needs a value: --{name} {table[name]}")
             if table is spec.forward:
                 a.forward += [f"--{name}"] + ([value] if table[name] is not None else [])
             else:
@@ -158,12 +139,12 @@ def parse_args(spec: Spec, argv: List[str], prog: str, entry_name: str) -> Args:
                 raise LaunchError(f"'{word}' comes before {spec.first}; write: bash {prog} "
                                   f"{spec.first} {second}{word}")
             a.overrides.append(word)
+        elif not a.first and not a.overrides:
+            a.first = word
         else:
             hint = spec.hint(word)
             hint = f"; {hint}" if hint else ""
-            if not a.first and not a.overrides:
-                a.first = word
-            elif spec.second and not a.second and not a.overrides:
+            if spec.second and not a.second and not a.overrides:
                 if not word.isdigit():
                     raise LaunchError(f"'{word}' is not {spec.second} (a whole number after "
                                       f"{spec.first}) nor key=value{hint}")
@@ -185,15 +166,10 @@ def parse_args(spec: Spec, argv: List[str], prog: str, entry_name: str) -> Args:
 
 def usage(script: str) -> str:
     """The script's header comment (after the shebang, up to the first non-comment line)."""
-    out = []
     with open(script, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i == 0:
-                continue
-            if not line.startswith("#"):
-                break
-            out.append(re.sub(r"^# ?", "", line.rstrip("\n")))
-    return "\n".join(out)
+        lines = f.read().splitlines()[1:]
+    return "\n".join(re.sub(r"^# ?", "", ln)
+                     for ln in itertools.takewhile(lambda ln: ln.startswith("#"), lines))
 
 
 # ---------------------------------------------------------------- this machine
@@ -216,22 +192,16 @@ def visible_gpus() -> Optional[int]:
         return len(uuids)
     seen = set()
     for tok in (t.strip() for t in cvd.split(",")):
-        if tok.isdigit() and int(tok) < len(uuids):
-            idx = int(tok)
-        else:
-            hits = [i for i, u in enumerate(uuids) if tok.startswith("GPU-") and u.startswith(tok)]
-            if len(hits) != 1:
-                break
-            idx = hits[0]
-        if idx in seen:
+        hits = ([int(tok)] if tok.isdigit() and int(tok) < len(uuids) else
+                [i for i, u in enumerate(uuids) if tok.startswith("GPU-") and u.startswith(tok)])
+        if len(hits) != 1 or hits[0] in seen:
             break
-        seen.add(idx)
+        seen.add(hits[0])
     return len(seen)
 
 
 def check_device_works(device: str) -> None:
-    """The doctor's probe (a small computation with a known answer in a fresh interpreter) for
-    GPU / Ascend; CPU works wherever MindSpore imports, which every rank does first anyway."""
+    """The doctor's probe for GPU / Ascend; CPU works wherever MindSpore imports."""
     if device == "CPU":
         return
     from ebv_ms.tools.doctor import check_device
@@ -246,20 +216,12 @@ def hostfile_slots(path: str) -> Optional[int]:
     """Total ``slots=`` of an Open MPI hostfile, None when a host line leaves them to Open MPI."""
     if not os.path.isfile(path):
         raise LaunchError(f"hostfile not found: {path}")
-    total, lines = 0, 0
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            lines += 1
-            m = re.search(r"\bslots\s*=\s*(\d+)", line)
-            if m is None:
-                return None
-            total += int(m.group(1))
-    if lines == 0:
+        hosts = [s for s in (ln.split("#", 1)[0].strip() for ln in f) if s]
+    if not hosts:
         raise LaunchError(f"hostfile {path} names no host (one line per host: 'host1 slots=8')")
-    return total
+    slots = [re.search(r"\bslots\s*=\s*(\d+)", h) for h in hosts]
+    return None if None in slots else sum(int(m.group(1)) for m in slots)
 
 
 def free_port() -> int:
@@ -272,9 +234,9 @@ def this_host_address() -> str:
     """The first address of ``hostname -I`` (what other hosts reach this one at), else loopback."""
     try:
         out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout
-        return out.split()[0] if out.split() else "127.0.0.1"
     except (OSError, subprocess.TimeoutExpired):
         return "127.0.0.1"
+    return out.split()[0] if out.split() else "127.0.0.1"
 
 
 # ---------------------------------------------------------------- the launch
@@ -294,6 +256,13 @@ class Launch:
     def say(self, text: str, err: bool = False) -> None:
         print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
+    @property
+    def command(self) -> List[str]:
+        """The entry's command line: what one process, or every rank, runs."""
+        a = self.args
+        return [self.python, self.entry, "--ckpt" if self.kind == "eval" else "--config", a.first,
+                f"device_target={self.device}", *a.overrides, *a.forward, *a.passthrough]
+
 
 def _whole(value: str, what: str, minimum: int) -> int:
     if not value.isdigit() or int(value) < minimum:
@@ -311,35 +280,15 @@ def _base(kind: str, prog: str, argv: List[str]) -> Launch:
     if not os.path.isfile(entry):
         raise LaunchError(f"{'evaluation' if kind == 'eval' else 'training'} script not found: "
                           f"{entry} (ENTRY)")
-    env = dict(os.environ)
-    for k in CLUSTER_ENV:
-        env.pop(k, None)
+    env = {k: v for k, v in os.environ.items() if k not in CLUSTER_ENV}
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return Launch(kind, prog, args, device, os.environ.get("PYTHON") or sys.executable, entry, env,
                   "dry-run" in args.opts)
 
 
-def check_training_config(launch: Launch) -> str:
-    """The config as train.py will load it, and the checks train.py makes on this machine (the
-    data path among them), without creating anything. Returns output_dir."""
-    import logging
-    from ebv_ms.config import check_run, load_config
-    cfg = load_config(launch.args.first, [f"device_target={launch.device}", *launch.args.overrides])
-    logging.getLogger("ebv_ms").setLevel(logging.ERROR)  # its warnings are the ranks' to give
-    check_run(cfg, training=False)
-    return str(cfg.output_dir)
-
-
-def training_command(launch: Launch) -> List[str]:
-    a = launch.args
-    return [launch.python, launch.entry, "--config", a.first, f"device_target={launch.device}",
-            *a.overrides, *a.forward, *a.passthrough]
-
-
 def one_device_env(env: Dict[str, str], device: str, card: str) -> Dict[str, str]:
-    """One process on one card. On GPU it sees only that card, which it then knows as device 0:
-    an inherited DEVICE_ID would select a card that is not visible, so it is 0. On Ascend
-    DEVICE_ID is the card; on CPU there is none."""
+    """One process on one card. On GPU it sees only that card, as its device 0 (an inherited
+    DEVICE_ID would select a card it cannot see); on Ascend DEVICE_ID is the card."""
     env = dict(env)
     if device == "GPU":
         env["CUDA_VISIBLE_DEVICES"] = card or env.get("CUDA_VISIBLE_DEVICES") or "0"
@@ -351,21 +300,15 @@ def one_device_env(env: Dict[str, str], device: str, card: str) -> Dict[str, str
     return env
 
 
-def _device_env_text(env: Dict[str, str]) -> str:
-    got = [f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "DEVICE_ID") if k in env]
-    return " ".join(got) or "(no device variables)"
-
-
 def _print_command(label: str, cmd: List[str]) -> None:
-    print(f"[{label}] " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    print(f"[{label}] {shlex.join(cmd)}", flush=True)
 
 
-def prepare_log_dir(log_dir: str, patterns: List[str]) -> None:
-    """Create LOG_DIR; earlier logs matching ``patterns`` move to LOG_DIR/previous/<time>/ (a new
-    launch into the same output_dir, e.g. --resume after a crash, overwrites nothing)."""
-    import glob
+def prepare_log_dir(log_dir: str) -> None:
+    """Create LOG_DIR; earlier logs move to LOG_DIR/previous/<time>/ (a new launch into the same
+    output_dir, e.g. --resume after a crash, overwrites nothing)."""
     os.makedirs(log_dir, exist_ok=True)
-    old = sorted({p for pat in patterns for p in glob.glob(os.path.join(log_dir, pat))})
+    old = sorted({p for pat in LOG_PATTERNS for p in glob.glob(os.path.join(log_dir, pat))})
     if old:
         dest = os.path.join(log_dir, "previous", time.strftime("%Y%m%d-%H%M%S"))
         os.makedirs(dest, exist_ok=True)
@@ -381,22 +324,33 @@ def tee(cmd: List[str], env: Dict[str, str], log_path: str, echo: bool,
     if header:
         log.write(header.encode() + b"\n")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    proc.log = log  # type: ignore[attr-defined]
-    proc.echo = echo  # type: ignore[attr-defined]
+    proc.log, proc.echo = log, echo  # type: ignore[attr-defined]
     return proc
 
 
 def pump(proc: subprocess.Popen) -> int:
     """Copy ``proc``'s output (see ``tee``) until it ends; its exit status."""
-    out = sys.stdout.buffer
     for chunk in iter(lambda: proc.stdout.read1(65536), b""):
         proc.log.write(chunk)
         if proc.echo:
-            out.write(chunk)
-            out.flush()
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
     rc = proc.wait()
     proc.log.close()
     return rc
+
+
+def _stop(proc: subprocess.Popen, grace: float, term: float) -> None:
+    """Wait ``grace`` s for ``proc`` to end, then SIGTERM; after ``term`` s more, SIGKILL."""
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(timeout=term)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _tail(path: str, n: int = 15) -> str:
@@ -413,13 +367,11 @@ def _tail(path: str, n: int = 15) -> str:
 
 def cluster_env(launch: Launch, num: int, hostfile: Optional[str]) -> Dict[str, str]:
     """The dynamic-cluster variables every rank and the scheduler share."""
-    env = dict(launch.env)
     timeout = os.environ.get("CLUSTER_TIMEOUT", "600")
-    env["MS_WORKER_NUM"] = str(num)
-    env["MS_SCHED_HOST"] = (os.environ.get("MS_SCHED_HOST")
-                            or (this_host_address() if hostfile else "127.0.0.1"))
-    env["MS_SCHED_PORT"] = os.environ.get("MS_SCHED_PORT") or str(free_port())
-    env["MS_TOPO_TIMEOUT"] = timeout
+    env = dict(launch.env, MS_WORKER_NUM=str(num), MS_TOPO_TIMEOUT=timeout,
+               MS_SCHED_HOST=os.environ.get("MS_SCHED_HOST")
+               or (this_host_address() if hostfile else "127.0.0.1"),
+               MS_SCHED_PORT=os.environ.get("MS_SCHED_PORT") or str(free_port()))
     if launch.device == "CPU":
         # MindSpore's CPU collectives give up after MS_CPU_COMM_OP_TIMEOUT (30 s by default) while
         # ranks wait for rank 0 to evaluate or write a checkpoint: at 100k classes a 2-rank CPU
@@ -432,17 +384,14 @@ def mpirun_command(launch: Launch, num: int, hostfile: Optional[str], log_dir: s
                    cmd: List[str], env: Dict[str, str]) -> List[str]:
     """``mpirun`` starting ``num`` ranks of ``python -m ebv_ms.tools.launch rank LOG_DIR CMD``."""
     extra = shlex.split(os.environ.get("MPIRUN_ARGS", ""))
-    opts = ["-n", str(num)]
-    if os.geteuid() == 0:
-        opts.append("--allow-run-as-root")
+    opts = ["-n", str(num)] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
     opts += ["--hostfile", hostfile] if hostfile else ["--oversubscribe"]
     if "--bind-to" not in extra:  # a rank's many threads (kernels, data workers) on every core
         opts += ["--bind-to", "none"]
     for v in ("MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_TOPO_TIMEOUT",
               "MS_CPU_COMM_OP_TIMEOUT", "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "PATH",
               "LD_LIBRARY_PATH"):
-        if env.get(v):
-            opts += ["-x", v]
+        opts += ["-x", v] if env.get(v) else []
     return ["mpirun", *opts, *extra, launch.python, "-m", "ebv_ms.tools.launch", "rank", log_dir,
             *cmd]
 
@@ -455,11 +404,10 @@ def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
     head = (f"{num} ranks on {launch.device}, scheduler {env['MS_SCHED_HOST']}:"
             f"{env['MS_SCHED_PORT']}, logs in {log_dir}")
     if launch.dry_run:
-        cpu_to = env.get("MS_CPU_COMM_OP_TIMEOUT")
-        print(f"[dry-run] {head}\n[dry-run] environment: MS_WORKER_NUM={num} MS_SCHED_HOST="
-              f"{env['MS_SCHED_HOST']} MS_SCHED_PORT={env['MS_SCHED_PORT']} MS_TOPO_TIMEOUT="
-              f"{env['MS_TOPO_TIMEOUT']}{f' MS_CPU_COMM_OP_TIMEOUT={cpu_to}' if cpu_to else ''}; "
-              "each rank: MS_ROLE=MS_WORKER MS_NODE_ID=RANK_ID=<rank> DEVICE_ID=<local rank>")
+        shown = " ".join(f"{k}={env[k]}" for k in ("MS_WORKER_NUM", "MS_SCHED_HOST",
+                         "MS_SCHED_PORT", "MS_TOPO_TIMEOUT", "MS_CPU_COMM_OP_TIMEOUT") if env.get(k))
+        print(f"[dry-run] {head}\n[dry-run] environment: {shown}; each rank: MS_ROLE=MS_WORKER "
+              "MS_NODE_ID=RANK_ID=<rank> DEVICE_ID=<local rank>")
         _print_command("scheduler", ["env", "MS_ROLE=MS_SCHED", *sched_cmd])
         _print_command("mpirun", mpi_cmd)
         _print_command("rank", cmd)
@@ -497,37 +445,19 @@ def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
     except KeyboardInterrupt:
         launch.say("[launch] interrupted; stopping the ranks", err=True)
         mpi.send_signal(signal.SIGINT)
-        try:
-            mpi.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            mpi.kill()
+        _stop(mpi, 20, 0)
     rc = mpi.wait()
-    _stop(sched, grace=30 if rc == 0 else 0)
+    _stop(sched, 30 if rc == 0 else 0, 10)
     with open(os.path.join(log_dir, "scheduler.exit"), "w") as f:
         f.write(str(sched.returncode))
     if rc == 0:
         launch.say(f"[launch] done: {num} ranks finished; logs in {log_dir}")
-        return 0
-    if sched_failed:  # said above; the ranks were stopped on purpose
+    elif sched_failed:  # said above; the ranks were stopped on purpose
         launch.say(f"[launch] FAILED: the scheduler failed; ranks stopped; logs in {log_dir}",
                    err=True)
     else:
         report_failure(launch, log_dir, f"mpirun exit status {rc}")
-    return rc if rc > 0 else 1
-
-
-def _stop(proc: subprocess.Popen, grace: float) -> None:
-    try:
-        proc.wait(timeout=grace)
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return 0 if rc == 0 else rc if rc > 0 else 1
 
 
 def _last_error(log: str) -> str:
@@ -553,14 +483,11 @@ def first_failed_rank(log_dir: str):
         rank, status, _, host, log, tail = min(reports, key=lambda r: float(r[2]))
         return int(rank), status, f"{log} on {host}", tail.rstrip("\n")
     failed = []
-    for name in os.listdir(log_dir) if os.path.isdir(log_dir) else ():
-        m = re.fullmatch(r"rank_(\d+)\.exit", name)
-        if not m:
-            continue
-        path = os.path.join(log_dir, name)
+    for path in glob.glob(os.path.join(log_dir, "rank_*.exit")):
+        m = re.fullmatch(r"rank_(\d+)\.exit", os.path.basename(path))
         with open(path) as f:
             status = f.read().strip()
-        if status not in ("0", "killed", ""):
+        if m and status not in ("0", "killed", ""):
             failed.append((os.path.getmtime(path), int(m.group(1)), status))
     if not failed:
         return None
@@ -612,11 +539,7 @@ def run_rank(argv: List[str]) -> int:
     def stop(*_):
         # mpirun stops the ranks with SIGTERM when one fails (SIGUSR1 when the scheduler failed):
         # pass it on, so no process is left waiting in a collective.
-        proc.terminate()
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc, 0, 2)
         with open(exit_file, "w") as f:
             f.write("killed")
         os._exit(143)
@@ -658,14 +581,14 @@ def msrun_command(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> L
     msrun = os.path.join(os.path.dirname(launch.python), "msrun")
     if not os.access(msrun, os.X_OK):
         msrun = shutil.which("msrun") or "msrun"
-    # msrun runs `python SCRIPT ARGS`: the command given here starts with the interpreter.
-    args = cmd[1:] if cmd and cmd[0] == launch.python else cmd
     out = [msrun, f"--worker_num={local * nodes}", f"--local_worker_num={local}",
            f"--master_port={port}", f"--log_dir={log_dir}", "--join=True",
            f"--cluster_time_out={os.environ.get('CLUSTER_TIMEOUT', '600')}", "--tail_worker_log=0"]
     if multi:
         out += [f"--master_addr={o['master-addr']}", f"--node_rank={node_rank}"]
-    return out + shlex.split(os.environ.get("MSRUN_ARGS", "")) + args
+    # msrun runs `python SCRIPT ARGS`: the command given here starts with the interpreter.
+    return out + shlex.split(os.environ.get("MSRUN_ARGS", "")) + (
+        cmd[1:] if cmd and cmd[0] == launch.python else cmd)
 
 
 def run_msrun(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> int:
@@ -676,13 +599,14 @@ def run_msrun(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> int:
     # msrun starts the ranks with the `python` found on PATH: make it ours.
     if os.sep in launch.python:
         env["PATH"] = os.path.dirname(os.path.abspath(launch.python)) + os.pathsep + env["PATH"]
+    head = f"msrun: {local} ranks here on {launch.device}, logs in {log_dir}"
     if launch.dry_run:
-        print(f"[dry-run] msrun: {local} ranks here on {launch.device}, logs in {log_dir}")
+        print(f"[dry-run] {head}")
         _print_command("msrun", mcmd)
         return 0
     if not os.path.isabs(mcmd[0]) and shutil.which(mcmd[0]) is None:
         raise LaunchError("msrun not found (it comes with MindSpore >= 2.3)")
-    launch.say(f"[launch] msrun: {local} ranks here on {launch.device}, logs in {log_dir}")
+    launch.say(f"[launch] {head}")
     # msrun's own messages (and its traceback when a worker failed) go to msrun.log; worker 0's
     # output, which msrun tails, to the console.
     with open(os.path.join(log_dir, "msrun.log"), "wb") as mlog:
@@ -690,7 +614,6 @@ def run_msrun(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> int:
     if rc == 0:
         launch.say(f"[launch] done; logs in {log_dir}")
         return 0
-    import glob
     logs = [p for p in glob.glob(os.path.join(log_dir, "worker_*.log"))
             if re.search(r"Traceback|error:|Error", _tail(p, 400))]
     if logs:
@@ -706,63 +629,78 @@ def run_msrun(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> int:
 
 # ---------------------------------------------------------------- the launchers
 
-def launch_training(launch: Launch) -> int:
-    a, kind = launch.args, launch.kind
-    output_dir = check_training_config(launch)
-    cmd = training_command(launch)
-    log_dir = os.path.join(output_dir, "logs")
-    if kind == "standalone":
-        env = one_device_env(launch.env, launch.device, a.second)
-        if launch.dry_run:
-            print(f"[dry-run] 1 process on {launch.device}; environment: {_device_env_text(env)}")
-            _print_command("run", cmd)
-            return 0
-        check_device_works(launch.device)
-        prepare_log_dir(log_dir, ["rank_*"])
-        log = os.path.join(log_dir, "rank_0.log")
-        card = f" (device {a.second})" if a.second else ""
-        launch.say(f"[launch] 1 process on {launch.device}{card}; log: {log}")
-        rc = pump(tee(cmd, env, log, echo=True))
-        if rc:
-            launch.say(f"[launch] FAILED (exit status {rc}); log: {log}", err=True)
-        return rc
-    hostfile = a.opts.get("hostfile")
-    if kind == "msrun" and hostfile:
-        raise LaunchError("--hostfile: msrun takes no hostfile; run this script on every machine "
-                          "with --nodes M --node-rank K --master-addr HOST (docs/launch.md)")
-    num = check_rank_count(launch, a.second, hostfile, default=8)
-    if not launch.dry_run:
-        check_device_works(launch.device)
-    if kind == "msrun":
-        if not launch.dry_run:
-            prepare_log_dir(log_dir, ["worker_*", "rank_*", "scheduler.*", "msrun.log"])
-        return run_msrun(launch, num, log_dir, cmd)
-    if not launch.dry_run:
-        prepare_log_dir(log_dir, ["rank_*", "scheduler.*", "mpirun.log"])
-    return run_mpirun(launch, num, hostfile, log_dir, cmd)
-
-
 def check_rank_count(launch: Launch, given: str, hostfile: Optional[str], default: int) -> int:
     """NUM_DEVICES as given, else the GPUs visible here (else ``default``), checked against the
     GPUs visible here (without a hostfile) and the hostfile's slots."""
     gpus = visible_gpus() if launch.device == "GPU" else None
-    if given:
-        num = _whole(given, "NUM_DEVICES", 1)
-    elif gpus:
-        num = gpus
-    else:
-        num = default
+    num = _whole(given, "NUM_DEVICES", 1) if given else gpus or default
     if launch.device == "GPU" and not hostfile and gpus is not None and num > gpus:
         cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
         seen = f" (CUDA_VISIBLE_DEVICES={cvd})" if cvd is not None else ""
         raise LaunchError(f"{num} ranks on this machine, but {gpus} GPU(s) are visible{seen}: "
                           f"give NUM_DEVICES <= {gpus}, or several machines with --hostfile")
-    if hostfile:
-        slots = hostfile_slots(hostfile)
-        if slots is not None and num > slots:
-            raise LaunchError(f"{num} ranks, but the hostfile {hostfile} has {slots} slots: give "
-                              f"NUM_DEVICES <= {slots} or more slots")
+    slots = hostfile_slots(hostfile) if hostfile else None
+    if slots is not None and num > slots:
+        raise LaunchError(f"{num} ranks, but the hostfile {hostfile} has {slots} slots: give "
+                          f"NUM_DEVICES <= {slots} or more slots")
     return num
+
+
+def run_ranks(launch: Launch, launcher: str, given: str, default: int, log_dir: str) -> int:
+    """The entry on several ranks, started by ``launcher`` (mpirun or msrun)."""
+    hostfile = launch.args.opts.get("hostfile")
+    if launcher == "msrun" and hostfile:
+        how = ("pass msrun's own options in MSRUN_ARGS" if launch.kind == "eval" else
+               "run this script on every machine with --nodes M --node-rank K --master-addr HOST "
+               "(docs/launch.md)")
+        raise LaunchError(f"--hostfile: msrun takes no hostfile; {how}")
+    num = check_rank_count(launch, given, hostfile, default)
+    if not launch.dry_run:
+        check_device_works(launch.device)
+        prepare_log_dir(log_dir)
+    if launcher == "msrun":
+        return run_msrun(launch, num, log_dir, launch.command)
+    return run_mpirun(launch, num, hostfile, log_dir, launch.command)
+
+
+def run_one(launch: Launch, card: str, log_dir: Optional[str]) -> int:
+    """The entry as one process on ``card``: logged to LOG_DIR/rank_0.log, or (without a log
+    folder, evaluation) in place of this process."""
+    env = one_device_env(launch.env, launch.device, card)
+    cmd = launch.command
+    if launch.dry_run:
+        shown = " ".join(f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "DEVICE_ID") if k in env)
+        print(f"[dry-run] 1 process on {launch.device}; environment: "
+              f"{shown or '(no device variables)'}")
+        _print_command("run", cmd)
+        return 0
+    check_device_works(launch.device)
+    if log_dir is None:
+        sys.stdout.flush()
+        os.execvpe(cmd[0], cmd, env)
+    prepare_log_dir(log_dir)
+    log = os.path.join(log_dir, "rank_0.log")
+    launch.say(f"[launch] 1 process on {launch.device}{f' (device {card})' if card else ''}; "
+               f"log: {log}")
+    rc = pump(tee(cmd, env, log, echo=True))
+    if rc:
+        launch.say(f"[launch] FAILED (exit status {rc}); log: {log}", err=True)
+    return rc
+
+
+def launch_training(launch: Launch) -> int:
+    """standalone, mpirun, msrun: the config checked as train.py will load it, without creating
+    anything, then train.py on one device or on the ranks."""
+    import logging
+    from ebv_ms.config import check_run, load_config
+    a = launch.args
+    cfg = load_config(a.first, [f"device_target={launch.device}", *a.overrides])
+    logging.getLogger("ebv_ms").setLevel(logging.ERROR)  # its warnings are the ranks' to give
+    check_run(cfg, training=False)
+    log_dir = os.path.join(str(cfg.output_dir), "logs")
+    if launch.kind == "standalone":
+        return run_one(launch, a.second, log_dir)
+    return run_ranks(launch, launch.kind, a.second, 8, log_dir)
 
 
 def launch_eval(launch: Launch) -> int:
@@ -772,39 +710,20 @@ def launch_eval(launch: Launch) -> int:
     for k in ("device-id", "ranks"):
         if k in o and not o[k].isdigit():
             raise LaunchError(f"--{k} needs a whole number, got '{o[k]}'")
-    cmd = [launch.python, launch.entry, "--ckpt", a.first, f"device_target={launch.device}",
-           *a.overrides, *a.forward, *a.passthrough]
     ranks = _whole(o.get("ranks", "1"), "--ranks", 1)
-    if ranks > 1 or "hostfile" in o:
-        if "device-id" in o:
-            raise LaunchError("--device-id is for one process; with --ranks each rank uses its "
-                              "local card (set CUDA_VISIBLE_DEVICES to choose the cards)")
-        launcher = o.get("launcher") or ("msrun" if launch.device == "Ascend" else "mpirun")
-        if launcher not in ("mpirun", "msrun"):
-            raise LaunchError(f"--launcher must be mpirun or msrun, got '{launcher}'")
-        if launcher == "msrun" and "hostfile" in o:
-            raise LaunchError("--hostfile: msrun takes no hostfile; pass msrun's own options in "
-                              "MSRUN_ARGS")
-        num = check_rank_count(launch, str(ranks), o.get("hostfile"), default=ranks)
-        log_dir = o.get("log-dir") or os.path.join(os.path.dirname(a.first) or ".", "logs", "eval")
-        if not launch.dry_run:
-            check_device_works(launch.device)
-            prepare_log_dir(log_dir, ["rank_*", "worker_*", "scheduler.*", "m*run.log"])
-        if launcher == "msrun":
-            return run_msrun(launch, num, log_dir, cmd)
-        return run_mpirun(launch, num, o.get("hostfile"), log_dir, cmd)
-    for k in ("hostfile", "launcher", "log-dir"):
-        if k in o:
-            raise LaunchError(f"--{k} only applies with --ranks N (N > 1)")
-    env = one_device_env(launch.env, launch.device, o.get("device-id", ""))
-    if launch.dry_run:
-        print(f"[dry-run] 1 process on {launch.device}; environment: {_device_env_text(env)}")
-        _print_command("run", cmd)
-        return 0
-    check_device_works(launch.device)
-    sys.stdout.flush()
-    os.execvpe(cmd[0], cmd, env)
-    return 0  # not reached
+    if ranks == 1 and "hostfile" not in o:
+        for k in ("launcher", "log-dir"):
+            if k in o:
+                raise LaunchError(f"--{k} only applies with --ranks N (N > 1)")
+        return run_one(launch, o.get("device-id", ""), None)
+    if "device-id" in o:
+        raise LaunchError("--device-id is for one process; with --ranks each rank uses its "
+                          "local card (set CUDA_VISIBLE_DEVICES to choose the cards)")
+    launcher = o.get("launcher") or ("msrun" if launch.device == "Ascend" else "mpirun")
+    if launcher not in ("mpirun", "msrun"):
+        raise LaunchError(f"--launcher must be mpirun or msrun, got '{launcher}'")
+    log_dir = o.get("log-dir") or os.path.join(os.path.dirname(a.first) or ".", "logs", "eval")
+    return run_ranks(launch, launcher, str(ranks), ranks, log_dir)
 
 
 def launch_quick_start(launch: Launch) -> int:
@@ -881,11 +800,8 @@ def main(argv=None) -> int:
         except _Usage as u:
             print(usage(script), file=sys.stderr if u.to_stderr else sys.stdout)
             return 2 if u.to_stderr else 0
-        if kind == "eval":
-            return launch_eval(launch)
-        if kind == "quick-start":
-            return launch_quick_start(launch)
-        return launch_training(launch)
+        run = {"eval": launch_eval, "quick-start": launch_quick_start}.get(kind, launch_training)
+        return run(launch)
 
     return run_cli(prog, body)
 
