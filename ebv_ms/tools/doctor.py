@@ -1,13 +1,9 @@
 """``python -m ebv_ms.tools.doctor``: what this machine can run, and what each device would need.
 
-The first lines say what runs here (the CPU demo, the tests and CPU training when the CPU target
-works), what GPU and Ascend would need, and the multi-rank launchers; then the details: each
-device target tried in its own subprocess with a timeout (a 2x3 matmul with a known answer plus
-``mindspore.run_check()``), the CUDA / cuDNN / NCCL libraries MindSpore 2.10's GPU plugins need
-(``ldd`` on ``libmindspore_gpu.so.11.{1,6}``), the Ascend chip (``npu-smi``), and the problems
-with their remedies. A device without its hardware (no ``nvidia-smi`` / ``npu-smi``) is "not
-here", not a problem. Every subprocess is time-bounded; one that hangs is a problem line.
-Exit status 0 when the CPU flow works, 1 otherwise.
+Each device target is tried in its own time-bounded subprocess (a 2x3 matmul with a known answer
+plus ``mindspore.run_check()``); the GPU plugins' CUDA libraries come from ``ldd``, the Ascend chip
+from ``npu-smi``. A device without its hardware is "not here", not a problem; a tool that hangs is
+a problem line. Exit status 0 when the CPU flow works, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -47,8 +43,8 @@ print("EBV_DOCTOR_OK")
 
 
 def _run(cmd: List[str], timeout: float, problems: Optional[list] = None, **kw):
-    """``subprocess.run`` bounded by ``timeout``; a hang or a failure to start is a problem line
-    (when ``problems`` is given) and None, never an exception."""
+    """``subprocess.run`` bounded by ``timeout``; a hang or a failure to start is None (and a
+    problem line in ``problems``), never an exception."""
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     except (subprocess.TimeoutExpired, OSError) as exc:
@@ -85,10 +81,8 @@ def check_device(target: str, timeout: float = 120.0) -> Dict:
 
 def gpu_libraries(ms_dir: str, timeout: float = 30.0,
                   problems: Optional[list] = None) -> Dict[str, Dict[str, Optional[str]]]:
-    """{CUDA version: {soname: path or None}} for each GPU plugin, from ``ldd`` (which resolves
-    like the loader will: LD_LIBRARY_PATH, the plugin's RPATH incl. /usr/local/cuda/lib64, the
-    system cache). The NCCL MindSpore uses is bundled in plugin/gpu11.x/. A hung ``ldd`` is
-    asked once, then left alone."""
+    """{CUDA version: {soname: path or None}} for each GPU plugin (and its bundled NCCL), from
+    ``ldd``, which resolves like the loader will. A hung ``ldd`` is asked once, then left alone."""
     out: Dict[str, Dict[str, Optional[str]]] = {}
     plugin = os.path.join(ms_dir, "lib", "plugin")
     ldd = shutil.which("ldd")
@@ -97,8 +91,7 @@ def gpu_libraries(ms_dir: str, timeout: float = 30.0,
         for so in (os.path.join(plugin, f"libmindspore_gpu.so.{cuda}"),
                    os.path.join(plugin, f"gpu{cuda}", "libnvidia_collective.so")):
             r = _run([ldd, so], timeout, problems) if ldd and os.path.isfile(so) else None
-            if ldd and os.path.isfile(so) and r is None:
-                ldd = None
+            ldd = None if ldd and os.path.isfile(so) and r is None else ldd
             for line in (r.stdout.splitlines() if r else []):
                 m = re.match(r"\s*(\S+)\s+=>\s+(not found|\S+)", line)
                 if m and _CUDA_LIB.match(m.group(1)):
@@ -126,10 +119,10 @@ def diagnose(timeout: float = 120.0, targets=("CPU", "GPU", "Ascend"),
                          "remedy": f"bash {root}/scripts/setup_env.sh, then use {root}/.venv/bin/python"})
     ms_dir = _mindspore_dir()
     rep["mindspore_dir"] = ms_dir
+    from importlib.metadata import PackageNotFoundError, version
     try:
-        from importlib.metadata import version
         rep["mindspore"] = version("mindspore")
-    except Exception:  # noqa: BLE001 - not installed
+    except PackageNotFoundError:
         rep["mindspore"] = None
     if rep["mindspore"] is None or ms_dir is None:
         problems.append({"what": "MindSpore is not installed in this Python",
@@ -148,16 +141,14 @@ def diagnose(timeout: float = 120.0, targets=("CPU", "GPU", "Ascend"),
         hardware = {"CPU": True, "GPU": rep["nvidia_smi"], "Ascend": rep["npu_smi"]}[t]
         if not res["ok"] and hardware:  # without the hardware it is "not here", not a problem
             problems.append({"what": f"{t} target fails: {res['detail']}", "remedy": _needs(t, libs)})
-    rep["mpirun"] = _tool("mpirun", tool_timeout, problems)
-    rep["msrun"] = _tool("msrun", tool_timeout, problems)
-    if rep["mpirun"] is None:
-        problems.append({"what": "mpirun not found (scripts/run_distribute_gpu.sh and the 2-rank "
-                                 "tests need it)",
-                         "remedy": "apt-get install openmpi-bin (.ci/run does it)"})
-    if rep["msrun"] is None:
-        problems.append({"what": "msrun not found (scripts/run_distribute_ascend.sh needs it)",
-                         "remedy": "it comes with MindSpore: use the venv's python/bin "
-                                   "(bash scripts/setup_env.sh)"})
+    for launcher, needed_by, remedy in (
+            ("mpirun", "scripts/run_distribute_gpu.sh and the 2-rank tests need it",
+             "apt-get install openmpi-bin (.ci/run does it)"),
+            ("msrun", "scripts/run_distribute_ascend.sh needs it",
+             "it comes with MindSpore: use the venv's python/bin (bash scripts/setup_env.sh)")):
+        rep[launcher] = _tool(launcher, tool_timeout, problems)
+        if rep[launcher] is None:
+            problems.append({"what": f"{launcher} not found ({needed_by})", "remedy": remedy})
     return rep
 
 
@@ -177,7 +168,6 @@ def _needs(target: str, libs: Dict[str, Dict[str, Optional[str]]]) -> str:
 
 
 def format_report(rep: Dict) -> str:
-    """The summary (what runs here, what each device needs), then the details."""
     devices = rep.get("devices") or {}
     cpu = devices.get("CPU")
     lines = []

@@ -15,7 +15,7 @@ import time
 from ebv_ms.generation import METHODS, create_ebv
 
 
-def build_parser() -> argparse.ArgumentParser:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ebv_ms.tools.generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num-classes", "-n", type=int, required=True, help="N, number of vectors")
@@ -30,11 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     ap.add_argument("--out", "-o", required=True, help="output file (.npy, .npz or .pkl)")
-    return ap
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = ap.parse_args(argv)
     from ebv_ms.errors import run_cli
     return run_cli("generate", lambda: _run(args), debug=args.debug)
 

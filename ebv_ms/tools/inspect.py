@@ -2,9 +2,8 @@
 
     python -m ebv_ms.tools.inspect FILE [--hist angles.png] [--block-size 2048] [--json] [--save OUT]
 
-FILE is any format `ebv_ms.ebv.load_ebv` reads (.npz native, .npy, the authors' .pkl). The
-statistics run over all pairs i < j in float64, in row blocks (never an N x N matrix), so they
-are exact at 100k x 5000 too; a progress bar appears when there is more than one block.
+The statistics run over all pairs i < j in float64, in row blocks (never an N x N matrix), so
+they are exact at 100k x 5000 too.
 """
 from __future__ import annotations
 
@@ -23,25 +22,19 @@ HIST_BINS = 1800  # 0.1 degree bins over [0, 180]
 
 def describe(ebv: EBVSet, path: str, stats: PairStats) -> str:
     """The text report: the file's identity, then `PairStats.report`."""
-    head = [
-        f"file                 : {path}",
-        f"method               : {ebv.method}",
-        f"alpha (target)       : {'unknown' if ebv.alpha is None else ebv.alpha}",
-        f"seed                 : {'unknown' if ebv.seed is None else ebv.seed}",
-        f"checksum             : {ebv.checksum()}",
-    ]
-    return "\n".join(head + [stats.report(), f"pairs                : {stats.num_pairs}"])
+    unknown = lambda v: "unknown" if v is None else v  # noqa: E731
+    head = [("file", path), ("method", ebv.method), ("alpha (target)", unknown(ebv.alpha)),
+            ("seed", unknown(ebv.seed)), ("checksum", ebv.checksum())]
+    return "\n".join([f"{k:<21}: {v}" for k, v in head]
+                     + [stats.report(), f"pairs                : {stats.num_pairs}"])
 
 
 def stats_dict(ebv: EBVSet, path: str, stats: PairStats) -> dict:
     """The same report as a JSON-able dict (for scripts)."""
-    return {
-        "file": path, "method": ebv.method, "alpha": ebv.alpha, "seed": ebv.seed,
-        "checksum": ebv.checksum(), "num_classes": stats.num_classes, "dim": stats.dim,
-        "coherence": stats.coherence, "min_angle_deg": stats.min_angle_deg,
-        "mean_delta_angle_deg": stats.mean_delta_angle_deg, "welch_bound": stats.welch_bound,
-        "num_pairs": stats.num_pairs,
-    }
+    return {"file": path, "method": ebv.method, "alpha": ebv.alpha, "seed": ebv.seed,
+            "checksum": ebv.checksum(), **{k: getattr(stats, k) for k in (
+                "num_classes", "dim", "coherence", "min_angle_deg", "mean_delta_angle_deg",
+                "welch_bound", "num_pairs")}}
 
 
 def write_histogram(stats: PairStats, out: Path, title: str = "") -> Path:
@@ -63,8 +56,7 @@ def write_histogram(stats: PairStats, out: Path, title: str = "") -> Path:
         ax.axvline(x, color="#c0392b", lw=1, ls="--")
     ax.axvline(90.0, color="0.4", lw=0.8, ls=":")
     ax.set_xlim(max(0.0, lo - pad), min(180.0, hi + pad))
-    ax.set_xlabel("pairwise angle (degrees)")
-    ax.set_ylabel("pairs")
+    ax.set(xlabel="pairwise angle (degrees)", ylabel="pairs")
     ax.set_title(title or (f"N={stats.num_classes}, d={stats.dim}: coherence "
                            f"{stats.coherence:.5f}, min angle {stats.min_angle_deg:.2f} deg"),
                  fontsize=10)
@@ -76,7 +68,7 @@ def write_histogram(stats: PairStats, out: Path, title: str = "") -> Path:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
+def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ebv_ms.tools.inspect", description=__doc__.split("\n")[0])
     p.add_argument("file", help="EBV file: .npz (native), .npy (float32 N x d) or the authors' .pkl")
     p.add_argument("--hist", metavar="PNG", help="write a histogram of pairwise angles to this PNG")
@@ -87,14 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     p.add_argument("--save", metavar="OUT", help="also write the set to OUT (.npz/.npy/.pkl by "
                    "extension), e.g. to convert the authors' .pkl files")
-    return p
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = p.parse_args(argv)
     if args.block_size < 1:
-        parser.error("--block-size must be >= 1")
+        p.error("--block-size must be >= 1")
     from ..errors import run_cli
     return run_cli("inspect", lambda: _run(args), debug=args.debug)
 
@@ -106,10 +93,8 @@ def _run(args) -> int:
     progress = not args.no_progress and ebv.num_classes > args.block_size
     stats = pairwise_stats(ebv.vectors, block_size=args.block_size,
                            bins=HIST_BINS if args.hist else None, progress=progress)
-    if args.json:
-        print(json.dumps(stats_dict(ebv, args.file, stats), indent=2))
-    else:
-        print(describe(ebv, args.file, stats))
+    print(json.dumps(stats_dict(ebv, args.file, stats), indent=2) if args.json
+          else describe(ebv, args.file, stats))
     if args.hist:
         out = write_histogram(stats, Path(args.hist))
         print(f"histogram written to {out}", file=sys.stderr if args.json else sys.stdout)

@@ -1,9 +1,8 @@
 """``python -m ebv_ms.tools.inspect_data PATH [--verify]``: what the data pipeline sees in PATH.
 
-Prints the detected layout, the class count and the samples per split; ``--verify`` reads and
-decodes every sample (as training would) and lists the bad ones. Layout overrides are given
-as ``--set key=value`` with the keys of the YAML ``data`` section (e.g.
-``--set split_dirs='{train: a/train, val: a/val}'``).
+Prints the detected layout, the class count and the samples per split; ``--verify`` decodes
+every sample as training would and lists the bad ones. ``--set key=value`` takes the keys of the
+YAML ``data`` section (e.g. ``--set split_dirs='{train: a/train, val: a/val}'``).
 """
 from __future__ import annotations
 
@@ -57,11 +56,9 @@ def _run(a) -> int:
     from ..data.readers import printable
     total_bad = 0
     for s, src in splits:
-        bad = []
-        for i in progress_bar(range(len(src)), desc=f"verify {s}", unit="img", mininterval=1.0):
-            why = src.check(i)
-            if why:
-                bad.append((src.name(i), why))
+        whys = ((i, src.check(i)) for i in progress_bar(range(len(src)), desc=f"verify {s}",
+                                                         unit="img", mininterval=1.0))
+        bad = [(src.name(i), why) for i, why in whys if why]
         total_bad += len(bad)
         print(f"  {s}: {len(src) - len(bad)} good, {len(bad)} bad")
         for name, why in bad:

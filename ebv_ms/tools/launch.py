@@ -373,9 +373,8 @@ def cluster_env(launch: Launch, num: int, hostfile: Optional[str]) -> Dict[str, 
                or (this_host_address() if hostfile else "127.0.0.1"),
                MS_SCHED_PORT=os.environ.get("MS_SCHED_PORT") or str(free_port()))
     if launch.device == "CPU":
-        # MindSpore's CPU collectives give up after MS_CPU_COMM_OP_TIMEOUT (30 s by default) while
-        # ranks wait for rank 0 to evaluate or write a checkpoint: at 100k classes a 2-rank CPU
-        # run failed there (docs/launch.md). They may wait as long as they wait to join.
+        # CPU collectives give up after 30 s by default while ranks wait for rank 0 to evaluate or
+        # save: a 2-rank run at 100k classes failed there (docs/launch.md). Wait as long as to join.
         env.setdefault("MS_CPU_COMM_OP_TIMEOUT", timeout)
     return env
 
@@ -426,16 +425,14 @@ def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     with open(os.path.join(log_dir, "scheduler.pid"), "w") as f:
         f.write(str(sched.pid))
-    # Open MPI's own reports ("Primary job terminated...", a crash backtrace, a hostfile error) go
-    # to mpirun.log: the screen shows the failed rank's error, or that file when no rank failed.
+    # Open MPI's own reports go to mpirun.log: the screen shows the failed rank's error instead.
     with open(os.path.join(log_dir, "mpirun.log"), "wb") as mlog:
         mpi = subprocess.Popen(mpi_cmd, env=env, stderr=mlog)
     sched_failed = False
     try:
         while mpi.poll() is None:
             if not sched_failed and sched.poll() not in (None, 0):
-                # The ranks would wait for it until the cluster timeout. mpirun passes SIGUSR1 on
-                # to every rank, whose wrapper stops its process; mpirun then ends the job itself.
+                # else the ranks wait until the cluster timeout; every rank wrapper stops on SIGUSR1
                 sched_failed = True
                 why = _last_error(os.path.join(log_dir, "scheduler.log"))
                 launch.say(f"[launch] the scheduler failed: {why}; stopping the ranks "
@@ -522,9 +519,8 @@ def run_rank(argv: List[str]) -> int:
         print("launch rank: not started by mpirun (OMPI_COMM_WORLD_RANK unset)", file=sys.stderr)
         return 2
     local = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", rank)
-    # Without Open MPI's own variables: MindSpore would otherwise see a job "using both dynamic
-    # cluster and OpenMPI" and register with the scheduler far more slowly (10-45 s instead of
-    # ~0-10 s for 2 ranks on CPU, measured).
+    # Without Open MPI's variables: MindSpore would see "both dynamic cluster and OpenMPI" and
+    # join far more slowly (10-45 s instead of ~0-10 s for 2 ranks on CPU, measured).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_"))}
     env.update(MS_ROLE="MS_WORKER", MS_NODE_ID=rank, RANK_ID=rank, DEVICE_ID=local)
     os.makedirs(log_dir, exist_ok=True)
@@ -537,8 +533,7 @@ def run_rank(argv: List[str]) -> int:
                f"on {socket.gethostname()}: {shlex.join(cmd)}")
 
     def stop(*_):
-        # mpirun stops the ranks with SIGTERM when one fails (SIGUSR1 when the scheduler failed):
-        # pass it on, so no process is left waiting in a collective.
+        # mpirun's SIGTERM (a rank failed) or SIGUSR1 (the scheduler did): leave no process waiting
         _stop(proc, 0, 2)
         with open(exit_file, "w") as f:
             f.write("killed")
@@ -607,8 +602,7 @@ def run_msrun(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> int:
     if not os.path.isabs(mcmd[0]) and shutil.which(mcmd[0]) is None:
         raise LaunchError("msrun not found (it comes with MindSpore >= 2.3)")
     launch.say(f"[launch] {head}")
-    # msrun's own messages (and its traceback when a worker failed) go to msrun.log; worker 0's
-    # output, which msrun tails, to the console.
+    # msrun's own messages go to msrun.log; worker 0's output, which msrun tails, to the console.
     with open(os.path.join(log_dir, "msrun.log"), "wb") as mlog:
         rc = subprocess.run(mcmd, env=env, stderr=mlog).returncode
     if rc == 0:

@@ -1,12 +1,8 @@
 """Write a small real-image archive in the 100k-class zip layout, from scikit-learn's digits.
 
 ``python -m ebv_ms.tools.make_demo --out DIR`` writes ``DIR/digits.zip`` holding
-``digits/train/<class>/<n>.jpg`` and ``digits/val/<class>/<n>.jpg``: the 1,797 handwritten
-8x8 digits, upscaled (bicubic) to ``--size`` pixels, as RGB JPEGs, split per class
-(``--val-fraction``) with a fixed seed. Ten classes, named ``0``..``9`` so sorted class
-folders give index = digit. ``--copies K`` repeats the set K times with small random shifts
-(for benchmarks that need more images). Members are stored (JPEG does not deflate);
-``--deflate`` compresses them instead.
+``digits/train|val/<digit>/<n>.jpg``: the 1,797 handwritten 8x8 digits upscaled (bicubic) to
+``--size`` pixels as RGB JPEGs, split per class (``--val-fraction``) with a fixed seed.
 """
 from __future__ import annotations
 
@@ -20,6 +16,7 @@ import cv2
 import numpy as np
 
 from ..atomic import atomic_path
+from .make_synthetic import encode
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: same input, same bytes
 
@@ -55,31 +52,20 @@ def write_demo_archive(out: str, size: int = 32, val_fraction: float = 0.2, seed
         rng.shuffle(idx)
         is_val[idx[: max(1, int(round(len(idx) * val_fraction)))]] = True
     prefix = f"{top.strip('/')}/" if top else ""
-
-    def members():
-        for i, (img, y) in enumerate(zip(imgs, labels)):
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, quality])
-            assert ok
-            split = "val" if is_val[i] else "train"
-            yield f"{prefix}{split}/{y}/{i:06d}.jpg", buf.tobytes()
-
-    return write_jpeg_zip(os.path.join(out, name), members(), deflate)
+    members = ((f"{prefix}{'val' if is_val[i] else 'train'}/{y}/{i:06d}.jpg", encode(img, ".jpg", quality))
+               for i, (img, y) in enumerate(zip(imgs, labels)))
+    return write_jpeg_zip(os.path.join(out, name), members, deflate)
 
 
 def write_jpeg_zip(path: str, members: Iterable[Tuple[str, bytes]], deflate: bool = False) -> str:
-    """Write ``(member name, bytes)`` pairs into the zip ``path`` atomically and return ``path``.
-
-    Members are stored (JPEG does not deflate) unless ``deflate``; every member gets the same
-    fixed timestamp so the same members give a byte-identical archive.
-    """
+    """Write ``(member name, bytes)`` pairs into the zip ``path`` atomically and return ``path``;
+    members are stored (JPEG does not deflate) unless ``deflate``."""
     comp = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
     with atomic_path(path, fsync=False) as tmp, zipfile.ZipFile(tmp, "w", compression=comp) as z:
         for member, data in members:
             info = zipfile.ZipInfo(member, date_time=_ZIP_TIME)
-            info.compress_type = comp
             info.external_attr = 0o644 << 16
-            z.writestr(info, data)
+            z.writestr(info, data, compress_type=comp)
     return path
 
 

@@ -1,32 +1,22 @@
 """A many-class real-image set: printed Han characters rendered from Debian's CJK typefaces.
 
-``python -m ebv_ms.tools.make_glyphs --out DIR [--classes 1000]`` writes ``DIR/glyphs.zip`` in the
-project's folder layout (``glyphs/train/<class>/<face>_<k>.jpg``, ``glyphs/val/<class>/...``)
-plus ``glyphs/manifest.json`` (classes, which typefaces went to ``train/`` and which to
-``val/``, per-face missing-glyph counts, the generation settings).
-
-Classes are the first N of the 3,755 GB2312 level-1 characters in code order (the class set of
-the usual printed/handwritten Chinese character benchmarks; ``--level2`` extends the order to all
-6,763). Class folder ``0000`` is the first character; folder names are zero-padded indices so
-the loader's sorted-folder class order is the code order.
-
-The validation split is whole typefaces held out from training (``--val-faces``), so a score
-on it is generalisation to a typeface never seen. Training samples are rendered with a random
-affine (rotation, scale, shear, translation), stroke-weight jitter, blur, noise and contrast
-changes; validation samples are rendered plainly (``--val-per-class`` > 1 adds augmented ones).
-Every sample's randomness is drawn from ``(seed, class, face, k)``, so the archive is
-byte-identical for the same arguments however many processes render it.
+``python -m ebv_ms.tools.make_glyphs --out DIR [--classes 1000]`` writes ``DIR/glyphs.zip``
+(``glyphs/train|val/<class>/<face>_<k>.jpg`` and ``glyphs/manifest.json``). Classes are the first
+N GB2312 level-1 characters in code order (folders ``0000``...); validation is whole typefaces
+held out from training (``--val-faces``), rendered plainly, training samples augmented. Every
+sample's randomness is drawn from ``(seed, class, face, k)``: the archive is byte-identical for
+the same arguments however many processes render it.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing as mp
 import os
 import sys
 from collections import Counter
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -39,8 +29,7 @@ GB2312_LEVEL1 = 3755
 GB2312_ALL = 6763
 
 
-@dataclass(frozen=True)
-class Face:
+class Face(NamedTuple):
     """One typeface: the Debian package that ships it, its file and family name inside the file."""
     name: str
     package: str
@@ -70,19 +59,11 @@ DEFAULT_VAL_FACES = ("arphic-uming",)
 
 
 def gb2312_chars(n: int = GB2312_LEVEL1, level2: bool = False) -> List[str]:
-    """The first ``n`` GB2312 Han characters in code order (level 1: rows 0xB0-0xD7).
-
-    Derived from Python's GB2312 codec: rows x cols 0xA1-0xFE, where the five slots at the
-    end of row 0xD7 are unassigned (3,755 = 40 x 94 - 5). Level 2 (rows 0xD8-0xF7) follows.
-    """
-    last_row = 0xF7 if level2 else 0xD7
-    chars = []
-    for row in range(0xB0, last_row + 1):
-        for col in range(0xA1, 0xFF):
-            try:
-                chars.append(bytes((row, col)).decode("gb2312"))
-            except UnicodeDecodeError:
-                continue
+    """The first ``n`` GB2312 Han characters in code order: Python's codec over rows 0xB0-0xD7
+    (level 1; 0xD8-0xF7 level 2) x cols 0xA1-0xFE, skipping the unassigned slots."""
+    rows = range(0xB0, (0xF7 if level2 else 0xD7) + 1)
+    codes = (bytes((r, c)).decode("gb2312", "ignore") for r in rows for c in range(0xA1, 0xFF))
+    chars = [ch for ch in codes if ch]
     total = GB2312_ALL if level2 else GB2312_LEVEL1
     if len(chars) != total:  # the codec is the source of truth; a different count is a bug
         raise RuntimeError(f"GB2312 codec gave {len(chars)} characters, expected {total}")
@@ -93,8 +74,7 @@ def gb2312_chars(n: int = GB2312_LEVEL1, level2: bool = False) -> List[str]:
 
 
 def _install_hint(faces: Sequence[Face]) -> str:
-    pkgs = " ".join(sorted({f.package for f in faces}))
-    return f"sudo apt-get install -y {pkgs}"
+    return "sudo apt-get install -y " + " ".join(sorted({f.package for f in faces}))
 
 
 def check_faces(names: Sequence[str]) -> List[Face]:
@@ -105,31 +85,26 @@ def check_faces(names: Sequence[str]) -> List[Face]:
     faces = [FACES[n] for n in names]
     missing = [f for f in faces if not os.path.isfile(f.path)]
     if missing:
-        raise FileNotFoundError(
-            "typeface file(s) not installed: " + ", ".join(f"{f.name} ({f.path})" for f in missing)
-            + f". Install them with: {_install_hint(missing)}")
+        raise FileNotFoundError("typeface file(s) not installed: " + ", ".join(
+            f"{f.name} ({f.path})" for f in missing) + f". Install them with: {_install_hint(missing)}")
     return faces
 
 
 def _face_index(face: Face) -> int:
     """Index of ``face.family`` inside its font file (.ttc collections hold several faces)."""
     from PIL import ImageFont
-    i = 0
-    while True:
+    for i in itertools.count():
         try:
-            font = ImageFont.truetype(face.path, 16, index=i)
+            if ImageFont.truetype(face.path, 16, index=i).getname()[0] == face.family:
+                return i
         except OSError:
             break
-        if font.getname()[0] == face.family:
-            return i
-        i += 1
     raise ValueError(f"{face.path} holds no face named {face.family!r} ({i} faces); is "
                      f"{face.package} a different version? ({_install_hint([face])})")
 
 
 def _coverage(face: Face, index: int, chars: Sequence[str]) -> np.ndarray:
-    """bool per char: the face's character map has a glyph for it (else FreeType would draw
-    the missing-glyph box, .notdef). fontTools reads only the cmap table."""
+    """bool per char: the face's cmap has a glyph for it (else FreeType draws .notdef)."""
     from fontTools.ttLib import TTFont
     tt = TTFont(face.path, fontNumber=index, lazy=True)
     cmap = tt.getBestCmap() or {}
@@ -160,20 +135,16 @@ def render_sample(font, char: str, size: int, rng: Optional[np.random.Generator]
     """One uint8 RGB (size, size, 3) image: dark ink on a light ground. ``rng=None``: plain
     rendering (validation); else random stroke weight, affine, blur, noise and contrast."""
     canvas = size * _RENDER_SCALE
-    stroke = 0
-    erode = False
-    if rng is not None:  # stroke weight: thin (erode), as drawn, or thickened by FreeType's stroker
-        k = int(rng.integers(-1, 2))
-        stroke, erode = max(k, 0), k < 0
+    # stroke weight: thin (erode), as drawn, or thickened by FreeType's stroker
+    k = 0 if rng is None else int(rng.integers(-1, 2))
+    stroke, erode = max(k, 0), k < 0
     a = _ink(font, char, canvas, stroke)
     if erode:
         thin = cv2.erode(a, np.ones((2, 2), np.uint8))
         if thin.sum() > 0.6 * a.sum():  # only where the face's strokes survive thinning
             a = thin
     if rng is not None:
-        ang = np.deg2rad(rng.uniform(-8, 8))
-        sc = rng.uniform(0.8, 1.05)
-        sh = rng.uniform(-0.15, 0.15)
+        ang, sc, sh = np.deg2rad(rng.uniform(-8, 8)), rng.uniform(0.8, 1.05), rng.uniform(-0.15, 0.15)
         tx, ty = rng.uniform(-0.07, 0.07, size=2) * canvas
         rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
         lin = sc * rot @ np.array([[1.0, sh], [0.0, 1.0]])
@@ -242,9 +213,7 @@ def write_glyph_archive(out: str, num_classes: int = 1000, train_faces: Optional
                         top: str = "glyphs", progress: bool = True) -> Tuple[str, dict]:
     """Render the archive; returns (its path, the manifest dict also stored inside it)."""
     val_faces = list(val_faces)
-    if train_faces is None:
-        train_faces = [f for f in FACES if f not in val_faces]
-    train_faces = list(train_faces)
+    train_faces = [f for f in FACES if f not in val_faces] if train_faces is None else list(train_faces)
     if not val_faces:
         raise ValueError("hold out at least one typeface for validation (--val-faces)")
     if not train_faces:
@@ -269,16 +238,13 @@ def write_glyph_archive(out: str, num_classes: int = 1000, train_faces: Optional
                          f"(wqy-zenhei covers all of GB2312)")
     face_ids = {f.name: i for i, f in enumerate(faces)}
     prefix = f"{top.strip('/')}/" if top else ""
-    jobs = []
-    for ci, ch in enumerate(chars):
-        tr, va = _plans(ci, cover, train_faces, val_faces, per_class, val_per_class, face_ids)
-        jobs.append((ci, ch, tr, va, seed, quality, prefix))
+    jobs = [(ci, ch, *_plans(ci, cover, train_faces, val_faces, per_class, val_per_class, face_ids),
+             seed, quality, prefix) for ci, ch in enumerate(chars)]
     manifest = {
         "format": "ebv_ms.tools.make_glyphs/1",
         "classes": chars,
         "class_folders": [f"{i:04d}" for i in range(len(chars))],
-        "train_faces": train_faces,
-        "val_faces": val_faces,
+        "train_faces": train_faces, "val_faces": val_faces,
         "faces": {f.name: {"package": f.package, "file": f.path, "family": f.family,
                            "index": index[f.name], "split": "val" if f.name in val_faces else "train",
                            "missing_glyphs": int((~cover[f.name]).sum()),
@@ -333,11 +299,11 @@ def main(argv: Optional[list] = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="typefaces: " + ", ".join(f"{n} ({f.package})" for n, f in FACES.items()))
     ap.add_argument("--out", required=True, help="output folder (created)")
-    ap.add_argument("--classes", type=int, default=1000,
-                    help="first N GB2312 level-1 characters (10..3755; default 1000)")
+    ap.add_argument("--classes", type=int, default=1000, help="first N GB2312 level-1 characters "
+                    "(10..3755; default 1000)")
     ap.add_argument("--level2", action="store_true", help="allow N up to 6763 (GB2312 levels 1+2)")
-    ap.add_argument("--train-faces", default=None,
-                    help="comma-separated typefaces for train/ (default: all but --val-faces)")
+    ap.add_argument("--train-faces", help="comma-separated typefaces for train/ (default: all but "
+                    "--val-faces)")
     ap.add_argument("--val-faces", default=",".join(DEFAULT_VAL_FACES),
                     help=f"comma-separated typefaces held out for val/ (default {','.join(DEFAULT_VAL_FACES)})")
     ap.add_argument("--per-class", type=int, default=24, help="training images per class (default 24)")

@@ -1,9 +1,6 @@
-"""Small real images and archives made on the fly, for tests and benchmarks.
-
-``tagged_image`` encodes a sample id and label in the pixels of a lossless PNG (or, coarsely,
-in a JPEG's flat colour), so a test can check after the whole pipeline that every image came
-with its own label and which samples a shard saw.
-"""
+"""Small real images and archives made on the fly, for tests and benchmarks. ``tagged_image``
+carries a sample id and label in its pixels, so a test can check after the whole pipeline that
+every image came with its own label and which samples a shard saw."""
 from __future__ import annotations
 
 import os
@@ -56,10 +53,8 @@ def write_zip(path: str, members: Dict[str, bytes], deflate: Iterable[str] = (),
 
 def write_tiny_archive(path: str, num_members: int, num_classes: int = 100_000,
                        payload: Optional[bytes] = None, progress: bool = True) -> str:
-    """An archive of ``num_members`` tiny images in ``top/train|val/<class>/<n>.jpg``.
-
-    2/3 train, 1/3 val, like the 100k-class archive (12 + 6 per class). For index benchmarks.
-    """
+    """An archive of ``num_members`` tiny images in ``10w_classes/train|val/<class>/<n>.jpg``,
+    12 train + 6 val per class like the 100k-class archive. For index benchmarks."""
     payload = payload if payload is not None else encode(np.zeros((8, 8, 3), np.uint8))
     it = range(num_members)
     if progress:
@@ -68,10 +63,8 @@ def write_tiny_archive(path: str, num_members: int, num_classes: int = 100_000,
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
         for i in it:
             cls, k = divmod(i, 18)
-            split = "train" if k < 12 else "val"
-            info = zipfile.ZipInfo(f"10w_classes/{split}/{cls % num_classes:06d}/{i:07d}.jpg",
-                                   date_time=(2024, 1, 1, 0, 0, 0))
-            z.writestr(info, payload)
+            name = f"10w_classes/{'train' if k < 12 else 'val'}/{cls % num_classes:06d}/{i:07d}.jpg"
+            z.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), payload)
     return path
 
 
