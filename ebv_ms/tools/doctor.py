@@ -21,10 +21,8 @@ from typing import Dict, List, Optional
 # recommendation there ("CUDA11.1 with cuDNN8.0.x or CUDA11.6 with cuDNN8.5.x").
 GPU_PLUGINS = {"11.1": "cuDNN 8.0", "11.6": "cuDNN 8.5"}
 _CUDA_LIB = re.compile(r"^(libcu\w*|libnvrtc|libnccl|libnvidia_collective)")
-# MindSpore 2.10's default precision_mode is "must_keep_origin_dtype" (its docstring,
-# mindspore/device_context/ascend/op_precision.py); CANN's ATC guide says that mode cannot lower a
-# float32 operator whose AI Core kernel is float16-only, and the 910A's Cube unit multiplies
-# float16 only. docs/deploy.md has the consequence for the fp32 EBV head.
+# Sources: mindspore/device_context/ascend/op_precision.py (the default mode) and CANN's ATC guide
+# (that mode cannot lower an fp32 operator whose AI Core kernel is fp16-only).
 ASCEND_910A = ("Ascend 910A: MindSpore 2.10 keeps fp32 MatMul in fp32 by default (precision_mode "
                "must_keep_origin_dtype) and the 910A's Cube unit multiplies fp16 only, so the fp32 "
                "EBV head and projection fall back to slow float32 kernels or fail to compile; "

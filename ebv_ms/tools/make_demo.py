@@ -40,8 +40,7 @@ def digit_images(size: int = 32, copies: int = 1, seed: int = 0):
 
 
 def write_demo_archive(out: str, size: int = 32, val_fraction: float = 0.2, seed: int = 0,
-                       copies: int = 1, deflate: bool = False, top: str = "digits",
-                       name: str = "digits.zip", quality: int = 95) -> str:
+                       copies: int = 1, deflate: bool = False, name: str = "digits.zip") -> str:
     """Write the demo archive and return its path."""
     os.makedirs(out, exist_ok=True)
     imgs, labels = digit_images(size, copies, seed)
@@ -51,8 +50,7 @@ def write_demo_archive(out: str, size: int = 32, val_fraction: float = 0.2, seed
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
         is_val[idx[: max(1, int(round(len(idx) * val_fraction)))]] = True
-    prefix = f"{top.strip('/')}/" if top else ""
-    members = ((f"{prefix}{'val' if is_val[i] else 'train'}/{y}/{i:06d}.jpg", encode(img, ".jpg", quality))
+    members = ((f"digits/{'val' if is_val[i] else 'train'}/{y}/{i:06d}.jpg", encode(img, ".jpg", 95))
                for i, (img, y) in enumerate(zip(imgs, labels)))
     return write_jpeg_zip(os.path.join(out, name), members, deflate)
 

@@ -106,9 +106,8 @@ def _face_index(face: Face) -> int:
 def _coverage(face: Face, index: int, chars: Sequence[str]) -> np.ndarray:
     """bool per char: the face's cmap has a glyph for it (else FreeType draws .notdef)."""
     from fontTools.ttLib import TTFont
-    tt = TTFont(face.path, fontNumber=index, lazy=True)
-    cmap = tt.getBestCmap() or {}
-    tt.close()
+    with TTFont(face.path, fontNumber=index, lazy=True) as tt:
+        cmap = tt.getBestCmap() or {}
     return np.array([ord(c) in cmap for c in chars], bool)
 
 
@@ -170,8 +169,7 @@ _W: dict = {}
 
 def _init_worker(faces: List[Tuple[str, str, int]], size: int) -> None:
     from PIL import ImageFont
-    # Font size: the em square fills ~80% of the canvas, leaving room for the affine's scale-up
-    # and translation without clipping.
+    # the em square fills ~80% of the canvas: room for the affine's scale-up and translation
     px = int(round(0.8 * size * _RENDER_SCALE))
     _W["fonts"] = {name: ImageFont.truetype(path, px, index=idx) for name, path, idx in faces}
     _W["size"] = size
@@ -179,7 +177,7 @@ def _init_worker(faces: List[Tuple[str, str, int]], size: int) -> None:
 
 def _render_class(job) -> List[Tuple[str, bytes]]:
     """All members of one class: (member name, JPEG bytes), in a fixed order."""
-    ci, char, train_plan, val_plan, seed, quality, prefix = job
+    ci, char, train_plan, val_plan, seed, quality = job
     out = []
     for split, plan, augment_from in (("train", train_plan, 0), ("val", val_plan, 1)):
         for fi, (face, k) in plan:
@@ -188,7 +186,7 @@ def _render_class(job) -> List[Tuple[str, bytes]]:
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
             if not ok:
                 raise RuntimeError(f"JPEG encoding failed for class {ci} face {face}")
-            out.append((f"{prefix}{split}/{ci:04d}/{face}_{k:03d}.jpg", buf.tobytes()))
+            out.append((f"glyphs/{split}/{ci:04d}/{face}_{k:03d}.jpg", buf.tobytes()))
     return out
 
 
@@ -210,7 +208,7 @@ def write_glyph_archive(out: str, num_classes: int = 1000, train_faces: Optional
                         val_faces: Sequence[str] = DEFAULT_VAL_FACES, per_class: int = 24,
                         val_per_class: int = 1, size: int = 32, seed: int = 0, quality: int = 90,
                         level2: bool = False, workers: int = 2, name: str = "glyphs.zip",
-                        top: str = "glyphs", progress: bool = True) -> Tuple[str, dict]:
+                        progress: bool = True) -> Tuple[str, dict]:
     """Render the archive; returns (its path, the manifest dict also stored inside it)."""
     val_faces = list(val_faces)
     train_faces = [f for f in FACES if f not in val_faces] if train_faces is None else list(train_faces)
@@ -237,9 +235,8 @@ def write_glyph_archive(out: str, num_classes: int = 1000, train_faces: Optional
                          f"(e.g. {show}); add a typeface that covers them to --train-faces "
                          f"(wqy-zenhei covers all of GB2312)")
     face_ids = {f.name: i for i, f in enumerate(faces)}
-    prefix = f"{top.strip('/')}/" if top else ""
     jobs = [(ci, ch, *_plans(ci, cover, train_faces, val_faces, per_class, val_per_class, face_ids),
-             seed, quality, prefix) for ci, ch in enumerate(chars)]
+             seed, quality) for ci, ch in enumerate(chars)]
     manifest = {
         "format": "ebv_ms.tools.make_glyphs/1",
         "classes": chars,
@@ -273,7 +270,7 @@ def write_glyph_archive(out: str, num_classes: int = 1000, train_faces: Optional
                 yield from _render_class(job)
                 bar.update(1)
         bar.close()
-        yield f"{prefix}manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
+        yield "glyphs/manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
 
     path = write_jpeg_zip(os.path.join(out, name), members())
     return path, manifest
