@@ -16,16 +16,11 @@ class EBVError(EBVMSError, ValueError):
 
 @dataclass
 class EBVSet:
-    """N fixed unit vectors in R^d (rows of ``vectors``, float32, C-contiguous).
-
-    ``alpha`` is the coherence target it was made for (None if unknown), ``method`` how it
-    was made ("official", "closed_form:simplex", "pytorch_pkl", ...), ``seed`` the seed.
-
-    A set does not change after it is made: ``vectors`` is read-only (the array passed in
-    becomes read-only too when it is used without a copy) and cannot be replaced, so the
-    checksum is computed once (1-2 s over the 2 GB of a 100k x 5000 set) and cached, and the
-    model's frozen head may share the buffer instead of copying it.
-    """
+    """N fixed unit vectors in R^d (rows of ``vectors``, float32, C-contiguous), with the
+    coherence target ``alpha``, how it was made (``method``: "official", "closed_form:simplex",
+    "pytorch_pkl", ...) and ``seed``. ``vectors`` is read-only (so is an array used without a
+    copy) and cannot be replaced: the checksum (1-2 s at 100k x 5000) is cached, and the
+    frozen head may share the buffer."""
 
     vectors: np.ndarray
     alpha: Optional[float] = None

@@ -268,15 +268,12 @@ def load_ebv(path: PathLike) -> EBVSet:
 
 def _metadata(ebv: EBVSet) -> dict:
     from .. import __version__
-    alpha = None if ebv.alpha is None else float(ebv.alpha)
-    seed = None if ebv.seed is None else int(ebv.seed)
     return {
-        "format": NATIVE_FORMAT, "format_version": NATIVE_VERSION,
-        "num_classes": ebv.num_classes, "dim": ebv.dim, "alpha": alpha,
-        "method": str(ebv.method), "seed": seed, "checksum": ebv.checksum(),
-        "extra": ebv.extra or {}, "ebv_ms_version": __version__,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+        "format": NATIVE_FORMAT, "format_version": NATIVE_VERSION, "num_classes": ebv.num_classes,
+        "dim": ebv.dim, "alpha": None if ebv.alpha is None else float(ebv.alpha),
+        "method": str(ebv.method), "seed": None if ebv.seed is None else int(ebv.seed),
+        "checksum": ebv.checksum(), "extra": ebv.extra or {}, "ebv_ms_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 _PAGE = 4096

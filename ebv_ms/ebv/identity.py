@@ -1,10 +1,6 @@
-"""An EBV set's identity: what a checkpoint records about the set it was trained with, the file
-name a large set is kept under, and whether a given set is that set.
-
-The identity is the set's checksum (``EBVSet.checksum``: sha256 of shape + float32 bytes) plus
-how it was made (N, d, alpha, method, seed). A model trained against one set gives meaningless
-predictions against another, so every load compares checksums.
-"""
+"""An EBV set's identity (its checksum plus N, d, alpha, method, seed): what a checkpoint
+records, the file name a large set is kept under, and whether a given set is that set (a model
+gives meaningless predictions against another set, so every load compares checksums)."""
 from __future__ import annotations
 
 import os

@@ -1,8 +1,5 @@
-"""Coherence and angle statistics of an EBV set, computed blockwise in float64.
-
-Never forms the N x N Gram matrix: memory is W plus two float64 row blocks, so the
-100k x 5000 set is measured exactly on a laptop.
-"""
+"""Coherence and angle statistics of an EBV set, blockwise in float64: never the N x N Gram
+matrix (memory W plus two row blocks), so 100k x 5000 is measured exactly on a laptop."""
 from __future__ import annotations
 
 import math
@@ -51,11 +48,8 @@ def _unit_rows64(block: np.ndarray) -> np.ndarray:
 
 
 def _iter_pair_blocks(w: np.ndarray, block_size: int, progress: bool, desc: str):
-    """Yield (float64 cosine block, progress bar or None) covering each pair i < j once.
-
-    Row block i is normalised in float64 once; the column blocks j >= i are converted on the
-    fly, so memory is W plus two float64 row blocks and one block_size^2 cosine block.
-    """
+    """Yield (float64 cosine block, progress bar or None) covering each pair i < j once; row
+    block i is normalised once, column blocks j >= i on the fly."""
     n = w.shape[0]
     block_size = max(1, int(block_size))
     starts = list(range(0, n, block_size))

@@ -25,10 +25,8 @@ from . import closed_form as cf
 from ebv_ms.config import METHODS  # noqa: E402 - the one list, with the config keys
 LARGE_N = 20_000          # above this, auto returns the padded closed form when alpha is None
 PAD_INIT_RATIO = 1.4      # start smoothmax from a padded Kerdock set of R^k if 1/sqrt(k) <= this x
-PAD_INIT_FREE = 0.5       # Welch bound and d - k >= this x k. Measured at N=1000: d=100 (k=64,
-#   36 free dims) the padded start wins (0.113 in 30 s); d=300 (k=256, 44 free dims) it stays
-#   near its start (0.0638 after 20 s) while a normal start keeps improving: the rigid MUB part
-#   can only relax through the extra dimensions.
+PAD_INIT_FREE = 0.5       # Welch bound and d - k >= this x k (N=1000: wins at d=100, k=64; at
+#   d=300, k=256 it stays near its start: the MUB part relaxes only through the free dimensions)
 VERIFY_MAX_N = 20_000     # iterative results are re-measured exactly (float64) up to this N
 DEFAULT_STEPS = {"official": 100_000, "smoothmax": 3_000}
 
@@ -57,10 +55,6 @@ def check_alpha(num_classes: int, dim: int, alpha: Optional[float]) -> None:
             f"{wb:.5f}; use alpha >= {wb:.5f} (or a larger --dim)")
 
 
-def _ram_bytes() -> int:
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def memory_needed(method: str, n: int, dim: int) -> int:
     """Estimated peak bytes of a method for N x d. Iterative: eight N x d float32 copies (start,
     weights, Adam's moments, gradient, before, best, epoch), one step's block and ~500 bytes per
@@ -78,7 +72,8 @@ def memory_needed(method: str, n: int, dim: int) -> int:
 
 
 def _check_memory(method: str, n: int, dim: int) -> None:
-    need, ram = memory_needed(method, n, dim), _ram_bytes()
+    need = memory_needed(method, n, dim)
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > ram:
         raise GenerationError(
             f"N={n}, d={dim} with method {method!r} needs about {need / 2**30:,.1f} GiB of memory "
@@ -89,11 +84,10 @@ def _check_memory(method: str, n: int, dim: int) -> None:
 def _closed(name: str, n: int, dim: int, alpha, seed: int) -> EBVSet:
     _check_memory(name, n, dim)
     vec = cf.CLOSED_FORMS[name](n, dim, seed)
-    extra = {"coherence": cf.closed_form_coherence(name, n, dim), "reached": True}
+    coh = cf.closed_form_coherence(name, n, dim)
+    extra = {"coherence": coh, "reached": alpha is None or coh <= alpha + 1e-12}
     if name == "kerdock_padded":
         extra["base_dim"] = cf.largest_kerdock_dim(n, dim)
-    if alpha is not None:
-        extra["reached"] = extra["coherence"] <= alpha + 1e-12
     return EBVSet(vec, alpha=alpha, method=f"closed_form:{name}", seed=seed, extra=extra)
 
 

@@ -96,8 +96,7 @@ def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = OFF
 def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
                   lr: float = 1e-2, beta0: float = 40.0, beta_max: float = 20000.0,
                   beta_growth: float = 1.003, patience: int = 40, min_lr: float = 1e-5,
-                  diverge_tol: float = 0.25,
-                  slice_size: Optional[int] = None, seed: int = 0,
+                  diverge_tol: float = 0.25, slice_size: Optional[int] = None, seed: int = 0,
                   time_limit: Optional[float] = None,
                   callback: Optional[Callable[[int, float], None]] = None) -> RunResult:
     """Adam on the smooth max of |cos| (``SmoothMaxGrad``), rows re-normalised after each step.
@@ -121,8 +120,7 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
 
     @ms.jit
     def train_step(rows, beta):
-        w = weight.value()
-        ops.assign(before, w)
+        ops.assign(before, weight.value())
         m, grad = grad_cell(rows, beta)
         opt((grad,))
         assign_unit_rows(weight)
@@ -130,9 +128,8 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
 
     @ms.jit
     def load_state(w, new_lr):
-        # Parameters a compiled graph uses must be written from a graph: set_data from Python
-        # would detach them from the graph's buffers. The optimiser keeps its own learning-rate
-        # Parameter; Adam's moments are cleared so the old direction does not carry over.
+        # written from a graph (set_data would detach them from the graph's buffers); Adam's
+        # moments cleared so the old direction does not carry over
         ops.assign(weight, w)
         ops.assign(opt.learning_rate, new_lr)
         for m1, m2 in zip(opt.moment1, opt.moment2):
@@ -144,8 +141,7 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     best, best_w, history = math.inf, init.astype(np.float32).copy(), []
-    beta = beta0
-    since_best, cur_lr = 0, lr
+    beta, since_best, cur_lr = beta0, 0, lr
     step, reached = 0, False
     while step < max_steps:
         order = rng.permutation(len(slices)) if len(slices) > 1 else [0]
@@ -169,8 +165,8 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
             best_w = w_before / np.linalg.norm(w_before, axis=1, keepdims=True)
         else:
             since_best += 1
-            diverging = epoch_max > best * (1.0 + diverge_tol)
-            if (since_best >= patience or diverging) and cur_lr > min_lr:
+            if (since_best >= patience or epoch_max > best * (1.0 + diverge_tol)) \
+                    and cur_lr > min_lr:
                 cur_lr *= 0.5
                 load_state(Tensor(best_w.astype(np.float32)), Tensor(cur_lr, ms.float32))
                 since_best = 0
