@@ -171,6 +171,8 @@ def is_backbone(name: str) -> bool:
     """Ours (or an alias) or a model in mindcv's registry (mindcv is imported on this call)."""
     if BACKBONE_ALIASES.get(name, name) in OWN_BACKBONES:
         return True
+    if name.startswith("ebv_"):  # our own whole classifiers in mindcv's registry, not backbones
+        return False
     from mindcv.models.registry import is_model
     return bool(is_model(name))
 

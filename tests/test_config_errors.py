@@ -52,6 +52,7 @@ BAD_VALUES = [  # override -> text the message must contain (the key, and what i
     ("model.tau=fast", "'model.tau' expects float"),
     ("model.head=bogus", "'model.head' must be one of ebv, fc"),
     ("model.backbone=bogus", "'model.backbone' 'bogus' is neither"),
+    ("model.backbone=ebv_resnet50", "'model.backbone' 'ebv_resnet50' is neither"),
     ("model.ebv_dtype=int8", "'model.ebv_dtype' must be one of float32, float16"),
     ("model.num_classes=0", "'model.num_classes' must be >= 1"),
     ("model.backbone_kwargs=3", "'model.backbone_kwargs' expects a mapping"),
@@ -466,3 +467,14 @@ def test_make_demo_into_a_read_only_folder_is_one_line(capsys, tmp_path):
         _fails(capsys, main, ["--out", str(ro / "d")], "make_demo: error:", "Read-only file system")
     finally:
         _umount(ro)
+
+
+def test_own_mindcv_classifiers_are_not_backbones():
+    """ebv_resnet50 is in mindcv's registry once ebv_ms.models is imported, but it is a whole
+    classifier: refused as model.backbone whatever was imported before (not later, after an EBV
+    set was made for nothing)."""
+    import ebv_ms.models  # noqa: F401  (registers ebv_resnet50 / ebv_swin_tiny with mindcv)
+    import mindcv
+    assert "ebv_resnet50" in mindcv.list_models()
+    with pytest.raises(ConfigError, match="'model.backbone' 'ebv_resnet50' is neither"):
+        load_config(DEMO, ["model.backbone=ebv_resnet50"])
