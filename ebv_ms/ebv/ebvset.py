@@ -68,7 +68,7 @@ def matrix_checksum(mat) -> str:
     return h.hexdigest()[:16]
 
 
-def validate_matrix(w, normalize: bool = True) -> np.ndarray:
+def validate_matrix(w) -> np.ndarray:
     """Check ``w`` is a finite real N x d matrix with non-zero rows; return float32 unit rows."""
     try:
         arr = np.asarray(w)
@@ -97,7 +97,7 @@ def validate_matrix(w, normalize: bool = True) -> np.ndarray:
     zero = norms < 1e-12
     if zero.any():
         raise EBVError(f"EBV matrix has {int(zero.sum())} zero row(s), first row {int(np.argmax(zero))}")
-    if normalize and np.abs(norms - 1.0).max() > 1e-6:
+    if np.abs(norms - 1.0).max() > 1e-6:
         # normalise in place when arr is already our own copy, never the caller's array
         own = arr is not src and arr.flags.c_contiguous and not np.may_share_memory(arr, src)
         out = arr if own else np.empty(arr.shape, dtype=np.float32)

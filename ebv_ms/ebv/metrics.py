@@ -42,14 +42,13 @@ class PairStats:
         ])
 
 
-def _unit_rows64(block: np.ndarray) -> np.ndarray:
-    b = np.asarray(block, dtype=np.float64)
-    return b / np.linalg.norm(b, axis=1, keepdims=True)
-
-
 def _iter_pair_blocks(w: np.ndarray, block_size: int, progress: bool, desc: str):
     """Yield (float64 cosine block, progress bar or None) covering each pair i < j once; row
     block i is normalised once, column blocks j >= i on the fly."""
+    def unit_rows64(block):
+        b = np.asarray(block, dtype=np.float64)
+        return b / np.linalg.norm(b, axis=1, keepdims=True)
+
     n = w.shape[0]
     block_size = max(1, int(block_size))
     starts = list(range(0, n, block_size))
@@ -60,9 +59,9 @@ def _iter_pair_blocks(w: np.ndarray, block_size: int, progress: bool, desc: str)
                    dynamic_ncols=True)
     try:
         for bi, i0 in enumerate(starts):
-            a = _unit_rows64(w[i0:i0 + block_size])
+            a = unit_rows64(w[i0:i0 + block_size])
             for j0 in starts[bi:]:
-                b = a if j0 == i0 else _unit_rows64(w[j0:j0 + block_size])
+                b = a if j0 == i0 else unit_rows64(w[j0:j0 + block_size])
                 c = a @ b.T
                 if j0 == i0:
                     c = c[np.triu_indices(c.shape[0], k=1)]

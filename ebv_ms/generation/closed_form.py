@@ -32,13 +32,10 @@ _IRREDUCIBLE = {
 }
 
 
-def is_power_of_four(d: int) -> bool:
-    return d >= 4 and (d & (d - 1)) == 0 and (d.bit_length() - 1) % 2 == 0
-
-
 def kerdock_capacity(dim: int) -> int:
     """Number of vectors in the real-MUB set of R^dim (0 if dim is not a power of 4)."""
-    return dim * (dim // 2 + 1) if is_power_of_four(dim) else 0
+    four = dim >= 4 and (dim & (dim - 1)) == 0 and (dim.bit_length() - 1) % 2 == 0
+    return dim * (dim // 2 + 1) if four else 0
 
 
 def _gf_mul(a: np.ndarray, b: np.ndarray, t: int) -> np.ndarray:
@@ -66,7 +63,7 @@ def kerdock_polar_forms(dim: int) -> np.ndarray:
 
     Coordinates of V: bits 0..t-1 are x in the polynomial basis of GF(2^t), bit t is a.
     """
-    if not is_power_of_four(dim):
+    if not kerdock_capacity(dim):
         raise ValueError(f"Kerdock sets exist here only for d = 4^k, got d={dim}")
     m = dim.bit_length() - 1
     t, q = m - 1, 1 << (m - 1)
