@@ -1,8 +1,5 @@
-"""Data: the 100k-class zip read in place, dataset folders and lists, the paper's recipes, sharding.
-
-Entry point: ``create_dataset(data_cfg, split, batch_size, is_training, num_shards, shard_id,
-seed) -> (dataset, DatasetInfo)``. See docs/data.md.
-"""
+"""Data: the 100k-class zip read in place, dataset folders and lists, the paper's recipes,
+sharding. Entry point: ``create_dataset`` (docs/data.md)."""
 from .dataset import (DATA_DEFAULTS, DatasetInfo, SplitSource, create_dataset, open_split,
                       save_class_mapping, split_names)
 from .layouts import Layout, LayoutError, detect_layout

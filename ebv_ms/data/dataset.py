@@ -1,10 +1,7 @@
-"""``create_dataset``: one factory for the zip archive, dataset folders and CSV lists.
+"""``create_dataset``: one factory for the zip archive, dataset folders and lists.
 
-Pipeline: `open_split` (zip members or files, read and validated by ``ImageSource``) ->
-``ShardSampler`` (shard, epoch reshuffle, equal length) -> per-image recipe ops (C++) -> batch
-(per-batch recipe step and bad-sample bookkeeping, in the main process). ``open_split`` is also
-what ``python -m ebv_ms.tools.inspect_data`` lists and verifies.
-"""
+Pipeline: `open_split` (``ImageSource``) -> ``ShardSampler`` -> per-image recipe ops (C++) ->
+batch (per-batch recipe step, bad-sample bookkeeping). ``inspect_data`` uses `open_split` too."""
 from __future__ import annotations
 
 import copy
@@ -221,14 +218,10 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
                    recipe: Optional[str] = None, drop_remainder: Optional[bool] = None,
                    num_workers: Optional[int] = None, num_classes: Optional[int] = None,
                    class_names: Optional[List[str]] = None):
-    """A batched MindSpore dataset of ``split`` and its ``DatasetInfo``.
-
-    Batches: ``image`` float32 (B, 3, S, S), ImageNet-normalised; ``label`` int32 (B,), or float32
-    (B, num_classes) soft targets under A2. Training uses ``data.recipe`` and drops the last
-    partial batch; evaluation uses ``eval`` and keeps it. Every shard gets the same number of
-    steps; ``seed`` must be the same on every rank (the shared shuffle). ``num_classes`` must
-    match the data's; ``class_names`` fixes the class list (see `open_split`).
-    """
+    """A batched MindSpore dataset of ``split`` and its ``DatasetInfo``: ``image`` float32 (B, 3, S, S),
+    ``label`` int32 (B,) or, under A2, float32 (B, num_classes). Training drops the last partial
+    batch; every shard gets the same number of steps; ``seed`` must be the same on every rank.
+    ``num_classes`` must match the data's; ``class_names`` fixes the class list (`open_split`)."""
     cfg = _cfg(data_cfg)
     recipe = check_recipe(recipe or (cfg["recipe"] if is_training else "eval"))
     if batch_size <= 0:

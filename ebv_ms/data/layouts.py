@@ -1,10 +1,8 @@
 """Which files of an archive or a dataset folder are each split's samples, and their labels.
 
-One implementation per layout, whatever holds the files: `folder_layout` (class folders,
-``[top/]<split>/<class>/<image>``) and `list_layout` (list files of path and label), each giving
-a `Layout`. The drivers only say where names and bytes come from: `detect_layout` for an archive
-(``data.layout: auto`` tries lists first, then folders), `disk_layout` for a folder. The rules
-and the YAML keys that override detection: docs/data.md, "Layouts recognised".
+One implementation per layout: `folder_layout` (``[top/]<split>/<class>/<image>``) and
+`list_layout` (files of path and label). `detect_layout` feeds them an archive's names,
+`disk_layout` a folder's. Rules and overriding YAML keys: docs/data.md, "Layouts recognised".
 """
 from __future__ import annotations
 
@@ -184,10 +182,9 @@ def _split_key(folder: str, all_folders) -> str:
 def parse_list(text: str, source: str, columns: Optional[Sequence] = None,
                delimiter: Optional[str] = None,
                num_classes: Optional[int] = None) -> Tuple[List[str], np.ndarray]:
-    """(relative paths, int labels) from a list file's text; LayoutError names the bad line.
-
-    Labels must lie in [0, ``num_classes``) when given, and below `MAX_LABELS` in any case: one
-    corrupt label must neither make a table of millions of classes nor wrap around int32."""
+    """(relative paths, int labels) from a list file's text; LayoutError names the bad line. Labels
+    lie in [0, ``num_classes``) and below `MAX_LABELS`: one corrupt label must neither make a
+    table of millions of classes nor wrap around int32."""
     numbered = [(k + 1, ln) for k, ln in enumerate(text.splitlines())
                 if ln.strip() and not ln.lstrip().startswith("#")]
     if not numbered:
@@ -213,7 +210,11 @@ def parse_list(text: str, source: str, columns: Optional[Sequence] = None,
         if columns is None:
             path_col = next((lower.index(c) for c in _PATH_COLUMNS if c in lower), 0)
             label_col = next((lower.index(c) for c in _LABEL_COLUMNS if c in lower), 1)
-        path_col, label_col = (_column(c, header, source) for c in (path_col, label_col))
+        for c in (path_col, label_col):
+            if not isinstance(c, int) and str(c).lower() not in lower:
+                raise LayoutError(f"list {source} has no column {c!r}; its header is {header}")
+        path_col, label_col = (c if isinstance(c, int) else lower.index(str(c).lower())
+                               for c in (path_col, label_col))
     limit = MAX_LABELS if num_classes is None else min(int(num_classes), MAX_LABELS)
     paths: List[str] = []
     labels = np.empty(len(rows) - start, np.int32)
@@ -247,15 +248,6 @@ def _is_int(s: str) -> bool:  # header detection: anything int() reads is a labe
         return True
     except ValueError:
         return False
-
-
-def _column(col, header: List[str], source: str) -> int:
-    if isinstance(col, int):
-        return col
-    lower = [h.lower() for h in header]
-    if str(col).lower() not in lower:
-        raise LayoutError(f"list {source} has no column {col!r}; its header is {header}")
-    return lower.index(str(col).lower())
 
 
 def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Callable[[str], int],
@@ -373,36 +365,28 @@ def disk_layout(root: str, cfg: Mapping, lists: bool, num_classes: Optional[int]
     if lists:
         if not cfg["split_lists"]:
             raise LayoutError("data.format: list needs data.split_lists ({split: list file})")
-        table, found = _DiskTable(root), []
+        paths, ids, found = [], {}, []
+
+        def lookup(name: str) -> int:  # a file under the root (or absolute) gets the next number
+            if name not in ids:
+                path = next((p for p in (name, "/" + name) if os.path.isfile(os.path.join(root, p))), None)
+                if path is None:
+                    return -1
+                ids[name] = len(paths)
+                paths.append(path)
+            return ids[name]
         for split, lf in cfg["split_lists"].items():
             path = lf if os.path.isabs(lf) or os.path.exists(lf) else os.path.join(root, lf)
             found.append((str(split), path, lambda path=path: _read_list(path)))
-        layout = list_layout(found, table, lambda _: [""], f"missing under {root}", True, cfg["list_columns"],
+        layout = list_layout(found, lookup, lambda _: [""], f"missing under {root}", True, cfg["list_columns"],
                              cfg["list_delimiter"], str(cfg["list_strip_prefix"] or ""), num_classes, class_names)
-        return FileReader(root, table.paths), layout
+        return FileReader(root, paths), layout
     names = _walk(root, cfg["split_dirs"])
     image_ids = np.fromiter((i for i, n in enumerate(names) if is_image(n)), np.int64)
     layout = folder_layout(names, image_ids, None, cfg["split_dirs"], class_names)
     if layout is None:
         raise LayoutError(_not_recognised(names, image_ids, root, "folders"))
     return FileReader(root, names), layout
-
-
-class _DiskTable:
-    """``lookup`` for list paths on disk: a regular file under the root (or an absolute path)
-    gets the next member number."""
-
-    def __init__(self, root: str):
-        self.root, self.paths, self._ids = root, [], {}
-
-    def __call__(self, name: str) -> int:
-        if name not in self._ids:
-            found = next((p for p in (name, "/" + name) if os.path.isfile(os.path.join(self.root, p))), None)
-            if found is None:
-                return -1
-            self._ids[name] = len(self.paths)
-            self.paths.append(found)
-        return self._ids[name]
 
 
 def _read_list(path: str) -> str:

@@ -1,12 +1,8 @@
 """The paper's augmentation recipes (after torchvision's reference presets), on MindSpore ops.
 
-``eval``: resize and centre-crop; ``A0``: random resized crop, flip, colour jitter; ``A1``: crop,
-flip, TrivialAugmentWide, random erasing (p=0.1); ``A2``: A1 plus mixup or cutmix per batch.
-Per-image steps are MindSpore C++ ops (no Python in the map). Random erasing and mixup/cutmix
-run per batch in numpy: MindSpore's ``RandomErasing`` is a per-image Python op (10-25 % of the
-pipeline's CPU in benchmarks/data.py), its ``MixUpBatch``/``CutMixBatch`` need dense one-hot
-labels, and mindcv's ``Mixup`` builds ``np.eye(num_classes)`` (40 GB at 100,000 classes).
-Per-batch randomness comes from the seed and a run-wide batch number (docs/data.md).
+Per-image steps are C++ ops; random erasing and mixup/cutmix run per batch in numpy, because
+MindSpore's ``RandomErasing`` is a per-image Python op (10-25 % of the pipeline's CPU) and
+mindcv's ``Mixup`` builds ``np.eye(num_classes)`` (40 GB at 100,000 classes). See docs/data.md.
 """
 from __future__ import annotations
 
@@ -37,13 +33,9 @@ def check_recipe(recipe: str) -> str:
 def create_transforms(recipe: str, image_size: int = 224, eval_resize: Optional[int] = None,
                       eval_crop: Optional[int] = None, scale: Sequence[float] = (0.08, 1.0),
                       color_jitter: float = 0.4, hflip: float = 0.5, encoded: bool = False) -> List:
-    """Per-image C++ ops: RGB uint8 (H, W, 3) -> float32 (3, S, S), ImageNet-normalised.
-
-    ``eval_resize``/``eval_crop`` default to ``image_size / 0.875`` and ``image_size``. With
-    ``encoded`` the input is the encoded file and decoding is part of the ops: for training
-    ``RandomCropDecodeResize`` (decodes only the crop's region; same distribution as
-    ``RandomResizedCrop``), for ``eval`` ``Decode`` first.
-    """
+    """Per-image C++ ops: RGB uint8 (H, W, 3) -> float32 (3, S, S), ImageNet-normalised. With
+    ``encoded`` decoding is part of them: for training ``RandomCropDecodeResize`` (decodes only
+    the crop's region; same distribution as ``RandomResizedCrop``), for ``eval`` ``Decode``."""
     recipe = check_recipe(recipe)
     if recipe == "eval":
         crop = int(eval_crop or image_size)

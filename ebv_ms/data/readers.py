@@ -1,12 +1,8 @@
 """Byte readers: one zip member by offset (``ZipMemberReader``) or one file under a root (``FileReader``).
 
-Both pickle without their open state, so worker processes each open their own descriptor lazily
-(again after a fork) and read with ``os.pread`` (no shared file position, no lock). Anything
-wrong with one sample raises ``BadMember``, which the image source skips and reports. Reads are
-bounded before anything is allocated: only regular files (a FIFO would block ``open``,
-``/dev/zero`` never ends) of at most ``max_bytes``; a member's declared sizes must fit in
-``max_bytes`` and in the archive (a crafted zip64 size of 2^62 was a MemoryError that killed
-training), and inflating stops at the declared size (a 1 MB member inflating to 1 GiB cost 1.5 GB).
+Picklable without their open state: each worker process opens its own descriptor and reads with
+``os.pread``. ``BadMember`` is one bad sample. Reads are bounded before anything is allocated
+(a crafted zip64 size of 2^62 was a MemoryError; a 1 MB member inflating to 1 GiB cost 1.5 GB).
 """
 from __future__ import annotations
 

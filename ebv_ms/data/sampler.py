@@ -1,11 +1,8 @@
 """Epoch-reshuffled, sharded, equal-length sampling for data parallel training (docs/data.md).
 
-Every rank draws the same permutation from ``(seed, epoch)``, pads it by wrapping to a multiple
-of ``num_shards`` and takes every ``num_shards``-th index from ``shard_id``: disjoint shards of
-``ceil(n / num_shards)`` samples, so every rank runs the same number of steps. The epoch is the
-number of passes started (MindSpore calls ``__iter__`` once per epoch) or set by ``set_epoch``.
-With ``encode_epoch`` the sampler yields ``epoch * n + index``, so each row of ``ImageSource``
-knows its epoch (bad samples are reported per epoch even when prefetching started the next).
+Every rank draws the same permutation from ``(seed, epoch)`` and takes every ``num_shards``-th
+index (padded by wrapping), so all ranks run the same number of steps. With ``encode_epoch`` it
+yields ``epoch * n + index``, so bad samples are reported per epoch even while prefetching.
 """
 from __future__ import annotations
 

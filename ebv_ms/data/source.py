@@ -1,17 +1,9 @@
 """Random-access ``GeneratorDataset`` source: read and check encoded images, never crash.
 
-The source hands over *encoded* bytes; MindSpore's C++ ``vision.Decode`` decodes them in the
-map's threads (decoding in Python was measured 2-4x slower end to end, docs/data.md). Per
-sample it does one ``pread``, inflate, CRC-32 and `precheck` (~25 us).
-
-A bad sample cannot be dropped (the sampler fixed the length; ranks would get different step
-counts): it is **substituted and reported**, by the next good sample of the list *with its own
-label*, and its index goes in the ``meta`` column for the batch step to record.
-
-MindSpore 2.10's C++ decoder crashes the process (SIGSEGV) on JPEGs libjpeg refuses (e.g. an
-undefined Huffman table), so every row is `validate`d first: `precheck` (every JPEG segment,
-the pixel cap), then a trial decode by OpenCV, remembered by CRC so it costs only the first
-epoch. Safety net: ``ErrorSamplesMode.REPLACE`` (set by ``create_dataset``).
+Encoded bytes go to MindSpore's C++ ``vision.Decode`` (decoding in Python: 2-4x slower end to end).
+A bad sample is substituted by the next good one *with its own label* and reported in ``meta``
+(the sampler fixed the length). Every row is `validate`d first, since MindSpore 2.10's decoder
+crashes the process (SIGSEGV) on JPEGs libjpeg refuses; the trial decode is remembered by CRC.
 """
 from __future__ import annotations
 
@@ -199,9 +191,8 @@ def _decodes(raw, fmt: str) -> bool:
 
 
 def _png_problem(b: bytes) -> str:
-    """Walk the PNG chunks: lengths inside the file, CRCs of the critical chunks, IHDR first,
-    IEND last. OpenCV takes seconds and allocates the declared length for a chunk whose length
-    field is garbage, so this runs before any decoder sees the bytes."""
+    """Walk the PNG chunks (lengths, critical CRCs, IHDR first, IEND last): OpenCV takes seconds
+    and allocates the declared length of a chunk whose length field is garbage."""
     p, n, first = 8, len(b), True
     while p + 12 <= n:
         length = int.from_bytes(b[p:p + 4], "big")
@@ -282,14 +273,10 @@ def decode_image(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 
 
 class ImageSource:
-    """Rows ``(image, label int32, meta int64 [epoch, bad])`` for ``GeneratorDataset``.
-
-    ``image`` is the encoded file, uint8 (n,), for ``vision.Decode`` (WebP/GIF are decoded here
-    and passed on as BMP). The key is ``epoch * len(self) + index`` (``ShardSampler(encode_epoch=
-    True)``); ``bad`` is the index of a sample that was replaced, or -1. ``reader`` is a
-    ``ZipMemberReader`` or ``FileReader``; ``max_pixels``/``max_bytes`` (0: no limit) make larger
-    images bad samples, refused before decoding/reading.
-    """
+    """Rows ``(encoded image uint8 (n,), label int32, meta int64 [epoch, bad])`` for
+    ``GeneratorDataset`` (WebP/GIF are passed on as BMP). The key is ``epoch * len(self) + index``
+    (``ShardSampler(encode_epoch=True)``); ``bad`` is the index of a replaced sample, or -1.
+    Images over ``max_pixels``/``max_bytes`` (0: no limit) are bad samples."""
 
     def __init__(self, reader, members: np.ndarray, labels: np.ndarray,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = MAX_IMAGE_BYTES):
@@ -300,8 +287,7 @@ class ImageSource:
         self.reader = reader
         self.members = np.ascontiguousarray(members, dtype=np.int64)
         self.labels = np.ascontiguousarray(labels, dtype=np.int32)
-        self.max_pixels = int(max_pixels or 0)
-        self.max_bytes = int(max_bytes or 0)
+        self.max_pixels, self.max_bytes = int(max_pixels or 0), int(max_bytes or 0)
         self._known_bad: dict = {}
         # CRC-32 + 1 of the bytes that passed `validate` (0: not yet): 8 bytes per sample
         self._validated = np.zeros(len(self.members), np.uint64)
@@ -310,10 +296,7 @@ class ImageSource:
         return int(self.members.shape[0])
 
     def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_known_bad"] = {}
-        state["_validated"] = np.zeros(len(self.members), np.uint64)
-        return state
+        return dict(self.__dict__, _known_bad={}, _validated=np.zeros(len(self.members), np.uint64))
 
     def name(self, i: int) -> str:
         return self.reader.name(int(self.members[i]))

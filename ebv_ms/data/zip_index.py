@@ -1,15 +1,9 @@
 """A compact, cached index of a zip archive's members, so workers never parse the central directory.
 
-Flat numpy arrays (local-header offset, sizes, method, CRC, flags) plus one packed blob of
-names: ~100 MB at 1.8M members, memory-mapped in well under a second and shared by workers
-through the page cache. The central directory is parsed by hand (``zipfile`` builds one
-``ZipInfo`` per member: ~1 GB and ~10 s at 1.8M). The cache (``<archive>.ebvidx/`` or under
-``cache_dir``) is keyed by the sha256 of the central directory: size and mtime are not enough
-(``cp -p`` or ``touch -r`` would keep a stale index, and members would be read under other
-names); hashing costs one read of the directory (~0.5 s at 1.8M). It is written to a temporary
-directory and renamed into place, so ranks building it at once never see half an index. The
-end records are untrusted: counts and entries must fit in the directory before anything is
-allocated.
+Flat arrays plus one blob of names (~100 MB at 1.8M members, memory-mapped, shared through the
+page cache), parsed by hand: ``zipfile`` takes ~1 GB and ~10 s at 1.8M. The cache is keyed by the
+sha256 of the central directory (~0.5 s at 1.8M): size and mtime survive ``cp -p``. The end
+records are untrusted: counts and entries must fit in the directory before anything is allocated.
 """
 from __future__ import annotations
 
@@ -203,9 +197,8 @@ class ZipIndex:
 
     def all_names(self) -> List[str]:
         """Every member name (a Python list: for layout detection, not for workers)."""
-        blob = bytes(self.names)
-        starts = self.name_start.tolist()
-        return [blob[starts[i]:starts[i + 1]].decode("utf-8", "replace") for i in range(len(self))]
+        blob, starts = bytes(self.names), self.name_start.tolist()
+        return [blob[a:b].decode("utf-8", "replace") for a, b in zip(starts, starts[1:])]
 
 
 def index_location(archive: str, cache_dir: Optional[str] = None) -> str:
@@ -223,15 +216,11 @@ def _load(loc: str, digest: str) -> Optional[Dict[str, np.ndarray]]:
     try:
         with open(os.path.join(loc, "meta.json"), "r", encoding="utf-8") as f:
             meta = json.load(f)
+        if isinstance(meta, dict) and meta.get("version") == INDEX_VERSION and meta.get("cd_sha256") == digest:
+            return {k: np.load(os.path.join(loc, k + ".npy"), mmap_mode="r") for k in _ARRAYS}
     except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or meta.get("version") != INDEX_VERSION \
-            or meta.get("cd_sha256") != digest:
-        return None
-    try:
-        return {k: np.load(os.path.join(loc, k + ".npy"), mmap_mode="r") for k in _ARRAYS}
-    except (OSError, ValueError):
-        return None
+        pass
+    return None
 
 
 def _save(loc: str, key: Dict[str, object], digest: str, arrays: Dict[str, np.ndarray]) -> None:
