@@ -70,12 +70,6 @@ class Args:
     opts: Dict[str, str] = field(default_factory=dict)
 
 
-def _hint_eval(word: str) -> str:
-    if word.isdigit():
-        return f"choose the card with --device-id {word}, or run {word} ranks with --ranks {word}"
-    return f"a config is given as --config {word}" if word.endswith((".yaml", ".yml")) else ""
-
-
 _TRAIN_FWD = {"resume": None, "resume-from": "CKPT"}
 SPECS: Dict[str, Spec] = {
     "mpirun": Spec("CONFIG", "train.py", "GPU", "NUM_DEVICES", {"hostfile": "FILE", "dry-run": None},
@@ -91,7 +85,10 @@ SPECS: Dict[str, Spec] = {
                  {"device-id": "N", "ranks": "N", "hostfile": "FILE", "launcher": "L",
                   "log-dir": "DIR", "dry-run": None},
                  {"config": "FILE", "test-size": "S", "batch-size": "B", "split": "S",
-                  "json": "PATH", "no-progress": None}, hint=_hint_eval),
+                  "json": "PATH", "no-progress": None},
+                 hint=lambda w: f"choose the card with --device-id {w}, or run {w} ranks with "
+                 f"--ranks {w}" if w.isdigit() else f"a config is given as --config {w}"
+                 if w.endswith((".yaml", ".yml")) else ""),
     "quick-start": Spec("CONFIG", "train.py", "GPU", first_optional=True, allow_pass=False),
 }
 
@@ -468,9 +465,8 @@ _FAILED = re.compile(r"^\[launch rank (\d+)\] failed with exit status (\S+) at (
 
 
 def first_failed_rank(log_dir: str):
-    """(rank, status, log, its last lines) of the rank that failed first, or None: from the
-    reports the rank wrappers of every host send through mpirun (mpirun.log), else from this
-    host's exit files."""
+    """(rank, status, log, its last lines) of the rank that failed first, or None: from the rank
+    wrappers' reports through mpirun (mpirun.log), else from this host's exit files."""
     try:
         with open(os.path.join(log_dir, "mpirun.log"), encoding="utf-8", errors="replace") as f:
             reports = _FAILED.findall(f.read())
@@ -510,9 +506,8 @@ def report_failure(launch: Launch, log_dir: str, what: str) -> None:
 
 
 def run_rank(argv: List[str]) -> int:
-    """One mpirun rank: a dynamic-cluster worker with MS_NODE_ID = RANK_ID = its world rank and
-    DEVICE_ID = its rank on this host. Its output goes to LOG_DIR/rank_K.log (rank 0's also to
-    the console) and its exit status to LOG_DIR/rank_K.exit, which names the first rank to fail."""
+    """One mpirun rank: a dynamic-cluster worker (MS_NODE_ID = RANK_ID = world rank, DEVICE_ID =
+    local rank) logging to LOG_DIR/rank_K.log, its exit status in LOG_DIR/rank_K.exit."""
     log_dir, cmd = argv[0], argv[1:]
     rank = os.environ.get("OMPI_COMM_WORLD_RANK")
     if rank is None:
@@ -683,8 +678,8 @@ def run_one(launch: Launch, card: str, log_dir: Optional[str]) -> int:
 
 
 def launch_training(launch: Launch) -> int:
-    """standalone, mpirun, msrun: the config checked as train.py will load it, without creating
-    anything, then train.py on one device or on the ranks."""
+    """standalone, mpirun, msrun: the config checked as train.py will (creating nothing), then
+    train.py on one device or on the ranks."""
     import logging
     from ebv_ms.config import check_run, load_config
     a = launch.args
