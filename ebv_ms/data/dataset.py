@@ -88,9 +88,11 @@ class DatasetInfo:
         idx = self.bad.indices(epoch)
         if not idx:
             return ""
-        lines = [f"{len(idx)} bad sample(s) skipped in {self.split}" + (f" epoch {epoch}" if epoch is not None else "")
+        lines = [f"{len(idx)} bad sample(s) skipped in {self.split}"
+                 + (f" epoch {epoch}" if epoch is not None else "")
                  + " (each replaced by the next good sample, with its own label):"]
-        lines += [f"  {printable(self.source.name(i))}: {self.source.check(i) or 'unreadable'}" for i in idx[:limit]]
+        lines += [f"  {printable(self.source.name(i))}: {self.source.check(i) or 'unreadable'}"
+                  for i in idx[:limit]]
         if len(idx) > limit:
             lines.append(f"  ... and {len(idx) - limit} more")
         return "\n".join(lines)
@@ -191,12 +193,14 @@ def open_split(data_cfg: Optional[Mapping], split: str, num_classes: Optional[in
     (e.g. the saved classes.json of a run being resumed) fixes the class list and its order."""
     cfg = _cfg(data_cfg)
     reader, layout = _open(cfg, num_classes, class_names)
-    samples, members = layout.split(split), None
+    samples = layout.split(split)
+    members = samples.members
     if isinstance(reader, FileReader) and samples.folder:  # files named below their split folder
-        reader, members = reader.below(samples.folder, samples.members), np.arange(len(samples.members))
-    source = ImageSource(reader, samples.members if members is None else members, samples.labels,
-                         max_pixels=int(cfg["max_image_pixels"] or 0), max_bytes=int(cfg["max_image_bytes"] or 0))
-    return SplitSource(split, source, list(layout.class_names), f"{cfg['path']}: {layout.kind}, {samples.origin}")
+        reader, members = reader.below(samples.folder, members), np.arange(len(members))
+    source = ImageSource(reader, members, samples.labels, max_pixels=int(cfg["max_image_pixels"] or 0),
+                         max_bytes=int(cfg["max_image_bytes"] or 0))
+    return SplitSource(split, source, list(layout.class_names),
+                       f"{cfg['path']}: {layout.kind}, {samples.origin}")
 
 
 def _open(cfg: Mapping, num_classes: Optional[int] = None, class_names: Optional[List[str]] = None):

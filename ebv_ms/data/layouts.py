@@ -273,7 +273,8 @@ def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Cal
             paths = [p[len(strip_prefix):] if p.startswith(strip_prefix) else p for p in paths]
         clean = [re.sub(r"^(\./)*", "", p).lstrip("/") for p in paths]
         # under the prefix that finds most of the first 200
-        best = max(dict.fromkeys(prefixes(lname)), key=lambda pre: sum(lookup(pre + p) >= 0 for p in clean[:200]))
+        best = max(dict.fromkeys(prefixes(lname)),
+                   key=lambda pre: sum(lookup(pre + p) >= 0 for p in clean[:200]))
         members = np.fromiter((lookup(best + p) for p in clean), np.int64, len(paths))
         missing = np.flatnonzero(members < 0)
         if len(missing):
@@ -340,7 +341,8 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
                     if split:
                         found[split].append(m)
             chosen = {s: min(c, key=lambda m: (names[m].count("/"), names[m])) for s, c in found.items()}
-        lists = [(s, names[m], lambda m=m: bytes(read(m)).decode("utf-8-sig")) for s, m in sorted(chosen.items())]
+        lists = [(s, names[m], lambda m=m: bytes(read(m)).decode("utf-8-sig"))
+                 for s, m in sorted(chosen.items())]
         result = list_layout(lists, lookup, prefixes, "that are not in the archive", layout == "lists",
                              list_columns, list_delimiter, num_classes=num_classes, class_names=class_names)
         if result is not None:
