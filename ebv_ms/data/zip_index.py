@@ -66,19 +66,17 @@ def _read_central_directory(path: str):
         if pos < 0:
             raise _fail(path, "is not a zip archive (no end-of-central-directory record; "
                               "a truncated download or another file format)")
-        (_, _disk, _cd_disk, _n_disk, n_total, cd_size, cd_offset,
-         _clen) = struct.unpack_from("<4s4H2LH", tail, pos)
+        n_total, cd_size, cd_offset = struct.unpack_from("<10xH2L2x", tail, pos)
         loc = pos - 20
         if loc >= 0 and tail[loc:loc + 4] == _EOCD64_LOC_SIG:
-            (_, _d, eocd64_off, _nd) = struct.unpack_from("<4sLQL", tail, loc)
+            eocd64_off = struct.unpack_from("<8xQ4x", tail, loc)[0]
             if eocd64_off > file_size - 56:
                 raise _fail(path, "has a broken zip64 end-of-central-directory locator")
             f.seek(eocd64_off)
             rec = f.read(56)
             if rec[:4] != _EOCD64_SIG:
                 raise _fail(path, "has a broken zip64 end-of-central-directory record")
-            (_, _sz, _v1, _v2, _d1, _d2, _nd, n_total, cd_size, cd_offset) = struct.unpack_from(
-                "<4sQ2H2L4Q", rec)
+            n_total, cd_size, cd_offset = struct.unpack_from("<32x3Q", rec)
         if cd_offset + cd_size > file_size:
             raise _fail(path, "is truncated (its central directory points past the end of the file)")
         if n_total > cd_size // _CDIR.size:
