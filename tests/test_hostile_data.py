@@ -241,6 +241,22 @@ def test_images_over_the_cap_are_bad_samples_in_training_and_verify(tmp_path, ca
     assert "10 good, 3 bad" in out and "99.png" in out
 
 
+def test_with_no_pixel_cap_opencvs_own_limit_is_a_bad_sample_not_a_crash(tmp_path, capsys):
+    """data.max_image_pixels: 0 leaves OpenCV's own cap (2^30 pixels), which it enforces by raising
+    cv2.error, not by returning None: that image is skipped and counted like any other."""
+    huge = _png_declaring(40000, 40000)                    # 1.6e9 pixels > 2^30
+    assert "OpenCV refuses to decode it" in validate(huge, 0)
+    members = {f"d/train/c{i % 2}/{i:02d}.jpg": _jpeg(i % 2) for i in range(8)}
+    members["d/train/c0/99.png"] = huge
+    p = write_zip(str(tmp_path / "nocap.zip"), members)
+    ds, info = create_dataset({"path": p, "image_size": 8, "max_image_pixels": 0}, "train", 9,
+                              False, num_workers=1)
+    rows = sum(1 for _ in ds.create_dict_iterator(num_epochs=1, output_numpy=True))
+    assert rows > 0 and info.bad_names(0) == ["d/train/c0/99.png"]
+    assert inspect_cli.main([p, "--verify", "--set", "max_image_pixels=0"]) == 1
+    assert "8 good, 1 bad" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- not a dataset
 def test_inspect_on_a_folder_that_is_no_dataset_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()

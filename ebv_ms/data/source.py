@@ -247,10 +247,21 @@ def validate(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     why, fmt = precheck(raw, max_pixels), image_format(raw)
     if why:
         return why
-    if not _decodes(raw, fmt):
+    try:
+        ok = _decodes(raw, fmt)
+    except cv2.error as exc:
+        return _cv2_refuses(exc)
+    if not ok:
         return (f"{fmt.upper()} data cannot be decoded (corrupt tables or image data; "
                 "libjpeg/libpng refuse it)")
     return ""
+
+
+def _cv2_refuses(exc: Exception) -> str:
+    """OpenCV raises (not returns None) past its own limits, e.g. more than 2^30 pixels
+    (CV_IO_MAX_IMAGE_PIXELS) when data.max_image_pixels is 0: a bad sample, not a crashed run."""
+    why = str(exc).strip().splitlines()[-1].split("error: ", 1)[-1] if str(exc).strip() else exc
+    return f"OpenCV refuses to decode it ({why})"
 
 
 def _one_cv2_thread() -> None:
@@ -266,7 +277,10 @@ def decode_image(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     why = precheck(raw, max_pixels)
     if why:
         raise BadMember(why)
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise BadMember(_cv2_refuses(exc)) from None
     if img is None or img.size == 0:
         raise BadMember("not a decodable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

@@ -14,8 +14,6 @@ from .metrics import AccuracyMeter
 
 def own_bad_samples(info) -> int:
     """Bad samples of this shard's own part of the split (padding repeats are counted elsewhere)."""
-    if info.bad is None:
-        return 0
     bad = set(info.bad.indices())
     if info.shard_padding and bad:
         bad -= set(info.sampler.indices(0)[-info.shard_padding:].tolist())
