@@ -1,9 +1,6 @@
-"""YAML configs: one schema (default, type, allowed values and range of every key),
-``key.sub=value`` overrides, and one validation pass that reports every bad key together, each
-with where it was set (file, override, checkpoint); ``check_run`` adds the checks that look at
-the machine. Sections mirror the factories' arguments (``model`` -> ``create_classifier``,
-``data`` -> ``create_dataset``, ...), which know nothing of YAML keys.
-"""
+"""YAML configs: one schema, ``key.sub=value`` overrides, one validation pass reporting every bad
+key with where it was set; ``check_run`` looks at the machine. Sections mirror the factories'
+arguments (``model`` -> ``create_classifier``), which know nothing of YAML keys."""
 from __future__ import annotations
 
 import copy
@@ -45,21 +42,15 @@ _TYPE_TEXT = {"map": "mapping", "splits": "mapping split name -> path",
 
 
 class Key:
-    """One config key: default, type (int, float, bool, str, bool|str, ``pair`` of floats, ``map``,
-    ``splits`` (split name -> path), ``columns``), allowed ``choices``, a range ``lo``/``hi``
-    (``*_open``: strict), ``empty`` (str: "" allowed) and a ``hint`` for the error message. None
-    is allowed when the default is None."""
+    """One config key: default, type, ``choices``, range ``lo``/``hi`` (``*_open``: strict),
+    ``empty`` (str: "" allowed), error ``hint``; None is allowed when the default is None."""
 
     def __init__(self, default: Any, type: str, doc: str = "", *, choices: Optional[tuple] = None,
                  lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
                  hi_open: bool = False, hint: str = "", empty: bool = False):
         self.default, self.type, self.doc, self.hint, self.empty = default, type, doc, hint, empty
-        self.choices, self.lo, self.hi = choices, lo, hi
-        self.lo_open, self.hi_open = lo_open, hi_open
+        self.choices, self.lo, self.hi, self.lo_open, self.hi_open = choices, lo, hi, lo_open, hi_open
         self.nullable = default is None
-
-    def allowed(self) -> Optional[tuple]:
-        return self.choices
 
     def _range_text(self) -> str:
         num = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731
@@ -68,7 +59,6 @@ class Key:
             if x is not None)
 
     def describe(self) -> str:
-        """The allowed values in words (docs table, error messages)."""
         if self.choices is not None:
             text = "one of " + ", ".join(self.choices)
         elif self.type == "pair":
@@ -96,7 +86,7 @@ class Key:
         return value
 
     def check(self, value):
-        """The value, normalised (int -> float, choices' own spelling); ``_Bad`` if refused."""
+        """The value normalised (int -> float, choices' own spelling); ``_Bad`` if refused."""
         t, got = self.type, f"got {_show(value)}"
         if value is None:
             if self.nullable:
@@ -117,13 +107,12 @@ class Key:
                 raise _Bad(f"expects a {'' if self.empty else 'non-empty '}string, {got} "
                            f"({type(value).__name__})")
             if "\0" in value:
-                raise _Bad("contains a NUL byte (\\0), which no path or name can hold: "
-                           + _show(value))
+                raise _Bad("contains a NUL byte (\\0), which no path or name can hold: " + _show(value))
             if self.choices is None:
                 return value
-            for a in self.choices:  # case-insensitive; the canonical spelling is kept
-                if value.lower() == a.lower():
-                    return a
+            canonical = {a.lower(): a for a in self.choices}  # case-insensitive
+            if value.lower() in canonical:
+                return canonical[value.lower()]
             close = difflib.get_close_matches(value, self.choices, n=1)
             raise _Bad(f"must be one of {', '.join(self.choices)}, {got}"
                        + (f"; did you mean '{close[0]}'?" if close else ""))
@@ -137,8 +126,7 @@ class Key:
         if t in ("map", "splits"):
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
                 raise _Bad(f"expects a mapping with string keys, {got}")
-            if t == "splits" and not all(isinstance(v, str) and v and "\0" not in v
-                                         for v in value.values()):
+            if t == "splits" and not all(isinstance(v, str) and v and "\0" not in v for v in value.values()):
                 raise _Bad(f"expects a mapping of split name -> path (strings), {got}")
             return dict(value)
         if t == "columns":
@@ -150,8 +138,7 @@ class Key:
         raise AssertionError(f"unknown key type {t!r}")  # a bug in SCHEMA
 
 
-# The allowed values of the keys that pick an implementation; the modules that implement them
-# import these lists (config imports only errors and ebv.metrics, so any layer above may).
+# The allowed values of the keys that pick an implementation; their implementing modules import them.
 METHODS = ("auto", "smoothmax", "official", "orthonormal", "simplex", "kerdock", "kerdock_padded")
 HEADS = ("ebv", "fc", "fixed_random_dot", "fixed_random_cos")
 STORAGE_DTYPES = ("float32", "float16")
@@ -160,15 +147,14 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("warmup_cosine", "constant")
 AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
 LOSS_SCALES = ("auto", "dynamic", "static", "none")
-# Backbones: the documented and tested ones; ours (no pretrained weights) and their aliases;
-# any other mindcv model with a ``classifier`` Dense works too (``is_backbone``).
+# Documented backbones, ours (no pretrained weights) and aliases; other mindcv models work too.
 BACKBONES = ("resnet50", "swin_tiny", "small_cnn", "small_mlp")
 OWN_BACKBONES = ("small_cnn", "small_mlp")
 BACKBONE_ALIASES = {"tiny_cnn": "small_cnn"}
 
 
 def is_backbone(name: str) -> bool:
-    """Ours (or an alias) or a model in mindcv's registry (mindcv is imported on this call)."""
+    """Ours (or an alias) or a model in mindcv's registry (imported on this call)."""
     if BACKBONE_ALIASES.get(name, name) in OWN_BACKBONES:
         return True
     if name.startswith("ebv_"):  # our own whole classifiers in mindcv's registry, not backbones
@@ -190,8 +176,7 @@ SCHEMA: Dict[str, Any] = {
         "path": _k(None, "str", "an existing set (.npy/.npz/.pkl); else generated and cached"),
         "alpha": _k(None, "float", "coherence target max|cos| when generating (null: as low as the "
                     "method gets; >= the Welch bound; official needs it)", lo=0.0, hi=1.0, hi_open=True),
-        "method": _k("auto", "str", "auto: a closed form if one fits, else smoothmax",
-                     choices=METHODS),
+        "method": _k("auto", "str", "auto: a closed form if one fits, else smoothmax", choices=METHODS),
         "seed": _k(0, "int", "init draw / closed-form subset", lo=0),
         "max_steps": _k(None, "int", "step cap of iterative methods (null: 3000 smoothmax, 1e5 "
                         "official)", lo=1),
@@ -229,8 +214,7 @@ SCHEMA: Dict[str, Any] = {
                      choices=("auto", "folders", "lists")),
         "root": _k(None, "str", "zip only: top folder inside the archive (null: detect)"),
         "split_dirs": _k({}, "splits", "{split: folder} overriding detection"),
-        "split_lists": _k({}, "splits", "{split: list file}: a member of the archive, or a CSV "
-                          "on disk"),
+        "split_lists": _k({}, "splits", "{split: list file}: a member of the archive, or a CSV on disk"),
         "list_columns": _k(None, "columns", "list columns by index or header name (null: detect)"),
         "list_delimiter": _k(None, "str", "list field separator (null: comma, tab or whitespace)"),
         "list_strip_prefix": _k("", "str", "removed from listed paths before joining to data.path",
@@ -307,8 +291,7 @@ DEFAULTS: dict = _defaults(SCHEMA)  # the default config (plain dict)
 
 
 class Config(dict):
-    """A validated config, read-only, with attribute access (``cfg.model.head``); every value
-    has its key's type. To change one, edit ``cfg.to_dict()`` and ``validate`` it again."""
+    """A validated, read-only config with attribute access; change ``cfg.to_dict()`` and validate."""
 
     def __getattr__(self, name):
         try:
@@ -322,14 +305,13 @@ class Config(dict):
     __setattr__ = __setitem__ = __delitem__ = __delattr__ = __ior__ = _read_only
     clear = pop = popitem = setdefault = update = _read_only
 
-    def __copy__(self):
+    def __copy__(self, memo=None):  # read-only: copies may share it
         return self
 
-    def __deepcopy__(self, memo):
-        return self
+    __deepcopy__ = __copy__
 
     def __reduce__(self):  # pickling (worker processes) rebuilds it without __setitem__
-        return _wrap, (self.to_dict(),)
+        return _plain, (self.to_dict(), Config)
 
     def to_dict(self) -> dict:
         return _plain(self)
@@ -340,10 +322,6 @@ def _plain(x, kind=dict):
     if isinstance(x, Mapping):
         return kind({k: _plain(v, kind) for k, v in x.items()})
     return [_plain(v, kind) for v in x] if isinstance(x, list) else x
-
-
-def _wrap(x):
-    return _plain(x, Config)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -367,8 +345,7 @@ def _merge(base: dict, update: Any, schema: Mapping, where: str, origins: Dict[s
 
 
 def _did_you_mean(key: str, schema: Mapping, prefix: str) -> str:
-    """A close key in this section, else a key of that name (or close) in another section
-    ('epochs' -> 'train.epochs')."""
+    """A close key in this section, else in another one ('epochs' -> 'train.epochs')."""
     close = difflib.get_close_matches(key, [str(k) for k in schema], n=1)
     if close:
         return f"; did you mean '{prefix}{close[0]}'?"
@@ -388,8 +365,7 @@ def parse_override(text: str) -> dict:
     if not all(parts):
         raise ConfigError(f"override '{text}': the key must look like key.sub (no empty parts)")
     try:
-        value = parse_yaml(raw, f"override '{_short(text)}'", "the value is ") if raw.strip() \
-            else None
+        value = parse_yaml(raw, f"override '{_short(text)}'", "the value is ") if raw.strip() else None
     except ConfigError as exc:
         raise ConfigError(f"{exc}; quote the value, e.g. {key}='...'") from None
     for p in reversed(parts):
@@ -439,8 +415,7 @@ def _expanded_size(node, memo: dict) -> int:
 
 
 def parse_yaml(text: str, where: str, what: str = "") -> Any:
-    """YAML text -> plain data, bounded in bytes, depth and values after alias expansion (config
-    files, overrides, a checkpoint's stored config); a ConfigError names ``where``."""
+    """YAML text -> plain data, bounded in bytes, depth and values after alias expansion."""
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError(f"{where}: {len(text):,} characters of YAML, more than a config's "
                           f"{MAX_YAML_BYTES:,}")
@@ -465,8 +440,7 @@ def parse_yaml(text: str, where: str, what: str = "") -> Any:
 
 
 def load_yaml(path: str) -> dict:
-    """The mapping in a YAML config file (a regular UTF-8 file of at most ``MAX_YAML_BYTES``: a
-    FIFO or device would block or never end), or a ConfigError saying why it cannot be used."""
+    """The mapping in a YAML config file: regular (a FIFO or device would block), UTF-8, bounded."""
     what = "config file"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -483,8 +457,7 @@ def load_yaml(path: str) -> dict:
     with os.fdopen(fd, "rb") as f:
         data = f.read(MAX_YAML_BYTES + 1)
     if len(data) > MAX_YAML_BYTES:
-        raise ConfigError(f"{what} {path}: larger than {MAX_YAML_BYTES:,} bytes; a config is a "
-                          "few KB")
+        raise ConfigError(f"{what} {path}: larger than {MAX_YAML_BYTES:,} bytes; a config is a few KB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -498,8 +471,7 @@ def load_yaml(path: str) -> dict:
 
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
                 base: Optional[Mapping] = None) -> Config:
-    """DEFAULTS <- base (e.g. a checkpoint's config) <- YAML file <- ``key=value`` overrides,
-    then ``validate``: every key is checked before anything uses the config."""
+    """DEFAULTS <- base (a checkpoint's config) <- YAML file <- overrides, then ``validate``."""
     cfg = copy.deepcopy(DEFAULTS)
     origins: Dict[str, str] = {}
     if base is not None:
@@ -525,7 +497,6 @@ def _walk(schema: Mapping, prefix: str = ""):
 
 
 def _cross_checks(c: Mapping, bad) -> None:
-    """Rules between keys."""
     d, m, e = c["data"], c["model"], c["ebv"]
     if d["recipe"] == "A2" and d["mixup_alpha"] == 0 and d["cutmix_alpha"] == 0:
         bad("data.recipe", "A2 mixes images: set data.mixup_alpha or data.cutmix_alpha > 0, or use "
@@ -562,9 +533,7 @@ def _unknown(cfg: Mapping, schema: Mapping, bad, prefix: str = "") -> None:
 
 
 def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Config:
-    """Check every key of a full config (values, types, ranges, rules between keys) and return it
-    normalised (floats where floats are expected, choices' canonical spelling), or raise one
-    ConfigError listing every problem, each naming its key and where it was set."""
+    """The config normalised, or one ConfigError listing every problem with its key and origin."""
     origins = origins or {}
     out = copy.deepcopy(_plain(cfg))
     problems = []
@@ -594,7 +563,7 @@ def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Confi
         _cross_checks(out, bad)
     if problems:
         raise ConfigError("; ".join(problems))
-    return _wrap(out)
+    return _plain(out, Config)
 
 
 def _not_a_file(key: str, path: Optional[str]) -> None:
@@ -608,11 +577,8 @@ def ebv_path_missing(path: str) -> ConfigError:
 
 
 def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Config:
-    """The checks that look at this machine, after ``validate`` and before any work: folders
-    that are files, missing files (``ebv.path`` only when ``ebv_needed``: a checkpoint may hold
-    the set), a writable ``output_dir`` when training. Returns the config to run with
-    (``cfg`` is not changed): ``data.num_workers`` lowered, with a warning, to the core count
-    MindSpore allows (its "num_parallel_workers exceeds the boundary" error)."""
+    """Checks of this machine (``ebv.path`` only if ``ebv_needed``: a checkpoint may hold the set);
+    returns the config with ``data.num_workers`` lowered to the cores MindSpore allows."""
     _not_a_file("output_dir", str(cfg.output_dir))
     _not_a_file("data.index_cache_dir", cfg.data.index_cache_dir)
     if cfg.model.head == "ebv" and ebv_needed:
@@ -621,8 +587,8 @@ def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Co
                 raise ebv_path_missing(cfg.ebv.path)
         else:
             _not_a_file("ebv.cache_dir", str(cfg.ebv.cache_dir))
-    ckpt = cfg.model.backbone_checkpoint or (cfg.model.pretrained
-                                             if isinstance(cfg.model.pretrained, str) else None)
+    pretrained = cfg.model.pretrained
+    ckpt = cfg.model.backbone_checkpoint or (pretrained if isinstance(pretrained, str) else None)
     if ckpt and not os.path.isfile(ckpt):
         raise ConfigError(f"config key 'model.backbone_checkpoint': file not found: {ckpt}")
     if not cfg.data.path:
@@ -648,7 +614,7 @@ def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Co
                                         "cores; using %d", cfg.data.num_workers, cores, cores)
     plain = cfg.to_dict()
     plain["data"]["num_workers"] = cores
-    return _wrap(plain)
+    return _plain(plain, Config)
 
 
 # ------------------------------------------------------------------------------ writing, docs

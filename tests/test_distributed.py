@@ -80,7 +80,6 @@ def test_bare_mpirun_on_cpu_is_refused_with_the_fix(single_process, monkeypatch)
 
 
 def test_rank_paths():
-    assert dist.rank_log_path("out", 3) == os.path.join("out", "logs", "rank_3.log")
     assert probes.rank_report_path("out", 1) == os.path.join("out", "logs", "rank_1.json")
 
 

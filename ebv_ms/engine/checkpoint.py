@@ -1,16 +1,8 @@
-"""The checkpoint: written, read and loaded into a network here only (eval, predict, export and
-resume all go through ``network_from_checkpoint`` / ``restore``).
-
-The file is MindSpore's ``.ckpt`` protobuf (so ``ms.load_checkpoint`` still reads it), written and
-parsed here with checks first: MindSpore's loader trusts a tensor's dims and copies past its buffer
-when they declare more than the bytes hold (a crafted file crashed eval.py with SIGSEGV).
-
-It holds the network's parameters except the frozen EBV matrix, ``optimizer/`` and
-``loss_scale/`` state, the config (YAML), a JSON record (epoch, steps, best top-1, metrics, class
-names, the EBV set's identity) and a sha256 of all of it. The set is stored inside up to
-``ebv_inline_max_bytes`` (64 MiB: ImageNet's 1000 x 1000); a larger one (100k x 5000 = 2 GB) is
-written once next to the checkpoint and only its identity recorded (``checkpoint_ebv`` finds it).
-"""
+"""The checkpoint, written, read and loaded into a network here only: MindSpore's ``.ckpt``
+protobuf, parsed here with checks first (MindSpore's loader trusts a tensor's dims and copied past
+its buffer: a crafted file crashed eval.py with SIGSEGV). It holds the parameters but the frozen
+EBV matrix, ``optimizer/`` and ``loss_scale/`` state, the config, a JSON record and a sha256 of
+all of it; an EBV set over 64 MiB (100k x 5000 = 2 GB) is written once next to it instead."""
 from __future__ import annotations
 
 import hashlib
@@ -27,7 +19,7 @@ import numpy as np
 import yaml
 
 from ebv_ms.atomic import atomic_copy, atomic_path
-from ebv_ms.config import parse_yaml
+from ebv_ms.config import METHODS, parse_yaml
 from ebv_ms.ebv import EBVSet, load_ebv
 from ebv_ms.ebv.identity import describe, identity, matches, safe_file_name
 from ebv_ms.errors import EBVMSError
@@ -71,7 +63,7 @@ def _digest(entries: Mapping[str, Entry]) -> str:
 
 
 def write_entries(path: str, entries: Mapping[str, Entry]) -> str:
-    """``entries`` (name -> array or string) and their sha256 as a ``.ckpt``, atomically."""
+    """``entries`` and their sha256 as a ``.ckpt``, atomically."""
     from mindspore.train.checkpoint_pb2 import Checkpoint
     entries = {k: v if isinstance(v, str) else np.ascontiguousarray(v) for k, v in entries.items()}
     entries[_SUM] = _digest(entries)
@@ -93,8 +85,8 @@ def write_entries(path: str, entries: Mapping[str, Entry]) -> str:
 
 
 def read_entries(path: str) -> Dict[str, Entry]:
-    """A ``.ckpt`` as name -> read-only array (or string); anything but plain tensors with a
-    known dtype, 0..8 dims each >= 1 and exactly their bytes is a ``CheckpointError``."""
+    """A ``.ckpt`` as name -> read-only array or string; anything but plain, exact tensors is a
+    ``CheckpointError``."""
     from google.protobuf import unknown_fields
     from mindspore.train.checkpoint_pb2 import Checkpoint
 
@@ -121,21 +113,19 @@ def read_entries(path: str) -> Dict[str, Entry]:
     if len(unknown_fields.UnknownFieldSet(msg)):
         raise bad("fields a MindSpore checkpoint does not have")
     parts: Dict[str, tuple] = {}
-    last = None
     for v in msg.value:
         if not v.HasField("tensor") or len(unknown_fields.UnknownFieldSet(v)) \
                 or len(unknown_fields.UnknownFieldSet(v.tensor)):
             raise bad(f"entry {v.tag[:80]!r} is not a plain tensor")
         t = v.tensor
         key = (t.tensor_type, tuple(t.dims))
-        if v.tag == last:  # a large tensor is written in consecutive chunks
+        if v.tag == next(reversed(parts), None):  # a large tensor is written in consecutive chunks
             if parts[v.tag][0] != key:
                 raise bad(f"the chunks of {v.tag[:80]!r} disagree on dtype or shape")
             parts[v.tag][1].append(t.tensor_content)
             continue
         if v.tag in parts:
             raise bad(f"{v.tag[:80]!r} appears twice")
-        last = v.tag
         parts[v.tag] = (key, [t.tensor_content])
     del msg
     out: Dict[str, Entry] = {}
@@ -198,9 +188,7 @@ def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_st
                     metrics: Optional[Mapping] = None, class_names: Optional[Sequence] = None,
                     extra_params: Optional[Mapping] = None,
                     ebv_inline_max_bytes: int = EBV_INLINE_MAX_BYTES) -> str:
-    """Everything needed to resume (or evaluate), atomically; a set over ``ebv_inline_max_bytes``
-    goes to a file next to ``path`` (written once)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Everything needed to resume (or evaluate), atomically (``atomic_path`` makes the folder)."""
     _, net, opt = _params(network, optimizer)
     entries: Dict[str, Entry] = {p.name: p.asnumpy().reshape(p.shape) for p in net}
     entries.update({_OPT + p.name: p.asnumpy().reshape(p.shape) for p in opt})
@@ -225,8 +213,8 @@ def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_st
 
 
 def load_checkpoint(path: str) -> CheckpointState:
-    """Read and check a checkpoint (or a plain MindSpore weights file); any problem is a
-    ``CheckpointError``. No Tensor is made, so eval.py can read it before ``init()`` (Ascend)."""
+    """Read and check a checkpoint or plain weights file; no Tensor is made (eval.py reads it
+    before ``init()`` on Ascend)."""
     raw = read_entries(path)
     state = CheckpointState(path=path)
     recorded = raw.pop(_SUM, None)
@@ -240,10 +228,15 @@ def load_checkpoint(path: str) -> CheckpointState:
         raise CheckpointError(f"{path}: holds strings where weights belong; not a checkpoint of "
                               "this project")
     if meta_s is None:
-        if recorded is None:
-            _plain_weights(state, raw)
-        else:
+        if recorded is not None:
             raise CheckpointError(f"{path}: checksummed but holds no record; damaged")
+        from ebv_ms.models.heads import EBVHead  # ms.save_checkpoint(net): the matrix is inside
+        state.is_ebv_ms, suffix = False, "head." + EBVHead.param_name
+        name = next((k for k in raw if k == suffix or k.endswith("." + suffix)), None)
+        if name is not None:
+            stored = raw.pop(name)
+            state.ebv = _set_from(path, stored.astype(np.float32), method="checkpoint")
+            state.ebv_info = {**identity(state.ebv), "param": name, "dtype": str(stored.dtype)}
     else:
         if recorded is None:
             raise CheckpointError(f"{path}: holds no weights checksum (written by an older "
@@ -264,18 +257,6 @@ def load_checkpoint(path: str) -> CheckpointState:
                                   "unusable (a diverged or damaged run): use an earlier checkpoint")
     state.params = raw
     return state
-
-
-def _plain_weights(state: CheckpointState, raw: dict) -> None:
-    """``ms.save_checkpoint(net)`` of an EBV classifier: the matrix is inside, as ``head.ebv``."""
-    from ebv_ms.models.heads import EBVHead
-    state.is_ebv_ms = False
-    suffix = "head." + EBVHead.param_name
-    name = next((k for k in raw if k == suffix or k.endswith("." + suffix)), None)
-    if name is not None:
-        stored = raw.pop(name)
-        state.ebv = _set_from(state.path, stored.astype(np.float32), method="checkpoint")
-        state.ebv_info = {**identity(state.ebv), "param": name, "dtype": str(stored.dtype)}
 
 
 def _set_from(path: str, vectors, **how) -> EBVSet:
@@ -338,8 +319,7 @@ def _int(v) -> int:
 
 
 def _params(network, optimizer=None):
-    """(EBV head, the network's parameters but its frozen matrix, the optimizer's own but the lr
-    list, which is rebuilt from the config)."""
+    """(EBV head, the network's parameters but its matrix, the optimizer's own but the lr list)."""
     from ebv_ms.models.heads import EBVHead
     head = next((c for _, c in network.cells_and_names() if isinstance(c, EBVHead)), None)
     net = list(network.get_parameters())
@@ -365,18 +345,14 @@ def check_ebv_matches(state: CheckpointState, ebv: EBVSet) -> Optional[str]:
 
 
 def _check_recipe(state: CheckpointState, cfg) -> None:
-    """The recorded N and d must be the config's and the out-dim of a 2-D weight in it, N x d
-    bounded."""
-    info = state.ebv_info
-    n, d = info["num_classes"], info["dim"]
-    proj = [a.shape for k, a in state.params.items()
-            if a.ndim == 2 and not k.startswith((_OPT, _EXTRA)) and a.shape[0] == d]
+    """The recorded N and d must be the config's and a 2-D weight's out-dim, N x d bounded."""
+    n, d = state.ebv_info["num_classes"], state.ebv_info["dim"]
     why = None
-    if cfg is not None and (int(cfg.model.num_classes) != n or
-                            (cfg.model.embed_dim and int(cfg.model.embed_dim) != d)):
+    if cfg is not None and (cfg.model.num_classes, cfg.model.embed_dim) != (n, d):
         why = (f"the config's model.num_classes / embed_dim are {cfg.model.num_classes} / "
                f"{cfg.model.embed_dim}")
-    elif not proj:
+    elif not any(a.ndim == 2 and a.shape[0] == d and not k.startswith((_OPT, _EXTRA))
+                 for k, a in state.params.items()):
         why = f"no weight in it projects to d={d}"
     elif n * d > MAX_RECIPE_ELEMENTS:
         why = f"N x d = {n * d:,} is over the {MAX_RECIPE_ELEMENTS:,} a recipe may ask for"
@@ -388,9 +364,8 @@ def _check_recipe(state: CheckpointState, cfg) -> None:
 def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = None,
                    rank: int = 0, progress: bool = False,
                    logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
-    """The EBV set ``state`` was trained with, verified by its checksum, from: ``ebv_file``
-    (``--ebv``) or the user's ``ebv.path``; inside; the recorded file next to it; the cache; a
-    rebuild of a closed-form recipe. A checkpoint that records no set gets ``resolve_ebv(cfg)``."""
+    """The set ``state`` was trained with, verified, from: ``ebv_file`` or ``ebv.path``; inside;
+    next to it; the cache; a closed-form rebuild (no set recorded: ``resolve_ebv(cfg)``)."""
     from .ebv_source import ebv_cache_path, needs_ebv, resolve_ebv
     log = logger or _log
     if state.ebv_info is None:
@@ -420,8 +395,10 @@ def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = N
             log.warning("%s holds EBV set %s, not the checkpoint's %s; not used", path,
                         ebv.checksum(), state.ebv_checksum)
     info = state.ebv_info
-    recipe = _closed_form_recipe(info)
-    if recipe is not None:
+    method, recipe = info.get("method"), None
+    if isinstance(method, str) and method.startswith("closed_form:") and type(info.get("seed")) is int:
+        recipe = method.split(":", 1)[1]
+    if recipe in METHODS:  # a closed form: rebuilt
         _check_recipe(state, cfg)
         from ebv_ms.generation import create_ebv
         t0 = time.time()
@@ -437,20 +414,10 @@ def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = N
         f"{info.get('file') or 'that set'} next to the checkpoint or pass --ebv FILE")
 
 
-def _closed_form_recipe(info: dict) -> Optional[str]:
-    method = info.get("method")
-    if not isinstance(method, str) or not method.startswith("closed_form:") \
-            or isinstance(info.get("seed"), bool) or not isinstance(info.get("seed"), int):
-        return None
-    from ebv_ms.generation.factory import METHODS
-    name = method.split(":", 1)[1]
-    return name if name in METHODS else None
-
-
 def checkpoint_config(state: CheckpointState, config: Optional[str] = None,
                       overrides: Sequence[str] = ()):
-    """Recorded config <- ``config`` <- ``overrides``; the recorded ``ebv.path`` / ``cache_dir``
-    are dropped (paths from a file lead anywhere)."""
+    """Recorded config <- ``config`` <- ``overrides``, without the recorded ``ebv.path`` /
+    ``cache_dir`` (paths from a file lead anywhere)."""
     from ebv_ms.config import ConfigError, load_config
     if state.config is None and not config:
         raise ConfigError(f"{state.path} records no config (not written by train.py); pass "
@@ -470,7 +437,7 @@ def checkpoint_config(state: CheckpointState, config: Optional[str] = None,
 def network_from_checkpoint(state: CheckpointState, cfg, ebv_file: Optional[str] = None,
                             rank: int = 0, progress: bool = False, amp_level: str = "O0",
                             logger: Optional[logging.Logger] = None):
-    """``(network, ebv)``: the set it was trained with, ``build_network(cfg)``, its weights."""
+    """``(network, ebv)``: ``build_network(cfg)`` with the checkpoint's set and weights."""
     from .builders import build_network
     ebv = checkpoint_ebv(state, cfg, ebv_file, rank=rank, progress=progress, logger=logger)
     network = build_network(cfg, ebv, amp_level)
@@ -480,10 +447,8 @@ def network_from_checkpoint(state: CheckpointState, cfg, ebv_file: Optional[str]
 
 def restore(state: CheckpointState, network, optimizer=None,
             extra_params: Optional[Mapping] = None) -> None:
-    """``state``'s weights into ``network`` (all there, same shape and dtype; a frozen one stored
-    in another dtype is cast) and the optimizer / loss scaler; the EBV matrix is never loaded over.
-    Set directly, not by ``load_param_into_net``, which called every parameter the optimizer
-    shares with the network "not loaded" on every resume."""
+    """``state``'s weights into ``network``, optimizer and loss scaler (never the EBV matrix); not
+    by ``load_param_into_net``, which called parameters shared with the optimizer "not loaded"."""
     head, params, opt = _params(network, optimizer)
     if head is not None and state.ebv_info is not None \
             and not matches(state.ebv_info, None, head.checksum):

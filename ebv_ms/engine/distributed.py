@@ -1,13 +1,7 @@
-"""Data-parallel set-up for ranks started by mpirun or msrun (MindSpore's dynamic cluster), and the
-collectives the engine uses.
-
-The dynamic cluster (a scheduler plus N workers that find it through ``MS_SCHED_HOST``/``_PORT``)
-even under mpirun, because MindSpore's MPI-only ``init()`` does not work on CPU: the launcher
-(``ebv_ms.tools.launch``) starts ``python -m ebv_ms.tools.scheduler`` beside mpirun's workers and
-maps ``OMPI_COMM_WORLD_RANK`` to ``MS_NODE_ID``; msrun sets the same variables. Call
-``init_distributed`` right after choosing the device, before any work: under msrun the scheduler
-runs the training script itself, and ``init_distributed`` then serves the cluster and exits.
-"""
+"""Data-parallel set-up and the collectives the engine uses. Always MindSpore's dynamic cluster,
+even under mpirun (its MPI-only ``init()`` does not work on CPU): the launcher starts the scheduler
+and maps ``OMPI_COMM_WORLD_RANK`` to ``MS_NODE_ID``. Call ``init_distributed`` before any work:
+under msrun the scheduler runs the training script itself, and it then serves and exits."""
 from __future__ import annotations
 
 import json
@@ -15,7 +9,7 @@ import logging
 import os
 import sys
 import zlib
-from typing import Any, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -30,8 +24,7 @@ class DistributedError(EBVMSError, RuntimeError):
 
 
 def launch_env() -> Optional[str]:
-    """'dynamic_cluster' (msrun / the launcher), 'mpirun' (bare, without the cluster's
-    variables) or None (a single process)."""
+    """'dynamic_cluster' (msrun / the launcher), 'mpirun' (bare) or None (a single process)."""
     if os.environ.get("MS_ROLE"):
         return "dynamic_cluster"
     if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
@@ -39,12 +32,10 @@ def launch_env() -> Optional[str]:
     return None
 
 
-def init_distributed(cfg: Any = None) -> Tuple[int, int]:
-    """Join the data-parallel job if launched as one (DATA_PARALLEL, mean-reduced gradients);
-    returns (rank, world_size), (0, 1) for a single process."""
+def init_distributed(cfg: Optional[Mapping] = None) -> Tuple[int, int]:
+    """Join the data-parallel job (mean-reduced gradients) if launched as one; (rank, world)."""
     how = launch_env()
-    device_target = (cfg.get("device_target") if isinstance(cfg, Mapping)
-                     else getattr(cfg, "device_target", None))
+    device_target = (cfg or {}).get("device_target")
     if how is None or _comm_initialized():
         return get_rank_info()
 
@@ -97,15 +88,9 @@ def rank_log_dir(output_dir: str) -> str:
     return os.path.join(str(output_dir), "logs")
 
 
-def rank_log_path(output_dir: str, rank: Optional[int] = None) -> str:
-    """OUTPUT_DIR/logs/rank_K.log: where the launcher writes rank K's output."""
-    rank = get_rank_info()[0] if rank is None else rank
-    return os.path.join(rank_log_dir(output_dir), f"rank_{rank}.log")
-
-
 def all_gather_counts(counts) -> np.ndarray:
-    """Every rank's integer ``counts`` as a (world_size, k) int64 array, in rank order (int32
-    AllGather: CPU's AllReduce takes floats only in MindSpore 2.10)."""
+    """Every rank's ``counts`` as a (world_size, k) int64 array (AllGather: CPU's AllReduce takes
+    floats only in MindSpore 2.10)."""
     arr = np.asarray(counts, dtype=np.int32).reshape(1, -1)
     if get_rank_info()[1] == 1:
         return arr.astype(np.int64)
@@ -115,11 +100,8 @@ def all_gather_counts(counts) -> np.ndarray:
 
 
 def write_in_place(params, values) -> None:
-    """Copy ``values`` (flat, the params' sizes in order) into ``params`` with ``Tensor.copy_``.
-
-    Not ``Parameter.set_data``, which gives the Parameter a new buffer while a graph that has run
-    keeps the one it was given: after set_data the compiled step never moved the BatchNorm
-    statistics again (tests/test_param_writes.py)."""
+    """Flat ``values`` into ``params`` by ``Tensor.copy_``: after ``set_data`` (a new buffer) the
+    compiled step never moved the BatchNorm statistics again (tests/test_param_writes.py)."""
     import mindspore as ms
     at = 0
     for p in params:
@@ -128,22 +110,25 @@ def write_in_place(params, values) -> None:
         at += n
 
 
+def broadcast(arr: np.ndarray) -> np.ndarray:
+    """Rank 0's ``arr`` on every rank; the others pass a buffer of the same shape and dtype."""
+    import mindspore as ms
+    from mindspore import ops
+    (got,) = ops.Broadcast(0)((ms.Tensor(arr),))
+    return got.asnumpy()
+
+
 def broadcast_from_main_rank(params) -> None:
     """Rank 0's values of ``params`` (float32) on every rank, in place: one ``ops.Broadcast``."""
     params = list(params)
-    if get_rank_info()[1] == 1 or not params:
-        return
-    import mindspore as ms
-    from mindspore import ops
-    flat = np.concatenate([p.asnumpy().astype(np.float32).reshape(-1) for p in params])
-    (got,) = ops.Broadcast(0)((ms.Tensor(flat),))
-    write_in_place(params, got.asnumpy())
+    if get_rank_info()[1] > 1 and params:
+        write_in_place(params, broadcast(np.concatenate([p.asnumpy().astype(np.float32).reshape(-1)
+                                                         for p in params])))
 
 
 def check_same_start(state, rank: int, world_size: int) -> None:
-    """Stop every rank, with one message, unless all resume from the same checkpoint (``state``,
-    None: from scratch). A rank that cannot see OUTPUT_DIR/last.ckpt would start from scratch
-    while the others resume, and hang in a collective."""
+    """Stop every rank unless all resume from the same checkpoint (``state`` None: from scratch):
+    a rank that cannot see last.ckpt would start afresh and hang in a collective."""
     if world_size == 1:
         return
     seen = [0, 0, 0]

@@ -1,10 +1,7 @@
-"""The EBV set a run uses: the configured file, or generated once and cached under its generation
-key (N, d, alpha, method, seed); ``.npz`` files are mapped read-only, so a host's ranks share one
-copy. Under data parallel each rank looks on its own disk; a closed form is rebuilt per host
-(under a file lock), an iterative set only by rank 0 (GPU generation is not bit-reproducible).
-The ranks compare checksums in one all-gather and a rank without the set receives rank 0's over
-the collective, so hosts need no shared folder and no rank waits for a file.
-"""
+"""The EBV set a run uses: the configured file, or generated once and cached (``.npz``, mapped
+read-only: a host's ranks share one copy). A closed form is rebuilt per host, an iterative set by
+rank 0 only (GPU generation is not bit-reproducible); ranks compare checksums in one all-gather
+and receive rank 0's set over the collective, so hosts need no shared folder."""
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +19,7 @@ import numpy as np
 from ebv_ms.config import ConfigError, ebv_path_missing
 from ebv_ms.ebv import EBVError, EBVSet, load_ebv, save_ebv
 from ebv_ms.ebv.identity import ebv_file_name
-from .distributed import all_gather_counts, get_rank_info
+from .distributed import all_gather_counts, broadcast, get_rank_info
 
 _log = logging.getLogger("ebv_ms")
 _CHUNK_BYTES = 16 << 20   # per broadcast: a 2 GB set never needs a 2 GB collective buffer
@@ -62,8 +59,7 @@ def _cache_lock(path: str):
 
 
 def _mapped(path: str, checksum: str) -> EBVSet:
-    """The set saved at ``path``, mapped (callers drop the one they saved first: at 100k x 5000,
-    2 GB of anonymous memory freed before 2 GB of page cache is mapped)."""
+    """The set saved at ``path``, mapped (callers drop theirs first: 2 GB at 100k x 5000)."""
     ebv = load_ebv(path)
     if ebv.checksum() != checksum:
         raise EBVError(f"{path}: holds EBV set {ebv.checksum()}, not {checksum} (written just "
@@ -116,13 +112,11 @@ def resolve_ebv(cfg, rank: int = 0, progress: bool = True,
     log = logger or _log
     if not needs_ebv(cfg):
         return None
-    world = get_rank_info()[1]
     ebv = _local_ebv(cfg, rank, progress, log)
-    if world == 1:
+    if get_rank_info()[1] == 1:
         return ebv
-    folder = str(cfg.ebv.cache_dir)
     name = None if cfg.ebv.path else os.path.basename(ebv_cache_path(cfg))
-    return share_ebv(ebv, rank, folder, name, log)
+    return share_ebv(ebv, rank, str(cfg.ebv.cache_dir), name, log)
 
 
 def _ids(ebv: Optional[EBVSet], folder: str) -> list:
@@ -139,21 +133,10 @@ def _meta_bytes(ebv: EBVSet) -> bytes:
                        "extra": ebv.extra}, sort_keys=True).encode()
 
 
-def _broadcast(arr: np.ndarray) -> np.ndarray:
-    """Rank 0's ``arr`` (float32) on every rank; the others pass a buffer of the same shape."""
-    import mindspore as ms
-    from mindspore import ops
-    (got,) = ops.Broadcast(0)((ms.Tensor(arr),))
-    return got.asnumpy()
-
-
 def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str] = None,
               logger: Optional[logging.Logger] = None) -> EBVSet:
-    """Rank 0's set on every rank (a collective); ``ebv``: what this rank found (None: nothing).
-
-    A different set stops every rank with one message. Rank 0 broadcasts the matrix to the ranks
-    without one; in each host's ``folder`` one of them saves it (``name``, else
-    ``ebv_N{N}_d{d}_{checksum}.npz``) and the others map that file."""
+    """Rank 0's set on every rank (a collective; ``ebv`` None: this rank has none); a different
+    set stops every rank. In each host's ``folder`` one receiver saves it, the others map it."""
     log = logger or _log
     rows = all_gather_counts(_ids(ebv, folder))
     ref = rows[0]
@@ -178,26 +161,23 @@ def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str]
     lacking = [r for r in lacking if not have[r][0]]
     if not lacking:
         return ebv
-    # one receiver per host folder keeps the matrix; its neighbours map the file it saves
-    keeper = {}
-    for r in lacking:
-        keeper.setdefault((int(rows[r][8]), int(rows[r][9])), r)
+    # the first receiver per host folder keeps the matrix; its neighbours map the file it saves
+    keeper = {(int(rows[r][8]), int(rows[r][9])): r for r in reversed(lacking)}
     keeps = rank in keeper.values()
     t0 = time.time()
     meta = np.frombuffer(_meta_bytes(ebv), np.uint8) if rank == 0 else np.zeros(int(ref[7]), np.uint8)
-    info = json.loads(_broadcast(meta.astype(np.float32)).astype(np.uint8).tobytes())
+    info = json.loads(broadcast(meta.astype(np.float32)).astype(np.uint8).tobytes())
     rows_per = max(1, _CHUNK_BYTES // (4 * d))
     out = np.empty((n, d), np.float32) if keeps else None
     for i in range(0, n, rows_per):
         j = min(n, i + rows_per)
         part = ebv.vectors[i:j] if rank == 0 else np.zeros((j - i, d), np.float32)
-        got = _broadcast(np.ascontiguousarray(part, dtype=np.float32))
+        got = broadcast(np.ascontiguousarray(part, dtype=np.float32))
         if keeps:
             out[i:j] = got
     error = ""
     if keeps:
-        got_set = EBVSet(out, alpha=info["alpha"], method=info["method"], seed=info["seed"],
-                         extra=info["extra"])
+        got_set = EBVSet(out, **info)  # alpha, method, seed, extra (_meta_bytes)
         del out
         if got_set.checksum() != checksum:
             error = f"rank {rank}: the set received from rank 0 has checksum {got_set.checksum()}, not {checksum}"
@@ -231,14 +211,13 @@ def _write_run_file(ebv: EBVSet, target: str) -> None:
         from ebv_ms.atomic import atomic_path
         with contextlib.suppress(OSError), atomic_path(target, fsync=False) as tmp:
             os.link(source, tmp)
-        if os.path.isfile(target):
-            return
-    save_ebv(ebv, target)
+    if not os.path.isfile(target):
+        save_ebv(ebv, target)
 
 
 def start_run_ebv_file(folder: str, ebv: EBVSet) -> str:
-    """Start writing the run's EBV file in a thread (rank 0, at set-up; ``run_ebv_file`` waits):
-    written by the first checkpoint, it held the other ranks 7.6-10.9 s (2 GB at 100k x 5000)."""
+    """Write the run's EBV file in a thread (``run_ebv_file`` waits): written by the first
+    checkpoint, it held the other ranks 7.6-10.9 s (2 GB at 100k x 5000)."""
     import threading
     target = os.path.join(os.path.abspath(folder), ebv_file_name(ebv))
     if target not in _WRITING and not os.path.isfile(target):

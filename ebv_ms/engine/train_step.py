@@ -1,7 +1,5 @@
-"""One optimizer step as (``ms.jit``-compiled) functions: gradients mean-all-reduced under data
-parallel, fp16 loss scaling with ``mindspore.amp`` (an overflowing step is skipped, as
-``TrainOneStepWithLossScaleCell`` does), optional global-norm clipping; and the stall guard.
-"""
+"""One optimizer step as compiled functions: gradients mean-all-reduced under data parallel, fp16
+loss scaling (an overflowing step is skipped), optional global-norm clipping; the stall guard."""
 from __future__ import annotations
 
 import os
@@ -13,31 +11,25 @@ from mindspore import amp
 from mindspore.ops.operations.math_ops import NPUClearFloatStatusV2
 
 from ebv_ms.errors import DivergenceError
-from ebv_ms.config import AMP_LEVELS, LOSS_SCALES
+from ebv_ms.config import AMP_LEVELS
 
 
 def resolve_amp_level(amp_level: str, device_target: str) -> str:
     """``auto`` -> O2 on GPU/Ascend (fp16 compute, fp32 BN/master weights), O0 on CPU."""
-    level = str(amp_level)
-    if level == "auto":
+    if amp_level == "auto":
         return "O0" if device_target == "CPU" else "O2"
-    if level not in AMP_LEVELS:
+    if amp_level not in AMP_LEVELS:
         raise ValueError(f"amp_level must be one of {', '.join(AMP_LEVELS)}, got {amp_level!r}")
-    return level
+    return amp_level
 
 
 def create_loss_scaler(kind: str, amp_level: str, value: float = 65536.0):
-    """``auto``: dynamic scaling when amp uses fp16 (O1-O3), none in fp32 (O0)."""
-    kind = str(kind)
+    """``kind`` (``train.loss_scale``) ``auto``: dynamic when amp uses fp16 (O1-O3), none in O0."""
     if kind == "auto":
         kind = "none" if amp_level == "O0" else "dynamic"
-    if kind == "none":
-        return None
     if kind == "dynamic":
         return amp.DynamicLossScaler(scale_value=float(value), scale_factor=2, scale_window=1000)
-    if kind == "static":
-        return amp.StaticLossScaler(scale_value=float(value))
-    raise ValueError(f"loss scale kind must be one of {', '.join(LOSS_SCALES)}, got {kind!r}")
+    return amp.StaticLossScaler(scale_value=float(value)) if kind == "static" else None
 
 
 def grad_reducer_for(params) -> Optional[nn.Cell]:
@@ -49,10 +41,8 @@ def grad_reducer_for(params) -> Optional[nn.Cell]:
 
 
 def _reads_status_register() -> bool:
-    """True where ``amp.all_finite`` reads the NPU float-status register ("no overflow since it
-    was last cleared") instead of the values: Ascend 910A, and 910B in SATURATION_MODE. Anything
-    between two steps would count against the next, so the step clears it before its forward, as
-    ``TrainOneStepWithLossScaleCell.start_overflow_check`` does."""
+    """True where ``amp.all_finite`` reads the NPU float-status register (910A, 910B in
+    SATURATION_MODE): the step clears it before its forward, as TrainOneStepWithLossScaleCell does."""
     if ms.get_context("device_target") != "Ascend":
         return False
     from mindspore._c_expression import MSContext  # what mindspore.amp itself queries
@@ -63,15 +53,9 @@ def _reads_status_register() -> bool:
             and os.environ.get("MS_ASCEND_CHECK_OVERFLOW_MODE") == "SATURATION_MODE")
 
 
-def _all_ranks_finite(finite):
-    """Finite on every rank (the sum of the "not finite" flags is 0)."""
-    return ops.AllReduce()(ops.cast(ops.logical_not(finite), ms.float32)) < 0.5
-
-
 class SkippedStepGuard:
-    """Raise after ``max_steps`` (0: never) consecutive skipped steps with the loss scale at its
-    floor (1, or a static scaler's value): a forward pass that itself overflows fp16 never
-    recovers, and the run would go on for days doing nothing."""
+    """Raise after ``max_steps`` (0: never) consecutive skipped steps at the lowest loss scale: a
+    forward that itself overflows fp16 never recovers, and the run would idle for days."""
 
     def __init__(self, max_steps: int, min_scale: float = 1.0):
         if int(max_steps) < 0:
@@ -106,11 +90,8 @@ class SkippedStepGuard:
 
 def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, *,
                      jit: bool = True, loss_scaler=None, clip_grad_norm: float = 0.0):
-    """``step(images, labels) -> (loss on the device, finite: bool, False when skipped)``.
-
-    With a loss scaler it is two compiled functions (gradients and finiteness; clip and update)
-    and Python applies the update only when finite: a data-dependent ``if`` inside one compiled
-    step makes MindSpore copy every parameter the forward reads (``TensorMove(Load(head.ebv))``):
+    """``step(images, labels) -> (loss, finite)``. With a scaler, two compiled functions and the
+    ``if finite`` in Python: inside one graph MindSpore copied every parameter the forward reads,
     2 GB of device memory and 4 GB of copying per step for the frozen 100k x 5000 matrix."""
     weights, scaler, clip = optimizer.parameters, loss_scaler, float(clip_grad_norm or 0.0)
     reducer = grad_reducer_for(weights)
@@ -148,8 +129,8 @@ def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer
         grads = scaler.unscale(grads)
         finite = amp.all_finite(grads)
         if clear_status and reducer is not None:
-            # the register is per device: agree across ranks, or one rank skips and others step
-            finite = _all_ranks_finite(finite)
+            # the register is per device: agree across ranks (no rank's "not finite" flag set)
+            finite = ops.AllReduce()(ops.cast(ops.logical_not(finite), ms.float32)) < 0.5
         scaler.adjust(finite)
         return loss, finite, grads
 

@@ -1,12 +1,6 @@
-"""The training loop: ``Trainer(cfg, resume=...).fit()``.
-
-``setup`` builds everything from the config (``builders``), checks a resumed checkpoint against it
-(classes, EBV settings, global step) and only then writes to the run folder (held by
-``run_folder.RunLock``). Then per epoch, as torchvision's reference scripts do:
-``train_one_epoch`` -> ``evaluate`` (every rank its shard) -> ``end_epoch`` (metrics.jsonl,
-last.ckpt, best.ckpt). A run killed at any point continues with ``resume="auto"`` at the first
-epoch ``last.ckpt`` does not cover. ``callbacks`` (``callbacks.Callback``) are the only hooks.
-"""
+"""The training loop: ``Trainer(cfg, resume=...).fit()``. ``setup`` builds and checks everything
+before writing to the run folder; then per epoch ``train_one_epoch`` -> ``evaluate`` ->
+``end_epoch`` (metrics.jsonl, last.ckpt, best.ckpt). A killed run continues with ``resume="auto"``."""
 from __future__ import annotations
 
 import math
@@ -37,8 +31,7 @@ _EBV_RECIPE_KEYS = ("path", "alpha", "method", "seed")
 
 
 def find_resume(resume: Optional[str], last_path: str, log) -> Optional[CheckpointState]:
-    """The checkpoint to resume from: None for a fresh run (refused over an existing
-    ``last_path``); ``resume`` "auto"/"" is ``last_path`` if it exists, else a path."""
+    """The checkpoint to resume from (None: a fresh run); ``resume`` "auto"/"": ``last_path``."""
     if resume is None:
         if os.path.isfile(last_path):
             raise CheckpointError(
@@ -59,7 +52,7 @@ def find_resume(resume: Optional[str], last_path: str, log) -> Optional[Checkpoi
 
 
 class Trainer:
-    """Owns one run: ``Trainer(cfg, resume=...).fit()`` returns the final record."""
+    """Owns one run; ``fit()`` returns the final record."""
 
     def __init__(self, cfg: Config, resume: Optional[str] = None, rank: int = 0,
                  world_size: int = 1, callbacks: Sequence[Callback] = ()):
@@ -107,11 +100,10 @@ class Trainer:
             recorded = (state.config or {}).get("ebv") or {}
             changed = [k for k in _EBV_RECIPE_KEYS if k in recorded and recorded[k] != cfg.ebv[k]]
             if changed:
-                raise CheckpointError(
-                    f"{state.path} was trained with " + ", ".join(
-                        f"ebv.{k}={recorded[k]!r}" for k in changed) + " but this run sets " +
-                    ", ".join(f"ebv.{k}={cfg.ebv[k]!r}" for k in changed) + "; resume with the "
-                    "same 'ebv' settings as the original run (or start a new output_dir)")
+                was, now = (", ".join(f"ebv.{k}={c[k]!r}" for k in changed) for c in (recorded, cfg.ebv))
+                raise CheckpointError(f"{state.path} was trained with {was} but this run sets {now}; "
+                                      "resume with the same 'ebv' settings as the original run (or "
+                                      "start a new output_dir)")
             self.network, self.ebv = network_from_checkpoint(
                 state, cfg, rank=self.rank, progress=self.rank == 0, amp_level=amp_level,
                 logger=self.log)
@@ -156,19 +148,15 @@ class Trainer:
             self.log.info("resumed from %s: epoch %d/%d done, best top-1 %.2f%% (epoch %d)",
                           resumed, self.start_epoch, t.epochs, self.best_top1, self.best_epoch)
             if self.rank == 0 and t.keep_best and self.best_epoch == self.start_epoch > 0:
-                self._repair_best(resumed)
+                try:  # a kill between writing last.ckpt and copying it to best.ckpt
+                    ok = (os.path.isfile(self.best_path)
+                          and load_checkpoint(self.best_path).epoch == self.start_epoch)
+                except CheckpointError:
+                    ok = False
+                if not ok:
+                    atomic_copy(resumed, self.best_path)
             if self.start_epoch:  # the shuffle order and randomness the uninterrupted run uses
                 self.train_info.set_start_epoch(self.start_epoch)
-
-    def _repair_best(self, resumed: str) -> None:
-        """A kill between writing last.ckpt and copying it to best.ckpt: finish the copy."""
-        try:
-            ok = (os.path.isfile(self.best_path)
-                  and load_checkpoint(self.best_path).epoch == self.start_epoch)
-        except CheckpointError:
-            ok = False
-        if not ok:
-            atomic_copy(resumed, self.best_path)
 
     def fit(self) -> dict:
         try:
@@ -205,9 +193,8 @@ class Trainer:
         return result
 
     def train_one_epoch(self, epoch: int, iterator) -> dict:
-        """One pass over this rank's shard; returns the epoch's training record. The losses stay
-        on the device (a read every step would make the host wait for each step) and are read as
-        one vector every ``train.log_interval`` steps (``_READ_EVERY`` when 0) and at the end."""
+        """One pass over this rank's shard. Losses stay on the device (a read per step makes the
+        host wait for each step), read as one vector every ``read_every`` steps and at the end."""
         t, spe = self.cfg.train, self.steps_per_epoch
         self.network.set_train(True)
         bar = progress_bar(total=spe, desc=f"epoch {epoch}/{t.epochs}", unit="step",
@@ -257,8 +244,7 @@ class Trainer:
                 "skipped_steps": n_skipped, "bad_samples": n_bad}
 
     def _read_losses(self, epoch: int, steps: int, pending, loss_sum: float):
-        """One host read of the ``pending`` (loss, finite) steps ending at ``steps``; each applied
-        step's loss must be finite. Returns (``loss_sum`` plus them, the last one)."""
+        """(``loss_sum`` plus the ``pending`` (loss, finite) losses, the last); applied ones finite."""
         values = ops.stack([loss for loss, _ in pending]).asnumpy()
         first = steps - len(pending)
         for k, ((_, finite), v) in enumerate(zip(pending, values)):
@@ -313,8 +299,7 @@ class Trainer:
 
 
 def train(cfg: Config, resume: Optional[str] = None, callbacks: Sequence[Callback] = ()) -> dict:
-    """Check ``cfg`` (every key, then the machine), set up MindSpore and train; returns the last
-    epoch's record."""
+    """Check ``cfg`` and the machine, set up MindSpore and train; returns the last record."""
     cfg = check_run(validate(cfg), training=True)
     setup_context(cfg)
     rank, world = init_parallel(cfg)
