@@ -1,9 +1,6 @@
-"""Which files of an archive or a dataset folder are each split's samples, and their labels.
-
-One implementation per layout: `folder_layout` (``[top/]<split>/<class>/<image>``) and
-`list_layout` (files of path and label). `detect_layout` feeds them an archive's names,
-`disk_layout` a folder's. Rules and overriding YAML keys: docs/data.md, "Layouts recognised".
-"""
+"""Each split's samples and labels in an archive or a dataset folder: `folder_layout`
+(``[top/]<split>/<class>/<image>``) and `list_layout` (files of path and label), fed an archive's
+names by `detect_layout`, a folder's by `disk_layout`. Rules: docs/data.md, "Layouts recognised"."""
 from __future__ import annotations
 
 import csv
@@ -85,9 +82,8 @@ def is_image(name: str) -> bool:
 def folder_layout(names: Sequence[str], image_ids: np.ndarray, root: Optional[str],
                   split_dirs: Mapping[str, str],
                   class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
-    """Group images by (split folder, class folder). A class folder without images keeps its place
-    in the class list, with a warning, so later class indices do not shift; ``class_names`` (e.g.
-    a resumed run's classes.json) fixes the class list and order."""
+    """Images grouped by (split folder, class folder). A class folder without images keeps its
+    index (with a warning); ``class_names`` (a resumed run's classes.json) fixes the class list."""
     wanted = {str(folder).strip("/"): str(split) for split, folder in split_dirs.items()}
     aliases = SPLIT_ALIASES["train"] + SPLIT_ALIASES["val"]
     is_img = np.zeros(len(names), bool)
@@ -182,9 +178,8 @@ def _split_key(folder: str, all_folders) -> str:
 def parse_list(text: str, source: str, columns: Optional[Sequence] = None,
                delimiter: Optional[str] = None,
                num_classes: Optional[int] = None) -> Tuple[List[str], np.ndarray]:
-    """(relative paths, int labels) from a list file's text; LayoutError names the bad line. Labels
-    lie in [0, ``num_classes``) and below `MAX_LABELS`: one corrupt label must neither make a
-    table of millions of classes nor wrap around int32."""
+    """(paths, int labels) of a list file's text; LayoutError names the bad line. Labels below
+    ``num_classes`` and `MAX_LABELS`: a corrupt one must not make millions of classes or wrap int32."""
     numbered = [(k + 1, ln) for k, ln in enumerate(text.splitlines())
                 if ln.strip() and not ln.lstrip().startswith("#")]
     if not numbered:
@@ -255,11 +250,9 @@ def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Cal
                 delimiter: Optional[str] = None, strip_prefix: str = "",
                 num_classes: Optional[int] = None,
                 class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
-    """The ``lists`` layout, in an archive or on disk: ``lists`` holds (split, list name, text
-    reader); each listed path (``strip_prefix`` removed) is found by ``lookup`` under the one of
-    ``prefixes(list name)`` that finds most. Not ``strict`` (auto-detection): a list that cannot
-    be parsed or names none of the files is ignored, with a warning. ``num_classes`` = largest
-    label + 1 over all lists (``class_names`` names them if it is long enough)."""
+    """The ``lists`` layout of (split, list name, text reader) ``lists``; each path is looked up
+    under the one of ``prefixes(list name)`` that finds most. Not ``strict`` (auto-detection): a
+    list that cannot be parsed or names none of the files is ignored, with a warning."""
     splits: Dict[str, SplitSamples] = {}
     for split, lname, text in lists:
         try:
@@ -361,9 +354,8 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
 
 def disk_layout(root: str, cfg: Mapping, lists: bool, num_classes: Optional[int] = None,
                 class_names: Optional[Sequence[str]] = None) -> Tuple[FileReader, Layout]:
-    """The layout of a dataset folder and the reader of its files: class folders, or, with
-    ``data.split_lists``, list files on disk (absolute, or relative to the working folder or
-    ``root``) naming images under ``root``."""
+    """The layout of a dataset folder and the reader of its files: class folders, or list files
+    (absolute, or relative to the working folder or ``root``) naming images under ``root``."""
     if lists:
         if not cfg["split_lists"]:
             raise LayoutError("data.format: list needs data.split_lists ({split: list file})")
@@ -401,9 +393,8 @@ def _read_list(path: str) -> str:
 
 
 def _walk(root: str, split_dirs: Mapping[str, str]) -> List[str]:
-    """Entry names under ``root`` as in an archive ('/'-separated, folders end with '/'): regular
-    files and folders down to ``<split>/<class>/<image>`` (or ``<class>/<image>`` in each
-    ``data.split_dirs`` folder). A FIFO or a link to a device is no file, so not listed."""
+    """Names under ``root`` as in an archive (folders end with '/') down to the images: regular
+    files and folders only (a FIFO or a link to a device is not listed)."""
     out: List[str] = []
 
     def walk(rel: str, depth: int) -> None:

@@ -1,9 +1,6 @@
-"""Byte readers: one zip member by offset (``ZipMemberReader``) or one file under a root (``FileReader``).
-
-Picklable without their open state: each worker process opens its own descriptor and reads with
-``os.pread``. ``BadMember`` is one bad sample. Reads are bounded before anything is allocated
-(a crafted zip64 size of 2^62 was a MemoryError; a 1 MB member inflating to 1 GiB cost 1.5 GB).
-"""
+"""Byte readers of a zip member by offset or a file under a root, picklable without their open
+state (each worker opens its own descriptor). Reads are bounded before allocating (a crafted
+zip64 size of 2^62 was a MemoryError; a 1 MB member inflating to 1 GiB cost 1.5 GB)."""
 from __future__ import annotations
 
 import os
@@ -16,7 +13,6 @@ import numpy as np
 
 from .zip_index import ZipIndex, load_zip_index
 
-_LOCAL = struct.Struct("<4s5H3L2H")  # local file header, 30 bytes
 _LOCAL_SIG = b"PK\x03\x04"
 _SLACK = 320  # bytes read past the 30-byte local header for its name and extra field
 # data.max_image_bytes: ~4x the largest ImageNet file (a 15 MB JPEG); a list file may be larger
@@ -34,8 +30,8 @@ def _too_large(size: int, max_bytes: int) -> str:
 
 
 def read_regular(path: str, max_bytes: int) -> bytes:
-    """The bytes of the regular file ``path``, at most ``max_bytes`` (0: no cap), else ``BadMember``.
-    O_NONBLOCK: opening a FIFO does not wait for a writer, so it can be refused."""
+    """The bytes of the regular file ``path``, at most ``max_bytes`` (0: no cap), else ``BadMember``
+    (O_NONBLOCK: a FIFO is refused, not waited on)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
@@ -60,22 +56,20 @@ class ZipMemberReader:
     """Reads members of one archive by index number, using its ``ZipIndex``."""
 
     def __init__(self, index: ZipIndex):
-        self.archive, self._index_cache, self.index = index.archive, index.cache_dir, index
+        self.archive, self.index = index.archive, index
         self._fd: Optional[int] = None
         self._pid: Optional[int] = None
 
     def __getstate__(self):
-        state = {"archive": self.archive, "_index_cache": self._index_cache,
-                 "digest": self.index.digest, "key": self.index.key}
-        if self._index_cache is None:  # index only in memory: ship the arrays themselves
-            state["index"] = self.index
-        return state
+        ix = self.index
+        if ix.cache_dir is None:  # index only in memory: ship the arrays themselves
+            return {"index": ix}
+        return {"archive": ix.archive, "location": ix.cache_dir, "digest": ix.digest, "key": ix.key}
 
     def __setstate__(self, state):
-        index = state.get("index")
-        self.__init__(index if index is not None else load_zip_index(
-            state["archive"], location=state["_index_cache"], progress=False, must_exist=True,
-            digest=state.get("digest"), checked_key=state.get("key")))
+        self.__init__(state["index"] if "index" in state else load_zip_index(
+            state["archive"], location=state["location"], progress=False, must_exist=True,
+            digest=state["digest"], checked_key=state["key"]))
 
     def _handle(self) -> int:
         pid = os.getpid()
@@ -118,8 +112,7 @@ class ZipMemberReader:
         buf = os.pread(fd, want, off)
         if len(buf) < 30 or buf[:4] != _LOCAL_SIG:
             raise BadMember("bad local header (archive truncated or corrupt)")
-        (_, _ver, _flag, _meth, _t, _d, _crc, _cs, _us, lnlen, lelen) = _LOCAL.unpack_from(buf)
-        start = 30 + lnlen + lelen
+        start = 30 + sum(struct.unpack_from("<2H", buf, 26))  # + name and extra field lengths
         if len(buf) < start + csz:
             buf = os.pread(fd, start + csz, off)
             if len(buf) < start + csz:

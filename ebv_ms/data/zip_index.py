@@ -1,10 +1,7 @@
-"""A compact, cached index of a zip archive's members, so workers never parse the central directory.
-
-Flat arrays plus one blob of names (~100 MB at 1.8M members, memory-mapped, shared through the
-page cache), parsed by hand: ``zipfile`` takes ~1 GB and ~10 s at 1.8M. The cache is keyed by the
-sha256 of the central directory (~0.5 s at 1.8M): size and mtime survive ``cp -p``. The end
-records are untrusted: counts and entries must fit in the directory before anything is allocated.
-"""
+"""A cached index of a zip archive's members: flat arrays plus one blob of names (~100 MB at 1.8M
+members, memory-mapped, shared through the page cache), parsed by hand (``zipfile``: ~1 GB, ~10 s).
+Keyed by the sha256 of the central directory (~0.5 s at 1.8M): size and mtime survive ``cp -p``.
+The end records are untrusted: counts and entries must fit in the directory before allocating."""
 from __future__ import annotations
 
 import hashlib
@@ -21,6 +18,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from ..errors import EBVMSError
+from ..progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +95,8 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
     method, crc, flags = np.empty(n, np.uint16), np.empty(n, np.uint32), np.empty(n, np.uint16)
     name_chunks: List[bytes] = []
     unpack = _CDIR.unpack_from
-    bar = None
-    if progress and n > 200_000:
-        from ebv_ms.progress import progress_bar
-        bar = progress_bar(total=n, desc="indexing zip", unit="member", mininterval=1.0)
+    bar = progress_bar(total=n, desc="indexing zip", unit="member", mininterval=1.0,
+                       disable=not (progress and n > 200_000))
     p = total = 0
     end = len(cd)
     bad_utf8: List[int] = []
@@ -134,11 +130,10 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
         total += len(name)
         name_chunks.append(name)
         p += 46 + nlen + elen + clen
-        if bar is not None and (i & 0xFFFF) == 0:
+        if (i & 0xFFFF) == 0:
             bar.update(min(0x10000, n - bar.n))
-    if bar is not None:
-        bar.update(n - bar.n)
-        bar.close()
+    bar.update(n - bar.n)
+    bar.close()
     name_start[n] = total
     if bad_utf8:
         example = name_chunks[bad_utf8[0]].decode("utf-8")
@@ -199,17 +194,6 @@ class ZipIndex:
         return [blob[a:b].decode("utf-8", "replace") for a, b in zip(starts, starts[1:])]
 
 
-def index_location(archive: str, cache_dir: Optional[str] = None) -> str:
-    """Where the index of ``archive`` lives: next to it if that folder is writable, else a cache dir."""
-    ap = os.path.abspath(archive)
-    if cache_dir is None and not os.access(os.path.dirname(ap) or ".", os.W_OK):
-        cache_dir = os.environ.get("EBV_MS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ebv_ms"))
-    if not cache_dir:
-        return ap + ".ebvidx"
-    tag = hashlib.sha1(ap.encode("utf-8")).hexdigest()[:12]
-    return os.path.join(cache_dir, f"{os.path.basename(ap)}.{tag}.ebvidx")
-
-
 def _load(loc: str, digest: str) -> Optional[Dict[str, np.ndarray]]:
     try:
         with open(os.path.join(loc, "meta.json"), "r", encoding="utf-8") as f:
@@ -253,18 +237,21 @@ def load_zip_index(archive: str, cache_dir: Optional[str] = None, progress: bool
                    rebuild: bool = False, location: Optional[str] = None,
                    must_exist: bool = False, digest: Optional[str] = None,
                    checked_key: Optional[Dict[str, object]] = None) -> ZipIndex:
-    """The archive's index: loaded (memory-mapped) from the cache, or built and cached (in memory
-    only, with a warning, where the cache is not writable). Workers pass ``location``,
-    ``must_exist`` and what their parent checked (``digest``, ``checked_key``): the directory is
-    not read again while size and mtime match, and a missing or different index is an error, not
-    a rebuild, since member numbers would no longer match."""
+    """The archive's index, memory-mapped from the cache or built (and cached if writable). Workers
+    pass what their parent checked: the directory is not read again while size and mtime match,
+    and a missing or different index is an error, not a rebuild (member numbers would differ)."""
     if not os.path.exists(archive):
         raise _fail(archive, "archive not found")
     if not os.path.isfile(archive):
         raise _fail(archive, "is not a regular file (a directory, FIFO, device or socket)")
     st = os.stat(archive)
-    key = {"path": os.path.abspath(archive), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
-    loc = location or index_location(archive, cache_dir)
+    ap, loc = os.path.abspath(archive), location
+    key = {"path": ap, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    if not loc:  # next to the archive if that folder is writable, else in a cache dir
+        if cache_dir is None and not os.access(os.path.dirname(ap) or ".", os.W_OK):
+            cache_dir = os.environ.get("EBV_MS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ebv_ms"))
+        tag = hashlib.sha1(ap.encode("utf-8")).hexdigest()[:12]
+        loc = os.path.join(cache_dir, f"{os.path.basename(ap)}.{tag}.ebvidx") if cache_dir else ap + ".ebvidx"
     cd = n = None
     if not (must_exist and digest and checked_key == key):
         cd, n, digest = _read_central_directory(archive)
@@ -285,5 +272,5 @@ def load_zip_index(archive: str, cache_dir: Optional[str] = None, progress: bool
             loc = None
         logger.info("indexed %d members of %s in %.1f s", len(arrays["size"]), archive,
                     time.perf_counter() - t0)
-    return ZipIndex(archive=os.path.abspath(archive), cache_dir=loc, built=built, digest=digest,
+    return ZipIndex(archive=ap, cache_dir=loc, built=built, digest=digest,
                     key=key, **arrays)

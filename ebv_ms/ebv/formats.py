@@ -61,20 +61,14 @@ def _check_magic(path: Path, magic: bytes, what: str) -> None:
 
 _NPZ_MAX_META = 16 << 20   # metadata JSON is a few hundred bytes; 16 MiB is corrupt
 _DEFLATE_MAX_RATIO = 1032  # zlib's worst case: deflate cannot shrink data more than this
-
-
 _CHUNK = 16 << 20          # read size: the only temporary a load needs beside the matrix
 
 
 def _read_array(f, where: str, have: int, mmap_path: Optional[Path] = None,
                 max_bytes: Optional[int] = None) -> np.ndarray:
-    """The .npy array at ``f``'s position (``have`` bytes to its end), its declared size checked
-    against ``have`` before allocating; the caller verifies the content (the native checksum).
-
-    ``mmap_path`` (``f`` reads that file uncompressed): an aligned array is mapped read-only, so
-    the processes of a host share one copy in the page cache. Otherwise it is read in ``_CHUNK``
-    pieces into its final buffer: read whole and copied, a 2 GB set peaked at 4.25 GB.
-    """
+    """The .npy array at ``f``'s position (``have`` bytes to its end), its size checked before
+    allocating. With ``mmap_path`` an aligned array is mapped read-only (one copy per host in the
+    page cache), else read in ``_CHUNK`` pieces into place: read whole, a 2 GB set peaked at 4.25 GB."""
     start = f.tell()
     try:
         version = np.lib.format.read_magic(f)
@@ -127,8 +121,7 @@ def _load_npy(path: Path) -> EBVSet:
 
 def _read_npz_member(z: zipfile.ZipFile, path: Path, name: str, archive_size: int,
                      max_bytes: Optional[int] = None) -> np.ndarray:
-    """One array of an .npz, its size checked before allocating; a stored member is read (or
-    mapped) at its offset in the file, not through zipfile."""
+    """One array of an .npz; a stored member is read (or mapped) at its offset, not via zipfile."""
     where = f"{path} (member {name})"
     info = z.getinfo(name)
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -254,7 +247,7 @@ _READERS = {".npy": _load_npy, ".npz": _load_npz, ".pkl": _load_pickle, ".pickle
 
 def load_ebv(path: PathLike) -> EBVSet:
     """Read an EBV set; `EBVError` (`UnsafePickleError` for a pickle outside the allow-list)
-    names the file and the problem for anything that is not a usable set."""
+    names the file and the problem."""
     path = Path(path)
     ext = _ext(path)
     if not path.exists():
@@ -306,20 +299,16 @@ def save_ebv(ebv: EBVSet, path: PathLike) -> Path:
     path = Path(path)
     ext = _ext(path)
     vectors = np.ascontiguousarray(ebv.vectors, dtype=np.float32)
-    if ext == ".npy":
-        def write(f):
-            np.save(f, vectors, allow_pickle=False)
-    elif ext == ".npz":
+    if ext == ".npz":
         try:
             meta = json.dumps(_metadata(ebv), sort_keys=True).encode("utf-8")
         except TypeError as exc:
             raise EBVError(f"{path}: EBVSet.extra must be JSON-serialisable ({exc})") from None
-
-        def write(f):
-            _write_npz(f, {"vectors": vectors, "metadata": np.frombuffer(meta, dtype=np.uint8)})
-    else:  # .pkl / .pickle: numpy array pickle, as in the authors' MindSpore repository
-        def write(f):
-            pickle.dump(vectors, f, protocol=4)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a crash leaves no half-written set
-        write(f)
+        if ext == ".npy":
+            np.save(f, vectors, allow_pickle=False)
+        elif ext == ".npz":
+            _write_npz(f, {"vectors": vectors, "metadata": np.frombuffer(meta, dtype=np.uint8)})
+        else:  # .pkl / .pickle: numpy array pickle, as in the authors' MindSpore repository
+            pickle.dump(vectors, f, protocol=4)
     return path

@@ -1,15 +1,11 @@
-"""Restricted unpickling of the authors' released EBV files (numpy arrays, torch CUDA tensors),
-with neither torch nor a GPU; the formats and every rule's reason are in docs/files.md.
+"""Restricted unpickling of the authors' released EBV files (numpy arrays, torch CUDA tensors)
+without torch or a GPU; the formats and every rule's reason: docs/files.md.
 
-A ``.pkl`` from the internet is untrusted: ``pickle.load`` runs whatever callable it names. Here
-every global goes through an allow-list of local, argument-checking stand-ins (numpy's own
-``__setstate__`` never sees file data), so nothing of the file's runs. A file of S bytes costs
-O(S) time and memory whatever it holds (a memo can make a 1 KB file a DAG of 2^40 paths): the
-opcodes run on Python's pure-Python unpickler, changed so that BUILD acts only on the array and
-dtype stand-ins, dict keys and set items are plain scalars (hashing a tuple walks it as a tree),
-declared lengths are checked against S, every call of an allowed global is charged against a
-budget of 8 x S, at most 2^18 opcodes run, and messages quote bounded excerpts (`excerpt`).
-The C unpickler (``pickle.Unpickler`` + ``find_class``) cannot bound the hashing or the opcodes.
+Every global goes through an allow-list of argument-checking stand-ins, so nothing of the file runs.
+A file of S bytes costs O(S) whatever it holds (a memo can make 1 KB a DAG of 2^40 paths): on the
+pure-Python unpickler, BUILD acts only on the array/dtype stand-ins, dict keys and set items are
+plain scalars (hashing a tuple walks it as a tree), lengths are checked against S, allowed calls are
+charged to a budget of 8 x S and at most 2^18 opcodes run. The C unpickler cannot bound the last two.
 """
 from __future__ import annotations
 
@@ -243,43 +239,23 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *_ignored
     return data
 
 
-class _Budget:
-    """Bytes the allowed globals may take in and build for one file: a few times its size."""
-
-    FACTOR = 8  # the official files use ~4: storage bytes parsed, copied, then viewed and copied
-
-    def __init__(self, size: int):
-        self.size = int(size)
-        self.left = self.FACTOR * self.size + (1 << 20)
-
-    def charge(self, obj) -> None:
-        if isinstance(obj, (bytes, bytearray, str, tuple, list, dict)):
-            n = len(obj)
-        elif isinstance(obj, (np.ndarray, _TorchStorage)):
-            n = obj.nbytes if isinstance(obj, np.ndarray) else obj.array.nbytes
-        else:
-            n = 1
-        self.left -= n + 1
-        if self.left < 0:
-            raise EBVError(f"pickle of {self.size} bytes asks to build more than "
-                           f"{self.FACTOR} x its size (the same data referenced again and again "
-                           "through the memo): refused as corrupt or hostile")
+_BUDGET = 8  # x the file size: the official files use ~4 (storage parsed, copied, viewed, copied)
 
 
 class _Global:
     """An allowed global as the pickle sees it, charging its arguments and result to the budget;
     made per load, with slots and out of BUILD's reach, so a file leaves no state behind."""
 
-    __slots__ = ("_fn", "_budget")
+    __slots__ = ("_fn", "_charge")
 
-    def __init__(self, fn, budget: _Budget):
-        self._fn, self._budget = fn, budget
+    def __init__(self, fn, charge):
+        self._fn, self._charge = fn, charge
 
     def __call__(self, *args, **kwargs):
         for a in args + tuple(kwargs.values()):
-            self._budget.charge(a)
+            self._charge(a)
         out = self._fn(*args, **kwargs)
-        self._budget.charge(out)
+        self._charge(out)
         return out
 
 
@@ -323,9 +299,22 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     def __init__(self, file, allowed: dict, size: int):
         super().__init__(file)
-        self._ops, self._size, self._budget = 0, int(size), _Budget(size)
+        self._ops, self._size, self._left = 0, int(size), _BUDGET * int(size) + (1 << 20)
         self._allowed = {k: v if v is _NDARRAY or isinstance(v, _TorchStorageType)
-                         else _Global(v, self._budget) for k, v in allowed.items()}
+                         else _Global(v, self._charge) for k, v in allowed.items()}
+
+    def _charge(self, obj) -> None:
+        """Bytes the allowed globals take in and build, against a few times the file's size."""
+        if isinstance(obj, (bytes, bytearray, str, tuple, list, dict)):
+            self._left -= len(obj) + 1
+        elif isinstance(obj, (np.ndarray, _TorchStorage)):
+            self._left -= (obj.nbytes if isinstance(obj, np.ndarray) else obj.array.nbytes) + 1
+        else:
+            self._left -= 2
+        if self._left < 0:
+            raise EBVError(f"pickle of {self._size} bytes asks to build more than {_BUDGET} x its "
+                           "size (the same data referenced again and again through the memo): "
+                           "refused as corrupt or hostile")
 
     def find_class(self, module, name):
         try:
@@ -348,11 +337,11 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise UnsafePickleError(f"BUILD (setting state) on {type(inst).__name__} refused: "
                                     "EBV files set state only on numpy arrays and dtypes")
         state = self.stack.pop()
-        self._budget.charge(state)
+        self._charge(state)
         inst.__setstate__(state)
         if isinstance(inst, _ArrayState):
-            self._budget.charge(inst.array)
-            self._budget.charge(inst.array)  # the bytes() copy made on the way
+            self._charge(inst.array)
+            self._charge(inst.array)  # the bytes() copy made on the way
     dispatch[pickle.BUILD[0]] = _load_build
 
     def _load_bytearray8(self):
@@ -486,11 +475,8 @@ ALLOWED_GLOBALS = {
 
 
 def safe_load_pickle(data: bytes) -> Any:
-    """Unpickle ``data`` through the allow-list; raises `UnsafePickleError` / `EBVError`.
-
-    Returns the top-level object, a numpy array for numpy and torch EBV files; containers are
-    not walked (that could take 2^S steps), so whatever they hold stays as the unpickler made it.
-    """
+    """The top-level object of ``data`` (a numpy array for numpy and torch EBV files), unpickled
+    through the allow-list; containers are not walked (that could take 2^S steps)."""
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), ALLOWED_GLOBALS, len(data)).load()
     except EBVError:
