@@ -139,8 +139,7 @@ def _format(cfg) -> str:
 def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None,
                    num_classes: Optional[int] = None,
                    class_names: Optional[List[str]] = None) -> Tuple[ZipIndex, Layout]:
-    """The archive's index and layout; the layout is cached next to the index (keyed by options).
-    ``num_classes`` bounds list labels, ``class_names`` fixes the class list (see `open_split`)."""
+    """The archive's index and layout; the layout is cached next to the index (keyed by options)."""
     index = index or load_zip_index(path, cache_dir=cfg.get("index_cache_dir"))
     opts = json.dumps(dict({k: cfg.get(k) for k in _LAYOUT_KEYS}, class_names=class_names),
                       sort_keys=True, default=str)
@@ -188,9 +187,8 @@ class SplitSource:
 
 def open_split(data_cfg: Optional[Mapping], split: str, num_classes: Optional[int] = None,
                class_names: Optional[List[str]] = None) -> SplitSource:
-    """The samples of ``split`` from the archive, folders or lists ``data_cfg`` names.
-    ``num_classes`` bounds list labels (refused with the list's line number); ``class_names``
-    (e.g. the saved classes.json of a run being resumed) fixes the class list and its order."""
+    """The samples of ``split``; ``num_classes`` bounds list labels (refused with the line number),
+    ``class_names`` (a resumed run's classes.json) fixes the class list and its order."""
     cfg = _cfg(data_cfg)
     reader, layout = _open(cfg, num_classes, class_names)
     samples = layout.split(split)

@@ -146,8 +146,7 @@ def folder_layout(names: Sequence[str], image_ids: np.ndarray, root: Optional[st
     if missing and len(missing) < len(class_names):
         logger.warning("%d class(es) have no images in any split, e.g. %s (kept, with their "
                        "index, so the other classes keep theirs)", len(missing), missing[:5])
-    sets = list(per_split.values())
-    if any(s != sets[0] for s in sets[1:]):
+    if len({frozenset(s) for s in per_split.values()}) > 1:
         sizes = ", ".join(f"{d}: {len(s)}" for d, s in per_split.items())
         logger.warning("splits have different class folders (%s); class indices come from their "
                        "sorted union", sizes)
@@ -262,8 +261,7 @@ def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Cal
                 raise LayoutError(str(exc)) from None
             logger.warning("ignoring %s as a list file: %s", lname, exc)
             continue
-        if strip_prefix:
-            paths = [p[len(strip_prefix):] if p.startswith(strip_prefix) else p for p in paths]
+        paths = [p.removeprefix(strip_prefix) for p in paths]
         clean = [re.sub(r"^(\./)*", "", p).lstrip("/") for p in paths]
         # under the prefix that finds most of the first 200
         best = max(dict.fromkeys(prefixes(lname)),

@@ -393,14 +393,6 @@ class _TorchStorageUnpickler(_RestrictedUnpickler):
         return ("root", key)
 
 
-def _read_exact(f: io.BytesIO, n: int, what: str) -> bytes:
-    b = f.read(n)
-    if len(b) != n:
-        raise EBVError(f"torch storage bytes truncated while reading {what} "
-                       f"({len(b)} of {n} bytes)")
-    return b
-
-
 def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
     """Decode ``torch.storage._load_from_bytes`` bytes: five pickles (magic number, protocol
     version, sys info, the storage record, its keys), then per key an int64 LE count and the
@@ -438,13 +430,16 @@ def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
         if key not in u.records:
             raise EBVError(f"torch storage key {excerpt(key)} has no record")
         stype, numel = u.records[key]
-        (count,) = struct.unpack("<q", _read_exact(f, 8, f"size of storage {key}"))
+        head = f.read(8)
+        if len(head) != 8:
+            raise EBVError(f"torch storage bytes truncated while reading size of storage {key} "
+                           f"({len(head)} of 8 bytes)")
+        (count,) = struct.unpack("<q", head)
         remaining = len(data) - f.tell()
         if count != numel or count < 0 or count * stype.dtype.itemsize > remaining:
             raise EBVError(f"torch storage {key}: {count} elements recorded, {numel} declared, "
                            f"{remaining} bytes left: file truncated or corrupt")
-        raw = _read_exact(f, count * stype.dtype.itemsize, f"data of storage {key}")
-        arr = np.frombuffer(raw, dtype=stype.dtype)
+        arr = np.frombuffer(f.read(count * stype.dtype.itemsize), dtype=stype.dtype)
         if stype.name == "BFloat16Storage":  # bfloat16 = top half of a float32
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         arrays[key] = arr.astype(arr.dtype.newbyteorder("="), copy=False)
