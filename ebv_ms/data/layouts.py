@@ -126,10 +126,7 @@ def folder_layout(names: Sequence[str], image_ids: np.ndarray, root: Optional[st
         class_names = list(class_names)
     class_index = {c: i for i, c in enumerate(class_names)}
     splits: Dict[str, SplitSamples] = {}
-    per_split: Dict[str, set] = defaultdict(set)
-    for d, c in groups:
-        if d in split_of:
-            per_split[d].add(c)
+    per_split = {d: {c for (e, c) in groups if e == d} for d in split_of}
     for d, folder in sorted(split_of.items()):
         classes = sorted(per_split[d])
         ids = [sorted(groups[(d, c)], key=lambda m: names[m]) for c in classes]
