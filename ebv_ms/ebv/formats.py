@@ -179,9 +179,7 @@ def _validate_metadata(path: Path, meta: dict, shape) -> None:
             raise EBVError(f"{path}: metadata has no checksum, so the matrix cannot be verified "
                            "(the key was removed or nulled: file edited or corrupt); save the "
                            "set again with ebv_ms.ebv.save_ebv if its origin is trusted")
-        if key in ("alpha", "seed", "extra") and key not in meta:
-            continue
-        if key not in meta or not ok(meta[key]):
+        if not ok(meta.get(key)):  # alpha, seed and extra may be absent: ok(None) holds for them
             raise EBVError(f"{path}: metadata key '{key}' must be {want}, got "
                            f"{str(meta.get(key, '(missing)'))[:60]!r}: file edited or corrupt")
     if (meta["num_classes"], meta["dim"]) != tuple(int(s) for s in shape):
