@@ -1,4 +1,4 @@
-"""Test instruments, installed as training callbacks (``ebv_ms.engine.callbacks.Callback``).
+"""Test instruments, installed as training callbacks (``ebv_ms.engine.trainer.Callback``).
 
 - ``RankProbe`` / ``RankProbeCallback``: per-rank evidence that data parallelism did what it
   should: a digest over every label the rank trained on, its first labels, its step count and a
@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from ebv_ms.atomic import atomic_path
-from ebv_ms.engine.callbacks import Callback
+from ebv_ms.engine.trainer import Callback
 from ebv_ms.engine.distributed import get_rank_info, rank_log_dir
 
 _LOG = logging.getLogger(__name__)

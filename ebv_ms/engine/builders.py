@@ -1,5 +1,5 @@
-"""What a run is made of, built from the config by each section's factory: context, data, network
-and step functions. Shared by ``train.py`` (through ``Trainer``) and ``eval.py``."""
+"""What a run is made of (context, data, network, step functions), from each config section's
+factory; shared by ``Trainer`` and ``eval.py``."""
 from __future__ import annotations
 
 from collections import namedtuple
@@ -12,7 +12,6 @@ import mindspore as ms
 from .train_step import build_eval_step, build_train_step, create_loss_scaler
 
 EvalParts = namedtuple("EvalParts", "dataset info step")  # step: images -> (B, k) top-k indices
-TrainParts = namedtuple("TrainParts", "lrs optimizer scaler step")  # step -> (loss, finite)
 
 
 def setup_context(cfg) -> None:
@@ -31,13 +30,11 @@ def init_parallel(cfg) -> Tuple[int, int]:
 
 
 def eval_sizes(cfg) -> Tuple[int, int]:
-    """(resize, crop) of the evaluation transform: ``eval.test_size`` S gives (round(S / 0.875),
-    S); else ``data.eval_resize`` / ``eval_crop``, by default ``image_size / 0.875`` and
-    ``image_size``."""
-    size = cfg.eval.get("test_size")
+    """(resize, crop) of the evaluation transform: ``eval.test_size`` S gives (S / 0.875, S); else
+    ``data.eval_resize`` / ``eval_crop``, by default ``image_size`` / 0.875 and ``image_size``."""
+    size, d = cfg.eval.get("test_size"), cfg.data
     if size:
         return round(size / 0.875), size
-    d = cfg.data
     return d.eval_resize or round(d.image_size / 0.875), d.eval_crop or d.image_size
 
 
@@ -52,8 +49,7 @@ def build_data(cfg, split: str, batch_size: int, is_training: bool, num_shards: 
 
 
 def build_network(cfg, ebv=None, amp_level: str = "O0"):
-    """``create_classifier(**cfg.model)`` with the EBV set, cast for mixed precision (the
-    embedding and head stay fp32)."""
+    """``create_classifier(**cfg.model)`` with the EBV set, cast for mixed precision."""
     from ebv_ms.models import create_classifier
     from ebv_ms.models.amp import apply_mixed_precision
     return apply_mixed_precision(create_classifier(ebv=ebv, **cfg.model.to_dict()), amp_level)
@@ -61,35 +57,27 @@ def build_network(cfg, ebv=None, amp_level: str = "O0"):
 
 def build_eval(cfg, network, rank: int = 0, world_size: int = 1) -> EvalParts:
     """This rank's shard of ``eval.split`` and the compiled top-k step."""
-    ds, info = build_data(cfg, cfg.eval.split, cfg.eval.batch_size, False,
-                          num_shards=world_size, shard_id=rank)
+    ds, info = build_data(cfg, cfg.eval.split, cfg.eval.batch_size, False, world_size, rank)
     return EvalParts(ds, info, build_eval_step(network, min(5, cfg.model.num_classes),
                                                jit=cfg.mode == "graph"))
 
 
-def build_training(cfg, network, steps_per_epoch: int, amp_level: str) -> TrainParts:
-    """The ``loss``, ``scheduler``, ``optim`` and ``train`` sections -> the parts of one step."""
+def build_training(cfg, network, steps_per_epoch: int, amp_level: str) -> tuple:
+    """The ``loss``, ``scheduler``, ``optim`` and ``train`` sections -> (lr per step, optimizer,
+    loss scaler, ``step(images, labels) -> (loss, finite)``)."""
     from ebv_ms.loss import create_loss
     from ebv_ms.optim import create_optimizer
     from ebv_ms.scheduler import create_scheduler
-    t, s, o = cfg.train, cfg.scheduler, cfg.optim
+    t, o = cfg.train, cfg.optim  # the sections' keys are the factories' arguments
     loss_fn = create_loss(**dict(cfg.loss))
-    lrs = create_scheduler(steps_per_epoch, t.epochs, o.lr, name=s.name,
-                           warmup_epochs=s.warmup_epochs, warmup_factor=s.warmup_factor,
-                           min_lr=s.min_lr)
-    optimizer = create_optimizer(network, opt=o.opt, lr=lrs, weight_decay=o.weight_decay,
-                                 momentum=o.momentum, nesterov=o.nesterov,
-                                 filter_bias_and_bn=o.filter_bias_and_bn, betas=tuple(o.betas),
-                                 eps=o.eps)
+    lrs = create_scheduler(steps_per_epoch, t.epochs, o.lr, **dict(cfg.scheduler))
+    optimizer = create_optimizer(network, **{**o, "lr": lrs, "betas": tuple(o.betas)})
     scaler = create_loss_scaler(t.loss_scale, amp_level, t.loss_scale_value)
-    step = build_train_step(network, loss_fn, optimizer,
-                            jit=cfg.mode == "graph", loss_scaler=scaler,
-                            clip_grad_norm=t.clip_grad_norm)
-    return TrainParts(lrs, optimizer, scaler, step)
+    step = build_train_step(network, loss_fn, optimizer, jit=cfg.mode == "graph",
+                            loss_scaler=scaler, clip_grad_norm=t.clip_grad_norm)
+    return lrs, optimizer, scaler, step
 
 
 def scaler_params(scaler) -> dict:
     """The loss scaler's state as Parameters (saved under ``loss_scale/`` in checkpoints)."""
-    if scaler is None or not hasattr(scaler, "scale_value"):
-        return {}
     return {k: getattr(scaler, k) for k in ("scale_value", "counter") if hasattr(scaler, k)}

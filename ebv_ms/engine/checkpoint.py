@@ -1,8 +1,8 @@
 """The checkpoint, written, read and loaded into a network here only: MindSpore's ``.ckpt``
-protobuf, parsed here with checks first (MindSpore's loader trusts a tensor's dims and copied past
-its buffer: a crafted file crashed eval.py with SIGSEGV). It holds the parameters but the frozen
-EBV matrix, ``optimizer/`` and ``loss_scale/`` state, the config, a JSON record and a sha256 of
-all of it; an EBV set over 64 MiB (100k x 5000 = 2 GB) is written once next to it instead."""
+protobuf, parsed with checks first (MindSpore's loader trusts a tensor's dims: a crafted file
+crashed eval.py with SIGSEGV). It holds the parameters but the frozen EBV matrix, ``optimizer/``
+and ``loss_scale/`` state, the config, a JSON record and a sha256 of all of it; an EBV set over
+64 MiB (100k x 5000 = 2 GB) is written once next to it instead."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import stat
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Sequence, Union
@@ -32,9 +31,8 @@ _META, _CONFIG, _EBV, _SUM = "ebv_ms_meta", "ebv_ms_config", "ebv_ms_ebv_vectors
 _OPT, _EXTRA = "optimizer/", "loss_scale/"
 _MAX_DIMS = 8                       # MindSpore's own limit on a tensor's rank
 _CHUNK = 1 << 28                    # bytes per protobuf Value (a message must stay < 2 GiB)
-_DTYPES = {k: np.dtype(k.lower()) for k in ("Float16", "Float32", "Float64", "Int8", "UInt8",
-                                             "Int16", "UInt16", "Int32", "UInt32", "Int64",
-                                             "UInt64", "Bool")}  # MindSpore's labels
+_DTYPES = {k: np.dtype(k.lower()) for k in (  # MindSpore's labels
+    "Float16 Float32 Float64 Int8 UInt8 Int16 UInt16 Int32 UInt32 Int64 UInt64 Bool".split())}
 _LABELS = {v: k for k, v in _DTYPES.items()}
 # a recipe from a file is rebuilt only up to this many float32 elements (N x d): the 100k x 5000
 # set is 5e8; a crafted N = d = 20,000 orthonormal recipe grew eval.py to 9.8 GB
@@ -75,18 +73,14 @@ def write_entries(path: str, entries: Mapping[str, Entry]) -> str:
                 label, dims, raw = _LABELS[value.dtype], list(value.shape), memoryview(
                     value.reshape(-1).view(np.uint8))
             for i in range(0, max(len(raw), 1), _CHUNK):
-                msg = Checkpoint()
-                v = msg.value.add()
-                v.tag, v.tensor.tensor_type = name, label
-                v.tensor.tensor_content = bytes(raw[i:i + _CHUNK])
-                v.tensor.dims.extend(dims)
-                f.write(msg.SerializeToString())
+                f.write(Checkpoint(value=[dict(tag=name, tensor=dict(
+                    tensor_type=label, dims=dims, tensor_content=bytes(raw[i:i + _CHUNK])))]
+                ).SerializeToString())
     return path
 
 
 def read_entries(path: str) -> Dict[str, Entry]:
-    """A ``.ckpt`` as name -> read-only array or string; anything but plain, exact tensors is a
-    ``CheckpointError``."""
+    """A ``.ckpt`` as name -> read-only array or string; anything else is a ``CheckpointError``."""
     from google.protobuf import unknown_fields
     from mindspore.train.checkpoint_pb2 import Checkpoint
 
@@ -94,19 +88,16 @@ def read_entries(path: str) -> Dict[str, Entry]:
         return CheckpointError(f"{path}: not a usable checkpoint ({why}); use another checkpoint "
                                "(last.ckpt / best.ckpt of the run)")
 
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    if not stat.S_ISREG(st.st_mode):
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not os.path.isfile(path):
         raise CheckpointError(f"{path}: not a regular file (a checkpoint is a .ckpt file)")
     with open(path, "rb") as f:
         content = f.read()
     if content[-17:-10] == b"crc_num":  # MindSpore's optional CRC trailer (save crc_check=True)
         content = content[:-17]
-    msg = Checkpoint()
     try:
-        msg.ParseFromString(content)
+        msg = Checkpoint.FromString(content)
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others
         raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({exc})") from None
     del content
@@ -131,28 +122,26 @@ def read_entries(path: str) -> Dict[str, Entry]:
     out: Dict[str, Entry] = {}
     for name in list(parts):
         (label, dims), chunks = parts.pop(name)
-        out[name] = _entry(name, label, dims, b"".join(chunks), bad)
+        data, what = b"".join(chunks), f"{name[:80]!r}"
+        if label == "str":
+            if dims != (0,) or len(data) % 4:
+                raise bad(f"string {what} has dims {list(dims)[:10]} and {len(data)} bytes")
+            try:
+                out[name] = data.decode("utf-32-le").rstrip("\0")
+            except UnicodeDecodeError:
+                raise bad(f"string {what} is not UTF-32") from None
+            continue
+        if label not in _DTYPES:
+            raise bad(f"tensor {what} has dtype label {label[:40]!r}")
+        if len(dims) > _MAX_DIMS or any(d < 1 for d in dims):
+            raise bad(f"tensor {what} has {len(dims)} dims {list(dims)[:10]} (1..{_MAX_DIMS} "
+                      "dims, each >= 1)")
+        size = math.prod(dims) * _DTYPES[label].itemsize
+        if size != len(data):
+            raise bad(f"tensor {what} declares {list(dims)} x {label} = {size} bytes but holds "
+                      f"{len(data)}")
+        out[name] = np.frombuffer(data, _DTYPES[label]).reshape(dims)
     return out
-
-
-def _entry(name, label, dims, data, bad) -> Entry:
-    if label == "str":
-        if dims != (0,) or len(data) % 4:
-            raise bad(f"string {name[:80]!r} has dims {list(dims)[:10]} and {len(data)} bytes")
-        try:
-            return data.decode("utf-32-le").rstrip("\0")
-        except UnicodeDecodeError:
-            raise bad(f"string {name[:80]!r} is not UTF-32") from None
-    if label not in _DTYPES:
-        raise bad(f"tensor {name[:80]!r} has dtype label {label[:40]!r}")
-    if len(dims) > _MAX_DIMS or any(d < 1 for d in dims):
-        raise bad(f"tensor {name[:80]!r} has {len(dims)} dims {list(dims)[:10]} (1..{_MAX_DIMS} "
-                  "dims, each >= 1)")
-    dtype = _DTYPES[label]
-    if math.prod(dims) * dtype.itemsize != len(data):
-        raise bad(f"tensor {name[:80]!r} declares {list(dims)} x {label} = "
-                  f"{math.prod(dims) * dtype.itemsize} bytes but holds {len(data)}")
-    return np.frombuffer(data, dtype).reshape(dims)
 
 
 @dataclass
@@ -162,7 +151,7 @@ class CheckpointState:
     path: str
     epoch: int = 0                     # last completed epoch (1-based); 0 = none
     global_step: int = 0
-    config: Optional[dict] = None      # the full config the run used, if recorded
+    config: Optional[dict] = None
     ebv: Optional[EBVSet] = None
     ebv_info: Optional[dict] = None
     best_top1: float = -1.0
@@ -190,10 +179,9 @@ def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_st
                     ebv_inline_max_bytes: int = EBV_INLINE_MAX_BYTES) -> str:
     """Everything needed to resume (or evaluate), atomically (``atomic_path`` makes the folder)."""
     _, net, opt = _params(network, optimizer)
-    entries: Dict[str, Entry] = {p.name: p.asnumpy().reshape(p.shape) for p in net}
-    entries.update({_OPT + p.name: p.asnumpy().reshape(p.shape) for p in opt})
-    for n, p in (extra_params or {}).items():
-        entries[_EXTRA + n] = p.asnumpy().reshape(p.shape)
+    named = [(p.name, p) for p in net] + [(_OPT + p.name, p) for p in opt] + \
+        [(_EXTRA + n, p) for n, p in (extra_params or {}).items()]
+    entries: Dict[str, Entry] = {n: p.asnumpy().reshape(p.shape) for n, p in named}
     meta = {"format": FORMAT, "epoch": int(epoch), "global_step": int(global_step),
             "best_top1": float(best_top1), "best_epoch": int(best_epoch),
             "metrics": dict(metrics or {}),
@@ -213,18 +201,17 @@ def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_st
 
 
 def load_checkpoint(path: str) -> CheckpointState:
-    """Read and check a checkpoint or plain weights file; no Tensor is made (eval.py reads it
-    before ``init()`` on Ascend)."""
+    """A checkpoint or plain weights file, checked; no Tensor is made (eval.py, before init())."""
     raw = read_entries(path)
     state = CheckpointState(path=path)
     recorded = raw.pop(_SUM, None)
-    meta_s, cfg_s, vec = raw.pop(_META, None), raw.pop(_CONFIG, None), raw.pop(_EBV, None)
-    if recorded is not None and recorded != _digest({**raw, **{k: v for k, v in (
-            (_EBV, vec), (_META, meta_s), (_CONFIG, cfg_s)) if v is not None}}):
+    ours = {k: raw.pop(k) for k in (_EBV, _META, _CONFIG) if k in raw}
+    meta_s, cfg_s, vec = ours.get(_META), ours.get(_CONFIG), ours.get(_EBV)
+    every = {**raw, **ours}
+    if recorded is not None and recorded != _digest(every):
         raise CheckpointError(f"{path}: checksum mismatch: the file is damaged (changed since it "
                               "was written); use another copy or the run's other checkpoint")
-    if any(not isinstance(v, np.ndarray) for v in raw.values()) or \
-            (vec is not None and not isinstance(vec, np.ndarray)):
+    if any(not isinstance(v, np.ndarray) for k, v in every.items() if k not in (_META, _CONFIG)):
         raise CheckpointError(f"{path}: holds strings where weights belong; not a checkpoint of "
                               "this project")
     if meta_s is None:
@@ -237,13 +224,12 @@ def load_checkpoint(path: str) -> CheckpointState:
             stored = raw.pop(name)
             state.ebv = _set_from(path, stored.astype(np.float32), method="checkpoint")
             state.ebv_info = {**identity(state.ebv), "param": name, "dtype": str(stored.dtype)}
+    elif recorded is None:
+        raise CheckpointError(f"{path}: holds no weights checksum (written by an older version; "
+                              f"this one reads format {FORMAT!r}): its weights cannot be verified")
+    elif not isinstance(meta_s, str) or (cfg_s is not None and not isinstance(cfg_s, str)):
+        raise CheckpointError(f"{path}: damaged checkpoint metadata (not text)")
     else:
-        if recorded is None:
-            raise CheckpointError(f"{path}: holds no weights checksum (written by an older "
-                                  f"version; this one reads format {FORMAT!r}): its weights "
-                                  "cannot be verified")
-        if not isinstance(meta_s, str) or (cfg_s is not None and not isinstance(cfg_s, str)):
-            raise CheckpointError(f"{path}: damaged checkpoint metadata (not text)")
         try:
             _read_metadata(state, meta_s, cfg_s, vec)
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
@@ -268,23 +254,21 @@ def _set_from(path: str, vectors, **how) -> EBVSet:
 
 
 def _read_metadata(state: CheckpointState, meta_s: str, cfg_s: Optional[str], vec) -> None:
-    path = state.path
     meta = json.loads(meta_s)
     if not isinstance(meta, dict):
         raise TypeError(f"the record is a {type(meta).__name__}, not a mapping")
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {str(meta.get('format'))[:40]!r}, this "
-                              f"version reads {FORMAT!r}")
+        raise CheckpointError(f"{state.path}: checkpoint format {str(meta.get('format'))[:40]!r}, "
+                              f"this version reads {FORMAT!r}")
     state.epoch, state.global_step = _int(meta["epoch"]), _int(meta["global_step"])
     state.best_top1, state.best_epoch = float(meta["best_top1"]), _int(meta["best_epoch"])
-    state.metrics = meta.get("metrics", {})
+    state.metrics, names = meta.get("metrics", {}), meta.get("class_names")
     if not isinstance(state.metrics, Mapping):
         raise TypeError(f"metrics is a {type(state.metrics).__name__}, not a mapping")
     if not isinstance(state.metrics.get("top1", 0.0), (int, float)):
         raise TypeError("metrics.top1 is not a number")
-    names = meta.get("class_names")
-    if names is not None and (not isinstance(names, list) or
-                              not all(isinstance(n, str) for n in names)):
+    if names is not None and not (isinstance(names, list)
+                                  and all(isinstance(n, str) for n in names)):
         raise TypeError("class_names is not a list of strings")
     state.class_names = names
     state.config = parse_yaml(cfg_s, "stored config") if cfg_s else None
@@ -305,11 +289,11 @@ def _read_metadata(state: CheckpointState, meta_s: str, cfg_s: Optional[str], ve
     if vec is not None:
         if vec.shape != (n, d):
             raise ValueError(f"the stored EBV matrix is {vec.shape}, the record says {n} x {d}")
-        state.ebv = _set_from(path, vec.astype(np.float32), alpha=info.get("alpha"),
+        state.ebv = _set_from(state.path, vec.astype(np.float32), alpha=info.get("alpha"),
                               method=str(info.get("method", "unknown")), seed=info.get("seed"))
         if state.ebv.checksum() != info["checksum"]:
-            raise CheckpointError(f"{path}: the stored EBV matrix does not match its recorded "
-                                  f"checksum {info['checksum']}; the file is damaged")
+            raise CheckpointError(f"{state.path}: the stored EBV matrix does not match its "
+                                  f"recorded checksum {info['checksum']}; the file is damaged")
 
 
 def _int(v) -> int:
@@ -329,6 +313,11 @@ def _params(network, optimizer=None):
     return head, [p for p in net if head is None or p is not head.matrix], opt
 
 
+def _mismatch(state: CheckpointState, given: str) -> CheckpointError:
+    return CheckpointError(f"EBV mismatch: {state.path} was trained with "
+                           f"{describe(state.ebv_info)}, {given}")
+
+
 def check_ebv_matches(state: CheckpointState, ebv: EBVSet) -> Optional[str]:
     """Raise unless ``ebv`` is the checkpoint's set; its checksum (None: no set recorded)."""
     if state.ebv_info is None:
@@ -336,17 +325,50 @@ def check_ebv_matches(state: CheckpointState, ebv: EBVSet) -> Optional[str]:
     if not matches(state.ebv_info, ebv):
         near = state.ebv_file()
         hint = f" ({near})" if near and os.path.isfile(near) else ""
-        raise CheckpointError(
-            f"EBV mismatch: {state.path} was trained with {describe(state.ebv_info)}, but the "
-            f"set given is {ebv.num_classes} x {ebv.dim} (checksum {ebv.checksum()}); use the set "
-            f"it was trained with{hint}: eval.py --ebv FILE, or the original run's 'ebv' "
-            "settings / ebv.path for train.py --resume")
+        raise _mismatch(state, f"but the set given is {ebv.num_classes} x {ebv.dim} (checksum "
+                        f"{ebv.checksum()}); use the set it was trained with{hint}: eval.py "
+                        "--ebv FILE, or the original run's 'ebv' settings / ebv.path for "
+                        "train.py --resume")
     return ebv.checksum()
 
 
-def _check_recipe(state: CheckpointState, cfg) -> None:
-    """The recorded N and d must be the config's and a 2-D weight's out-dim, N x d bounded."""
-    n, d = state.ebv_info["num_classes"], state.ebv_info["dim"]
+def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = None,
+                   rank: int = 0, progress: bool = False,
+                   logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
+    """The set ``state`` was trained with, verified, from: ``ebv_file`` or ``ebv.path``; inside;
+    next to it; the cache; a closed-form rebuild (no set recorded: ``resolve_ebv(cfg)``)."""
+    from .ebv_source import ebv_cache_path, needs_ebv, resolve_ebv
+    log, info = logger or _log, state.ebv_info
+    if info is None:
+        return resolve_ebv(cfg, rank, progress=progress, logger=log) if cfg is not None else None
+    given = ebv_file or (str(cfg.ebv.path) if cfg is not None and cfg.ebv.path else None)
+    if given is not None and not os.path.isfile(given):
+        raise CheckpointError(f"EBV file not found: {given}; {state.path} needs its "
+                              f"{describe(info)}")
+    if given is None and state.ebv is not None:
+        return state.ebv
+    cache = ebv_cache_path(cfg) if cfg is not None and needs_ebv(cfg) else None
+    looked = list(dict.fromkeys(filter(None, [given] if given else [state.ebv_file(), cache])))
+    for path in filter(os.path.isfile, looked):
+        ebv = load_ebv(path)
+        if path == given:
+            check_ebv_matches(state, ebv)
+        elif ebv.checksum() != state.ebv_checksum:
+            log.warning("%s holds EBV set %s, not the checkpoint's %s; not used", path,
+                        ebv.checksum(), state.ebv_checksum)
+            continue
+        log.info("EBV set for %s loaded from %s", state.path, path)
+        return ebv
+    method, seed = info.get("method"), info.get("seed")
+    recipe = method.split(":", 1)[1] if isinstance(method, str) and method.startswith(
+        "closed_form:") and type(seed) is int else None
+    if recipe not in METHODS:
+        raise CheckpointError(
+            f"{state.path} needs its {describe(info)}, which is not in the checkpoint and was "
+            f"not found (looked at: {', '.join(looked) or 'nothing'}); put "
+            f"{info.get('file') or 'that set'} next to the checkpoint or pass --ebv FILE")
+    # a closed form is rebuilt if N and d are the config's and a 2-D weight's out-dim, N x d bounded
+    n, d = info["num_classes"], info["dim"]
     why = None
     if cfg is not None and (cfg.model.num_classes, cfg.model.embed_dim) != (n, d):
         why = (f"the config's model.num_classes / embed_dim are {cfg.model.num_classes} / "
@@ -359,59 +381,13 @@ def _check_recipe(state: CheckpointState, cfg) -> None:
     if why:
         raise CheckpointError(f"{state.path}: its EBV recipe (N={n}, d={d}) does not fit the "
                               f"network it holds ({why}); not rebuilt: pass --ebv FILE")
-
-
-def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = None,
-                   rank: int = 0, progress: bool = False,
-                   logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
-    """The set ``state`` was trained with, verified, from: ``ebv_file`` or ``ebv.path``; inside;
-    next to it; the cache; a closed-form rebuild (no set recorded: ``resolve_ebv(cfg)``)."""
-    from .ebv_source import ebv_cache_path, needs_ebv, resolve_ebv
-    log = logger or _log
-    if state.ebv_info is None:
-        return resolve_ebv(cfg, rank, progress=progress, logger=log) if cfg is not None else None
-    given = ebv_file or (str(cfg.ebv.path) if cfg is not None and cfg.ebv.path else None)
-    if given is not None:
-        if not os.path.isfile(given):
-            raise CheckpointError(f"EBV file not found: {given}; {state.path} needs its "
-                                  f"{describe(state.ebv_info)}")
-        ebv = load_ebv(given)
-        check_ebv_matches(state, ebv)
-        log.info("EBV set for %s loaded from %s", state.path, given)
-        return ebv
-    if state.ebv is not None:
-        return state.ebv
-    looked = []
-    for path in (state.ebv_file(), ebv_cache_path(cfg) if cfg is not None and needs_ebv(cfg)
-                 else None):
-        if not path or path in looked:
-            continue
-        looked.append(path)
-        if os.path.isfile(path):
-            ebv = load_ebv(path)
-            if ebv.checksum() == state.ebv_checksum:
-                log.info("EBV set for %s loaded from %s", state.path, path)
-                return ebv
-            log.warning("%s holds EBV set %s, not the checkpoint's %s; not used", path,
-                        ebv.checksum(), state.ebv_checksum)
-    info = state.ebv_info
-    method, recipe = info.get("method"), None
-    if isinstance(method, str) and method.startswith("closed_form:") and type(info.get("seed")) is int:
-        recipe = method.split(":", 1)[1]
-    if recipe in METHODS:  # a closed form: rebuilt
-        _check_recipe(state, cfg)
-        from ebv_ms.generation import create_ebv
-        t0 = time.time()
-        ebv = create_ebv(info["num_classes"], info["dim"], alpha=info.get("alpha"),
-                         method=recipe, seed=int(info["seed"]), progress=False)
-        check_ebv_matches(state, ebv)
-        log.info("EBV set for %s rebuilt from its recipe (%s, seed %s) in %.1f s", state.path,
-                 info["method"], info["seed"], time.time() - t0)
-        return ebv
-    raise CheckpointError(
-        f"{state.path} needs its {describe(info)}, which is not in the checkpoint and was "
-        f"not found (looked at: {', '.join(looked) or 'nothing'}); put "
-        f"{info.get('file') or 'that set'} next to the checkpoint or pass --ebv FILE")
+    from ebv_ms.generation import create_ebv
+    t0 = time.time()
+    ebv = create_ebv(n, d, alpha=info.get("alpha"), method=recipe, seed=seed, progress=False)
+    check_ebv_matches(state, ebv)
+    log.info("EBV set for %s rebuilt from its recipe (%s, seed %s) in %.1f s", state.path, method,
+             seed, time.time() - t0)
+    return ebv
 
 
 def checkpoint_config(state: CheckpointState, config: Optional[str] = None,
@@ -422,11 +398,9 @@ def checkpoint_config(state: CheckpointState, config: Optional[str] = None,
     if state.config is None and not config:
         raise ConfigError(f"{state.path} records no config (not written by train.py); pass "
                           "--config with the model/data settings it was trained with")
-    base = None
-    if state.config is not None:
-        base = dict(state.config)
-        if isinstance(base.get("ebv"), Mapping):
-            base["ebv"] = {k: v for k, v in base["ebv"].items() if k not in ("path", "cache_dir")}
+    base = dict(state.config) if state.config is not None else None
+    if base is not None and isinstance(base.get("ebv"), Mapping):
+        base["ebv"] = {k: v for k, v in base["ebv"].items() if k not in ("path", "cache_dir")}
     cfg = load_config(config, list(overrides), base=base)
     if state.class_names is not None and len(state.class_names) != int(cfg.model.num_classes):
         raise CheckpointError(f"{state.path} records {len(state.class_names)} class names but "
@@ -452,41 +426,40 @@ def restore(state: CheckpointState, network, optimizer=None,
     head, params, opt = _params(network, optimizer)
     if head is not None and state.ebv_info is not None \
             and not matches(state.ebv_info, None, head.checksum):
-        raise CheckpointError(f"EBV mismatch: {state.path} was trained with "
-                              f"{describe(state.ebv_info)}, not the network's set {head.checksum}")
-    _assign(state, params, {p.name: p.name for p in params}, "network parameters",
+        raise _mismatch(state, f"not the network's set {head.checksum}")
+    _assign(state, [(p, p.name) for p in params], "network parameters",
             "was it written for another model, head or number of classes?")
     if optimizer is not None:
-        names = {_OPT + p.name for p in opt}
-        unused = sorted(k for k in state.params if k.startswith(_OPT) and k not in names)
-        if not any(k.startswith(_OPT) for k in state.params):
+        saved = [k for k in state.params if k.startswith(_OPT)]
+        if not saved:
             raise CheckpointError(f"{state.path}: holds no optimizer state; cannot resume from it")
+        unused = sorted(set(saved) - {_OPT + p.name for p in opt})
         if unused:
             raise CheckpointError(f"{state.path}: optimizer state does not match this optimizer "
                                   f"(unexpected {unused[:5]}); resume with the same optim.opt "
                                   "as the original run")
-        _assign(state, opt, {p.name: _OPT + p.name for p in opt}, "optimizer states",
+        _assign(state, [(p, _OPT + p.name) for p in opt], "optimizer states",
                 "resume with the same optim.opt as the original run")
-    extra = [p for n, p in (extra_params or {}).items() if _EXTRA + n in state.params]
-    _assign(state, extra, {p.name: _EXTRA + n for n, p in (extra_params or {}).items()}, "", "",
-            in_place=True)  # the compiled step keeps the scaler's buffers: see write_in_place
+    # in place: the compiled step keeps the scaler's buffers (see write_in_place)
+    _assign(state, [(p, _EXTRA + n) for n, p in (extra_params or {}).items()
+                    if _EXTRA + n in state.params], "", "", in_place=True)
 
 
-def _assign(state: CheckpointState, params, key_of: Mapping[str, str], what: str, hint: str,
-            in_place: bool = False):
+def _assign(state: CheckpointState, pairs, what: str, hint: str, in_place: bool = False):
+    """Each (parameter, checkpoint key) of ``pairs``: the stored value, checked."""
     import mindspore as ms
-    missing = [key_of[p.name] for p in params if key_of[p.name] not in state.params]
+    missing = [k for _, k in pairs if k not in state.params]
     if missing:
         raise CheckpointError(f"{state.path}: {len(missing)} {what} are not in the checkpoint "
                               f"(e.g. {missing[:5]}); {hint}")
-    for p in params:
-        arr = state.params[key_of[p.name]]
+    for p, key in pairs:
+        arr = state.params[key]
         if arr.size == 1 == math.prod(p.shape):  # a scalar state is () or (1,) by MindSpore's mood
             arr = arr.reshape(p.shape)
         want = _DTYPES[str(p.dtype)]
         if tuple(arr.shape) != tuple(p.shape) or (arr.dtype != want and p.requires_grad):
-            raise CheckpointError(f"{state.path}: {key_of[p.name]} is {arr.dtype} "
-                                  f"{list(arr.shape)} there but {want} {list(p.shape)} "
-                                  f"in this network; {hint or 'not this run'}")
+            raise CheckpointError(f"{state.path}: {key} is {arr.dtype} {list(arr.shape)} there "
+                                  f"but {want} {list(p.shape)} in this network; "
+                                  f"{hint or 'not this run'}")
         value = ms.Tensor(arr.astype(want))
         p.copy_(value) if in_place else p.set_data(value, p.sliced)

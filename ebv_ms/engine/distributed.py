@@ -1,11 +1,11 @@
-"""Data-parallel set-up and the collectives the engine uses. Always MindSpore's dynamic cluster,
-even under mpirun (its MPI-only ``init()`` does not work on CPU): the launcher starts the scheduler
-and maps ``OMPI_COMM_WORLD_RANK`` to ``MS_NODE_ID``. Call ``init_distributed`` before any work:
-under msrun the scheduler runs the training script itself, and it then serves and exits."""
+"""Data-parallel set-up and the engine's collectives. Always MindSpore's dynamic cluster (its
+MPI-only ``init()`` fails on CPU): the launcher starts the scheduler and maps mpirun's rank to
+``MS_NODE_ID``. Under msrun the scheduler runs the script too: ``init_distributed`` first."""
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import zlib
@@ -15,8 +15,6 @@ import numpy as np
 
 from ebv_ms.device import set_device
 from ebv_ms.errors import EBVMSError
-
-_LOG = logging.getLogger(__name__)
 
 
 class DistributedError(EBVMSError, RuntimeError):
@@ -34,14 +32,11 @@ def launch_env() -> Optional[str]:
 
 def init_distributed(cfg: Optional[Mapping] = None) -> Tuple[int, int]:
     """Join the data-parallel job (mean-reduced gradients) if launched as one; (rank, world)."""
-    how = launch_env()
-    device_target = (cfg or {}).get("device_target")
+    how, device_target = launch_env(), (cfg or {}).get("device_target")
     if how is None or _comm_initialized():
         return get_rank_info()
-
     import mindspore as ms
     from mindspore.communication import init
-
     if how == "mpirun" and (device_target or "CPU") == "CPU":
         raise DistributedError(
             "started by bare mpirun on CPU, where MindSpore's MPI-only init does not work; "
@@ -63,7 +58,8 @@ def init_distributed(cfg: Optional[Mapping] = None) -> Tuple[int, int]:
     ms.reset_auto_parallel_context()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
                                  gradients_mean=True, device_num=world)
-    _LOG.info("data parallel: rank %d of %d on %s", rank, world, device_target)
+    logging.getLogger(__name__).info("data parallel: rank %d of %d on %s", rank, world,
+                                     device_target)
     return rank, world
 
 
@@ -105,7 +101,7 @@ def write_in_place(params, values) -> None:
     import mindspore as ms
     at = 0
     for p in params:
-        n = int(np.prod(p.shape)) if p.shape else 1
+        n = math.prod(p.shape)
         p.copy_(ms.Tensor(np.asarray(values[at:at + n]).reshape(p.shape), dtype=p.dtype))
         at += n
 
@@ -139,16 +135,11 @@ def check_same_start(state, rank: int, world_size: int) -> None:
     per_rank = all_gather_counts(seen)
     if (per_rank == per_rank[0]).all():
         return
-
-    def said(row) -> str:
-        epoch, step, ident = (int(v) for v in row)
-        if not (epoch or step or ident):
-            return "no checkpoint (would start from scratch)"
-        return f"a checkpoint at epoch {epoch} (global step {step}, identity {ident:08x})"
-
-    where = state.path if state is not None else "nothing"
+    seen = "; ".join(f"rank {k} sees a checkpoint at epoch {e} (global step {s}, identity "
+                     f"{i:08x})" if e or s or i else f"rank {k} sees no checkpoint (would start "
+                     "from scratch)" for k, (e, s, i) in enumerate(per_rank.tolist()))
     raise DistributedError(
-        "the ranks do not agree where the resumed run starts: " + "; ".join(
-            f"rank {k} sees {said(row)}" for k, row in enumerate(per_rank)) +
-        f" (rank {rank} read {where}). Every rank must see the same OUTPUT_DIR/last.ckpt: put "
-        "output_dir on a folder all hosts share, or copy the run folder to every host")
+        f"the ranks do not agree where the resumed run starts: {seen} (rank {rank} read "
+        f"{state.path if state is not None else 'nothing'}). Every rank must see the same "
+        "OUTPUT_DIR/last.ckpt: put output_dir on a folder all hosts share, or copy the run "
+        "folder to every host")

@@ -10,12 +10,14 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import zlib
 from typing import Optional
 
 import numpy as np
 
+from ebv_ms.atomic import atomic_path
 from ebv_ms.config import ConfigError, ebv_path_missing
 from ebv_ms.ebv import EBVError, EBVSet, load_ebv, save_ebv
 from ebv_ms.ebv.identity import ebv_file_name
@@ -40,9 +42,9 @@ def ebv_cache_path(cfg) -> str:
 def _check_shape(ebv: EBVSet, cfg, source: str) -> EBVSet:
     n, d = int(cfg.model.num_classes), int(cfg.model.embed_dim)
     if (ebv.num_classes, ebv.dim) != (n, d):
-        raise ConfigError(f"EBV set from {source} is {ebv.num_classes} x {ebv.dim}, but config keys "
-                          f"'model.num_classes' / 'model.embed_dim' say {n} x {d}; fix those keys "
-                          "or point 'ebv.path' at a matching file")
+        raise ConfigError(f"EBV set from {source} is {ebv.num_classes} x {ebv.dim}, but config "
+                          f"keys 'model.num_classes' / 'model.embed_dim' say {n} x {d}; fix those "
+                          "keys or point 'ebv.path' at a matching file")
     return ebv
 
 
@@ -51,10 +53,9 @@ def _cache_lock(path: str):
     """One process at a time makes ``path`` (a host's ranks share the cache folder)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".lock", "a") as f:
-        try:
+        # a file system without locks (some Lustre mounts): atomic writes still keep the file
+        with contextlib.suppress(OSError):  # whole; ranks may then build the set side by side
             fcntl.flock(f, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks (some Lustre mounts): atomic writes still
-            pass         # keep the file whole; ranks may then build the same set side by side
         yield
 
 
@@ -68,36 +69,31 @@ def _mapped(path: str, checksum: str) -> EBVSet:
 
 
 def _local_ebv(cfg, rank: int, progress: bool, log) -> Optional[EBVSet]:
-    """The set from this rank's disk or a local build; None: a rank > 0 that needs rank 0's."""
-    if cfg.ebv.path:
-        path = str(cfg.ebv.path)
-        if not os.path.isfile(path):
-            if rank > 0:
-                log.info("rank %d: %s not found here; receiving rank 0's set", rank, path)
-                return None
+    """The set from this rank's disk (``ebv.path``, else the cache) or a local build; None: a rank
+    > 0 that needs rank 0's (``ebv.path`` not here, or an iterative set not cached here)."""
+    e, n, d = cfg.ebv, int(cfg.model.num_classes), int(cfg.model.embed_dim)
+    path = str(e.path) if e.path else ebv_cache_path(cfg)
+    if not os.path.isfile(path):
+        if e.path and rank > 0:
+            log.info("rank %d: %s not found here; receiving rank 0's set", rank, path)
+            return None
+        if e.path:
             raise ebv_path_missing(path)
-        t0 = time.time()
-        ebv = _check_shape(load_ebv(path), cfg, path)
-        log.info("EBV set loaded from %s in %.1f s: %r", path, time.time() - t0, ebv)
-        return ebv
-
-    from ebv_ms.generation import closed_form_choice, create_ebv
-    path = ebv_cache_path(cfg)
-    n, d = int(cfg.model.num_classes), int(cfg.model.embed_dim)
-    closed = closed_form_choice(n, d, cfg.ebv.alpha, str(cfg.ebv.method))
-    if rank > 0 and closed is None and not os.path.isfile(path):
-        return None  # an iterative set: rank 0 generates it, the others receive it
-    with _cache_lock(path):
+        from ebv_ms.generation import closed_form_choice
+        if rank > 0 and closed_form_choice(n, d, e.alpha, str(e.method)) is None:
+            return None  # an iterative set: rank 0 generates it, the others receive it
+    with contextlib.nullcontext() if e.path else _cache_lock(path):
         t0 = time.time()
         if os.path.isfile(path):
             ebv = _check_shape(load_ebv(path), cfg, path)
-            log.info("EBV set reused from cache %s in %.1f s: %r", path, time.time() - t0, ebv)
+            log.info("EBV set %s %s in %.1f s: %r", "loaded from" if e.path else
+                     "reused from cache", path, time.time() - t0, ebv)
             return ebv
+        from ebv_ms.generation import create_ebv
         log.info("generating the EBV set (N=%d, d=%d, alpha=%s, method=%s, seed=%s); cached at %s",
-                 n, d, cfg.ebv.alpha, cfg.ebv.method, cfg.ebv.seed, path)
-        ebv = create_ebv(n, d, alpha=cfg.ebv.alpha, method=cfg.ebv.method, seed=int(cfg.ebv.seed),
-                         max_steps=cfg.ebv.max_steps, progress=progress,
-                         device_target=cfg.device_target)
+                 n, d, e.alpha, e.method, e.seed, path)
+        ebv = create_ebv(n, d, alpha=e.alpha, method=e.method, seed=int(e.seed),
+                         max_steps=e.max_steps, progress=progress, device_target=cfg.device_target)
         checksum = _check_shape(ebv, cfg, "create_ebv").checksum()
         save_ebv(ebv, path)  # atomic (temporary sibling + rename): no reader sees half a file
         del ebv
@@ -119,15 +115,6 @@ def resolve_ebv(cfg, rank: int = 0, progress: bool = True,
     return share_ebv(ebv, rank, str(cfg.ebv.cache_dir), name, log)
 
 
-def _ids(ebv: Optional[EBVSet], folder: str) -> list:
-    """This rank's all-gather row: has-set, N, d, checksum, metadata size, folder key."""
-    cs = [0] * 4 if ebv is None else [int(ebv.checksum()[i:i + 4], 16) for i in range(0, 16, 4)]
-    meta = 0 if ebv is None else len(_meta_bytes(ebv))
-    key = zlib.crc32(f"{socket.gethostname()}:{os.path.realpath(folder)}".encode())
-    return [int(ebv is not None), 0 if ebv is None else ebv.num_classes,
-            0 if ebv is None else ebv.dim, *cs, meta, key >> 16, key & 0xFFFF]
-
-
 def _meta_bytes(ebv: EBVSet) -> bytes:
     return json.dumps({"alpha": ebv.alpha, "method": ebv.method, "seed": ebv.seed,
                        "extra": ebv.extra}, sort_keys=True).encode()
@@ -138,23 +125,26 @@ def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str]
     """Rank 0's set on every rank (a collective; ``ebv`` None: this rank has none); a different
     set stops every rank. In each host's ``folder`` one receiver saves it, the others map it."""
     log = logger or _log
-    rows = all_gather_counts(_ids(ebv, folder))
+    # each rank's row: has-set, N, d, checksum (4 x 16 bits), metadata size, folder key (2 x 16)
+    key = zlib.crc32(f"{socket.gethostname()}:{os.path.realpath(folder)}".encode())
+    row = [0] * 8 if ebv is None else [1, ebv.num_classes, ebv.dim, *(
+        int(ebv.checksum()[i:i + 4], 16) for i in range(0, 16, 4)), len(_meta_bytes(ebv))]
+    rows = all_gather_counts(row + [key >> 16, key & 0xFFFF])
     ref = rows[0]
     if not ref[0]:
         raise EBVError("rank 0 has no EBV set to share")
-    checksum = "".join(f"{int(v):04x}" for v in ref[3:7])
+    n, d, checksum = int(ref[1]), int(ref[2]), "".join(f"{int(v):04x}" for v in ref[3:7])
     differ = [r for r, row in enumerate(rows) if row[0] and list(row[1:7]) != list(ref[1:7])]
     if differ:
         raise EBVError(
-            f"rank(s) {differ} hold a different EBV set than rank 0 ({int(ref[1])} x {int(ref[2])}, "
-            f"checksum {checksum}) under the same settings; delete their cached file (in "
+            f"rank(s) {differ} hold a different EBV set than rank 0 ({n} x {d}, checksum "
+            f"{checksum}) under the same settings; delete their cached file (in "
             f"'ebv.cache_dir') or give every host the same 'ebv.path' file")
     lacking = [r for r, row in enumerate(rows) if not row[0]]
     if not lacking:
         return ebv
-    n, d = int(ref[1]), int(ref[2])
     path = os.path.join(folder, name or f"ebv_N{n}_d{d}_{checksum}.npz")
-    if rank in lacking and os.path.isfile(path):  # a folder shared with rank 0: its file is there now
+    if rank in lacking and os.path.isfile(path):  # a folder shared with rank 0: its file is there
         ebv = load_ebv(path)
         ebv = ebv if ebv.checksum() == checksum else None
     have = all_gather_counts([int(ebv is not None)])
@@ -162,10 +152,10 @@ def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str]
     if not lacking:
         return ebv
     # the first receiver per host folder keeps the matrix; its neighbours map the file it saves
-    keeper = {(int(rows[r][8]), int(rows[r][9])): r for r in reversed(lacking)}
+    keeper = {tuple(rows[r][8:]): r for r in reversed(lacking)}
     keeps = rank in keeper.values()
     t0 = time.time()
-    meta = np.frombuffer(_meta_bytes(ebv), np.uint8) if rank == 0 else np.zeros(int(ref[7]), np.uint8)
+    meta = np.frombuffer(_meta_bytes(ebv), np.uint8) if rank == 0 else np.zeros(int(ref[7]))
     info = json.loads(broadcast(meta.astype(np.float32)).astype(np.uint8).tobytes())
     rows_per = max(1, _CHUNK_BYTES // (4 * d))
     out = np.empty((n, d), np.float32) if keeps else None
@@ -180,7 +170,8 @@ def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str]
         got_set = EBVSet(out, **info)  # alpha, method, seed, extra (_meta_bytes)
         del out
         if got_set.checksum() != checksum:
-            error = f"rank {rank}: the set received from rank 0 has checksum {got_set.checksum()}, not {checksum}"
+            error = (f"rank {rank}: the set received from rank 0 has checksum "
+                     f"{got_set.checksum()}, not {checksum}")
         else:
             with _cache_lock(path):
                 save_ebv(got_set, path)
@@ -195,7 +186,7 @@ def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str]
     if rank in lacking and not keeps:
         ebv = _mapped(path, checksum)
         log.info("rank %d: EBV set mapped from %s, saved by rank %d", rank, path,
-                 keeper[(int(rows[rank][8]), int(rows[rank][9]))])
+                 keeper[tuple(rows[rank][8:])])
     return ebv
 
 
@@ -208,7 +199,6 @@ def _write_run_file(ebv: EBVSet, target: str) -> None:
         return  # the name holds the checksum: it is this set
     source = getattr(ebv.vectors.base, "filename", None)
     if source and str(source).endswith(".npz"):
-        from ebv_ms.atomic import atomic_path
         with contextlib.suppress(OSError), atomic_path(target, fsync=False) as tmp:
             os.link(source, tmp)
     if not os.path.isfile(target):
@@ -218,7 +208,6 @@ def _write_run_file(ebv: EBVSet, target: str) -> None:
 def start_run_ebv_file(folder: str, ebv: EBVSet) -> str:
     """Write the run's EBV file in a thread (``run_ebv_file`` waits): written by the first
     checkpoint, it held the other ranks 7.6-10.9 s (2 GB at 100k x 5000)."""
-    import threading
     target = os.path.join(os.path.abspath(folder), ebv_file_name(ebv))
     if target not in _WRITING and not os.path.isfile(target):
         _WRITING[target] = threading.Thread(target=_write_run_file, args=(ebv, target),

@@ -1,17 +1,21 @@
-"""The run folder (``output_dir``): one run at a time (``RunLock``, rank 0's), temporaries of
-interrupted writes removed, and the class list a resumed run must see again (``classes.json``:
-else every label index would silently mean another class)."""
+"""The run folder (``output_dir``): one run at a time (``RunLock``), stale temporaries removed, the
+class list a resumed run must see again (else label indices would silently mean other classes),
+rank 0's ``train.log`` and ``metrics.jsonl`` (other ranks log to stdout: ``logs/rank_<r>.log``)."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
+import logging.handlers
 import os
 import re
 import socket
+import sys
 import time
-from typing import List, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
+from ebv_ms.atomic import atomic_path
 from ebv_ms.errors import EBVMSError
 
 LOCK_NAME = ".run.lock"
@@ -27,10 +31,8 @@ class RunFolderError(EBVMSError, RuntimeError):
 
 
 class RunLock:
-    """``with RunLock(folder):`` an ``fcntl.flock`` on the folder itself (on ``.run.lock``, which
-    records the holder, where directories cannot be locked). The kernel drops it when the process
-    ends in any way (kill -9 too), so it is never stale; a second run is refused naming the
-    holder."""
+    """An ``fcntl.flock`` on the folder (on ``.run.lock``, which names the holder, where folders
+    cannot be locked): dropped by the kernel however the process ends, so never stale."""
 
     def __init__(self, folder: str):
         self.folder = str(folder)
@@ -38,8 +40,8 @@ class RunLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
-        # new or empty (as check_run's writability probe leaves it): `release(undo=True)` may
-        # remove it; ranks probe it at once, so check_run cannot remove it itself
+        # new or empty (check_run's writability probe, shared by the ranks, leaves it so):
+        # release(undo=True) may remove it
         self._new = not os.path.isdir(self.folder) or not os.listdir(self.folder)
         os.makedirs(self.folder, exist_ok=True)
         info = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -55,7 +57,11 @@ class RunLock:
                 fd = os.dup(info)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(info)
+            try:
+                rec = json.loads(os.pread(info, 4096, 0).decode() or "{}")
+                holder = f"pid {rec['pid']} on {rec['host']}, started {rec['started']}"
+            except (OSError, ValueError, KeyError):
+                holder = "its pid is not recorded yet"
             os.close(info)
             raise RunFolderError(
                 f"output_dir {self.folder} is in use by another run ({holder}); wait for it to "
@@ -68,19 +74,17 @@ class RunLock:
         return self
 
     def release(self, undo: bool = False) -> None:
-        """Give the folder up (the file stays: removing it would race with a waiting run).
-        ``undo`` (the run failed before writing anything): remove the folder if it was new or
-        empty and holds only the lock."""
-        if self._fd is not None and undo and self._new and os.listdir(self.folder) == [LOCK_NAME]:
+        """Give the folder up (the file stays: removing it would race with a waiting run); ``undo``
+        (nothing written): remove the folder if it was new or empty and holds only the lock."""
+        if self._fd is None:
+            return
+        if undo and self._new and os.listdir(self.folder) == [LOCK_NAME]:
             os.unlink(self.path)
-            try:
+            with contextlib.suppress(OSError):  # another process put something there meanwhile
                 os.rmdir(self.folder)
-            except OSError:  # another process put something there meanwhile: keep it
-                pass
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -89,31 +93,20 @@ class RunLock:
         self.release()
 
 
-def _read_holder(fd: int) -> str:
-    try:
-        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
-    except (OSError, ValueError, KeyError):
-        return "its pid is not recorded yet"
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
+        pass
     return True
 
 
-def remove_stale_temps(folders: Sequence[str]) -> List[str]:
+def remove_stale_temps(folders: Sequence[str]) -> None:
     """Delete the temporaries of interrupted atomic writes (``.NAME.tmp<pid>``, possibly
     checkpoint-sized) in ``folders`` whose writer is gone; run under the lock."""
-    removed = []
-    for folder in folders:
-        if not os.path.isdir(folder):
-            continue
+    for folder in filter(os.path.isdir, folders):
         for name in sorted(os.listdir(folder)):
             m = _TEMP.match(name)
             path = os.path.join(folder, name)
@@ -121,10 +114,8 @@ def remove_stale_temps(folders: Sequence[str]) -> List[str]:
                 continue
             size = os.path.getsize(path)
             os.remove(path)
-            removed.append(path)
             _log.info("removed %s (%.1f MB), left by an interrupted write of process %s",
                       path, size / 2 ** 20, m.group("pid"))
-    return removed
 
 
 def read_class_names(folder: str) -> Optional[List[str]]:
@@ -146,8 +137,7 @@ def read_class_names(folder: str) -> Optional[List[str]]:
 
 def check_class_names(where: str, class_names: Sequence[str],
                       saved: Optional[Sequence[str]] = None) -> None:
-    """Refuse data whose classes differ from ``saved`` (a checkpoint's), else from the folder
-    ``where``'s ``classes.json`` (if any)."""
+    """Refuse classes that differ from ``saved`` (a checkpoint's), else ``where``'s classes.json."""
     if saved is None:
         saved = read_class_names(where)
         where = os.path.join(where, CLASSES_NAME)
@@ -164,3 +154,76 @@ def check_class_names(where: str, class_names: Sequence[str],
         f"the data's classes differ from the run's {where} ({len(saved)} classes there, "
         f"{len(names)} in the data; {at}): its class indices would mean other classes. Use "
         "the data the run was trained on (data.path), or (to train) start a new output_dir")
+
+
+def setup_logger(output_dir: Optional[str], rank: int = 0) -> logging.Logger:
+    """The "ebv_ms" logger, to the console; rank 0's file lines are kept in memory until
+    ``open_log_file`` (a run refused at set-up leaves the run folder's log untouched)."""
+    logger = logging.getLogger("ebv_ms")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s",
+                            datefmt="%Y-%m-%d %H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if output_dir and rank == 0:  # handed to the file handler by open_log_file
+        handlers.append(logging.handlers.MemoryHandler(
+            capacity=1 << 20, flushLevel=logging.CRITICAL + 1, flushOnClose=False))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    return logger
+
+
+def open_log_file(logger: logging.Logger, output_dir: str) -> None:
+    """Start writing rank 0's ``train.log`` (appending across resumes); kept lines go first."""
+    os.makedirs(output_dir, exist_ok=True)
+    fh = logging.FileHandler(os.path.join(output_dir, "train.log"), encoding="utf-8")
+    fh.setFormatter(next((h.formatter for h in logger.handlers if h.formatter is not None), None))
+    for h in list(logger.handlers):
+        if isinstance(h, logging.handlers.MemoryHandler):
+            h.setTarget(fh)
+            h.flush()
+            logger.removeHandler(h)
+            h.close()
+    logger.addHandler(fh)
+
+
+class JsonlLog:
+    """Append-only JSON-lines file; ``truncate_after(epoch)`` drops records a resume will redo."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write(self, record: Mapping) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> List[dict]:
+        if not os.path.isfile(self.path):
+            return []
+        out = []
+        with open(self.path, "r", encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                line = line.strip()
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # blank, or a line cut by a kill mid-write
+                    continue
+                if not isinstance(rec, dict) or type(rec.get("epoch", 0)) is not int:
+                    raise RunFolderError(f"{self.path} line {number} is not an epoch record "
+                                         f"({line[:60]!r}); restore the file or remove that line")
+                out.append(rec)
+        return out
+
+    def truncate_after(self, epoch: int) -> None:
+        """Keep only records of epochs <= ``epoch`` (those the checkpoint being resumed covers)."""
+        keep = [r for r in self.read() if r.get("epoch", 0) <= epoch]
+        with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for r in keep:
+                f.write(json.dumps(r) + "\n")

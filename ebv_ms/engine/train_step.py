@@ -60,17 +60,14 @@ class SkippedStepGuard:
     def __init__(self, max_steps: int, min_scale: float = 1.0):
         if int(max_steps) < 0:
             raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-        self.max_steps = int(max_steps)
-        self.min_scale = float(min_scale)
-        self.count = 0
+        self.max_steps, self.min_scale, self.count = int(max_steps), float(min_scale), 0
 
     @classmethod
     def for_scaler(cls, loss_scaler, max_steps: int) -> Optional["SkippedStepGuard"]:
         if loss_scaler is None:
             return None
-        floor = 1.0 if isinstance(loss_scaler, amp.DynamicLossScaler) else \
-            float(loss_scaler.scale_value.asnumpy())
-        return cls(max_steps, floor)
+        return cls(max_steps, 1.0 if isinstance(loss_scaler, amp.DynamicLossScaler) else
+                   float(loss_scaler.scale_value.asnumpy()))
 
     def __call__(self, finite: bool, scale) -> None:
         """After each step; ``scale`` (float or scalar Tensor) is read only for a skipped one."""
@@ -105,9 +102,7 @@ def build_train_step(network: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer
     grad_fn = ms.value_and_grad(forward, None, weights, has_aux=True)
 
     def update(grads):
-        if clip > 0:
-            grads = ops.clip_by_global_norm(grads, clip)
-        return optimizer(grads)
+        return optimizer(ops.clip_by_global_norm(grads, clip) if clip > 0 else grads)
 
     if scaler is None:
         def fused(images, labels):
@@ -152,7 +147,6 @@ def build_eval_step(network: nn.Cell, k: int, *, jit: bool = True):
     """``step(images) -> (B, k) int32`` indices of the k highest logits, best first."""
 
     def step(images):
-        logits = ops.cast(network(images), ms.float32)
-        return ops.topk(logits, k)[1]
+        return ops.topk(ops.cast(network(images), ms.float32), k)[1]
 
     return ms.jit(step) if jit else step

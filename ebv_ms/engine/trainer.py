@@ -1,6 +1,6 @@
-"""The training loop: ``Trainer(cfg, resume=...).fit()``. ``setup`` builds and checks everything
-before writing to the run folder; then per epoch ``train_one_epoch`` -> ``evaluate`` ->
-``end_epoch`` (metrics.jsonl, last.ckpt, best.ckpt). A killed run continues with ``resume="auto"``."""
+"""The training loop: ``Trainer(cfg, resume=...).fit()``: ``setup`` builds and checks everything
+before writing to the run folder, then per epoch ``train_one_epoch`` -> ``evaluate`` ->
+``end_epoch`` (metrics.jsonl, last.ckpt, best.ckpt)."""
 from __future__ import annotations
 
 import math
@@ -15,19 +15,34 @@ from ebv_ms.errors import DivergenceError
 from ebv_ms.progress import progress_bar
 from .builders import (build_data, build_eval, build_network, build_training, init_parallel,
                        scaler_params, setup_context)
-from .callbacks import Callback
 from .checkpoint import (CheckpointError, CheckpointState, atomic_copy, load_checkpoint,
                          network_from_checkpoint, restore, save_checkpoint)
 from .distributed import broadcast_from_main_rank, check_same_start
 from .ebv_source import resolve_ebv, start_run_ebv_file
 from .evaluator import evaluate
-from .logger import JsonlLog, open_log_file, setup_logger
-from .run_folder import RunLock, check_class_names, remove_stale_temps
+from .run_folder import (JsonlLog, RunLock, check_class_names, open_log_file, remove_stale_temps,
+                         setup_logger)
 from .train_step import SkippedStepGuard, resolve_amp_level
 
 _READ_EVERY = 50  # with train.log_interval 0 the losses are still read (and checked) this often
-# the settings that choose the EBV set: a resume must not change them
-_EBV_RECIPE_KEYS = ("path", "alpha", "method", "seed")
+_EBV_RECIPE_KEYS = ("path", "alpha", "method", "seed")  # a resume must not change these
+
+
+class Callback:
+    """Code that watches the loop without living in it (the tests' probes, as mindcv's and Keras'
+    callbacks): ``Trainer(cfg, callbacks=[...])`` calls each hook of each callback in order."""
+
+    def on_train_begin(self, trainer) -> None:
+        """After set-up and resume, before the first step."""
+
+    def on_train_step(self, trainer, global_step: int, batch) -> None:
+        """Before each step, with its batch (``image``, ``label``); global_step counts from 0."""
+
+    def on_epoch_end(self, trainer, epoch: int, record: dict) -> None:
+        """After the epoch's evaluation, log record and checkpoint."""
+
+    def on_train_end(self, trainer, result: dict) -> None:
+        """After the last epoch (also when a resumed run had nothing left to do)."""
 
 
 def find_resume(resume: Optional[str], last_path: str, log) -> Optional[CheckpointState]:
@@ -56,16 +71,15 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: Optional[str] = None, rank: int = 0,
                  world_size: int = 1, callbacks: Sequence[Callback] = ()):
-        self.cfg = cfg
-        self.rank, self.world_size = rank, world_size
-        self.resume_arg = resume
-        self.callbacks = list(callbacks)
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.resume_arg, self.callbacks = resume, list(callbacks)
         self.out = str(cfg.output_dir)
         self.last_path = os.path.join(self.out, "last.ckpt")
         self.best_path = os.path.join(self.out, "best.ckpt")
         self.lock = RunLock(self.out) if rank == 0 else None  # only rank 0 writes here
         self.jsonl: Optional[JsonlLog] = None                    # rank 0's metrics.jsonl
         self.start_epoch, self.best_top1, self.best_epoch = 0, -1.0, 0
+        self.inline_ebv_bytes = int(float(cfg.train.ckpt_inline_ebv_mb) * 2**20)
 
     def setup(self) -> None:
         """Build the run and check a resumed checkpoint; the run folder changes only at the end."""
@@ -100,16 +114,16 @@ class Trainer:
             recorded = (state.config or {}).get("ebv") or {}
             changed = [k for k in _EBV_RECIPE_KEYS if k in recorded and recorded[k] != cfg.ebv[k]]
             if changed:
-                was, now = (", ".join(f"ebv.{k}={c[k]!r}" for k in changed) for c in (recorded, cfg.ebv))
-                raise CheckpointError(f"{state.path} was trained with {was} but this run sets {now}; "
-                                      "resume with the same 'ebv' settings as the original run (or "
-                                      "start a new output_dir)")
+                was, now = (", ".join(f"ebv.{k}={c[k]!r}" for k in changed)
+                            for c in (recorded, cfg.ebv))
+                raise CheckpointError(f"{state.path} was trained with {was} but this run sets "
+                                      f"{now}; resume with the same 'ebv' settings as the original "
+                                      "run (or start a new output_dir)")
             self.network, self.ebv = network_from_checkpoint(
                 state, cfg, rank=self.rank, progress=self.rank == 0, amp_level=amp_level,
                 logger=self.log)
-        parts = build_training(cfg, self.network, spe, amp_level)
-        self.optimizer, self.scaler, self.step_fn, self.lrs = (parts.optimizer, parts.scaler,
-                                                               parts.step, parts.lrs)
+        self.lrs, self.optimizer, self.scaler, self.step_fn = build_training(cfg, self.network,
+                                                                             spe, amp_level)
         self.skip_guard = SkippedStepGuard.for_scaler(self.scaler, int(t.max_skipped_steps))
         self.eval_parts = build_eval(cfg, self.network, self.rank, self.world_size)
         # evaluation on every rank uses rank 0's BatchNorm statistics: the model that is saved
@@ -142,8 +156,8 @@ class Trainer:
             self.jsonl = JsonlLog(os.path.join(self.out, "metrics.jsonl"))
             self.jsonl.truncate_after(self.start_epoch)
             save_config(cfg, os.path.join(self.out, "config.yaml"))
-            if self.ebv is not None and self.ebv.vectors.nbytes > self._inline_ebv_bytes():
-                start_run_ebv_file(os.path.dirname(self.last_path), self.ebv)  # off the step path
+            if self.ebv is not None and self.ebv.vectors.nbytes > self.inline_ebv_bytes:
+                start_run_ebv_file(self.out, self.ebv)  # off the step path
         if resumed is not None:
             self.log.info("resumed from %s: epoch %d/%d done, best top-1 %.2f%% (epoch %d)",
                           resumed, self.start_epoch, t.epochs, self.best_top1, self.best_epoch)
@@ -166,31 +180,28 @@ class Trainer:
                 if self.lock is not None:
                     self.lock.release(undo=True)
                 raise
-            return self._fit()
+            epochs = int(self.cfg.train.epochs)
+            for cb in self.callbacks:
+                cb.on_train_begin(self)
+            record = {}
+            it = self.train_ds.create_dict_iterator(num_epochs=max(epochs - self.start_epoch, 1),
+                                                    output_numpy=False)
+            for epoch in range(self.start_epoch + 1, epochs + 1):
+                record = self.train_one_epoch(epoch, it)
+                if epoch % max(int(self.cfg.train.eval_interval), 1) == 0 or epoch == epochs:
+                    record.update(self.evaluate(epoch))
+                self.end_epoch(epoch, record)
+            if self.start_epoch >= epochs:
+                self.log.info("nothing to do: the checkpoint already covers all %d epochs", epochs)
+            self.log.info("done: best top-1 %.2f%% at epoch %d; checkpoints in %s",
+                          self.best_top1, self.best_epoch, self.out)
+            result = {**record, "best_top1": self.best_top1, "best_epoch": self.best_epoch}
+            for cb in self.callbacks:
+                cb.on_train_end(self, result)
+            return result
         finally:
             if self.lock is not None:
                 self.lock.release()
-
-    def _fit(self) -> dict:
-        epochs = int(self.cfg.train.epochs)
-        for cb in self.callbacks:
-            cb.on_train_begin(self)
-        record = {}
-        it = self.train_ds.create_dict_iterator(num_epochs=max(epochs - self.start_epoch, 1),
-                                                output_numpy=False)
-        for epoch in range(self.start_epoch + 1, epochs + 1):
-            record = self.train_one_epoch(epoch, it)
-            if epoch % max(int(self.cfg.train.eval_interval), 1) == 0 or epoch == epochs:
-                record.update(self.evaluate(epoch))
-            self.end_epoch(epoch, record)
-        if self.start_epoch >= epochs:
-            self.log.info("nothing to do: the checkpoint already covers all %d epochs", epochs)
-        self.log.info("done: best top-1 %.2f%% at epoch %d; checkpoints in %s",
-                      self.best_top1, self.best_epoch, self.out)
-        result = {**record, "best_top1": self.best_top1, "best_epoch": self.best_epoch}
-        for cb in self.callbacks:
-            cb.on_train_end(self, result)
-        return result
 
     def train_one_epoch(self, epoch: int, iterator) -> dict:
         """One pass over this rank's shard. Losses stay on the device (a read per step makes the
@@ -233,8 +244,7 @@ class Trainer:
             loss_sum, _ = self._read_losses(epoch, steps, pending, loss_sum)
         bar.close()
         secs = time.perf_counter() - t0
-        # samples the pipeline could not decode (replaced); the data's epochs count from 0
-        n_bad = self.train_info.bad_count(epoch - 1)
+        n_bad = self.train_info.bad_count(epoch - 1)  # replaced samples; data epochs count from 0
         if n_bad:
             self.log.warning("epoch %d: %s", epoch, self.train_info.bad_report(epoch - 1))
         return {"epoch": epoch, "global_step": epoch * spe, "train_loss": loss_sum / max(steps, 1),
@@ -244,7 +254,7 @@ class Trainer:
                 "skipped_steps": n_skipped, "bad_samples": n_bad}
 
     def _read_losses(self, epoch: int, steps: int, pending, loss_sum: float):
-        """(``loss_sum`` plus the ``pending`` (loss, finite) losses, the last); applied ones finite."""
+        """(``loss_sum`` + the ``pending`` (loss, finite) losses, the last); applied ones finite."""
         values = ops.stack([loss for loss, _ in pending]).asnumpy()
         first = steps - len(pending)
         for k, ((_, finite), v) in enumerate(zip(pending, values)):
@@ -267,11 +277,8 @@ class Trainer:
         if report:  # each rank names its own shard's bad samples (in its own log)
             self.log.warning("evaluation: %s", report)
         return {"top1": m["top1"], "top5": m["top5"], "eval_samples": m["num_samples"],
-                "eval_samples_per_rank": m["samples_per_rank"], "eval_bad_samples": m["bad_samples"],
-                "eval_images_per_s": round(m["images_per_s"], 1)}
-
-    def _inline_ebv_bytes(self) -> int:
-        return int(float(self.cfg.train.ckpt_inline_ebv_mb) * 2**20)
+                "eval_samples_per_rank": m["samples_per_rank"], "eval_bad_samples":
+                m["bad_samples"], "eval_images_per_s": round(m["images_per_s"], 1)}
 
     def end_epoch(self, epoch: int, record: dict) -> None:
         """Log the record; rank 0 appends it to metrics.jsonl and writes the checkpoints."""
@@ -291,7 +298,7 @@ class Trainer:
                             ebv=self.ebv, best_top1=self.best_top1, best_epoch=self.best_epoch,
                             metrics=record, class_names=self.train_info.class_names,
                             extra_params=scaler_params(self.scaler),
-                            ebv_inline_max_bytes=self._inline_ebv_bytes())
+                            ebv_inline_max_bytes=self.inline_ebv_bytes)
             if is_best and self.cfg.train.keep_best:
                 atomic_copy(self.last_path, self.best_path)
         for cb in self.callbacks:
