@@ -8,6 +8,7 @@ import difflib
 import logging
 import math
 import multiprocessing
+import operator
 import os
 import stat
 import tempfile
@@ -16,9 +17,6 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 import yaml
 
 from .errors import ConfigError
-
-__all__ = ["SCHEMA", "DEFAULTS", "Key", "Config", "ConfigError", "load_config", "load_yaml",
-           "parse_override", "parse_yaml", "validate", "check_run", "save_config", "schema_table"]
 
 
 def _show(value) -> str:
@@ -39,33 +37,28 @@ class _Bad(Exception):
 _TYPE_TEXT = {"map": "mapping", "splits": "mapping split name -> path",
               "columns": "[path column, label column] (index >= 0 or header name)",
               "bool|str": "bool or a local checkpoint path"}
+_CMP = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
 class Key:
-    """One config key: default, type, ``choices``, range ``lo``/``hi`` (``*_open``: strict),
-    ``empty`` (str: "" allowed), error ``hint``; None is allowed when the default is None."""
+    """One config key: default, type, doc, ``allowed`` (a tuple of choices, or a range such as
+    ">= 0 and < 1"), error ``hint``, ``empty`` (str: "" allowed); None is allowed when the
+    default is None."""
 
-    def __init__(self, default: Any, type: str, doc: str = "", *, choices: Optional[tuple] = None,
-                 lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
-                 hi_open: bool = False, hint: str = "", empty: bool = False):
+    def __init__(self, default: Any, type: str, doc: str = "", allowed=None, *, hint: str = "",
+                 empty: bool = False):
         self.default, self.type, self.doc, self.hint, self.empty = default, type, doc, hint, empty
-        self.choices, self.lo, self.hi, self.lo_open, self.hi_open = choices, lo, hi, lo_open, hi_open
-        self.nullable = default is None
-
-    def _range_text(self) -> str:
-        num = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731
-        return " and ".join(f"{op} {num(x)}" for op, x in (
-            (">" if self.lo_open else ">=", self.lo), ("<" if self.hi_open else "<=", self.hi))
-            if x is not None)
+        self.choices = allowed if isinstance(allowed, tuple) else None
+        self.range = allowed if isinstance(allowed, str) else ""
 
     def describe(self) -> str:
         if self.choices is not None:
             text = "one of " + ", ".join(self.choices)
         elif self.type == "pair":
-            text = f"two numbers [a, b], a <= b, each {self._range_text()}"
+            text = f"two numbers [a, b], a <= b, each {self.range}"
         else:
-            text = _TYPE_TEXT.get(self.type) or f"{self.type} {self._range_text()}".strip()
-        return text + (" or null" if self.nullable else "")
+            text = _TYPE_TEXT.get(self.type) or f"{self.type} {self.range}".strip()
+        return text + (" or null" if self.default is None else "")
 
     def _number(self, value, integer: bool):
         got = f"got {_show(value)} ({type(value).__name__})"
@@ -80,16 +73,16 @@ class Key:
             value = float(value)
             if not math.isfinite(value):
                 raise _Bad(f"expects a finite {self.describe()}, got {value}")
-        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)) or \
-                self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
-            raise _Bad(f"must be {self._range_text()}, got {_show(value)}")
+        if not all(_CMP[op](value, float(x)) for op, x in
+                   (c.split() for c in self.range.split(" and ") if c)):
+            raise _Bad(f"must be {self.range}, got {_show(value)}")
         return value
 
     def check(self, value):
         """The value normalised (int -> float, choices' own spelling); ``_Bad`` if refused."""
         t, got = self.type, f"got {_show(value)}"
         if value is None:
-            if self.nullable:
+            if self.default is None:
                 return None
             raise _Bad(f"must be set ({self.describe()})")
         if t in ("int", "float"):
@@ -97,10 +90,6 @@ class Key:
         if t == "bool":
             if not isinstance(value, bool):
                 raise _Bad(f"expects true or false, {got} ({type(value).__name__})")
-            return value
-        if t == "bool|str":
-            if not isinstance(value, (bool, str)) or value == "":
-                raise _Bad(f"expects {self.describe()}, {got}")
             return value
         if t == "str":
             if not isinstance(value, str) or not (value or self.empty):
@@ -116,26 +105,23 @@ class Key:
             close = difflib.get_close_matches(value, self.choices, n=1)
             raise _Bad(f"must be one of {', '.join(self.choices)}, {got}"
                        + (f"; did you mean '{close[0]}'?" if close else ""))
-        if t == "pair":
-            if not isinstance(value, (list, tuple)) or len(value) != 2:
-                raise _Bad(f"expects {self.describe()}, {got}")
-            a, b = (self._number(v, False) for v in value)
-            if a > b:
-                raise _Bad(f"expects [a, b] with a <= b, {got}")
-            return [a, b]
         if t in ("map", "splits"):
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
                 raise _Bad(f"expects a mapping with string keys, {got}")
             if t == "splits" and not all(isinstance(v, str) and v and "\0" not in v for v in value.values()):
                 raise _Bad(f"expects a mapping of split name -> path (strings), {got}")
             return dict(value)
-        if t == "columns":
-            if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
-                    (isinstance(c, int) and not isinstance(c, bool) and c >= 0)
-                    or (isinstance(c, str) and c) for c in value)):
-                raise _Bad(f"expects {self.describe()}, {got}")
-            return list(value)
-        raise AssertionError(f"unknown key type {t!r}")  # a bug in SCHEMA
+        two = isinstance(value, (list, tuple)) and len(value) == 2
+        if not {"bool|str": isinstance(value, (bool, str)) and value != "", "pair": two,
+                "columns": two and all((isinstance(c, int) and not isinstance(c, bool) and c >= 0)
+                                       or (isinstance(c, str) and c) for c in value)}[t]:
+            raise _Bad(f"expects {self.describe()}, {got}")
+        if t == "pair":
+            a, b = (self._number(v, False) for v in value)
+            if a > b:
+                raise _Bad(f"expects [a, b] with a <= b, {got}")
+            return [a, b]
+        return list(value) if t == "columns" else value
 
 
 # The allowed values of the keys that pick an implementation; their implementing modules import them.
@@ -168,126 +154,117 @@ _k = Key
 
 # Every key the project reads. Each section is consumed by one factory; add a key with a doc.
 SCHEMA: Dict[str, Any] = {
-    "seed": _k(42, "int", "one seed for every rank: init, shuffling, augmentation", lo=0, hi=2**32 - 1),
-    "device_target": _k("CPU", "str", "where to run", choices=("CPU", "GPU", "Ascend")),
-    "mode": _k("graph", "str", "MindSpore execution mode", choices=("graph", "pynative")),
+    "seed": _k(42, "int", "one seed for every rank: init, shuffling, augmentation", ">= 0 and <= 4294967295"),
+    "device_target": _k("CPU", "str", "where to run", ("CPU", "GPU", "Ascend")),
+    "mode": _k("graph", "str", "MindSpore execution mode", ("graph", "pynative")),
     "output_dir": _k("runs/default", "str", "run folder: checkpoints, logs, config.yaml"),
     "ebv": {
         "path": _k(None, "str", "an existing set (.npy/.npz/.pkl); else generated and cached"),
         "alpha": _k(None, "float", "coherence target max|cos| when generating (null: as low as the "
-                    "method gets; >= the Welch bound; official needs it)", lo=0.0, hi=1.0, hi_open=True),
-        "method": _k("auto", "str", "auto: a closed form if one fits, else smoothmax", choices=METHODS),
-        "seed": _k(0, "int", "init draw / closed-form subset", lo=0),
+                    "method gets; >= the Welch bound; official needs it)", ">= 0 and < 1"),
+        "method": _k("auto", "str", "auto: a closed form if one fits, else smoothmax", METHODS),
+        "seed": _k(0, "int", "init draw / closed-form subset", ">= 0"),
         "max_steps": _k(None, "int", "step cap of iterative methods (null: 3000 smoothmax, 1e5 "
-                        "official)", lo=1),
+                        "official)", ">= 1"),
         "cache_dir": _k("ebv_cache", "str", "folder of generated sets, keyed by (N, d, alpha, method, seed)"),
     },
     "model": {                  # -> ebv_ms.models.create_classifier(**model, ebv=...)
         "backbone": _k("resnet50", "str", "resnet50 | swin_tiny (mindcv) | small_cnn (CPU demo/"
                        "tests) | another mindcv model name"),
-        "head": _k("ebv", "str", "the classifier head", choices=HEADS),
-        "num_classes": _k(1000, "int", "N", lo=1),
-        "embed_dim": _k(1000, "int", "d of the EBVs (and of the random class vectors); unused by fc", lo=1),
-        "tau": _k(0.07, "float", "temperature of the EBV logits: cos(v, w_k) / tau", lo=0.0, lo_open=True),
+        "head": _k("ebv", "str", "the classifier head", HEADS),
+        "num_classes": _k(1000, "int", "N", ">= 1"),
+        "embed_dim": _k(1000, "int", "d of the EBVs (and of the random class vectors); unused by fc", ">= 1"),
+        "tau": _k(0.07, "float", "temperature of the EBV logits: cos(v, w_k) / tau", "> 0"),
         "scale": _k(None, "float", "S of the fixed-random heads (null: 1 for dot, 1/tau for cos)",
-                    lo=0.0, lo_open=True),
+                    "> 0"),
         "ebv_dtype": _k("float32", "str", "storage dtype of the frozen class-vector matrix",
-                        choices=STORAGE_DTYPES),
+                        STORAGE_DTYPES),
         "pretrained": _k(False, "bool|str", "true: mindcv downloads ImageNet weights (needs internet)"),
         "backbone_checkpoint": _k(None, "str", "local backbone .ckpt (mindcv layout) to start from"),
-        "head_seed": _k(0, "int", "seed of the fixed random class vectors", lo=0),
-        "in_channels": _k(3, "int", "image channels", lo=1),
+        "head_seed": _k(0, "int", "seed of the fixed random class vectors", ">= 0"),
+        "in_channels": _k(3, "int", "image channels", ">= 1"),
         "backbone_kwargs": _k({}, "map", "extra mindcv create_model kwargs, e.g. {drop_rate: 0.1}"),
     },
     "loss": {                   # -> ebv_ms.loss.create_loss(**loss)
-        "label_smoothing": _k(0.0, "float", "eps: target = (1 - eps) * t + eps / N", lo=0.0, hi=1.0,
-                              hi_open=True),
-        "reduction": _k("mean", "str", "over the batch", choices=("mean", "sum"),
+        "label_smoothing": _k(0.0, "float", "eps: target = (1 - eps) * t + eps / N",
+                              ">= 0 and < 1"),
+        "reduction": _k("mean", "str", "over the batch", ("mean", "sum"),
                         hint="'none' (one loss per sample) exists in the loss API (create_loss) but "
                              "training minimises one number per step"),
     },
     "data": {                   # -> ebv_ms.data.create_dataset (docs/data.md)
         "path": _k(None, "str", ".zip archive (read in place) or dataset folder"),
         "format": _k("auto", "str", "zip | folder (ImageFolderDataset) | list (CSV/txt lists + root)",
-                     choices=("auto", "zip", "folder", "list")),
-        "layout": _k("auto", "str", "zip only: folders ([top/]split/class/img) | lists (list files inside)",
-                     choices=("auto", "folders", "lists")),
+                     ("auto", "zip", "folder", "list")),
+        "layout": _k("auto", "str", "zip only: folders ([top/]split/class/img) | lists (list files "
+                     "inside)", ("auto", "folders", "lists")),
         "root": _k(None, "str", "zip only: top folder inside the archive (null: detect)"),
         "split_dirs": _k({}, "splits", "{split: folder} overriding detection"),
         "split_lists": _k({}, "splits", "{split: list file}: a member of the archive, or a CSV on disk"),
         "list_columns": _k(None, "columns", "list columns by index or header name (null: detect)"),
         "list_delimiter": _k(None, "str", "list field separator (null: comma, tab or whitespace)"),
         "list_strip_prefix": _k("", "str", "removed from listed paths before joining to data.path",
-                               empty=True),
+                                empty=True),
         "index_cache_dir": _k(None, "str", "zip index cache (null: next to the archive, else "
                               "~/.cache/ebv_ms)"),
-        "image_size": _k(224, "int", "training crop size", lo=1),
-        "eval_resize": _k(None, "int", "eval: shorter side resized to this (null: image_size / 0.875)", lo=1),
-        "eval_crop": _k(None, "int", "eval: centre crop (null: image_size)", lo=1),
-        "recipe": _k("A1", "str", "training augmentation (evaluation always uses 'eval')",
-                     choices=RECIPES),
-        "scale": _k([0.08, 1.0], "pair", "random resized crop area range", lo=0.0, hi=1.0, lo_open=True),
-        "color_jitter": _k(0.4, "float", "A0 brightness/contrast/saturation jitter", lo=0.0),
-        "random_erasing": _k(0.1, "float", "A1/A2 random erasing probability", lo=0.0, hi=1.0),
-        "mixup_alpha": _k(0.2, "float", "A2 mixup Beta(alpha, alpha); 0 disables", lo=0.0),
-        "cutmix_alpha": _k(1.0, "float", "A2 cutmix Beta(alpha, alpha); 0 disables", lo=0.0),
+        "image_size": _k(224, "int", "training crop size", ">= 1"),
+        "eval_resize": _k(None, "int", "eval: shorter side resized to this (null: image_size / 0.875)", ">= 1"),
+        "eval_crop": _k(None, "int", "eval: centre crop (null: image_size)", ">= 1"),
+        "recipe": _k("A1", "str", "training augmentation (evaluation always uses 'eval')", RECIPES),
+        "scale": _k([0.08, 1.0], "pair", "random resized crop area range", "> 0 and <= 1"),
+        "color_jitter": _k(0.4, "float", "A0 brightness/contrast/saturation jitter", ">= 0"),
+        "random_erasing": _k(0.1, "float", "A1/A2 random erasing probability", ">= 0 and <= 1"),
+        "mixup_alpha": _k(0.2, "float", "A2 mixup Beta(alpha, alpha); 0 disables", ">= 0"),
+        "cutmix_alpha": _k(1.0, "float", "A2 cutmix Beta(alpha, alpha); 0 disables", ">= 0"),
         "mix_switch_prob": _k(0.5, "float", "A2: probability a batch uses cutmix instead of mixup",
-                              lo=0.0, hi=1.0),
+                              ">= 0 and <= 1"),
         "num_workers": _k(2, "int", "parallel workers for decoding and per-image ops (lowered to "
-                          "the machine's core count, with a warning)", lo=1),
+                          "the machine's core count, with a warning)", ">= 1"),
         "python_multiprocessing": _k(False, "bool", "decode in worker processes instead of threads"),
-        "max_image_pixels": _k(89478485, "int", "larger images are bad samples (Pillow's MAX_IMAGE_PIXELS); 0: no cap", lo=0),
-        "max_image_bytes": _k(67108864, "int", "larger image files or zip members (stored or inflated) are bad samples, refused before they are read; 0: no cap", lo=0),
+        "max_image_pixels": _k(89478485, "int", "larger images are bad samples (Pillow's MAX_IMAGE_PIXELS); 0: no cap", ">= 0"),
+        "max_image_bytes": _k(67108864, "int", "larger image files or zip members (stored or inflated) are bad samples, refused before they are read; 0: no cap", ">= 0"),
     },
     "optim": {
         "opt": _k("sgd", "str", "sgd (momentum SGD, the paper's ResNet runs) | adamw (Swin/ViT)",
-                  choices=OPTIMIZERS),
+                  OPTIMIZERS),
         "lr": _k(0.1, "float", "peak learning rate, used as given (not scaled by world size)",
-                 lo=0.0, lo_open=True),
-        "momentum": _k(0.9, "float", "sgd only", lo=0.0, hi=1.0, hi_open=True),
+                 "> 0"),
+        "momentum": _k(0.9, "float", "sgd only", ">= 0 and < 1"),
         "nesterov": _k(False, "bool", "sgd only"),
-        "weight_decay": _k(1e-4, "float", "L2 weight decay", lo=0.0),
+        "weight_decay": _k(1e-4, "float", "L2 weight decay", ">= 0"),
         "filter_bias_and_bn": _k(True, "bool", "no weight decay on biases and norm layers"),
-        "betas": _k([0.9, 0.999], "pair", "adamw only", lo=0.0, hi=1.0, hi_open=True),
-        "eps": _k(1e-8, "float", "adamw only", lo=0.0, lo_open=True),
+        "betas": _k([0.9, 0.999], "pair", "adamw only", ">= 0 and < 1"),
+        "eps": _k(1e-8, "float", "adamw only", "> 0"),
     },
     "scheduler": {
-        "name": _k("warmup_cosine", "str", "per-step values, one list per run", choices=SCHEDULERS),
-        "warmup_epochs": _k(5.0, "float", "linear warm-up length (epochs; may be fractional)", lo=0.0),
-        "warmup_factor": _k(0.01, "float", "the warm-up starts at lr x warmup_factor", lo=0.0, hi=1.0),
-        "min_lr": _k(0.0, "float", "where the cosine ends (<= optim.lr)", lo=0.0),
+        "name": _k("warmup_cosine", "str", "per-step values, one list per run", SCHEDULERS),
+        "warmup_epochs": _k(5.0, "float", "linear warm-up length (epochs; may be fractional)", ">= 0"),
+        "warmup_factor": _k(0.01, "float", "the warm-up starts at lr x warmup_factor", ">= 0 and <= 1"),
+        "min_lr": _k(0.0, "float", "where the cosine ends (<= optim.lr)", ">= 0"),
     },
     "train": {
-        "epochs": _k(100, "int", "epochs to train", lo=1),
-        "batch_size": _k(256, "int", "per device (global batch = batch_size x number of ranks)", lo=1),
-        "amp_level": _k("auto", "str", "auto: O2 on GPU/Ascend, O0 on CPU", choices=AMP_LEVELS),
+        "epochs": _k(100, "int", "epochs to train", ">= 1"),
+        "batch_size": _k(256, "int", "per device (global batch = batch_size x number of ranks)", ">= 1"),
+        "amp_level": _k("auto", "str", "auto: O2 on GPU/Ascend, O0 on CPU", AMP_LEVELS),
         "loss_scale": _k("auto", "str", "auto: dynamic under fp16 amp, none otherwise",
-                         choices=LOSS_SCALES),
+                         LOSS_SCALES),
         "loss_scale_value": _k(65536.0, "float", "initial (dynamic) or fixed (static) loss scale",
-                               lo=0.0, lo_open=True),
-        "clip_grad_norm": _k(0.0, "float", "clip gradients to this global norm; 0 disables", lo=0.0),
-        "eval_interval": _k(1, "int", "evaluate every N epochs (and always after the last one)", lo=1),
-        "log_interval": _k(50, "int", "steps between text-log lines inside an epoch; 0: none", lo=0),
+                               "> 0"),
+        "clip_grad_norm": _k(0.0, "float", "clip gradients to this global norm; 0 disables", ">= 0"),
+        "eval_interval": _k(1, "int", "evaluate every N epochs (and always after the last one)", ">= 1"),
+        "log_interval": _k(50, "int", "steps between text-log lines inside an epoch; 0: none", ">= 0"),
         "progress_bar": _k(True, "bool", "progress per epoch, rank 0 only (a bar on a terminal, "
-                                     "else a line every 30 s)"),
-        "max_skipped_steps": _k(200, "int", "stop after this many consecutive overflowed steps at the lowest loss scale (fp16 overflow in the forward); 0: never", lo=0),
+                                         "else a line every 30 s)"),
+        "max_skipped_steps": _k(200, "int", "stop after this many consecutive overflowed steps at the lowest loss scale (fp16 overflow in the forward); 0: never", ">= 0"),
         "keep_best": _k(True, "bool", "also keep best.ckpt (highest validation top-1)"),
-        "ckpt_inline_ebv_mb": _k(64.0, "float", "EBV sets up to this size (MB of float32) go inside every checkpoint; larger ones once, next to them", lo=0),
+        "ckpt_inline_ebv_mb": _k(64.0, "float", "EBV sets up to this size (MB of float32) go inside every checkpoint; larger ones once, next to them", ">= 0"),
     },
     "eval": {
-        "batch_size": _k(100, "int", "per device", lo=1),
+        "batch_size": _k(100, "int", "per device", ">= 1"),
         "split": _k("val", "str", "the split evaluated each epoch and by eval.py"),
-        "test_size": _k(None, "int", "eval.py --test-size: input side (null: data default)", lo=1),
+        "test_size": _k(None, "int", "eval.py --test-size: input side (null: data default)", ">= 1"),
     },
 }
-
-
-def _defaults(schema: Mapping) -> dict:
-    return {k: _defaults(v) if isinstance(v, Mapping) else copy.deepcopy(v.default)
-            for k, v in schema.items()}
-
-
-DEFAULTS: dict = _defaults(SCHEMA)  # the default config (plain dict)
 
 
 class Config(dict):
@@ -318,13 +295,17 @@ class Config(dict):
 
 
 def _plain(x, kind=dict):
-    """Plain dicts and lists all the way down (``kind=Config``: the read-only form)."""
+    """Plain dicts and lists all the way down (``kind=Config``: read-only; a Key: its default)."""
     if isinstance(x, Mapping):
         return kind({k: _plain(v, kind) for k, v in x.items()})
+    if isinstance(x, Key):
+        return _plain(x.default)
     return [_plain(v, kind) for v in x] if isinstance(x, list) else x
 
 
-# ------------------------------------------------------------------------------ reading
+DEFAULTS: dict = _plain(SCHEMA)  # the default config (plain dict)
+
+
 def _merge(base: dict, update: Any, schema: Mapping, where: str, origins: Dict[str, str],
            prefix: str = "") -> None:
     """Copy ``update`` into ``base``; unknown keys and non-mappings for sections are errors."""
@@ -333,27 +314,20 @@ def _merge(base: dict, update: Any, schema: Mapping, where: str, origins: Dict[s
         raise ConfigError(f"{where}: {what} must be a mapping of keys, got {_show(update)}")
     for key, value in update.items():
         path = f"{prefix}{key}"
-        if key not in schema:
+        if key not in schema:  # a close key in this section, else in another (train.epochs)
+            known = sorted(map(str, schema))
+            others = {d.rsplit(".", 1)[-1]: d for d, _ in _walk(SCHEMA)
+                      if not prefix or not d.startswith(prefix)}
+            close = [prefix + k for k in difflib.get_close_matches(str(key), known, n=1)] or \
+                [others[k] for k in difflib.get_close_matches(str(key), list(others), n=1)]
             raise ConfigError(f"{where}: unknown config key '{path}'"
-                              f"{_did_you_mean(str(key), schema, prefix)} (known keys here: "
-                              f"{', '.join(sorted(map(str, schema))) or 'none'})")
+                              + (f"; did you mean '{close[0]}'?" if close else "")
+                              + f" (known keys here: {', '.join(known) or 'none'})")
         if isinstance(schema[key], Mapping):
             _merge(base[key], value, schema[key], where, origins, path + ".")
         else:
             base[key] = copy.deepcopy(value)
             origins[path] = where
-
-
-def _did_you_mean(key: str, schema: Mapping, prefix: str) -> str:
-    """A close key in this section, else in another one ('epochs' -> 'train.epochs')."""
-    close = difflib.get_close_matches(key, [str(k) for k in schema], n=1)
-    if close:
-        return f"; did you mean '{prefix}{close[0]}'?"
-    leaves = {dotted.rsplit(".", 1)[-1]: dotted for dotted, _ in _walk(SCHEMA)
-              if not dotted.startswith(prefix) or not prefix}
-    close = [leaves[key]] if key in leaves else [
-        leaves[k] for k in difflib.get_close_matches(key, list(leaves), n=1)]
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def parse_override(text: str) -> dict:
@@ -401,16 +375,15 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
-def _expanded_size(node, memo: dict) -> int:
+def _expanded_size(node, memo: dict, where: str) -> int:
     """Values in ``node`` with every alias expanded (what a walk of the result visits)."""
-    if id(node) in memo:
-        if memo[id(node)] is None:
-            raise ConfigError("an alias refers to the value that contains it")
-        return memo[id(node)]
-    memo[id(node)] = None
-    children = node.value if isinstance(node, yaml.SequenceNode) else \
-        [n for kv in node.value for n in kv] if isinstance(node, yaml.MappingNode) else []
-    memo[id(node)] = 1 + sum(_expanded_size(c, memo) for c in children)
+    if id(node) not in memo:
+        memo[id(node)] = None
+        children = node.value if isinstance(node, yaml.SequenceNode) else \
+            [n for kv in node.value for n in kv] if isinstance(node, yaml.MappingNode) else []
+        memo[id(node)] = 1 + sum(_expanded_size(c, memo, where) for c in children)
+    elif memo[id(node)] is None:
+        raise ConfigError(f"{where}: an alias refers to the value that contains it")
     return memo[id(node)]
 
 
@@ -425,10 +398,7 @@ def parse_yaml(text: str, where: str, what: str = "") -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        try:
-            size = _expanded_size(node, {})
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+        size = _expanded_size(node, {}, where)
         if size > MAX_YAML_VALUES:
             raise ConfigError(f"{where}: YAML aliases expand to {size:,} values (more than "
                               f"{MAX_YAML_VALUES:,}); write the values out instead of aliasing them")
@@ -487,7 +457,6 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
     return validate(cfg, origins)
 
 
-# ------------------------------------------------------------------------------ validation
 def _walk(schema: Mapping, prefix: str = ""):
     for k, v in schema.items():
         if isinstance(v, Mapping):
@@ -566,11 +535,6 @@ def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Confi
     return _plain(out, Config)
 
 
-def _not_a_file(key: str, path: Optional[str]) -> None:
-    if path and os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"config key '{key}': {path} is a file, not a folder; choose a folder")
-
-
 def ebv_path_missing(path: str) -> ConfigError:
     return ConfigError(f"config key 'ebv.path': file not found: {path} (leave it unset to "
                        "generate a set and cache it under 'ebv.cache_dir')")
@@ -579,16 +543,16 @@ def ebv_path_missing(path: str) -> ConfigError:
 def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Config:
     """Checks of this machine (``ebv.path`` only if ``ebv_needed``: a checkpoint may hold the set);
     returns the config with ``data.num_workers`` lowered to the cores MindSpore allows."""
-    _not_a_file("output_dir", str(cfg.output_dir))
-    _not_a_file("data.index_cache_dir", cfg.data.index_cache_dir)
-    if cfg.model.head == "ebv" and ebv_needed:
-        if cfg.ebv.path:
-            if not os.path.isfile(cfg.ebv.path):
-                raise ebv_path_missing(cfg.ebv.path)
-        else:
-            _not_a_file("ebv.cache_dir", str(cfg.ebv.cache_dir))
-    pretrained = cfg.model.pretrained
-    ckpt = cfg.model.backbone_checkpoint or (pretrained if isinstance(pretrained, str) else None)
+    ebv = cfg.ebv if cfg.model.head == "ebv" and ebv_needed else None
+    folders = {"output_dir": cfg.output_dir, "data.index_cache_dir": cfg.data.index_cache_dir,
+               "ebv.cache_dir": ebv and not ebv.path and ebv.cache_dir}
+    for key, path in folders.items():
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(f"config key {key!r}: {path} is a file, not a folder; choose a folder")
+    if ebv and ebv.path and not os.path.isfile(ebv.path):
+        raise ebv_path_missing(ebv.path)
+    m = cfg.model
+    ckpt = m.backbone_checkpoint or (m.pretrained if isinstance(m.pretrained, str) else None)
     if ckpt and not os.path.isfile(ckpt):
         raise ConfigError(f"config key 'model.backbone_checkpoint': file not found: {ckpt}")
     if not cfg.data.path:
@@ -612,12 +576,9 @@ def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Co
         return cfg
     logging.getLogger("ebv_ms").warning("data.num_workers=%d is more than this machine's %d "
                                         "cores; using %d", cfg.data.num_workers, cores, cores)
-    plain = cfg.to_dict()
-    plain["data"]["num_workers"] = cores
-    return _plain(plain, Config)
+    return _plain({**cfg, "data": {**cfg.data, "num_workers": cores}}, Config)
 
 
-# ------------------------------------------------------------------------------ writing, docs
 def save_config(cfg: Mapping, path: str) -> None:
     from .atomic import atomic_path
     with atomic_path(path, fsync=False) as tmp, open(tmp, "w", encoding="utf-8") as f:

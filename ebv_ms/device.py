@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-__all__ = ["set_device"]
-
 
 def set_device(target: Optional[str] = None) -> None:
-    """Select ``target`` (CPU | GPU | Ascend; None: the current one) and, on GPU/Ascend, this
-    rank's card: DEVICE_ID, which msrun and scripts/mpirun_rank.sh set to the local rank.
-    Calling it again with the same device is harmless (MindSpore 2.10 accepts it)."""
+    """Select ``target`` (None: the current one) and, on GPU/Ascend, this rank's card DEVICE_ID
+    (set by msrun and scripts/mpirun_rank.sh); calling it again with the same device is harmless."""
     import mindspore as ms
     target = target or ms.get_context("device_target")
     dev_id = os.environ.get("DEVICE_ID", "")

@@ -1,20 +1,13 @@
-"""The project's one error base class, and how every command line reports it.
-
-Every user-input error (config, data, EBV files, checkpoints, launches, failed writes) derives from
-``EBVMSError`` and names what is wrong and what to do. ``run_cli`` turns one (or an ``OSError``:
-a full disk, a missing or read-only folder) into one stderr line and exit status 2; the traceback
-goes to the run's log file (``train.log``) when one is open and to the console only with
-``--debug``. Any other exception is a bug and keeps its traceback. The factories raise plain
-``ValueError``: a config reaches them only after ``ebv_ms.config.validate``.
-"""
+"""The one error base class, and how every command line reports it: ``run_cli`` turns an
+``EBVMSError`` or an ``OSError`` (full disk, read-only folder) into one stderr line and exit 2, the
+traceback going to the run's log file only (and the console with ``--debug``); any other exception
+is a bug and keeps its traceback. Factories raise plain ``ValueError`` (configs are validated)."""
 from __future__ import annotations
 
 import logging
 import sys
 import traceback
 from typing import Callable
-
-__all__ = ["EBVMSError", "ConfigError", "ModelError", "WriteError", "DivergenceError", "run_cli"]
 
 
 class EBVMSError(Exception):
@@ -26,8 +19,7 @@ class ConfigError(EBVMSError, ValueError):
 
 
 class ModelError(EBVMSError, ValueError):
-    """A network that cannot be built as asked (backbone arguments, pretrained weights, a
-    backbone checkpoint, a precision setting); the message names the setting."""
+    """A network that cannot be built as asked (backbone arguments or checkpoint, precision)."""
 
 
 class WriteError(EBVMSError, OSError):
@@ -35,8 +27,7 @@ class WriteError(EBVMSError, OSError):
 
 
 class DivergenceError(EBVMSError, FloatingPointError):
-    """Training cannot go on (a non-finite loss, or every step overflowing at the lowest loss
-    scale); the message says which setting to change, and last.ckpt holds the last good epoch."""
+    """Training cannot go on (non-finite loss, or overflow at the lowest loss scale)."""
 
 
 def run_cli(prog: str, body: Callable[[], int], debug: bool = False) -> int:

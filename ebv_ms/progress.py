@@ -1,14 +1,11 @@
-"""Progress output fit for a terminal and for a log: tqdm's bar on a terminal; otherwise (a file,
-a rank under mpirun or msrun, nohup, a job scheduler: tqdm's ``\\r`` redraws pile up into one long
-line there) one plain line every ``interval`` seconds and one at the end, like MindSpore's and
-mindcv's loggers."""
+"""Progress: tqdm's bar on a terminal; elsewhere (a file, a rank under mpirun or msrun, nohup: the
+``\\r`` redraws pile up into one long line there) a plain line every ``interval`` seconds and one
+at the end, like MindSpore's and mindcv's loggers."""
 from __future__ import annotations
 
 import sys
 import time
 from typing import Iterable, Optional
-
-__all__ = ["progress_bar", "LineProgress"]
 
 
 def progress_bar(iterable: Optional[Iterable] = None, *, total: Optional[int] = None,

@@ -1,12 +1,7 @@
 """Parameter report: trainable / frozen counts per part for the configured head and FC.
 
-    python -m ebv_ms.tools.params --config CONFIG [model.num_classes=100000 model.embed_dim=5000 ...]
-
-Parts: ``backbone``, ``projection`` (F -> d) and ``head`` (the frozen N x d class vectors, or the
-learned F -> N FC layer); "buffers" are BatchNorm statistics, never counted in the paper's numbers.
-Only the backbone is built (with a 1-way last layer); projection and head sizes follow from their
-shapes, so the 100k-class report needs neither the EBV set nor a 205M-parameter FC layer in memory.
-"""
+Only the backbone is built; projection and head sizes follow from their shapes, so the 100k-class
+report needs neither the EBV set nor a 205M-parameter FC layer in memory (docs/models.md)."""
 from __future__ import annotations
 
 import argparse
@@ -16,20 +11,18 @@ from dataclasses import asdict
 from typing import Dict, List, Mapping, Optional
 
 from ..config import load_config
+from ..errors import run_cli
 from ..models.classifier import PARTS, PartCount, count_cell, count_parameters
 
 __all__ = ["PartCount", "count_parameters", "parameter_report", "format_report", "main"]
 
 
 def parameter_report(model_cfg: Mapping, heads: Optional[List[str]] = None) -> Dict[str, Dict[str, PartCount]]:
-    """{head: {part: PartCount}} for the configured head and its comparison (FC, or EBV if FC),
-    from a validated config's ``model`` section."""
+    """{head: {part: PartCount}} for ``heads`` (default: the configured one and FC, or EBV if FC)."""
     from ..models.backbones import create_backbone
-    head = model_cfg.get("head", "ebv")
-    n, d = int(model_cfg["num_classes"]), model_cfg.get("embed_dim")
-    feats, f, _ = create_backbone(model_cfg.get("backbone", "resnet50"), 1,
-                                  in_channels=model_cfg.get("in_channels", 3),
-                                  **dict(model_cfg.get("backbone_kwargs") or {}))
+    head, n, d = model_cfg["head"], model_cfg["num_classes"], model_cfg["embed_dim"]
+    feats, f, _ = create_backbone(model_cfg["backbone"], 1, in_channels=model_cfg["in_channels"],
+                                  **model_cfg["backbone_kwargs"])
     backbone = count_cell(feats)
     fc = {"projection": PartCount(), "head": PartCount(trainable=f * n + n)}
     fixed = {"projection": PartCount(trainable=f * d + d), "head": PartCount(frozen=n * d)}
@@ -39,11 +32,11 @@ def parameter_report(model_cfg: Mapping, heads: Optional[List[str]] = None) -> D
 
 def format_report(model_cfg: Mapping, report: Dict[str, Dict[str, PartCount]]) -> str:
     m = lambda n: f"{n / 1e6:.1f}M"  # noqa: E731
-    lines = [f"backbone={model_cfg.get('backbone')}  num_classes={model_cfg['num_classes']}  "
-             f"embed_dim(d)={model_cfg.get('embed_dim')}"]
+    lines = [f"backbone={model_cfg['backbone']}  num_classes={model_cfg['num_classes']}  "
+             f"embed_dim(d)={model_cfg['embed_dim']}"]
     totals = {}
     for head, parts in report.items():
-        tag = "configured" if head == model_cfg.get("head", "ebv") else "alternative"
+        tag = "configured" if head == model_cfg["head"] else "alternative"
         lines += ["", f"head = {head} ({tag})",
                   f"  {'part':<11}{'trainable':>16}{'frozen':>16}{'buffers':>12}"]
         tot = totals[head] = PartCount(*(sum(getattr(parts[p], k) for p in PARTS)
@@ -65,18 +58,14 @@ def main(argv=None) -> int:
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. model.num_classes=100000")
     args = parser.parse_args(argv)
-    from ..errors import run_cli
-    return run_cli("params", lambda: _run(args), debug=args.debug)
 
-
-def _run(args) -> int:
-    cfg = load_config(args.config, args.overrides)
-    report = parameter_report(cfg.model)
-    if args.json:
-        print(json.dumps({h: {p: asdict(c) for p, c in parts.items()} for h, parts in report.items()}, indent=2))
-    else:
-        print(format_report(cfg.model, report))
-    return 0
+    def run() -> int:
+        cfg = load_config(args.config, args.overrides)
+        report = parameter_report(cfg.model)
+        print(json.dumps({h: {p: asdict(c) for p, c in parts.items()} for h, parts in report.items()},
+                         indent=2) if args.json else format_report(cfg.model, report))
+        return 0
+    return run_cli("params", run, debug=args.debug)
 
 
 if __name__ == "__main__":
