@@ -20,9 +20,7 @@ import numpy as np
 
 from ..atomic import atomic_path
 from .ebvset import EBVError, EBVSet, degeneracy
-from .safe_pickle import UnsafePickleError, safe_load_pickle
-
-__all__ = ["load_ebv", "save_ebv", "SUPPORTED_EXTENSIONS", "NATIVE_FORMAT", "NATIVE_VERSION"]
+from .safe_pickle import safe_load_pickle
 
 NATIVE_FORMAT = "ebv-ms"
 NATIVE_VERSION = 1
@@ -39,17 +37,6 @@ def _ext(path: Path) -> str:
                        f"{', '.join(SUPPORTED_EXTENSIONS)} (.npz = native format with metadata, "
                        ".npy = float32 N x d array, .pkl = authors' numpy/torch pickles)")
     return ext
-
-
-def _make_set(path: Path, matrix, **meta) -> EBVSet:
-    try:
-        ebv = EBVSet(matrix, **meta)
-    except EBVError as exc:
-        raise EBVError(f"{path}: not an EBV set: {exc}") from None
-    why = degeneracy(ebv.vectors)
-    if why:  # loadable, but training with it stays at chance for the classes concerned
-        logger.warning("%s: degenerate EBV set: %s", path, why)
-    return ebv
 
 
 def _check_magic(path: Path, magic: bytes, what: str) -> None:
@@ -109,14 +96,11 @@ def _read_array(f, where: str, have: int, mmap_path: Optional[Path] = None,
     return arr.T if fortran else arr
 
 
-def _load_npy(path: Path) -> EBVSet:
+def _read_npy(path: Path):
     _check_magic(path, b"\x93NUMPY", ".npy array file")
-    try:
-        with open(path, "rb") as f:
-            arr = _read_array(f, str(path), path.stat().st_size, mmap_path=path)
-    except (OSError, ValueError) as exc:
-        raise EBVError(f"{path}: not a readable .npy file ({exc})") from None
-    return _make_set(path, arr, method="unknown", extra={"source": str(path), "format": "npy"})
+    with open(path, "rb") as f:
+        arr = _read_array(f, str(path), path.stat().st_size, mmap_path=path)
+    return arr, {"method": "unknown", "extra": {"source": str(path), "format": "npy"}}
 
 
 def _read_npz_member(z: zipfile.ZipFile, path: Path, name: str, archive_size: int,
@@ -148,60 +132,34 @@ def _read_npz_member(z: zipfile.ZipFile, path: Path, name: str, archive_size: in
         return _read_array(f, where, info.file_size, max_bytes=max_bytes)
 
 
-def _validate_metadata(path: Path, meta: dict, shape) -> None:
-    """Every key of the native metadata with the type it must have (a tampered file is refused)."""
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_num(v):
-        return (is_int(v) or isinstance(v, float)) and np.isfinite(v)
-
-    if meta.get("format") != NATIVE_FORMAT:
-        raise EBVError(f"{path}: metadata format {str(meta.get('format'))[:60]!r}, "
-                       f"expected {NATIVE_FORMAT!r}")
-    version = meta.get("format_version")
-    if not is_int(version) or version < 1:
-        raise EBVError(f"{path}: metadata malformed (format_version {str(version)[:60]!r})")
-    if version > NATIVE_VERSION:
-        raise EBVError(f"{path}: written by a newer ebv-ms (format version "
-                       f"{version} > {NATIVE_VERSION}); upgrade ebv-ms")
-    checks = {
-        "num_classes": (is_int, "an integer"), "dim": (is_int, "an integer"),
-        "alpha": (lambda v: v is None or (is_num(v) and 0 <= v <= 1), "null or a number in [0, 1]"),
-        "method": (lambda v: isinstance(v, str), "a string"),
-        "seed": (lambda v: v is None or is_int(v), "null or an integer"),
-        "checksum": (lambda v: isinstance(v, str) and len(v) == 16
-                     and all(c in "0123456789abcdef" for c in v), "16 hex digits"),
-        "extra": (lambda v: v is None or isinstance(v, dict), "null or a JSON object"),
-    }
-    for key, (ok, want) in checks.items():
-        if key == "checksum" and meta.get(key) is None:
-            raise EBVError(f"{path}: metadata has no checksum, so the matrix cannot be verified "
-                           "(the key was removed or nulled: file edited or corrupt); save the "
-                           "set again with ebv_ms.ebv.save_ebv if its origin is trusted")
-        if not ok(meta.get(key)):  # alpha, seed and extra may be absent: ok(None) holds for them
-            raise EBVError(f"{path}: metadata key '{key}' must be {want}, got "
-                           f"{str(meta.get(key, '(missing)'))[:60]!r}: file edited or corrupt")
-    if (meta["num_classes"], meta["dim"]) != tuple(int(s) for s in shape):
-        raise EBVError(f"{path}: metadata says N={meta['num_classes']}, d={meta['dim']} "
-                       f"but the matrix is {' x '.join(map(str, shape))}: file corrupt or edited")
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _load_npz(path: Path) -> EBVSet:
+# every key of the native metadata with the type it must have (a tampered file is refused);
+# alpha, seed and extra may be absent: their check holds for None
+_META_KEYS = {
+    "num_classes": (_is_int, "an integer"), "dim": (_is_int, "an integer"),
+    "alpha": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                      and np.isfinite(v) and 0 <= v <= 1), "null or a number in [0, 1]"),
+    "method": (lambda v: isinstance(v, str), "a string"),
+    "seed": (lambda v: v is None or _is_int(v), "null or an integer"),
+    "checksum": (lambda v: isinstance(v, str) and len(v) == 16
+                 and all(c in "0123456789abcdef" for c in v), "16 hex digits"),
+    "extra": (lambda v: v is None or isinstance(v, dict), "null or a JSON object"),
+}
+
+
+def _read_npz(path: Path):
     _check_magic(path, b"PK", ".npz (zip) file")
     size = path.stat().st_size
-    try:
-        with zipfile.ZipFile(path) as z:
-            members = {(n[:-4] if n.endswith(".npy") else n): n for n in z.namelist()}
-            if not {"vectors", "metadata"} <= set(members):
-                raise EBVError(f"{path}: not an ebv-ms .npz file (needs arrays 'vectors' and "
-                               f"'metadata', found {sorted(members)[:10]})")
-            meta_raw = _read_npz_member(z, path, members["metadata"], size, _NPZ_MAX_META)
-            vectors = _read_npz_member(z, path, members["vectors"], size)
-    except EBVError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise EBVError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    with zipfile.ZipFile(path) as z:
+        members = {(n[:-4] if n.endswith(".npy") else n): n for n in z.namelist()}
+        if not {"vectors", "metadata"} <= set(members):
+            raise EBVError(f"{path}: not an ebv-ms .npz file (needs arrays 'vectors' and "
+                           f"'metadata', found {sorted(members)[:10]})")
+        meta_raw = _read_npz_member(z, path, members["metadata"], size, _NPZ_MAX_META)
+        vectors = _read_npz_member(z, path, members["vectors"], size)
     if meta_raw.dtype != np.uint8 or meta_raw.ndim != 1:
         raise EBVError(f"{path}: metadata entry must be a 1-D uint8 array (UTF-8 JSON), got "
                        f"{meta_raw.dtype} of shape {meta_raw.shape}")
@@ -214,38 +172,50 @@ def _load_npz(path: Path) -> EBVSet:
     if vectors.ndim != 2:
         raise EBVError(f"{path}: not an EBV set: EBV matrix must be 2-D (num_classes x dim), got "
                        f"shape {vectors.shape}")
-    _validate_metadata(path, meta, vectors.shape)
-    ebv = _make_set(path, vectors, alpha=meta.get("alpha"), method=meta["method"],
-                    seed=meta.get("seed"), extra=dict(meta.get("extra") or {}))
-    want = meta["checksum"]
-    if ebv.checksum() != want:
-        raise EBVError(f"{path}: checksum mismatch (metadata {want}, vectors {ebv.checksum()}): "
-                       "the matrix was modified or the file is corrupt")
-    return ebv
+    if meta.get("format") != NATIVE_FORMAT:
+        raise EBVError(f"{path}: metadata format {str(meta.get('format'))[:60]!r}, "
+                       f"expected {NATIVE_FORMAT!r}")
+    version = meta.get("format_version")
+    if not _is_int(version) or version < 1:
+        raise EBVError(f"{path}: metadata malformed (format_version {str(version)[:60]!r})")
+    if version > NATIVE_VERSION:
+        raise EBVError(f"{path}: written by a newer ebv-ms (format version "
+                       f"{version} > {NATIVE_VERSION}); upgrade ebv-ms")
+    for key, (ok, want) in _META_KEYS.items():
+        if key == "checksum" and meta.get(key) is None:
+            raise EBVError(f"{path}: metadata has no checksum, so the matrix cannot be verified "
+                           "(the key was removed or nulled: file edited or corrupt); save the "
+                           "set again with ebv_ms.ebv.save_ebv if its origin is trusted")
+        if not ok(meta.get(key)):
+            raise EBVError(f"{path}: metadata key '{key}' must be {want}, got "
+                           f"{str(meta.get(key, '(missing)'))[:60]!r}: file edited or corrupt")
+    if (meta["num_classes"], meta["dim"]) != vectors.shape:
+        raise EBVError(f"{path}: metadata says N={meta['num_classes']}, d={meta['dim']} "
+                       f"but the matrix is {' x '.join(map(str, vectors.shape))}: file corrupt or edited")
+    return vectors, {"alpha": meta.get("alpha"), "method": meta["method"], "seed": meta.get("seed"),
+                     "extra": dict(meta.get("extra") or {}), "checksum": meta["checksum"]}
 
 
-def _load_pickle(path: Path) -> EBVSet:
+def _read_pickle(path: Path):
     data = path.read_bytes()
     try:
         obj = safe_load_pickle(data)
-    except UnsafePickleError as exc:
-        raise UnsafePickleError(f"{path}: {exc}") from None
-    except EBVError as exc:
-        raise EBVError(f"{path}: {exc}") from None
+    except EBVError as exc:  # UnsafePickleError keeps its type
+        raise type(exc)(f"{path}: {exc}") from None
     if not isinstance(obj, np.ndarray):
         raise EBVError(f"{path}: pickle holds a {type(obj).__name__}, not an EBV matrix "
                        "(expected a numpy array or torch tensor)")
-    is_torch = b"torch._utils" in data[:256]
-    return _make_set(path, obj, method="pytorch_pkl" if is_torch else "numpy_pkl",
-                     extra={"source": str(path), "format": "pkl"})
+    return obj, {"method": "pytorch_pkl" if b"torch._utils" in data[:256] else "numpy_pkl",
+                 "extra": {"source": str(path), "format": "pkl"}}
 
 
-_READERS = {".npy": _load_npy, ".npz": _load_npz, ".pkl": _load_pickle, ".pickle": _load_pickle}
+_READERS = {".npy": _read_npy, ".npz": _read_npz, ".pkl": _read_pickle, ".pickle": _read_pickle}
 
 
 def load_ebv(path: PathLike) -> EBVSet:
     """Read an EBV set; `EBVError` (`UnsafePickleError` for a pickle outside the allow-list)
-    names the file and the problem."""
+    names the file and the problem. A set with identical rows (or d = 1) loads with a warning:
+    training with it stays at chance for the classes concerned."""
     path = Path(path)
     ext = _ext(path)
     if not path.exists():
@@ -254,7 +224,24 @@ def load_ebv(path: PathLike) -> EBVSet:
         raise EBVError(f"{path}: is a directory, not an EBV file")
     if path.stat().st_size == 0:
         raise EBVError(f"{path}: file is empty")
-    return _READERS[ext](path)
+    try:
+        matrix, how = _READERS[ext](path)
+    except EBVError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise EBVError(f"{path}: not a readable {ext} file ({type(exc).__name__}: {exc})") from None
+    want = how.pop("checksum", None)
+    try:
+        ebv = EBVSet(matrix, **how)
+    except EBVError as exc:
+        raise EBVError(f"{path}: not an EBV set: {exc}") from None
+    why = degeneracy(ebv.vectors)
+    if why:
+        logger.warning("%s: degenerate EBV set: %s", path, why)
+    if want is not None and ebv.checksum() != want:
+        raise EBVError(f"{path}: checksum mismatch (metadata {want}, vectors {ebv.checksum()}): "
+                       "the matrix was modified or the file is corrupt")
+    return ebv
 
 
 def _metadata(ebv: EBVSet) -> dict:

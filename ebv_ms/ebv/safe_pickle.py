@@ -14,7 +14,7 @@ import math
 import pickle
 import reprlib
 import struct
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ _TORCH_STORAGE_DTYPES = {f"{k}Storage": np.dtype(v) for k, v in (
     ("Float", "<f4"), ("Double", "<f8"), ("Half", "<f2"), ("BFloat16", "<u2"), ("Long", "<i8"),
     ("Int", "<i4"), ("Short", "<i2"), ("Char", "i1"), ("Byte", "u1"), ("Bool", "?"),
     ("Untyped", "u1"))}
+_MAX_DIM = 1 << 62  # larger shapes / sizes are corrupt (and would make the products slow)
 
 
 class UnsafePickleError(EBVError):
@@ -40,10 +41,8 @@ class UnsafePickleError(EBVError):
 
 
 _REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxtuple, _REPR.maxlist, _REPR.maxdict = 3, 4, 4, 4
-_REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = _REPR.maxarray = 4
-_REPR.maxstring = _REPR.maxother = 60
-_REPR.maxlong = 40
+vars(_REPR).update(maxlevel=3, maxtuple=4, maxlist=4, maxdict=4, maxset=4, maxfrozenset=4,
+                   maxdeque=4, maxarray=4, maxstring=60, maxother=60, maxlong=40)
 
 
 def excerpt(obj, limit: int = 120) -> str:
@@ -60,16 +59,6 @@ def _why(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _ordered_dict(*args, **kwargs):
-    """``collections.OrderedDict()``: torch's empty backward hooks (items come by SETITEMS)."""
-    if args or kwargs:
-        raise UnsafePickleError("collections.OrderedDict with arguments refused")
-    return OrderedDict()
-
-
-_MAX_DIM = 1 << 62  # larger shapes / sizes are corrupt (and would make the products slow)
-
-
 def _dims(shape, what: str) -> tuple:
     if not isinstance(shape, (tuple, list)) or len(shape) > 64 or not all(
             isinstance(n, int) and not isinstance(n, bool) and 0 <= n < _MAX_DIM for n in shape):
@@ -77,7 +66,12 @@ def _dims(shape, what: str) -> tuple:
     return tuple(shape)
 
 
-# --------------------------------------------------------------------------- numpy
+def _ordered_dict(*args, **kwargs):
+    """``collections.OrderedDict()``: torch's empty backward hooks (items come by SETITEMS)."""
+    if args or kwargs:
+        raise UnsafePickleError("collections.OrderedDict with arguments refused")
+    return OrderedDict()
+
 
 _NDARRAY = object()  # stands for numpy.ndarray (the real class would allow NEWOBJ)
 
@@ -90,10 +84,8 @@ class _DType:
     def __init__(self, spec, align=False, copy=True):
         if not isinstance(spec, str):
             raise UnsafePickleError(f"numpy dtype spec {excerpt(spec)} refused")
-        if len(spec) > 8:  # numeric dtype codes are short ('f4', '<f8', 'float64' is 7)
-            raise UnsafePickleError(f"numpy dtype {excerpt(spec)} refused (only numeric dtypes)")
-        try:
-            dt = np.dtype(spec)
+        try:  # numeric dtype codes are short ('f4', '<f8', 'float64' is 7)
+            dt = np.dtype(spec) if len(spec) <= 8 else None
         except TypeError as exc:
             raise UnsafePickleError(f"numpy dtype {excerpt(spec)} refused ({exc})") from None
         if dt not in _SAFE_DTYPES:
@@ -113,8 +105,22 @@ class _DType:
             self.dtype = self.dtype.newbyteorder(byteorder)
 
 
+def _array(shape, dtype, fortran, raw) -> np.ndarray:
+    """A native-order copy of an array's raw bytes via ``np.frombuffer``, size checked first."""
+    if not isinstance(dtype, _DType):
+        raise UnsafePickleError(f"numpy array of dtype {type(dtype).__name__} refused")
+    if not isinstance(raw, (bytes, bytearray)):  # object arrays carry a list of objects
+        raise UnsafePickleError(f"numpy array data of type {type(raw).__name__} refused")
+    shape, dt = _dims(shape, "numpy array shape"), dtype.dtype
+    if len(raw) != math.prod(shape) * dt.itemsize:
+        raise EBVError(f"numpy array data has {len(raw)} bytes, shape {shape} of {dt} needs "
+                       f"{math.prod(shape) * dt.itemsize}: file truncated or corrupt")
+    arr = np.frombuffer(bytes(raw), dtype=dt).reshape(shape, order="F" if fortran else "C")
+    return arr.astype(dt.newbyteorder("="), copy=True)
+
+
 class _ArrayState:
-    """The array ``_reconstruct`` starts; its BUILD state becomes a copy via ``np.frombuffer``."""
+    """The array ``_reconstruct`` starts; BUILD fills it through `_array`."""
 
     __slots__ = ("array",)
 
@@ -127,17 +133,7 @@ class _ArrayState:
             state = state[1:]
         if not (isinstance(state, tuple) and len(state) == 4):
             raise UnsafePickleError(f"numpy array state of type {type(state).__name__} refused")
-        shape, dtype, fortran, raw = state
-        if not isinstance(dtype, _DType):
-            raise UnsafePickleError(f"numpy array of dtype {type(dtype).__name__} refused")
-        if not isinstance(raw, (bytes, bytearray)):  # object arrays carry a list of objects
-            raise UnsafePickleError(f"numpy array data of type {type(raw).__name__} refused")
-        shape, dt = _dims(shape, "numpy array shape"), dtype.dtype
-        if len(raw) != math.prod(shape) * dt.itemsize:
-            raise EBVError(f"numpy array data has {len(raw)} bytes, shape {shape} of {dt} needs "
-                           f"{math.prod(shape) * dt.itemsize}: file truncated or corrupt")
-        arr = np.frombuffer(bytes(raw), dtype=dt).reshape(shape, order="F" if fortran else "C")
-        self.array = arr.astype(dt.newbyteorder("="), copy=True)
+        self.array = _array(*state)
 
 
 def _safe_reconstruct(cls, shape, typecode):
@@ -163,9 +159,7 @@ def _safe_frombuffer(buf, dtype, shape, order):
     if not isinstance(dtype, _DType) or not isinstance(buf, (bytes, bytearray)) \
             or order not in ("C", "F"):
         raise UnsafePickleError("numpy _frombuffer with unexpected arguments refused")
-    state = _ArrayState()
-    state.__setstate__((_dims(shape, "numpy array shape"), dtype, order == "F", buf))
-    return state.array
+    return _array(shape, dtype, order == "F", buf)
 
 
 def _latin1_bytes(text, encoding="latin1"):
@@ -175,16 +169,7 @@ def _latin1_bytes(text, encoding="latin1"):
     return text.encode("latin1")
 
 
-# --------------------------------------------------------------------------- torch
-
-
-class _TorchStorage:
-    """A torch storage decoded to a 1-D numpy array (what ``_load_from_bytes`` returns here)."""
-
-    __slots__ = ("array",)
-
-    def __init__(self, array: np.ndarray):
-        self.array = array
+_TorchStorage = namedtuple("_TorchStorage", "array")  # what ``_load_from_bytes`` returns here
 
 
 class _TorchStorageType:
@@ -240,25 +225,6 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *_ignored
 
 
 _BUDGET = 8  # x the file size: the official files use ~4 (storage parsed, copied, viewed, copied)
-
-
-class _Global:
-    """An allowed global as the pickle sees it, charging its arguments and result to the budget;
-    made per load, with slots and out of BUILD's reach, so a file leaves no state behind."""
-
-    __slots__ = ("_fn", "_charge")
-
-    def __init__(self, fn, charge):
-        self._fn, self._charge = fn, charge
-
-    def __call__(self, *args, **kwargs):
-        for a in args + tuple(kwargs.values()):
-            self._charge(a)
-        out = self._fn(*args, **kwargs)
-        self._charge(out)
-        return out
-
-
 _PLAIN_KEYS = (str, bytes, int, float, bool, type(None))
 _BASE_DISPATCH = pickle._Unpickler.dispatch  # the pure-Python unpickler's opcode table
 _MAX_OPS = 1 << 18  # EBV pickles hold a few dozen opcodes (the matrix is one BINBYTES)
@@ -292,29 +258,40 @@ def _plain_keys(name: str, what: str, keys, target=None):
 
 
 class _RestrictedUnpickler(pickle._Unpickler):
-    """Python's pure-Python unpickler, globals only from ``allowed``, no persistent ids,
-    and the opcode changes listed in the module docstring (cost O(file size))."""
+    """Python's pure-Python unpickler, globals only from ``allowed``, persistent ids only for a
+    torch storage record (``records``), and the opcode changes of the module docstring."""
 
     dispatch = dict(_BASE_DISPATCH)
 
-    def __init__(self, file, allowed: dict, size: int):
+    def __init__(self, file, allowed: dict, size: int, storage: bool = False):
         super().__init__(file)
         self._ops, self._size, self._left = 0, int(size), _BUDGET * int(size) + (1 << 20)
         self._allowed = {k: v if v is _NDARRAY or isinstance(v, _TorchStorageType)
-                         else _Global(v, self._charge) for k, v in allowed.items()}
+                         else self._charged(v) for k, v in allowed.items()}
+        self.records = {} if storage else None
 
     def _charge(self, obj) -> None:
         """Bytes the allowed globals take in and build, against a few times the file's size."""
-        if isinstance(obj, (bytes, bytearray, str, tuple, list, dict)):
+        if isinstance(obj, (np.ndarray, _TorchStorage)):
+            self._left -= (obj.array if isinstance(obj, _TorchStorage) else obj).nbytes + 1
+        elif isinstance(obj, (bytes, bytearray, str, tuple, list, dict)):
             self._left -= len(obj) + 1
-        elif isinstance(obj, (np.ndarray, _TorchStorage)):
-            self._left -= (obj.nbytes if isinstance(obj, np.ndarray) else obj.array.nbytes) + 1
         else:
             self._left -= 2
         if self._left < 0:
             raise EBVError(f"pickle of {self._size} bytes asks to build more than {_BUDGET} x its "
                            "size (the same data referenced again and again through the memo): "
                            "refused as corrupt or hostile")
+
+    def _charged(self, fn):
+        """``fn`` charging its arguments and result (a per-load closure: no state survives)."""
+        def call(*args, **kwargs):
+            for a in args + tuple(kwargs.values()):
+                self._charge(a)
+            out = fn(*args, **kwargs)
+            self._charge(out)
+            return out
+        return call
 
     def find_class(self, module, name):
         try:
@@ -329,7 +306,20 @@ class _RestrictedUnpickler(pickle._Unpickler):
                 "could run arbitrary code") from None
 
     def persistent_load(self, pid):
-        raise UnsafePickleError(f"refused persistent id {excerpt(pid)} outside a torch storage")
+        if self.records is None:
+            raise UnsafePickleError(f"refused persistent id {excerpt(pid)} outside a torch storage")
+        # ('storage', type, key, location, numel, view): views (very old torch) are not supported
+        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"
+                and pid[5:] in ((), (None,))):
+            raise UnsafePickleError(f"refused persistent id {excerpt(pid)} in torch storage bytes")
+        storage_type, key, location, numel = pid[1:5]
+        if not isinstance(storage_type, _TorchStorageType) or not isinstance(key, str) \
+                or not isinstance(location, str):
+            raise UnsafePickleError(f"malformed torch storage record {excerpt(pid)}")
+        numel = _as_int(numel, "storage size")
+        if self.records.setdefault(key, (storage_type, numel)) != (storage_type, numel):
+            raise EBVError(f"torch storage {excerpt(key)} declared twice with different types/sizes")
+        return ("root", key)
 
     def _load_build(self):
         inst = self.stack[-2]
@@ -367,30 +357,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch = {k: _counted(f) for k, f in dispatch.items()}
 
 
-class _TorchStorageUnpickler(_RestrictedUnpickler):
-    """The storage record of torch's legacy format: only ``('storage', ...)`` persistent ids."""
-
-    def __init__(self, file, size: int):
-        super().__init__(file, {("torch", n): _TorchStorageType(n) for n in _TORCH_STORAGE_DTYPES},
-                         size)
-        self.records = {}
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
-            raise UnsafePickleError(f"refused persistent id {excerpt(pid)} in torch storage bytes")
-        storage_type, key, location, numel = pid[1:5]
-        view = pid[5] if len(pid) == 6 else None
-        if not isinstance(storage_type, _TorchStorageType) or not isinstance(key, str) \
-                or not isinstance(location, str):
-            raise UnsafePickleError(f"malformed torch storage record {excerpt(pid)}")
-        numel = _as_int(numel, "storage size")
-        if self.records.setdefault(key, (storage_type, numel)) != (storage_type, numel):
-            raise EBVError(f"torch storage {excerpt(key)} declared twice with different types/sizes")
-        if view is not None:  # very old torch: a view (view_key, offset, view_size) of `key`
-            if not (isinstance(view, tuple) and len(view) == 3):
-                raise UnsafePickleError(f"malformed torch storage view {excerpt(view)}")
-            return ("view", key, _as_int(view[1], "view offset"), _as_int(view[2], "view size"))
-        return ("root", key)
+_STORAGE_TYPES = {("torch", n): _TorchStorageType(n) for n in _TORCH_STORAGE_DTYPES}
 
 
 def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
@@ -406,8 +373,7 @@ def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
 
     def load(what, storage=False):
         try:
-            u = _TorchStorageUnpickler(f, len(data)) if storage \
-                else _RestrictedUnpickler(f, {}, len(data))
+            u = _RestrictedUnpickler(f, _STORAGE_TYPES if storage else {}, len(data), storage)
             return u, u.load()
         except EBVError:
             raise
@@ -443,17 +409,11 @@ def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
         if stype.name == "BFloat16Storage":  # bfloat16 = top half of a float32
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         arrays[key] = arr.astype(arr.dtype.newbyteorder("="), copy=False)
-    if not (isinstance(obj, tuple) and obj and obj[0] in ("root", "view")):
+    if not (isinstance(obj, tuple) and obj and obj[0] == "root"):
         raise EBVError("torch storage bytes hold no storage record")
     if obj[1] not in arrays:
         raise EBVError(f"torch storage {excerpt(obj[1])} has no data")
-    arr = arrays[obj[1]]
-    if obj[0] == "view":
-        _, _, off, n = obj
-        if off < 0 or n < 0 or off + n > arr.size:
-            raise EBVError(f"torch storage view [{off}:{off + n}] outside {arr.size} elements")
-        arr = arr[off:off + n]
-    return _TorchStorage(arr)
+    return _TorchStorage(arrays[obj[1]])
 
 
 ALLOWED_GLOBALS = {

@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 
+from ebv_ms.errors import run_cli
 from ebv_ms.generation import METHODS, create_ebv
 
 
@@ -31,26 +32,25 @@ def main(argv=None) -> int:
     ap.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     ap.add_argument("--out", "-o", required=True, help="output file (.npy, .npz or .pkl)")
     args = ap.parse_args(argv)
-    from ebv_ms.errors import run_cli
-    return run_cli("generate", lambda: _run(args), debug=args.debug)
 
+    def body() -> int:
+        from ebv_ms.ebv import save_ebv
+        t0 = time.perf_counter()
+        ebv = create_ebv(args.num_classes, args.dim, alpha=args.alpha, method=args.method,
+                         seed=args.seed, max_steps=args.max_steps, progress=not args.no_progress,
+                         device_target=args.device_target)
+        path = save_ebv(ebv, args.out)
+        coh = ebv.extra.get("coherence")
+        print(f"saved {ebv!r} to {path} in {time.perf_counter() - t0:.1f} s")
+        print(f"method {ebv.method}, coherence {coh:.5f}" if coh is not None else f"method {ebv.method}")
+        if args.alpha is not None and not ebv.extra.get("reached", True):
+            print(f"generate: fell short: best coherence {coh:.5f} > alpha {args.alpha} after "
+                  f"{ebv.extra.get('steps')} steps (the best set was saved; raise --max-steps or "
+                  "alpha)", file=sys.stderr)
+            return 3
+        return 0
 
-def _run(args) -> int:
-    from ebv_ms.ebv import save_ebv
-    t0 = time.perf_counter()
-    ebv = create_ebv(args.num_classes, args.dim, alpha=args.alpha, method=args.method,
-                     seed=args.seed, max_steps=args.max_steps, progress=not args.no_progress,
-                     device_target=args.device_target)
-    path = save_ebv(ebv, args.out)
-    coh = ebv.extra.get("coherence")
-    print(f"saved {ebv!r} to {path} in {time.perf_counter() - t0:.1f} s")
-    print(f"method {ebv.method}, coherence {coh:.5f}" if coh is not None else f"method {ebv.method}")
-    if args.alpha is not None and not ebv.extra.get("reached", True):
-        print(f"generate: fell short: best coherence {coh:.5f} > alpha {args.alpha} after "
-              f"{ebv.extra.get('steps')} steps (the best set was saved; raise --max-steps or "
-              f"alpha)", file=sys.stderr)
-        return 3
-    return 0
+    return run_cli("generate", body, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -11,64 +11,42 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 
-from ..ebv import EBVSet, PairStats, load_ebv, pairwise_stats, save_ebv
+from ..ebv import PairStats, load_ebv, pairwise_stats, save_ebv
+from ..errors import run_cli
 
 HIST_BINS = 1800  # 0.1 degree bins over [0, 180]
 
 
-def describe(ebv: EBVSet, path: str, stats: PairStats) -> str:
-    """The text report: the file's identity, then `PairStats.report`."""
-    unknown = lambda v: "unknown" if v is None else v  # noqa: E731
-    head = [("file", path), ("method", ebv.method), ("alpha (target)", unknown(ebv.alpha)),
-            ("seed", unknown(ebv.seed)), ("checksum", ebv.checksum())]
-    return "\n".join([f"{k:<21}: {v}" for k, v in head]
-                     + [stats.report(), f"pairs                : {stats.num_pairs}"])
-
-
-def stats_dict(ebv: EBVSet, path: str, stats: PairStats) -> dict:
-    """The same report as a JSON-able dict (for scripts)."""
-    return {"file": path, "method": ebv.method, "alpha": ebv.alpha, "seed": ebv.seed,
-            "checksum": ebv.checksum(), **{k: getattr(stats, k) for k in (
-                "num_classes", "dim", "coherence", "min_angle_deg", "mean_delta_angle_deg",
-                "welch_bound", "num_pairs")}}
-
-
-def write_histogram(stats: PairStats, out: Path, title: str = "") -> Path:
+def write_histogram(stats: PairStats, out: Path) -> Path:
     """PNG bar chart of pairwise angles, zoomed to the occupied range, min angle marked."""
     import matplotlib
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt
 
     counts, edges = stats.hist_counts, stats.hist_edges
-    if counts is None or edges is None:
-        raise ValueError("pairwise_stats was run without bins")
     occupied = np.nonzero(counts)[0]
     lo, hi = (edges[occupied[0]], edges[occupied[-1] + 1]) if occupied.size else (0.0, 180.0)
     pad = max(0.5, 0.05 * (hi - lo))
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#3b75af",
-           edgecolor="none")
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#3b75af", edgecolor="none")
     for x in (stats.min_angle_deg, 180.0 - stats.min_angle_deg):
         ax.axvline(x, color="#c0392b", lw=1, ls="--")
     ax.axvline(90.0, color="0.4", lw=0.8, ls=":")
     ax.set_xlim(max(0.0, lo - pad), min(180.0, hi + pad))
     ax.set(xlabel="pairwise angle (degrees)", ylabel="pairs")
-    ax.set_title(title or (f"N={stats.num_classes}, d={stats.dim}: coherence "
-                           f"{stats.coherence:.5f}, min angle {stats.min_angle_deg:.2f} deg"),
-                 fontsize=10)
+    ax.set_title(f"N={stats.num_classes}, d={stats.dim}: coherence {stats.coherence:.5f}, "
+                 f"min angle {stats.min_angle_deg:.2f} deg", fontsize=10)
     fig.tight_layout()
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
     plt.close(fig)
     return out
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ebv_ms.tools.inspect", description=__doc__.split("\n")[0])
     p.add_argument("file", help="EBV file: .npz (native), .npy (float32 N x d) or the authors' .pkl")
     p.add_argument("--hist", metavar="PNG", help="write a histogram of pairwise angles to this PNG")
@@ -82,23 +60,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.block_size < 1:
         p.error("--block-size must be >= 1")
-    from ..errors import run_cli
-    return run_cli("inspect", lambda: _run(args), debug=args.debug)
 
+    def body() -> int:
+        ebv = load_ebv(args.file)
+        if args.save:
+            print(f"saved to {save_ebv(ebv, args.save)}", file=sys.stderr)
+        stats = pairwise_stats(ebv.vectors, block_size=args.block_size,
+                               bins=HIST_BINS if args.hist else None,
+                               progress=not args.no_progress and ebv.num_classes > args.block_size)
+        head = {"file": args.file, "method": ebv.method, "alpha": ebv.alpha, "seed": ebv.seed,
+                "checksum": ebv.checksum()}
+        if args.json:
+            print(json.dumps({**head, **{k: v for k, v in vars(stats).items()
+                                         if not k.startswith("hist")}}, indent=2))
+        else:
+            labels = {"alpha": "alpha (target)"}
+            print("\n".join([f"{labels.get(k, k):<21}: {'unknown' if v is None else v}"
+                             for k, v in head.items()]
+                            + [stats.report(), f"pairs                : {stats.num_pairs}"]))
+        if args.hist:
+            out = write_histogram(stats, Path(args.hist))
+            print(f"histogram written to {out}", file=sys.stderr if args.json else sys.stdout)
+        return 0
 
-def _run(args) -> int:
-    ebv = load_ebv(args.file)
-    if args.save:
-        print(f"saved to {save_ebv(ebv, args.save)}", file=sys.stderr)
-    progress = not args.no_progress and ebv.num_classes > args.block_size
-    stats = pairwise_stats(ebv.vectors, block_size=args.block_size,
-                           bins=HIST_BINS if args.hist else None, progress=progress)
-    print(json.dumps(stats_dict(ebv, args.file, stats), indent=2) if args.json
-          else describe(ebv, args.file, stats))
-    if args.hist:
-        out = write_histogram(stats, Path(args.hist))
-        print(f"histogram written to {out}", file=sys.stderr if args.json else sys.stdout)
-    return 0
+    return run_cli("inspect", body, debug=args.debug)
 
 
 if __name__ == "__main__":
