@@ -33,10 +33,9 @@ class EBVSet:
         vectors = validate_matrix(self.vectors)
         vectors.flags.writeable = False
         object.__setattr__(self, "vectors", vectors)
-        object.__setattr__(self, "_made", True)
 
     def __setattr__(self, name, value):
-        if name == "vectors" and self.__dict__.get("_made"):
+        if name == "vectors" and "vectors" in self.__dict__:
             raise AttributeError("EBVSet.vectors cannot be replaced (a set does not change after "
                                  "it is made); make a new EBVSet")
         object.__setattr__(self, name, value)
@@ -74,8 +73,7 @@ def validate_matrix(w) -> np.ndarray:
         arr = np.asarray(w)
     except Exception as exc:  # noqa: BLE001 - anything that is not array-like
         raise EBVError(f"not an array of numbers: {type(w).__name__} ({exc})") from exc
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)
-                                    or np.issubdtype(arr.dtype, np.integer)):
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise EBVError(f"EBV matrix must be numeric, got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise EBVError(f"EBV matrix must be 2-D (num_classes x dim), got shape {arr.shape}")

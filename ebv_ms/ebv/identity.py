@@ -10,8 +10,6 @@ import numpy as np
 
 from .ebvset import EBVSet
 
-__all__ = ["identity", "ebv_file_name", "describe", "matches", "safe_file_name"]
-
 
 def identity(ebv: EBVSet) -> dict:
     """The record a checkpoint keeps of ``ebv`` (``file``: set when it lives next to it)."""

@@ -42,49 +42,27 @@ class PairStats:
         ])
 
 
-def _iter_pair_blocks(w: np.ndarray, block_size: int, progress: bool, desc: str):
-    """Yield (float64 cosine block, progress bar or None) covering each pair i < j once; row
-    block i is normalised once, column blocks j >= i on the fly."""
+def _pair_cosines(w: np.ndarray, block_size: int):
+    """Float64 cosine blocks covering each pair i < j once; row block i is normalised once,
+    column blocks j >= i on the fly."""
     def unit_rows64(block):
         b = np.asarray(block, dtype=np.float64)
         return b / np.linalg.norm(b, axis=1, keepdims=True)
 
-    n = w.shape[0]
-    block_size = max(1, int(block_size))
-    starts = list(range(0, n, block_size))
-    bar = None
-    if progress:
-        from ebv_ms.progress import progress_bar
-        bar = progress_bar(total=len(starts) * (len(starts) + 1) // 2, desc=desc, unit="block",
-                   dynamic_ncols=True)
-    try:
-        for bi, i0 in enumerate(starts):
-            a = unit_rows64(w[i0:i0 + block_size])
-            for j0 in starts[bi:]:
-                b = a if j0 == i0 else unit_rows64(w[j0:j0 + block_size])
-                c = a @ b.T
-                if j0 == i0:
-                    c = c[np.triu_indices(c.shape[0], k=1)]
-                yield c.ravel(), bar
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    n, block_size = w.shape[0], max(1, int(block_size))
+    for i0 in range(0, n, block_size):
+        a = unit_rows64(w[i0:i0 + block_size])
+        for j0 in range(i0, n, block_size):
+            c = a @ (a if j0 == i0 else unit_rows64(w[j0:j0 + block_size])).T
+            yield (c[np.triu_indices(c.shape[0], k=1)] if j0 == i0 else c).ravel()
 
 
-def coherence(w: np.ndarray, block_size: int = 2048, progress: bool = False) -> float:
+def coherence(w: np.ndarray, block_size: int = 2048) -> float:
     """max_{i<j} |cos(w_i, w_j)| in float64 (0.0 for a single vector)."""
     w = np.asarray(w)
     if w.shape[0] < 2:
         return 0.0
-    best = 0.0
-    for c, bar in _iter_pair_blocks(w, block_size, progress, "coherence"):
-        if c.size:
-            best = max(best, float(np.abs(c).max()))
-            if bar is not None:
-                bar.set_postfix(coherence=f"{best:.5f}", refresh=False)
-    return best
+    return max([0.0] + [float(np.abs(c).max()) for c in _pair_cosines(w, block_size) if c.size])
 
 
 def pairwise_stats(w: np.ndarray, block_size: int = 2048, bins: Optional[int] = None,
@@ -94,23 +72,29 @@ def pairwise_stats(w: np.ndarray, block_size: int = 2048, bins: Optional[int] = 
     |arccos(c) - 90 deg| = arcsin(|c|), so the Ave. Del. Ang. needs one arcsin per pair; the
     arccos for the histogram (``bins`` equal bins over [0, 180] degrees) is only taken if asked.
     """
+    from ebv_ms.progress import progress_bar
     w = np.asarray(w)
     n, d = w.shape
     best, delta_sum, count = 0.0, 0.0, 0
     edges = np.linspace(0.0, 180.0, bins + 1) if bins else None
     counts = np.zeros(bins, dtype=np.int64) if bins else None
-    for c, bar in _iter_pair_blocks(w, block_size, progress, "pair stats"):
-        if not c.size:
-            continue
-        np.clip(c, -1.0, 1.0, out=c)
-        if bins:
-            counts += np.histogram(np.degrees(np.arccos(c)), bins=edges)[0]
-        np.abs(c, out=c)
-        best = max(best, float(c.max()))
-        delta_sum += float(np.arcsin(c, out=c).sum())
-        count += c.size
-        if bar is not None:
-            bar.set_postfix(coherence=f"{best:.5f}", refresh=False)
+    k = -(-n // max(1, int(block_size)))  # row blocks
+    bar = progress_bar(total=k * (k + 1) // 2, desc="pair stats", unit="block", disable=not progress,
+                       dynamic_ncols=True)
+    try:
+        for c in _pair_cosines(w, block_size):
+            if c.size:
+                np.clip(c, -1.0, 1.0, out=c)
+                if bins:
+                    counts += np.histogram(np.degrees(np.arccos(c)), bins=edges)[0]
+                np.abs(c, out=c)
+                best = max(best, float(c.max()))
+                delta_sum += float(np.arcsin(c, out=c).sum())
+                count += c.size
+                bar.set_postfix(coherence=f"{best:.5f}", refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
     min_angle = math.degrees(math.acos(min(best, 1.0)))
     mean_delta = math.degrees(delta_sum / count) if count else 0.0
     return PairStats(n, d, best, min_angle, mean_delta, welch_bound(n, d), count, counts, edges)

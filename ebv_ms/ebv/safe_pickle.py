@@ -21,18 +21,10 @@ import numpy as np
 
 from .ebvset import EBVError
 
-__all__ = ["UnsafePickleError", "safe_load_pickle", "load_torch_legacy_storage", "excerpt"]
-
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 TORCH_LEGACY_PROTOCOL = 1001
 
 _SAFE_DTYPES = {np.dtype(t) for t in "f2 f4 f8 i1 i2 i4 i8 u1 u2 u4 u8 b1".split()}
-
-# torch legacy storage class -> numpy dtype of its elements (bfloat16 widened when read)
-_TORCH_STORAGE_DTYPES = {f"{k}Storage": np.dtype(v) for k, v in (
-    ("Float", "<f4"), ("Double", "<f8"), ("Half", "<f2"), ("BFloat16", "<u2"), ("Long", "<i8"),
-    ("Int", "<i4"), ("Short", "<i2"), ("Char", "i1"), ("Byte", "u1"), ("Bool", "?"),
-    ("Untyped", "u1"))}
 _MAX_DIM = 1 << 62  # larger shapes / sizes are corrupt (and would make the products slow)
 
 
@@ -57,13 +49,6 @@ def excerpt(obj, limit: int = 120) -> str:
 def _why(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _dims(shape, what: str) -> tuple:
-    if not isinstance(shape, (tuple, list)) or len(shape) > 64 or not all(
-            isinstance(n, int) and not isinstance(n, bool) and 0 <= n < _MAX_DIM for n in shape):
-        raise EBVError(f"{what} {excerpt(shape)} malformed")
-    return tuple(shape)
 
 
 def _ordered_dict(*args, **kwargs):
@@ -111,7 +96,10 @@ def _array(shape, dtype, fortran, raw) -> np.ndarray:
         raise UnsafePickleError(f"numpy array of dtype {type(dtype).__name__} refused")
     if not isinstance(raw, (bytes, bytearray)):  # object arrays carry a list of objects
         raise UnsafePickleError(f"numpy array data of type {type(raw).__name__} refused")
-    shape, dt = _dims(shape, "numpy array shape"), dtype.dtype
+    if not isinstance(shape, (tuple, list)) or len(shape) > 64 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n < _MAX_DIM for n in shape):
+        raise EBVError(f"numpy array shape {excerpt(shape)} malformed")
+    shape, dt = tuple(shape), dtype.dtype
     if len(raw) != math.prod(shape) * dt.itemsize:
         raise EBVError(f"numpy array data has {len(raw)} bytes, shape {shape} of {dt} needs "
                        f"{math.prod(shape) * dt.itemsize}: file truncated or corrupt")
@@ -172,16 +160,18 @@ def _latin1_bytes(text, encoding="latin1"):
 _TorchStorage = namedtuple("_TorchStorage", "array")  # what ``_load_from_bytes`` returns here
 
 
-class _TorchStorageType:
+class _TorchStorageType(namedtuple("_TorchStorageType", "name dtype")):
     """Stands for ``torch.FloatStorage`` etc. inside the legacy storage pickle."""
-
-    __slots__ = ("name", "dtype")
-
-    def __init__(self, name: str):
-        self.name, self.dtype = name, _TORCH_STORAGE_DTYPES[name]
 
     def __call__(self, *args, **kwargs):
         raise UnsafePickleError(f"calling torch.{self.name} refused")
+
+
+# torch legacy storage classes with the numpy dtype of their elements (bfloat16 widened when read)
+_STORAGE_TYPES = {("torch", f"{k}Storage"): _TorchStorageType(f"{k}Storage", np.dtype(v)) for k, v in (
+    ("Float", "<f4"), ("Double", "<f8"), ("Half", "<f2"), ("BFloat16", "<u2"), ("Long", "<i8"),
+    ("Int", "<i4"), ("Short", "<i2"), ("Char", "i1"), ("Byte", "u1"), ("Bool", "?"),
+    ("Untyped", "u1"))}
 
 
 def _as_int(x, what: str) -> int:
@@ -293,17 +283,13 @@ class _RestrictedUnpickler(pickle._Unpickler):
             return out
         return call
 
-    def find_class(self, module, name):
-        try:
+    def find_class(self, module, name):  # both str: GLOBAL decodes them, STACK_GLOBAL checks
+        if (module, name) in self._allowed:
             return self._allowed[(module, name)]
-        except (KeyError, TypeError):
-            what = f"{module}.{name}" if isinstance(module, str) and isinstance(name, str) \
-                else excerpt((module, name))
-            if len(what) > 120:
-                what = what[:117] + "..."
-            raise UnsafePickleError(
-                f"refused global '{what}': not needed by numpy/torch EBV files, and loading it "
-                "could run arbitrary code") from None
+        what = f"{module}.{name}"
+        what = what if len(what) <= 120 else what[:117] + "..."
+        raise UnsafePickleError(f"refused global '{what}': not needed by numpy/torch EBV files, "
+                                "and loading it could run arbitrary code")
 
     def persistent_load(self, pid):
         if self.records is None:
@@ -355,9 +341,6 @@ class _RestrictedUnpickler(pickle._Unpickler):
     del _args
     # every opcode counted: the pure-Python unpickler costs ~1-5 us per opcode on this machine
     dispatch = {k: _counted(f) for k, f in dispatch.items()}
-
-
-_STORAGE_TYPES = {("torch", n): _TorchStorageType(n) for n in _TORCH_STORAGE_DTYPES}
 
 
 def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
