@@ -4,21 +4,21 @@ Pipeline: `open_split` (``ImageSource``) -> ``ShardSampler`` -> per-image recipe
 batch (per-batch recipe step, bad-sample bookkeeping). ``inspect_data`` uses `open_split` too."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import math
 import os
 import threading
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
+import mindspore.dataset as ds
 
 from ..atomic import atomic_path
-from ..config import DEFAULTS as CONFIG_DEFAULTS
+from ..config import DEFAULTS
 from .layouts import Layout, SplitSamples, detect_layout, disk_layout
 from .presets import check_recipe, create_batch_transform, create_transforms
 from .readers import MAX_LIST_BYTES, FileReader, ZipMemberReader, printable
@@ -28,9 +28,7 @@ from .zip_index import ArchiveError, ZipIndex, load_zip_index
 
 logger = logging.getLogger(__name__)
 
-# Keys of the ``data`` config section and their defaults: one source of truth, ebv_ms/config.py.
-DATA_DEFAULTS: Dict[str, object] = copy.deepcopy(CONFIG_DEFAULTS["data"])
-_LAYOUT_KEYS = ("layout", "root", "split_dirs", "split_lists", "list_columns", "list_delimiter")
+_LAYOUT_KEYS = ("layout", "root", "split_dirs", "split_lists", "list_columns", "list_delimiter")  # detect_layout's
 
 
 class BadSampleLog:
@@ -45,9 +43,8 @@ class BadSampleLog:
 
     def indices(self, epoch: Optional[int] = None) -> List[int]:
         with self._lock:
-            if epoch is None:
-                return sorted(set().union(*self._by_epoch.values()))
-            return sorted(self._by_epoch.get(int(epoch), ()))
+            return sorted(set().union(*self._by_epoch.values()) if epoch is None
+                          else self._by_epoch.get(int(epoch), ()))
 
 
 @dataclass
@@ -61,8 +58,6 @@ class DatasetInfo:
     shard_samples: int        # samples this shard sees per epoch (padded to equal length)
     shard_padding: int        # of which repeats at the end of the epoch (eval: ignore the last ones)
     steps_per_epoch: int
-    batch_size: int
-    recipe: str
     soft_targets: bool        # labels are float32 (B, num_classes) (A2) instead of int32 (B,)
     description: str          # where the samples came from (layout, folders, lists)
     source: ImageSource = field(repr=False)
@@ -110,10 +105,10 @@ save_class_mapping = DatasetInfo.save_class_mapping  # save_class_mapping(info, 
 
 
 def _cfg(data_cfg: Optional[Mapping]) -> Dict[str, object]:
-    cfg = dict(DATA_DEFAULTS)
+    cfg = dict(DEFAULTS["data"])  # (read only: the two mappings are copied below)
     for k, v in (data_cfg or {}).items():
-        if k not in DATA_DEFAULTS:
-            raise ValueError(f"unknown data config key '{k}' (known: {', '.join(sorted(DATA_DEFAULTS))})")
+        if k not in cfg:
+            raise ValueError(f"unknown data config key '{k}' (known: {', '.join(sorted(DEFAULTS['data']))})")
         cfg[k] = v
     cfg["split_dirs"] = dict(cfg["split_dirs"] or {})
     cfg["split_lists"] = dict(cfg["split_lists"] or {})
@@ -125,9 +120,7 @@ def _format(cfg) -> str:
     if not path:
         raise DataError("data.path is not set: point it at the .zip archive or the dataset folder "
                         "(demo data: python -m ebv_ms.tools.make_demo --out DIR)")
-    if fmt not in ("auto", "zip", "folder", "list"):
-        raise DataError(f"data.format must be auto, zip, folder or list, got {fmt!r}")
-    if fmt != "auto":
+    if fmt != "auto":  # (the config checked it)
         return fmt
     if not os.path.exists(path):
         raise ArchiveError(f"{path}: not found. Set data.path to the .zip archive or dataset folder")
@@ -140,9 +133,9 @@ def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None,
                    num_classes: Optional[int] = None,
                    class_names: Optional[List[str]] = None) -> Tuple[ZipIndex, Layout]:
     """The archive's index and layout; the layout is cached next to the index (keyed by options)."""
-    index = index or load_zip_index(path, cache_dir=cfg.get("index_cache_dir"))
-    opts = json.dumps(dict({k: cfg.get(k) for k in _LAYOUT_KEYS}, class_names=class_names),
-                      sort_keys=True, default=str)
+    cfg = _cfg(cfg)
+    index = index or load_zip_index(path, cache_dir=cfg["index_cache_dir"])
+    opts = json.dumps(dict({k: cfg[k] for k in _LAYOUT_KEYS}, class_names=class_names), sort_keys=True, default=str)
     tag = hashlib.sha1(opts.encode()).hexdigest()[:12]
     cache = os.path.join(index.cache_dir, f"layout-{tag}.npz") if index.cache_dir else None
     if cache and os.path.exists(cache) and not index.built:
@@ -157,11 +150,8 @@ def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None,
         except (OSError, ValueError, KeyError):
             logger.warning("ignoring unreadable layout cache %s", cache)
     reader = ZipMemberReader(index)
-    layout = detect_layout(index.all_names(), lambda m: reader.read(m, MAX_LIST_BYTES),
-                           layout=cfg.get("layout", "auto"), root=cfg.get("root"),
-                           split_dirs=cfg.get("split_dirs") or {}, split_lists=cfg.get("split_lists") or {},
-                           list_columns=cfg.get("list_columns"), list_delimiter=cfg.get("list_delimiter"),
-                           where=path, num_classes=num_classes, class_names=class_names)
+    layout = detect_layout(index.all_names(), lambda m: reader.read(m, MAX_LIST_BYTES), where=path,
+                           num_classes=num_classes, class_names=class_names, **{k: cfg[k] for k in _LAYOUT_KEYS})
     reader.close()
     if cache:
         arrays = {f"{s}.{k}": getattr(v, k) for s, v in layout.splits.items() for k in ("members", "labels")}
@@ -175,14 +165,8 @@ def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None,
     return index, layout
 
 
-@dataclass
-class SplitSource:
-    """One split of a dataset, ready to read: what ``create_dataset`` and ``inspect`` both use."""
-
-    split: str
-    source: ImageSource
-    class_names: List[str]
-    description: str
+# One split of a dataset, ready to read: what ``create_dataset`` and ``inspect`` both use.
+SplitSource = namedtuple("SplitSource", "split source class_names description")
 
 
 def open_split(data_cfg: Optional[Mapping], split: str, num_classes: Optional[int] = None,
@@ -195,10 +179,8 @@ def open_split(data_cfg: Optional[Mapping], split: str, num_classes: Optional[in
     members = samples.members
     if isinstance(reader, FileReader) and samples.folder:  # files named below their split folder
         reader, members = reader.below(samples.folder, members), np.arange(len(members))
-    source = ImageSource(reader, members, samples.labels, max_pixels=int(cfg["max_image_pixels"] or 0),
-                         max_bytes=int(cfg["max_image_bytes"] or 0))
-    return SplitSource(split, source, list(layout.class_names),
-                       f"{cfg['path']}: {layout.kind}, {samples.origin}")
+    source = ImageSource(reader, members, samples.labels, cfg["max_image_pixels"], cfg["max_image_bytes"])
+    return SplitSource(split, source, list(layout.class_names), f"{cfg['path']}: {layout.kind}, {samples.origin}")
 
 
 def _open(cfg: Mapping, num_classes: Optional[int] = None, class_names: Optional[List[str]] = None):
@@ -226,15 +208,10 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     ``num_classes`` must match the data's; ``class_names`` fixes the class list (`open_split`)."""
     cfg = _cfg(data_cfg)
     recipe = check_recipe(recipe or (cfg["recipe"] if is_training else "eval"))
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
     drop_remainder = bool(is_training) if drop_remainder is None else drop_remainder
     workers = max(1, int(num_workers if num_workers is not None else cfg["num_workers"]))
     multiproc = bool(cfg["python_multiprocessing"]) and workers > 1
-    import mindspore.dataset as ds
-
-    opened = open_split(cfg, split, num_classes, class_names)
-    source, class_names, description = opened.source, opened.class_names, opened.description
+    _, source, class_names, description = open_split(cfg, split, num_classes, class_names)
     n = len(source)
     sampler = ShardSampler(n, num_shards, shard_id, shuffle=is_training, seed=seed, encode_epoch=True)
     # The source's per-row work is small (read, CRC, precheck; the trial decode only in the
@@ -255,7 +232,7 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
                     "replaced by an earlier good one, image and label together)")
     dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
 
-    bad_log, lock, batches_done = BadSampleLog(), threading.Lock(), [0]
+    bad_log, batches_done = BadSampleLog(), [0]
     batch_aug = create_batch_transform(recipe, len(class_names), float(cfg["random_erasing"]),
                                        float(cfg["mixup_alpha"]), float(cfg["cutmix_alpha"]),
                                        float(cfg["mix_switch_prob"]), seed=seed * 1000003 + shard_id)
@@ -265,11 +242,9 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
         meta = np.stack(meta).reshape(-1, 2)
         for epoch, bad in meta[meta[:, 1] >= 0].tolist():
             bad_log.record(epoch, bad)
-        if batch_aug is not None:
-            with lock:  # a run-wide batch counter seeds the per-batch randomness
-                count = batches_done[0]
-                batches_done[0] += 1
-            images, labels = batch_aug(images, labels, 0, count)
+        if batch_aug is not None:  # a run-wide batch counter (one batch worker) seeds its randomness
+            batches_done[0] += 1
+            images, labels = batch_aug(images, labels, 0, batches_done[0] - 1)
         return images, labels
 
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, per_batch_map=per_batch,
@@ -283,8 +258,7 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
     info = DatasetInfo(split=split, num_classes=len(class_names), class_names=list(class_names),
                        num_samples=n, shard_samples=shard_samples,
                        shard_padding=shard_samples - len(range(shard_id, n, num_shards)),
-                       steps_per_epoch=steps, batch_size=batch_size, recipe=recipe,
-                       soft_targets=recipe == "A2", description=description, source=source,
+                       steps_per_epoch=steps, soft_targets=recipe == "A2", description=description, source=source,
                        bad=bad_log, sampler=sampler, batch_counter=batches_done)
     logger.info("data %s: %d samples (%d on shard %d/%d), %d steps of %d, recipe %s; %s", split, n,
                 shard_samples, shard_id, num_shards, steps, batch_size, recipe, description)

@@ -9,7 +9,7 @@ import os
 import posixpath
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -47,7 +47,7 @@ class SplitSamples:
 class Layout:
     kind: str                         # "folders" | "lists"
     class_names: List[str]
-    splits: Dict[str, SplitSamples] = field(default_factory=dict)
+    splits: Dict[str, SplitSamples]
     root: str = ""
 
     @property
@@ -57,19 +57,16 @@ class Layout:
     def split(self, name: str) -> SplitSamples:
         """The samples of split ``name`` (aliases allowed), or a LayoutError naming what exists."""
         aliases = list(dict.fromkeys((name,) + SPLIT_ALIASES.get(name, ())))
-        for alias in aliases:
-            if alias in self.splits:
-                return self.splits[alias]
+        if found := [self.splits[a] for a in aliases if a in self.splits]:
+            return found[0]
         raise LayoutError(f"split '{name}' not found (looked for {', '.join(aliases)}); "
                           f"this data has: {', '.join(f'{k} ({v.origin})' for k, v in self.splits.items()) or 'none'}. "
                           f"Set data.split_dirs.{name} to its folder, or data.split_lists.{name} to a list file")
 
     def describe(self) -> str:
-        parts = [f"layout {self.kind}" + (f", top folder '{printable(self.root)}'" if self.root else "")
-                 + f", {self.num_classes} classes"]
-        for k, v in self.splits.items():
-            parts.append(f"  {printable(k)}: {len(v.members)} samples from {printable(v.origin)}")
-        return "\n".join(parts)
+        top = f", top folder '{printable(self.root)}'" if self.root else ""
+        return "\n".join([f"layout {self.kind}{top}, {self.num_classes} classes"] + [
+            f"  {printable(k)}: {len(v.members)} samples from {printable(v.origin)}" for k, v in self.splits.items()])
 
 
 def is_image(name: str) -> bool:
@@ -95,9 +92,8 @@ def folder_layout(names: Sequence[str], image_ids: np.ndarray, root: Optional[st
         if len(parts) < 3:
             continue
         d = "/".join(parts[:-2])
-        if (d not in wanted) if wanted else (parts[-3].lower() not in aliases):
-            continue
-        if root is not None and posixpath.dirname(d) != root.strip("/"):
+        if ((d not in wanted) if wanted else (parts[-3].lower() not in aliases)) or (
+                root is not None and posixpath.dirname(d) != root.strip("/")):
             continue
         if is_img[m]:
             groups[(d, parts[-2])].append(m)
@@ -115,15 +111,11 @@ def folder_layout(names: Sequence[str], image_ids: np.ndarray, root: Optional[st
         prefix = per_prefix.most_common(1)[0][0]
         split_of = {d: posixpath.basename(d) for d, _ in groups if posixpath.dirname(d) == prefix}
     found = {c for (d, c) in set(groups) | folders if d in split_of}
-    if class_names is None:
-        class_names = sorted(found)
-    else:
-        unknown = sorted(found - set(class_names))
-        if unknown:
-            raise LayoutError(f"the data has class folders that are not in the expected class list "
-                              f"({len(unknown)}, e.g. {unknown[:5]}): the dataset changed since the "
-                              f"class list (classes.json) was saved")
-        class_names = list(class_names)
+    if unknown := sorted(found - set(found if class_names is None else class_names)):
+        raise LayoutError(f"the data has class folders that are not in the expected class list "
+                          f"({len(unknown)}, e.g. {unknown[:5]}): the dataset changed since the "
+                          f"class list (classes.json) was saved")
+    class_names = sorted(found) if class_names is None else list(class_names)
     class_index = {c: i for i, c in enumerate(class_names)}
     splits: Dict[str, SplitSamples] = {}
     per_split = {d: {c for (e, c) in groups if e == d} for d in split_of}
@@ -132,10 +124,8 @@ def folder_layout(names: Sequence[str], image_ids: np.ndarray, root: Optional[st
         ids = [sorted(groups[(d, c)], key=lambda m: names[m]) for c in classes]
         labels = np.repeat(np.array([class_index[c] for c in classes], np.int32), [len(i) for i in ids])
         key = folder if wanted else _split_key(folder, split_of.values())
-        splits[key] = SplitSamples(np.fromiter(chain.from_iterable(ids), np.int64), labels,
-                                   f"folder {d}/", d + "/")
-        empty = sorted(c for (e, c) in folders if e == d and (e, c) not in groups)
-        if empty:
+        splits[key] = SplitSamples(np.fromiter(chain.from_iterable(ids), np.int64), labels, f"folder {d}/", d + "/")
+        if empty := sorted(c for (e, c) in folders if e == d and (e, c) not in groups):
             logger.warning("%d class folder(s) in %s/ have no images, e.g. %s: they keep their "
                            "class index (%s) and get no samples in this split", len(empty),
                            d, empty[:5], ", ".join(str(class_index[c]) for c in empty[:5]))
@@ -144,9 +134,8 @@ def folder_layout(names: Sequence[str], image_ids: np.ndarray, root: Optional[st
         logger.warning("%d class(es) have no images in any split, e.g. %s (kept, with their "
                        "index, so the other classes keep theirs)", len(missing), missing[:5])
     if len({frozenset(s) for s in per_split.values()}) > 1:
-        sizes = ", ".join(f"{d}: {len(s)}" for d, s in per_split.items())
-        logger.warning("splits have different class folders (%s); class indices come from their "
-                       "sorted union", sizes)
+        logger.warning("splits have different class folders (%s); class indices come from their sorted union",
+                       ", ".join(f"{d}: {len(s)}" for d, s in per_split.items()))
     return Layout("folders", class_names, splits, root=prefix or "")
 
 
@@ -187,11 +176,7 @@ def parse_list(text: str, source: str, columns: Optional[Sequence] = None,
     rows = [ln.split() for ln in lines] if delimiter is None else list(csv.reader(lines, delimiter=delimiter))
     if len(rows) != len(numbered):  # a quoted field spanning lines: line numbers approximate
         numbered = [(k + 1, "") for k in range(len(rows))]
-    path_col, label_col = 0, 1
-    if columns is not None:
-        if len(columns) != 2:
-            raise LayoutError(f"data.list_columns must be [path column, label column], got {columns!r}")
-        path_col, label_col = columns
+    path_col, label_col = (0, 1) if columns is None else columns  # (the config checked there are two)
     first, start = rows[0], 0
     if (isinstance(path_col, str) or isinstance(label_col, str)
             or (isinstance(label_col, int) and len(first) > label_col and not _is_int(first[label_col]))
@@ -269,9 +254,8 @@ def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Cal
             if not strict and len(missing) == len(paths):
                 logger.warning("ignoring %s as a list file: none of its paths exist", lname)
                 continue
-            show = ", ".join(repr(paths[i]) for i in missing[:5])
             raise LayoutError(f"list {lname} names {len(missing)} of {len(paths)} files {missing_where} "
-                              f"(e.g. {show}); fix the list or set data.root / data.split_lists / "
+                              f"(e.g. {', '.join(repr(paths[i]) for i in missing[:5])}); fix the list or set data.root / data.split_lists / "
                               f"data.list_strip_prefix")
         splits[split] = SplitSamples(members, labels, f"list {lname}")
     if not splits:
@@ -291,8 +275,6 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
                   class_names: Optional[Sequence[str]] = None) -> Layout:
     """The layout of an archive from its member names (``read(member)`` reads list files), or a
     LayoutError saying what was found; also for image names with ``..`` / ``.`` / empty parts."""
-    if layout not in ("auto", "folders", "lists"):
-        raise LayoutError(f"data.layout must be auto, folders or lists, got {layout!r}")
     table = {n: i for i, n in enumerate(names)}
 
     def lookup(name: str) -> int:
@@ -300,8 +282,7 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
 
     image_ids = np.fromiter((i for i, n in enumerate(names) if is_image(n)), np.int64)
     for i in image_ids.tolist():
-        bad = _bad_component(names[i])
-        if bad:
+        if bad := _bad_component(names[i]):
             raise LayoutError(f"{where}: member {names[i][:200]!r} has {bad}: its folders cannot "
                               f"be named classes safely (the archive is malformed or hostile); "
                               f"remove or rename that member")
@@ -314,19 +295,17 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
             base = posixpath.dirname(lname)
             return [base + "/" if base else "", ""] + [t.strip("/") + "/" for t in tops if t]
         if split_lists:
-            chosen = {}
             for split, lname in split_lists.items():
-                chosen[str(split)] = lookup(str(lname).strip("/"))
-                if chosen[str(split)] < 0:
+                if lookup(str(lname).strip("/")) < 0:
                     raise LayoutError(f"data.split_lists.{split} = {lname!r} is not a member of the archive")
+            chosen = {str(split): lookup(str(lname).strip("/")) for split, lname in split_lists.items()}
         else:  # by name: the shortest path when several
             found = defaultdict(list)
             for m, name in enumerate(names):
                 base = posixpath.basename(name).lower()
                 if base.endswith(LIST_EXTENSIONS) and not name.startswith("__MACOSX/") and not base.startswith("."):
                     words = set(base.rsplit(".", 1)[0].replace("-", "_").replace(".", "_").split("_"))
-                    split = next((s for s, w in _LIST_WORDS.items() if words & w), None)
-                    if split:
+                    if split := next((s for s, w in _LIST_WORDS.items() if words & w), None):
                         found[split].append(m)
             chosen = {s: min(c, key=lambda m: (names[m].count("/"), names[m])) for s, c in found.items()}
         lists = [(s, names[m], lambda m=m: bytes(read(m)).decode("utf-8-sig"))
@@ -405,12 +384,9 @@ def _walk(root: str, split_dirs: Mapping[str, str]) -> List[str]:
             elif e.is_file():
                 out.append(rel + e.name)
 
-    if split_dirs:
-        for d in dict.fromkeys(str(v).strip("/") for v in split_dirs.values()):
-            out.append(d + "/")
-            walk(d + "/", 2)
-    else:
-        walk("", 3)
+    for top in dict.fromkeys(str(v).strip("/") + "/" for v in split_dirs.values()) if split_dirs else [""]:
+        out += [top] if split_dirs else []
+        walk(top, 2 if split_dirs else 3)
     return out
 
 

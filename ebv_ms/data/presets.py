@@ -17,12 +17,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _normalize_chw() -> list:
-    return [vision.Normalize(mean=[m * 255.0 for m in IMAGENET_MEAN],
-                             std=[s * 255.0 for s in IMAGENET_STD], is_hwc=True),
-            vision.HWC2CHW()]
-
-
 def check_recipe(recipe: str) -> str:
     r = str(recipe).upper() if str(recipe).lower() != "eval" else "eval"
     if r not in RECIPES:
@@ -32,46 +26,39 @@ def check_recipe(recipe: str) -> str:
 
 def create_transforms(recipe: str, image_size: int = 224, eval_resize: Optional[int] = None,
                       eval_crop: Optional[int] = None, scale: Sequence[float] = (0.08, 1.0),
-                      color_jitter: float = 0.4, hflip: float = 0.5, encoded: bool = False) -> List:
+                      color_jitter: float = 0.4, encoded: bool = False) -> List:
     """Per-image C++ ops: RGB uint8 (H, W, 3) -> float32 (3, S, S), ImageNet-normalised. With
     ``encoded`` decoding is part of them: for training ``RandomCropDecodeResize`` (decodes only
     the crop's region; same distribution as ``RandomResizedCrop``), for ``eval`` ``Decode``."""
-    recipe = check_recipe(recipe)
+    recipe, bilinear = check_recipe(recipe), vision.Inter.BILINEAR
+    tail = [vision.Normalize(mean=[m * 255.0 for m in IMAGENET_MEAN],
+                             std=[s * 255.0 for s in IMAGENET_STD], is_hwc=True), vision.HWC2CHW()]
     if recipe == "eval":
-        crop = int(eval_crop or image_size)
         resize = int(eval_resize or round(image_size / 0.875))
         return ([vision.Decode()] if encoded else []) + [
-            vision.Resize(resize, interpolation=vision.Inter.BILINEAR),
-            vision.CenterCrop(crop)] + _normalize_chw()
+            vision.Resize(resize, interpolation=bilinear), vision.CenterCrop(int(eval_crop or image_size))] + tail
     rrc = vision.RandomCropDecodeResize if encoded else vision.RandomResizedCrop
-    ops = [rrc(int(image_size), scale=tuple(scale), ratio=(3 / 4, 4 / 3), interpolation=vision.Inter.BILINEAR)]
-    if hflip > 0:
-        ops.append(vision.RandomHorizontalFlip(prob=hflip))
+    ops = [rrc(int(image_size), scale=tuple(scale), ratio=(3 / 4, 4 / 3), interpolation=bilinear),
+           vision.RandomHorizontalFlip(prob=0.5)]
     if recipe != "A0":
-        ops.append(vision.TrivialAugmentWide(num_magnitude_bins=31, interpolation=vision.Inter.BILINEAR))
+        ops.append(vision.TrivialAugmentWide(num_magnitude_bins=31, interpolation=bilinear))
     elif color_jitter > 0:
-        ops.append(vision.RandomColorAdjust(brightness=color_jitter, contrast=color_jitter,
-                                            saturation=color_jitter))
-    return ops + _normalize_chw()
+        ops.append(vision.RandomColorAdjust(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+    return ops + tail
 
 
-def erase_batch(images: np.ndarray, prob: float, rng: np.random.Generator,
-                scale=(0.02, 0.33), ratio=(0.3, 3.3), value: float = 0.0, attempts: int = 10) -> int:
-    """torchvision-style random erasing of each (C, H, W) image in place; returns how many."""
-    n_erased = 0
-    h_img, w_img = images.shape[-2:]
-    area = h_img * w_img
-    log_ratio = np.log(ratio)
+def erase_batch(images: np.ndarray, prob: float, rng: np.random.Generator) -> int:
+    """torchvision's random erasing (area 2-33 %, aspect 0.3-3.3, 10 tries, value 0) of each
+    (C, H, W) image in place; returns how many were erased."""
+    n_erased, (h_img, w_img) = 0, images.shape[-2:]
     for k in np.flatnonzero(rng.random(images.shape[0]) < prob):
-        for _ in range(attempts):
-            target = area * rng.uniform(*scale)
-            aspect = np.exp(rng.uniform(*log_ratio))
-            h = int(round(np.sqrt(target * aspect)))
-            w = int(round(np.sqrt(target / aspect)))
+        for _ in range(10):
+            target = h_img * w_img * rng.uniform(0.02, 0.33)
+            aspect = np.exp(rng.uniform(*np.log((0.3, 3.3))))
+            h, w = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
             if h < h_img and w < w_img:
-                top = int(rng.integers(0, h_img - h + 1))
-                left = int(rng.integers(0, w_img - w + 1))
-                images[k, :, top:top + h, left:left + w] = value
+                top, left = int(rng.integers(0, h_img - h + 1)), int(rng.integers(0, w_img - w + 1))
+                images[k, :, top:top + h, left:left + w] = 0.0
                 n_erased += 1
                 break
     return n_erased
@@ -83,11 +70,8 @@ def create_batch_transform(recipe: str, num_classes: int, random_erasing: float 
     """The recipe's per-batch step, or None (eval, A0): ``(images float32 (B,C,H,W), labels (B,),
     epoch, batch) -> (images, labels)``; random erasing, then (A2) mixup or cutmix."""
     recipe = check_recipe(recipe)
-    if recipe in ("eval", "A0"):
-        return None
-    mixer = (MixupCutmix(num_classes, mixup_alpha, cutmix_alpha, switch_prob, seed=seed)
-             if recipe == "A2" else None)
-    if random_erasing <= 0 and mixer is None:
+    mixer = MixupCutmix(num_classes, mixup_alpha, cutmix_alpha, switch_prob, seed) if recipe == "A2" else None
+    if recipe in ("eval", "A0") or (random_erasing <= 0 and mixer is None):
         return None
 
     def batch_transform(images: np.ndarray, labels: np.ndarray, epoch: int = 0, batch: int = 0):
@@ -101,19 +85,15 @@ def create_batch_transform(recipe: str, num_classes: int, random_erasing: float 
 
 
 class MixupCutmix:
-    """Per batch: mixup (Beta(alpha, alpha) blend) or cutmix (a box pasted), chosen at random.
-
-    Mixes each image with the batch reversed (as timm/mindcv do). Soft targets float32
-    (B, num_classes) are built sparsely (two entries per row): B x 400 KB at 100,000 classes.
-    """
+    """Per batch: mixup (Beta(alpha, alpha) blend) or cutmix (a box pasted) of each image with the
+    batch reversed (as timm/mindcv do); soft targets (B, num_classes) set two entries per row."""
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0,
                  switch_prob: float = 0.5, seed: int = 0):
         if mixup_alpha <= 0 and cutmix_alpha <= 0:
             raise ValueError("MixupCutmix needs mixup_alpha > 0 or cutmix_alpha > 0")
-        self.num_classes, self.seed = int(num_classes), int(seed)
+        self.num_classes, self.seed, self.switch_prob = int(num_classes), int(seed), float(switch_prob)
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
-        self.switch_prob = float(switch_prob)
 
     def __call__(self, images: np.ndarray, labels: np.ndarray, epoch: int = 0, batch: int = 0):
         """images float32 (B, C, H, W), labels int (B,) -> (mixed images, soft targets (B, N))."""

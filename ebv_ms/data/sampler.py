@@ -1,13 +1,9 @@
-"""Epoch-reshuffled, sharded, equal-length sampling for data parallel training (docs/data.md).
-
-Every rank draws the same permutation from ``(seed, epoch)`` and takes every ``num_shards``-th
-index (padded by wrapping), so all ranks run the same number of steps. With ``encode_epoch`` it
-yields ``epoch * n + index``, so bad samples are reported per epoch even while prefetching.
-"""
+"""Epoch-reshuffled, sharded, equal-length sampling for data parallel training (docs/data.md):
+every rank draws the same permutation from ``(seed, epoch)`` and takes every ``num_shards``-th
+index (padded by wrapping), so all ranks run the same number of steps."""
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import mindspore.dataset as ds
@@ -19,14 +15,12 @@ def shard_indices(n: int, num_shards: int, shard_id: int, shuffle: bool, seed: i
     if not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
     order = np.random.default_rng([int(seed), int(epoch)]).permutation(n) if shuffle else np.arange(n)
-    total = math.ceil(n / num_shards) * num_shards
-    if total > n:
-        order = np.concatenate([order, np.resize(order, total - n)])
-    return order[shard_id::num_shards]
+    return np.resize(order, math.ceil(n / num_shards) * num_shards)[shard_id::num_shards]
 
 
 class ShardSampler(ds.Sampler):
-    """A MindSpore sampler yielding ``shard_indices`` for epoch 0, 1, 2, ..."""
+    """A MindSpore sampler yielding ``shard_indices`` for epoch 0, 1, 2, ...; with ``encode_epoch``
+    as ``epoch * n + index``, so bad samples are reported per epoch even while prefetching."""
 
     def __init__(self, n: int, num_shards: int = 1, shard_id: int = 0, shuffle: bool = True,
                  seed: int = 0, encode_epoch: bool = False):
@@ -36,7 +30,7 @@ class ShardSampler(ds.Sampler):
         self.seed, self.shuffle, self.encode_epoch = int(seed), bool(shuffle), bool(encode_epoch)
         self._next_epoch = 0
         shard_indices(1, self.num_shards, self.shard_id, False, 0, 0)  # validates shard_id
-        super().__init__(num_samples=math.ceil(self.n / self.num_shards))
+        super().__init__()  # num_samples = len(self)
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.num_shards)
@@ -45,22 +39,17 @@ class ShardSampler(ds.Sampler):
         self._next_epoch = int(epoch)
 
     def __iter__(self):
-        return iter(self._epoch_array().tolist())
+        return iter(self.get_indices().tolist())
 
     def get_indices(self) -> np.ndarray:
         # MindSpore's base version walks __iter__ in Python and keeps a list of per-index batch
         # sizes: ~0.3 s and ~100 MB per epoch at 1.2M samples. The array is what it returns.
-        return self._epoch_array()
-
-    def _epoch_array(self) -> np.ndarray:
-        epoch = self._next_epoch
-        self._next_epoch += 1
+        epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
         idx = self.indices(epoch)
         return idx + epoch * self.n if self.encode_epoch else idx
 
-    def indices(self, epoch: Optional[int] = None) -> np.ndarray:
-        """This shard's indices for ``epoch`` (default: the next one), without advancing."""
-        epoch = self._next_epoch if epoch is None else epoch
+    def indices(self, epoch: int) -> np.ndarray:
+        """This shard's indices for ``epoch``, without advancing."""
         return shard_indices(self.n, self.num_shards, self.shard_id, self.shuffle, self.seed, epoch)
 
     def __deepcopy__(self, memo):

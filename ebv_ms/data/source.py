@@ -7,6 +7,7 @@ crashes the process (SIGSEGV) on JPEGs libjpeg refuses; the trial decode is reme
 """
 from __future__ import annotations
 
+import functools
 import io
 import zlib
 from typing import Tuple
@@ -18,7 +19,6 @@ from .readers import MAX_IMAGE_BYTES, BadMember
 from ..errors import EBVMSError
 
 _MAX_SUBSTITUTES = 64  # this many bad samples in a row means the data is broken, not noisy
-_cv2_threads_set = False
 
 
 class DataError(EBVMSError, RuntimeError):
@@ -30,33 +30,6 @@ _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _SIGNATURES = ((b"\xff\xd8\xff", "jpeg"), (_PNG_SIG, "png"), (b"BM", "bmp"), (b"II*\x00", "tiff"),
                (b"MM\x00*", "tiff"), (b"GIF8", "gif"))
 DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # Pillow's MAX_IMAGE_PIXELS: ~89.5 MP, 268 MB as RGB
-
-
-def _huffman_problem(seg: bytes, huff: set) -> str:
-    """Check the tables of one DHT segment as libjpeg will (code space, DC symbols); each
-    (class, id) defined goes into ``huff``."""
-    q = 0
-    while q < len(seg):
-        if q + 17 > len(seg):
-            return "corrupt JPEG Huffman table (short)"
-        tc, th = seg[q] >> 4, seg[q] & 15
-        if tc > 1 or th > 3:
-            return "corrupt JPEG Huffman table (bad class/id)"
-        counts = seg[q + 1:q + 17]
-        total = sum(counts)
-        if total > 256 or q + 17 + total > len(seg):
-            return "corrupt JPEG Huffman table (bad counts)"
-        code = 0
-        for length, c in enumerate(counts, start=1):
-            code += c
-            if code > (1 << length):
-                return "corrupt JPEG Huffman table (code space overflow)"
-            code <<= 1
-        if tc == 0 and any(v > 15 for v in seg[q + 17:q + 17 + total]):
-            return "corrupt JPEG Huffman table (bad DC symbol)"
-        huff.add((tc, th))
-        q += 17 + total
-    return ""
 
 
 def _jpeg_header_problem(b: bytes, max_pixels: int = 0) -> str:
@@ -97,14 +70,29 @@ def _jpeg_header_problem(b: bytes, max_pixels: int = 0) -> str:
             if max_pixels and w * h > max_pixels:
                 return _too_big(w, h, max_pixels)
             for k in range(nc):
-                cid, hv, tq = seg[6 + 3 * k], seg[7 + 3 * k], seg[8 + 3 * k]
+                cid, hv, tq = seg[6 + 3 * k:9 + 3 * k]
                 if not (1 <= hv >> 4 <= 4 and 1 <= hv & 15 <= 4) or tq > 3 or cid in comps:
                     return "corrupt JPEG header (bad component)"
                 comps[cid] = tq
-        elif m == 0xC4:
-            why = _huffman_problem(seg, huff)
-            if why:
-                return why
+        elif m == 0xC4:  # Huffman tables, as libjpeg checks them (code space, DC symbols)
+            q = 0
+            while q < len(seg):
+                if q + 17 > len(seg):
+                    return "corrupt JPEG Huffman table (short)"
+                tc, th, counts, code = seg[q] >> 4, seg[q] & 15, seg[q + 1:q + 17], 0
+                if tc > 1 or th > 3:
+                    return "corrupt JPEG Huffman table (bad class/id)"
+                if sum(counts) > 256 or q + 17 + sum(counts) > len(seg):
+                    return "corrupt JPEG Huffman table (bad counts)"
+                for length, c in enumerate(counts, start=1):
+                    code += c
+                    if code > (1 << length):
+                        return "corrupt JPEG Huffman table (code space overflow)"
+                    code <<= 1
+                if tc == 0 and any(v > 15 for v in seg[q + 17:q + 17 + sum(counts)]):
+                    return "corrupt JPEG Huffman table (bad DC symbol)"
+                huff.add((tc, th))
+                q += 17 + sum(counts)
         elif m == 0xDB:
             q = 0
             while q < len(seg):
@@ -126,13 +114,9 @@ def _jpeg_header_problem(b: bytes, max_pixels: int = 0) -> str:
                 if (tables >> 4) > 3 or (tables & 15) > 3:
                     return "corrupt JPEG scan header (bad table id)"
                 # libjpeg fills slots 0 and 1 with the standard tables; 2 and 3 must be defined
-                used = []
-                if not progressive or (ss == 0 and ah == 0):
-                    used.append((0, tables >> 4))
-                if not progressive or ss > 0:
-                    used.append((1, tables & 15))
-                for tc, th in used:
-                    if th > 1 and (tc, th) not in huff:
+                for tc, th, used in ((0, tables >> 4, not progressive or ss == ah == 0),
+                                     (1, tables & 15, not progressive or ss > 0)):
+                    if used and th > 1 and (tc, th) not in huff:
                         return (f"corrupt JPEG scan header (uses {'DC' if tc == 0 else 'AC'} "
                                 f"Huffman table {th}, which is not defined)")
             if any(tq not in quant for tq in comps.values()):
@@ -147,8 +131,7 @@ def _jpeg_header_problem(b: bytes, max_pixels: int = 0) -> str:
     return "" if comps and p >= n - 2 else "truncated JPEG header"
 
 
-def _skip_entropy_data(b: bytes, p: int) -> int:
-    """Position of the next marker after entropy-coded data (skips FF00 and restart markers)."""
+def _skip_entropy_data(b: bytes, p: int) -> int:  # to the next marker (past FF00, restarts)
     n = len(b)
     while True:
         p = b.find(b"\xff", p)
@@ -230,10 +213,8 @@ def precheck(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
         if bytes(raw[max(0, len(raw) - 4096):]).rfind(b"\xff\xd9") < 0:  # no end marker near the end
             return "truncated JPEG (no end-of-image marker)"
         return _jpeg_header_problem(bytes(raw), max_pixels)
-    if fmt == "png":
-        why = _png_problem(bytes(raw))
-        if why:
-            return why
+    if fmt == "png" and (why := _png_problem(bytes(raw))):
+        return why
     size = _image_size(raw, fmt)
     if size is None or size[0] == 0 or size[1] == 0:
         return f"corrupt {fmt.upper()} header (no image size)"
@@ -251,10 +232,8 @@ def validate(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
         ok = _decodes(raw, fmt)
     except cv2.error as exc:
         return _cv2_refuses(exc)
-    if not ok:
-        return (f"{fmt.upper()} data cannot be decoded (corrupt tables or image data; "
-                "libjpeg/libpng refuse it)")
-    return ""
+    return "" if ok else (f"{fmt.upper()} data cannot be decoded (corrupt tables or image data; "
+                          "libjpeg/libpng refuse it)")
 
 
 def _cv2_refuses(exc: Exception) -> str:
@@ -264,18 +243,15 @@ def _cv2_refuses(exc: Exception) -> str:
     return f"OpenCV refuses to decode it ({why})"
 
 
-def _one_cv2_thread() -> None:
-    global _cv2_threads_set
-    if not _cv2_threads_set:  # one decode per worker; OpenCV's own pool would oversubscribe
-        cv2.setNumThreads(1)
-        _cv2_threads_set = True
+@functools.cache
+def _one_cv2_thread() -> None:  # one decode per worker; OpenCV's own pool would oversubscribe
+    cv2.setNumThreads(1)
 
 
 def decode_image(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """RGB uint8 (H, W, 3) from encoded bytes, or ``BadMember`` saying why not."""
     _one_cv2_thread()
-    why = precheck(raw, max_pixels)
-    if why:
+    if why := precheck(raw, max_pixels):
         raise BadMember(why)
     try:
         img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
@@ -331,8 +307,7 @@ class ImageSource:
             crc = self.reader.crc(member, raw) + 1
             if self._validated[i] != crc:
                 _one_cv2_thread()
-                why = validate(raw, self.max_pixels)
-                if why:
+                if why := validate(raw, self.max_pixels):
                     raise BadMember(why)
                 self._validated[i] = crc
             return np.frombuffer(raw, np.uint8).copy()  # owned and writable: the fast path into MindSpore
@@ -345,16 +320,13 @@ class ImageSource:
     def __getitem__(self, key) -> Tuple[np.ndarray, np.int32, np.ndarray]:
         n = len(self)
         epoch, i = divmod(int(key), n)
-        bad = -1
         for k in range(min(n, _MAX_SUBSTITUTES)):
             j = (i + k) % n
             try:
                 img = self.load(j, decode=False)
             except BadMember:
-                if k == 0:
-                    bad = i
                 continue
-            return img, self.labels[j], np.array([epoch, bad], np.int64)
+            return img, self.labels[j], np.array([epoch, i if k else -1], np.int64)  # i: replaced
         raise DataError(f"{min(n, _MAX_SUBSTITUTES)} samples in a row from {self.name(i)!r} "
                         f"cannot be decoded (first: {self._known_bad.get(i)}); the data looks "
                         f"broken: run `python -m ebv_ms.tools.inspect_data PATH --verify`")

@@ -31,6 +31,7 @@ _EOCD64_SIG = b"PK\x06\x06"
 _CDIR_SIG = b"PK\x01\x02"
 _CDIR = struct.Struct("<4s4B4HL2L5H2L")  # central directory file header, 46 bytes
 _INT64_MAX = 2 ** 63 - 1
+_NOT_REGULAR = "is not a regular file (a directory, FIFO, device or socket)"
 
 
 class ArchiveError(EBVMSError, ValueError):
@@ -52,7 +53,7 @@ def _read_central_directory(path: str):
         raise _fail(path, f"cannot be opened ({exc.strerror})") from None
     with f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise _fail(path, "is not a regular file (a directory, FIFO, device or socket)")
+            raise _fail(path, _NOT_REGULAR)
         f.seek(0, os.SEEK_END)
         file_size = f.tell()
         if file_size < 22:
@@ -91,15 +92,13 @@ def _read_central_directory(path: str):
 
 
 def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
-    header_offset, comp_size, size, name_start = (np.empty(k, np.int64) for k in (n, n, n, n + 1))
+    header_offset, comp_size, size = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
     method, crc, flags = np.empty(n, np.uint16), np.empty(n, np.uint32), np.empty(n, np.uint16)
     name_chunks: List[bytes] = []
-    unpack = _CDIR.unpack_from
+    bad_utf8: List[int] = []
+    unpack, p, end = _CDIR.unpack_from, 0, len(cd)
     bar = progress_bar(total=n, desc="indexing zip", unit="member", mininterval=1.0,
                        disable=not (progress and n > 200_000))
-    p = total = 0
-    end = len(cd)
-    bad_utf8: List[int] = []
     for i in range(n):
         if p + 46 > end or cd[p:p + 4] != _CDIR_SIG:
             raise _fail(path, f"has a corrupt central directory (entry {i} of {n})")
@@ -113,33 +112,25 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
             # size and data.max_image_bytes when read (a bad member, not an OverflowError)
             usz, csz, hoff = (min(v, _INT64_MAX) for v in _zip64_extra(
                 cd[p + 46 + nlen:p + 46 + nlen + elen], usz, csz, hoff))
-        if not name.isascii():
-            # not flagged UTF-8: cp437 per the spec. Flagged but not valid UTF-8: a lossy decode
-            # would merge different names (two class folders became one); cp437 is one-to-one
-            if flag & 0x800:
-                try:
-                    name.decode("utf-8")
-                except UnicodeDecodeError:
-                    bad_utf8.append(i)
-                    name = name.decode("cp437").encode("utf-8")
-            else:
-                name = name.decode("cp437").encode("utf-8")
+        # not flagged UTF-8: cp437 per the spec. Flagged but not valid UTF-8 (no round trip): a lossy
+        # decode would merge different names (two class folders became one); cp437 is one-to-one
+        if not name.isascii() and not (flag & 0x800 and name.decode("utf-8", "replace").encode() == name):
+            bad_utf8 += [i] if flag & 0x800 else []
+            name = name.decode("cp437").encode("utf-8")
         header_offset[i], comp_size[i], size[i] = hoff, csz, usz
         method[i], crc[i], flags[i] = meth, crc32, flag
-        name_start[i] = total
-        total += len(name)
         name_chunks.append(name)
         p += 46 + nlen + elen + clen
         if (i & 0xFFFF) == 0:
             bar.update(min(0x10000, n - bar.n))
     bar.update(n - bar.n)
     bar.close()
-    name_start[n] = total
     if bad_utf8:
-        example = name_chunks[bad_utf8[0]].decode("utf-8")
         logger.warning("%s: %d member name(s) are flagged UTF-8 but are not valid UTF-8 (e.g. %r); "
                        "read as cp437 instead, so each keeps a distinct name", path,
-                       len(bad_utf8), example[:120])
+                       len(bad_utf8), name_chunks[bad_utf8[0]].decode("utf-8")[:120])
+    name_start = np.zeros(n + 1, np.int64)
+    np.cumsum([len(c) for c in name_chunks], out=name_start[1:])
     names = np.frombuffer(b"".join(name_chunks), dtype=np.uint8)
     if n and max(int(comp_size.max()), int(size.max())) < 2 ** 32:  # the usual case: halve them
         comp_size, size = comp_size.astype(np.uint32), size.astype(np.uint32)
@@ -240,10 +231,8 @@ def load_zip_index(archive: str, cache_dir: Optional[str] = None, progress: bool
     """The archive's index, memory-mapped from the cache or built (and cached if writable). Workers
     pass what their parent checked: the directory is not read again while size and mtime match,
     and a missing or different index is an error, not a rebuild (member numbers would differ)."""
-    if not os.path.exists(archive):
-        raise _fail(archive, "archive not found")
     if not os.path.isfile(archive):
-        raise _fail(archive, "is not a regular file (a directory, FIFO, device or socket)")
+        raise _fail(archive, _NOT_REGULAR if os.path.exists(archive) else "archive not found")
     st = os.stat(archive)
     ap, loc = os.path.abspath(archive), location
     key = {"path": ap, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
@@ -272,5 +261,4 @@ def load_zip_index(archive: str, cache_dir: Optional[str] = None, progress: bool
             loc = None
         logger.info("indexed %d members of %s in %.1f s", len(arrays["size"]), archive,
                     time.perf_counter() - t0)
-    return ZipIndex(archive=ap, cache_dir=loc, built=built, digest=digest,
-                    key=key, **arrays)
+    return ZipIndex(archive=ap, cache_dir=loc, built=built, digest=digest, key=key, **arrays)
