@@ -3,11 +3,12 @@ state (each worker opens its own descriptor). Reads are bounded before allocatin
 zip64 size of 2^62 was a MemoryError; a 1 MB member inflating to 1 GiB cost 1.5 GB)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import struct
 import zlib
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -57,14 +58,12 @@ class ZipMemberReader:
 
     def __init__(self, index: ZipIndex):
         self.archive, self.index = index.archive, index
-        self._fd: Optional[int] = None
-        self._pid: Optional[int] = None
+        self._fd = self._pid = None
 
     def __getstate__(self):
-        ix = self.index
-        if ix.cache_dir is None:  # index only in memory: ship the arrays themselves
-            return {"index": ix}
-        return {"archive": ix.archive, "location": ix.cache_dir, "digest": ix.digest, "key": ix.key}
+        ix = self.index  # an index only in memory: ship the arrays themselves
+        return {"index": ix} if ix.cache_dir is None else {
+            "archive": ix.archive, "location": ix.cache_dir, "digest": ix.digest, "key": ix.key}
 
     def __setstate__(self, state):
         self.__init__(state["index"] if "index" in state else load_zip_index(
@@ -72,11 +71,9 @@ class ZipMemberReader:
             digest=state["digest"], checked_key=state["key"]))
 
     def _handle(self) -> int:
-        pid = os.getpid()
-        if self._fd is None or self._pid != pid:
-            self._fd = os.open(self.archive, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        if self._fd is None or self._pid != os.getpid():  # none yet, or the parent's (forked)
+            self._fd, self._pid = os.open(self.archive, os.O_RDONLY | getattr(os, "O_BINARY", 0)), os.getpid()
             self._size = os.fstat(self._fd).st_size
-            self._pid = pid
         return self._fd
 
     def close(self) -> None:
@@ -85,10 +82,8 @@ class ZipMemberReader:
         self._fd = None
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def name(self, member: int) -> str:
         return self.index.name(member)
@@ -108,8 +103,7 @@ class ZipMemberReader:
                             f"of the {self._size}-byte archive (corrupt or crafted)")
         if max_bytes and max(csz, usz) > max_bytes:
             raise BadMember(f"zip member is {_too_large(max(csz, usz), max_bytes)}")
-        want = 30 + _SLACK + csz  # one read covers header, name and extra field in practice
-        buf = os.pread(fd, want, off)
+        buf = os.pread(fd, 30 + _SLACK + csz, off)  # one read covers header, name and extra field in practice
         if len(buf) < 30 or buf[:4] != _LOCAL_SIG:
             raise BadMember("bad local header (archive truncated or corrupt)")
         start = 30 + sum(struct.unpack_from("<2H", buf, 26))  # + name and extra field lengths
