@@ -23,7 +23,7 @@ def build(n: int, d: int):
     import numpy as np
     import mindspore as ms
     from mindspore import Tensor, nn, ops
-    from ebv_ms.generation.cells import EBVParams, SmoothMaxGrad
+    from ebv_ms.generation.iterative import EBVParams, SmoothMaxGrad
 
     class AutodiffSmoothMax(nn.Cell):
         """log-sum-exp of |cos| over the pairs, rows normalised inside; autodiff gradient."""

@@ -155,7 +155,7 @@ def _smoothmax_reference_grad(w, rows, beta):
 def test_smoothmax_gradient_matches_a_numpy_reference(rows):
     """The hand-written gradient (whole set, and one row slice) equals finite differences."""
     from mindspore import Tensor
-    from ebv_ms.generation.cells import EBVParams, SmoothMaxGrad
+    from ebv_ms.generation.iterative import EBVParams, SmoothMaxGrad
     from ebv_ms.generation.factory import normal_init
     w = normal_init(14, 4, seed=6)
     whole = len(rows) == w.shape[0]

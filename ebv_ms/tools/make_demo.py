@@ -2,23 +2,20 @@
 
 ``python -m ebv_ms.tools.make_demo --out DIR`` writes ``DIR/digits.zip`` holding
 ``digits/train|val/<digit>/<n>.jpg``: the 1,797 handwritten 8x8 digits upscaled (bicubic) to
-``--size`` pixels as RGB JPEGs, split per class (``--val-fraction``) with a fixed seed.
-"""
+``--size`` pixels as RGB JPEGs, split per class (``--val-fraction``) with a fixed seed."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import zipfile
-from typing import Iterable, Optional, Tuple
+from typing import Optional
 
 import cv2
 import numpy as np
 
-from ..atomic import atomic_path
-from .make_synthetic import encode
-
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: same input, same bytes
+from ..errors import run_cli
+from .make_synthetic import encode, write_zip
 
 
 def digit_images(size: int = 32, copies: int = 1, seed: int = 0):
@@ -26,17 +23,15 @@ def digit_images(size: int = 32, copies: int = 1, seed: int = 0):
     from sklearn.datasets import load_digits
     d = load_digits()
     rng = np.random.default_rng(seed)
-    imgs, labels = [], []
+    imgs = []
     for c in range(copies):
-        for x, y in zip(d.images, d.target):
+        for x in d.images:
             g = (x / 16.0 * 255.0).astype(np.float32)
             if c > 0:  # shifted copies so repeated images are not byte-identical
                 g = np.roll(g, tuple(rng.integers(-1, 2, size=2)), axis=(0, 1))
-            big = cv2.resize(g, (size, size), interpolation=cv2.INTER_CUBIC)
-            big = np.clip(big, 0, 255).astype(np.uint8)
-            imgs.append(np.repeat(big[:, :, None], 3, axis=2))
-            labels.append(int(y))
-    return np.stack(imgs), np.asarray(labels, np.int32)
+            big = np.clip(cv2.resize(g, (size, size), interpolation=cv2.INTER_CUBIC), 0, 255)
+            imgs.append(np.repeat(big.astype(np.uint8)[:, :, None], 3, axis=2))
+    return np.stack(imgs), np.tile(d.target, copies).astype(np.int32)
 
 
 def write_demo_archive(out: str, size: int = 32, val_fraction: float = 0.2, seed: int = 0,
@@ -50,21 +45,9 @@ def write_demo_archive(out: str, size: int = 32, val_fraction: float = 0.2, seed
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
         is_val[idx[: max(1, int(round(len(idx) * val_fraction)))]] = True
-    members = ((f"digits/{'val' if is_val[i] else 'train'}/{y}/{i:06d}.jpg", encode(img, ".jpg", 95))
-               for i, (img, y) in enumerate(zip(imgs, labels)))
-    return write_jpeg_zip(os.path.join(out, name), members, deflate)
-
-
-def write_jpeg_zip(path: str, members: Iterable[Tuple[str, bytes]], deflate: bool = False) -> str:
-    """Write ``(member name, bytes)`` pairs into the zip ``path`` atomically and return ``path``;
-    members are stored (JPEG does not deflate) unless ``deflate``."""
-    comp = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
-    with atomic_path(path, fsync=False) as tmp, zipfile.ZipFile(tmp, "w", compression=comp) as z:
-        for member, data in members:
-            info = zipfile.ZipInfo(member, date_time=_ZIP_TIME)
-            info.external_attr = 0o644 << 16
-            z.writestr(info, data, compress_type=comp)
-    return path
+    members = {f"digits/{'val' if is_val[i] else 'train'}/{y}/{i:06d}.jpg": encode(img, ".jpg", 95)
+               for i, (img, y) in enumerate(zip(imgs, labels))}
+    return write_zip(os.path.join(out, name), members, members if deflate else ())
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -78,17 +61,16 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="digits.zip")
     a = ap.parse_args(argv)
-    from ..errors import run_cli
-    return run_cli("make_demo", lambda: _run(a))
 
-
-def _run(a) -> int:
-    path = write_demo_archive(a.out, a.size, a.val_fraction, a.seed, a.copies, a.deflate, name=a.name)
-    with zipfile.ZipFile(path) as z:
-        n = len(z.namelist())
-    print(f"wrote {path}: {n} JPEGs ({a.size}x{a.size} RGB), 10 classes, layout digits/train|val/<class>/")
-    print(f"use it with: data.path={path} model.num_classes=10 data.image_size={a.size}")
-    return 0
+    def run() -> int:
+        path = write_demo_archive(a.out, a.size, a.val_fraction, a.seed, a.copies, a.deflate, a.name)
+        with zipfile.ZipFile(path) as z:
+            n = len(z.namelist())
+        print(f"wrote {path}: {n} JPEGs ({a.size}x{a.size} RGB), 10 classes, layout "
+              f"digits/train|val/<class>/\nuse it with: data.path={path} model.num_classes=10 "
+              f"data.image_size={a.size}")
+        return 0
+    return run_cli("make_demo", run)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,7 @@
 N GB2312 level-1 characters in code order (folders ``0000``...); validation is whole typefaces
 held out from training (``--val-faces``), rendered plainly, training samples augmented. Every
 sample's randomness is drawn from ``(seed, class, face, k)``: the archive is byte-identical for
-the same arguments however many processes render it.
-"""
+the same arguments however many processes render it."""
 from __future__ import annotations
 
 import argparse
@@ -15,26 +14,26 @@ import json
 import multiprocessing as mp
 import os
 import sys
-from collections import Counter
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from collections import namedtuple
+from contextlib import nullcontext
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-from .make_demo import write_jpeg_zip
-
-__all__ = ["FACES", "Face", "gb2312_chars", "check_faces", "write_glyph_archive", "DEFAULT_VAL_FACES"]
+from ..errors import EBVMSError, run_cli
+from .make_synthetic import encode, write_zip
 
 GB2312_LEVEL1 = 3755
 GB2312_ALL = 6763
 
 
-class Face(NamedTuple):
-    """One typeface: the Debian package that ships it, its file and family name inside the file."""
-    name: str
-    package: str
-    path: str
-    family: str
+class GlyphError(EBVMSError, ValueError):
+    """A request the archive cannot be made for (bad arguments, a font that does not fit)."""
+
+
+# One typeface: the Debian package that ships it, its file and family name inside the file.
+Face = namedtuple("Face", "name package path family")
 
 
 _T = "/usr/share/fonts/truetype"
@@ -68,25 +67,22 @@ def gb2312_chars(n: int = GB2312_LEVEL1, level2: bool = False) -> List[str]:
     if len(chars) != total:  # the codec is the source of truth; a different count is a bug
         raise RuntimeError(f"GB2312 codec gave {len(chars)} characters, expected {total}")
     if not 10 <= n <= total:
-        raise ValueError(f"--classes must be between 10 and {total}"
+        raise GlyphError(f"--classes must be between 10 and {total}"
                          + ("" if level2 else " (all 6,763 of GB2312 with --level2)") + f", got {n}")
     return chars[:n]
-
-
-def _install_hint(faces: Sequence[Face]) -> str:
-    return "sudo apt-get install -y " + " ".join(sorted({f.package for f in faces}))
 
 
 def check_faces(names: Sequence[str]) -> List[Face]:
     """The Face records for ``names``; a clear error for unknown names or uninstalled fonts."""
     unknown = [n for n in names if n not in FACES]
     if unknown:
-        raise ValueError(f"unknown typeface(s) {', '.join(unknown)}; known: {', '.join(FACES)}")
+        raise GlyphError(f"unknown typeface(s) {', '.join(unknown)}; known: {', '.join(FACES)}")
     faces = [FACES[n] for n in names]
     missing = [f for f in faces if not os.path.isfile(f.path)]
     if missing:
         raise FileNotFoundError("typeface file(s) not installed: " + ", ".join(
-            f"{f.name} ({f.path})" for f in missing) + f". Install them with: {_install_hint(missing)}")
+            f"{f.name} ({f.path})" for f in missing) + ". Install them with: sudo apt-get install -y "
+            + " ".join(sorted({f.package for f in missing})))
     return faces
 
 
@@ -99,8 +95,8 @@ def _face_index(face: Face) -> int:
                 return i
         except OSError:
             break
-    raise ValueError(f"{face.path} holds no face named {face.family!r} ({i} faces); is "
-                     f"{face.package} a different version? ({_install_hint([face])})")
+    raise GlyphError(f"{face.path} holds no face named {face.family!r} ({i} faces); is "
+                     f"{face.package} a different version? (sudo apt-get install -y {face.package})")
 
 
 def _coverage(face: Face, index: int, chars: Sequence[str]) -> np.ndarray:
@@ -111,7 +107,6 @@ def _coverage(face: Face, index: int, chars: Sequence[str]) -> np.ndarray:
     return np.array([ord(c) in cmap for c in chars], bool)
 
 
-# ---------------------------------------------------------------------------------------- render
 _RENDER_SCALE = 2  # draw at 2x the output side, then area-downsample: smooth, unaliased strokes
 
 
@@ -122,11 +117,10 @@ def _ink(font, char: str, canvas: int, stroke: int) -> np.ndarray:
     ImageDraw.Draw(img).text((canvas, canvas), char, fill=255, font=font, anchor="mm",
                              stroke_width=stroke, stroke_fill=255)
     a = np.asarray(img, np.float32) / 255.0
-    ys, xs = np.nonzero(a > 0.5)
-    if len(ys) == 0:
+    x, y, w, h = cv2.boundingRect((a > 0.5).astype(np.uint8))
+    if w == 0:
         return np.zeros((canvas, canvas), np.float32)
-    cy, cx = (ys.min() + ys.max()) / 2.0, (xs.min() + xs.max()) / 2.0
-    m = np.float32([[1, 0, canvas / 2.0 - cx], [0, 1, canvas / 2.0 - cy]])
+    m = np.float32([[1, 0, (canvas - w + 1) / 2.0 - x], [0, 1, (canvas - h + 1) / 2.0 - y]])
     return cv2.warpAffine(a, m, (canvas, canvas), flags=cv2.INTER_LINEAR, borderValue=0)
 
 
@@ -136,9 +130,8 @@ def render_sample(font, char: str, size: int, rng: Optional[np.random.Generator]
     canvas = size * _RENDER_SCALE
     # stroke weight: thin (erode), as drawn, or thickened by FreeType's stroker
     k = 0 if rng is None else int(rng.integers(-1, 2))
-    stroke, erode = max(k, 0), k < 0
-    a = _ink(font, char, canvas, stroke)
-    if erode:
+    a = _ink(font, char, canvas, max(k, 0))
+    if k < 0:
         thin = cv2.erode(a, np.ones((2, 2), np.uint8))
         if thin.sum() > 0.6 * a.sum():  # only where the face's strokes survive thinning
             a = thin
@@ -163,7 +156,6 @@ def render_sample(font, char: str, size: int, rng: Optional[np.random.Generator]
     return np.repeat(g[:, :, None], 3, axis=2)
 
 
-# --------------------------------------------------------------------------------------- workers
 _W: dict = {}
 
 
@@ -171,8 +163,7 @@ def _init_worker(faces: List[Tuple[str, str, int]], size: int) -> None:
     from PIL import ImageFont
     # the em square fills ~80% of the canvas: room for the affine's scale-up and translation
     px = int(round(0.8 * size * _RENDER_SCALE))
-    _W["fonts"] = {name: ImageFont.truetype(path, px, index=idx) for name, path, idx in faces}
-    _W["size"] = size
+    _W.update(size=size, fonts={n: ImageFont.truetype(path, px, index=i) for n, path, i in faces})
 
 
 def _render_class(job) -> List[Tuple[str, bytes]]:
@@ -183,23 +174,17 @@ def _render_class(job) -> List[Tuple[str, bytes]]:
         for fi, (face, k) in plan:
             rng = (np.random.default_rng([seed, ci, fi, k]) if k >= augment_from else None)
             img = render_sample(_W["fonts"][face], char, _W["size"], rng)
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if not ok:
-                raise RuntimeError(f"JPEG encoding failed for class {ci} face {face}")
-            out.append((f"glyphs/{split}/{ci:04d}/{face}_{k:03d}.jpg", buf.tobytes()))
+            out.append((f"glyphs/{split}/{ci:04d}/{face}_{k:03d}.jpg", encode(img, ".jpg", quality)))
     return out
 
 
 def _plans(ci: int, cover: Dict[str, np.ndarray], train_faces: Sequence[str], val_faces: Sequence[str],
            per_class: int, val_per_class: int, face_ids: Dict[str, int]):
-    """Which (face, sample number) pairs class ``ci`` gets: training samples go round-robin
-    over the training faces that have the glyph, so every class has ``per_class`` samples."""
+    """(face id, (face, sample number)) pairs of class ``ci``: ``per_class`` training samples go
+    round-robin over the training faces with the glyph, from a class-dependent one."""
     have = [f for f in train_faces if cover[f][ci]]
-    train, used = [], Counter()
-    for j in range(per_class):  # start at a class-dependent face so every face gets used
-        f = have[(ci + j) % len(have)]
-        train.append((face_ids[f], (f, used[f])))
-        used[f] += 1
+    picks = [have[(ci + j) % len(have)] for j in range(per_class)]
+    train = [(face_ids[f], (f, picks[:j].count(f))) for j, f in enumerate(picks)]
     val = [(face_ids[f], (f, k)) for f in val_faces if cover[f][ci] for k in range(val_per_class)]
     return train, val
 
@@ -212,18 +197,15 @@ def write_glyph_archive(out: str, num_classes: int = 1000, train_faces: Optional
     """Render the archive; returns (its path, the manifest dict also stored inside it)."""
     val_faces = list(val_faces)
     train_faces = [f for f in FACES if f not in val_faces] if train_faces is None else list(train_faces)
-    if not val_faces:
-        raise ValueError("hold out at least one typeface for validation (--val-faces)")
-    if not train_faces:
-        raise ValueError("no training typefaces left (--train-faces)")
-    both = sorted(set(train_faces) & set(val_faces))
-    if both:
-        raise ValueError(f"typeface(s) {', '.join(both)} are in both --train-faces and --val-faces; "
-                         f"the validation typefaces must be unseen in training")
-    if per_class < 1 or val_per_class < 1:
-        raise ValueError("--per-class and --val-per-class must be >= 1")
-    if size < 8:
-        raise ValueError(f"--size must be >= 8 pixels, got {size}")
+    both = ", ".join(sorted(set(train_faces) & set(val_faces)))
+    for bad, why in ((not val_faces, "hold out at least one typeface for validation (--val-faces)"),
+                     (not train_faces, "no training typefaces left (--train-faces)"),
+                     (both, f"typeface(s) {both} are in both --train-faces and --val-faces; the "
+                            "validation typefaces must be unseen in training"),
+                     (per_class < 1 or val_per_class < 1, "--per-class and --val-per-class must be >= 1"),
+                     (size < 8, f"--size must be >= 8 pixels, got {size}")):
+        if bad:
+            raise GlyphError(why)
     chars = gb2312_chars(num_classes, level2=level2)
     faces = check_faces(train_faces + val_faces)
     index = {f.name: _face_index(f) for f in faces}
@@ -231,7 +213,7 @@ def write_glyph_archive(out: str, num_classes: int = 1000, train_faces: Optional
     untrained = [i for i in range(len(chars)) if not any(cover[f][i] for f in train_faces)]
     if untrained:
         show = ", ".join(f"{i:04d} {chars[i]}" for i in untrained[:10])
-        raise ValueError(f"{len(untrained)} class(es) have no glyph in any training typeface "
+        raise GlyphError(f"{len(untrained)} class(es) have no glyph in any training typeface "
                          f"(e.g. {show}); add a typeface that covers them to --train-faces "
                          f"(wqy-zenhei covers all of GB2312)")
     face_ids = {f.name: i for i, f in enumerate(faces)}
@@ -256,24 +238,17 @@ def write_glyph_archive(out: str, num_classes: int = 1000, train_faces: Optional
 
     def members() -> Iterator[Tuple[str, bytes]]:
         from ebv_ms.progress import progress_bar
-        bar = progress_bar(total=len(jobs), unit="class", desc="glyphs", disable=not progress,
-                           file=sys.stderr)
-        if workers > 1:
-            ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
-            with ctx.Pool(workers, _init_worker, (worker_faces, size)) as pool:
-                for chunk in pool.imap(_render_class, jobs, chunksize=8):  # imap keeps the order
-                    yield from chunk
-                    bar.update(1)
-        else:
+        if workers <= 1:
             _init_worker(worker_faces, size)
-            for job in jobs:
-                yield from _render_class(job)
-                bar.update(1)
-        bar.close()
+        ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
+        with ctx.Pool(workers, _init_worker, (worker_faces, size)) if workers > 1 else nullcontext() as pool:
+            chunks = pool.imap(_render_class, jobs, chunksize=8) if pool else map(_render_class, jobs)
+            for chunk in progress_bar(chunks, total=len(jobs), unit="class", desc="glyphs",
+                                      disable=not progress, file=sys.stderr):  # imap keeps the order
+                yield from chunk
         yield "glyphs/manifest.json", json.dumps(manifest, ensure_ascii=False, indent=1).encode("utf-8")
 
-    path = write_jpeg_zip(os.path.join(out, name), members())
-    return path, manifest
+    return write_zip(os.path.join(out, name), members()), manifest
 
 
 def summary(path: str, manifest: dict) -> str:
@@ -314,16 +289,14 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
-    try:
-        path, manifest = write_glyph_archive(
+
+    def run() -> int:
+        print(summary(*write_glyph_archive(
             a.out, a.classes, split(a.train_faces) if a.train_faces else None, split(a.val_faces),
             a.per_class, a.val_per_class, a.size, a.seed, a.quality, a.level2, a.workers, a.name,
-            progress=not a.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"ebv_ms.tools.make_glyphs: error: {exc}", file=sys.stderr)
-        return 2
-    print(summary(path, manifest))
-    return 0
+            progress=not a.no_progress)))
+        return 0
+    return run_cli("ebv_ms.tools.make_glyphs", run)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
-"""Small real images and archives made on the fly, for tests and benchmarks. ``tagged_image``
-carries a sample id and label in its pixels, so a test can check after the whole pipeline that
-every image came with its own label and which samples a shard saw."""
+"""Small real images and archives made on the fly, and the one zip writer (``write_zip``, also
+for make_demo and make_glyphs). ``tagged_image`` carries a sample id and label in its pixels, so
+a test can check after the whole pipeline that every image came with its own label."""
 from __future__ import annotations
 
 import os
 import zipfile
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 import cv2
 import numpy as np
+
+from ..atomic import atomic_path
+
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: same input, same bytes
 
 
 def encode(img_rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
@@ -21,8 +25,7 @@ def encode(img_rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
 
 def tagged_image(sample_id: int, label: int, size: int = 8) -> np.ndarray:
     """RGB uint8 image whose top-left pixel holds (id % 256, id // 256 % 256, label)."""
-    rng = np.random.default_rng(sample_id)
-    img = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    img = np.random.default_rng(sample_id).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
     img[0, 0] = (sample_id % 256, (sample_id // 256) % 256, label % 256)
     return img
 
@@ -40,14 +43,16 @@ def flat_jpeg(label: int, size: int = 32) -> bytes:
     return encode(np.full((size, size, 3), 20 + 20 * (label % 12), np.uint8), ".jpg")
 
 
-def write_zip(path: str, members: Dict[str, bytes], deflate: Iterable[str] = (),
-              default_deflate: bool = False) -> str:
-    """Write ``members`` (name -> bytes); names in ``deflate`` are deflated, others stored."""
+def write_zip(path: str, members: Union[Dict[str, bytes], Iterable[Tuple[str, bytes]]],
+              deflate: Iterable[str] = ()) -> str:
+    """Write ``members`` (name -> bytes, or pairs) into the zip ``path`` atomically and return
+    ``path``; names in ``deflate`` are deflated, the others stored (JPEG does not deflate)."""
     deflate = set(deflate)
-    with zipfile.ZipFile(path, "w") as z:
-        for name, data in members.items():
-            comp = zipfile.ZIP_DEFLATED if (name in deflate or default_deflate) else zipfile.ZIP_STORED
-            z.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data, compress_type=comp)
+    with atomic_path(path, fsync=False) as tmp, zipfile.ZipFile(tmp, "w") as z:
+        for name, data in members.items() if isinstance(members, dict) else members:
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            z.writestr(info, data, zipfile.ZIP_DEFLATED if name in deflate else zipfile.ZIP_STORED)
     return path
 
 
@@ -55,17 +60,12 @@ def write_tiny_archive(path: str, num_members: int, num_classes: int = 100_000,
                        payload: Optional[bytes] = None, progress: bool = True) -> str:
     """An archive of ``num_members`` tiny images in ``10w_classes/train|val/<class>/<n>.jpg``,
     12 train + 6 val per class like the 100k-class archive. For index benchmarks."""
+    from ebv_ms.progress import progress_bar
     payload = payload if payload is not None else encode(np.zeros((8, 8, 3), np.uint8))
-    it = range(num_members)
-    if progress:
-        from ebv_ms.progress import progress_bar
-        it = progress_bar(it, desc="writing tiny archive", unit="member", mininterval=2.0)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
-        for i in it:
-            cls, k = divmod(i, 18)
-            name = f"10w_classes/{'train' if k < 12 else 'val'}/{cls % num_classes:06d}/{i:07d}.jpg"
-            z.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), payload)
-    return path
+    it = progress_bar(range(num_members), desc="writing tiny archive", unit="member",
+                      mininterval=2.0, disable=not progress)
+    return write_zip(path, ((f"10w_classes/{'train' if i % 18 < 12 else 'val'}/"
+                             f"{i // 18 % num_classes:06d}/{i:07d}.jpg", payload) for i in it))
 
 
 def extract_to_folder(archive: str, out: str) -> str:
