@@ -16,11 +16,9 @@ class EBVError(EBVMSError, ValueError):
 
 @dataclass
 class EBVSet:
-    """N fixed unit vectors in R^d (rows of ``vectors``, float32, C-contiguous), with the
-    coherence target ``alpha``, how it was made (``method``: "official", "closed_form:simplex",
-    "pytorch_pkl", ...) and ``seed``. ``vectors`` is read-only (so is an array used without a
-    copy) and cannot be replaced: the checksum (1-2 s at 100k x 5000) is cached, and the
-    frozen head may share the buffer."""
+    """N unit vectors in R^d (float32 rows), the coherence target ``alpha``, ``method`` and ``seed``.
+    ``vectors`` is read-only and cannot be replaced: the checksum (1-2 s at 100k x 5000) is
+    cached, and the frozen head may share the buffer."""
 
     vectors: np.ndarray
     alpha: Optional[float] = None
@@ -107,10 +105,7 @@ def validate_matrix(w) -> np.ndarray:
 
 def degeneracy(vectors: np.ndarray) -> str:
     """'' for a usable set, else why it cannot separate its classes (identical rows, d = 1).
-
-    Duplicates are found by hashing the first 64 columns' bits (O(N), no N x N work) and
-    confirmed on the full rows, so it costs ~1 % of a 100k x 5000 load.
-    """
+    Rows hashed on their first 64 columns, matches confirmed: ~1 % of a 100k x 5000 load."""
     n, d = vectors.shape
     if d == 1 and n > 1:
         return (f"dimension d=1: every vector is +1 or -1, so at most 2 of the {n} classes can be "

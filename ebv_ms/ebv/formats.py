@@ -1,8 +1,6 @@
-"""Reading and writing EBV sets (`load_ebv` / `save_ebv`), the format chosen by file extension:
-``.npz`` native (float32 ``vectors`` + ``metadata``, UTF-8 JSON as uint8 so it loads with
-``allow_pickle=False``, with the checksum verified on load), ``.npy`` (a plain float32 N x d
-array), ``.pkl`` / ``.pickle`` (the authors' numpy/torch files, read by `safe_pickle`; written as
-a numpy float32 array pickle, which the authors' MindSpore code loads as is)."""
+"""`load_ebv` / `save_ebv`, the format chosen by extension (docs/files.md): .npz native (vectors +
+JSON metadata as uint8, no pickle, checksum verified), .npy (float32 N x d), .pkl / .pickle (the
+authors' numpy/torch files via `safe_pickle`; written as a numpy array pickle, as theirs)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -213,9 +211,8 @@ _READERS = {".npy": _read_npy, ".npz": _read_npz, ".pkl": _read_pickle, ".pickle
 
 
 def load_ebv(path: PathLike) -> EBVSet:
-    """Read an EBV set; `EBVError` (`UnsafePickleError` for a pickle outside the allow-list)
-    names the file and the problem. A set with identical rows (or d = 1) loads with a warning:
-    training with it stays at chance for the classes concerned."""
+    """Read an EBV set; errors name the file. A degenerate set (identical rows, d = 1) loads with
+    a warning: training with it stays at chance for the classes concerned."""
     path = Path(path)
     ext = _ext(path)
     if not path.exists():

@@ -67,11 +67,8 @@ def coherence(w: np.ndarray, block_size: int = 2048) -> float:
 
 def pairwise_stats(w: np.ndarray, block_size: int = 2048, bins: Optional[int] = None,
                    progress: bool = False) -> PairStats:
-    """Coherence, paper's Min. Ang. and Ave. Del. Ang., Welch bound (and an angle histogram).
-
-    |arccos(c) - 90 deg| = arcsin(|c|), so the Ave. Del. Ang. needs one arcsin per pair; the
-    arccos for the histogram (``bins`` equal bins over [0, 180] degrees) is only taken if asked.
-    """
+    """Coherence, the paper's Min. Ang. and Ave. Del. Ang. (|arccos c - 90 deg| = arcsin |c|: one
+    arcsin per pair), Welch bound, and with ``bins`` an angle histogram over [0, 180] degrees."""
     from ebv_ms.progress import progress_bar
     w = np.asarray(w)
     n, d = w.shape

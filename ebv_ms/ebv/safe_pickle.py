@@ -248,8 +248,7 @@ def _plain_keys(name: str, what: str, keys, target=None):
 
 
 class _RestrictedUnpickler(pickle._Unpickler):
-    """Python's pure-Python unpickler, globals only from ``allowed``, persistent ids only for a
-    torch storage record (``records``), and the opcode changes of the module docstring."""
+    """The pure-Python unpickler: globals from ``allowed``, the opcode changes above."""
 
     dispatch = dict(_BASE_DISPATCH)
 
@@ -344,9 +343,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
 
 def load_torch_legacy_storage(data: bytes) -> _TorchStorage:
-    """Decode ``torch.storage._load_from_bytes`` bytes: five pickles (magic number, protocol
-    version, sys info, the storage record, its keys), then per key an int64 LE count and the
-    data, little-endian whatever sys info says (the location, e.g. "cuda:0", is ignored)."""
+    """``torch.storage._load_from_bytes``: five pickles (magic, version, sys info, storage record,
+    keys), then per key an int64 count and little-endian data (docs/files.md)."""
     if not isinstance(data, (bytes, bytearray)):
         raise UnsafePickleError(f"torch _load_from_bytes of {type(data).__name__} refused")
     f = io.BytesIO(bytes(data))

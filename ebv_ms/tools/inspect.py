@@ -1,9 +1,6 @@
 """Report on an EBV file: N, d, coherence, the paper's Min. Ang. and Ave. Del. Ang., Welch bound.
 
     python -m ebv_ms.tools.inspect FILE [--hist angles.png] [--block-size 2048] [--json] [--save OUT]
-
-The statistics run over all pairs i < j in float64, in row blocks (never an N x N matrix), so
-they are exact at 100k x 5000 too.
 """
 from __future__ import annotations
 
