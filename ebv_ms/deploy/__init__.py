@@ -1,26 +1,20 @@
-"""From a checkpoint to use: load for inference, export (MindIR / ONNX / AIR), predict on images.
-
-``load_network`` is export's and predict's way in, through the engine's one checkpoint loader.
-See docs/deploy.md.
-"""
+"""From a checkpoint to use: ``load_network`` (the engine's one checkpoint loader, for inference),
+export (MindIR / ONNX / AIR), predict on images. See docs/deploy.md."""
 from __future__ import annotations
 
 import logging
 import os
 from typing import List, Optional, Sequence
 
-from ebv_ms.engine.builders import eval_sizes, setup_context
+from ebv_ms.engine.builders import eval_sizes, setup_context  # noqa: F401 (eval_sizes: predict)
 from ebv_ms.engine.checkpoint import (CheckpointError, checkpoint_config, load_checkpoint,
                                       network_from_checkpoint)
 from ebv_ms.engine.run_folder import read_class_names
 
-__all__ = ["load_network", "eval_sizes", "class_names"]
-
 
 def class_names(state, num_classes: int) -> List[str]:
-    """The checkpoint's class names, which ``classes.json`` beside it (if any) must repeat
-    exactly (a replaced or permuted file is refused); without a record, that file's; without
-    either, ``["0", ..., "N-1"]`` with a warning."""
+    """The checkpoint's class names, which a ``classes.json`` beside it must repeat exactly; else
+    that file's; else ``["0", ..., "N-1"]`` with a warning."""
     folder = os.path.dirname(os.path.abspath(state.path))
     names, beside = state.class_names, read_class_names(folder)
     if names is not None:
@@ -43,12 +37,9 @@ def class_names(state, num_classes: int) -> List[str]:
 
 
 def load_network(ckpt: str, overrides: Sequence[str] = (), config: Optional[str] = None):
-    """``(cfg, network in inference mode, class_names)`` from a checkpoint written by train.py.
-
-    ``overrides``: ``key.sub=value`` on top of the checkpoint's config (e.g. ``device_target=CPU``,
-    ``model.ebv_dtype=float16``); ``config``: a YAML applied first (needed for a plain weights
-    file). MindSpore's context (device, mode, seed) is set from the config.
-    """
+    """``(cfg, network in inference mode, class_names)`` from a checkpoint written by train.py;
+    ``config`` (a YAML, needed for a plain weights file), then ``overrides`` (``key.sub=value``)
+    go on top of the checkpoint's config, which sets MindSpore's context."""
     state = load_checkpoint(ckpt)
     cfg = checkpoint_config(state, config, overrides)
     names = class_names(state, int(cfg.model.num_classes))

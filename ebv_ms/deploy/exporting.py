@@ -1,14 +1,8 @@
-"""Export a trained classifier to MindIR / ONNX (/ AIR on Ascend), with a JSON sidecar.
-
-The graph is ``images (B, 3, S, S) float32 -> logits (B, N) float32``, as in eval.py. The
-preprocessing is written beside it (``<file>.json``), not into it: the serving side's decoder
-needs the same numbers, and MindSpore serialises dataset ops only into MindIR, not ONNX.
-
-Sizes (MindSpore 2.10; measured in docs/deploy.md): a MindIR over 1 GiB of parameters is split
-into ``<name>_graph.mindir`` + ``<name>_variables/`` (ResNet-50 + 100k x 5000 fp32 EBVs, 2,135
-MB); an ONNX network over 2 GiB (protobuf's limit) has one file per weight, so it gets a folder
-``<name>_onnx/`` (ResNet-50 + 100k x 5000 is 12 MB under). AIR needs Ascend's graph engine.
-"""
+"""Export a classifier (images (B, 3, S, S) float32 -> logits (B, N) float32) to MindIR / ONNX
+(/ AIR on Ascend), with the preprocessing in a JSON sidecar ``<file>.json``: the serving side's
+decoder needs the same numbers, and MindSpore serialises dataset ops only into MindIR. A MindIR
+over 1 GiB of parameters is split (``<name>_graph.mindir`` + ``<name>_variables/``); an ONNX over
+2 GiB (protobuf's limit) has one file per weight: a folder ``<name>_onnx/`` (docs/deploy.md)."""
 from __future__ import annotations
 
 import glob
@@ -18,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import mindspore as ms
+from mindcv.models.resnet import BasicBlock, Bottleneck
 from mindspore import Tensor, nn, ops
 from mindspore.onnx import onnx_export
 
@@ -27,10 +22,6 @@ from ebv_ms.engine.builders import eval_sizes
 from ebv_ms.errors import EBVMSError
 from ebv_ms.models.heads import ScaledL2Normalize
 
-__all__ = ["FORMATS", "export_network", "input_spec", "make_onnx_exportable", "sidecar_path",
-           "read_sidecar", "ExportError", "SIDECAR_FORMAT"]
-
-FORMATS = ("MINDIR", "ONNX", "AIR")
 _EXT = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 SIDECAR_FORMAT = "ebv-ms-export/1"
 
@@ -46,10 +37,8 @@ def input_spec(cfg, batch: int) -> dict:
         "name": "image", "shape": [int(batch), int(cfg.model.in_channels), crop, crop],
         "dtype": "float32", "layout": "NCHW", "color": "RGB",
         "preprocessing": [
-            "decode to RGB uint8 (H, W, 3)",
-            f"resize the shorter side to {resize} (bilinear)",
-            f"centre-crop {crop} x {crop}",
-            "x = (pixel - mean) / std per channel, with pixel in 0..255",
+            "decode to RGB uint8 (H, W, 3)", f"resize the shorter side to {resize} (bilinear)",
+            f"centre-crop {crop} x {crop}", "x = (pixel - mean) / std per channel, with pixel in 0..255",
             "HWC -> CHW, stack to (batch, 3, H, W)"],
         "resize": resize, "crop": crop, "interpolation": "bilinear",
         "mean": [round(m * 255.0, 4) for m in IMAGENET_MEAN],
@@ -72,8 +61,8 @@ def sidecar_path(model_file: str) -> str:
 
 
 def read_sidecar(model_file: str) -> dict:
-    """The export description beside ``model_file``, checked: its ``model`` (a path inside the
-    sidecar's folder), input shape and sizes, and one class name per output class."""
+    """The export description beside ``model_file``, checked: ``model`` a path inside its folder,
+    input shape and sizes, one class name per output class."""
     path = sidecar_path(model_file)
     if not os.path.isfile(path):
         raise ExportError(f"{path} not found: predictions from an exported model need the JSON "
@@ -86,9 +75,8 @@ def read_sidecar(model_file: str) -> dict:
                               f"{SIDECAR_FORMAT!r})")
         model, spec, names = meta["model"], meta["input"], meta["class_names"]
         shape, n = spec["shape"], meta["output"]["shape"][1]
-        ok = (isinstance(model, str) and model and not os.path.isabs(model)
-              and ".." not in model.replace("\\", "/").split("/") and "\0" not in model)
-        if not ok:
+        if not (isinstance(model, str) and model and not os.path.isabs(model)
+                and ".." not in model.replace("\\", "/").split("/") and "\0" not in model):
             raise ExportError(f"{path}: 'model' {str(model)[:80]!r} is not a file inside its "
                               "folder; pass the model file itself")
         if not (isinstance(shape, list) and len(shape) == 4 and
@@ -103,10 +91,9 @@ def read_sidecar(model_file: str) -> dict:
     return meta
 
 
-# ONNX: MindSpore 2.10's exporter has no conversion ("Can not find key <Op> in convert map") for
-# Rsqrt (the heads' ScaledL2Normalize) nor InplaceAddExt (graph mode's `out += identity` in
-# mindcv 0.3.0's ResNet blocks). make_onnx_exportable swaps in the same functions with ops it has,
-# for export only: training keeps rsqrt (one kernel fewer) and the hand-written backward.
+# ONNX: MindSpore 2.10's exporter cannot convert Rsqrt (ScaledL2Normalize) nor InplaceAddExt
+# (`out += identity` in mindcv 0.3.0's ResNet blocks): make_onnx_exportable swaps in the same
+# functions with ops it has, for export only (training keeps rsqrt and the hand-written backward).
 class PortableL2Normalize(nn.Cell):
     """y = v / sqrt(sum v^2 + 1e-24) * scale row-wise: ``ScaledL2Normalize`` in Sqrt, RealDiv."""
 
@@ -118,28 +105,22 @@ class PortableL2Normalize(nn.Cell):
         return v / ops.sqrt(ops.sum(v * v, -1, keepdim=True) + 1e-24) * self.scale
 
 
-def _residual_blocks():
-    """mindcv's ResNet blocks -> the same blocks with ``out + identity`` (Add)."""
-    from mindcv.models.resnet import BasicBlock, Bottleneck
+class _AddBasicBlock(BasicBlock):
+    def construct(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + (x if self.down_sample is None else self.down_sample(x)))
 
-    class _AddBasicBlock(BasicBlock):
-        def construct(self, x: Tensor) -> Tensor:
-            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-            return self.relu(out + (x if self.down_sample is None else self.down_sample(x)))
 
-    class _AddBottleneck(Bottleneck):
-        def construct(self, x: Tensor) -> Tensor:
-            out = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
-            out = self.bn3(self.conv3(out))
-            return self.relu(out + (x if self.down_sample is None else self.down_sample(x)))
-
-    return {BasicBlock: _AddBasicBlock, Bottleneck: _AddBottleneck}
+class _AddBottleneck(Bottleneck):
+    def construct(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (x if self.down_sample is None else self.down_sample(x)))
 
 
 def make_onnx_exportable(network: nn.Cell) -> List[str]:
-    """Apply the ONNX rewrites to ``network`` in place (only the instances' classes and the
-    normalisers change, not the parameters); returns what was rewritten."""
-    blocks, done, n_blocks = _residual_blocks(), [], 0
+    """Apply the ONNX rewrites to ``network`` in place (same parameters); returns what changed."""
+    blocks, done, n_blocks = {BasicBlock: _AddBasicBlock, Bottleneck: _AddBottleneck}, [], 0
     for name, cell in list(network.cells_and_names()):
         if type(cell) in blocks:
             cell.__class__ = blocks[type(cell)]
@@ -168,11 +149,10 @@ def _written(base: str, fmt: str) -> List[str]:
 
 def export_network(network, cfg, class_names, file_format: str, out: str, batch: int = 1,
                    checkpoint: Optional[str] = None) -> Tuple[Dict, str]:
-    """Export ``network`` (in inference mode) and write the sidecar; returns (the sidecar's
-    content, its path). ``model``: the file to load; ``files``: everything written, with sizes."""
+    """Export ``network`` in inference mode; returns (the sidecar written beside it, its path)."""
     fmt = str(file_format).upper()
-    if fmt not in FORMATS:
-        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {file_format!r}")
+    if fmt not in _EXT:
+        raise ExportError(f"--format must be one of {', '.join(_EXT)}, got {file_format!r}")
     if int(batch) < 1:
         raise ExportError(f"--batch must be >= 1, got {batch}")
     if fmt == "AIR" and str(cfg.device_target) != "Ascend":
@@ -181,10 +161,8 @@ def export_network(network, cfg, class_names, file_format: str, out: str, batch:
                           "--device Ascend, or export MINDIR (MindSpore Lite converts it for "
                           "Ascend) or ONNX here")
     spec = input_spec(cfg, batch)
-    out = os.path.abspath(out)
-    base, ext = os.path.splitext(out)
-    if ext.lower() != _EXT[fmt]:
-        base = out  # MindSpore appends the extension itself; keep "x.v1" as a name
+    base, ext = os.path.splitext(os.path.abspath(out))
+    base = base if ext.lower() == _EXT[fmt] else base + ext  # MindSpore appends _EXT[fmt] itself
     os.makedirs(os.path.dirname(base), exist_ok=True)
     for f in _written(base, fmt):  # MindSpore marks its outputs read-only; a re-export replaces them
         os.chmod(f, 0o644)
@@ -193,14 +171,12 @@ def export_network(network, cfg, class_names, file_format: str, out: str, batch:
     swapped, output_name = [], None
     if fmt == "ONNX":
         swapped = make_onnx_exportable(network)
-        # MindSpore 2.10 writes an invalid graph ("Graph output (logits) does not exist") when
-        # the output is renamed and the last op is a Cast (fp16-stored heads end in one): those
-        # keep MindSpore's own output name, the graph's only output either way.
+        # MindSpore 2.10 writes an invalid graph when the output is renamed and the last op is a
+        # Cast (fp16-stored heads end in one): those keep MindSpore's own name for it
         output_name = None if getattr(network.head, "low_precision_storage", False) else "logits"
         onnx_file = base + ".onnx"
-        # MindSpore's own test (onnx_export.py): parameters over PROTO_LIMIT_SIZE KiB (2 GiB),
-        # each counted as sys.getsizeof(bytes); a 1% margin keeps us on its side. It then writes
-        # one file per parameter beside the .onnx: they get a folder of their own.
+        # MindSpore's own test (onnx_export.py): parameters over PROTO_LIMIT_SIZE KiB, each as
+        # sys.getsizeof(bytes), with a 1% margin; then each goes to a file beside the .onnx
         if _parameter_bytes(network, 33) / 1024 > 0.99 * onnx_export.PROTO_LIMIT_SIZE:
             os.makedirs(base + "_onnx", exist_ok=True)
             onnx_file = os.path.join(base + "_onnx", os.path.basename(base) + ".onnx")
@@ -217,13 +193,11 @@ def export_network(network, cfg, class_names, file_format: str, out: str, batch:
                "fc": "learned FC logits"}.get(head, f"fixed random class vectors ({head})")
     meta = {
         "format": SIDECAR_FORMAT, "file_format": fmt, "model": os.path.relpath(model, folder),
-        "files": {os.path.relpath(f, folder): os.path.getsize(f) for f in files},
-        "input": spec,
+        "files": {os.path.relpath(f, folder): os.path.getsize(f) for f in files}, "input": spec,
         "output": {"name": output_name or "(the only output)",
                    "shape": [int(batch), int(cfg.model.num_classes)], "dtype": "float32",
                    "meaning": meaning, "prediction": "argmax; softmax gives probabilities"},
-        "backbone": str(cfg.model.backbone), "head": head,
-        "num_classes": int(cfg.model.num_classes),
+        "backbone": str(cfg.model.backbone), "head": head, "num_classes": int(cfg.model.num_classes),
         "embed_dim": int(getattr(network.head, "dim", 0) or 0) or None,
         "tau": float(cfg.model.tau) if head == "ebv" else None,
         "ebv_dtype": str(cfg.model.ebv_dtype), "ebv_checksum": network.ebv_checksum,

@@ -1,40 +1,30 @@
 """Top-k predictions on image files, folders and zips, from a checkpoint or an exported model.
-
-Images are read and checked by the data package's readers and ``ImageSource`` (its
-``precheck`` keeps a malformed JPEG from crashing MindSpore's decoder) and transformed by eval.py's
-``create_transforms("eval", ...)``, so a checkpoint predicts what eval.py scores. A bad image is
-reported and skipped. Runners map a float32 (B, 3, S, S) batch to logits.
-"""
+Images are checked by ``ImageSource`` (a malformed JPEG cannot crash MindSpore's decoder; a bad
+image is reported and skipped) and transformed as eval.py does, so a checkpoint predicts what
+eval.py scores."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ebv_ms.data.layouts import is_image
-from ebv_ms.data.readers import BadMember, FileReader, printable
+from ebv_ms.data.readers import BadMember, FileReader, ZipMemberReader, printable
 from ebv_ms.data.source import ImageSource
+from ebv_ms.data.zip_index import load_zip_index
 from ebv_ms.errors import EBVMSError
-
-__all__ = ["ImageList", "collect_images", "EvalTransform", "NetworkRunner", "ONNXRunner",
-           "open_model", "predict", "text_line", "topk", "PredictError"]
 
 
 class PredictError(EBVMSError):
     """Nothing to predict on, or a model that cannot be used; the message says what to do."""
 
 
-@dataclass
-class ImageList:
-    """Images of one PATH argument: ``source.load(i, decode=False)`` gives checked bytes."""
-
+class ImageList(NamedTuple):
+    """Images of one PATH argument: ``source.load(i, decode=False)`` gives checked bytes; the
+    ``names`` shown are the paths, or "archive.zip:member"."""
     source: ImageSource
-    names: List[str]     # shown in the output: the path, or "archive.zip:member"
-
-    def __len__(self) -> int:
-        return len(self.names)
+    names: List[str]
 
 
 def _image_list(reader, members, names) -> ImageList:
@@ -43,9 +33,8 @@ def _image_list(reader, members, names) -> ImageList:
 
 
 def collect_images(paths: Sequence[str]) -> List[ImageList]:
-    """One ``ImageList`` per PATH: an image file (taken as given, even with an odd suffix, so a
-    non-image is reported, not silently dropped), a folder (its images, recursively, sorted),
-    or a .zip (its image members, read in place)."""
+    """One ``ImageList`` per PATH: an image file (even with an odd suffix: a non-image is
+    reported, not dropped), a folder (its images, recursively, sorted), or a .zip's images."""
     out = []
     for path in paths:
         if os.path.isdir(path):
@@ -56,14 +45,11 @@ def collect_images(paths: Sequence[str]) -> List[ImageList]:
             out.append(_image_list(FileReader(path, rel), range(len(rel)),
                                    [os.path.join(path, r) for r in rel]))
         elif os.path.isfile(path) and path.lower().endswith(".zip"):
-            from ebv_ms.data.readers import ZipMemberReader
-            from ebv_ms.data.zip_index import load_zip_index
             index = load_zip_index(path, progress=False)
             names = index.all_names()
             members = sorted((i for i, n in enumerate(names) if is_image(n)), key=names.__getitem__)
             if not members:
-                raise PredictError(f"{path}: no image members (extensions .jpg .png .bmp .webp "
-                                   ".tif ...)")
+                raise PredictError(f"{path}: no image members (extensions .jpg .png .bmp .webp .tif ...)")
             out.append(_image_list(ZipMemberReader(index), members,
                                    [f"{path}:{names[i]}" for i in members]))
         elif os.path.isfile(path):
@@ -90,8 +76,8 @@ class EvalTransform:
 
 
 class NetworkRunner:
-    """A MindSpore Cell: the network from ``load_network``, or a MindIR's ``nn.GraphCell``.
-    ``batch``: batches are padded to it, so graph mode compiles one shape."""
+    """float32 (B, 3, S, S) -> logits by a Cell: ``load_network``'s, or a MindIR's ``GraphCell``.
+    Batches are padded to ``batch``, so graph mode compiles one shape."""
 
     def __init__(self, network, batch: int):
         self.network, self.batch = network, int(batch)
@@ -101,7 +87,7 @@ class NetworkRunner:
         return self.network(ms.Tensor(x)).asnumpy()
 
 
-class ONNXRunner:
+class ONNXRunner(NetworkRunner):
     """An exported ONNX model, run by onnxruntime (CPU)."""
 
     def __init__(self, path: str, batch: int):
@@ -110,12 +96,10 @@ class ONNXRunner:
         except ImportError as exc:
             raise PredictError("predicting from .onnx needs onnxruntime: pip install "
                                "onnxruntime (or export MINDIR and use that)") from exc
-        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-        self.batch = int(batch)
+        super().__init__(ort.InferenceSession(path, providers=["CPUExecutionProvider"]), batch)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: x})[0]
+        return self.network.run(None, {self.network.get_inputs()[0].name: x})[0]
 
 
 def open_model(path: str, device: str = "CPU"):
@@ -124,8 +108,7 @@ def open_model(path: str, device: str = "CPU"):
     if not os.path.isfile(path) and not os.path.isfile(sidecar_path(path)):
         raise PredictError(f"--model {path}: file not found")
     meta = read_sidecar(path)
-    spec = meta["input"]
-    batch = int(spec["shape"][0])
+    spec, batch = meta["input"], int(meta["input"]["shape"][0])
     # the file to load: a large MindIR is split into <name>_graph.mindir + <name>_variables/
     model_file = os.path.join(os.path.dirname(os.path.abspath(path)), meta["model"])
     if not os.path.isfile(model_file):
@@ -164,54 +147,41 @@ def topk(logits: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
     return idx, np.take_along_axis(p, idx, 1)
 
 
-def _images(lists: Sequence[ImageList], transform: EvalTransform):
-    """(name, float32 image or None, reason) for every image, in order."""
-    for il in lists:
-        for i, name in enumerate(il.names):
-            try:
-                yield name, transform(il.source.load(i, decode=False)), ""
-            except BadMember as exc:
-                yield name, None, str(exc)
-            except (RuntimeError, ValueError) as exc:  # the decoder refused what precheck let by
-                yield name, None, f"cannot be decoded ({str(exc).splitlines()[0][:200]})"
-
-
 def predict(runner, transform: EvalTransform, class_names: Sequence[str],
             lists: Sequence[ImageList], k: int = 5, progress: bool = True) -> Iterator[dict]:
     """One record per image, in input order: ``{"image", "topk": [{"class", "index", "prob"}]}``
     or ``{"image", "error"}`` for one that was skipped."""
     from ebv_ms.progress import progress_bar
-    total = sum(len(il) for il in lists)
+    total = sum(len(il.names) for il in lists)
     bar = progress_bar(total=total, desc="predict", unit="img", disable=not progress or total < 64,
                        dynamic_ncols=True, mininterval=1.0)
     pending: List[Tuple[str, Optional[np.ndarray], str]] = []  # in input order, bad ones too
-    n_img = 0
 
     def flush():
         good = [img for _, img, _ in pending if img is not None]
-        if good:
-            x = np.stack(good)
-            n = x.shape[0]
-            if n < runner.batch:  # fixed-batch graphs: pad with zeros, drop their rows
-                x = np.concatenate([x, np.zeros((runner.batch - n,) + x.shape[1:], x.dtype)])
-            idx, prob = topk(runner(x)[:n], k)
-        j = 0
+        if good:  # fixed-batch graphs: padded with zeros, whose rows are dropped
+            x = np.stack(good + [np.zeros_like(good[0])] * (runner.batch - len(good)))
+            top = zip(*topk(runner(x)[:len(good)], k))
         for name, img, why in pending:
             if img is None:
                 yield {"image": name, "error": why}
-                continue
-            yield {"image": name, "topk": [{"class": class_names[int(c)], "index": int(c),
-                                            "prob": float(q)} for c, q in zip(idx[j], prob[j])]}
-            j += 1
+            else:
+                idx, prob = next(top)
+                yield {"image": name, "topk": [{"class": class_names[int(c)], "index": int(c),
+                                                "prob": float(q)} for c, q in zip(idx, prob)]}
         bar.update(len(pending))
         pending.clear()
 
-    for name, img, why in _images(lists, transform):
-        pending.append((name, img, why))
-        n_img += img is not None
-        if n_img == runner.batch:
-            yield from flush()
-            n_img = 0
+    for il in lists:
+        for i, name in enumerate(il.names):
+            try:
+                pending.append((name, transform(il.source.load(i, decode=False)), ""))
+            except BadMember as exc:
+                pending.append((name, None, str(exc)))
+            except (RuntimeError, ValueError) as exc:  # the decoder refused what precheck let by
+                pending.append((name, None, f"cannot be decoded ({str(exc).splitlines()[0][:200]})"))
+            if sum(img is not None for _, img, _ in pending) == runner.batch:
+                yield from flush()
     if pending:
         yield from flush()
     bar.close()

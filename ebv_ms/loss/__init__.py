@@ -1,14 +1,10 @@
-"""`create_loss`: cross-entropy over head logits, with label smoothing and soft (mixup) targets.
-
-The temperature is already in the logits (``EBVHead`` returns cos/tau). Log-softmax is taken in
-fp32: at tau=0.007 logits reach +-143 and exp() of those overflows fp16.
-"""
+"""`create_loss`: cross-entropy over head logits (the temperature is in them: cos/tau), with
+label smoothing and soft (mixup) targets; in fp32: at tau=0.007 logits reach +-143 and exp()
+of those overflows fp16."""
 from __future__ import annotations
 
 import mindspore as ms
 from mindspore import nn, ops
-
-__all__ = ["EBVLoss", "create_loss"]
 
 
 class EBVLoss(nn.Cell):
@@ -36,11 +32,9 @@ class EBVLoss(nn.Cell):
             if eps > 0:
                 t = t * (1.0 - eps) + eps / logp.shape[-1]
             loss = -ops.sum(t * logp, -1)
-        if self.reduction == "mean":
-            return ops.mean(loss)
-        if self.reduction == "sum":
-            return ops.sum(loss)
-        return loss
+        if self.reduction == "none":
+            return loss
+        return ops.mean(loss) if self.reduction == "mean" else ops.sum(loss)
 
 
 def create_loss(label_smoothing: float = 0.0, reduction: str = "mean") -> EBVLoss:

@@ -1,15 +1,8 @@
-"""Mixed precision for a ``Classifier``: fp16 backbone, fp32 embedding (projection + head).
-
-``mindspore.amp.auto_mixed_precision`` alone would run the projection to d in fp16 too. The EBV
-and cosine heads are scale-invariant, so nothing bounds the embedding's norm (issue 13: 1.19e5
-on CPU, small CNN, tau 0.007, lr 0.5); past fp16's 65,504 every O2 step is non-finite and
-skipped. So the projection stays fp32 at every level; the heads keep themselves fp32.
-
-O1 is MindSpore's rewrite: it regenerates each cell class's source as a new module (without the
-original module's globals) in ``./rewritten_network/``. Here it converts the backbone (and the
-FC head's Dense) only, so our heads are never regenerated, and it writes into a per-process
-temporary folder instead of the working directory.
-"""
+"""Mixed precision for a ``Classifier``: fp16 backbone, fp32 embedding (projection + head): the
+heads are scale-invariant, so nothing bounds the embedding's norm (issue 13: 1.19e5 on CPU, tau
+0.007, lr 0.5) and past fp16's 65,504 every O2 step is skipped. O1, MindSpore's rewrite,
+regenerates each cell class's source as a new module (without the original's globals), so it
+converts only the backbone (and the FC head's Dense), in a per-process temporary folder."""
 from __future__ import annotations
 
 import atexit
@@ -23,40 +16,33 @@ from mindspore import nn
 
 from ebv_ms.errors import ModelError
 
-__all__ = ["apply_mixed_precision"]
-
 
 @functools.lru_cache(maxsize=None)
 def _rewrite_dir() -> str:
-    """O1's generated modules must outlive the call: compilation reads their source at the first
-    step. Removed at exit."""
+    """O1's generated modules, read at the first step's compilation; removed at exit."""
     path = tempfile.mkdtemp(prefix="ebv_ms_amp_rewrite_")
     atexit.register(shutil.rmtree, path, True)
     return path
 
 
 def _o1(cell: nn.Cell, dtype, what: str) -> nn.Cell:
-    # MindSpore 2.10 hard-codes os.getcwd()/rewritten_network (rewrite/symbol_tree.py,
-    # _get_cls_through_file). Nothing else runs meanwhile: the data pipeline is not iterating
-    # yet when the model is built.
+    # MindSpore 2.10 hard-codes os.getcwd()/rewritten_network (rewrite/symbol_tree.py); nothing
+    # else runs meanwhile: the data pipeline is not iterating yet when the model is built.
     old = os.getcwd()
     os.chdir(_rewrite_dir())
     try:
         return ms.amp.auto_mixed_precision(cell, "O1", dtype)
     except Exception as exc:  # noqa: BLE001 - the rewrite fails with arbitrary types
-        raise ModelError(
-            f"config key 'train.amp_level' is O1, but MindSpore's rewrite cannot convert the {what} "
-            f"({type(exc).__name__}: {exc}); use train.amp_level=O2 (the GPU/Ascend default) "
-            "or O0") from exc
+        raise ModelError(f"config key 'train.amp_level' is O1, but MindSpore's rewrite cannot "
+                         f"convert the {what} ({type(exc).__name__}: {exc}); use "
+                         "train.amp_level=O2 (the GPU/Ascend default) or O0") from exc
     finally:
         os.chdir(old)
 
 
 def apply_mixed_precision(network: nn.Cell, amp_level: str, dtype=ms.float16) -> nn.Cell:
-    """``network`` (a ``Classifier``) to train under ``amp_level`` (validated by the config),
-    its embedding kept in fp32. O2 / O3 / auto convert the whole network (parameter names, and
-    checkpoints, stay the same) and pin the projection back to fp32; O1 converts the backbone
-    (and an FC head's Dense) in place."""
+    """``network`` (a ``Classifier``) under ``amp_level``, its embedding in fp32: O2 / O3 / auto
+    convert the whole network (same parameter names) and pin the projection back to fp32."""
     level = str(amp_level)
     if level == "O0":
         return network
@@ -68,7 +54,6 @@ def apply_mixed_precision(network: nn.Cell, amp_level: str, dtype=ms.float16) ->
     projection = network.projection if getattr(network, "has_projection", False) else None
     network = ms.amp.auto_mixed_precision(network, level, dtype)
     if projection is not None:
-        # O2/O3 mark every cell fp16; the fp32 mark makes the projection cast its fp16 input up
-        # and compute in fp32 (measured: its output is float32)
+        # O2/O3 mark every cell fp16; fp32 makes it cast its input up (measured: float32 out)
         projection.to_float(ms.float32)
     return network

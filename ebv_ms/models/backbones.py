@@ -1,11 +1,7 @@
-"""Backbones: mindcv's ResNet-50 / Swin-T (and other mindcv models), plus ``small_cnn`` and
-``small_mlp``.
-
-``create_backbone`` returns the feature extractor (images -> pooled features (B, F)), F, and a
-last linear layer F -> out_dim: the projection to d for the fixed heads (as in the paper:
-ResNet-50 built with num_classes=d), the k-way classifier for the FC head. For mindcv models it
-is the model's own ``classifier``, so weights stay compatible with mindcv's model zoo.
-"""
+"""Backbones: mindcv models (ResNet-50, Swin-T, any other mindcv name), ``small_cnn``, ``small_mlp``.
+Their last linear layer is the projection to d of the fixed heads (as in the paper: ResNet-50
+built with num_classes=d), or the FC head; for mindcv models it is the model's own
+``classifier``, so weights stay compatible with mindcv's model zoo."""
 from __future__ import annotations
 
 import inspect
@@ -19,15 +15,10 @@ from mindspore import nn, ops
 from ..config import BACKBONE_ALIASES, BACKBONES, is_backbone
 from ..errors import ModelError
 
-__all__ = ["SmallCNN", "SmallMLP", "create_backbone", "BACKBONES"]
-
 
 class SmallCNN(nn.Cell):
-    """Conv blocks (32-64-128 channels, BN, ReLU, max-pools between) + global average pool.
-
-    ~93k parameters; a step on 64 images of 32x32 takes a few ms on a 2-core CPU, so tests and
-    the CPU demo train in minutes. Any input size >= 8x8 works.
-    """
+    """Conv blocks (BN, ReLU, max-pools between) + global average pool, for tests and the CPU
+    demo (~93k parameters at 32-64-128: a few ms per 64-image 32x32 step). Inputs >= 8x8."""
 
     def __init__(self, in_channels: int = 3, widths=(32, 64, 128)):
         super().__init__()
@@ -45,14 +36,8 @@ class SmallCNN(nn.Cell):
 
 
 class SmallMLP(nn.Cell):
-    """Flatten + (Dense, BN, ReLU) blocks: a backbone for many-class CPU benchmarks.
-
-    MindSpore 2.10's CPU 3x3 convolution runs at well under 1 GFLOP/s (docs/training.md).
-    Measured (2 cores, batch 128, 32x32, forward + backward + SGD, GRAPH mode): ``small_cnn``
-    (16-32-64) 16.4 s/step, with unfold + matmul convolutions 0.78 s/step, this MLP (1024-1024)
-    0.15 s/step. ``grayscale=True`` averages the channels first (gray images stored as RGB: a
-    third of the first layer's cost).
-    """
+    """Flatten + (Dense, BN, ReLU) blocks (``grayscale``: channels averaged first), for CPU
+    benchmarks: a train step at batch 128, 32x32 takes 0.15 s, ``small_cnn`` 16.4 s (docs/training.md)."""
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, widths=(1024, 1024),
                  grayscale: bool = False):
@@ -72,15 +57,19 @@ class SmallMLP(nn.Cell):
         return self.features(x)
 
 
+_OWN = {"small_cnn": SmallCNN, "small_mlp": SmallMLP}
+
+
 def _load_backbone_checkpoint(model: nn.Cell, path: str, name: str) -> None:
     """Load a local mindcv/MindSpore checkpoint; classifier weights of another size are skipped."""
+    key = "config key 'model.backbone_checkpoint'"
     if not os.path.isfile(path):
-        raise ModelError(f"config key 'model.backbone_checkpoint': file not found: {path}")
+        raise ModelError(f"{key}: file not found: {path}")
     try:
         params = ms.load_checkpoint(path)
     except (ValueError, RuntimeError) as exc:  # MindSpore's words for a damaged or foreign file
-        raise ModelError(f"config key 'model.backbone_checkpoint': {path} is not a readable "
-                         f"MindSpore checkpoint ({' '.join(str(exc).split())[:200]})") from None
+        raise ModelError(f"{key}: {path} is not a readable MindSpore checkpoint "
+                         f"({' '.join(str(exc).split())[:200]})") from None
     own = {k: tuple(p.shape) for k, p in model.parameters_and_names()}
     params = {k: v for k, v in params.items()
               if not (k.startswith("classifier.") and own.get(k, tuple(v.shape)) != tuple(v.shape))}
@@ -90,51 +79,41 @@ def _load_backbone_checkpoint(model: nn.Cell, path: str, name: str) -> None:
         not_loaded = [' '.join(str(exc).split())[:160]]
     missing = [k for k in not_loaded if not k.startswith("classifier.")]
     if missing:
-        raise ModelError(f"config key 'model.backbone_checkpoint': {path} does not fit backbone "
-                         f"{name}: {len(missing)} parameter(s) missing, e.g. {missing[:3]}; is it a checkpoint of mindcv's {name}?")
-
-
-_OWN = {"small_cnn": SmallCNN, "small_mlp": SmallMLP}
+        raise ModelError(f"{key}: {path} does not fit backbone {name}: {len(missing)} parameter(s) "
+                         f"missing, e.g. {missing[:3]}; is it a checkpoint of mindcv's {name}?")
 
 
 def _check_own_kwargs(name: str, in_channels: int, kwargs: dict) -> None:
-    """Refuse, before building, arguments ``name`` does not take, widths that are not positive
-    integers, and weights larger than this machine's memory (widths [300000, 300000] asked
-    for 339 GiB)."""
-    sig = inspect.signature(_OWN[name])
+    """Refuse bad arguments before building, and weights beyond this machine's memory."""
+    key, sig = "config key 'model.backbone_kwargs'", inspect.signature(_OWN[name])
     try:
         args = sig.bind(in_channels=in_channels, **kwargs)
     except TypeError as exc:
         takes = ", ".join(p for p in sig.parameters if p != "in_channels")
-        raise ModelError(f"config key 'model.backbone_kwargs': {name} takes {takes} ({exc})") from None
+        raise ModelError(f"{key}: {name} takes {takes} ({exc})") from None
     args.apply_defaults()
     a = args.arguments
-    widths, size = a["widths"], a.get("image_size", 1)
+    widths, size, mlp = a["widths"], a.get("image_size", 1), name == "small_mlp"
     ints = lambda v: all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)  # noqa: E731
     # small_mlp with widths [] is flatten -> projection: a linear model without BatchNorm (the
     # 2-rank == 1-rank equivalence test needs one)
-    if not (isinstance(widths, (list, tuple)) and (widths or name == "small_mlp")
-            and ints(widths)) or not ints([size]):
-        raise ModelError(f"config key 'model.backbone_kwargs': {name} needs widths as a list of "
-                         f"positive integers and a positive image_size, got {kwargs}")
-    mlp = name == "small_mlp"
+    if not (isinstance(widths, (list, tuple)) and (widths or mlp) and ints(widths)) or not ints([size]):
+        raise ModelError(f"{key}: {name} needs widths as a list of positive integers and a "
+                         f"positive image_size, got {kwargs}")
     c, k = ((1 if a.get("grayscale") else in_channels) * size * size, 1) if mlp else (in_channels, 9)
-    weights = 0
-    for w in widths:
-        weights, c = weights + k * c * w, w
+    weights = sum(k * i * o for i, o in zip([c, *widths], widths))
     ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if 4 * weights > ram:
-        raise ModelError(f"config key 'model.backbone_kwargs': {name} with {kwargs} has "
-                         f"{weights:,} weights ({4 * weights / 2**30:,.1f} GiB of float32); this "
-                         f"machine has {ram / 2**30:,.1f} GiB: use smaller widths")
+        raise ModelError(f"{key}: {name} with {kwargs} has {weights:,} weights "
+                         f"({4 * weights / 2**30:,.1f} GiB of float32); this machine has "
+                         f"{ram / 2**30:,.1f} GiB: use smaller widths")
 
 
 def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = False,
                     checkpoint_path: Optional[str] = None, in_channels: int = 3,
                     **kwargs) -> Tuple[nn.Cell, int, nn.Dense]:
     """(features: images -> (B, F), F, last linear layer F -> out_dim). ``pretrained=True``
-    downloads mindcv's ImageNet weights; ``checkpoint_path`` (or ``pretrained="/path.ckpt"``)
-    loads local ones."""
+    downloads mindcv's weights; ``checkpoint_path`` (or ``pretrained="/a.ckpt"``) loads local ones."""
     name = BACKBONE_ALIASES.get(name, name)
     if isinstance(pretrained, str):
         checkpoint_path, pretrained = pretrained, False
@@ -157,9 +136,9 @@ def create_backbone(name: str, out_dim: int, pretrained: Union[bool, str] = Fals
             if pretrained:
                 raise ModelError(
                     f"could not load pretrained weights for {name} ({type(exc).__name__}: {exc}). "
-                    f"pretrained=True downloads them from the internet; offline, download the mindcv "
-                    f"checkpoint elsewhere and pass it as model.backbone_checkpoint=/path/{name}.ckpt "
-                    f"(with pretrained=false)") from exc
+                    "pretrained=True downloads them from the internet; offline, download the mindcv "
+                    f"checkpoint elsewhere and pass it as model.backbone_checkpoint=/path/{name}.ckpt"
+                    " (with pretrained=false)") from exc
             raise
     if checkpoint_path:
         _load_backbone_checkpoint(model, checkpoint_path, name)

@@ -1,25 +1,17 @@
-"""`create_classifier`: backbone -> (projection to d) -> head, and parameter counts.
-
-Heads: ``ebv`` (projection F -> d, the frozen EBVs, logits cos/tau), ``fc`` (learned F -> N),
-``fixed_random_dot`` / ``fixed_random_cos`` (projection F -> d, frozen random unit vectors with
-scale S). For mindcv backbones the projection / FC layer is the backbone's own last linear layer.
-"""
+"""`create_classifier`: backbone -> (projection to d) -> head, and parameter counts. For mindcv
+backbones the projection / FC layer is the backbone's own last linear layer."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Dict, Mapping, Optional, Union
 
 import numpy as np
-import mindspore as ms
-from mindspore import nn, ops
+from mindspore import nn
 
 from ..config import HEADS
 from ..ebv.ebvset import EBVError, EBVSet
 from .backbones import create_backbone
-from .heads import EBVHead, FCHead, FixedRandomHead
-
-__all__ = ["Classifier", "create_classifier", "count_parameters", "count_cell", "parameter_totals",
-           "PartCount", "HEADS"]
+from .heads import EBVHead, FCHead, FixedRandomHead, FrozenVectorHead
 
 
 class Classifier(nn.Cell):
@@ -33,8 +25,7 @@ class Classifier(nn.Cell):
         self.has_projection = projection is not None
 
     @property
-    def ebv_checksum(self) -> Optional[str]:
-        """Checksum of the EBV set in the head (``EBVSet.checksum()``), None for other heads."""
+    def ebv_checksum(self) -> Optional[str]:  # None for the heads without an EBV set
         return self.head.checksum if isinstance(self.head, EBVHead) else None
 
     def embed(self, x):
@@ -44,9 +35,7 @@ class Classifier(nn.Cell):
     def construct(self, x):
         return self.head(self.projection(self.backbone(x)))
 
-    def predict(self, x):
-        """Predicted class (int32, (B,)): for the EBV head, the nearest EBV by cosine."""
-        return ops.cast(ops.argmax(self(x), dim=-1), ms.int32)
+    predict = FrozenVectorHead.predict  # for the EBV head: the nearest EBV by cosine
 
 
 def create_classifier(backbone: str, head: str, num_classes: int, embed_dim: Optional[int] = None,
@@ -55,12 +44,9 @@ def create_classifier(backbone: str, head: str, num_classes: int, embed_dim: Opt
                       pretrained: Union[bool, str] = False, backbone_checkpoint: Optional[str] = None,
                       head_seed: int = 0, in_channels: int = 3,
                       backbone_kwargs: Optional[Mapping] = None) -> Classifier:
-    """Images (B, C, H, W) float32 -> logits (B, num_classes); the config's ``model`` section.
-
-    ``embed_dim`` is d (default: the EBV set's; ignored by "fc"). ``scale``: S of the fixed random
-    heads (default 1 for dot, 1/tau for cos). ``ebv_dtype``: storage of the frozen matrix.
-    ``pretrained``: mindcv download (True) or a local checkpoint path.
-    """
+    """The config's ``model`` section -> the network: ``ebv`` (F -> d, the frozen EBVs, cos/tau),
+    ``fc`` (learned F -> N), ``fixed_random_dot`` / ``_cos`` (frozen random unit vectors, scale S:
+    default 1 for dot, 1/tau for cos). ``embed_dim`` is d (default: the EBV set's)."""
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}: use one of {', '.join(HEADS)}")
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -81,18 +67,16 @@ def create_classifier(backbone: str, head: str, num_classes: int, embed_dim: Opt
         if embed_dim is None:
             raise ValueError(f"head={head!r} needs embed_dim (d of the random class vectors)")
         dim = int(embed_dim)
-    feats, num_features, linear = create_backbone(
-        backbone, num_classes if head == "fc" else dim, pretrained, backbone_checkpoint,
-        in_channels, **dict(backbone_kwargs or {}))
+    feats, num_features, linear = create_backbone(backbone, num_classes if head == "fc" else dim,
+        pretrained, backbone_checkpoint, in_channels, **dict(backbone_kwargs or {}))
     if head == "fc":
         return Classifier(feats, None, FCHead(num_features, num_classes, dense=linear))
     if head == "ebv":
         return Classifier(feats, linear, EBVHead(ebv, tau=tau, storage_dtype=ebv_dtype))
-    mode = "dot" if head == "fixed_random_dot" else "cos"
-    if scale is None:
-        scale = 1.0 if mode == "dot" else 1.0 / tau
-    return Classifier(feats, linear, FixedRandomHead(num_classes, dim, mode=mode, scale=scale,
-                                                     seed=head_seed, storage_dtype=ebv_dtype))
+    mode = head.rsplit("_", 1)[1]  # fixed_random_dot | fixed_random_cos
+    scale = scale if scale is not None else 1.0 if mode == "dot" else 1.0 / tau
+    return Classifier(feats, linear,
+                      FixedRandomHead(num_classes, dim, mode, scale, head_seed, ebv_dtype))
 
 
 PARTS = ("backbone", "projection", "head")
@@ -100,8 +84,7 @@ PARTS = ("backbone", "projection", "head")
 
 @dataclass
 class PartCount:
-    """``frozen``: the fixed class vectors; ``buffers``: BatchNorm running statistics (not
-    trained, never counted in the paper's numbers)."""
+    """``frozen``: the fixed class vectors; ``buffers``: BatchNorm statistics (not in the paper)."""
     trainable: int = 0
     frozen: int = 0
     buffers: int = 0
@@ -123,5 +106,4 @@ def count_parameters(net: Classifier) -> Dict[str, PartCount]:
 def parameter_totals(net: Classifier) -> Dict[str, int]:
     """The counts summed over the parts; ``total`` = trainable + frozen, as in the paper."""
     c = count_cell(net)
-    return {"total": c.trainable + c.frozen, "trainable": c.trainable, "frozen": c.frozen,
-            "buffers": c.buffers}
+    return {"total": c.trainable + c.frozen, **asdict(c)}

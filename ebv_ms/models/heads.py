@@ -1,12 +1,7 @@
-"""Classification heads: the frozen EBV head, fixed random class vectors, and a learned FC.
-
-All map an embedding (B, d) to logits (B, N). A fixed head keeps its N x d matrix as ONE
-non-trainable ``Parameter``: no optimizer sees it, no gradient is computed for it, and it is used
-through ``MatMul(transpose_b=True)`` (no transposed copy per step). ``engine.checkpoint`` stores
-the EBV matrix once, beside the weights, with the set's identity. Under mixed precision the
-embedding is cast to fp32 and the head computes in fp32; the matrix itself is never cast (a
-100k x 5000 matrix would be copied every step).
-"""
+"""Heads: embedding (B, d) -> logits (B, N): the frozen EBV head, fixed random class vectors, a
+learned FC. A fixed head's N x d matrix is one frozen Parameter, used by ``MatMul(transpose_b=True)``
+(no transposed copy per step) and never cast under amp (a 100k x 5000 matrix would be copied
+every step); ``engine.checkpoint`` stores it beside the weights."""
 from __future__ import annotations
 
 import logging
@@ -32,9 +27,8 @@ def random_unit_vectors(num_classes: int, dim: int, seed: int = 0) -> np.ndarray
 
 
 class _Fp32Cell(nn.Cell):
-    """A cell amp cannot cast: it stays marked fp32 if ``keep_fp32`` (amp O2/O3/auto call
-    ``to_float(fp16)`` on every sub-cell; O1 skips cells whose precision is set), else unmarked.
-    (Not named ``fp32``: ``add_flags`` stores every flag as an attribute of the same name.)"""
+    """A cell amp cannot cast (O2/O3/auto mark every sub-cell fp16; O1 skips marked cells): marked
+    fp32 if ``keep_fp32`` (not ``fp32``: ``add_flags`` sets an attribute per flag), else unmarked."""
 
     keep_fp32 = True
 
@@ -45,12 +39,8 @@ class _Fp32Cell(nn.Cell):
 
 
 class ScaledL2Normalize(_Fp32Cell):
-    """y = scale * v / ||v|| row-wise, fp32, with a hand-written backward.
-
-    dv = scale / ||v|| * (dy - u <dy, u>), u = v / ||v||: 5 kernels instead of autodiff's ~10; on
-    CPU these small kernels, not the matmul, dominate the head's cost at N = d = 1000. The scale
-    goes on the (B, 1) norm factor, not the (B, N) logits. Zero rows map to zero.
-    """
+    """y = scale * v / ||v|| row-wise in fp32 (zero rows: zero). The backward by hand takes 5 kernels,
+    autodiff's ~10: on CPU these, not the matmul, dominate the head's cost at N = d = 1000."""
 
     def __init__(self, scale: float = 1.0):
         super().__init__()
@@ -66,28 +56,11 @@ class ScaledL2Normalize(_Fp32Cell):
         return ((dout - u * ops.sum(dout * u, -1, keepdim=True)) * (r * self.scale),)
 
 
-def _shared_parameter(data: np.ndarray, name: str) -> Parameter:
-    """A frozen Parameter over ``data``'s own buffer (``data`` must stay unchanged).
-
-    ``Parameter(Tensor.from_numpy(data))`` copies: measured +381 MB at 20,000 x 5,000 float32. A
-    lazily initialised Parameter given the data by ``set_data`` keeps the buffer: +0 MB, and a
-    GRAPH-mode forward on CPU adds no copy either (+19 MB).
-    """
-    tensor = Tensor.from_numpy(data)
-    p = Parameter(initializer("zeros", tensor.shape, tensor.dtype), name=name, requires_grad=False)
-    return p.set_data(tensor)
-
-
 class FrozenVectorHead(_Fp32Cell):
-    """Base of heads with a fixed N x d class-vector matrix ``self.<param_name>``: logits
-    S * cos(v, w_k) if ``cosine``, else S * <v, w_k>.
-
-    ``storage_dtype`` "float16" halves the matrix (2 GB -> 1 GB at 100k x 5000), but the logits
-    leave the matmul rounded to fp16 (up to 2^-11 x the largest logit). On CPU, training casts the
-    whole matrix to fp32 in the backend (measured: +354 MB peak vs +54 MB for fp32 storage at
-    20,000 x 2,000, ``benchmarks/fp16_storage.py --train-memory``). docs/models.md has the error.
-    An fp16-stored head carries no amp flag and handles dtypes itself in construct.
-    """
+    """Logits S * cos(v, w_k) if ``cosine``, else S * <v, w_k>, over the fixed rows w_k of
+    ``self.<param_name>``. ``storage_dtype`` float16 halves the matrix, but the logits leave the
+    matmul rounded to fp16 and CPU training casts the matrix to fp32 in the backend (+354 MB vs
+    +54 MB at 20,000 x 2,000, docs/models.md); such a head has no amp flag, it casts itself."""
 
     param_name = "vectors"
 
@@ -104,8 +77,12 @@ class FrozenVectorHead(_Fp32Cell):
         self.storage_dtype = storage_dtype
         self.keep_fp32 = storage_dtype == "float32"
         self.low_precision_storage = not self.keep_fp32
-        data = np.ascontiguousarray(vectors, dtype=np.dtype(storage_dtype))
-        setattr(self, self.param_name, _shared_parameter(data, self.param_name))
+        # Parameter(Tensor.from_numpy(data)) copies (+381 MB at 20,000 x 5,000 fp32); a lazily
+        # initialised Parameter given the data by set_data keeps the caller's buffer (+0 MB)
+        data = Tensor.from_numpy(np.ascontiguousarray(vectors, dtype=np.dtype(storage_dtype)))
+        p = Parameter(initializer("zeros", data.shape, data.dtype), name=self.param_name,
+                      requires_grad=False)
+        setattr(self, self.param_name, p.set_data(data))
         self.matmul_nt = ops.MatMul(transpose_b=True)
         self.scale, self.cosine = float(scale), bool(cosine)
         self.normalize = ScaledL2Normalize(self.scale)
@@ -116,29 +93,24 @@ class FrozenVectorHead(_Fp32Cell):
     def matrix(self) -> Parameter:
         return getattr(self, self.param_name)
 
-    def _dot(self, v32):
-        """v32 (B, d) float32 @ W^T -> (B, N) float32, without casting or copying W."""
-        w = self.matrix
-        if self.low_precision_storage:
-            return ops.cast(self.matmul_nt(ops.cast(v32, w.dtype), w), ms.float32)
-        return self.matmul_nt(v32, w)
-
     def construct(self, v):
-        v = ops.cast(v, ms.float32)
-        if self.cosine:  # (v / ||v|| * S) @ W^T == S cos(v, w_k): the rows of W are unit vectors
-            return self._dot(self.normalize(v))
-        return self._dot(v) * self.scale
+        v, w = ops.cast(v, ms.float32), self.matrix
+        # (v / ||v|| * S) @ W^T == S cos(v, w_k): the rows of W are unit vectors
+        v = self.normalize(v) if self.cosine else v
+        if self.low_precision_storage:  # W itself is never cast or copied
+            out = ops.cast(self.matmul_nt(ops.cast(v, w.dtype), w), ms.float32)
+        else:
+            out = self.matmul_nt(v, w)
+        return out if self.cosine else out * self.scale
 
     def predict(self, v):
-        """Index of the class vector with the largest logit (int32, shape (B,))."""
+        """Index of the largest logit (int32, shape (B,))."""
         return ops.cast(ops.argmax(self(v), dim=-1), ms.int32)
 
 
 class EBVHead(FrozenVectorHead):
-    """logits_k = cos(v, w_k) / tau over the fixed unit EBVs w_k (rows of ``ebv``).
-
-    fp32 throughout: at tau=0.007 the logits reach +-143 and fp16 keeps ~3 significant digits.
-    """
+    """logits_k = cos(v, w_k) / tau over the fixed unit EBVs w_k (rows of ``ebv``), in fp32: at
+    tau=0.007 the logits reach +-143 and fp16 keeps ~3 significant digits."""
 
     param_name = "ebv"
 
@@ -162,8 +134,7 @@ class EBVHead(FrozenVectorHead):
 
 
 class FixedRandomHead(FrozenVectorHead):
-    """Fixed random unit class vectors (Yang et al., WACV 2022): mode "dot": S * <v, w_k>;
-    mode "cos": S * cos(v, w_k)."""
+    """Fixed random unit class vectors (Yang et al., WACV 2022), logits S * <v, w_k> or S * cos."""
 
     param_name = "class_vectors"
 

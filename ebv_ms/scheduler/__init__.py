@@ -1,18 +1,12 @@
-"""`create_scheduler`: the per-step learning-rate list (linear warm-up, then cosine).
-
-The paper's recipe: lr rises linearly from ``lr x warmup_factor`` (0.01) over the first
-``warmup_epochs`` (5) epochs, then follows a half cosine towards ``min_lr`` (reached one step
-after the last). MindSpore optimizers index a plain list with their ``global_step``, which
-checkpoints save, so a resumed run continues on the same curve.
-"""
+"""`create_scheduler`: the paper's per-step learning rates: linear from ``lr x warmup_factor``
+over ``warmup_epochs``, then a half cosine towards ``min_lr`` (reached one step after the last).
+(mindcv's create_scheduler agrees for the configs, not for fractional or run-long warm-ups.)"""
 from __future__ import annotations
 
 import math
 from typing import List
 
 from ..config import SCHEDULERS
-
-__all__ = ["create_scheduler", "SCHEDULERS"]
 
 
 def create_scheduler(steps_per_epoch: int, epochs: int, lr: float, name: str = "warmup_cosine",
