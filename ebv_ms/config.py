@@ -30,10 +30,6 @@ def _short(text: str) -> str:
     return text if len(text) <= 80 else text[:60] + "..."
 
 
-class _Bad(Exception):
-    """A value a Key refuses; the message says what is allowed (the caller adds the key)."""
-
-
 _TYPE_TEXT = {"map": "mapping", "splits": "mapping split name -> path",
               "columns": "[path column, label column] (index >= 0 or header name)",
               "bool|str": "bool or a local checkpoint path"}
@@ -68,58 +64,59 @@ class Key:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-            raise _Bad(f"expects {self.describe()}, {got}")
+            raise ConfigError(f"expects {self.describe()}, {got}")
         if not integer:
             value = float(value)
             if not math.isfinite(value):
-                raise _Bad(f"expects a finite {self.describe()}, got {value}")
+                raise ConfigError(f"expects a finite {self.describe()}, got {value}")
         if not all(_CMP[op](value, float(x)) for op, x in
                    (c.split() for c in self.range.split(" and ") if c)):
-            raise _Bad(f"must be {self.range}, got {_show(value)}")
+            raise ConfigError(f"must be {self.range}, got {_show(value)}")
         return value
 
     def check(self, value):
-        """The value normalised (int -> float, choices' own spelling); ``_Bad`` if refused."""
+        """The value normalised (int -> float, choices' own spelling), or ConfigError saying what
+        is allowed (``validate`` adds the key)."""
         t, got = self.type, f"got {_show(value)}"
         if value is None:
             if self.default is None:
                 return None
-            raise _Bad(f"must be set ({self.describe()})")
+            raise ConfigError(f"must be set ({self.describe()})")
         if t in ("int", "float"):
             return self._number(value, t == "int")
         if t == "bool":
             if not isinstance(value, bool):
-                raise _Bad(f"expects true or false, {got} ({type(value).__name__})")
+                raise ConfigError(f"expects true or false, {got} ({type(value).__name__})")
             return value
         if t == "str":
             if not isinstance(value, str) or not (value or self.empty):
-                raise _Bad(f"expects a {'' if self.empty else 'non-empty '}string, {got} "
+                raise ConfigError(f"expects a {'' if self.empty else 'non-empty '}string, {got} "
                            f"({type(value).__name__})")
             if "\0" in value:
-                raise _Bad("contains a NUL byte (\\0), which no path or name can hold: " + _show(value))
+                raise ConfigError("contains a NUL byte (\\0), which no path or name can hold: " + _show(value))
             if self.choices is None:
                 return value
             canonical = {a.lower(): a for a in self.choices}  # case-insensitive
             if value.lower() in canonical:
                 return canonical[value.lower()]
             close = difflib.get_close_matches(value, self.choices, n=1)
-            raise _Bad(f"must be one of {', '.join(self.choices)}, {got}"
+            raise ConfigError(f"must be one of {', '.join(self.choices)}, {got}"
                        + (f"; did you mean '{close[0]}'?" if close else ""))
         if t in ("map", "splits"):
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-                raise _Bad(f"expects a mapping with string keys, {got}")
+                raise ConfigError(f"expects a mapping with string keys, {got}")
             if t == "splits" and not all(isinstance(v, str) and v and "\0" not in v for v in value.values()):
-                raise _Bad(f"expects a mapping of split name -> path (strings), {got}")
+                raise ConfigError(f"expects a mapping of split name -> path (strings), {got}")
             return dict(value)
         two = isinstance(value, (list, tuple)) and len(value) == 2
         if not {"bool|str": isinstance(value, (bool, str)) and value != "", "pair": two,
                 "columns": two and all((isinstance(c, int) and not isinstance(c, bool) and c >= 0)
                                        or (isinstance(c, str) and c) for c in value)}[t]:
-            raise _Bad(f"expects {self.describe()}, {got}")
+            raise ConfigError(f"expects {self.describe()}, {got}")
         if t == "pair":
             a, b = (self._number(v, False) for v in value)
             if a > b:
-                raise _Bad(f"expects [a, b] with a <= b, {got}")
+                raise ConfigError(f"expects [a, b] with a <= b, {got}")
             return [a, b]
         return list(value) if t == "columns" else value
 
@@ -492,15 +489,6 @@ def _cross_checks(c: Mapping, bad) -> None:
                                  f"use ebv.alpha >= {wb:.5f} or a larger model.embed_dim")
 
 
-def _unknown(cfg: Mapping, schema: Mapping, bad, prefix: str = "") -> None:
-    """Keys of a config built in code (not read by ``_merge``) that the schema does not know."""
-    for k, v in cfg.items():
-        if k not in schema:
-            bad(f"{prefix}{k}", "is unknown")
-        elif isinstance(schema[k], Mapping) and isinstance(v, Mapping):
-            _unknown(v, schema[k], bad, f"{prefix}{k}.")
-
-
 def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Config:
     """The config normalised, or one ConfigError listing every problem with its key and origin."""
     origins = origins or {}
@@ -511,7 +499,12 @@ def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Confi
         src = f" (set in {origins[key]})" if key in origins else ""
         problems.append(f"config key '{key}' {msg}{src}" + (f"; {hint}" if hint else ""))
 
-    _unknown(out, SCHEMA, bad)
+    for k, v in out.items():  # a config built in code (not read by _merge) may have unknown keys
+        if k not in SCHEMA:
+            bad(k, "is unknown")
+        elif isinstance(SCHEMA[k], Mapping) and isinstance(v, Mapping):
+            for sub in [s for s in v if s not in SCHEMA[k]]:
+                bad(f"{k}.{sub}", "is unknown")
     broken = [k for k, v in SCHEMA.items() if isinstance(v, Mapping)
               and not isinstance(out.get(k), Mapping)]
     for k in broken:
@@ -526,7 +519,7 @@ def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Confi
             continue
         try:
             node[last] = spec.check(node[last])
-        except _Bad as exc:
+        except ConfigError as exc:
             bad(key, str(exc), spec.hint)
     if not problems:
         _cross_checks(out, bad)
@@ -548,7 +541,8 @@ def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Co
                "ebv.cache_dir": ebv and not ebv.path and ebv.cache_dir}
     for key, path in folders.items():
         if path and os.path.exists(path) and not os.path.isdir(path):
-            raise ConfigError(f"config key {key!r}: {path} is a file, not a folder; choose a folder")
+            raise ConfigError(f"config key {key!r}: {path} is a file, not a folder; choose a "
+                              "folder")
     if ebv and ebv.path and not os.path.isfile(ebv.path):
         raise ebv_path_missing(ebv.path)
     m = cfg.model
@@ -565,9 +559,7 @@ def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Co
     if training:  # last: the only check that creates something (the folder, if all else passed)
         try:  # root ignores mode bits: only a real write shows a read-only file system
             os.makedirs(cfg.output_dir, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=cfg.output_dir)
-            os.close(fd)
-            os.remove(probe)
+            tempfile.TemporaryFile(dir=cfg.output_dir).close()
         except OSError as exc:
             raise ConfigError(f"config key 'output_dir': cannot write into {cfg.output_dir} "
                               f"({exc.strerror or exc}); choose a writable folder") from None
