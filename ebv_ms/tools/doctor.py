@@ -1,13 +1,14 @@
 """``python -m ebv_ms.tools.doctor``: what this machine can run, and what each device would need.
 
-Each device target is tried in its own time-bounded subprocess (a 2x3 matmul with a known answer
-plus ``mindspore.run_check()``); the GPU plugins' CUDA libraries come from ``ldd``, the Ascend chip
-from ``npu-smi``. A device without its hardware is "not here", not a problem; a tool that hangs is
-a problem line. Exit status 0 when the CPU flow works, 1 otherwise.
+Each device target is probed in its own time-bounded subprocess; CUDA libraries come from ``ldd``,
+the Ascend chip from ``npu-smi``. A device without its hardware is "not here", not a problem; a
+hung tool is a problem line. Exit status 0 when the CPU flow works, 1 otherwise.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -16,11 +17,14 @@ import subprocess
 import sys
 from typing import Dict, List, Optional
 
-# MindSpore 2.10.0 wheels ship two GPU plugins; MindSpore picks the one matching the CUDA
-# runtime it finds (mindspore/run_check/_check_version.py). cuDNN versions: MindSpore's own
-# recommendation there ("CUDA11.1 with cuDNN8.0.x or CUDA11.6 with cuDNN8.5.x").
+from ebv_ms.errors import run_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# MindSpore 2.10.0 ships two GPU plugins and picks the one matching the CUDA runtime; cuDNN as
+# recommended in mindspore/run_check/_check_version.py.
 GPU_PLUGINS = {"11.1": "cuDNN 8.0", "11.6": "cuDNN 8.5"}
 _CUDA_LIB = re.compile(r"^(libcu\w*|libnvrtc|libnccl|libnvidia_collective)")
+HARDWARE = {"GPU": "nvidia_smi", "Ascend": "npu_smi"}  # the report's key for each device's tool
 # Sources: mindspore/device_context/ascend/op_precision.py (the default mode) and CANN's ATC guide
 # (that mode cannot lower an fp32 operator whose AI Core kernel is fp16-only).
 ASCEND_910A = ("Ascend 910A: MindSpore 2.10 keeps fp32 MatMul in fp32 by default (precision_mode "
@@ -40,7 +44,7 @@ print("EBV_DOCTOR_OK")
 """
 
 
-def _run(cmd: List[str], timeout: float, problems: Optional[list] = None, **kw):
+def bounded_run(cmd: List[str], timeout: float, problems: Optional[list] = None, **kw):
     """``subprocess.run`` bounded by ``timeout``; a hang or a failure to start is None (and a
     problem line in ``problems``), never an exception."""
     try:
@@ -49,38 +53,30 @@ def _run(cmd: List[str], timeout: float, problems: Optional[list] = None, **kw):
         if problems is not None:
             why = (f"did not answer within {timeout:g} s (hung)"
                    if isinstance(exc, subprocess.TimeoutExpired) else f"could not run ({exc})")
-            problems.append({"what": f"`{' '.join(cmd)}` {why}",
-                             "remedy": f"check {cmd[0]} by hand; the rest of the report is unaffected"})
+            problems.append(dict(what=f"`{' '.join(cmd)}` {why}", remedy=f"check {cmd[0]} by "
+                                 "hand; the rest of the report is unaffected"))
         return None
 
 
-def _mindspore_dir() -> Optional[str]:
-    import importlib.util
-    spec = importlib.util.find_spec("mindspore")
-    return os.path.dirname(spec.origin) if spec and spec.origin else None
-
-
 def check_device(target: str, timeout: float = 120.0) -> Dict:
-    """Run the probe for ``target`` in a fresh interpreter: {"ok", "detail"}."""
-    r = _run([sys.executable, "-c", _PROBE, target], timeout, env=dict(os.environ, GLOG_v="3"))
+    """The probe (a 2x3 matmul with a known answer, ``run_check``) in a fresh interpreter."""
+    r = bounded_run([sys.executable, "-c", _PROBE, target], timeout, env=dict(os.environ, GLOG_v="3"))
     if r is None:
         return {"ok": False, "detail": f"no answer within {timeout:g} s (hung)"}
-    out = r.stdout + r.stderr
     if r.returncode == 0 and "EBV_DOCTOR_OK" in r.stdout and "successfully" in r.stdout:
         return {"ok": True, "detail": "2x3 matmul correct; mindspore.run_check() passed"}
-    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
-    why = next((ln for ln in lines if ln.startswith(("RuntimeError", "ValueError", "AssertionError",
-                                                     "ImportError", "OSError"))), None)
-    why = why or (lines[-1] if lines else f"exit status {r.returncode}")
-    if r.returncode < 0:
-        why = f"crashed with signal {-r.returncode}"
+    lines = [ln.strip() for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    errors = ("RuntimeError", "ValueError", "AssertionError", "ImportError", "OSError")
+    last = (lines or [f"exit status {r.returncode}"])[-1]
+    why = next((ln for ln in lines if ln.startswith(errors)), last)
+    why = why if r.returncode >= 0 else f"crashed with signal {-r.returncode}"
     return {"ok": False, "detail": why.split(". ")[0][:200]}  # MindSpore's first sentence
 
 
 def gpu_libraries(ms_dir: str, timeout: float = 30.0,
                   problems: Optional[list] = None) -> Dict[str, Dict[str, Optional[str]]]:
-    """{CUDA version: {soname: path or None}} for each GPU plugin (and its bundled NCCL), from
-    ``ldd``, which resolves like the loader will. A hung ``ldd`` is asked once, then left alone."""
+    """{CUDA version: {soname: path or None}} for each GPU plugin (and its bundled NCCL) from
+    ``ldd``, which resolves like the loader. A hung ``ldd`` is asked once, then left alone."""
     out: Dict[str, Dict[str, Optional[str]]] = {}
     plugin = os.path.join(ms_dir, "lib", "plugin")
     ldd = shutil.which("ldd")
@@ -88,7 +84,7 @@ def gpu_libraries(ms_dir: str, timeout: float = 30.0,
         out[cuda] = {}
         for so in (os.path.join(plugin, f"libmindspore_gpu.so.{cuda}"),
                    os.path.join(plugin, f"gpu{cuda}", "libnvidia_collective.so")):
-            r = _run([ldd, so], timeout, problems) if ldd and os.path.isfile(so) else None
+            r = bounded_run([ldd, so], timeout, problems) if ldd and os.path.isfile(so) else None
             ldd = None if ldd and os.path.isfile(so) and r is None else ldd
             for line in (r.stdout.splitlines() if r else []):
                 m = re.match(r"\s*(\S+)\s+=>\s+(not found|\S+)", line)
@@ -98,37 +94,33 @@ def gpu_libraries(ms_dir: str, timeout: float = 30.0,
 
 
 def _tool(name: str, timeout: float, problems: list, args=("--version",)) -> Optional[str]:
-    """``path (first line of its --version)``, or None when it is not installed."""
     path = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
-    r = _run([path, *args], timeout, problems) if path else None
+    r = bounded_run([path, *args], timeout, problems) if path else None
     first = (r.stdout or r.stderr).strip().splitlines() if r else []
     return f"{path} ({first[0]})" if first and r.returncode == 0 else path
 
 
 def diagnose(timeout: float = 120.0, targets=("CPU", "GPU", "Ascend"),
              tool_timeout: float = 30.0) -> Dict:
-    """Everything the report prints, as a dict (``--json``)."""
     rep: Dict = {"python": sys.version.split()[0], "executable": sys.executable,
                  "venv": sys.prefix if sys.prefix != sys.base_prefix else None, "problems": []}
     problems: List[Dict[str, str]] = rep["problems"]
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    setup = f"bash {ROOT}/scripts/setup_env.sh"
     if rep["venv"] is None:
-        problems.append({"what": "not running inside a virtual environment",
-                         "remedy": f"bash {root}/scripts/setup_env.sh, then use {root}/.venv/bin/python"})
-    ms_dir = _mindspore_dir()
-    rep["mindspore_dir"] = ms_dir
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        rep["mindspore"] = version("mindspore")
-    except PackageNotFoundError:
-        rep["mindspore"] = None
+        problems.append(dict(what="not running inside a virtual environment",
+                             remedy=f"{setup}, then use {ROOT}/.venv/bin/python"))
+    spec = importlib.util.find_spec("mindspore")
+    rep["mindspore_dir"] = ms_dir = os.path.dirname(spec.origin) if spec and spec.origin else None
+    rep["mindspore"] = next((d.version for d in importlib.metadata.distributions(name="mindspore")),
+                            None)
     if rep["mindspore"] is None or ms_dir is None:
-        problems.append({"what": "MindSpore is not installed in this Python",
-                         "remedy": f"bash {root}/scripts/setup_env.sh (installs mindspore==2.10.0)"})
+        problems.append(dict(what="MindSpore is not installed in this Python",
+                             remedy=f"{setup} (installs mindspore==2.10.0)"))
         return rep
     if rep["mindspore"] != "2.10.0":
-        problems.append({"what": f"MindSpore {rep['mindspore']} installed; this project pins 2.10.0",
-                         "remedy": "pip install mindspore==2.10.0 'numpy<2' (or bash scripts/setup_env.sh)"})
+        problems.append(dict(what=f"MindSpore {rep['mindspore']} installed; this project pins "
+                             "2.10.0", remedy="pip install mindspore==2.10.0 'numpy<2' (or bash "
+                             "scripts/setup_env.sh)"))
     rep["devices"] = {t: check_device(t, timeout) for t in targets}
     rep["gpu_libraries"] = libs = gpu_libraries(ms_dir, tool_timeout, problems)
     rep["nvidia_smi"] = _tool("nvidia-smi", tool_timeout, problems, ("-L",))
@@ -136,9 +128,8 @@ def diagnose(timeout: float = 120.0, targets=("CPU", "GPU", "Ascend"),
     chip = re.search(r"\b910(?:Pro|Premium)?A?\b(?!\w)", rep["npu_smi"] or "")
     rep["ascend_notes"] = [ASCEND_910A] if chip and "910B" not in (rep["npu_smi"] or "") else []
     for t, res in rep["devices"].items():
-        hardware = {"CPU": True, "GPU": rep["nvidia_smi"], "Ascend": rep["npu_smi"]}[t]
-        if not res["ok"] and hardware:  # without the hardware it is "not here", not a problem
-            problems.append({"what": f"{t} target fails: {res['detail']}", "remedy": _needs(t, libs)})
+        if not res["ok"] and (t == "CPU" or rep[HARDWARE[t]]):  # else "not here", not a problem
+            problems.append(dict(what=f"{t} target fails: {res['detail']}", remedy=_needs(t, libs)))
     for launcher, needed_by, remedy in (
             ("mpirun", "scripts/run_distribute_gpu.sh and the 2-rank tests need it",
              "apt-get install openmpi-bin (.ci/run does it)"),
@@ -146,37 +137,35 @@ def diagnose(timeout: float = 120.0, targets=("CPU", "GPU", "Ascend"),
              "it comes with MindSpore: use the venv's python/bin (bash scripts/setup_env.sh)")):
         rep[launcher] = _tool(launcher, tool_timeout, problems)
         if rep[launcher] is None:
-            problems.append({"what": f"{launcher} not found ({needed_by})", "remedy": remedy})
+            problems.append(dict(what=f"{launcher} not found ({needed_by})", remedy=remedy))
     return rep
 
 
+NEEDS = {"CPU": "reinstall: rm -rf .venv && bash scripts/setup_env.sh",
+         "Ascend": "an Ascend NPU (npu-smi) with the CANN toolkit matching MindSpore 2.10, set up by "
+                   "`source /usr/local/Ascend/ascend-toolkit/set_env.sh` before running",
+         "GPU": "an NVIDIA GPU with its driver (nvidia-smi, libcuda.so.1) and one CUDA 11.x toolkit "
+                "with cuDNN 8 for MindSpore 2.10's plugins (CUDA 11.6 + cuDNN 8.5, or 11.1 + 8.0) on "
+                "the loader path (export LD_LIBRARY_PATH=/usr/local/cuda-11.6/lib64:$LD_LIBRARY_PATH)"}
+
+
 def _needs(target: str, libs: Dict[str, Dict[str, Optional[str]]]) -> str:
-    """What ``target`` needs on a machine, with what is missing here."""
-    if target == "CPU":
-        return "reinstall: rm -rf .venv && bash scripts/setup_env.sh"
-    if target == "Ascend":
-        return ("an Ascend NPU (npu-smi) with the CANN toolkit matching MindSpore 2.10, set up by "
-                "`source /usr/local/Ascend/ascend-toolkit/set_env.sh` before running")
-    missing = sorted({k for found in libs.values() for k, v in found.items() if v is None})
-    return ("an NVIDIA GPU with its driver (nvidia-smi, libcuda.so.1) and one CUDA 11.x toolkit "
-            "with cuDNN 8 for MindSpore 2.10's plugins (CUDA 11.6 + cuDNN 8.5, or 11.1 + 8.0) on "
-            "the loader path (export LD_LIBRARY_PATH=/usr/local/cuda-11.6/lib64:$LD_LIBRARY_PATH)"
-            + (f"; missing here: {', '.join(missing)}" if missing else "")
-            + "; NCCL is bundled with MindSpore")
+    missing = ", ".join(sorted({k for found in libs.values() for k, v in found.items() if v is None}))
+    gpu = NEEDS["GPU"] + (f"; missing here: {missing}" if missing else "")
+    return gpu + "; NCCL is bundled with MindSpore" if target == "GPU" else NEEDS[target]
 
 
 def format_report(rep: Dict) -> str:
     devices = rep.get("devices") or {}
     cpu = devices.get("CPU")
-    lines = []
-    if cpu is not None:
-        lines.append("can run    : " + ("the CPU demo, the tests and CPU training (device_target=CPU)"
-                                        if cpu["ok"] else "nothing: the CPU target fails (see problems)"))
+    lines = [] if cpu is None else ["can run    : " + (
+        "the CPU demo, the tests and CPU training (device_target=CPU)" if cpu["ok"]
+        else "nothing: the CPU target fails (see problems)")]
     for t in ("GPU", "Ascend"):
         if t in devices:
             state = ("works here: training and the launchers on this device" if devices[t]["ok"]
                      else "FAILS although the hardware is there (see problems)"
-                     if rep.get({"GPU": "nvidia_smi", "Ascend": "npu_smi"}[t]) else
+                     if rep.get(HARDWARE[t]) else
                      f"not here; needs {_needs(t, rep.get('gpu_libraries') or {})}")
             lines.append(f"{t:<11}: {state}")
     lines += [f"Ascend note: {n}" for n in rep.get("ascend_notes", [])]
@@ -199,27 +188,28 @@ def format_report(rep: Dict) -> str:
             lines.append(f"{k.replace('_', '-'):<10} {(rep[k] or 'not found').splitlines()[0]}")
     if n:
         lines.append(f"\n{n} problem(s):")
-        lines += [f"{i}. {p['what']}\n   remedy: {p['remedy']}" for i, p in enumerate(rep["problems"], 1)]
+        lines += [f"{i}. {p['what']}\n   remedy: {p['remedy']}"
+                  for i, p in enumerate(rep["problems"], 1)]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ebv_ms.tools.doctor", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m ebv_ms.tools.doctor",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per device check")
     ap.add_argument("--tool-timeout", type=float, default=30.0,
                     help="seconds for each tool asked (ldd, nvidia-smi, npu-smi, mpirun, msrun)")
     ap.add_argument("--targets", default="CPU,GPU,Ascend", help="device targets to try")
     a = ap.parse_args(argv)
-    from ..errors import run_cli
-    return run_cli("doctor", lambda: _report(a))
 
+    def report() -> int:
+        rep = diagnose(a.timeout, tuple(t for t in a.targets.split(",") if t), a.tool_timeout)
+        print(json.dumps(rep, indent=1) if a.json else format_report(rep))
+        cpu = (rep.get("devices") or {}).get("CPU")
+        return 0 if rep.get("mindspore") and (cpu is None or cpu["ok"]) else 1
 
-def _report(a) -> int:
-    rep = diagnose(a.timeout, tuple(t for t in a.targets.split(",") if t), a.tool_timeout)
-    print(json.dumps(rep, indent=1) if a.json else format_report(rep))
-    cpu = (rep.get("devices") or {}).get("CPU")
-    return 0 if rep.get("mindspore") and (cpu is None or cpu["ok"]) else 1
+    return run_cli("doctor", report)
 
 
 if __name__ == "__main__":
