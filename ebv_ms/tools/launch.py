@@ -1,10 +1,8 @@
-"""The launchers' logic: ``python -m ebv_ms.tools.launch KIND SCRIPT [ARGS ...]``.
+"""The launchers' logic: ``python -m ebv_ms.tools.launch KIND SCRIPT [ARGS ...]`` (docs/launch.md).
 
-KIND is ``mpirun``, ``msrun``, ``standalone``, ``eval``, ``quick-start`` (one per script in
-scripts/ and run_with_gpu/) or ``rank`` (one mpirun rank). SCRIPT's header comment is the usage
-text. One grammar for all (docs/launch.md); everything checkable is checked before any process
-starts, a failure being one line ``SCRIPT: error: ...`` with exit status 2; after the start the
-first rank that fails ends the job and its error is what the screen shows.
+KIND is one per script in scripts/ and run_with_gpu/, or mpirun's ``rank`` and ``scheduler``.
+Everything checkable is checked before any process starts (one line ``SCRIPT: error: ...``, exit
+status 2); after the start the first rank that fails ends the job, and its error is on screen.
 """
 from __future__ import annotations
 
@@ -20,9 +18,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from ebv_ms.errors import EBVMSError, run_cli
+from ebv_ms.tools.doctor import bounded_run, check_device
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEVICES = ("CPU", "GPU", "Ascend")
@@ -30,6 +30,8 @@ DEVICES = ("CPU", "GPU", "Ascend")
 CLUSTER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_NODE_ID",
                "RANK_ID")
 LOG_PATTERNS = ["rank_*", "worker_*", "scheduler.*", "m*run.log"]  # a launch's logs in LOG_DIR
+CLUSTER_VARS = ("MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_TOPO_TIMEOUT",
+                "MS_CPU_COMM_OP_TIMEOUT")  # what mpirun's ranks and the scheduler share
 
 
 class LaunchError(EBVMSError):
@@ -37,14 +39,8 @@ class LaunchError(EBVMSError):
 
 
 class _Usage(Exception):
-    """--help (usage on stdout, exit 0), or no argument at all (stderr, exit 2)."""
+    """--help (``args[0]`` False: usage on stdout, exit 0), or no argument (True: stderr, exit 2)."""
 
-    def __init__(self, to_stderr: bool):
-        super().__init__()
-        self.to_stderr = to_stderr
-
-
-# ---------------------------------------------------------------- arguments
 
 @dataclass(frozen=True)
 class Spec:
@@ -94,9 +90,8 @@ SPECS: Dict[str, Spec] = {
 
 
 def parse_args(spec: Spec, argv: List[str], prog: str, entry_name: str) -> Args:
-    """``argv`` read with ``spec``'s grammar; LaunchError names a misplaced argument and the
-    spelling that works."""
-    a, argv = Args(), list(argv)
+    """LaunchError names a misplaced argument and the spelling that works."""
+    a, argv, second = Args(), list(argv), f" [{spec.second}]" if spec.second else ""
     while argv:
         word = argv.pop(0)
         if word == "--":
@@ -105,42 +100,37 @@ def parse_args(spec: Spec, argv: List[str], prog: str, entry_name: str) -> Args:
             a.passthrough = argv
             break
         if word in ("-h", "--help"):
-            raise _Usage(to_stderr=False)
-        if word.startswith("--") and len(word) > 2:
-            name = word[2:].split("=", 1)[0]
+            raise _Usage(False)
+        if word.startswith("-"):
+            name, eq, value = word[2:].partition("=")
             table = next((t for t in (spec.own, spec.forward) if name in t), None)
-            if table is None:
-                if spec.allow_pass:
+            if table is None or not word.startswith("--"):
+                if spec.allow_pass and word.startswith("--"):
                     raise LaunchError(f"unknown option '{word}'. Arguments for {entry_name} go after "
                                       f"'--': bash {prog} {a.first or spec.first} ... -- {word}   "
                                       "(see --help)")
                 raise LaunchError(f"unknown option '{word}' (see bash {prog} --help)")
             if table[name] is None:
-                if "=" in word:
+                if eq:
                     raise LaunchError(f"option --{name} takes no value: write '--{name}' alone")
                 value = "1"
-            else:
-                value = (word.split("=", 1)[1] if "=" in word else
-                         argv.pop(0) if argv and not argv[0].startswith("--") else "")
-                if not value:
-                    raise LaunchError(f"option --{name} needs a value: --{name} {table[name]}")
-            if table is spec.forward:
-                a.forward += [f"--{name}"] + ([value] if table[name] is not None else [])
-            else:
+            elif not eq:
+                value = argv.pop(0) if argv and not argv[0].startswith("--") else ""
+            if not value:
+                raise LaunchError(f"option --{name} needs a value: --{name} {table[name]}")
+            if table is spec.own:
                 a.opts[name] = value
-        elif word.startswith("-"):
-            raise LaunchError(f"unknown option '{word}' (see bash {prog} --help)")
+            else:
+                a.forward += [f"--{name}"] + ([value] if table[name] is not None else [])
         elif "=" in word:
             if not a.first and not spec.first_optional:
-                second = f"[{spec.second}] " if spec.second else ""
                 raise LaunchError(f"'{word}' comes before {spec.first}; write: bash {prog} "
-                                  f"{spec.first} {second}{word}")
+                                  f"{spec.first}{second} {word}")
             a.overrides.append(word)
         elif not a.first and not a.overrides:
             a.first = word
         else:
-            hint = spec.hint(word)
-            hint = f"; {hint}" if hint else ""
+            hint = f"; {spec.hint(word)}" if spec.hint(word) else ""
             if spec.second and not a.second and not a.overrides:
                 if not word.isdigit():
                     raise LaunchError(f"'{word}' is not {spec.second} (a whole number after "
@@ -153,37 +143,22 @@ def parse_args(spec: Spec, argv: List[str], prog: str, entry_name: str) -> Args:
                 raise LaunchError(f"'{word}': {spec.second} comes right after {spec.first}, before "
                                   f"any key=value: bash {prog} {spec.first} {word} key=value ...")
             else:
-                second = f" [{spec.second}]" if spec.second else ""
                 raise LaunchError(f"unexpected argument '{word}' (after {spec.first}{second} only "
                                   f"key=value overrides and options come){hint}")
     if not a.first and not spec.first_optional:
-        raise _Usage(to_stderr=True)
+        raise _Usage(True)
     return a
 
 
-def usage(script: str) -> str:
-    """The script's header comment (after the shebang, up to the first non-comment line)."""
-    with open(script, encoding="utf-8") as f:
-        lines = f.read().splitlines()[1:]
-    return "\n".join(re.sub(r"^# ?", "", ln)
-                     for ln in itertools.takewhile(lambda ln: ln.startswith("#"), lines))
-
-
-# ---------------------------------------------------------------- this machine
-
 def visible_gpus() -> Optional[int]:
-    """GPUs a process started here may use: ``nvidia-smi -L``'s list narrowed by
-    CUDA_VISIBLE_DEVICES the way CUDA reads it (indices or GPU-UUID prefixes, up to the first
-    entry that names no GPU or one already named). None without nvidia-smi."""
+    """``nvidia-smi -L``'s GPUs narrowed by CUDA_VISIBLE_DEVICES as CUDA reads it (indices or UUID
+    prefixes, up to the first entry naming no GPU or one already named); None without nvidia-smi."""
     smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
-    try:
-        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.TimeoutExpired):
+    r = bounded_run([smi, "-L"], 60) if smi else None
+    if r is None:
         return None
     uuids = [(re.search(r"UUID: (GPU-[\w-]+)", ln) or [None, ""])[1]
-             for ln in listing.splitlines() if ln.startswith("GPU ")]
+             for ln in r.stdout.splitlines() if ln.startswith("GPU ")]
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
     if cvd is None:
         return len(uuids)
@@ -197,24 +172,12 @@ def visible_gpus() -> Optional[int]:
     return len(seen)
 
 
-def check_device_works(device: str) -> None:
-    """The doctor's probe for GPU / Ascend; CPU works wherever MindSpore imports."""
-    if device == "CPU":
-        return
-    from ebv_ms.tools.doctor import check_device
-    res = check_device(device, timeout=120.0)
-    if not res["ok"]:
-        raise LaunchError(f"DEVICE_TARGET={device} does not work on this machine: {res['detail']} "
-                          f"(python -m ebv_ms.tools.doctor says what it needs; DEVICE_TARGET=CPU "
-                          "runs the same launch on CPU)")
-
-
 def hostfile_slots(path: str) -> Optional[int]:
     """Total ``slots=`` of an Open MPI hostfile, None when a host line leaves them to Open MPI."""
     if not os.path.isfile(path):
         raise LaunchError(f"hostfile not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        hosts = [s for s in (ln.split("#", 1)[0].strip() for ln in f) if s]
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    hosts = [h for h in (ln.split("#", 1)[0].strip() for ln in lines) if h]
     if not hosts:
         raise LaunchError(f"hostfile {path} names no host (one line per host: 'host1 slots=8')")
     slots = [re.search(r"\bslots\s*=\s*(\d+)", h) for h in hosts]
@@ -228,19 +191,13 @@ def free_port() -> int:
 
 
 def this_host_address() -> str:
-    """The first address of ``hostname -I`` (what other hosts reach this one at), else loopback."""
-    try:
-        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return "127.0.0.1"
-    return out.split()[0] if out.split() else "127.0.0.1"
+    """``hostname -I``'s first address (what other hosts reach this one at), else loopback."""
+    r = bounded_run(["hostname", "-I"], 10)
+    return r.stdout.split()[0] if r and r.stdout.split() else "127.0.0.1"
 
-
-# ---------------------------------------------------------------- the launch
 
 @dataclass
 class Launch:
-    """What every launcher works out before starting anything."""
     kind: str
     prog: str
     args: Args
@@ -254,8 +211,7 @@ class Launch:
         print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
     @property
-    def command(self) -> List[str]:
-        """The entry's command line: what one process, or every rank, runs."""
+    def command(self) -> List[str]:  # what one process, or every rank, runs
         a = self.args
         return [self.python, self.entry, "--ckpt" if self.kind == "eval" else "--config", a.first,
                 f"device_target={self.device}", *a.overrides, *a.forward, *a.passthrough]
@@ -267,29 +223,12 @@ def _whole(value: str, what: str, minimum: int) -> int:
     return int(value)
 
 
-def _base(kind: str, prog: str, argv: List[str]) -> Launch:
-    spec = SPECS[kind]
-    entry = os.environ.get("ENTRY") or os.path.join(ROOT, spec.entry)
-    args = parse_args(spec, argv, prog, os.path.basename(entry))
-    device = os.environ.get("DEVICE_TARGET") or spec.device
-    if device not in DEVICES:
-        raise LaunchError(f"DEVICE_TARGET must be CPU, GPU or Ascend, got '{device}'")
-    if not os.path.isfile(entry):
-        raise LaunchError(f"{'evaluation' if kind == 'eval' else 'training'} script not found: "
-                          f"{entry} (ENTRY)")
-    env = {k: v for k, v in os.environ.items() if k not in CLUSTER_ENV}
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return Launch(kind, prog, args, device, os.environ.get("PYTHON") or sys.executable, entry, env,
-                  "dry-run" in args.opts)
-
-
 def one_device_env(env: Dict[str, str], device: str, card: str) -> Dict[str, str]:
     """One process on one card. On GPU it sees only that card, as its device 0 (an inherited
     DEVICE_ID would select a card it cannot see); on Ascend DEVICE_ID is the card."""
     env = dict(env)
     if device == "GPU":
-        env["CUDA_VISIBLE_DEVICES"] = card or env.get("CUDA_VISIBLE_DEVICES") or "0"
-        env["DEVICE_ID"] = "0"
+        env.update(CUDA_VISIBLE_DEVICES=card or env.get("CUDA_VISIBLE_DEVICES") or "0", DEVICE_ID="0")
     elif device == "Ascend":
         env["DEVICE_ID"] = card or env.get("DEVICE_ID") or "0"
     else:
@@ -297,13 +236,16 @@ def one_device_env(env: Dict[str, str], device: str, card: str) -> Dict[str, str
     return env
 
 
-def _print_command(label: str, cmd: List[str]) -> None:
-    print(f"[{label}] {shlex.join(cmd)}", flush=True)
-
-
-def prepare_log_dir(log_dir: str) -> None:
-    """Create LOG_DIR; earlier logs move to LOG_DIR/previous/<time>/ (a new launch into the same
-    output_dir, e.g. --resume after a crash, overwrites nothing)."""
+def get_ready(device: str, log_dir: Optional[str]) -> None:
+    """The doctor's probe for GPU / Ascend, then LOG_DIR with its earlier logs moved to
+    LOG_DIR/previous/<time>/ (a new launch, e.g. --resume, overwrites nothing)."""
+    res = {"ok": True} if device == "CPU" else check_device(device, timeout=120.0)
+    if not res["ok"]:
+        raise LaunchError(f"DEVICE_TARGET={device} does not work on this machine: {res['detail']} "
+                          f"(python -m ebv_ms.tools.doctor says what it needs; DEVICE_TARGET=CPU "
+                          "runs the same launch on CPU)")
+    if log_dir is None:
+        return
     os.makedirs(log_dir, exist_ok=True)
     old = sorted({p for pat in LOG_PATTERNS for p in glob.glob(os.path.join(log_dir, pat))})
     if old:
@@ -314,56 +256,41 @@ def prepare_log_dir(log_dir: str) -> None:
         print(f"[launch] earlier logs moved to {dest}", flush=True)
 
 
-def tee(cmd: List[str], env: Dict[str, str], log_path: str, echo: bool,
-        header: str = "") -> subprocess.Popen:
-    """Start ``cmd`` with stdout+stderr into ``log_path`` (and the console when ``echo``)."""
-    log = open(log_path, "ab", buffering=0)
-    if header:
-        log.write(header.encode() + b"\n")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    proc.log, proc.echo = log, echo  # type: ignore[attr-defined]
-    return proc
+def tee(cmd: List[str], env: Dict[str, str], log_path: str, echo: bool, header: str = "",
+        started: Callable[[subprocess.Popen], None] = lambda proc: None) -> int:
+    """``cmd``'s exit status, its stdout+stderr copied into ``log_path`` (and to the console when
+    ``echo``); ``started(proc)`` is called once it runs."""
+    with open(log_path, "wb", buffering=0) as log:
+        log.write(f"{header}\n".encode() if header else b"")
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        started(proc)
+        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+            log.write(chunk)
+            if echo:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+        return proc.wait()
 
 
-def pump(proc: subprocess.Popen) -> int:
-    """Copy ``proc``'s output (see ``tee``) until it ends; its exit status."""
-    for chunk in iter(lambda: proc.stdout.read1(65536), b""):
-        proc.log.write(chunk)
-        if proc.echo:
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-    rc = proc.wait()
-    proc.log.close()
-    return rc
-
-
-def _stop(proc: subprocess.Popen, grace: float, term: float) -> None:
+def _stop(proc: subprocess.Popen, grace: float, term: float) -> int:
     """Wait ``grace`` s for ``proc`` to end, then SIGTERM; after ``term`` s more, SIGKILL."""
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
+    for wait, then in ((grace, proc.terminate), (term, proc.kill)):
         try:
-            proc.wait(timeout=term)
+            return proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            then()
+    return proc.wait()
 
 
 def _tail(path: str, n: int = 15) -> str:
     """The last ``n`` lines of a log that are not MindSpore's [INFO]/[WARNING] chatter."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = [ln.rstrip("\n") for ln in f if not ln.startswith(("[WARNING]", "[INFO]"))]
-    except OSError:
+    if not os.path.isfile(path):
         return ""
-    return "\n".join(lines[-n:])
+    lines = Path(path).read_text("utf-8", "replace").splitlines()
+    return "\n".join([ln for ln in lines if not ln.startswith(("[WARNING]", "[INFO]"))][-n:])
 
-
-# ---------------------------------------------------------------- mpirun + our scheduler
 
 def cluster_env(launch: Launch, num: int, hostfile: Optional[str]) -> Dict[str, str]:
-    """The dynamic-cluster variables every rank and the scheduler share."""
     timeout = os.environ.get("CLUSTER_TIMEOUT", "600")
     env = dict(launch.env, MS_WORKER_NUM=str(num), MS_TOPO_TIMEOUT=timeout,
                MS_SCHED_HOST=os.environ.get("MS_SCHED_HOST")
@@ -378,15 +305,12 @@ def cluster_env(launch: Launch, num: int, hostfile: Optional[str]) -> Dict[str, 
 
 def mpirun_command(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
                    cmd: List[str], env: Dict[str, str]) -> List[str]:
-    """``mpirun`` starting ``num`` ranks of ``python -m ebv_ms.tools.launch rank LOG_DIR CMD``."""
     extra = shlex.split(os.environ.get("MPIRUN_ARGS", ""))
     opts = ["-n", str(num)] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
     opts += ["--hostfile", hostfile] if hostfile else ["--oversubscribe"]
     if "--bind-to" not in extra:  # a rank's many threads (kernels, data workers) on every core
         opts += ["--bind-to", "none"]
-    for v in ("MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_TOPO_TIMEOUT",
-              "MS_CPU_COMM_OP_TIMEOUT", "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "PATH",
-              "LD_LIBRARY_PATH"):
+    for v in (*CLUSTER_VARS, "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "PATH", "LD_LIBRARY_PATH"):
         opts += ["-x", v] if env.get(v) else []
     return ["mpirun", *opts, *extra, launch.python, "-m", "ebv_ms.tools.launch", "rank", log_dir,
             *cmd]
@@ -395,33 +319,27 @@ def mpirun_command(launch: Launch, num: int, hostfile: Optional[str], log_dir: s
 def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
                cmd: List[str]) -> int:
     env = cluster_env(launch, num, hostfile)
-    sched_cmd = [launch.python, "-m", "ebv_ms.tools.scheduler", "--device", launch.device]
+    sched_cmd = [launch.python, "-m", "ebv_ms.tools.launch", "scheduler", launch.device]
     mpi_cmd = mpirun_command(launch, num, hostfile, log_dir, cmd, env)
     head = (f"{num} ranks on {launch.device}, scheduler {env['MS_SCHED_HOST']}:"
             f"{env['MS_SCHED_PORT']}, logs in {log_dir}")
     if launch.dry_run:
-        shown = " ".join(f"{k}={env[k]}" for k in ("MS_WORKER_NUM", "MS_SCHED_HOST",
-                         "MS_SCHED_PORT", "MS_TOPO_TIMEOUT", "MS_CPU_COMM_OP_TIMEOUT") if env.get(k))
+        shown = " ".join(f"{k}={env[k]}" for k in CLUSTER_VARS if env.get(k))
         print(f"[dry-run] {head}\n[dry-run] environment: {shown}; each rank: MS_ROLE=MS_WORKER "
-              "MS_NODE_ID=RANK_ID=<rank> DEVICE_ID=<local rank>")
-        _print_command("scheduler", ["env", "MS_ROLE=MS_SCHED", *sched_cmd])
-        _print_command("mpirun", mpi_cmd)
-        _print_command("rank", cmd)
+              f"MS_NODE_ID=RANK_ID=<rank> DEVICE_ID=<local rank>\n[scheduler] "
+              f"{shlex.join(['env', 'MS_ROLE=MS_SCHED', *sched_cmd])}\n[mpirun] "
+              f"{shlex.join(mpi_cmd)}\n[rank] {shlex.join(cmd)}", flush=True)
         return 0
     if shutil.which("mpirun") is None:
         raise LaunchError("mpirun not found: install Open MPI (Debian/Ubuntu: apt-get install "
                           "openmpi-bin)")
     launch.say(f"[launch] {head}")
-    for name in ("scheduler.pid", "scheduler.exit"):
-        if os.path.exists(os.path.join(log_dir, name)):
-            os.remove(os.path.join(log_dir, name))
     # The scheduler only serves the rank discovery and leaves when the workers have; its own
     # session, so a Ctrl-C reaches mpirun (which stops the ranks) and we stop it last.
     with open(os.path.join(log_dir, "scheduler.log"), "wb") as slog:
         sched = subprocess.Popen(sched_cmd, env=dict(env, MS_ROLE="MS_SCHED"), stdout=slog,
                                  stderr=subprocess.STDOUT, start_new_session=True)
-    with open(os.path.join(log_dir, "scheduler.pid"), "w") as f:
-        f.write(str(sched.pid))
+    Path(log_dir, "scheduler.pid").write_text(str(sched.pid))
     # Open MPI's own reports go to mpirun.log: the screen shows the failed rank's error instead.
     with open(os.path.join(log_dir, "mpirun.log"), "wb") as mlog:
         mpi = subprocess.Popen(mpi_cmd, env=env, stderr=mlog)
@@ -431,7 +349,9 @@ def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
             if not sched_failed and sched.poll() not in (None, 0):
                 # else the ranks wait until the cluster timeout; every rank wrapper stops on SIGUSR1
                 sched_failed = True
-                why = _last_error(os.path.join(log_dir, "scheduler.log"))
+                lines = _tail(os.path.join(log_dir, "scheduler.log"), 200).splitlines()
+                hits = [ln for ln in lines if re.search(r"Error|error:|Exception", ln)]
+                why = (hits or lines or ["no output"])[-1].strip()[:500]
                 launch.say(f"[launch] the scheduler failed: {why}; stopping the ranks "
                            f"(log: {log_dir}/scheduler.log)", err=True)
                 mpi.send_signal(signal.SIGUSR1)
@@ -442,22 +362,25 @@ def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
         _stop(mpi, 20, 0)
     rc = mpi.wait()
     _stop(sched, 30 if rc == 0 else 0, 10)
-    with open(os.path.join(log_dir, "scheduler.exit"), "w") as f:
-        f.write(str(sched.returncode))
+    Path(log_dir, "scheduler.exit").write_text(str(sched.returncode))
     if rc == 0:
         launch.say(f"[launch] done: {num} ranks finished; logs in {log_dir}")
     elif sched_failed:  # said above; the ranks were stopped on purpose
         launch.say(f"[launch] FAILED: the scheduler failed; ranks stopped; logs in {log_dir}",
                    err=True)
+    elif (first := first_failed_rank(log_dir)) is not None:
+        rank, status, log, tail = first
+        launch.say(f"[launch] FAILED: rank {rank} failed with exit status {status}; its log: "
+                   f"{log}\n---- last lines of rank {rank}'s log ----\n{tail}\n----\n"
+                   "[launch] the other ranks and the scheduler were stopped", err=True)
     else:
-        report_failure(launch, log_dir, f"mpirun exit status {rc}")
+        mpi_log = os.path.join(log_dir, "mpirun.log")
+        said = "\n".join(ln for ln in _tail(mpi_log, 30).splitlines() if ln.strip("- "))
+        launch.say(f"[launch] FAILED (mpirun exit status {rc}); no rank on this host reported an "
+                   "error" + (f"; mpirun said:\n{said}" if said else "") + f"\n[launch] see "
+                   f"{log_dir}/rank_*.log here and on the other hosts, {mpi_log} and "
+                   f"{log_dir}/scheduler.log", err=True)
     return 0 if rc == 0 else rc if rc > 0 else 1
-
-
-def _last_error(log: str) -> str:
-    lines = _tail(log, 200).splitlines()
-    hits = [ln for ln in lines if re.search(r"Error|error:|Exception", ln)]
-    return (hits or lines or ["no output"])[-1].strip()[:500]
 
 
 _FAILED = re.compile(r"^\[launch rank (\d+)\] failed with exit status (\S+) at ([\d.]+) on (\S+); "
@@ -465,44 +388,21 @@ _FAILED = re.compile(r"^\[launch rank (\d+)\] failed with exit status (\S+) at (
 
 
 def first_failed_rank(log_dir: str):
-    """(rank, status, log, its last lines) of the rank that failed first, or None: from the rank
-    wrappers' reports through mpirun (mpirun.log), else from this host's exit files."""
-    try:
-        with open(os.path.join(log_dir, "mpirun.log"), encoding="utf-8", errors="replace") as f:
-            reports = _FAILED.findall(f.read())
-    except OSError:
-        reports = []
+    """(rank, status, log, its last lines) of the first rank to fail, or None: from the wrappers'
+    reports through mpirun (mpirun.log), else from this host's exit files."""
+    mpi_log = Path(log_dir, "mpirun.log")
+    reports = _FAILED.findall(mpi_log.read_text("utf-8", "replace")) if mpi_log.is_file() else []
     if reports:
         rank, status, _, host, log, tail = min(reports, key=lambda r: float(r[2]))
         return int(rank), status, f"{log} on {host}", tail.rstrip("\n")
-    failed = []
-    for path in glob.glob(os.path.join(log_dir, "rank_*.exit")):
-        m = re.fullmatch(r"rank_(\d+)\.exit", os.path.basename(path))
-        with open(path) as f:
-            status = f.read().strip()
-        if m and status not in ("0", "killed", ""):
-            failed.append((os.path.getmtime(path), int(m.group(1)), status))
+    failed = [(p.stat().st_mtime, int(p.name[5:-5]), p.read_text().strip())
+              for p in Path(log_dir).glob("rank_*.exit") if p.name[5:-5].isdigit()]
+    failed = [f for f in failed if f[2] not in ("0", "killed", "")]
     if not failed:
         return None
     _, rank, status = min(failed)
     log = os.path.join(log_dir, f"rank_{rank}.log")
     return rank, status, log, _tail(log)
-
-
-def report_failure(launch: Launch, log_dir: str, what: str) -> None:
-    first = first_failed_rank(log_dir)
-    if first is None:
-        mpi_log = os.path.join(log_dir, "mpirun.log")
-        said = "\n".join(ln for ln in _tail(mpi_log, 30).splitlines() if ln.strip("- "))
-        launch.say(f"[launch] FAILED ({what}); no rank on this host reported an error"
-                   + (f"; mpirun said:\n{said}" if said else "") +
-                   f"\n[launch] see {log_dir}/rank_*.log here and on the other hosts, "
-                   f"{mpi_log} and {log_dir}/scheduler.log", err=True)
-        return
-    rank, status, log, tail = first
-    launch.say(f"[launch] FAILED: rank {rank} failed with exit status {status}; its log: {log}\n"
-               f"---- last lines of rank {rank}'s log ----\n{tail}\n----\n"
-               "[launch] the other ranks and the scheduler were stopped", err=True)
 
 
 def run_rank(argv: List[str]) -> int:
@@ -519,27 +419,23 @@ def run_rank(argv: List[str]) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_"))}
     env.update(MS_ROLE="MS_WORKER", MS_NODE_ID=rank, RANK_ID=rank, DEVICE_ID=local)
     os.makedirs(log_dir, exist_ok=True)
-    exit_file = os.path.join(log_dir, f"rank_{rank}.exit")
-    if os.path.exists(exit_file):
-        os.remove(exit_file)
-    log = os.path.join(log_dir, f"rank_{rank}.log")
-    open(log, "wb").close()
-    proc = tee(cmd, env, log, echo=rank == "0", header=f"[launch rank] rank {rank} (local {local}) "
-               f"on {socket.gethostname()}: {shlex.join(cmd)}")
+    exit_file = Path(log_dir, f"rank_{rank}.exit")
+    exit_file.unlink(missing_ok=True)
+    log, procs = os.path.join(log_dir, f"rank_{rank}.log"), []
 
     def stop(*_):
         # mpirun's SIGTERM (a rank failed) or SIGUSR1 (the scheduler did): leave no process waiting
-        _stop(proc, 0, 2)
-        with open(exit_file, "w") as f:
-            f.write("killed")
+        for proc in procs:
+            _stop(proc, 0, 2)
+        exit_file.write_text("killed")
         os._exit(143)
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(s, stop)
-    rc = pump(proc)
+    rc = tee(cmd, env, log, echo=rank == "0", header=f"[launch rank] rank {rank} (local {local}) on "
+             f"{socket.gethostname()}: {shlex.join(cmd)}", started=procs.append)
     rc = rc if rc >= 0 else 128 - rc
-    with open(exit_file, "w") as f:
-        f.write(str(rc))
+    exit_file.write_text(str(rc))
     if rc:  # through mpirun to the launcher, which may be on another host than this log
         print(f"[launch rank {rank}] failed with exit status {rc} at {time.time():.3f} on "
               f"{socket.gethostname()}; its log: {os.path.abspath(log)}\n{_tail(log)}\n"
@@ -547,11 +443,23 @@ def run_rank(argv: List[str]) -> int:
     return rc
 
 
-# ---------------------------------------------------------------- msrun
+def run_scheduler(device: str) -> int:
+    """The dynamic-cluster scheduler beside mpirun's ranks, on ``device`` as under msrun (whose
+    scheduler is the entry itself, see engine.distributed)."""
+    if os.environ.get("MS_ROLE") != "MS_SCHED":
+        print("launch scheduler: set MS_ROLE=MS_SCHED, MS_WORKER_NUM, MS_SCHED_HOST and "
+              "MS_SCHED_PORT (the mpirun launch does this)", file=sys.stderr)
+        return 2
+    from mindspore.communication import init
+    from ebv_ms.device import set_device
+    set_device(device)
+    init()
+    return 0
+
 
 def msrun_command(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> List[str]:
-    """msrun starting ``local`` ranks here (and the scheduler, on the node at --master-addr);
-    with ``--nodes M`` the job has M x local ranks and this node is --node-rank."""
+    """msrun starting ``local`` ranks here (and the scheduler on the --master-addr node); with
+    ``--nodes M`` the job has M x local ranks and this node is --node-rank."""
     o = launch.args.opts
     nodes = _whole(o.get("nodes", "1"), "--nodes", 1)
     multi = nodes > 1
@@ -569,8 +477,7 @@ def msrun_command(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> L
     port = o.get("master-port") or os.environ.get("MASTER_PORT") or (
         "8118" if multi else str(free_port()))
     msrun = os.path.join(os.path.dirname(launch.python), "msrun")
-    if not os.access(msrun, os.X_OK):
-        msrun = shutil.which("msrun") or "msrun"
+    msrun = msrun if os.access(msrun, os.X_OK) else shutil.which("msrun") or "msrun"
     out = [msrun, f"--worker_num={local * nodes}", f"--local_worker_num={local}",
            f"--master_port={port}", f"--log_dir={log_dir}", "--join=True",
            f"--cluster_time_out={os.environ.get('CLUSTER_TIMEOUT', '600')}", "--tail_worker_log=0"]
@@ -591,8 +498,7 @@ def run_msrun(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> int:
         env["PATH"] = os.path.dirname(os.path.abspath(launch.python)) + os.pathsep + env["PATH"]
     head = f"msrun: {local} ranks here on {launch.device}, logs in {log_dir}"
     if launch.dry_run:
-        print(f"[dry-run] {head}")
-        _print_command("msrun", mcmd)
+        print(f"[dry-run] {head}\n[msrun] {shlex.join(mcmd)}", flush=True)
         return 0
     if not os.path.isabs(mcmd[0]) and shutil.which(mcmd[0]) is None:
         raise LaunchError("msrun not found (it comes with MindSpore >= 2.3)")
@@ -616,14 +522,18 @@ def run_msrun(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> int:
     return rc
 
 
-# ---------------------------------------------------------------- the launchers
-
-def check_rank_count(launch: Launch, given: str, hostfile: Optional[str], default: int) -> int:
-    """NUM_DEVICES as given, else the GPUs visible here (else ``default``), checked against the
-    GPUs visible here (without a hostfile) and the hostfile's slots."""
+def run_ranks(launch: Launch, launcher: str, given: str, default: int, log_dir: str) -> int:
+    """The entry on NUM_DEVICES ranks (``given``, else the GPUs visible here, else ``default``),
+    checked against those GPUs (without a hostfile) and the hostfile's slots."""
+    hostfile = launch.args.opts.get("hostfile")
+    if launcher == "msrun" and hostfile:
+        how = ("pass msrun's own options in MSRUN_ARGS" if launch.kind == "eval" else
+               "run this script on every machine with --nodes M --node-rank K --master-addr HOST "
+               "(docs/launch.md)")
+        raise LaunchError(f"--hostfile: msrun takes no hostfile; {how}")
     gpus = visible_gpus() if launch.device == "GPU" else None
     num = _whole(given, "NUM_DEVICES", 1) if given else gpus or default
-    if launch.device == "GPU" and not hostfile and gpus is not None and num > gpus:
+    if gpus is not None and not hostfile and num > gpus:
         cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
         seen = f" (CUDA_VISIBLE_DEVICES={cvd})" if cvd is not None else ""
         raise LaunchError(f"{num} ranks on this machine, but {gpus} GPU(s) are visible{seen}: "
@@ -632,54 +542,39 @@ def check_rank_count(launch: Launch, given: str, hostfile: Optional[str], defaul
     if slots is not None and num > slots:
         raise LaunchError(f"{num} ranks, but the hostfile {hostfile} has {slots} slots: give "
                           f"NUM_DEVICES <= {slots} or more slots")
-    return num
-
-
-def run_ranks(launch: Launch, launcher: str, given: str, default: int, log_dir: str) -> int:
-    """The entry on several ranks, started by ``launcher`` (mpirun or msrun)."""
-    hostfile = launch.args.opts.get("hostfile")
-    if launcher == "msrun" and hostfile:
-        how = ("pass msrun's own options in MSRUN_ARGS" if launch.kind == "eval" else
-               "run this script on every machine with --nodes M --node-rank K --master-addr HOST "
-               "(docs/launch.md)")
-        raise LaunchError(f"--hostfile: msrun takes no hostfile; {how}")
-    num = check_rank_count(launch, given, hostfile, default)
     if not launch.dry_run:
-        check_device_works(launch.device)
-        prepare_log_dir(log_dir)
+        get_ready(launch.device, log_dir)
     if launcher == "msrun":
         return run_msrun(launch, num, log_dir, launch.command)
     return run_mpirun(launch, num, hostfile, log_dir, launch.command)
 
 
 def run_one(launch: Launch, card: str, log_dir: Optional[str]) -> int:
-    """The entry as one process on ``card``: logged to LOG_DIR/rank_0.log, or (without a log
-    folder, evaluation) in place of this process."""
+    """One process on ``card``, logged to LOG_DIR/rank_0.log, or without LOG_DIR (evaluation) in
+    place of this process."""
     env = one_device_env(launch.env, launch.device, card)
     cmd = launch.command
     if launch.dry_run:
         shown = " ".join(f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "DEVICE_ID") if k in env)
         print(f"[dry-run] 1 process on {launch.device}; environment: "
-              f"{shown or '(no device variables)'}")
-        _print_command("run", cmd)
+              f"{shown or '(no device variables)'}\n[run] {shlex.join(cmd)}", flush=True)
         return 0
-    check_device_works(launch.device)
+    get_ready(launch.device, log_dir)
     if log_dir is None:
         sys.stdout.flush()
         os.execvpe(cmd[0], cmd, env)
-    prepare_log_dir(log_dir)
     log = os.path.join(log_dir, "rank_0.log")
     launch.say(f"[launch] 1 process on {launch.device}{f' (device {card})' if card else ''}; "
                f"log: {log}")
-    rc = pump(tee(cmd, env, log, echo=True))
+    rc = tee(cmd, env, log, echo=True)
     if rc:
         launch.say(f"[launch] FAILED (exit status {rc}); log: {log}", err=True)
     return rc
 
 
 def launch_training(launch: Launch) -> int:
-    """standalone, mpirun, msrun: the config checked as train.py will (creating nothing), then
-    train.py on one device or on the ranks."""
+    """The config checked as train.py will (creating nothing), then train.py on one device or on
+    the ranks."""
     import logging
     from ebv_ms.config import check_run, load_config
     a = launch.args
@@ -696,14 +591,11 @@ def launch_eval(launch: Launch) -> int:
     a, o = launch.args, launch.args.opts
     if not os.path.isfile(a.first):
         raise LaunchError(f"checkpoint not found: {a.first}")
-    for k in ("device-id", "ranks"):
-        if k in o and not o[k].isdigit():
-            raise LaunchError(f"--{k} needs a whole number, got '{o[k]}'")
+    _whole(o.get("device-id", "0"), "--device-id", 0)
     ranks = _whole(o.get("ranks", "1"), "--ranks", 1)
     if ranks == 1 and "hostfile" not in o:
-        for k in ("launcher", "log-dir"):
-            if k in o:
-                raise LaunchError(f"--{k} only applies with --ranks N (N > 1)")
+        if stray := [k for k in ("launcher", "log-dir") if k in o]:
+            raise LaunchError(f"--{stray[0]} only applies with --ranks N (N > 1)")
         return run_one(launch, o.get("device-id", ""), None)
     if "device-id" in o:
         raise LaunchError("--device-id is for one process; with --ranks each rank uses its "
@@ -717,7 +609,7 @@ def launch_eval(launch: Launch) -> int:
 
 def launch_quick_start(launch: Launch) -> int:
     """Demo data if needed, the EBV set, training (continued when interrupted), evaluation of the
-    best checkpoint: on a GPU that MindSpore can compute on (the doctor's probe), else on CPU."""
+    best checkpoint: on a GPU that passes the doctor's probe, else on CPU."""
     from ebv_ms.config import load_config
     demo = "configs/demo_cpu.yaml"
     config = launch.args.first or demo
@@ -730,7 +622,6 @@ def launch_quick_start(launch: Launch) -> int:
         say(f"using {py} (EBV_PYTHON set; scripts/setup_env.sh skipped)")
     device = "CPU"
     if os.environ.get("EBV_FORCE_CPU", "0") != "1" and visible_gpus():
-        from ebv_ms.tools.doctor import check_device
         res = check_device("GPU", timeout=600.0)
         if res["ok"]:
             device = "GPU"
@@ -774,9 +665,11 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["rank"]:
         return run_rank(argv[1:])
+    if argv[:1] == ["scheduler"] and len(argv) == 2:
+        return run_scheduler(argv[1])
     if len(argv) < 2 or argv[0] not in SPECS:
-        print(f"usage: python -m ebv_ms.tools.launch {{{','.join(SPECS)},rank}} SCRIPT [ARGS ...]",
-              file=sys.stderr)
+        print(f"usage: python -m ebv_ms.tools.launch {{{','.join(SPECS)},rank}} SCRIPT [ARGS ...]"
+              " | scheduler DEVICE", file=sys.stderr)
         return 2
     kind, script = argv[0], argv[1]
     prog = os.path.relpath(os.path.abspath(script), ROOT)
@@ -784,11 +677,24 @@ def main(argv=None) -> int:
         prog = os.path.basename(script)
 
     def body() -> int:
+        entry = os.environ.get("ENTRY") or os.path.join(ROOT, SPECS[kind].entry)
         try:
-            launch = _base(kind, prog, argv[2:])
-        except _Usage as u:
-            print(usage(script), file=sys.stderr if u.to_stderr else sys.stdout)
-            return 2 if u.to_stderr else 0
+            args = parse_args(SPECS[kind], argv[2:], prog, os.path.basename(entry))
+        except _Usage as u:  # the usage text: the script's header comment, after the shebang
+            lines = Path(script).read_text(encoding="utf-8").splitlines()[1:]
+            print("\n".join(re.sub(r"^# ?", "", ln) for ln in itertools.takewhile(
+                lambda ln: ln.startswith("#"), lines)), file=sys.stderr if u.args[0] else sys.stdout)
+            return 2 if u.args[0] else 0
+        device = os.environ.get("DEVICE_TARGET") or SPECS[kind].device
+        if device not in DEVICES:
+            raise LaunchError(f"DEVICE_TARGET must be CPU, GPU or Ascend, got '{device}'")
+        if not os.path.isfile(entry):
+            raise LaunchError(f"{'evaluation' if kind == 'eval' else 'training'} script not "
+                              f"found: {entry} (ENTRY)")
+        env = {k: v for k, v in os.environ.items() if k not in CLUSTER_ENV}
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        launch = Launch(kind, prog, args, device, os.environ.get("PYTHON") or sys.executable, entry,
+                        env, "dry-run" in args.opts)
         run = {"eval": launch_eval, "quick-start": launch_quick_start}.get(kind, launch_training)
         return run(launch)
 
