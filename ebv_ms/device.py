@@ -8,7 +8,7 @@ from typing import Optional
 
 def set_device(target: Optional[str] = None) -> None:
     """Select ``target`` (None: the current one) and, on GPU/Ascend, this rank's card DEVICE_ID
-    (set by msrun and scripts/mpirun_rank.sh); calling it again with the same device is harmless."""
+    (set by msrun, and by `ebv_ms.tools.launch rank` under mpirun); calling it again is harmless."""
     import mindspore as ms
     target = target or ms.get_context("device_target")
     dev_id = os.environ.get("DEVICE_ID", "")

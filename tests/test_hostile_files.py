@@ -252,6 +252,32 @@ def test_npz_member_whose_directory_lies_about_its_size(tmp_path):
         load_ebv(p)
 
 
+@pytest.mark.parametrize("deflated", [False, True])
+@pytest.mark.parametrize("field,offset,value", [
+    ("flags", 8, 0x0001), ("flags", 8, 0x0020), ("flags", 8, 0x0040),   # encrypted, patched, strong
+    ("version needed", 6, 0x009C), ("method", 10, 93)])
+def test_npz_member_with_a_zip_feature_zipfile_cannot_read_is_refused(tmp_path, deflated, field,
+                                                                     offset, value):
+    """zipfile signals these with RuntimeError / NotImplementedError: each must be one EBVError."""
+    p = save_ebv(EBVSet(np.eye(10, dtype=np.float32)), tmp_path / "s.npz")
+    if deflated:
+        with zipfile.ZipFile(p) as z:
+            members = {n: z.read(n) for n in z.namelist()}
+        with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
+            for n, b in members.items():
+                z.writestr(n, b)
+    data = bytearray(p.read_bytes())
+    for name in (b"metadata.npy", b"vectors.npy"):
+        edited = bytearray(data)
+        for pos in [i for i in range(len(edited)) if edited[i:i + 4] == b"PK\x01\x02"]:
+            name_len = struct.unpack_from("<H", edited, pos + 28)[0]
+            if edited[pos + 46:pos + 46 + name_len] == name:
+                struct.pack_into("<H", edited, pos + offset, value)
+        p.write_bytes(bytes(edited))
+        with pytest.raises(EBVError, match="s.npz"):
+            load_ebv(p)
+
+
 @pytest.mark.parametrize("edit,msg", [
     (lambda m: m.pop("checksum"), "no checksum"),
     (lambda m: m.update(checksum=None), "no checksum"),

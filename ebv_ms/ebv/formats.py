@@ -108,6 +108,9 @@ def _read_npz_member(z: zipfile.ZipFile, path: Path, name: str, archive_size: in
     info = z.getinfo(name)
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise EBVError(f"{where}: compression method {info.compress_type} not supported")
+    if info.flag_bits & 0x61:  # bits 0, 6: encrypted; 5: patched data (zipfile cannot read them)
+        raise EBVError(f"{where}: encrypted or patched zip member (flags 0x{info.flag_bits:04x}) "
+                       "not supported")
     stored = info.compress_type == zipfile.ZIP_STORED
     limit = info.compress_size * (1 if stored else _DEFLATE_MAX_RATIO)
     if info.compress_size > archive_size or info.file_size > limit + 1024 or \
@@ -225,7 +228,8 @@ def load_ebv(path: PathLike) -> EBVSet:
         matrix, how = _READERS[ext](path)
     except EBVError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError,
+            NotImplementedError) as exc:  # zipfile's unsupported versions and methods
         raise EBVError(f"{path}: not a readable {ext} file ({type(exc).__name__}: {exc})") from None
     want = how.pop("checksum", None)
     try:
