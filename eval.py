@@ -60,8 +60,9 @@ def _check_json_path(path: str) -> None:
 
 def run(args) -> dict:
     from ebv_ms.config import check_run
-    from ebv_ms.engine.builders import build_eval, init_parallel, setup_context
+    from ebv_ms.engine.builders import build_eval, setup_context
     from ebv_ms.engine.checkpoint import checkpoint_config, load_checkpoint, network_from_checkpoint
+    from ebv_ms.engine.distributed import init_distributed
     from ebv_ms.engine.evaluator import evaluate
     from ebv_ms.engine.run_folder import check_class_names
 
@@ -70,17 +71,12 @@ def run(args) -> dict:
     # read and checked without making a Tensor: the device is set up (and init() called on
     # several ranks) before any Tensor exists, as MindSpore asks on Ascend
     state = load_checkpoint(args.ckpt)  # damaged or crafted: a CheckpointError naming the file
-    overrides = list(args.overrides)
-    if args.batch_size is not None:
-        overrides.append(f"eval.batch_size={args.batch_size}")
-    if args.split is not None:
-        overrides.append(f"eval.split={args.split}")
-    if args.test_size is not None:
-        overrides.append(f"eval.test_size={args.test_size}")
+    options = {"batch_size": args.batch_size, "split": args.split, "test_size": args.test_size}
+    overrides = [*args.overrides, *(f"eval.{k}={v}" for k, v in options.items() if v is not None)]
     cfg = check_run(checkpoint_config(state, args.config, overrides), training=False,
                     ebv_needed=state.ebv_info is None)
     setup_context(cfg)
-    rank, world = init_parallel(cfg)  # (0, 1) unless launched on several ranks
+    rank, world = init_distributed(cfg)  # (0, 1) unless launched on several ranks
     progress = rank == 0 and not args.no_progress
 
     from ebv_ms.models.classifier import parameter_totals  # mindcv makes Tensors on import
@@ -94,16 +90,14 @@ def run(args) -> dict:
         check_class_names(args.ckpt, parts.info.class_names, names)
     t0 = time.time()
     m = evaluate(network, parts, progress=progress, desc=f"eval {cfg.eval.split}")
-    result = {"ckpt": args.ckpt, "epoch": epoch, "split": cfg.eval.split,
-              "top1": m["top1"], "top5": m["top5"], "correct1": m["correct1"],
-              "correct5": m["correct5"], "num_samples": m["num_samples"],
-              "num_samples_per_rank": m["samples_per_rank"], "bad_samples": m["bad_samples"],
-              "images_per_s": m["images_per_s"], "seconds": time.time() - t0,
-              "params_total": counts["total"], "params_trainable": counts["trainable"],
-              "params_frozen": counts["frozen"], "model": cfg.model.backbone,
-              "head": cfg.model.head, "ebv_checksum": ebv.checksum() if ebv is not None else None,
-              "logged_top1": logged_top1, "rank": rank, "world_size": world}
-    return result
+    return {"ckpt": args.ckpt, "epoch": epoch, "split": cfg.eval.split,
+            **{k: m[k] for k in ("top1", "top5", "correct1", "correct5", "num_samples")},
+            "num_samples_per_rank": m["samples_per_rank"], "bad_samples": m["bad_samples"],
+            "images_per_s": m["images_per_s"], "seconds": time.time() - t0,
+            **{f"params_{k}": counts[k] for k in ("total", "trainable", "frozen")},
+            "model": cfg.model.backbone, "head": cfg.model.head,
+            "ebv_checksum": ebv.checksum() if ebv is not None else None,
+            "logged_top1": logged_top1, "rank": rank, "world_size": world}
 
 
 def main(argv=None) -> int:

@@ -39,19 +39,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def run(args):
-    import os
-    from ebv_ms.deploy import load_network
-    from ebv_ms.deploy.exporting import export_network
-
-    overrides = [f"device_target={args.device}"] + list(args.overrides)
-    if args.image_size:
-        overrides.append(f"eval.test_size={args.image_size}")
-    cfg, network, names = load_network(args.ckpt, overrides, args.config)
-    out = args.out or os.path.splitext(args.ckpt)[0]
-    return export_network(network, cfg, names, args.format, out, args.batch, checkpoint=args.ckpt)
-
-
 def main(argv=None) -> int:
     import gc
     from ebv_ms.errors import run_cli
@@ -62,7 +49,16 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    meta, sidecar = run(args)
+    import os
+    from ebv_ms.deploy import load_network
+    from ebv_ms.deploy.exporting import export_network
+    overrides = [f"device_target={args.device}"] + list(args.overrides)
+    if args.image_size:
+        overrides.append(f"eval.test_size={args.image_size}")
+    cfg, network, names = load_network(args.ckpt, overrides, args.config)
+    out = args.out or os.path.splitext(args.ckpt)[0]
+    meta, sidecar = export_network(network, cfg, names, args.format, out, args.batch,
+                                   checkpoint=args.ckpt)
     spec = meta["input"]
     print(f"exported {meta['backbone']} + {meta['head']} head ({meta['num_classes']} classes) "
           f"as {meta['file_format']}: load {meta['model']}")

@@ -37,19 +37,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def open_source(args):
-    """(runner, class names, transform) for --ckpt or --model."""
-    from ebv_ms.deploy.predicting import EvalTransform, NetworkRunner, open_model
-    if args.model:
-        return open_model(args.model, args.device)
-    from ebv_ms.deploy import eval_sizes, load_network
-    overrides = [f"device_target={args.device}"] + list(args.overrides)
-    if args.test_size:
-        overrides.append(f"eval.test_size={args.test_size}")
-    cfg, network, names = load_network(args.ckpt, overrides)
-    return NetworkRunner(network, args.batch_size), names, EvalTransform(*eval_sizes(cfg))
-
-
 def main(argv=None) -> int:
     import gc
     from ebv_ms.errors import run_cli
@@ -60,12 +47,21 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from ebv_ms.deploy.predicting import PredictError, collect_images, predict, text_line
+    from ebv_ms.deploy.predicting import (EvalTransform, PredictError, cell_runner, collect_images,
+                                          open_model, predict, text_line)
     if args.topk < 1:
         raise PredictError("--topk must be >= 1")
     n_ok = n_bad = 0
     lists = collect_images(args.paths)
-    runner, names, transform = open_source(args)
+    if args.model:
+        runner, names, transform = open_model(args.model, args.device)
+    else:
+        from ebv_ms.deploy import eval_sizes, load_network
+        overrides = [f"device_target={args.device}"] + list(args.overrides)
+        if args.test_size:
+            overrides.append(f"eval.test_size={args.test_size}")
+        cfg, network, names = load_network(args.ckpt, overrides)
+        runner, transform = cell_runner(network, args.batch_size), EvalTransform(*eval_sizes(cfg))
     for rec in predict(runner, transform, names, lists, args.topk, progress=not args.no_progress):
         if "error" in rec:
             n_bad += 1

@@ -20,8 +20,8 @@ import mindspore as ms  # noqa: E402
 from mindspore import nn  # noqa: E402
 
 from ebv_ms.config import load_config  # noqa: E402
-from ebv_ms.engine.distributed import init_distributed, is_main_rank  # noqa: E402
-from probes import RankProbe, params_checksum  # noqa: E402  (tests/ is this script's folder)
+from ebv_ms.engine.distributed import init_distributed  # noqa: E402
+from probes import RankProbe, is_main_rank, params_checksum  # noqa: E402  (tests/: this folder)
 
 
 def main(argv=None):

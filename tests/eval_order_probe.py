@@ -1,6 +1,6 @@
 """eval.py with a record of the order of its set-up: ``python tests/eval_order_probe.py EVAL ARGS``.
 
-Prints ``ORDER [...]``: the first ``set_device``, the first ``init_parallel`` (which calls
+Prints ``ORDER [...]``: the first ``set_device``, the first ``init_distributed`` (which calls
 ``mindspore.communication.init()`` on several ranks) and the first Tensor made (a checkpoint's
 weights are Tensors), each recorded by a wrapper that then calls the real function.
 """
@@ -15,7 +15,7 @@ import mindspore as ms  # noqa: E402
 from mindspore.common.tensor import Tensor  # noqa: E402
 
 import eval as eval_py  # noqa: E402
-from ebv_ms.engine import builders  # noqa: E402
+from ebv_ms.engine import distributed  # noqa: E402
 
 ORDER = []
 
@@ -29,7 +29,7 @@ def _first(name, fn):
 
 
 ms.set_device = _first("set_device", ms.set_device)
-builders.init_parallel = _first("init_parallel", builders.init_parallel)
+distributed.init_distributed = _first("init_parallel", distributed.init_distributed)
 Tensor.__init__ = _first("tensor", Tensor.__init__)
 
 if __name__ == "__main__":

@@ -22,9 +22,17 @@ import numpy as np
 
 from ebv_ms.atomic import atomic_path
 from ebv_ms.engine.trainer import Callback
-from ebv_ms.engine.distributed import get_rank_info, rank_log_dir
+from ebv_ms.engine.distributed import get_rank_info
 
 _LOG = logging.getLogger(__name__)
+
+
+def is_main_rank() -> bool:
+    return get_rank_info()[0] == 0
+
+
+def rank_log_dir(output_dir: str) -> str:
+    return os.path.join(str(output_dir), "logs")
 
 
 def rank_report_path(output_dir: str, rank: Optional[int] = None) -> str:

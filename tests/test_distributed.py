@@ -69,7 +69,7 @@ def test_single_process_is_rank0_of_1(single_process):
     assert dist.launch_env() is None
     assert dist.init_distributed({"device_target": "CPU"}) == (0, 1)
     assert dist.get_rank_info() == (0, 1)
-    assert dist.is_main_rank()
+    assert probes.is_main_rank()
 
 
 def test_bare_mpirun_on_cpu_is_refused_with_the_fix(single_process, monkeypatch):
@@ -345,7 +345,7 @@ def test_eval_script_rejects_a_missing_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_eval_sets_up_the_device_before_any_tensor(demo_run):
     """MindSpore asks for init() before any Tensor is made on Ascend: eval.py sets the device
-    and joins the job (init_parallel) before it reads a checkpoint's weights (tests/
+    and joins the job (init_distributed) before it reads a checkpoint's weights (tests/
     eval_order_probe.py records the first of each, then calls the real function)."""
     tmp, run = demo_run
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "eval_order_probe.py"), "--ckpt",

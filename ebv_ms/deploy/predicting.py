@@ -5,7 +5,7 @@ eval.py scores."""
 from __future__ import annotations
 
 import os
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -75,31 +75,17 @@ class EvalTransform:
         return np.asarray(self._ops(encoded), dtype=np.float32)
 
 
-class NetworkRunner:
-    """float32 (B, 3, S, S) -> logits by a Cell: ``load_network``'s, or a MindIR's ``GraphCell``.
-    Batches are padded to ``batch``, so graph mode compiles one shape."""
-
-    def __init__(self, network, batch: int):
-        self.network, self.batch = network, int(batch)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        import mindspore as ms
-        return self.network(ms.Tensor(x)).asnumpy()
+class NetworkRunner(NamedTuple):
+    """``run``: float32 (B, 3, S, S) -> logits. Batches are padded to ``batch``, so graph mode
+    compiles one shape."""
+    run: Callable[[np.ndarray], np.ndarray]
+    batch: int
 
 
-class ONNXRunner(NetworkRunner):
-    """An exported ONNX model, run by onnxruntime (CPU)."""
-
-    def __init__(self, path: str, batch: int):
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise PredictError("predicting from .onnx needs onnxruntime: pip install "
-                               "onnxruntime (or export MINDIR and use that)") from exc
-        super().__init__(ort.InferenceSession(path, providers=["CPUExecutionProvider"]), batch)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.network.run(None, {self.network.get_inputs()[0].name: x})[0]
+def cell_runner(cell, batch: int) -> NetworkRunner:
+    """By a Cell: ``load_network``'s, or a MindIR's ``GraphCell``."""
+    import mindspore as ms
+    return NetworkRunner(lambda x: cell(ms.Tensor(x)).asnumpy(), int(batch))
 
 
 def open_model(path: str, device: str = "CPU"):
@@ -113,14 +99,21 @@ def open_model(path: str, device: str = "CPU"):
     model_file = os.path.join(os.path.dirname(os.path.abspath(path)), meta["model"])
     if not os.path.isfile(model_file):
         raise PredictError(f"--model {path}: {model_file} (named in {sidecar_path(path)}) not found")
-    if path.endswith(".onnx"):
-        runner = ONNXRunner(model_file, batch)
+    if path.endswith(".onnx"):  # run by onnxruntime (CPU)
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise PredictError("predicting from .onnx needs onnxruntime: pip install "
+                               "onnxruntime (or export MINDIR and use that)") from exc
+        session = ort.InferenceSession(model_file, providers=["CPUExecutionProvider"])
+        runner = NetworkRunner(lambda x: session.run(None, {session.get_inputs()[0].name: x})[0],
+                               batch)
     elif path.endswith(".mindir"):
         import mindspore as ms
         from ebv_ms.device import set_device
         set_device(device)
         ms.set_context(mode=ms.GRAPH_MODE)
-        runner = NetworkRunner(ms.nn.GraphCell(ms.load(model_file)), batch)
+        runner = cell_runner(ms.nn.GraphCell(ms.load(model_file)), batch)
     else:
         raise PredictError(f"--model {path}: expected a .mindir or .onnx file written by export.py")
     return runner, list(meta["class_names"]), EvalTransform(spec["resize"], spec["crop"])
@@ -161,7 +154,7 @@ def predict(runner, transform: EvalTransform, class_names: Sequence[str],
         good = [img for _, img, _ in pending if img is not None]
         if good:  # fixed-batch graphs: padded with zeros, whose rows are dropped
             x = np.stack(good + [np.zeros_like(good[0])] * (runner.batch - len(good)))
-            top = zip(*topk(runner(x)[:len(good)], k))
+            top = zip(*topk(runner.run(x)[:len(good)], k))
         for name, img, why in pending:
             if img is None:
                 yield {"image": name, "error": why}

@@ -23,12 +23,6 @@ def setup_context(cfg) -> None:
     np.random.seed(cfg.seed)
 
 
-def init_parallel(cfg) -> Tuple[int, int]:
-    """(rank, world_size); sets the data-parallel context when launched by mpirun/msrun."""
-    from .distributed import init_distributed
-    return init_distributed(cfg)
-
-
 def eval_sizes(cfg) -> Tuple[int, int]:
     """(resize, crop) of the evaluation transform: ``eval.test_size`` S gives (S / 0.875, S); else
     ``data.eval_resize`` / ``eval_crop``, by default ``image_size`` / 0.875 and ``image_size``."""

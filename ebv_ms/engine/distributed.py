@@ -76,14 +76,6 @@ def get_rank_info() -> Tuple[int, int]:
     return int(get_rank()), int(get_group_size())
 
 
-def is_main_rank() -> bool:
-    return get_rank_info()[0] == 0
-
-
-def rank_log_dir(output_dir: str) -> str:
-    return os.path.join(str(output_dir), "logs")
-
-
 def all_gather_counts(counts) -> np.ndarray:
     """Every rank's ``counts`` as a (world_size, k) int64 array (AllGather: CPU's AllReduce takes
     floats only in MindSpore 2.10)."""

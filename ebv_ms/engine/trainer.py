@@ -13,11 +13,11 @@ from mindspore import ops
 from ebv_ms.config import Config, ConfigError, check_run, save_config, validate
 from ebv_ms.errors import DivergenceError
 from ebv_ms.progress import progress_bar
-from .builders import (build_data, build_eval, build_network, build_training, init_parallel,
-                       scaler_params, setup_context)
+from .builders import (build_data, build_eval, build_network, build_training, scaler_params,
+                       setup_context)
 from .checkpoint import (CheckpointError, CheckpointState, atomic_copy, load_checkpoint,
                          network_from_checkpoint, restore, save_checkpoint)
-from .distributed import broadcast_from_main_rank, check_same_start
+from .distributed import broadcast_from_main_rank, check_same_start, init_distributed
 from .ebv_source import resolve_ebv, start_run_ebv_file
 from .evaluator import evaluate
 from .run_folder import (JsonlLog, RunLock, check_class_names, open_log_file, remove_stale_temps,
@@ -309,5 +309,5 @@ def train(cfg: Config, resume: Optional[str] = None, callbacks: Sequence[Callbac
     """Check ``cfg`` and the machine, set up MindSpore and train; returns the last record."""
     cfg = check_run(validate(cfg), training=True)
     setup_context(cfg)
-    rank, world = init_parallel(cfg)
+    rank, world = init_distributed(cfg)
     return Trainer(cfg, resume=resume, rank=rank, world_size=world, callbacks=callbacks).fit()
