@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from ebv_ms.data import DataError, LayoutError, create_dataset, save_class_mapping, shard_indices
+from ebv_ms.data import DataError, DatasetInfo, LayoutError, create_dataset, shard_indices
 from ebv_ms.tools import inspect_data as inspect_cli
 from ebv_ms.tools.make_demo import write_demo_archive
 from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD, MixupCutmix, erase_batch
@@ -345,6 +345,7 @@ def test_demo_archive_and_class_mapping(tmp_path):
     assert b["image"].shape == (32, 3, 16, 16) and set(b["label"].tolist()) <= set(range(10))
     mapping = json.load(open(info.save_class_mapping(str(tmp_path / "run"))))
     assert mapping["num_classes"] == 10 and mapping["class_names"][3] == "3"
+    save_class_mapping = DatasetInfo.save_class_mapping  # the method as a function of (info, dir)
     assert save_class_mapping(info, str(tmp_path / "run2")).endswith("classes.json")
 
 

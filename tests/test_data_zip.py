@@ -9,7 +9,14 @@ import pytest
 
 from ebv_ms.data.readers import BadMember, ZipMemberReader
 from ebv_ms.tools.make_synthetic import encode, tagged_image, write_zip
-from ebv_ms.data.zip_index import ArchiveError, build_zip_index, load_zip_index
+from ebv_ms.data.zip_index import (ArchiveError, _parse_central_directory, _read_central_directory,
+                                   load_zip_index)
+
+
+def build_zip_index(archive):
+    """The central directory of ``archive`` parsed into flat arrays, no cache involved."""
+    cd, n, _ = _read_central_directory(archive)
+    return _parse_central_directory(archive, cd, n, False)
 
 
 def _members(n=6):

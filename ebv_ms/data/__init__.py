@@ -1,6 +1,6 @@
 """Data: the 100k-class zip read in place, dataset folders and lists, the paper's recipes,
 sharding. Entry point: ``create_dataset`` (docs/data.md)."""
-from .dataset import DatasetInfo, SplitSource, create_dataset, open_split, save_class_mapping, split_names
+from .dataset import DatasetInfo, SplitSource, create_dataset, open_split, split_names
 from .layouts import Layout, LayoutError, detect_layout
 from .presets import MixupCutmix, create_batch_transform, create_transforms
 from .sampler import ShardSampler, shard_indices

@@ -101,9 +101,6 @@ class DatasetInfo:
         return path
 
 
-save_class_mapping = DatasetInfo.save_class_mapping  # save_class_mapping(info, output_dir)
-
-
 def _cfg(data_cfg: Optional[Mapping]) -> Dict[str, object]:
     cfg = dict(DEFAULTS["data"])  # (read only: the two mappings are copied below)
     for k, v in (data_cfg or {}).items():
@@ -113,20 +110,6 @@ def _cfg(data_cfg: Optional[Mapping]) -> Dict[str, object]:
     cfg["split_dirs"] = dict(cfg["split_dirs"] or {})
     cfg["split_lists"] = dict(cfg["split_lists"] or {})
     return cfg
-
-
-def _format(cfg) -> str:
-    path, fmt = cfg["path"], cfg["format"]
-    if not path:
-        raise DataError("data.path is not set: point it at the .zip archive or the dataset folder "
-                        "(demo data: python -m ebv_ms.tools.make_demo --out DIR)")
-    if fmt != "auto":  # (the config checked it)
-        return fmt
-    if not os.path.exists(path):
-        raise ArchiveError(f"{path}: not found. Set data.path to the .zip archive or dataset folder")
-    if os.path.isdir(path):
-        return "list" if cfg["split_lists"] else "folder"
-    return "zip"
 
 
 def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None,
@@ -184,8 +167,14 @@ def open_split(data_cfg: Optional[Mapping], split: str, num_classes: Optional[in
 
 
 def _open(cfg: Mapping, num_classes: Optional[int] = None, class_names: Optional[List[str]] = None):
-    """(reader, Layout) of the archive or folder ``cfg`` names."""
-    path, fmt = str(cfg["path"]), _format(cfg)
+    path, fmt = str(cfg["path"]), cfg["format"]  # (the config checked the format)
+    if not cfg["path"]:
+        raise DataError("data.path is not set: point it at the .zip archive or the dataset folder "
+                        "(demo data: python -m ebv_ms.tools.make_demo --out DIR)")
+    if fmt == "auto":
+        if not os.path.exists(path):
+            raise ArchiveError(f"{path}: not found. Set data.path to the .zip archive or dataset folder")
+        fmt = ("list" if cfg["split_lists"] else "folder") if os.path.isdir(path) else "zip"
     if fmt == "zip":
         index, layout = archive_layout(path, cfg, num_classes=num_classes, class_names=class_names)
         return ZipMemberReader(index), layout

@@ -152,11 +152,9 @@ def _bad_component(name: str) -> str:
 
 def _split_key(folder: str, all_folders) -> str:
     f = folder.lower()
-    if f in SPLIT_ALIASES["train"]:
-        return "train"
-    if f == "test" and any(x.lower() in ("val", "validation", "valid") for x in all_folders):
+    if f == "test" and any(x.lower() in _LIST_WORDS["val"] for x in all_folders):
         return "test"
-    return "val" if f in SPLIT_ALIASES["val"] else folder
+    return next((s for s in ("train", "val") if f in SPLIT_ALIASES[s]), folder)
 
 
 # ------------------------------------------------------------------------------------------- lists
@@ -276,10 +274,7 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
     """The layout of an archive from its member names (``read(member)`` reads list files), or a
     LayoutError saying what was found; also for image names with ``..`` / ``.`` / empty parts."""
     table = {n: i for i, n in enumerate(names)}
-
-    def lookup(name: str) -> int:
-        return table.get(name, -1)
-
+    lookup = lambda name: table.get(name, -1)  # noqa: E731
     image_ids = np.fromiter((i for i, n in enumerate(names) if is_image(n)), np.int64)
     for i in image_ids.tolist():
         if bad := _bad_component(names[i]):

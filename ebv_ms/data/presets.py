@@ -89,9 +89,7 @@ class MixupCutmix:
     batch reversed (as timm/mindcv do); soft targets (B, num_classes) set two entries per row."""
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0,
-                 switch_prob: float = 0.5, seed: int = 0):
-        if mixup_alpha <= 0 and cutmix_alpha <= 0:
-            raise ValueError("MixupCutmix needs mixup_alpha > 0 or cutmix_alpha > 0")
+                 switch_prob: float = 0.5, seed: int = 0):  # (the config checked an alpha > 0)
         self.num_classes, self.seed, self.switch_prob = int(num_classes), int(seed), float(switch_prob)
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
 

@@ -158,6 +158,3 @@ class FileReader:
 
     def crc(self, member: int, raw) -> int:  # of the bytes: a file may change between epochs
         return zlib.crc32(raw)
-
-    def close(self) -> None:
-        pass

@@ -24,8 +24,6 @@ class ShardSampler(ds.Sampler):
 
     def __init__(self, n: int, num_shards: int = 1, shard_id: int = 0, shuffle: bool = True,
                  seed: int = 0, encode_epoch: bool = False):
-        if n <= 0:
-            raise ValueError("cannot sample from an empty split")
         self.n, self.num_shards, self.shard_id = int(n), int(num_shards), int(shard_id)
         self.seed, self.shuffle, self.encode_epoch = int(seed), bool(shuffle), bool(encode_epoch)
         self._next_epoch = 0

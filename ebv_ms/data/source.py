@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import zlib
 from typing import Tuple
 
@@ -26,9 +27,9 @@ class DataError(EBVMSError, RuntimeError):
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_PNG_SIG = b"\x89PNG\r\n\x1a\n"
-_SIGNATURES = ((b"\xff\xd8\xff", "jpeg"), (_PNG_SIG, "png"), (b"BM", "bmp"), (b"II*\x00", "tiff"),
-               (b"MM\x00*", "tiff"), (b"GIF8", "gif"))
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # in entropy-coded data: a marker, not stuffing
+_SIGNATURES = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"BM", "bmp"),
+               (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"GIF8", "gif"))
 DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # Pillow's MAX_IMAGE_PIXELS: ~89.5 MP, 268 MB as RGB
 
 
@@ -131,17 +132,9 @@ def _jpeg_header_problem(b: bytes, max_pixels: int = 0) -> str:
     return "" if comps and p >= n - 2 else "truncated JPEG header"
 
 
-def _skip_entropy_data(b: bytes, p: int) -> int:  # to the next marker (past FF00, restarts)
-    n = len(b)
-    while True:
-        p = b.find(b"\xff", p)
-        if p < 0 or p + 1 >= n:
-            return n
-        nxt = b[p + 1]
-        if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
-            p += 1 if nxt == 0xFF else 2
-            continue
-        return n if nxt == 0xD9 else p  # end of image, or the next segment
+def _skip_entropy_data(b: bytes, p: int) -> int:  # to the next marker (past FF00, restarts, fill)
+    m = _MARKER.search(b, p)
+    return len(b) if m is None or b[m.start() + 1] == 0xD9 else m.start()  # end of image, or a segment
 
 
 def _too_big(w: int, h: int, max_pixels: int) -> str:

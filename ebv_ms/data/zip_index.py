@@ -140,18 +140,14 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
 
 def _zip64_extra(extra: bytes, *values: int):
     """(size, compressed size, header offset): those that are 0xFFFFFFFF read from the zip64 field."""
-    out, q = list(values), 0
+    q = 0
     while q + 4 <= len(extra):
         tag, ln = struct.unpack_from("<2H", extra, q)
-        if tag == 0x0001:
-            body, k = extra[q + 4:q + 4 + ln] + bytes(24), 0  # a short field reads as 0: a bad member
-            for j, v in enumerate(values):
-                if v == 0xFFFFFFFF:
-                    out[j] = struct.unpack_from("<Q", body, k)[0]
-                    k += 8
-            break
+        if tag == 0x0001:  # a short field reads as 0: a bad member
+            wide = iter(struct.unpack_from("<3Q", extra[q + 4:q + 4 + ln] + bytes(24)))
+            return [next(wide) if v == 0xFFFFFFFF else v for v in values]
         q += 4 + ln
-    return out
+    return list(values)
 
 
 @dataclass
@@ -197,9 +193,8 @@ def _load(loc: str, digest: str) -> Optional[Dict[str, np.ndarray]]:
 
 
 def _save(loc: str, key: Dict[str, object], digest: str, arrays: Dict[str, np.ndarray]) -> None:
-    parent = os.path.dirname(loc)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    os.makedirs(os.path.dirname(loc), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(loc))
     try:
         for k in _ARRAYS:
             np.save(os.path.join(tmp, k + ".npy"), arrays[k])
@@ -216,12 +211,6 @@ def _save(loc: str, key: Dict[str, object], digest: str, arrays: Dict[str, np.nd
         shutil.rmtree(tmp, ignore_errors=True)
         if _load(loc, digest) is None:  # another rank won the race with a good index: fine
             raise
-
-
-def build_zip_index(archive: str, progress: bool = True) -> Dict[str, np.ndarray]:
-    """Parse the central directory of ``archive`` into flat arrays (no cache involved)."""
-    cd, n, _ = _read_central_directory(archive)
-    return _parse_central_directory(archive, cd, n, progress)
 
 
 def load_zip_index(archive: str, cache_dir: Optional[str] = None, progress: bool = True,
