@@ -30,7 +30,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None, callbacks=()) -> int:
-    """``callbacks``: ``ebv_ms.engine.trainer.Callback`` objects the loop calls (tests)."""
+    """``callbacks``: objects whose hooks the loop calls (tests/probes.py)."""
     args = parse_args(argv)
     from ebv_ms.errors import run_cli
 

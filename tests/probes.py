@@ -1,4 +1,4 @@
-"""Test instruments, installed as training callbacks (``ebv_ms.engine.trainer.Callback``).
+"""Test instruments, installed as training callbacks (``Trainer(cfg, callbacks=[...])``).
 
 - ``RankProbe`` / ``RankProbeCallback``: per-rank evidence that data parallelism did what it
   should: a digest over every label the rank trained on, its first labels, its step count and a
@@ -21,7 +21,6 @@ from typing import Optional
 import numpy as np
 
 from ebv_ms.atomic import atomic_path
-from ebv_ms.engine.trainer import Callback
 from ebv_ms.engine.distributed import get_rank_info
 
 _LOG = logging.getLogger(__name__)
@@ -33,6 +32,22 @@ def is_main_rank() -> bool:
 
 def rank_log_dir(output_dir: str) -> str:
     return os.path.join(str(output_dir), "logs")
+
+
+class Callback:
+    """The hooks ``Trainer`` calls (as mindcv's and Keras' callbacks); each does nothing here."""
+
+    def on_train_begin(self, trainer) -> None:
+        """After set-up and resume, before the first step."""
+
+    def on_train_step(self, trainer, global_step: int, batch) -> None:
+        """Before each step, with its batch (``image``, ``label``); global_step counts from 0."""
+
+    def on_epoch_end(self, trainer, epoch: int, record: dict) -> None:
+        """After the epoch's evaluation, log record and checkpoint."""
+
+    def on_train_end(self, trainer, result: dict) -> None:
+        """After the last epoch (also when a resumed run had nothing left to do)."""
 
 
 def rank_report_path(output_dir: str, rank: Optional[int] = None) -> str:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from mindspore import ops
 
-from ebv_ms.config import Config, ConfigError, check_run, save_config, validate
+from ebv_ms.config import Config, check_run, save_config, validate
 from ebv_ms.errors import DivergenceError
 from ebv_ms.progress import progress_bar
 from .builders import (build_data, build_eval, build_network, build_training, scaler_params,
@@ -26,23 +26,6 @@ from .train_step import SkippedStepGuard, resolve_amp_level
 
 _READ_EVERY = 50  # with train.log_interval 0 the losses are still read (and checked) this often
 _EBV_RECIPE_KEYS = ("path", "alpha", "method", "seed")  # a resume must not change these
-
-
-class Callback:
-    """Code that watches the loop without living in it (the tests' probes, as mindcv's and Keras'
-    callbacks): ``Trainer(cfg, callbacks=[...])`` calls each hook of each callback in order."""
-
-    def on_train_begin(self, trainer) -> None:
-        """After set-up and resume, before the first step."""
-
-    def on_train_step(self, trainer, global_step: int, batch) -> None:
-        """Before each step, with its batch (``image``, ``label``); global_step counts from 0."""
-
-    def on_epoch_end(self, trainer, epoch: int, record: dict) -> None:
-        """After the epoch's evaluation, log record and checkpoint."""
-
-    def on_train_end(self, trainer, result: dict) -> None:
-        """After the last epoch (also when a resumed run had nothing left to do)."""
 
 
 def find_resume(resume: Optional[str], last_path: str, log) -> Optional[CheckpointState]:
@@ -67,10 +50,12 @@ def find_resume(resume: Optional[str], last_path: str, log) -> Optional[Checkpoi
 
 
 class Trainer:
-    """Owns one run; ``fit()`` returns the final record."""
+    """Owns one run; ``fit()`` returns the final record. ``callbacks`` watch the loop without
+    living in it (tests/probes.py): their on_train_begin, on_train_step, on_epoch_end and
+    on_train_end hooks are called in order."""
 
     def __init__(self, cfg: Config, resume: Optional[str] = None, rank: int = 0,
-                 world_size: int = 1, callbacks: Sequence[Callback] = ()):
+                 world_size: int = 1, callbacks: Sequence = ()):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.resume_arg, self.callbacks = resume, list(callbacks)
         self.out = str(cfg.output_dir)
@@ -97,14 +82,8 @@ class Trainer:
             for folder in dict.fromkeys([self.out, os.path.dirname(os.path.abspath(state.path))]):
                 check_class_names(folder, names)
             check_class_names(state.path, names, state.class_names)
-        n_data = int(self.train_info.num_classes)
-        if n_data != int(cfg.model.num_classes):
-            raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but the "
-                              f"training data has {n_data} classes; set model.num_classes={n_data}")
+        # create_dataset has refused another number of classes, and a shard under one batch
         self.steps_per_epoch = spe = int(self.train_ds.get_dataset_size())
-        if spe < 1:
-            raise ConfigError(f"config key 'train.batch_size' ({t.batch_size}) is larger than this "
-                              "rank's share of the training data; lower it")
 
         amp_level = resolve_amp_level(cfg.train.amp_level, cfg.device_target)
         if state is None:
@@ -305,7 +284,7 @@ class Trainer:
             cb.on_epoch_end(self, epoch, record)
 
 
-def train(cfg: Config, resume: Optional[str] = None, callbacks: Sequence[Callback] = ()) -> dict:
+def train(cfg: Config, resume: Optional[str] = None, callbacks: Sequence = ()) -> dict:
     """Check ``cfg`` and the machine, set up MindSpore and train; returns the last record."""
     cfg = check_run(validate(cfg), training=True)
     setup_context(cfg)
