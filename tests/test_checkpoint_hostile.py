@@ -149,6 +149,17 @@ def _signed(dst, entries, meta=None, config=None):
     return write_entries(str(dst), e)
 
 
+def test_a_checksum_entry_of_numbers_is_refused(tmp_path):
+    """Was a numpy ValueError (an array compared with text), a traceback in every tool."""
+    from ebv_ms.engine.checkpoint import CheckpointError, load_checkpoint
+    w = dict(tensor_type="Float32", dims=[3], tensor_content=np.zeros(3, np.float32).tobytes())
+    path = tmp_path / "c.ckpt"
+    path.write_bytes(Checkpoint(value=[dict(tag=t, tensor=w) for t in ("w", "ebv_ms_sha256")]
+                                ).SerializeToString())
+    with pytest.raises(CheckpointError, match=f"{path}: checksum mismatch"):
+        load_checkpoint(str(path))
+
+
 def test_random_bit_flips_in_the_weights_are_all_refused(base, tmp_path):
     """Before: 6 of 48 random flips loaded silently and scored 10-66% instead of 65%."""
     from ebv_ms.engine.checkpoint import CheckpointError, load_checkpoint

@@ -96,8 +96,7 @@ def test_a_second_run_into_the_folder_is_refused_and_kill9_frees_it(run):
         first.wait()
     # the kernel dropped the lock with the process: the folder is free at once
     from ebv_ms.engine.run_folder import RunLock
-    with RunLock(str(out)):
-        pass
+    RunLock(str(out)).acquire().release()
 
 
 def test_a_refused_resume_changes_nothing_in_the_run_folder(run):

@@ -18,8 +18,8 @@ import numpy as np
 import yaml
 
 from ebv_ms.atomic import atomic_copy, atomic_path
-from ebv_ms.config import METHODS, parse_yaml
-from ebv_ms.ebv import EBVSet, load_ebv
+from ebv_ms.config import METHODS, ConfigError, load_config, parse_yaml
+from ebv_ms.ebv import EBVError, EBVSet, load_ebv
 from ebv_ms.ebv.identity import describe, identity, matches, safe_file_name
 from ebv_ms.errors import EBVMSError
 
@@ -47,9 +47,7 @@ class CheckpointError(EBVMSError, RuntimeError):
 
 def _digest(entries: Mapping[str, Entry]) -> str:
     h = hashlib.sha256()
-    for name, value in entries.items():
-        if name == _SUM:
-            continue
+    for name, value in entries.items():  # _SUM is added after (write) or popped before (load)
         if isinstance(value, str):
             label, dims, data = "str", "", value.encode("utf-8")
         else:
@@ -166,7 +164,6 @@ class CheckpointState:
         return self.ebv_info["checksum"] if self.ebv_info else None
 
     def ebv_file(self) -> Optional[str]:
-        """Where the recorded EBV file is expected: next to the checkpoint (None: none)."""
         name = (self.ebv_info or {}).get("file")
         return os.path.join(os.path.dirname(os.path.abspath(self.path)), name) if name else None
 
@@ -208,7 +205,7 @@ def load_checkpoint(path: str) -> CheckpointState:
     ours = {k: raw.pop(k) for k in (_EBV, _META, _CONFIG) if k in raw}
     meta_s, cfg_s, vec = ours.get(_META), ours.get(_CONFIG), ours.get(_EBV)
     every = {**raw, **ours}
-    if recorded is not None and recorded != _digest(every):
+    if recorded is not None and not (isinstance(recorded, str) and recorded == _digest(every)):
         raise CheckpointError(f"{path}: checksum mismatch: the file is damaged (changed since it "
                               "was written); use another copy or the run's other checkpoint")
     if any(not isinstance(v, np.ndarray) for k, v in every.items() if k not in (_META, _CONFIG)):
@@ -246,7 +243,6 @@ def load_checkpoint(path: str) -> CheckpointState:
 
 
 def _set_from(path: str, vectors, **how) -> EBVSet:
-    from ebv_ms.ebv import EBVError
     try:
         return EBVSet(vectors, **how)
     except EBVError as exc:
@@ -337,7 +333,7 @@ def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = N
                    logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
     """The set ``state`` was trained with, verified, from: ``ebv_file`` or ``ebv.path``; inside;
     next to it; the cache; a closed-form rebuild (no set recorded: ``resolve_ebv(cfg)``)."""
-    from .ebv_source import ebv_cache_path, needs_ebv, resolve_ebv
+    from .ebv_source import ebv_cache_path, resolve_ebv
     log, info = logger or _log, state.ebv_info
     if info is None:
         return resolve_ebv(cfg, rank, progress=progress, logger=log) if cfg is not None else None
@@ -347,7 +343,7 @@ def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = N
                               f"{describe(info)}")
     if given is None and state.ebv is not None:
         return state.ebv
-    cache = ebv_cache_path(cfg) if cfg is not None and needs_ebv(cfg) else None
+    cache = ebv_cache_path(cfg) if cfg is not None and cfg.model.head == "ebv" else None
     looked = list(dict.fromkeys(filter(None, [given] if given else [state.ebv_file(), cache])))
     for path in filter(os.path.isfile, looked):
         ebv = load_ebv(path)
@@ -360,14 +356,12 @@ def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = N
         log.info("EBV set for %s loaded from %s", state.path, path)
         return ebv
     method, seed = info.get("method"), info.get("seed")
-    recipe = method.split(":", 1)[1] if isinstance(method, str) and method.startswith(
-        "closed_form:") and type(seed) is int else None
-    if recipe not in METHODS:
+    kind, _, recipe = str(method).partition(":")
+    if kind != "closed_form" or type(seed) is not int or recipe not in METHODS:
         raise CheckpointError(
             f"{state.path} needs its {describe(info)}, which is not in the checkpoint and was "
             f"not found (looked at: {', '.join(looked) or 'nothing'}); put "
             f"{info.get('file') or 'that set'} next to the checkpoint or pass --ebv FILE")
-    # a closed form is rebuilt if N and d are the config's and a 2-D weight's out-dim, N x d bounded
     n, d = info["num_classes"], info["dim"]
     why = None
     if cfg is not None and (cfg.model.num_classes, cfg.model.embed_dim) != (n, d):
@@ -394,7 +388,6 @@ def checkpoint_config(state: CheckpointState, config: Optional[str] = None,
                       overrides: Sequence[str] = ()):
     """Recorded config <- ``config`` <- ``overrides``, without the recorded ``ebv.path`` /
     ``cache_dir`` (paths from a file lead anywhere)."""
-    from ebv_ms.config import ConfigError, load_config
     if state.config is None and not config:
         raise ConfigError(f"{state.path} records no config (not written by train.py); pass "
                           "--config with the model/data settings it was trained with")
@@ -411,7 +404,6 @@ def checkpoint_config(state: CheckpointState, config: Optional[str] = None,
 def network_from_checkpoint(state: CheckpointState, cfg, ebv_file: Optional[str] = None,
                             rank: int = 0, progress: bool = False, amp_level: str = "O0",
                             logger: Optional[logging.Logger] = None):
-    """``(network, ebv)``: ``build_network(cfg)`` with the checkpoint's set and weights."""
     from .builders import build_network
     ebv = checkpoint_ebv(state, cfg, ebv_file, rank=rank, progress=progress, logger=logger)
     network = build_network(cfg, ebv, amp_level)
@@ -446,7 +438,6 @@ def restore(state: CheckpointState, network, optimizer=None,
 
 
 def _assign(state: CheckpointState, pairs, what: str, hint: str, in_place: bool = False):
-    """Each (parameter, checkpoint key) of ``pairs``: the stored value, checked."""
     import mindspore as ms
     missing = [k for _, k in pairs if k not in state.params]
     if missing:

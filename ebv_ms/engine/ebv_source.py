@@ -21,14 +21,11 @@ from ebv_ms.atomic import atomic_path
 from ebv_ms.config import ConfigError, ebv_path_missing
 from ebv_ms.ebv import EBVError, EBVSet, load_ebv, save_ebv
 from ebv_ms.ebv.identity import ebv_file_name
+from ebv_ms.generation import closed_form_choice, create_ebv
 from .distributed import all_gather_counts, broadcast, get_rank_info
 
 _log = logging.getLogger("ebv_ms")
 _CHUNK_BYTES = 16 << 20   # per broadcast: a 2 GB set never needs a 2 GB collective buffer
-
-
-def needs_ebv(cfg) -> bool:
-    return str(cfg.model.head) == "ebv"
 
 
 def ebv_cache_path(cfg) -> str:
@@ -79,7 +76,6 @@ def _local_ebv(cfg, rank: int, progress: bool, log) -> Optional[EBVSet]:
             return None
         if e.path:
             raise ebv_path_missing(path)
-        from ebv_ms.generation import closed_form_choice
         if rank > 0 and closed_form_choice(n, d, e.alpha, str(e.method)) is None:
             return None  # an iterative set: rank 0 generates it, the others receive it
     with contextlib.nullcontext() if e.path else _cache_lock(path):
@@ -89,7 +85,6 @@ def _local_ebv(cfg, rank: int, progress: bool, log) -> Optional[EBVSet]:
             log.info("EBV set %s %s in %.1f s: %r", "loaded from" if e.path else
                      "reused from cache", path, time.time() - t0, ebv)
             return ebv
-        from ebv_ms.generation import create_ebv
         log.info("generating the EBV set (N=%d, d=%d, alpha=%s, method=%s, seed=%s); cached at %s",
                  n, d, e.alpha, e.method, e.seed, path)
         ebv = create_ebv(n, d, alpha=e.alpha, method=e.method, seed=int(e.seed),
@@ -106,7 +101,7 @@ def resolve_ebv(cfg, rank: int = 0, progress: bool = True,
                 logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
     """EBVSet for ``cfg`` (None unless ``model.head`` is "ebv"); the same set on every rank."""
     log = logger or _log
-    if not needs_ebv(cfg):
+    if cfg.model.head != "ebv":
         return None
     ebv = _local_ebv(cfg, rank, progress, log)
     if get_rank_info()[1] == 1:
@@ -120,11 +115,9 @@ def _meta_bytes(ebv: EBVSet) -> bytes:
                        "extra": ebv.extra}, sort_keys=True).encode()
 
 
-def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str] = None,
-              logger: Optional[logging.Logger] = None) -> EBVSet:
+def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str], log) -> EBVSet:
     """Rank 0's set on every rank (a collective; ``ebv`` None: this rank has none); a different
     set stops every rank. In each host's ``folder`` one receiver saves it, the others map it."""
-    log = logger or _log
     # each rank's row: has-set, N, d, checksum (4 x 16 bits), metadata size, folder key (2 x 16)
     key = zlib.crc32(f"{socket.gethostname()}:{os.path.realpath(folder)}".encode())
     row = [0] * 8 if ebv is None else [1, ebv.num_classes, ebv.dim, *(

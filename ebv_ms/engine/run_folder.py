@@ -49,12 +49,11 @@ class RunLock:
             fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except OSError as exc:
                 os.close(fd)
-                raise
-            except OSError:  # no flock on directories here: lock the file
-                os.close(fd)
-                fd = os.dup(info)
+                if isinstance(exc, BlockingIOError):
+                    raise
+                fd = os.dup(info)  # no flock on directories here: lock the file
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
@@ -85,12 +84,6 @@ class RunLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -179,7 +172,6 @@ def setup_logger(output_dir: Optional[str], rank: int = 0) -> logging.Logger:
 
 def open_log_file(logger: logging.Logger, output_dir: str) -> None:
     """Start writing rank 0's ``train.log`` (appending across resumes); kept lines go first."""
-    os.makedirs(output_dir, exist_ok=True)
     fh = logging.FileHandler(os.path.join(output_dir, "train.log"), encoding="utf-8")
     fh.setFormatter(next((h.formatter for h in logger.handlers if h.formatter is not None), None))
     for h in list(logger.handlers):
@@ -195,8 +187,7 @@ class JsonlLog:
     """Append-only JSON-lines file; ``truncate_after(epoch)`` drops records a resume will redo."""
 
     def __init__(self, path: str):
-        self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path  # in the run folder, which RunLock made
 
     def write(self, record: Mapping) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -225,5 +216,4 @@ class JsonlLog:
         """Keep only records of epochs <= ``epoch`` (those the checkpoint being resumed covers)."""
         keep = [r for r in self.read() if r.get("epoch", 0) <= epoch]
         with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for r in keep:
-                f.write(json.dumps(r) + "\n")
+            f.writelines(json.dumps(r) + "\n" for r in keep)
