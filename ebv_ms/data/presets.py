@@ -77,8 +77,6 @@ def create_batch_transform(recipe: str, num_classes: int, random_erasing: float 
     def batch_transform(images: np.ndarray, labels: np.ndarray, epoch: int = 0, batch: int = 0):
         if random_erasing > 0:
             rng = np.random.default_rng([int(seed), 7, int(epoch), int(batch)])
-            if not images.flags.writeable:
-                images = images.copy()
             erase_batch(images, float(random_erasing), rng)
         return (images, labels) if mixer is None else mixer(images, labels, epoch, batch)
     return batch_transform

@@ -54,8 +54,6 @@ def printable(text: str) -> str:
 
 
 class ZipMemberReader:
-    """Reads members of one archive by index number, using its ``ZipIndex``."""
-
     def __init__(self, index: ZipIndex):
         self.archive, self.index = index.archive, index
         self._fd = self._pid = None

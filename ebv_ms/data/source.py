@@ -28,6 +28,7 @@ class DataError(EBVMSError, RuntimeError):
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # in entropy-coded data: a marker, not stuffing
+_FILL = re.compile(rb"\xff+([^\xff])")  # between segments: fill bytes, then the marker
 _SIGNATURES = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"BM", "bmp"),
                (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"GIF8", "gif"))
 DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # Pillow's MAX_IMAGE_PIXELS: ~89.5 MP, 268 MB as RGB
@@ -41,12 +42,9 @@ def _jpeg_header_problem(b: bytes, max_pixels: int = 0) -> str:
     while p + 4 <= n:
         if b[p] != 0xFF:
             return "corrupt JPEG header (marker expected)"
-        while p < n and b[p] == 0xFF:
-            p += 1
-        if p >= n:
+        if not (marker := _FILL.match(b, p)):  # only fill bytes to the end
             break
-        m = b[p]
-        p += 1
+        m, p = marker.group(1)[0], marker.end()
         if m == 0x01 or 0xD0 <= m <= 0xD7:
             continue
         if m in (0xD8, 0xD9) or m < 0xC0:
