@@ -252,7 +252,7 @@ def test_grammar_sorts_every_word_into_its_slot():
 
 def _launch(kind="mpirun", device="CPU", **opts):
     args = L.Args(first="c.yaml", opts={k.replace("_", "-"): v for k, v in opts.items()})
-    return L.Launch(kind, f"scripts/{kind}.sh", args, device, "/py/bin/python", "/r/train.py",
+    return L.Launch(kind, args, device, "/py/bin/python", "/r/train.py",
                     {"PATH": "/bin", "PYTHONPATH": "/r"}, dry_run=False)
 
 

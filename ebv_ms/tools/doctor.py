@@ -73,8 +73,7 @@ def check_device(target: str, timeout: float = 120.0) -> Dict:
     return {"ok": False, "detail": why.split(". ")[0][:200]}  # MindSpore's first sentence
 
 
-def gpu_libraries(ms_dir: str, timeout: float = 30.0,
-                  problems: Optional[list] = None) -> Dict[str, Dict[str, Optional[str]]]:
+def gpu_libraries(ms_dir: str, timeout: float, problems: list) -> Dict[str, Dict]:
     """{CUDA version: {soname: path or None}} for each GPU plugin (and its bundled NCCL) from
     ``ldd``, which resolves like the loader. A hung ``ldd`` is asked once, then left alone."""
     out: Dict[str, Dict[str, Optional[str]]] = {}
@@ -100,8 +99,7 @@ def _tool(name: str, timeout: float, problems: list, args=("--version",)) -> Opt
     return f"{path} ({first[0]})" if first and r.returncode == 0 else path
 
 
-def diagnose(timeout: float = 120.0, targets=("CPU", "GPU", "Ascend"),
-             tool_timeout: float = 30.0) -> Dict:
+def diagnose(timeout: float, targets: tuple, tool_timeout: float) -> Dict:
     rep: Dict = {"python": sys.version.split()[0], "executable": sys.executable,
                  "venv": sys.prefix if sys.prefix != sys.base_prefix else None, "problems": []}
     problems: List[Dict[str, str]] = rep["problems"]

@@ -105,11 +105,10 @@ def parse_args(spec: Spec, argv: List[str], prog: str, entry_name: str) -> Args:
             name, eq, value = word[2:].partition("=")
             table = next((t for t in (spec.own, spec.forward) if name in t), None)
             if table is None or not word.startswith("--"):
-                if spec.allow_pass and word.startswith("--"):
-                    raise LaunchError(f"unknown option '{word}'. Arguments for {entry_name} go after "
-                                      f"'--': bash {prog} {a.first or spec.first} ... -- {word}   "
-                                      "(see --help)")
-                raise LaunchError(f"unknown option '{word}' (see bash {prog} --help)")
+                raise LaunchError(f"unknown option '{word}'. Arguments for {entry_name} go after "
+                                  f"'--': bash {prog} {a.first or spec.first} ... -- {word}   "
+                                  "(see --help)" if spec.allow_pass and word.startswith("--") else
+                                  f"unknown option '{word}' (see bash {prog} --help)")
             if table[name] is None:
                 if eq:
                     raise LaunchError(f"option --{name} takes no value: write '--{name}' alone")
@@ -129,22 +128,19 @@ def parse_args(spec: Spec, argv: List[str], prog: str, entry_name: str) -> Args:
             a.overrides.append(word)
         elif not a.first and not a.overrides:
             a.first = word
+        elif spec.second and not a.second and not a.overrides and word.isdigit():
+            a.second = word
         else:
             hint = f"; {spec.hint(word)}" if spec.hint(word) else ""
-            if spec.second and not a.second and not a.overrides:
-                if not word.isdigit():
-                    raise LaunchError(f"'{word}' is not {spec.second} (a whole number after "
-                                      f"{spec.first}) nor key=value{hint}")
-                a.second = word
-            elif a.second and word.isdigit():
-                raise LaunchError(f"unexpected argument '{word}': {spec.second} is already "
-                                  f"{a.second}{hint}")
-            elif spec.second and word.isdigit():
-                raise LaunchError(f"'{word}': {spec.second} comes right after {spec.first}, before "
-                                  f"any key=value: bash {prog} {spec.first} {word} key=value ...")
-            else:
-                raise LaunchError(f"unexpected argument '{word}' (after {spec.first}{second} only "
-                                  f"key=value overrides and options come){hint}")
+            raise LaunchError(
+                f"'{word}' is not {spec.second} (a whole number after {spec.first}) nor "
+                f"key=value{hint}" if spec.second and not a.second and not a.overrides else
+                f"unexpected argument '{word}': {spec.second} is already {a.second}{hint}"
+                if a.second and word.isdigit() else
+                f"'{word}': {spec.second} comes right after {spec.first}, before any key=value: "
+                f"bash {prog} {spec.first} {word} key=value ..." if spec.second and word.isdigit()
+                else f"unexpected argument '{word}' (after {spec.first}{second} only key=value "
+                f"overrides and options come){hint}")
     if not a.first and not spec.first_optional:
         raise _Usage(True)
     return a
@@ -199,7 +195,6 @@ def this_host_address() -> str:
 @dataclass
 class Launch:
     kind: str
-    prog: str
     args: Args
     device: str
     python: str
@@ -239,8 +234,7 @@ def one_device_env(env: Dict[str, str], device: str, card: str) -> Dict[str, str
 def get_ready(device: str, log_dir: Optional[str]) -> None:
     """The doctor's probe for GPU / Ascend, then LOG_DIR with its earlier logs moved to
     LOG_DIR/previous/<time>/ (a new launch, e.g. --resume, overwrites nothing)."""
-    res = {"ok": True} if device == "CPU" else check_device(device, timeout=120.0)
-    if not res["ok"]:
+    if device != "CPU" and not (res := check_device(device, timeout=120.0))["ok"]:
         raise LaunchError(f"DEVICE_TARGET={device} does not work on this machine: {res['detail']} "
                           f"(python -m ebv_ms.tools.doctor says what it needs; DEVICE_TARGET=CPU "
                           "runs the same launch on CPU)")
@@ -258,8 +252,7 @@ def get_ready(device: str, log_dir: Optional[str]) -> None:
 
 def tee(cmd: List[str], env: Dict[str, str], log_path: str, echo: bool, header: str = "",
         started: Callable[[subprocess.Popen], None] = lambda proc: None) -> int:
-    """``cmd``'s exit status, its stdout+stderr copied into ``log_path`` (and to the console when
-    ``echo``); ``started(proc)`` is called once it runs."""
+    """``cmd``'s exit status; its output goes to ``log_path`` (and the console when ``echo``)."""
     with open(log_path, "wb", buffering=0) as log:
         log.write(f"{header}\n".encode() if header else b"")
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -316,11 +309,10 @@ def mpirun_command(launch: Launch, num: int, hostfile: Optional[str], log_dir: s
             *cmd]
 
 
-def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
-               cmd: List[str]) -> int:
+def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str) -> int:
     env = cluster_env(launch, num, hostfile)
     sched_cmd = [launch.python, "-m", "ebv_ms.tools.launch", "scheduler", launch.device]
-    mpi_cmd = mpirun_command(launch, num, hostfile, log_dir, cmd, env)
+    mpi_cmd = mpirun_command(launch, num, hostfile, log_dir, launch.command, env)
     head = (f"{num} ranks on {launch.device}, scheduler {env['MS_SCHED_HOST']}:"
             f"{env['MS_SCHED_PORT']}, logs in {log_dir}")
     if launch.dry_run:
@@ -328,7 +320,7 @@ def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str,
         print(f"[dry-run] {head}\n[dry-run] environment: {shown}; each rank: MS_ROLE=MS_WORKER "
               f"MS_NODE_ID=RANK_ID=<rank> DEVICE_ID=<local rank>\n[scheduler] "
               f"{shlex.join(['env', 'MS_ROLE=MS_SCHED', *sched_cmd])}\n[mpirun] "
-              f"{shlex.join(mpi_cmd)}\n[rank] {shlex.join(cmd)}", flush=True)
+              f"{shlex.join(mpi_cmd)}\n[rank] {shlex.join(launch.command)}", flush=True)
         return 0
     if shutil.which("mpirun") is None:
         raise LaunchError("mpirun not found: install Open MPI (Debian/Ubuntu: apt-get install "
@@ -444,16 +436,14 @@ def run_rank(argv: List[str]) -> int:
 
 
 def run_scheduler(device: str) -> int:
-    """The dynamic-cluster scheduler beside mpirun's ranks, on ``device`` as under msrun (whose
-    scheduler is the entry itself, see engine.distributed)."""
+    """The dynamic-cluster scheduler beside mpirun's ranks: init_distributed on ``device``, as
+    under msrun (whose scheduler is the entry itself)."""
     if os.environ.get("MS_ROLE") != "MS_SCHED":
         print("launch scheduler: set MS_ROLE=MS_SCHED, MS_WORKER_NUM, MS_SCHED_HOST and "
               "MS_SCHED_PORT (the mpirun launch does this)", file=sys.stderr)
         return 2
-    from mindspore.communication import init
-    from ebv_ms.device import set_device
-    set_device(device)
-    init()
+    from ebv_ms.engine.distributed import init_distributed
+    init_distributed({"device_target": device})  # sys.exit(0) once the workers are served
     return 0
 
 
@@ -484,12 +474,11 @@ def msrun_command(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> L
     if multi:
         out += [f"--master_addr={o['master-addr']}", f"--node_rank={node_rank}"]
     # msrun runs `python SCRIPT ARGS`: the command given here starts with the interpreter.
-    return out + shlex.split(os.environ.get("MSRUN_ARGS", "")) + (
-        cmd[1:] if cmd and cmd[0] == launch.python else cmd)
+    return out + shlex.split(os.environ.get("MSRUN_ARGS", "")) + cmd[1:]
 
 
-def run_msrun(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> int:
-    mcmd = msrun_command(launch, local, log_dir, cmd)
+def run_msrun(launch: Launch, local: int, log_dir: str) -> int:
+    mcmd = msrun_command(launch, local, log_dir, launch.command)
     env = dict(launch.env)
     if launch.device == "CPU":
         env.setdefault("MS_CPU_COMM_OP_TIMEOUT", os.environ.get("CLUSTER_TIMEOUT", "600"))
@@ -522,9 +511,9 @@ def run_msrun(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> int:
     return rc
 
 
-def run_ranks(launch: Launch, launcher: str, given: str, default: int, log_dir: str) -> int:
-    """The entry on NUM_DEVICES ranks (``given``, else the GPUs visible here, else ``default``),
-    checked against those GPUs (without a hostfile) and the hostfile's slots."""
+def run_ranks(launch: Launch, launcher: str, given: str, log_dir: str) -> int:
+    """The entry on NUM_DEVICES ranks (``given``, else the GPUs visible here, else 8), checked
+    against those GPUs (without a hostfile) and the hostfile's slots."""
     hostfile = launch.args.opts.get("hostfile")
     if launcher == "msrun" and hostfile:
         how = ("pass msrun's own options in MSRUN_ARGS" if launch.kind == "eval" else
@@ -532,7 +521,7 @@ def run_ranks(launch: Launch, launcher: str, given: str, default: int, log_dir: 
                "(docs/launch.md)")
         raise LaunchError(f"--hostfile: msrun takes no hostfile; {how}")
     gpus = visible_gpus() if launch.device == "GPU" else None
-    num = _whole(given, "NUM_DEVICES", 1) if given else gpus or default
+    num = _whole(given, "NUM_DEVICES", 1) if given else gpus or 8
     if gpus is not None and not hostfile and num > gpus:
         cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
         seen = f" (CUDA_VISIBLE_DEVICES={cvd})" if cvd is not None else ""
@@ -545,8 +534,8 @@ def run_ranks(launch: Launch, launcher: str, given: str, default: int, log_dir: 
     if not launch.dry_run:
         get_ready(launch.device, log_dir)
     if launcher == "msrun":
-        return run_msrun(launch, num, log_dir, launch.command)
-    return run_mpirun(launch, num, hostfile, log_dir, launch.command)
+        return run_msrun(launch, num, log_dir)
+    return run_mpirun(launch, num, hostfile, log_dir)
 
 
 def run_one(launch: Launch, card: str, log_dir: Optional[str]) -> int:
@@ -584,7 +573,7 @@ def launch_training(launch: Launch) -> int:
     log_dir = os.path.join(str(cfg.output_dir), "logs")
     if launch.kind == "standalone":
         return run_one(launch, a.second, log_dir)
-    return run_ranks(launch, launch.kind, a.second, 8, log_dir)
+    return run_ranks(launch, launch.kind, a.second, log_dir)
 
 
 def launch_eval(launch: Launch) -> int:
@@ -604,7 +593,7 @@ def launch_eval(launch: Launch) -> int:
     if launcher not in ("mpirun", "msrun"):
         raise LaunchError(f"--launcher must be mpirun or msrun, got '{launcher}'")
     log_dir = o.get("log-dir") or os.path.join(os.path.dirname(a.first) or ".", "logs", "eval")
-    return run_ranks(launch, launcher, str(ranks), ranks, log_dir)
+    return run_ranks(launch, launcher, str(ranks), log_dir)
 
 
 def launch_quick_start(launch: Launch) -> int:
@@ -693,8 +682,8 @@ def main(argv=None) -> int:
                               f"found: {entry} (ENTRY)")
         env = {k: v for k, v in os.environ.items() if k not in CLUSTER_ENV}
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        launch = Launch(kind, prog, args, device, os.environ.get("PYTHON") or sys.executable, entry,
-                        env, "dry-run" in args.opts)
+        launch = Launch(kind, args, device, os.environ.get("PYTHON") or sys.executable, entry, env,
+                        "dry-run" in args.opts)
         run = {"eval": launch_eval, "quick-start": launch_quick_start}.get(kind, launch_training)
         return run(launch)
 
