@@ -149,8 +149,7 @@ def parse_args(spec: Spec, argv: List[str], prog: str, entry_name: str) -> Args:
 def visible_gpus() -> Optional[int]:
     """``nvidia-smi -L``'s GPUs narrowed by CUDA_VISIBLE_DEVICES as CUDA reads it (indices or UUID
     prefixes, up to the first entry naming no GPU or one already named); None without nvidia-smi."""
-    smi = shutil.which("nvidia-smi")
-    r = bounded_run([smi, "-L"], 60) if smi else None
+    r = bounded_run(["nvidia-smi", "-L"], 60)  # None when it is not on PATH (an OSError)
     if r is None:
         return None
     uuids = [(re.search(r"UUID: (GPU-[\w-]+)", ln) or [None, ""])[1]
@@ -266,7 +265,6 @@ def tee(cmd: List[str], env: Dict[str, str], log_path: str, echo: bool, header: 
 
 
 def _stop(proc: subprocess.Popen, grace: float, term: float) -> int:
-    """Wait ``grace`` s for ``proc`` to end, then SIGTERM; after ``term`` s more, SIGKILL."""
     for wait, then in ((grace, proc.terminate), (term, proc.kill)):
         try:
             return proc.wait(timeout=wait)
@@ -276,7 +274,6 @@ def _stop(proc: subprocess.Popen, grace: float, term: float) -> int:
 
 
 def _tail(path: str, n: int = 15) -> str:
-    """The last ``n`` lines of a log that are not MindSpore's [INFO]/[WARNING] chatter."""
     if not os.path.isfile(path):
         return ""
     lines = Path(path).read_text("utf-8", "replace").splitlines()
