@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from ebv_ms.atomic import atomic_copy, atomic_path
-from ebv_ms.config import METHODS, ConfigError, load_config, parse_yaml
+from ebv_ms.config import METHODS, Config, ConfigError, load_config, parse_yaml
 from ebv_ms.ebv import EBVError, EBVSet, load_ebv
 from ebv_ms.ebv.identity import describe, identity, matches, safe_file_name
 from ebv_ms.errors import EBVMSError
@@ -169,7 +169,7 @@ class CheckpointState:
 
 
 def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_step: int,
-                    config: Optional[Mapping] = None, ebv: Optional[EBVSet] = None,
+                    config: Optional[Config] = None, ebv: Optional[EBVSet] = None,
                     best_top1: float = -1.0, best_epoch: int = 0,
                     metrics: Optional[Mapping] = None, class_names: Optional[Sequence] = None,
                     extra_params: Optional[Mapping] = None,
@@ -192,8 +192,7 @@ def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_st
             meta["ebv"]["file"] = run_ebv_file(os.path.dirname(os.path.abspath(path)), ebv)
     entries[_META] = json.dumps(meta)
     if config is not None:
-        plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        entries[_CONFIG] = yaml.safe_dump(plain, sort_keys=False)
+        entries[_CONFIG] = yaml.safe_dump(config.to_dict(), sort_keys=False)
     return write_entries(path, entries)
 
 

@@ -36,8 +36,7 @@ def ebv_cache_path(cfg) -> str:
     return os.path.join(str(e.cache_dir), name)
 
 
-def _check_shape(ebv: EBVSet, cfg, source: str) -> EBVSet:
-    n, d = int(cfg.model.num_classes), int(cfg.model.embed_dim)
+def _check_shape(ebv: EBVSet, n: int, d: int, source: str) -> EBVSet:
     if (ebv.num_classes, ebv.dim) != (n, d):
         raise ConfigError(f"EBV set from {source} is {ebv.num_classes} x {ebv.dim}, but config "
                           f"keys 'model.num_classes' / 'model.embed_dim' say {n} x {d}; fix those "
@@ -81,7 +80,7 @@ def _local_ebv(cfg, rank: int, progress: bool, log) -> Optional[EBVSet]:
     with contextlib.nullcontext() if e.path else _cache_lock(path):
         t0 = time.time()
         if os.path.isfile(path):
-            ebv = _check_shape(load_ebv(path), cfg, path)
+            ebv = _check_shape(load_ebv(path), n, d, path)
             log.info("EBV set %s %s in %.1f s: %r", "loaded from" if e.path else
                      "reused from cache", path, time.time() - t0, ebv)
             return ebv
@@ -89,7 +88,7 @@ def _local_ebv(cfg, rank: int, progress: bool, log) -> Optional[EBVSet]:
                  n, d, e.alpha, e.method, e.seed, path)
         ebv = create_ebv(n, d, alpha=e.alpha, method=e.method, seed=int(e.seed),
                          max_steps=e.max_steps, progress=progress, device_target=cfg.device_target)
-        checksum = _check_shape(ebv, cfg, "create_ebv").checksum()
+        checksum = _check_shape(ebv, n, d, "create_ebv").checksum()
         save_ebv(ebv, path)  # atomic (temporary sibling + rename): no reader sees half a file
         del ebv
         ebv = _mapped(path, checksum)
