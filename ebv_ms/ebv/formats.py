@@ -236,8 +236,7 @@ def load_ebv(path: PathLike) -> EBVSet:
         ebv = EBVSet(matrix, **how)
     except EBVError as exc:
         raise EBVError(f"{path}: not an EBV set: {exc}") from None
-    why = degeneracy(ebv.vectors)
-    if why:
+    if why := degeneracy(ebv.vectors):
         logger.warning("%s: degenerate EBV set: %s", path, why)
     if want is not None and ebv.checksum() != want:
         raise EBVError(f"{path}: checksum mismatch (metadata {want}, vectors {ebv.checksum()}): "

@@ -64,8 +64,6 @@ _NDARRAY = object()  # stands for numpy.ndarray (the real class would allow NEWO
 class _DType:
     """A numeric numpy dtype being unpickled; BUILD state is checked here, never by numpy's C."""
 
-    __slots__ = ("dtype",)
-
     def __init__(self, spec, align=False, copy=True):
         if not isinstance(spec, str):
             raise UnsafePickleError(f"numpy dtype spec {excerpt(spec)} refused")
@@ -110,10 +108,7 @@ def _array(shape, dtype, fortran, raw) -> np.ndarray:
 class _ArrayState:
     """The array ``_reconstruct`` starts; BUILD fills it through `_array`."""
 
-    __slots__ = ("array",)
-
-    def __init__(self):
-        self.array = None
+    array = None
 
     def __setstate__(self, state):
         # numpy: (version, shape, dtype, is_fortran, raw bytes); version-less 4-tuples are older
@@ -261,12 +256,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     def _charge(self, obj) -> None:
         """Bytes the allowed globals take in and build, against a few times the file's size."""
-        if isinstance(obj, (np.ndarray, _TorchStorage)):
-            self._left -= (obj.array if isinstance(obj, _TorchStorage) else obj).nbytes + 1
-        elif isinstance(obj, (bytes, bytearray, str, tuple, list, dict)):
-            self._left -= len(obj) + 1
-        else:
-            self._left -= 2
+        obj = obj.array if isinstance(obj, _TorchStorage) else obj
+        sized = isinstance(obj, (bytes, bytearray, str, tuple, list, dict))
+        self._left -= (obj.nbytes if isinstance(obj, np.ndarray) else len(obj) if sized else 1) + 1
         if self._left < 0:
             raise EBVError(f"pickle of {self._size} bytes asks to build more than {_BUDGET} x its "
                            "size (the same data referenced again and again through the memo): "
@@ -403,8 +395,7 @@ ALLOWED_GLOBALS = {
     **{(m, "_frombuffer"): _safe_frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
     ("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _DType,
     ("collections", "OrderedDict"): _ordered_dict, ("_codecs", "encode"): _latin1_bytes,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    **{("torch._utils", n): _rebuild_tensor for n in ("_rebuild_tensor_v2", "_rebuild_tensor")},
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): load_torch_legacy_storage,
 }
