@@ -78,16 +78,14 @@ def _jpeg_header_problem(b: bytes, max_pixels: int = 0) -> str:
             while q < len(seg):
                 if q + 17 > len(seg):
                     return "corrupt JPEG Huffman table (short)"
-                tc, th, counts, code = seg[q] >> 4, seg[q] & 15, seg[q + 1:q + 17], 0
+                tc, th, counts = seg[q] >> 4, seg[q] & 15, seg[q + 1:q + 17]
                 if tc > 1 or th > 3:
                     return "corrupt JPEG Huffman table (bad class/id)"
                 if sum(counts) > 256 or q + 17 + sum(counts) > len(seg):
                     return "corrupt JPEG Huffman table (bad counts)"
-                for length, c in enumerate(counts, start=1):
-                    code += c
-                    if code > (1 << length):
-                        return "corrupt JPEG Huffman table (code space overflow)"
-                    code <<= 1
+                # the code space (Kraft's sum): its partial sums only grow, so 16 bits is the test
+                if sum(c << (16 - length) for length, c in enumerate(counts, start=1)) > 1 << 16:
+                    return "corrupt JPEG Huffman table (code space overflow)"
                 if tc == 0 and any(v > 15 for v in seg[q + 17:q + 17 + sum(counts)]):
                     return "corrupt JPEG Huffman table (bad DC symbol)"
                 huff.add((tc, th))
