@@ -129,6 +129,14 @@ def test_parse_list_errors_name_the_line():
     assert paths == ["./a.jpg"] and labels.dtype == np.int32 and labels.tolist() == [3]
 
 
+def test_a_list_with_only_its_header_is_empty(tmp_path):
+    with pytest.raises(LayoutError, match="list l.csv is empty"):  # was numpy's ValueError later
+        parse_list("path,label\n", "l.csv")
+    members = _folder_members("")  # detection ignores such a list and finds the folders
+    members["train.csv"] = b"image_id,label\n"
+    assert _layout(tmp_path, members)[1].kind == "folders"
+
+
 @pytest.mark.slow
 def test_a_layout_error_names_each_folder_once_and_leaves_no_run_folder(tmp_path):
     """train.py on a folder with no training split: one error line listing each name it looked

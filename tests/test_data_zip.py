@@ -114,6 +114,7 @@ def test_corrupt_member_is_a_bad_member_not_a_crash(tmp_path):
     (None, "not found"),
     (b"", "not a zip archive"),
     (b"\xff\xd8 this is a JPEG, not a zip" * 10, "not a zip archive"),
+    (b"cut off" * 10 + b"PK\x05\x06\0\0\0", "not a zip archive"),  # a signature without its record
 ])
 def test_missing_or_non_zip_archive_errors_clearly(tmp_path, content, what):
     path = tmp_path / "data.zip"

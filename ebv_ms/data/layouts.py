@@ -189,6 +189,8 @@ def parse_list(text: str, source: str, columns: Optional[Sequence] = None,
                 raise LayoutError(f"list {source} has no column {c!r}; its header is {header}")
         path_col, label_col = (c if isinstance(c, int) else lower.index(str(c).lower())
                                for c in (path_col, label_col))
+    if start == len(rows):
+        raise LayoutError(f"list {source} is empty (a header only)")
     limit = MAX_LABELS if num_classes is None else min(int(num_classes), MAX_LABELS)
     paths: List[str] = []
     labels = np.empty(len(rows) - start, np.int32)

@@ -61,7 +61,7 @@ def _read_central_directory(path: str):
         tail_len = min(file_size, 22 + 65535 + 20 + 56)
         f.seek(file_size - tail_len)
         tail = f.read(tail_len)
-        pos = tail.rfind(_EOCD_SIG)
+        pos = tail.rfind(_EOCD_SIG, 0, len(tail) - 18)  # a whole 22-byte record, not a cut-off one
         if pos < 0:
             raise _fail(path, "is not a zip archive (no end-of-central-directory record; "
                               "a truncated download or another file format)")
