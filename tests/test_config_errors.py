@@ -202,7 +202,8 @@ def test_read_only_output_dir(capsys, tmp_path):
 def test_num_workers_above_the_core_count_is_lowered_with_a_warning(tmp_path, caplog):
     """The 100k config's 8 workers on this machine: MindSpore refuses > cpu_count() workers."""
     from ebv_ms.data import create_dataset
-    from ebv_ms.tools.make_synthetic import encode, tagged_image, write_zip
+    from ebv_ms.tools.make_synthetic import encode, write_zip
+    from tagged_images import tagged_image
     members = {f"top/{s}/c{c}/{i}.png": encode(tagged_image(i, c), ".png")
                for s in ("train", "val") for c in range(2) for i in range(4)}
     z = write_zip(str(tmp_path / "d.zip"), members)
@@ -320,7 +321,8 @@ def test_real_command_lines(tmp_path):
 def test_full_disk_names_the_file_and_keeps_last_ckpt(tmp_path):
     """A real full disk: a tmpfs that holds one checkpoint and a half, so epoch 2's atomic write
     of last.ckpt cannot complete. Exit 2, one line naming the file; epoch 1's last.ckpt loads."""
-    from ebv_ms.tools.make_synthetic import encode, tagged_image, write_zip
+    from ebv_ms.tools.make_synthetic import encode, write_zip
+    from tagged_images import tagged_image
     from ebv_ms.engine.checkpoint import load_checkpoint
     members = {f"top/{s}/c{c}/{i}.png": encode(tagged_image(i, c), ".png")
                for s in ("train", "val") for c in range(4) for i in range(8)}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ebv_ms.data.readers import BadMember, ZipMemberReader
-from ebv_ms.tools.make_synthetic import encode, tagged_image, write_zip
+from ebv_ms.tools.make_synthetic import encode, write_zip
+from tagged_images import tagged_image
 from ebv_ms.data.zip_index import (ArchiveError, _parse_central_directory, _read_central_directory,
                                    load_zip_index)
 

@@ -63,15 +63,6 @@ def kerdock_polar_forms(dim: int) -> np.ndarray:
     return a
 
 
-def check_kerdock(dim: int) -> bool:
-    """True if every A_u + A_v (u != v) is non-singular over GF(2), i.e. the bases are unbiased:
-    its integer determinant is odd (exact in float64: at most 12 x 12 0/1 entries here)."""
-    a = kerdock_polar_forms(dim)
-    iu, iv = np.triu_indices(a.shape[0], 1)
-    return all(bool((np.rint(np.linalg.det(a[iu[s:s + 65536]] ^ a[iv[s:s + 65536]])) % 2).all())
-               for s in range(0, iu.size, 65536))
-
-
 def _quadratic_tables(dim: int) -> np.ndarray:
     """(dim/2, dim) uint8: Q_u(z) for every z in GF(2)^m, from the upper triangle of A_u."""
     a = kerdock_polar_forms(dim)

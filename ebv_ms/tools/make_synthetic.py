@@ -1,6 +1,5 @@
 """Small real images and archives made on the fly, and the one zip writer (``write_zip``, also
-for make_demo and make_glyphs). ``tagged_image`` carries a sample id and label in its pixels, so
-a test can check after the whole pipeline that every image came with its own label."""
+for make_demo and make_glyphs)."""
 from __future__ import annotations
 
 import os
@@ -21,21 +20,6 @@ def encode(img_rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
     if not ok:
         raise RuntimeError(f"cv2.imencode({ext}) failed")
     return buf.tobytes()
-
-
-def tagged_image(sample_id: int, label: int, size: int = 8) -> np.ndarray:
-    """RGB uint8 image whose top-left pixel holds (id % 256, id // 256 % 256, label)."""
-    img = np.random.default_rng(sample_id).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-    img[0, 0] = (sample_id % 256, (sample_id // 256) % 256, label % 256)
-    return img
-
-
-def read_tag(chw_normalised: np.ndarray) -> Tuple[int, int]:
-    """(id, label) back from a normalised CHW image made from ``tagged_image`` (eval, no resize)."""
-    from ..data.presets import IMAGENET_MEAN, IMAGENET_STD
-    px = [int(round((chw_normalised[c, 0, 0] * IMAGENET_STD[c] + IMAGENET_MEAN[c]) * 255.0))
-          for c in range(3)]
-    return px[0] + 256 * px[1], px[2]
 
 
 def flat_jpeg(label: int, size: int = 32) -> bytes:
