@@ -305,7 +305,6 @@ DEFAULTS: dict = _plain(SCHEMA)  # the default config (plain dict)
 
 def _merge(base: dict, update: Any, schema: Mapping, where: str, origins: Dict[str, str],
            prefix: str = "") -> None:
-    """Copy ``update`` into ``base``; unknown keys and non-mappings for sections are errors."""
     if not isinstance(update, Mapping):
         what = f"config section '{prefix[:-1]}'" if prefix else "the config"
         raise ConfigError(f"{where}: {what} must be a mapping of keys, got {_show(update)}")

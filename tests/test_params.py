@@ -10,7 +10,8 @@ import pytest
 from ebv_ms.config import load_config
 from ebv_ms.ebv import EBVSet
 from ebv_ms.models import HEADS, create_classifier
-from ebv_ms.tools.params import count_parameters, main, parameter_report
+from ebv_ms.models.classifier import count_parameters
+from ebv_ms.tools.params import main, parameter_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

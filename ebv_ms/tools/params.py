@@ -12,9 +12,7 @@ from typing import Dict, List, Mapping, Optional
 
 from ..config import load_config
 from ..errors import run_cli
-from ..models.classifier import PARTS, PartCount, count_cell, count_parameters
-
-__all__ = ["PartCount", "count_parameters", "parameter_report", "format_report", "main"]
+from ..models.classifier import PARTS, PartCount, count_cell
 
 
 def parameter_report(model_cfg: Mapping, heads: Optional[List[str]] = None) -> Dict[str, Dict[str, PartCount]]:
