@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from ebv_ms.deploy.predicting import (EvalTransform, PredictError, cell_runner, collect_images,
+    from ebv_ms.deploy.predicting import (PredictError, cell_runner, collect_images, eval_transform,
                                           open_model, predict, text_line)
     if args.topk < 1:
         raise PredictError("--topk must be >= 1")
@@ -61,7 +61,7 @@ def _main(args) -> int:
         if args.test_size:
             overrides.append(f"eval.test_size={args.test_size}")
         cfg, network, names = load_network(args.ckpt, overrides)
-        runner, transform = cell_runner(network, args.batch_size), EvalTransform(*eval_sizes(cfg))
+        runner, transform = cell_runner(network, args.batch_size), eval_transform(*eval_sizes(cfg))
     for rec in predict(runner, transform, names, lists, args.topk, progress=not args.no_progress):
         if "error" in rec:
             n_bad += 1

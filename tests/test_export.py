@@ -55,7 +55,7 @@ def demo_export(demo_run, demo_zip, tmp_path_factory):
     """The demo checkpoint exported as MindIR and ONNX (batch 64), its network, and the
     validation images preprocessed by predict's transform (== eval's)."""
     from ebv_ms.deploy import eval_sizes, load_network
-    from ebv_ms.deploy.predicting import EvalTransform
+    from ebv_ms.deploy.predicting import eval_transform
     _, run = demo_run
     tmp = tmp_path_factory.mktemp("export")
     ckpt = run / "last.ckpt"
@@ -65,7 +65,7 @@ def demo_export(demo_run, demo_zip, tmp_path_factory):
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     cfg, network, names = load_network(str(ckpt), PYNATIVE)
     items = _val_images(demo_zip, tmp)
-    x = _batch(EvalTransform(*eval_sizes(cfg)), [p for p, _ in items])
+    x = _batch(eval_transform(*eval_sizes(cfg)), [p for p, _ in items])
     ref = _logits_in_batches(lambda b: network(ms.Tensor(b)).asnumpy(), x, 64)
     return tmp, x, ref, np.array([y for _, y in items]), names
 
@@ -104,7 +104,7 @@ def test_resnet50_224_ebv_head_onnx_matches(tmp_path, demo_zip):
     from ebv_ms.config import load_config
     from ebv_ms.deploy import eval_sizes, load_network
     from ebv_ms.deploy.exporting import export_network
-    from ebv_ms.deploy.predicting import EvalTransform
+    from ebv_ms.deploy.predicting import eval_transform
     from ebv_ms.engine.checkpoint import save_checkpoint
     from ebv_ms.engine.builders import build_network
     from ebv_ms.generation import create_ebv
@@ -116,7 +116,7 @@ def test_resnet50_224_ebv_head_onnx_matches(tmp_path, demo_zip):
     save_checkpoint(str(ckpt), build_network(cfg, ebv), epoch=0, global_step=0, config=cfg, ebv=ebv)
     cfg, net, names = load_network(str(ckpt), PYNATIVE)
     items = _val_images(demo_zip, tmp_path, per_class=1)[3:4]
-    x = _batch(EvalTransform(*eval_sizes(cfg)), [p for p, _ in items])
+    x = _batch(eval_transform(*eval_sizes(cfg)), [p for p, _ in items])
     assert x.shape == (1, 3, 224, 224)
     ref = net(ms.Tensor(x)).asnumpy()
     meta, _ = export_network(net, cfg, names, "ONNX", str(tmp_path / "r50"), batch=1)

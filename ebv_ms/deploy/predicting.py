@@ -62,22 +62,16 @@ def collect_images(paths: Sequence[str]) -> List[ImageList]:
     return out
 
 
-class EvalTransform:
+def eval_transform(resize: int, crop: int) -> Callable[[np.ndarray], np.ndarray]:
     """Encoded image bytes -> float32 (3, crop, crop): the evaluation recipe, eagerly."""
-
-    def __init__(self, resize: int, crop: int):
-        import mindspore.dataset.transforms as T
-        from ebv_ms.data.presets import create_transforms
-        self._ops = T.Compose(create_transforms("eval", int(crop), int(resize), int(crop),
-                                                encoded=True))
-
-    def __call__(self, encoded: np.ndarray) -> np.ndarray:
-        return np.asarray(self._ops(encoded), dtype=np.float32)
+    import mindspore.dataset.transforms as T
+    from ebv_ms.data.presets import create_transforms
+    ops = T.Compose(create_transforms("eval", int(crop), int(resize), int(crop), encoded=True))
+    return lambda encoded: np.asarray(ops(encoded), dtype=np.float32)
 
 
 class NetworkRunner(NamedTuple):
-    """``run``: float32 (B, 3, S, S) -> logits. Batches are padded to ``batch``, so graph mode
-    compiles one shape."""
+    """``run``: float32 (B, 3, S, S) -> logits; batches padded to ``batch``: one graph shape."""
     run: Callable[[np.ndarray], np.ndarray]
     batch: int
 
@@ -89,7 +83,7 @@ def cell_runner(cell, batch: int) -> NetworkRunner:
 
 
 def open_model(path: str, device: str = "CPU"):
-    """(runner, class names, EvalTransform) for an exported model, from its sidecar JSON."""
+    """(runner, class names, eval_transform) for an exported model, from its sidecar JSON."""
     from .exporting import read_sidecar, sidecar_path
     if not os.path.isfile(path) and not os.path.isfile(sidecar_path(path)):
         raise PredictError(f"--model {path}: file not found")
@@ -116,7 +110,7 @@ def open_model(path: str, device: str = "CPU"):
         runner = cell_runner(ms.nn.GraphCell(ms.load(model_file)), batch)
     else:
         raise PredictError(f"--model {path}: expected a .mindir or .onnx file written by export.py")
-    return runner, list(meta["class_names"]), EvalTransform(spec["resize"], spec["crop"])
+    return runner, list(meta["class_names"]), eval_transform(spec["resize"], spec["crop"])
 
 
 def text_line(rec: dict) -> str:
@@ -140,7 +134,7 @@ def topk(logits: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
     return idx, np.take_along_axis(p, idx, 1)
 
 
-def predict(runner, transform: EvalTransform, class_names: Sequence[str],
+def predict(runner, transform: Callable, class_names: Sequence[str],
             lists: Sequence[ImageList], k: int = 5, progress: bool = True) -> Iterator[dict]:
     """One record per image, in input order: ``{"image", "topk": [{"class", "index", "prob"}]}``
     or ``{"image", "error"}`` for one that was skipped."""

@@ -15,7 +15,6 @@ EvalParts = namedtuple("EvalParts", "dataset info step")  # step: images -> (B, 
 
 
 def setup_context(cfg) -> None:
-    """Device (and this rank's card), execution mode and the global seed."""
     from ebv_ms.device import set_device
     set_device(cfg.device_target)
     ms.set_context(mode={"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}[cfg.mode])
@@ -43,14 +42,12 @@ def build_data(cfg, split: str, batch_size: int, is_training: bool, num_shards: 
 
 
 def build_network(cfg, ebv=None, amp_level: str = "O0"):
-    """``create_classifier(**cfg.model)`` with the EBV set, cast for mixed precision."""
     from ebv_ms.models import create_classifier
     from ebv_ms.models.amp import apply_mixed_precision
     return apply_mixed_precision(create_classifier(ebv=ebv, **cfg.model.to_dict()), amp_level)
 
 
 def build_eval(cfg, network, rank: int = 0, world_size: int = 1) -> EvalParts:
-    """This rank's shard of ``eval.split`` and the compiled top-k step."""
     ds, info = build_data(cfg, cfg.eval.split, cfg.eval.batch_size, False, world_size, rank)
     return EvalParts(ds, info, build_eval_step(network, min(5, cfg.model.num_classes),
                                                jit=cfg.mode == "graph"))

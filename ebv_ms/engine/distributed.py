@@ -69,7 +69,6 @@ def _comm_initialized() -> bool:
 
 
 def get_rank_info() -> Tuple[int, int]:
-    """(rank, world_size) from MindSpore's communication state (no copy kept here)."""
     if not _comm_initialized():
         return 0, 1
     from mindspore.communication import get_group_size, get_rank
@@ -107,7 +106,6 @@ def broadcast(arr: np.ndarray) -> np.ndarray:
 
 
 def broadcast_from_main_rank(params) -> None:
-    """Rank 0's values of ``params`` (float32) on every rank, in place: one ``ops.Broadcast``."""
     params = list(params)
     if get_rank_info()[1] > 1 and params:
         write_in_place(params, broadcast(np.concatenate([p.asnumpy().astype(np.float32).reshape(-1)

@@ -33,7 +33,6 @@ def create_loss_scaler(kind: str, amp_level: str, value: float = 65536.0):
 
 
 def grad_reducer_for(params) -> Optional[nn.Cell]:
-    """A mean all-reduce over ranks when running data parallel, else None."""
     if ms.get_auto_parallel_context("parallel_mode") in ("data_parallel", "hybrid_parallel"):
         from mindspore.communication import get_group_size
         return nn.DistributedGradReducer(params, mean=True, degree=get_group_size())

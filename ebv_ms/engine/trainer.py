@@ -50,9 +50,8 @@ def find_resume(resume: Optional[str], last_path: str, log) -> Optional[Checkpoi
 
 
 class Trainer:
-    """Owns one run; ``fit()`` returns the final record. ``callbacks`` watch the loop without
-    living in it (tests/probes.py): their on_train_begin, on_train_step, on_epoch_end and
-    on_train_end hooks are called in order."""
+    """Owns one run; ``fit()`` returns the final record. ``callbacks`` (tests/probes.py) watch the
+    loop: their hooks on_train_begin, on_train_step, on_epoch_end and on_train_end, in order."""
 
     def __init__(self, cfg: Config, resume: Optional[str] = None, rank: int = 0,
                  world_size: int = 1, callbacks: Sequence = ()):
@@ -247,7 +246,6 @@ class Trainer:
         return loss_sum, float(values[-1])
 
     def evaluate(self, epoch: int) -> dict:
-        """Top-1/top-5 of the whole ``eval.split``, each rank evaluating its shard."""
         broadcast_from_main_rank(self.bn_stats)
         m = evaluate(self.network, self.eval_parts,
                      progress=self.rank == 0 and bool(self.cfg.train.progress_bar),
@@ -260,7 +258,6 @@ class Trainer:
                 m["bad_samples"], "eval_images_per_s": round(m["images_per_s"], 1)}
 
     def end_epoch(self, epoch: int, record: dict) -> None:
-        """Log the record; rank 0 appends it to metrics.jsonl and writes the checkpoints."""
         is_best = "top1" in record and record["top1"] > self.best_top1
         if is_best:
             self.best_top1, self.best_epoch = float(record["top1"]), epoch

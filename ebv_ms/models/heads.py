@@ -108,7 +108,6 @@ class FrozenVectorHead(_Fp32Cell):
         return out if self.cosine else out * self.scale
 
     def predict(self, v):
-        """Index of the largest logit (int32, shape (B,))."""
         return ops.cast(ops.argmax(self(v), dim=-1), ms.int32)
 
 
