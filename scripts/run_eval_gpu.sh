@@ -10,7 +10,7 @@
 #   --batch-size B, --split S, --json PATH, --no-progress
 # Where it runs:
 #   --device-id N      one process on card N (default 0); on GPU it sees only that card
-#   --ranks N          N ranks through the same launch as training: mpirun (scripts/_cluster.sh),
+#   --ranks N          N ranks through the same launch as training: mpirun (as run_distribute_gpu.sh),
 #                      msrun on Ascend; each rank uses its local card
 #   --hostfile FILE    with --ranks: an Open MPI hostfile for several machines
 #   --launcher L       with --ranks: mpirun or msrun (default mpirun; msrun on Ascend)

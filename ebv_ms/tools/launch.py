@@ -105,10 +105,11 @@ def parse_args(spec: Spec, argv: List[str], prog: str, entry_name: str) -> Args:
             name, eq, value = word[2:].partition("=")
             table = next((t for t in (spec.own, spec.forward) if name in t), None)
             if table is None or not word.startswith("--"):
-                raise LaunchError(f"unknown option '{word}'. Arguments for {entry_name} go after "
-                                  f"'--': bash {prog} {a.first or spec.first} ... -- {word}   "
-                                  "(see --help)" if spec.allow_pass and word.startswith("--") else
-                                  f"unknown option '{word}' (see bash {prog} --help)")
+                if spec.allow_pass and word.startswith("--"):
+                    raise LaunchError(f"unknown option '{word}'. Arguments for {entry_name} go "
+                                      f"after '--': bash {prog} {a.first or spec.first} ... -- "
+                                      f"{word}   (see --help)")
+                raise LaunchError(f"unknown option '{word}' (see bash {prog} --help)")
             if table[name] is None:
                 if eq:
                     raise LaunchError(f"option --{name} takes no value: write '--{name}' alone")
@@ -132,15 +133,18 @@ def parse_args(spec: Spec, argv: List[str], prog: str, entry_name: str) -> Args:
             a.second = word
         else:
             hint = f"; {spec.hint(word)}" if spec.hint(word) else ""
-            raise LaunchError(
-                f"'{word}' is not {spec.second} (a whole number after {spec.first}) nor "
-                f"key=value{hint}" if spec.second and not a.second and not a.overrides else
-                f"unexpected argument '{word}': {spec.second} is already {a.second}{hint}"
-                if a.second and word.isdigit() else
-                f"'{word}': {spec.second} comes right after {spec.first}, before any key=value: "
-                f"bash {prog} {spec.first} {word} key=value ..." if spec.second and word.isdigit()
-                else f"unexpected argument '{word}' (after {spec.first}{second} only key=value "
-                f"overrides and options come){hint}")
+            if spec.second and not a.second and not a.overrides:
+                why = (f"'{word}' is not {spec.second} (a whole number after {spec.first}) nor "
+                       "key=value")
+            elif a.second and word.isdigit():
+                why = f"unexpected argument '{word}': {spec.second} is already {a.second}"
+            elif spec.second and word.isdigit():  # no hint: the fix is the order
+                raise LaunchError(f"'{word}': {spec.second} comes right after {spec.first}, before "
+                                  f"any key=value: bash {prog} {spec.first} {word} key=value ...")
+            else:
+                why = (f"unexpected argument '{word}' (after {spec.first}{second} only key=value "
+                       "overrides and options come)")
+            raise LaunchError(why + hint)
     if not a.first and not spec.first_optional:
         raise _Usage(True)
     return a
