@@ -43,9 +43,12 @@ FACES: Dict[str, Face] = {f.name: f for f in [
     Face("wqy-microhei", "fonts-wqy-microhei", f"{_T}/wqy/wqy-microhei.ttc", "WenQuanYi Micro Hei"),
     Face("arphic-ukai", "fonts-arphic-ukai", f"{_T}/arphic/ukai.ttc", "AR PL UKai CN"),
     Face("arphic-uming", "fonts-arphic-uming", f"{_T}/arphic/uming.ttc", "AR PL UMing CN"),
-    *(Face(f"noto-{style.lower()}-{lang.lower()}{'-bold' * bold}", "fonts-noto-cjk",
-           f"{_O}/noto/Noto{style}CJK-{'Bold' if bold else 'Regular'}.ttc", f"Noto {style} CJK {lang}")
-      for style in ("Sans", "Serif") for lang, bold in (("SC", 0), ("SC", 1), ("JP", 0))),
+    Face("noto-sans-sc", "fonts-noto-cjk", f"{_O}/noto/NotoSansCJK-Regular.ttc", "Noto Sans CJK SC"),
+    Face("noto-sans-sc-bold", "fonts-noto-cjk", f"{_O}/noto/NotoSansCJK-Bold.ttc", "Noto Sans CJK SC"),
+    Face("noto-sans-jp", "fonts-noto-cjk", f"{_O}/noto/NotoSansCJK-Regular.ttc", "Noto Sans CJK JP"),
+    Face("noto-serif-sc", "fonts-noto-cjk", f"{_O}/noto/NotoSerifCJK-Regular.ttc", "Noto Serif CJK SC"),
+    Face("noto-serif-sc-bold", "fonts-noto-cjk", f"{_O}/noto/NotoSerifCJK-Bold.ttc", "Noto Serif CJK SC"),
+    Face("noto-serif-jp", "fonts-noto-cjk", f"{_O}/noto/NotoSerifCJK-Regular.ttc", "Noto Serif CJK JP"),
     Face("ipa-gothic", "fonts-ipafont-gothic", f"{_O}/ipafont-gothic/ipag.ttf", "IPAGothic"),
     Face("ipa-mincho", "fonts-ipafont-mincho", f"{_O}/ipafont-mincho/ipam.ttf", "IPAMincho"),
 ]}
