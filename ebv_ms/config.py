@@ -32,7 +32,8 @@ def _short(text: str) -> str:
 
 _TYPE_TEXT = {"map": "mapping", "splits": "mapping split name -> path",
               "columns": "[path column, label column] (index >= 0 or header name)",
-              "bool|str": "bool or a local checkpoint path"}
+              "bool|str": "bool or a local checkpoint path",
+              "pair": "two numbers [a, b], a <= b, each {}"}  # {}: the range
 _CMP = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
@@ -48,12 +49,9 @@ class Key:
         self.range = allowed if isinstance(allowed, str) else ""
 
     def describe(self) -> str:
+        text = (_TYPE_TEXT.get(self.type) or f"{self.type} {self.range}".strip()).format(self.range)
         if self.choices is not None:
             text = "one of " + ", ".join(self.choices)
-        elif self.type == "pair":
-            text = f"two numbers [a, b], a <= b, each {self.range}"
-        else:
-            text = _TYPE_TEXT.get(self.type) or f"{self.type} {self.range}".strip()
         return text + (" or null" if self.default is None else "")
 
     def _number(self, value, integer: bool):
@@ -84,21 +82,17 @@ class Key:
             raise ConfigError(f"must be set ({self.describe()})")
         if t in ("int", "float"):
             return self._number(value, t == "int")
-        if t == "bool":
-            if not isinstance(value, bool):
-                raise ConfigError(f"expects true or false, {got} ({type(value).__name__})")
-            return value
+        if t == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"expects true or false, {got} ({type(value).__name__})")
         if t == "str":
             if not isinstance(value, str) or not (value or self.empty):
                 raise ConfigError(f"expects a {'' if self.empty else 'non-empty '}string, {got} "
                            f"({type(value).__name__})")
             if "\0" in value:
                 raise ConfigError("contains a NUL byte (\\0), which no path or name can hold: " + _show(value))
-            if self.choices is None:
-                return value
-            canonical = {a.lower(): a for a in self.choices}  # case-insensitive
-            if value.lower() in canonical:
-                return canonical[value.lower()]
+            canonical = {a.lower(): a for a in self.choices or ()}  # case-insensitive
+            if self.choices is None or value.lower() in canonical:
+                return canonical.get(value.lower(), value)
             close = difflib.get_close_matches(value, self.choices, n=1)
             raise ConfigError(f"must be one of {', '.join(self.choices)}, {got}"
                        + (f"; did you mean '{close[0]}'?" if close else ""))
@@ -111,7 +105,7 @@ class Key:
         two = isinstance(value, (list, tuple)) and len(value) == 2
         if not {"bool|str": isinstance(value, (bool, str)) and value != "", "pair": two,
                 "columns": two and all((isinstance(c, int) and not isinstance(c, bool) and c >= 0)
-                                       or (isinstance(c, str) and c) for c in value)}[t]:
+                                       or (isinstance(c, str) and c) for c in value)}.get(t, True):
             raise ConfigError(f"expects {self.describe()}, {got}")
         if t == "pair":
             a, b = (self._number(v, False) for v in value)
@@ -132,13 +126,13 @@ AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
 LOSS_SCALES = ("auto", "dynamic", "static", "none")
 # Documented backbones, ours (no pretrained weights) and aliases; other mindcv models work too.
 BACKBONES = ("resnet50", "swin_tiny", "small_cnn", "small_mlp")
-OWN_BACKBONES = ("small_cnn", "small_mlp")
 BACKBONE_ALIASES = {"tiny_cnn": "small_cnn"}
+OWN_BACKBONES = ("small_cnn", "small_mlp", *BACKBONE_ALIASES)
 
 
 def is_backbone(name: str) -> bool:
     """Ours (or an alias) or a model in mindcv's registry (imported on this call)."""
-    if BACKBONE_ALIASES.get(name, name) in OWN_BACKBONES:
+    if name in OWN_BACKBONES:
         return True
     if name.startswith("ebv_"):  # our own whole classifiers in mindcv's registry, not backbones
         return False
@@ -350,8 +344,6 @@ MAX_INT_DIGITS = 100       # longer integers stay text, refused by the key's che
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that bounds depth while composing and keeps huge integers as text."""
-
     def compose_node(self, parent, index):
         self._keys.append(index.value if isinstance(index, yaml.ScalarNode) else "[]")
         if len(self._keys) > MAX_YAML_DEPTH:
@@ -472,8 +464,7 @@ def _cross_checks(c: Mapping, bad) -> None:
     if not is_backbone(m["backbone"]):
         bad("model.backbone", f"{m['backbone']!r} is neither one of {', '.join(BACKBONES)} nor a "
                               "mindcv model name (mindcv.models.list_models())")
-    if m["pretrained"] is True and BACKBONE_ALIASES.get(m["backbone"], m["backbone"]) in \
-            OWN_BACKBONES:
+    if m["pretrained"] is True and m["backbone"] in OWN_BACKBONES:
         bad("model.pretrained", f"{m['backbone']} has no pretrained weights; set it to false")
     if m["head"] == "ebv" and not e["path"]:
         if e["method"] == "official" and e["alpha"] is None:
@@ -513,11 +504,10 @@ def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Confi
         if head and head[0] in broken:
             continue
         node = out[head[0]] if head else out  # SCHEMA is two levels deep
-        if last not in node:
-            bad(key, "is missing")
-            continue
         try:
             node[last] = spec.check(node[last])
+        except KeyError:
+            bad(key, "is missing")
         except ConfigError as exc:
             bad(key, str(exc), spec.hint)
     if not problems:
@@ -544,9 +534,8 @@ def check_run(cfg: Config, training: bool = True, ebv_needed: bool = True) -> Co
                               "folder")
     if ebv and ebv.path and not os.path.isfile(ebv.path):
         raise ebv_path_missing(ebv.path)
-    m = cfg.model
-    ckpt = m.backbone_checkpoint or (m.pretrained if isinstance(m.pretrained, str) else None)
-    if ckpt and not os.path.isfile(ckpt):
+    ckpt = cfg.model.backbone_checkpoint or cfg.model.pretrained  # True: a download, not a file
+    if isinstance(ckpt, str) and not os.path.isfile(ckpt):
         raise ConfigError(f"config key 'model.backbone_checkpoint': file not found: {ckpt}")
     if not cfg.data.path:
         raise ConfigError("config key 'data.path' must be set: the .zip archive or the dataset "
