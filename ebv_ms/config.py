@@ -3,6 +3,7 @@ key with where it was set; ``check_run`` looks at the machine. Sections mirror t
 arguments (``model`` -> ``create_classifier``), which know nothing of YAML keys."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import logging
@@ -57,10 +58,8 @@ class Key:
     def _number(self, value, integer: bool):
         got = f"got {_show(value)} ({type(value).__name__})"
         if isinstance(value, str) and not integer:
-            try:  # PyYAML reads "1e-4" (no dot) as a string: accept numbers written that way
-                value = float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):  # PyYAML reads "1e-4" (no dot) as a string
+                value = float(value)  # accept numbers written that way
         if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
             raise ConfigError(f"expects {self.describe()}, {got}")
         if not integer:
