@@ -81,8 +81,10 @@ class Key:
             raise ConfigError(f"must be set ({self.describe()})")
         if t in ("int", "float"):
             return self._number(value, t == "int")
-        if t == "bool" and not isinstance(value, bool):
-            raise ConfigError(f"expects true or false, {got} ({type(value).__name__})")
+        if t == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"expects true or false, {got} ({type(value).__name__})")
+            return value
         if t == "str":
             if not isinstance(value, str) or not (value or self.empty):
                 raise ConfigError(f"expects a {'' if self.empty else 'non-empty '}string, {got} "
@@ -104,7 +106,7 @@ class Key:
         two = isinstance(value, (list, tuple)) and len(value) == 2
         if not {"bool|str": isinstance(value, (bool, str)) and value != "", "pair": two,
                 "columns": two and all((isinstance(c, int) and not isinstance(c, bool) and c >= 0)
-                                       or (isinstance(c, str) and c) for c in value)}.get(t, True):
+                                       or (isinstance(c, str) and c) for c in value)}[t]:
             raise ConfigError(f"expects {self.describe()}, {got}")
         if t == "pair":
             a, b = (self._number(v, False) for v in value)
@@ -503,10 +505,11 @@ def validate(cfg: Mapping, origins: Optional[Mapping[str, str]] = None) -> Confi
         if head and head[0] in broken:
             continue
         node = out[head[0]] if head else out  # SCHEMA is two levels deep
+        if last not in node:
+            bad(key, "is missing")
+            continue
         try:
             node[last] = spec.check(node[last])
-        except KeyError:
-            bad(key, "is missing")
         except ConfigError as exc:
             bad(key, str(exc), spec.hint)
     if not problems:
