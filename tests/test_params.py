@@ -10,10 +10,15 @@ import pytest
 from ebv_ms.config import load_config
 from ebv_ms.ebv import EBVSet
 from ebv_ms.models import HEADS, create_classifier
-from ebv_ms.models.classifier import count_parameters
+from ebv_ms.models.classifier import PARTS, count_cell
 from ebv_ms.tools.params import main, parameter_report
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def count_parameters(net):
+    """{part: PartCount} of a built Classifier, to compare with parameter_report."""
+    return {part: count_cell(getattr(net, part)) for part in PARTS}
 
 
 def _write(tmp_path, text):

@@ -99,10 +99,6 @@ def count_cell(cell: nn.Cell) -> PartCount:
     return out
 
 
-def count_parameters(net: Classifier) -> Dict[str, PartCount]:
-    return {part: count_cell(getattr(net, part)) for part in PARTS}
-
-
 def parameter_totals(net: Classifier) -> Dict[str, int]:
     """The counts summed over the parts; ``total`` = trainable + frozen, as in the paper."""
     c = count_cell(net)
