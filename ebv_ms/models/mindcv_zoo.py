@@ -6,6 +6,7 @@ arguments go to the mindcv backbone."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 from typing import Optional, Union
 
 import numpy as np
@@ -22,10 +23,8 @@ def quiet_cell_teardown() -> None:
     original = _cell.Cell.__del__
 
     def _del(self, _original=original):
-        try:
+        with contextlib.suppress(AttributeError):
             _original(self)
-        except AttributeError:
-            pass
 
     _cell.Cell.__del__ = _del
 
