@@ -22,8 +22,11 @@ from .errors import ConfigError
 
 def _show(value) -> str:
     """``repr`` cut to one readable line (a 5,000-digit seed, a 100 KB string)."""
-    text = repr(value) if not isinstance(value, (dict, list)) or len(value) < 20 else \
-        f"<{type(value).__name__} of {len(value)} items>"
+    try:
+        text = repr(value) if not isinstance(value, (dict, list)) or len(value) < 20 else \
+            f"<{type(value).__name__} of {len(value)} items>"
+    except ValueError:  # Python refuses int -> str past 4,300 digits (a config built in code)
+        text = f"<{type(value).__name__} too long to show>"
     return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
 
@@ -63,7 +66,10 @@ class Key:
         if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
             raise ConfigError(f"expects {self.describe()}, {got}")
         if not integer:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int past float's range (YAML keeps long ones as text)
+                value = math.inf if value > 0 else -math.inf
             if not math.isfinite(value):
                 raise ConfigError(f"expects a finite {self.describe()}, got {value}")
         if not all(_CMP[op](value, float(x)) for op, x in

@@ -429,6 +429,22 @@ def test_train_api_validates_a_config_built_in_code():
         train(cfg)
 
 
+def test_huge_integers_in_a_config_built_in_code_name_the_key():
+    """YAML keeps integers past 100 digits as text; code can pass any int. One past float's range
+    was an OverflowError, one past 4,300 digits a ValueError from repr(), neither naming the key."""
+    from ebv_ms.config import validate
+    cfg = load_config().to_dict()
+    cfg["optim"]["lr"], cfg["seed"], cfg["data"]["scale"] = 10 ** 400, 10 ** 5000, [0.5, -10 ** 400]
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    for needle in ("'seed' must be >= 0 and <= 4294967295, got <int too long to show>",
+                   "'optim.lr' expects a finite float > 0, got inf", "'data.scale' expects a finite"):
+        assert needle in str(e.value)
+    cfg = load_config().to_dict()
+    cfg["model"]["num_classes"] = 10 ** 5000  # valid: a factory refuses what it cannot build
+    assert validate(cfg).model.num_classes == 10 ** 5000
+
+
 def test_a_checkpoint_config_with_a_retired_key_still_loads():
     """Checkpoints of the previous version record train.debug_kill_at_step (now a test callback):
     their config loads without it, while a file or override naming it is an unknown key."""
