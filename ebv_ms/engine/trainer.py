@@ -15,8 +15,8 @@ from ebv_ms.errors import DivergenceError
 from ebv_ms.progress import progress_bar
 from .builders import (build_data, build_eval, build_network, build_training, scaler_params,
                        setup_context)
-from .checkpoint import (CheckpointError, CheckpointState, atomic_copy, load_checkpoint,
-                         network_from_checkpoint, restore, save_checkpoint)
+from .checkpoint import (CheckpointError, CheckpointState, atomic_copy, checkpoint_ebv,
+                         load_checkpoint, restore, save_checkpoint)
 from .distributed import broadcast_from_main_rank, check_same_start, init_distributed
 from .ebv_source import resolve_ebv, start_run_ebv_file
 from .evaluator import evaluate
@@ -76,19 +76,15 @@ class Trainer:
 
         self.train_ds, self.train_info = build_data(cfg, "train", int(t.batch_size), True,
                                                     self.world_size, self.rank)
-        names = self.train_info.class_names
-        if state is not None:  # the classes of the checkpoint and of both folders' classes.json
+        # create_dataset has refused another number of classes, and a shard under one batch
+        self.steps_per_epoch = spe = int(self.train_ds.get_dataset_size())
+        if state is None:
+            self.ebv = resolve_ebv(cfg, self.rank, progress=self.rank == 0, logger=self.log)
+        else:  # the classes of the checkpoint and of both folders' classes.json; its EBV set
+            names = self.train_info.class_names
             for folder in dict.fromkeys([self.out, os.path.dirname(os.path.abspath(state.path))]):
                 check_class_names(folder, names)
             check_class_names(state.path, names, state.class_names)
-        # create_dataset has refused another number of classes, and a shard under one batch
-        self.steps_per_epoch = spe = int(self.train_ds.get_dataset_size())
-
-        amp_level = resolve_amp_level(cfg.train.amp_level, cfg.device_target)
-        if state is None:
-            self.ebv = resolve_ebv(cfg, self.rank, progress=self.rank == 0, logger=self.log)
-            self.network = build_network(cfg, self.ebv, amp_level)
-        else:  # the checkpoint's network and EBV set (found or rebuilt, verified)
             recorded = (state.config or {}).get("ebv") or {}
             changed = [k for k in _EBV_RECIPE_KEYS if k in recorded and recorded[k] != cfg.ebv[k]]
             if changed:
@@ -97,16 +93,12 @@ class Trainer:
                 raise CheckpointError(f"{state.path} was trained with {was} but this run sets "
                                       f"{now}; resume with the same 'ebv' settings as the original "
                                       "run (or start a new output_dir)")
-            self.network, self.ebv = network_from_checkpoint(
-                state, cfg, rank=self.rank, progress=self.rank == 0, amp_level=amp_level,
-                logger=self.log)
+            self.ebv = checkpoint_ebv(state, cfg, rank=self.rank, progress=self.rank == 0,
+                                      logger=self.log)  # found or rebuilt, verified
+        amp_level = resolve_amp_level(cfg.train.amp_level, cfg.device_target)
+        self.network = build_network(cfg, self.ebv, amp_level)
         self.lrs, self.optimizer, self.scaler, self.step_fn = build_training(cfg, self.network,
                                                                              spe, amp_level)
-        self.skip_guard = SkippedStepGuard.for_scaler(self.scaler, int(t.max_skipped_steps))
-        self.eval_parts = build_eval(cfg, self.network, self.rank, self.world_size)
-        # evaluation on every rank uses rank 0's BatchNorm statistics: the model that is saved
-        self.bn_stats = [p for p in self.network.get_parameters()
-                         if p.name.endswith(("moving_mean", "moving_variance"))]
         resumed = None
         if state is not None:  # before any step compiles: a compiled graph keeps the old buffers
             restore(state, self.network, self.optimizer, scaler_params(self.scaler))
@@ -118,6 +110,11 @@ class Trainer:
             self.start_epoch, self.best_top1, self.best_epoch = (state.epoch, state.best_top1,
                                                                  state.best_epoch)
             state = None  # its tensors and EBV copy (~4 GB per rank at 100k classes) are freed
+        self.skip_guard = SkippedStepGuard.for_scaler(self.scaler, int(t.max_skipped_steps))
+        self.eval_parts = build_eval(cfg, self.network, self.rank, self.world_size)
+        # evaluation on every rank uses rank 0's BatchNorm statistics: the model that is saved
+        self.bn_stats = [p for p in self.network.get_parameters()
+                         if p.name.endswith(("moving_mean", "moving_variance"))]
         from ebv_ms.models.classifier import parameter_totals
         counts = parameter_totals(self.network)
         self.log.info("model %s + %s head: %s parameters (%s trainable, %s frozen; BatchNorm "
