@@ -27,7 +27,8 @@ def progress_bar(iterable: Optional[Iterable] = None, *, total: Optional[int] = 
 
 class LineProgress(tqdm):
     """tqdm printing ``desc: n/total unit (p%), elapsed s, rate unit/s, postfix`` as a line of its
-    own at most every ``mininterval`` seconds and once at ``close``; none before the first step."""
+    own at most every ``mininterval`` seconds and once at ``close``; none before the first step.
+    As tqdm redraws, ``set_postfix`` (``_str``) prints one now unless given ``refresh=False``."""
 
     monitor_interval = 0  # no tqdm monitor thread: it only speeds up a bar's redraws
 
@@ -40,12 +41,6 @@ class LineProgress(tqdm):
                   f"{self.n / max(secs, 1e-9):.3g} {self.unit}/s"
                   + (f", {self.postfix}" if self.postfix else ""), file=self.fp, flush=True)
         return False
-
-    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
-        self.postfix = ", ".join(f"{k}={v}" for k, v in dict(ordered_dict or {}, **kwargs).items())
-
-    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
-        self.postfix = str(s)
 
     def close(self) -> None:
         if not self.disable and self.n:

@@ -37,7 +37,8 @@ def evaluate(network, parts, *, progress: bool = True, desc: str = "eval") -> Di
         count += keep
         bar.update(1)
         if bar.n % 10 == 0:
-            bar.set_postfix(img_s=f"{count / max(time.perf_counter() - t0, 1e-9):.0f}")
+            bar.set_postfix(img_s=f"{count / max(time.perf_counter() - t0, 1e-9):.0f}",
+                            refresh=False)
     bar.close()
     bad = set(info.bad.indices())  # of this shard's own samples (a padding repeat is another's)
     if info.shard_padding and bad:
