@@ -81,10 +81,9 @@ class Trainer:
         if state is None:
             self.ebv = resolve_ebv(cfg, self.rank, progress=self.rank == 0, logger=self.log)
         else:  # the classes of the checkpoint and of both folders' classes.json; its EBV set
-            names = self.train_info.class_names
             for folder in dict.fromkeys([self.out, os.path.dirname(os.path.abspath(state.path))]):
-                check_class_names(folder, names)
-            check_class_names(state.path, names, state.class_names)
+                check_class_names(folder, self.train_info.class_names)
+            check_class_names(state.path, self.train_info.class_names, state.class_names)
             recorded = (state.config or {}).get("ebv") or {}
             changed = [k for k in _EBV_RECIPE_KEYS if k in recorded and recorded[k] != cfg.ebv[k]]
             if changed:
@@ -112,9 +111,6 @@ class Trainer:
             state = None  # its tensors and EBV copy (~4 GB per rank at 100k classes) are freed
         self.skip_guard = SkippedStepGuard.for_scaler(self.scaler, int(t.max_skipped_steps))
         self.eval_parts = build_eval(cfg, self.network, self.rank, self.world_size)
-        # evaluation on every rank uses rank 0's BatchNorm statistics: the model that is saved
-        self.bn_stats = [p for p in self.network.get_parameters()
-                         if p.name.endswith(("moving_mean", "moving_variance"))]
         from ebv_ms.models.classifier import parameter_totals
         counts = parameter_totals(self.network)
         self.log.info("model %s + %s head: %s parameters (%s trainable, %s frozen; BatchNorm "
@@ -243,7 +239,9 @@ class Trainer:
         return loss_sum, float(values[-1])
 
     def evaluate(self, epoch: int) -> dict:
-        broadcast_from_main_rank(self.bn_stats)
+        # evaluation on every rank uses rank 0's BatchNorm statistics: the model that is saved
+        broadcast_from_main_rank(p for p in self.network.get_parameters()
+                                 if p.name.endswith(("moving_mean", "moving_variance")))
         m = evaluate(self.network, self.eval_parts,
                      progress=self.rank == 0 and bool(self.cfg.train.progress_bar),
                      desc=f"eval {epoch}")
