@@ -6,8 +6,7 @@ import os
 from typing import Optional
 
 import mindspore as ms
-from mindspore import Tensor, nn, ops
-from mindspore import amp
+from mindspore import Tensor, amp, nn, ops
 from mindspore.ops.operations.math_ops import NPUClearFloatStatusV2
 
 from ebv_ms.errors import DivergenceError
