@@ -106,16 +106,13 @@ def read_entries(path: str) -> Dict[str, Entry]:
         if not v.HasField("tensor") or len(unknown_fields.UnknownFieldSet(v)) \
                 or len(unknown_fields.UnknownFieldSet(v.tensor)):
             raise bad(f"entry {v.tag[:80]!r} is not a plain tensor")
-        t = v.tensor
-        key = (t.tensor_type, tuple(t.dims))
-        if v.tag == next(reversed(parts), None):  # a large tensor is written in consecutive chunks
-            if parts[v.tag][0] != key:
-                raise bad(f"the chunks of {v.tag[:80]!r} disagree on dtype or shape")
-            parts[v.tag][1].append(t.tensor_content)
-            continue
-        if v.tag in parts:
+        key = (v.tensor.tensor_type, tuple(v.tensor.dims))
+        seen = parts.get(v.tag)  # a large tensor is written in consecutive chunks
+        if seen is not None and v.tag != next(reversed(parts)):
             raise bad(f"{v.tag[:80]!r} appears twice")
-        parts[v.tag] = (key, [t.tensor_content])
+        if seen is not None and seen[0] != key:
+            raise bad(f"the chunks of {v.tag[:80]!r} disagree on dtype or shape")
+        parts.setdefault(v.tag, (key, []))[1].append(v.tensor.tensor_content)
     del msg
     out: Dict[str, Entry] = {}
     for name in list(parts):
