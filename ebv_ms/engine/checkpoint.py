@@ -37,6 +37,7 @@ _LABELS = {v: k for k, v in _DTYPES.items()}
 # a recipe from a file is rebuilt only up to this many float32 elements (N x d): the 100k x 5000
 # set is 5e8; a crafted N = d = 20,000 orthonormal recipe grew eval.py to 9.8 GB
 MAX_RECIPE_ELEMENTS = 2_000_000_000
+_ANOTHER = "use another checkpoint (last.ckpt / best.ckpt of the run)"
 
 Entry = Union[np.ndarray, str]
 
@@ -83,8 +84,7 @@ def read_entries(path: str) -> Dict[str, Entry]:
     from mindspore.train.checkpoint_pb2 import Checkpoint
 
     def bad(why: str) -> CheckpointError:
-        return CheckpointError(f"{path}: not a usable checkpoint ({why}); use another checkpoint "
-                               "(last.ckpt / best.ckpt of the run)")
+        return CheckpointError(f"{path}: not a usable checkpoint ({why}); {_ANOTHER}")
 
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -228,8 +228,7 @@ def load_checkpoint(path: str) -> CheckpointState:
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
                 yaml.YAMLError) as exc:
             raise CheckpointError(f"{path}: damaged checkpoint metadata ({type(exc).__name__}: "
-                                  f"{' '.join(str(exc).split())[:200]}); use another checkpoint "
-                                  "(last.ckpt / best.ckpt of the run)") from None
+                                  f"{' '.join(str(exc).split())[:200]}); {_ANOTHER}") from None
     for name, arr in raw.items():
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise CheckpointError(f"{path}: tensor {name!r} holds NaN or inf; these weights are "
@@ -418,16 +417,15 @@ def restore(state: CheckpointState, network, optimizer=None,
     _assign(state, [(p, p.name) for p in params], "network parameters",
             "was it written for another model, head or number of classes?")
     if optimizer is not None:
+        hint = "resume with the same optim.opt as the original run"
         saved = [k for k in state.params if k.startswith(_OPT)]
         if not saved:
             raise CheckpointError(f"{state.path}: holds no optimizer state; cannot resume from it")
         unused = sorted(set(saved) - {_OPT + p.name for p in opt})
         if unused:
             raise CheckpointError(f"{state.path}: optimizer state does not match this optimizer "
-                                  f"(unexpected {unused[:5]}); resume with the same optim.opt "
-                                  "as the original run")
-        _assign(state, [(p, _OPT + p.name) for p in opt], "optimizer states",
-                "resume with the same optim.opt as the original run")
+                                  f"(unexpected {unused[:5]}); {hint}")
+        _assign(state, [(p, _OPT + p.name) for p in opt], "optimizer states", hint)
     # in place: the compiled step keeps the scaler's buffers (see write_in_place)
     _assign(state, [(p, _EXTRA + n) for n, p in (extra_params or {}).items()
                     if _EXTRA + n in state.params], "", "", in_place=True)
