@@ -22,6 +22,8 @@ from ebv_ms.config import METHODS, Config, ConfigError, load_config, parse_yaml
 from ebv_ms.ebv import EBVError, EBVSet, load_ebv
 from ebv_ms.ebv.identity import describe, identity, matches, safe_file_name
 from ebv_ms.errors import EBVMSError
+from ebv_ms.generation import create_ebv
+from .ebv_source import ebv_cache_path, resolve_ebv, run_ebv_file
 
 _log = logging.getLogger("ebv_ms")
 
@@ -184,8 +186,7 @@ def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_st
         meta["ebv"] = identity(ebv)
         if ebv.vectors.nbytes <= int(ebv_inline_max_bytes):
             entries[_EBV] = ebv.vectors
-        else:
-            from .ebv_source import run_ebv_file  # written at set-up (trainer), else now
+        else:  # the run's file, written at set-up (trainer), else now
             meta["ebv"]["file"] = run_ebv_file(os.path.dirname(os.path.abspath(path)), ebv)
     entries[_META] = json.dumps(meta)
     if config is not None:
@@ -328,7 +329,6 @@ def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = N
                    logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
     """The set ``state`` was trained with, verified, from: ``ebv_file`` or ``ebv.path``; inside;
     next to it; the cache; a closed-form rebuild (no set recorded: ``resolve_ebv(cfg)``)."""
-    from .ebv_source import ebv_cache_path, resolve_ebv
     log, info = logger or _log, state.ebv_info
     if info is None:
         return resolve_ebv(cfg, rank, progress=progress, logger=log) if cfg is not None else None
@@ -370,7 +370,6 @@ def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = N
     if why:
         raise CheckpointError(f"{state.path}: its EBV recipe (N={n}, d={d}) does not fit the "
                               f"network it holds ({why}); not rebuilt: pass --ebv FILE")
-    from ebv_ms.generation import create_ebv
     t0 = time.time()
     ebv = create_ebv(n, d, alpha=info.get("alpha"), method=recipe, seed=seed, progress=False)
     check_ebv_matches(state, ebv)
