@@ -174,10 +174,8 @@ def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_st
                     extra_params: Optional[Mapping] = None,
                     ebv_inline_max_bytes: int = EBV_INLINE_MAX_BYTES) -> str:
     """Everything needed to resume (or evaluate), atomically (``atomic_path`` makes the folder)."""
-    _, net, opt = _params(network, optimizer)
-    named = [(p.name, p) for p in net] + [(_OPT + p.name, p) for p in opt] + \
-        [(_EXTRA + n, p) for n, p in (extra_params or {}).items()]
-    entries: Dict[str, Entry] = {n: p.asnumpy().reshape(p.shape) for n, p in named}
+    _, net, opt, extra = _params(network, optimizer, extra_params)
+    entries: Dict[str, Entry] = {k: p.asnumpy().reshape(p.shape) for k, p in net + opt + extra}
     meta = {"format": FORMAT, "epoch": int(epoch), "global_step": int(global_step),
             "best_top1": float(best_top1), "best_epoch": int(best_epoch),
             "metrics": dict(metrics or {}),
@@ -294,15 +292,17 @@ def _int(v) -> int:
     return v
 
 
-def _params(network, optimizer=None):
-    """(EBV head, the network's parameters but its matrix, the optimizer's own but the lr list)."""
+def _params(network, optimizer=None, extra_params=None):
+    """EBV head, (key, param) pairs: network's but its matrix, optimizer's but lr list, scaler's."""
     from ebv_ms.models.heads import EBVHead
     head = next((c for _, c in network.cells_and_names() if isinstance(c, EBVHead)), None)
     net = list(network.get_parameters())
     ids = {id(p) for p in net}
-    opt = [] if optimizer is None else [p for p in optimizer.get_parameters() if id(p) not in ids
+    opt = [] if optimizer is None else [(_OPT + p.name, p) for p in optimizer.get_parameters()
+                                        if id(p) not in ids
                                         and not p.name.startswith("learning_rate")]
-    return head, [p for p in net if head is None or p is not head.matrix], opt
+    extra = [(_EXTRA + n, p) for n, p in (extra_params or {}).items()]
+    return head, [(p.name, p) for p in net if head is None or p is not head.matrix], opt, extra
 
 
 def _mismatch(state: CheckpointState, given: str) -> CheckpointError:
@@ -409,34 +409,33 @@ def restore(state: CheckpointState, network, optimizer=None,
             extra_params: Optional[Mapping] = None) -> None:
     """``state``'s weights into ``network``, optimizer and loss scaler (never the EBV matrix); not
     by ``load_param_into_net``, which called parameters shared with the optimizer "not loaded"."""
-    head, params, opt = _params(network, optimizer)
+    head, params, opt, extra = _params(network, optimizer, extra_params)
     if head is not None and state.ebv_info is not None \
             and not matches(state.ebv_info, None, head.checksum):
         raise _mismatch(state, f"not the network's set {head.checksum}")
-    _assign(state, [(p, p.name) for p in params], "network parameters",
+    _assign(state, params, "network parameters",
             "was it written for another model, head or number of classes?")
     if optimizer is not None:
         hint = "resume with the same optim.opt as the original run"
         saved = [k for k in state.params if k.startswith(_OPT)]
         if not saved:
             raise CheckpointError(f"{state.path}: holds no optimizer state; cannot resume from it")
-        unused = sorted(set(saved) - {_OPT + p.name for p in opt})
+        unused = sorted(set(saved) - {k for k, _ in opt})
         if unused:
             raise CheckpointError(f"{state.path}: optimizer state does not match this optimizer "
                                   f"(unexpected {unused[:5]}); {hint}")
-        _assign(state, [(p, _OPT + p.name) for p in opt], "optimizer states", hint)
+        _assign(state, opt, "optimizer states", hint)
     # in place: the compiled step keeps the scaler's buffers (see write_in_place)
-    _assign(state, [(p, _EXTRA + n) for n, p in (extra_params or {}).items()
-                    if _EXTRA + n in state.params], "", "", in_place=True)
+    _assign(state, [(k, p) for k, p in extra if k in state.params], "", "", in_place=True)
 
 
 def _assign(state: CheckpointState, pairs, what: str, hint: str, in_place: bool = False):
     import mindspore as ms
-    missing = [k for _, k in pairs if k not in state.params]
+    missing = [k for k, _ in pairs if k not in state.params]
     if missing:
         raise CheckpointError(f"{state.path}: {len(missing)} {what} are not in the checkpoint "
                               f"(e.g. {missing[:5]}); {hint}")
-    for p, key in pairs:
+    for key, p in pairs:
         arr = state.params[key]
         if arr.size == 1 == math.prod(p.shape):  # a scalar state is () or (1,) by MindSpore's mood
             arr = arr.reshape(p.shape)
