@@ -109,18 +109,16 @@ def resolve_ebv(cfg, rank: int = 0, progress: bool = True,
     return share_ebv(ebv, rank, str(cfg.ebv.cache_dir), name, log)
 
 
-def _meta_bytes(ebv: EBVSet) -> bytes:
-    return json.dumps({"alpha": ebv.alpha, "method": ebv.method, "seed": ebv.seed,
-                       "extra": ebv.extra}, sort_keys=True).encode()
-
-
 def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str], log) -> EBVSet:
     """Rank 0's set on every rank (a collective; ``ebv`` None: this rank has none); a different
     set stops every rank. In each host's ``folder`` one receiver saves it, the others map it."""
     # each rank's row: has-set, N, d, checksum (4 x 16 bits), metadata size, folder key (2 x 16)
     key = zlib.crc32(f"{socket.gethostname()}:{os.path.realpath(folder)}".encode())
+    meta = b"" if ebv is None else json.dumps(
+        {"alpha": ebv.alpha, "method": ebv.method, "seed": ebv.seed, "extra": ebv.extra},
+        sort_keys=True).encode()
     row = [0] * 8 if ebv is None else [1, ebv.num_classes, ebv.dim, *(
-        int(ebv.checksum()[i:i + 4], 16) for i in range(0, 16, 4)), len(_meta_bytes(ebv))]
+        int(ebv.checksum()[i:i + 4], 16) for i in range(0, 16, 4)), len(meta)]
     rows = all_gather_counts(row + [key >> 16, key & 0xFFFF])
     ref = rows[0]
     if not ref[0]:
@@ -147,8 +145,8 @@ def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str]
     keeper = {tuple(rows[r][8:]): r for r in reversed(lacking)}
     keeps = rank in keeper.values()
     t0 = time.time()
-    meta = np.frombuffer(_meta_bytes(ebv), np.uint8) if rank == 0 else np.zeros(int(ref[7]))
-    info = json.loads(broadcast(meta.astype(np.float32)).astype(np.uint8).tobytes())
+    sent = np.frombuffer(meta, np.uint8) if rank == 0 else np.zeros(int(ref[7]))
+    info = json.loads(broadcast(sent.astype(np.float32)).astype(np.uint8).tobytes())
     rows_per = max(1, _CHUNK_BYTES // (4 * d))
     out = np.empty((n, d), np.float32) if keeps else None
     for i in range(0, n, rows_per):
@@ -159,7 +157,7 @@ def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str]
             out[i:j] = got
     error = ""
     if keeps:
-        got_set = EBVSet(out, **info)  # alpha, method, seed, extra (_meta_bytes)
+        got_set = EBVSet(out, **info)  # alpha, method, seed, extra (meta)
         del out
         if got_set.checksum() != checksum:
             error = (f"rank {rank}: the set received from rank 0 has checksum "
