@@ -39,8 +39,7 @@ def describe(info: Mapping) -> str:
 def matches(info: Mapping, ebv: EBVSet, checksum: Optional[str] = None) -> bool:
     """Is ``ebv`` (or a set with ``checksum``) the recorded set? A plain weights file of an
     fp16-stored head records the set rounded to fp16: the given set rounded the same way."""
-    given = checksum or ebv.checksum()
-    if given == info["checksum"]:
+    if (checksum or ebv.checksum()) == info["checksum"]:
         return True
     dtype = info.get("dtype", "float32")
     if dtype == "float32" or ebv is None:
