@@ -213,7 +213,6 @@ class JsonlLog:
         return out
 
     def truncate_after(self, epoch: int) -> None:
-        """Keep only records of epochs <= ``epoch`` (those the checkpoint being resumed covers)."""
         keep = [r for r in self.read() if r.get("epoch", 0) <= epoch]
         with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in keep)
