@@ -22,19 +22,19 @@ sys.path.insert(0, ROOT)
 def build(n: int, d: int):
     import numpy as np
     import mindspore as ms
-    from mindspore import Tensor, nn, ops
-    from ebv_ms.generation.iterative import EBVParams, SmoothMaxGrad
+    from mindspore import Parameter, Tensor, nn, ops
+    from ebv_ms.generation.iterative import SmoothMaxGrad
 
     class AutodiffSmoothMax(nn.Cell):
         """log-sum-exp of |cos| over the pairs, rows normalised inside; autodiff gradient."""
 
-        def __init__(self, params):
+        def __init__(self, weight):
             super().__init__()
-            self.params = params
+            self.weight = weight
             self.mm = ops.MatMul(transpose_b=True)
 
         def construct(self, rows, onehot, beta):
-            w = self.params.weight
+            w = self.weight
             v = w / ops.norm(w, dim=1, keepdim=True)
             c = ops.abs(self.mm(ops.gather(v, rows, 0), v)) - 2.0 * onehot
             mx = ops.stop_gradient(c.max())
@@ -45,10 +45,9 @@ def build(n: int, d: int):
     args = (Tensor(np.arange(n, dtype=np.int32)), Tensor(np.eye(n, dtype=np.float32)),
             Tensor(150.0, ms.float32))
 
-    p_old = EBVParams(w0)
-    opt_old = nn.Adam([p_old.weight], learning_rate=3e-3)
-    grad_fn = ms.value_and_grad(AutodiffSmoothMax(p_old), None, opt_old.parameters, has_aux=True)
-    w_old = p_old.weight
+    w_old = Parameter(Tensor(w0), name="ebv")
+    opt_old = nn.Adam([w_old], learning_rate=3e-3)
+    grad_fn = ms.value_and_grad(AutodiffSmoothMax(w_old), None, opt_old.parameters, has_aux=True)
 
     @ms.jit
     def autodiff_step(rows, onehot, beta):
@@ -58,10 +57,9 @@ def build(n: int, d: int):
         ops.assign(w_old, w / ops.norm(w, dim=1, keepdim=True))
         return m
 
-    p_new = EBVParams(w0)
-    cell = SmoothMaxGrad(p_new, whole=True)
-    opt_new = nn.Adam([p_new.weight], learning_rate=3e-3)
-    w_new = p_new.weight
+    w_new = Parameter(Tensor(w0), name="ebv")
+    cell = SmoothMaxGrad(w_new, whole=True)
+    opt_new = nn.Adam([w_new], learning_rate=3e-3)
 
     @ms.jit
     def written_step(rows, onehot, beta):

@@ -163,12 +163,12 @@ def _smoothmax_reference_grad(w, rows, beta):
 @pytest.mark.parametrize("rows", [np.arange(14), np.array([3, 4, 5, 6, 7])])
 def test_smoothmax_gradient_matches_a_numpy_reference(rows):
     """The hand-written gradient (whole set, and one row slice) equals finite differences."""
-    from mindspore import Tensor
-    from ebv_ms.generation.iterative import EBVParams, SmoothMaxGrad
+    from mindspore import Parameter, Tensor
+    from ebv_ms.generation.iterative import SmoothMaxGrad
     from ebv_ms.generation.factory import normal_init
     w = normal_init(14, 4, seed=6)
     whole = len(rows) == w.shape[0]
-    cell = SmoothMaxGrad(EBVParams(w), whole=whole)
+    cell = SmoothMaxGrad(Parameter(Tensor(w), name="ebv"), whole=whole)
     m, grad = cell(Tensor(rows.astype(np.int32)), Tensor(np.float32(20.0)))
     m_ref, g_ref = _smoothmax_reference_grad(w, rows, 20.0)
     assert float(m.asnumpy()) == pytest.approx(m_ref, abs=1e-6)

@@ -31,26 +31,18 @@ def minus_self_pairs(c, rows):
     return ops.tensor_scatter_sub(c, pairs, ops.ones(rows.shape, c.dtype))
 
 
-class EBVParams(nn.Cell):
-    """Holds the N x d matrix being optimised as a single Parameter."""
-
-    def __init__(self, init: np.ndarray):
-        super().__init__()
-        self.weight = Parameter(Tensor(np.ascontiguousarray(init, dtype=np.float32)), name="ebv")
-
-
 class OfficialSliceLoss(nn.Cell):
     """Algorithm 1's loss for one row slice: (sum relu(|W_S W^T| - I_S - alpha), its max), on W
     as stored (normalised at the start of the step), exactly as the authors' code does."""
 
-    def __init__(self, params: EBVParams, alpha: float):
+    def __init__(self, weight: Parameter, alpha: float):
         super().__init__()
-        self.params = params
+        self.weight = weight
         self.alpha = float(alpha)
         self.mm = ops.MatMul(transpose_b=True)
 
     def construct(self, rows):
-        w = self.params.weight
+        w = self.weight
         m = minus_self_pairs(ops.abs(self.mm(ops.gather(w, rows, 0), w)), rows)
         # row-wise reductions first: MindSpore's CPU full reductions are several x slower
         return ops.relu(m - self.alpha).sum(axis=1).sum(), m.max(axis=1).max()
@@ -65,16 +57,16 @@ class SmoothMaxGrad(nn.Cell):
     projected onto the sphere's tangent space: with Adam 2.3-3.0x faster per step than autodiff on
     |c| (N=1000, d=100..500, ``benchmarks/generation_step.py``)."""
 
-    def __init__(self, params: EBVParams, whole: bool):
+    def __init__(self, weight: Parameter, whole: bool):
         super().__init__()
-        self.params = params
+        self.weight = weight
         self.whole = bool(whole)          # the slice is every row, in order: c is symmetric
         self.mm = ops.MatMul()
         self.mm_t = ops.MatMul(transpose_b=True)
         self.mm_ta = ops.MatMul(transpose_a=True)
 
     def construct(self, rows, beta):
-        v = self.params.weight
+        v = self.weight
         vs = v if self.whole else ops.gather(v, rows, 0)
         c = minus_self_pairs(self.mm_t(vs, v), rows)       # self-pairs: 1 - 1 ~= 0
         sq = c * c
@@ -115,15 +107,13 @@ def _slices(n: int, size: int) -> List[Tensor]:
 def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = 1e-3,
                  slice_size: Optional[int] = None, time_limit: Optional[float] = None,
                  callback: Callable[[int, float], None] = lambda step, coh: None) -> RunResult:
-    """Algorithm 1. Each step: normalise rows; for every slice accumulate the gradient of
-    sum relu(|W_S W^T| - I_S - alpha) and the max; stop if max <= alpha + 1e-4 (returning
-    that normalised W); else one SGD step on the summed gradient."""
+    """Algorithm 1. Each step: normalise rows, sum ``OfficialSliceLoss``'s gradient and max over
+    the slices, stop if max <= alpha + OFFICIAL_TOL (returning that W), else one SGD step."""
     n, d = init.shape
-    params = EBVParams(init)
-    opt = nn.SGD([params.weight], learning_rate=lr)
-    grad_fn = ms.value_and_grad(OfficialSliceLoss(params, alpha), None, opt.parameters, has_aux=True)
+    weight = Parameter(Tensor(np.ascontiguousarray(init, dtype=np.float32)), name="ebv")
+    opt = nn.SGD([weight], learning_rate=lr)
+    grad_fn = ms.value_and_grad(OfficialSliceLoss(weight, alpha), None, opt.parameters, has_aux=True)
     rows_t = _slices(n, slice_size or max(OFFICIAL_SLICE, block_rows(n, d)))
-    weight = params.weight
 
     @ms.jit
     def slice_grad(rows, first):
@@ -145,7 +135,7 @@ def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = 1e-
         elapsed = time.perf_counter() - t0
         history.append((elapsed, step, true_max))
         if true_max < best:
-            best, best_w = true_max, params.weight.asnumpy().copy()
+            best, best_w = true_max, weight.asnumpy().copy()
         callback(step, true_max)
         if true_max <= alpha + OFFICIAL_TOL:  # the authors' max starts at alpha: the same test
             reached = True
@@ -169,11 +159,10 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
     rate. Stops at best <= alpha, ``max_steps`` or ``time_limit``; returns the best set seen."""
     n, d = init.shape
     rows_t = _slices(n, slice_size or block_rows(n, d))
-    params = EBVParams(init)
-    grad_cell = SmoothMaxGrad(params, whole=len(rows_t) == 1)
+    weight = Parameter(Tensor(np.ascontiguousarray(init, dtype=np.float32)), name="ebv")
+    grad_cell = SmoothMaxGrad(weight, whole=len(rows_t) == 1)
     lr_t = ms.Parameter(Tensor(lr, ms.float32), name="lr", requires_grad=False)
-    opt = nn.Adam([params.weight], learning_rate=lr_t)
-    weight = params.weight
+    opt = nn.Adam([weight], learning_rate=lr_t)
     # the set the step's coherence was measured on (before its update), kept in the graph so
     # that a new best is read back only when there is one
     before = ms.Parameter(Tensor(np.ascontiguousarray(init, dtype=np.float32)), name="before",
