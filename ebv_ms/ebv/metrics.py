@@ -3,6 +3,7 @@ matrix (memory W plus two row blocks), so 100k x 5000 is measured exactly on a l
 from __future__ import annotations
 
 import math
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Optional
 
@@ -60,8 +61,6 @@ def _pair_cosines(w: np.ndarray, block_size: int):
 def coherence(w: np.ndarray, block_size: int = 2048) -> float:
     """max_{i<j} |cos(w_i, w_j)| in float64 (0.0 for a single vector)."""
     w = np.asarray(w)
-    if w.shape[0] < 2:
-        return 0.0
     return max([0.0] + [float(np.abs(c).max()) for c in _pair_cosines(w, block_size) if c.size])
 
 
@@ -76,9 +75,8 @@ def pairwise_stats(w: np.ndarray, block_size: int = 2048, bins: Optional[int] = 
     edges = np.linspace(0.0, 180.0, bins + 1) if bins else None
     counts = np.zeros(bins, dtype=np.int64) if bins else None
     k = -(-n // max(1, int(block_size)))  # row blocks
-    bar = progress_bar(total=k * (k + 1) // 2, desc="pair stats", unit="block", disable=not progress,
-                       dynamic_ncols=True)
-    try:
+    with closing(progress_bar(total=k * (k + 1) // 2, desc="pair stats", unit="block",
+                              disable=not progress, dynamic_ncols=True)) as bar:
         for c in _pair_cosines(w, block_size):
             if c.size:
                 np.clip(c, -1.0, 1.0, out=c)
@@ -90,8 +88,6 @@ def pairwise_stats(w: np.ndarray, block_size: int = 2048, bins: Optional[int] = 
                 count += c.size
                 bar.set_postfix(coherence=f"{best:.5f}", refresh=False)
             bar.update(1)
-    finally:
-        bar.close()
     min_angle = math.degrees(math.acos(min(best, 1.0)))
     mean_delta = math.degrees(delta_sum / count) if count else 0.0
     return PairStats(n, d, best, min_angle, mean_delta, welch_bound(n, d), count, counts, edges)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import closing
 from typing import Optional
 
 import numpy as np
@@ -129,28 +130,24 @@ def create_ebv(num_classes: int, dim: int, alpha: Optional[float] = None, method
         if w0 is not None:
             method_kwargs = {"lr": 1e-3, "beta0": 100.0, "patience": 200, **method_kwargs}
     from ebv_ms.progress import progress_bar
-    from .iterative import run_official, run_smoothmax
+    from .iterative import OFFICIAL_TOL, run_official, run_smoothmax
     if device_target:
         set_device(device_target)
     steps = int(max_steps) if max_steps is not None else DEFAULT_STEPS[method]
-    bar = progress_bar(total=steps, desc=method, unit="step", dynamic_ncols=True, mininterval=0.5,
-                       disable=not progress)
     user_callback = method_kwargs.pop("callback", None) or (lambda step, coh: None)
-
-    def callback(step, coh):
-        bar.update(min(step, steps) - bar.n)
-        bar.set_postfix_str(f"coherence {coh:.5f}" + (f" (target {alpha})" if alpha else ""),
-                            refresh=False)
-        user_callback(step, coh)
-
     run = run_official if method == "official" else run_smoothmax
-    try:
+    with closing(progress_bar(total=steps, desc=method, unit="step", dynamic_ncols=True,
+                              mininterval=0.5, disable=not progress)) as bar:
+        def callback(step, coh):
+            bar.update(min(step, steps) - bar.n)
+            bar.set_postfix_str(f"coherence {coh:.5f}" + (f" (target {alpha})" if alpha else ""),
+                                refresh=False)
+            user_callback(step, coh)
+
         res = run(normal_init(n, d, seed) if w0 is None else w0, alpha, steps,
                   time_limit=time_limit, callback=callback, **method_kwargs)
-    finally:
-        bar.close()
     coh = coherence(res.vectors) if n <= VERIFY_MAX_N else res.coherence
-    tol = 1e-4 if method == "official" else 1e-7
+    tol = OFFICIAL_TOL if method == "official" else 1e-7
     reached = res.reached if alpha is None else bool(coh <= alpha + tol)
     extra = {"coherence": float(coh), "steps": int(res.steps), "reached": bool(reached),
              "seconds": round(res.seconds, 3), "init": init_name}
