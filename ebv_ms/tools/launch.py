@@ -205,9 +205,6 @@ class Launch:
     env: Dict[str, str]
     dry_run: bool
 
-    def say(self, text: str, err: bool = False) -> None:
-        print(text, file=sys.stderr if err else sys.stdout, flush=True)
-
     @property
     def command(self) -> List[str]:  # what one process, or every rank, runs
         a = self.args
@@ -326,7 +323,7 @@ def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str) 
     if shutil.which("mpirun") is None:
         raise LaunchError("mpirun not found: install Open MPI (Debian/Ubuntu: apt-get install "
                           "openmpi-bin)")
-    launch.say(f"[launch] {head}")
+    print(f"[launch] {head}", flush=True)
     # The scheduler only serves the rank discovery and leaves when the workers have; its own
     # session, so a Ctrl-C reaches mpirun (which stops the ranks) and we stop it last.
     with open(os.path.join(log_dir, "scheduler.log"), "wb") as slog:
@@ -345,34 +342,34 @@ def run_mpirun(launch: Launch, num: int, hostfile: Optional[str], log_dir: str) 
                 lines = _tail(os.path.join(log_dir, "scheduler.log"), 200).splitlines()
                 hits = [ln for ln in lines if re.search(r"Error|error:|Exception", ln)]
                 why = (hits or lines or ["no output"])[-1].strip()[:500]
-                launch.say(f"[launch] the scheduler failed: {why}; stopping the ranks "
-                           f"(log: {log_dir}/scheduler.log)", err=True)
+                print(f"[launch] the scheduler failed: {why}; stopping the ranks "
+                      f"(log: {log_dir}/scheduler.log)", file=sys.stderr)
                 mpi.send_signal(signal.SIGUSR1)
             time.sleep(0.5)
     except KeyboardInterrupt:
-        launch.say("[launch] interrupted; stopping the ranks", err=True)
+        print("[launch] interrupted; stopping the ranks", file=sys.stderr)
         mpi.send_signal(signal.SIGINT)
         _stop(mpi, 20, 0)
     rc = mpi.wait()
     _stop(sched, 30 if rc == 0 else 0, 10)
     Path(log_dir, "scheduler.exit").write_text(str(sched.returncode))
     if rc == 0:
-        launch.say(f"[launch] done: {num} ranks finished; logs in {log_dir}")
+        print(f"[launch] done: {num} ranks finished; logs in {log_dir}", flush=True)
     elif sched_failed:  # said above; the ranks were stopped on purpose
-        launch.say(f"[launch] FAILED: the scheduler failed; ranks stopped; logs in {log_dir}",
-                   err=True)
+        print(f"[launch] FAILED: the scheduler failed; ranks stopped; logs in {log_dir}",
+              file=sys.stderr)
     elif (first := first_failed_rank(log_dir)) is not None:
         rank, status, log, tail = first
-        launch.say(f"[launch] FAILED: rank {rank} failed with exit status {status}; its log: "
-                   f"{log}\n---- last lines of rank {rank}'s log ----\n{tail}\n----\n"
-                   "[launch] the other ranks and the scheduler were stopped", err=True)
+        print(f"[launch] FAILED: rank {rank} failed with exit status {status}; its log: "
+              f"{log}\n---- last lines of rank {rank}'s log ----\n{tail}\n----\n"
+              "[launch] the other ranks and the scheduler were stopped", file=sys.stderr)
     else:
         mpi_log = os.path.join(log_dir, "mpirun.log")
         said = "\n".join(ln for ln in _tail(mpi_log, 30).splitlines() if ln.strip("- "))
-        launch.say(f"[launch] FAILED (mpirun exit status {rc}); no rank on this host reported an "
-                   "error" + (f"; mpirun said:\n{said}" if said else "") + f"\n[launch] see "
-                   f"{log_dir}/rank_*.log here and on the other hosts, {mpi_log} and "
-                   f"{log_dir}/scheduler.log", err=True)
+        print(f"[launch] FAILED (mpirun exit status {rc}); no rank on this host reported an "
+              "error" + (f"; mpirun said:\n{said}" if said else "") + f"\n[launch] see "
+              f"{log_dir}/rank_*.log here and on the other hosts, {mpi_log} and "
+              f"{log_dir}/scheduler.log", file=sys.stderr)
     return 0 if rc == 0 else rc if rc > 0 else 1
 
 
@@ -492,23 +489,23 @@ def run_msrun(launch: Launch, local: int, log_dir: str) -> int:
         return 0
     if not os.path.isabs(mcmd[0]) and shutil.which(mcmd[0]) is None:
         raise LaunchError("msrun not found (it comes with MindSpore >= 2.3)")
-    launch.say(f"[launch] {head}")
+    print(f"[launch] {head}", flush=True)
     # msrun's own messages go to msrun.log; worker 0's output, which msrun tails, to the console.
     with open(os.path.join(log_dir, "msrun.log"), "wb") as mlog:
         rc = subprocess.run(mcmd, env=env, stderr=mlog).returncode
     if rc == 0:
-        launch.say(f"[launch] done; logs in {log_dir}")
+        print(f"[launch] done; logs in {log_dir}", flush=True)
         return 0
     logs = [p for p in glob.glob(os.path.join(log_dir, "worker_*.log"))
             if re.search(r"Traceback|error:|Error", _tail(p, 400))]
     if logs:
         log = min(logs, key=os.path.getmtime)
-        launch.say(f"[launch] FAILED: the first rank to fail logged to {log}\n"
-                   f"---- last lines of {log} ----\n{_tail(log)}\n----\n"
-                   "[launch] msrun stopped the other ranks", err=True)
+        print(f"[launch] FAILED: the first rank to fail logged to {log}\n"
+              f"---- last lines of {log} ----\n{_tail(log)}\n----\n"
+              "[launch] msrun stopped the other ranks", file=sys.stderr)
     else:
-        launch.say(f"[launch] FAILED (msrun exit status {rc}); see {log_dir}/msrun.log and "
-                   f"{log_dir}/scheduler.log", err=True)
+        print(f"[launch] FAILED (msrun exit status {rc}); see {log_dir}/msrun.log and "
+              f"{log_dir}/scheduler.log", file=sys.stderr)
     return rc
 
 
@@ -554,11 +551,11 @@ def run_one(launch: Launch, card: str, log_dir: Optional[str]) -> int:
         sys.stdout.flush()
         os.execvpe(cmd[0], cmd, env)
     log = os.path.join(log_dir, "rank_0.log")
-    launch.say(f"[launch] 1 process on {launch.device}{f' (device {card})' if card else ''}; "
-               f"log: {log}")
+    print(f"[launch] 1 process on {launch.device}{f' (device {card})' if card else ''}; "
+          f"log: {log}", flush=True)
     rc = tee(cmd, env, log, echo=True)
     if rc:
-        launch.say(f"[launch] FAILED (exit status {rc}); log: {log}", err=True)
+        print(f"[launch] FAILED (exit status {rc}); log: {log}", file=sys.stderr)
     return rc
 
 
@@ -607,7 +604,7 @@ def launch_quick_start(launch: Launch) -> int:
     if not os.path.isfile(config):
         raise LaunchError(f"config not found: {config}")
     t0, py = time.time(), launch.python
-    say = lambda text: launch.say(f"quick start: {text}")  # noqa: E731
+    say = lambda text: print(f"quick start: {text}", flush=True)  # noqa: E731
     if os.environ.get("EBV_PYTHON"):
         say(f"using {py} (EBV_PYTHON set; scripts/setup_env.sh skipped)")
     device = "CPU"
