@@ -286,8 +286,8 @@ def test_undefined_huffman_table_is_refused_before_mindspore_sees_it():
 def test_trial_decode_runs_once_per_sample_and_again_for_changed_bytes(tmp_path, kind, monkeypatch):
     from ebv_ms.data import source as source_mod
     calls = []
-    real = source_mod._decodes
-    monkeypatch.setattr(source_mod, "_decodes", lambda raw, fmt: calls.append(1) or real(raw, fmt))
+    real = source_mod._imdecode
+    monkeypatch.setattr(source_mod, "_imdecode", lambda *args: calls.append(1) or real(*args))
     imgs = {f"d/train/c{i % 2}/{i}.jpg": encode(
         np.random.default_rng(i).integers(0, 255, (16, 16, 3), np.uint8), ".jpg") for i in range(6)}
     if kind == "zip":

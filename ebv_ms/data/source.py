@@ -154,14 +154,6 @@ def _image_size(raw, fmt: str):
         return None
 
 
-def _decodes(raw, fmt: str) -> bool:
-    """Whether OpenCV decodes it (it reports a libjpeg/libpng error as an empty result). A JPEG at
-    1/8 scale: libjpeg still parses every table and block, ~60 % of a full decode's CPU."""
-    flag = cv2.IMREAD_REDUCED_COLOR_8 if fmt == "jpeg" else cv2.IMREAD_COLOR
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), flag)
-    return img is not None and img.size > 0
-
-
 def _png_problem(b: bytes) -> str:
     """Walk the PNG chunks (lengths, critical CRCs, IHDR first, IEND last): OpenCV takes seconds
     and allocates the declared length of a chunk whose length field is garbage."""
@@ -212,24 +204,33 @@ def precheck(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     return ""
 
 
-def validate(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
-    """`precheck`, then a real decode by OpenCV (`_decodes`): '' only if decoding will work."""
-    why, fmt = precheck(raw, max_pixels), image_format(raw)
-    if why:
-        return why
+def _imdecode(raw, flag: int, failed: str) -> np.ndarray:
+    """OpenCV's decode, or ``BadMember``: ``failed`` if libjpeg/libpng refuse it (OpenCV returns
+    an empty result), else OpenCV's reason: it raises past its own limits, e.g. more than 2^30
+    pixels (CV_IO_MAX_IMAGE_PIXELS) when data.max_image_pixels is 0: a bad sample, not a crash."""
     try:
-        ok = _decodes(raw, fmt)
+        img = cv2.imdecode(np.frombuffer(raw, np.uint8), flag)
     except cv2.error as exc:
-        return _cv2_refuses(exc)
-    return "" if ok else (f"{fmt.upper()} data cannot be decoded (corrupt tables or image data; "
-                          "libjpeg/libpng refuse it)")
+        why = str(exc).strip().splitlines()[-1].split("error: ", 1)[-1] if str(exc).strip() else exc
+        raise BadMember(f"OpenCV refuses to decode it ({why})") from None
+    if img is None or img.size == 0:
+        raise BadMember(failed)
+    return img
 
 
-def _cv2_refuses(exc: Exception) -> str:
-    """OpenCV raises (not returns None) past its own limits, e.g. more than 2^30 pixels
-    (CV_IO_MAX_IMAGE_PIXELS) when data.max_image_pixels is 0: a bad sample, not a crashed run."""
-    why = str(exc).strip().splitlines()[-1].split("error: ", 1)[-1] if str(exc).strip() else exc
-    return f"OpenCV refuses to decode it ({why})"
+def validate(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """`precheck`, then a real decode by OpenCV: '' only if decoding will work. A JPEG at 1/8
+    scale: libjpeg still parses every table and block, ~60 % of a full decode's CPU."""
+    if why := precheck(raw, max_pixels):
+        return why
+    fmt = image_format(raw)
+    try:
+        _imdecode(raw, cv2.IMREAD_REDUCED_COLOR_8 if fmt == "jpeg" else cv2.IMREAD_COLOR,
+                  f"{fmt.upper()} data cannot be decoded (corrupt tables or image data; "
+                  "libjpeg/libpng refuse it)")
+    except BadMember as exc:
+        return str(exc)
+    return ""
 
 
 @functools.cache
@@ -242,12 +243,7 @@ def decode_image(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     _one_cv2_thread()
     if why := precheck(raw, max_pixels):
         raise BadMember(why)
-    try:
-        img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as exc:
-        raise BadMember(_cv2_refuses(exc)) from None
-    if img is None or img.size == 0:
-        raise BadMember("not a decodable image")
+    img = _imdecode(raw, cv2.IMREAD_COLOR, "not a decodable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
