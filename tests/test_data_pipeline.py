@@ -8,7 +8,7 @@ import pytest
 from ebv_ms.data import DataError, DatasetInfo, LayoutError, create_dataset, shard_indices
 from ebv_ms.tools import inspect_data as inspect_cli
 from ebv_ms.tools.make_demo import write_demo_archive
-from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD, MixupCutmix, erase_batch
+from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD, erase_batch, mixup_cutmix
 from ebv_ms.tools.make_synthetic import encode, flat_jpeg, write_zip
 from tagged_images import read_tag, tagged_image
 from ebv_ms.data.zip_index import ArchiveError
@@ -98,7 +98,7 @@ def test_mixup_cutmix_soft_targets():
     labels = np.array([0, 1, 2, 3, 4, 5])
     kinds = set()
     for batch in range(40):
-        mixed, targets = MixupCutmix(100_000, seed=1)(images, labels, epoch=0, batch=batch)
+        mixed, targets = mixup_cutmix(images, labels, 100_000, seed=1, epoch=0, batch=batch)
         assert targets.shape == (6, 100_000) and targets.dtype == np.float32
         np.testing.assert_allclose(targets.sum(1), 1.0, atol=1e-6)
         lam = targets[0, 0] if targets[0, 0] > 0 else 0.0
@@ -110,8 +110,8 @@ def test_mixup_cutmix_soft_targets():
             np.testing.assert_allclose(own[0].mean(), lam, atol=1e-6)
             kinds.add("cutmix")
     assert kinds == {"mixup", "cutmix"}
-    a = MixupCutmix(10, seed=3)(images, labels, 2, 5)
-    b = MixupCutmix(10, seed=3)(images, labels, 2, 5)
+    a = mixup_cutmix(images, labels, 10, seed=3, epoch=2, batch=5)
+    b = mixup_cutmix(images, labels, 10, seed=3, epoch=2, batch=5)
     np.testing.assert_array_equal(a[1], b[1])
 
 

@@ -70,51 +70,48 @@ def create_batch_transform(recipe: str, num_classes: int, random_erasing: float 
     """The recipe's per-batch step, or None (eval, A0): ``(images float32 (B,C,H,W), labels (B,),
     epoch, batch) -> (images, labels)``; random erasing, then (A2) mixup or cutmix."""
     recipe = check_recipe(recipe)
-    mixer = MixupCutmix(num_classes, mixup_alpha, cutmix_alpha, switch_prob, seed) if recipe == "A2" else None
-    if recipe in ("eval", "A0") or (random_erasing <= 0 and mixer is None):
+    if recipe in ("eval", "A0") or (random_erasing <= 0 and recipe != "A2"):
         return None
 
     def batch_transform(images: np.ndarray, labels: np.ndarray, epoch: int = 0, batch: int = 0):
         if random_erasing > 0:
             rng = np.random.default_rng([int(seed), 7, int(epoch), int(batch)])
             erase_batch(images, float(random_erasing), rng)
-        return (images, labels) if mixer is None else mixer(images, labels, epoch, batch)
+        if recipe != "A2":
+            return images, labels
+        return mixup_cutmix(images, labels, num_classes, mixup_alpha, cutmix_alpha, switch_prob,
+                            seed, epoch, batch)
     return batch_transform
 
 
-class MixupCutmix:
-    """Per batch: mixup (Beta(alpha, alpha) blend) or cutmix (a box pasted) of each image with the
-    batch reversed (as timm/mindcv do); soft targets (B, num_classes) set two entries per row."""
-
-    def __init__(self, num_classes: int, mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0,
-                 switch_prob: float = 0.5, seed: int = 0):  # (the config checked an alpha > 0)
-        self.num_classes, self.seed, self.switch_prob = int(num_classes), int(seed), float(switch_prob)
-        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
-
-    def __call__(self, images: np.ndarray, labels: np.ndarray, epoch: int = 0, batch: int = 0):
-        """images float32 (B, C, H, W), labels int (B,) -> (mixed images, soft targets (B, N))."""
-        rng = np.random.default_rng([self.seed, int(epoch), int(batch)])
-        images = np.asarray(images, dtype=np.float32)
-        labels = np.asarray(labels).reshape(-1).astype(np.int64)
-        rng.random()  # a draw that always mixed (p=1): kept so every seed gives the same batches
-        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or rng.random() < self.switch_prob)
-        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
-        lam = float(rng.beta(alpha, alpha))
-        if lam < 1.0:
-            if use_cutmix:
-                h, w = images.shape[-2:]
-                cut = np.sqrt(1.0 - lam)
-                ch, cw = int(h * cut), int(w * cut)
-                cy, cx = int(rng.integers(h)), int(rng.integers(w))
-                y0, y1 = np.clip([cy - ch // 2, cy + ch // 2], 0, h)
-                x0, x1 = np.clip([cx - cw // 2, cx + cw // 2], 0, w)
-                images = images.copy()
-                images[:, :, y0:y1, x0:x1] = images[::-1, :, y0:y1, x0:x1]
-                lam = 1.0 - float((y1 - y0) * (x1 - x0)) / float(h * w)  # the area actually pasted
-            else:
-                images = images * np.float32(lam) + images[::-1] * np.float32(1.0 - lam)
-        targets = np.zeros((labels.shape[0], self.num_classes), np.float32)
-        rows = np.arange(labels.shape[0])
-        targets[rows, labels] += np.float32(lam)
-        targets[rows, labels[::-1]] += np.float32(1.0 - lam)
-        return images.astype(np.float32, copy=False), targets
+def mixup_cutmix(images: np.ndarray, labels: np.ndarray, num_classes: int, mixup_alpha: float = 0.2,
+                 cutmix_alpha: float = 1.0, switch_prob: float = 0.5, seed: int = 0, epoch: int = 0,
+                 batch: int = 0):  # (the config checked an alpha > 0)
+    """Mixup (Beta(alpha, alpha) blend) or cutmix (a box pasted) of each image of a batch, images
+    float32 (B, C, H, W) and labels int (B,), with the batch reversed (as timm/mindcv do), drawn
+    from (seed, epoch, batch); -> (mixed images, soft targets (B, num_classes), two entries a row)."""
+    rng = np.random.default_rng([int(seed), int(epoch), int(batch)])
+    images = np.asarray(images, dtype=np.float32)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    rng.random()  # a draw that always mixed (p=1): kept so every seed gives the same batches
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < switch_prob)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(rng.beta(alpha, alpha))
+    if lam < 1.0:
+        if use_cutmix:
+            h, w = images.shape[-2:]
+            cut = np.sqrt(1.0 - lam)
+            ch, cw = int(h * cut), int(w * cut)
+            cy, cx = int(rng.integers(h)), int(rng.integers(w))
+            y0, y1 = np.clip([cy - ch // 2, cy + ch // 2], 0, h)
+            x0, x1 = np.clip([cx - cw // 2, cx + cw // 2], 0, w)
+            images = images.copy()
+            images[:, :, y0:y1, x0:x1] = images[::-1, :, y0:y1, x0:x1]
+            lam = 1.0 - float((y1 - y0) * (x1 - x0)) / float(h * w)  # the area actually pasted
+        else:
+            images = images * np.float32(lam) + images[::-1] * np.float32(1.0 - lam)
+    targets = np.zeros((labels.shape[0], int(num_classes)), np.float32)
+    rows = np.arange(labels.shape[0])
+    targets[rows, labels] += np.float32(lam)
+    targets[rows, labels[::-1]] += np.float32(1.0 - lam)
+    return images.astype(np.float32, copy=False), targets
