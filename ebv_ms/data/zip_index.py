@@ -15,6 +15,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
+from zipfile import (stringCentralDir, stringEndArchive, stringEndArchive64,  # the records' layout
+                     stringEndArchive64Locator, structCentralDir)
 
 import numpy as np
 from ..errors import EBVMSError
@@ -25,11 +27,7 @@ logger = logging.getLogger(__name__)
 INDEX_VERSION = 2  # 2: keyed by the central directory digest
 _ARRAYS = ("header_offset", "comp_size", "size", "method", "crc", "flags", "name_start", "names")
 
-_EOCD_SIG = b"PK\x05\x06"
-_EOCD64_LOC_SIG = b"PK\x06\x07"
-_EOCD64_SIG = b"PK\x06\x06"
-_CDIR_SIG = b"PK\x01\x02"
-_CDIR = struct.Struct("<4s4B4HL2L5H2L")  # central directory file header, 46 bytes
+_CDIR = struct.Struct(structCentralDir)  # central directory file header, 46 bytes
 _INT64_MAX = 2 ** 63 - 1
 _NOT_REGULAR = "is not a regular file (a directory, FIFO, device or socket)"
 
@@ -61,19 +59,19 @@ def _read_central_directory(path: str):
         tail_len = min(file_size, 22 + 65535 + 20 + 56)
         f.seek(file_size - tail_len)
         tail = f.read(tail_len)
-        pos = tail.rfind(_EOCD_SIG, 0, len(tail) - 18)  # a whole 22-byte record, not a cut-off one
+        pos = tail.rfind(stringEndArchive, 0, len(tail) - 18)  # a whole 22-byte record, not cut off
         if pos < 0:
             raise _fail(path, "is not a zip archive (no end-of-central-directory record; "
                               "a truncated download or another file format)")
         n_total, cd_size, cd_offset = struct.unpack_from("<10xH2L2x", tail, pos)
         loc = pos - 20
-        if loc >= 0 and tail[loc:loc + 4] == _EOCD64_LOC_SIG:
+        if loc >= 0 and tail[loc:loc + 4] == stringEndArchive64Locator:
             eocd64_off = struct.unpack_from("<8xQ4x", tail, loc)[0]
             if eocd64_off > file_size - 56:
                 raise _fail(path, "has a broken zip64 end-of-central-directory locator")
             f.seek(eocd64_off)
             rec = f.read(56)
-            if rec[:4] != _EOCD64_SIG:
+            if rec[:4] != stringEndArchive64:
                 raise _fail(path, "has a broken zip64 end-of-central-directory record")
             n_total, cd_size, cd_offset = struct.unpack_from("<32x3Q", rec)
         if cd_offset + cd_size > file_size:
@@ -100,7 +98,7 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
     bar = progress_bar(total=n, desc="indexing zip", unit="member", mininterval=1.0,
                        disable=not (progress and n > 200_000))
     for i in range(n):
-        if p + 46 > end or cd[p:p + 4] != _CDIR_SIG:
+        if p + 46 > end or cd[p:p + 4] != stringCentralDir:
             raise _fail(path, f"has a corrupt central directory (entry {i} of {n})")
         (_, _vm, _hv, _vn, _hn, flag, meth, _t, _d, crc32, csz, usz, nlen, elen, clen,
          _disk, _iattr, _eattr, hoff) = unpack(cd, p)
