@@ -27,7 +27,7 @@ class DataError(EBVMSError, RuntimeError):
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # in entropy-coded data: a marker, not stuffing
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # ends entropy-coded data (not FF00, RSTn, fill)
 _FILL = re.compile(rb"\xff+([^\xff])")  # between segments: fill bytes, then the marker
 _SIGNATURES = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"BM", "bmp"),
                (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"GIF8", "gif"))
@@ -122,15 +122,11 @@ def _jpeg_header_problem(b: bytes, max_pixels: int = 0) -> str:
                 return "corrupt JPEG scan header (bad spectral selection)"
             if progressive and (ss > se or se > 63 or ah > 13 or al > 13 or (ss == 0 and se)):
                 return "corrupt JPEG scan header (bad progression)"
-            p = _skip_entropy_data(b, p + seg_len)  # later tables and scans are checked too
+            nxt = _MARKER.search(b, p + seg_len)  # later tables and scans are checked too
+            p = len(b) if nxt is None or b[nxt.start() + 1] == 0xD9 else nxt.start()  # EOI: the end
             continue
         p += seg_len
     return "" if comps and p >= n - 2 else "truncated JPEG header"
-
-
-def _skip_entropy_data(b: bytes, p: int) -> int:  # to the next marker (past FF00, restarts, fill)
-    m = _MARKER.search(b, p)
-    return len(b) if m is None or b[m.start() + 1] == 0xD9 else m.start()  # end of image, or a segment
 
 
 def _too_big(w: int, h: int, max_pixels: int) -> str:
