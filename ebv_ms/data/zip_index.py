@@ -4,6 +4,7 @@ Keyed by the sha256 of the central directory (~0.5 s at 1.8M): size and mtime su
 The end records are untrusted: counts and entries must fit in the directory before allocating."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -180,13 +181,11 @@ class ZipIndex:
 
 
 def _load(loc: str, digest: str) -> Optional[Dict[str, np.ndarray]]:
-    try:
+    with contextlib.suppress(OSError, ValueError):  # a missing, partial or foreign index: rebuild
         with open(os.path.join(loc, "meta.json"), "r", encoding="utf-8") as f:
             meta = json.load(f)
         if isinstance(meta, dict) and meta.get("version") == INDEX_VERSION and meta.get("cd_sha256") == digest:
             return {k: np.load(os.path.join(loc, k + ".npy"), mmap_mode="r") for k in _ARRAYS}
-    except (OSError, ValueError):
-        pass
     return None
 
 
