@@ -76,15 +76,13 @@ def is_image(name: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- folders
-def folder_layout(names: Sequence[str], image_ids: np.ndarray, root: Optional[str],
+def folder_layout(names: Sequence[str], is_img: np.ndarray, root: Optional[str],
                   split_dirs: Mapping[str, str],
                   class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
     """Images grouped by (split folder, class folder). A class folder without images keeps its
     index (with a warning); ``class_names`` (a resumed run's classes.json) fixes the class list."""
     wanted = {str(folder).strip("/"): str(split) for split, folder in split_dirs.items()}
     aliases = SPLIT_ALIASES["train"] + SPLIT_ALIASES["val"]
-    is_img = np.zeros(len(names), bool)
-    is_img[image_ids] = True
     groups: Dict[Tuple[str, str], List[int]] = defaultdict(list)  # (split dir, class) -> ids
     folders = set()  # (split dir, class) of every class folder, with images or not
     for m, name in enumerate(names):
@@ -277,8 +275,8 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
     LayoutError saying what was found; also for image names with ``..`` / ``.`` / empty parts."""
     table = {n: i for i, n in enumerate(names)}
     lookup = lambda name: table.get(name, -1)  # noqa: E731
-    image_ids = np.fromiter((i for i, n in enumerate(names) if is_image(n)), np.int64)
-    for i in image_ids.tolist():
+    is_img = np.fromiter(map(is_image, names), bool, len(names))
+    for i in np.flatnonzero(is_img).tolist():
         if bad := _bad_component(names[i]):
             raise LayoutError(f"{where}: member {names[i][:200]!r} has {bad}: its folders cannot "
                               f"be named classes safely (the archive is malformed or hostile); "
@@ -311,14 +309,14 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
                              list_columns, list_delimiter, num_classes=num_classes, class_names=class_names)
         if result is not None:
             result.root = root or ""
-    if layout == "auto" and result is not None and folder_layout(names, image_ids, root, {}) is not None:
+    if layout == "auto" and result is not None and folder_layout(names, is_img, root, {}) is not None:
         logger.warning("%s holds both list files and class folders; using the lists (%s). Set "
                        "data.layout: folders to use the folders instead", where,
                        ", ".join(v.origin for v in result.splits.values()))
     if result is None and layout in ("auto", "folders"):
-        result = folder_layout(names, image_ids, root, split_dirs or {}, class_names)
+        result = folder_layout(names, is_img, root, split_dirs or {}, class_names)
     if result is None:
-        raise LayoutError(_not_recognised(names, image_ids, where, layout))
+        raise LayoutError(_not_recognised(names, where, layout))
     logger.info("%s: %s", where, result.describe().replace("\n", ";"))
     return result
 
@@ -347,10 +345,10 @@ def disk_layout(root: str, cfg: Mapping, lists: bool, num_classes: Optional[int]
                              cfg["list_delimiter"], str(cfg["list_strip_prefix"] or ""), num_classes, class_names)
         return FileReader(root, paths), layout
     names = _walk(root, cfg["split_dirs"])
-    image_ids = np.fromiter((i for i, n in enumerate(names) if is_image(n)), np.int64)
-    layout = folder_layout(names, image_ids, None, cfg["split_dirs"], class_names)
+    is_img = np.fromiter(map(is_image, names), bool, len(names))
+    layout = folder_layout(names, is_img, None, cfg["split_dirs"], class_names)
     if layout is None:
-        raise LayoutError(_not_recognised(names, image_ids, root, "folders"))
+        raise LayoutError(_not_recognised(names, root, "folders"))
     return FileReader(root, names), layout
 
 
@@ -387,15 +385,15 @@ def _walk(root: str, split_dirs: Mapping[str, str]) -> List[str]:
     return out
 
 
-def _not_recognised(names: Sequence[str], image_ids: np.ndarray, where: str, layout: str) -> str:
+def _not_recognised(names: Sequence[str], where: str, layout: str) -> str:
     tops = Counter(n.split("/")[0] + ("/" if "/" in n else "") for n in names)
     top_txt = ", ".join(f"{k} ({v} entries)" for k, v in tops.most_common(8)) or "nothing"
     lists = [n for n in names if n.lower().endswith(LIST_EXTENSIONS)][:5]
-    depth = Counter(names[i].count("/") for i in image_ids.tolist())
-    examples = [names[i] for i in image_ids[:3].tolist()]
+    images = [n for n in names if is_image(n)]
+    depth = Counter(n.count("/") for n in images)
     return (f"{where}: no {'known layout' if layout == 'auto' else layout + ' layout'} recognised. "
-            f"Found {len(names)} entries, {len(image_ids)} images"
-            + (f" (folder depths: {dict(sorted(depth.items()))}; e.g. {examples})" if len(image_ids) else "")
+            f"Found {len(names)} entries, {len(images)} images"
+            + (f" (folder depths: {dict(sorted(depth.items()))}; e.g. {images[:3]})" if images else "")
             + f"; top level: {top_txt}"
             + (f"; list-like files: {lists}" if lists else "")
             + ". Expected [top/]train|val/<class>/<image> or list files (path,label) named after "
