@@ -273,7 +273,7 @@ _LAYOUT = """
 import json, time
 from ebv_ms.data.dataset import archive_layout
 t = time.perf_counter(); ix, lay = archive_layout({p!r}, {{}}); dt = time.perf_counter() - t
-print(json.dumps({{"seconds": dt, "classes": lay.num_classes, "train": len(lay.split("train").members), "val": len(lay.split("val").members)}}))
+print(json.dumps({{"seconds": dt, "classes": len(lay.class_names), "train": len(lay.split("train").members), "val": len(lay.split("val").members)}}))
 """
 _WORKERS = """
 import json, os, time

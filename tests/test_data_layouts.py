@@ -57,7 +57,7 @@ def test_class_index_is_union_when_val_lacks_a_class(tmp_path):
     members = _folder_members("t/", ("train",))
     members["t/val/n10/x.jpg"] = flat_jpeg(1)
     index, layout = _layout(tmp_path, members)
-    assert layout.num_classes == 3
+    assert len(layout.class_names) == 3
     assert layout.split("val").labels.tolist() == [2]
 
 
@@ -67,7 +67,7 @@ def test_list_layout_inside_archive_txt_and_csv(tmp_path):
     members["data/val_list.csv"] = ("image_id,label\n" + "".join(
         f"data/images/{i}.jpg,{(i % 5) + 2}\n" for i in range(8, 10))).encode()
     index, layout = _layout(tmp_path, members)
-    assert layout.kind == "lists" and layout.num_classes == 7
+    assert layout.kind == "lists" and len(layout.class_names) == 7
     tr, va = layout.split("train"), layout.split("val")
     assert [index.name(m) for m in tr.members] == [f"data/images/{i}.jpg" for i in range(8)]
     assert tr.labels.tolist() == [i % 5 for i in range(8)]
@@ -84,7 +84,7 @@ def test_list_naming_missing_members_is_a_clear_error(tmp_path):
 def test_yaml_overrides_split_dirs_and_lists(tmp_path):
     members = _folder_members("x/", ("fold_a", "fold_b"))
     index, layout = _layout(tmp_path, members, split_dirs={"train": "x/fold_a", "val": "x/fold_b"})
-    assert len(layout.split("train").members) == 6 and layout.num_classes == 3
+    assert len(layout.split("train").members) == 6 and len(layout.class_names) == 3
     members = {f"im/{i}.jpg": flat_jpeg(0) for i in range(4)}
     members["meta/labels_all.tsv"] = b"idx\tfile\tcls\n" + b"".join(
         f"{i}\tim/{i}.jpg\t{3 - i}\n".encode() for i in range(4))
@@ -99,7 +99,7 @@ def test_folder_layout_forced_over_lists(tmp_path):
     _, auto = _layout(tmp_path, members)
     assert auto.kind == "lists"
     _, forced = _layout(tmp_path, members, layout="folders")
-    assert forced.kind == "folders" and forced.num_classes == 3
+    assert forced.kind == "folders" and len(forced.class_names) == 3
 
 
 def test_unrecognised_layout_says_what_was_found(tmp_path):

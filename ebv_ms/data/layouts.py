@@ -50,10 +50,6 @@ class Layout:
     splits: Dict[str, SplitSamples]
     root: str = ""
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
     def split(self, name: str) -> SplitSamples:
         """The samples of split ``name`` (aliases allowed), or a LayoutError naming what exists."""
         aliases = list(dict.fromkeys((name,) + SPLIT_ALIASES.get(name, ())))
@@ -65,7 +61,7 @@ class Layout:
 
     def describe(self) -> str:
         top = f", top folder '{printable(self.root)}'" if self.root else ""
-        return "\n".join([f"layout {self.kind}{top}, {self.num_classes} classes"] + [
+        return "\n".join([f"layout {self.kind}{top}, {len(self.class_names)} classes"] + [
             f"  {printable(k)}: {len(v.members)} samples from {printable(v.origin)}" for k, v in self.splits.items()])
 
 
