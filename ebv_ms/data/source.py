@@ -200,10 +200,16 @@ def precheck(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     return ""
 
 
+@functools.cache
+def _one_cv2_thread() -> None:  # one decode per worker; OpenCV's own pool would oversubscribe
+    cv2.setNumThreads(1)
+
+
 def _imdecode(raw, flag: int, failed: str) -> np.ndarray:
     """OpenCV's decode, or ``BadMember``: ``failed`` if libjpeg/libpng refuse it (OpenCV returns
     an empty result), else OpenCV's reason: it raises past its own limits, e.g. more than 2^30
     pixels (CV_IO_MAX_IMAGE_PIXELS) when data.max_image_pixels is 0: a bad sample, not a crash."""
+    _one_cv2_thread()
     try:
         img = cv2.imdecode(np.frombuffer(raw, np.uint8), flag)
     except cv2.error as exc:
@@ -229,14 +235,8 @@ def validate(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     return ""
 
 
-@functools.cache
-def _one_cv2_thread() -> None:  # one decode per worker; OpenCV's own pool would oversubscribe
-    cv2.setNumThreads(1)
-
-
 def decode_image(raw, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """RGB uint8 (H, W, 3) from encoded bytes, or ``BadMember`` saying why not."""
-    _one_cv2_thread()
     if why := precheck(raw, max_pixels):
         raise BadMember(why)
     img = _imdecode(raw, cv2.IMREAD_COLOR, "not a decodable image")
@@ -281,13 +281,11 @@ class ImageSource:
             raw = self.reader.read(member, self.max_bytes)
             if decode:
                 return decode_image(raw, self.max_pixels)
-            fmt = image_format(raw)
-            if fmt in ("webp", "gif"):  # vision.Decode needs PIL for these
+            if image_format(raw) in ("webp", "gif"):  # vision.Decode needs PIL for these
                 img = decode_image(raw, self.max_pixels)
                 return np.frombuffer(cv2.imencode(".bmp", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1], np.uint8)
             crc = self.reader.crc(member, raw) + 1
             if self._validated[i] != crc:
-                _one_cv2_thread()
                 if why := validate(raw, self.max_pixels):
                     raise BadMember(why)
                 self._validated[i] = crc
