@@ -49,8 +49,6 @@ class BadSampleLog:
 
 @dataclass
 class DatasetInfo:
-    """What the engine needs to know about a dataset made by ``create_dataset``."""
-
     split: str
     num_classes: int
     class_names: List[str]
