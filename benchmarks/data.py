@@ -138,7 +138,7 @@ def _reference_folder(root: str, workers: int, batch: int):
         class_indexing={c: i for i, c in enumerate(classes)}, decode=False,
         sampler=ShardSampler(n, shuffle=True), num_parallel_workers=workers)
     dataset = dataset.map(T.TypeCast(ms.int32), input_columns="label")
-    dataset = dataset.map(create_transforms("A1", 224, encoded=True), input_columns="image",
+    dataset = dataset.map(create_transforms("A1", 224), input_columns="image",
                           num_parallel_workers=workers)
     aug = create_batch_transform("A1", len(classes))
 

@@ -211,7 +211,7 @@ def create_dataset(data_cfg: Optional[Mapping], split: str, batch_size: int, is_
                         f"asked for (model.num_classes?); make them agree")
     # Decoding is part of the recipe, in C++ (for training only the crop's region is decoded).
     ops = create_transforms(recipe, int(cfg["image_size"]), cfg["eval_resize"], cfg["eval_crop"],
-                            tuple(cfg["scale"]), float(cfg["color_jitter"]), encoded=True)
+                            tuple(cfg["scale"]), float(cfg["color_jitter"]))
     # Safety net for images that pass `validate` but fail in the C++ decoder (see source.py)
     if ds.config.get_error_samples_mode() == ds.config.ErrorSamplesMode.RETURN:
         ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.REPLACE)

@@ -26,20 +26,19 @@ def check_recipe(recipe: str) -> str:
 
 def create_transforms(recipe: str, image_size: int = 224, eval_resize: Optional[int] = None,
                       eval_crop: Optional[int] = None, scale: Sequence[float] = (0.08, 1.0),
-                      color_jitter: float = 0.4, encoded: bool = False) -> List:
-    """Per-image C++ ops: RGB uint8 (H, W, 3) -> float32 (3, S, S), ImageNet-normalised. With
-    ``encoded`` decoding is part of them: for training ``RandomCropDecodeResize`` (decodes only
-    the crop's region; same distribution as ``RandomResizedCrop``), for ``eval`` ``Decode``."""
+                      color_jitter: float = 0.4) -> List:
+    """Per-image C++ ops: encoded image bytes uint8 (n,) -> float32 (3, S, S), ImageNet-normalised;
+    decoding is one of them: for training ``RandomCropDecodeResize`` (decodes only the crop's
+    region; same distribution as ``RandomResizedCrop``), for ``eval`` ``Decode``."""
     recipe, bilinear = check_recipe(recipe), vision.Inter.BILINEAR
     tail = [vision.Normalize(mean=[m * 255.0 for m in IMAGENET_MEAN],
                              std=[s * 255.0 for s in IMAGENET_STD], is_hwc=True), vision.HWC2CHW()]
     if recipe == "eval":
         resize = int(eval_resize or round(image_size / 0.875))
-        return ([vision.Decode()] if encoded else []) + [
-            vision.Resize(resize, interpolation=bilinear), vision.CenterCrop(int(eval_crop or image_size))] + tail
-    rrc = vision.RandomCropDecodeResize if encoded else vision.RandomResizedCrop
-    ops = [rrc(int(image_size), scale=tuple(scale), ratio=(3 / 4, 4 / 3), interpolation=bilinear),
-           vision.RandomHorizontalFlip(prob=0.5)]
+        return [vision.Decode(), vision.Resize(resize, interpolation=bilinear),
+                vision.CenterCrop(int(eval_crop or image_size))] + tail
+    ops = [vision.RandomCropDecodeResize(int(image_size), scale=tuple(scale), ratio=(3 / 4, 4 / 3),
+                                         interpolation=bilinear), vision.RandomHorizontalFlip(prob=0.5)]
     if recipe != "A0":
         ops.append(vision.TrivialAugmentWide(num_magnitude_bins=31, interpolation=bilinear))
     elif color_jitter > 0:

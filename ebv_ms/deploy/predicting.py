@@ -66,7 +66,7 @@ def eval_transform(resize: int, crop: int) -> Callable[[np.ndarray], np.ndarray]
     """Encoded image bytes -> float32 (3, crop, crop): the evaluation recipe, eagerly."""
     import mindspore.dataset.transforms as T
     from ebv_ms.data.presets import create_transforms
-    ops = T.Compose(create_transforms("eval", int(crop), int(resize), int(crop), encoded=True))
+    ops = T.Compose(create_transforms("eval", int(crop), int(resize), int(crop)))
     return lambda encoded: np.asarray(ops(encoded), dtype=np.float32)
 
 
