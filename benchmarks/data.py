@@ -201,9 +201,9 @@ print(json.dumps({{"zip_read_us": 1e6 * zip_read / n, "file_read_us": 1e6 * file
 
 
 def throughput(tmp: str, n: int, batch: int, workers_list, repeats: int, baseline=None):
-    from ebv_ms.tools.make_synthetic import extract_to_folder
     archive = photo_like_archive(os.path.join(tmp, "bench.zip"), n)
-    folder = extract_to_folder(archive, os.path.join(tmp, "extracted"))
+    folder = os.path.join(tmp, "extracted")
+    shutil.unpack_archive(archive, folder)
     mb = os.path.getsize(archive) / 2 ** 20
     print(f"throughput set: {n} JPEGs 224x224, {mb:.0f} MB, batch {batch}", flush=True)
     kinds = {"archive": {"path": archive, "image_size": 224},

@@ -2,7 +2,6 @@
 for make_demo and make_glyphs)."""
 from __future__ import annotations
 
-import os
 import zipfile
 from typing import Dict, Iterable, Optional, Tuple, Union
 
@@ -50,11 +49,3 @@ def write_tiny_archive(path: str, num_members: int, num_classes: int = 100_000,
                       mininterval=2.0, disable=not progress)
     return write_zip(path, ((f"10w_classes/{'train' if i % 18 < 12 else 'val'}/"
                              f"{i // 18 % num_classes:06d}/{i:07d}.jpg", payload) for i in it))
-
-
-def extract_to_folder(archive: str, out: str) -> str:
-    """Extract (for folder-vs-archive comparisons); returns ``out``."""
-    os.makedirs(out, exist_ok=True)
-    with zipfile.ZipFile(archive) as z:
-        z.extractall(out)
-    return out
