@@ -150,9 +150,7 @@ def _written(base: str, fmt: str) -> List[str]:
 def export_network(network, cfg, class_names, file_format: str, out: str, batch: int = 1,
                    checkpoint: Optional[str] = None) -> Tuple[Dict, str]:
     """Export ``network`` in inference mode; returns (the sidecar written beside it, its path)."""
-    fmt = str(file_format).upper()
-    if fmt not in _EXT:
-        raise ExportError(f"--format must be one of {', '.join(_EXT)}, got {file_format!r}")
+    fmt = str(file_format).upper()  # export.py's --format choices: one of _EXT's keys
     if int(batch) < 1:
         raise ExportError(f"--batch must be >= 1, got {batch}")
     if fmt == "AIR" and str(cfg.device_target) != "Ascend":
