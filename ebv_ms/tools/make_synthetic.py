@@ -3,7 +3,7 @@ for make_demo and make_glyphs)."""
 from __future__ import annotations
 
 import zipfile
-from typing import Dict, Iterable, Optional, Tuple, Union
+from typing import Dict, Iterable, Tuple, Union
 
 import cv2
 import numpy as np
@@ -39,13 +39,12 @@ def write_zip(path: str, members: Union[Dict[str, bytes], Iterable[Tuple[str, by
     return path
 
 
-def write_tiny_archive(path: str, num_members: int, num_classes: int = 100_000,
-                       payload: Optional[bytes] = None, progress: bool = True) -> str:
+def write_tiny_archive(path: str, num_members: int, progress: bool = True) -> str:
     """An archive of ``num_members`` tiny images in ``10w_classes/train|val/<class>/<n>.jpg``,
-    12 train + 6 val per class like the 100k-class archive. For index benchmarks."""
+    12 train + 6 val per class of 100,000 like the 100k-class archive. For index benchmarks."""
     from ebv_ms.progress import progress_bar
-    payload = payload if payload is not None else encode(np.zeros((8, 8, 3), np.uint8))
+    payload = encode(np.zeros((8, 8, 3), np.uint8))
     it = progress_bar(range(num_members), desc="writing tiny archive", unit="member",
                       mininterval=2.0, disable=not progress)
     return write_zip(path, ((f"10w_classes/{'train' if i % 18 < 12 else 'val'}/"
-                             f"{i // 18 % num_classes:06d}/{i:07d}.jpg", payload) for i in it))
+                             f"{i // 18 % 100_000:06d}/{i:07d}.jpg", payload) for i in it))
