@@ -27,7 +27,7 @@ def main(argv: Optional[list] = None) -> int:
 def _run(a) -> int:
     from ..config import load_config
     from ..data.dataset import archive_layout, open_split, split_names
-    from ..data.readers import ZipMemberReader
+    from ..data.readers import ZipMemberReader, printable
     # the same schema and opener as training: data.KEY=VALUE overrides, every key checked first
     cfg = dict(load_config(overrides=[f"data.{kv.strip()}" for kv in a.set]).data, path=a.path)
     splits = [open_split(cfg, s) for s in split_names(cfg)]
@@ -42,7 +42,6 @@ def _run(a) -> int:
     if not a.verify:
         return 0
     from ebv_ms.progress import progress_bar
-    from ..data.readers import printable
     total_bad = 0
     for sp in splits:
         src = sp.source

@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import EBVMSError, run_cli
 from .make_synthetic import encode, write_zip
@@ -88,7 +89,6 @@ def check_faces(names: Sequence[str]) -> List[Face]:
 
 def _face_index(face: Face) -> int:
     """Index of ``face.family`` inside its font file (.ttc collections hold several faces)."""
-    from PIL import ImageFont
     for i in itertools.count():
         try:
             if ImageFont.truetype(face.path, 16, index=i).getname()[0] == face.family:
@@ -112,7 +112,6 @@ _RENDER_SCALE = 2  # draw at 2x the output side, then area-downsample: smooth, u
 
 def _ink(font, char: str, canvas: int, stroke: int) -> np.ndarray:
     """The glyph as float32 coverage in [0, 1], its ink box centred on a canvas x canvas."""
-    from PIL import Image, ImageDraw
     img = Image.new("L", (canvas * 2, canvas * 2), 0)
     ImageDraw.Draw(img).text((canvas, canvas), char, fill=255, font=font, anchor="mm",
                              stroke_width=stroke, stroke_fill=255)
@@ -160,7 +159,6 @@ _W: dict = {}
 
 
 def _init_worker(faces: List[Tuple[str, str, int]], size: int) -> None:
-    from PIL import ImageFont
     # the em square fills ~80% of the canvas: room for the affine's scale-up and translation
     px = int(round(0.8 * size * _RENDER_SCALE))
     _W.update(size=size, fonts={n: ImageFont.truetype(path, px, index=i) for n, path, i in faces})
