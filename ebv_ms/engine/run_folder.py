@@ -45,7 +45,7 @@ class RunLock:
         self._new = not os.path.isdir(self.folder) or not os.listdir(self.folder)
         os.makedirs(self.folder, exist_ok=True)
         info = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        try:  # every descriptor is closed on every way out but success (fd then holds the lock)
             fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -54,21 +54,30 @@ class RunLock:
                 if isinstance(exc, BlockingIOError):
                     raise
                 fd = os.dup(info)  # no flock on directories here: lock the file
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    raise
+            try:
+                os.ftruncate(info, 0)
+                os.write(info, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+            except BaseException:
+                os.close(fd)
+                raise
         except BlockingIOError:
             try:
                 rec = json.loads(os.pread(info, 4096, 0).decode() or "{}")
                 holder = f"pid {rec['pid']} on {rec['host']}, started {rec['started']}"
-            except (OSError, ValueError, KeyError):
+            # not a mapping ([1], "x", null, 1e999), or nested past the recursion limit
+            except (OSError, ValueError, KeyError, TypeError, RecursionError):
                 holder = "its pid is not recorded yet"
-            os.close(info)
             raise RunFolderError(
                 f"output_dir {self.folder} is in use by another run ({holder}); wait for it to "
                 "finish or stop it, or set output_dir to another folder") from None
-        os.ftruncate(info, 0)
-        os.write(info, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
-        os.close(info)
+        finally:
+            os.close(info)
         self._fd = fd
         return self
 
