@@ -1,4 +1,5 @@
-"""RunLock on damaged run folders: clear refusals, no descriptor left open on any way out."""
+"""RunLock and the stale-temporary sweep on damaged run folders: clear refusals, no descriptor left
+open on any way out, temporaries named with pids no process can have treated as stale."""
 import errno
 import fcntl
 import os
@@ -7,7 +8,8 @@ import sys
 
 import pytest
 
-from ebv_ms.engine.run_folder import RunFolderError, RunLock
+from ebv_ms.engine import run_folder
+from ebv_ms.engine.run_folder import RunFolderError, RunLock, remove_stale_temps
 
 IN_USE = r"is in use by another run \(its pid is not recorded yet\)"
 
@@ -72,3 +74,16 @@ def test_a_failed_record_write_leaves_the_folder_free(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         RunLock(str(tmp_path)).acquire()
     assert _open_fds() == before
+
+
+def test_temporaries_named_with_impossible_pids_are_stale(tmp_path):
+    alive = f".c.tmp{os.getpid()}"
+    names = [".a.tmp0", ".b.tmp99999999999999999999", ".d.tmp2147483648", ".e.tmp4294967296.npy",
+             ".f.tmp9223372036854775808", ".g.tmp2147483647", alive]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    remove_stale_temps([str(tmp_path)])
+    assert os.listdir(tmp_path) == [alive]
+    assert run_folder._pid_alive(os.getpid())
+    for pid in (0, -1, -os.getpid(), -2 ** 31, -2 ** 70, 2 ** 31, 2 ** 63, 10 ** 30):
+        assert not run_folder._pid_alive(pid), pid

@@ -96,9 +96,11 @@ class RunLock:
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:  # os.kill would probe a process group
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process, or past pid_t
         return False
     except PermissionError:  # exists, owned by someone else
         pass
