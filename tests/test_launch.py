@@ -73,6 +73,23 @@ def test_no_argument_prints_usage_and_fails():
     assert r.returncode == 2 and "Usage: bash scripts/run_distribute_gpu.sh CONFIG" in r.stderr
 
 
+@pytest.mark.parametrize("args", [[], ["rank"], ["rank", "LOG_DIR"], ["scheduler"],
+                                  ["scheduler", "CPU", "extra"], ["eval"]])
+def test_the_module_without_its_arguments_prints_usage_and_fails(args, tmp_path, monkeypatch,
+                                                                  capsys):
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")  # as under mpirun: only arguments are missing
+    args = [str(tmp_path / a) if a == "LOG_DIR" else a for a in args]
+    assert L.main(args) == 2
+    assert "usage: python -m ebv_ms.tools.launch " in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_rank_wrapper_alone_prints_usage_not_a_traceback():
+    r = subprocess.run([sys.executable, "-m", "ebv_ms.tools.launch", "rank"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("usage: ") and "Traceback" not in r.stderr
+
+
 # ---------------------------------------------------------------- what the entry receives
 
 def test_eval_test_size_as_eval_py_spells_it_and_the_device_environment(run_dir):

@@ -650,13 +650,13 @@ def launch_quick_start(launch: Launch) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["rank"]:
+    if argv[:1] == ["rank"] and len(argv) >= 3:
         return run_rank(argv[1:])
     if argv[:1] == ["scheduler"] and len(argv) == 2:
         return run_scheduler(argv[1])
     if len(argv) < 2 or argv[0] not in SPECS:
-        print(f"usage: python -m ebv_ms.tools.launch {{{','.join(SPECS)},rank}} SCRIPT [ARGS ...]"
-              " | scheduler DEVICE", file=sys.stderr)
+        print(f"usage: python -m ebv_ms.tools.launch {{{','.join(SPECS)}}} SCRIPT [ARGS ...]"
+              " | rank LOG_DIR COMMAND ... | scheduler DEVICE", file=sys.stderr)
         return 2
     kind, script = argv[0], argv[1]
     prog = os.path.relpath(os.path.abspath(script), ROOT)
