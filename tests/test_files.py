@@ -217,6 +217,19 @@ def test_bad_matrices_in_files_are_named(tmp_path, arr, msg):
     assert str(p) in str(ei.value)
 
 
+def test_nan_inf_rows_are_found_exactly_from_the_norms():
+    """float32's largest value in 70,000 columns is a finite row (squares summed in float64 do
+    not overflow); float64 past float32 is inf; float16 inf and NaN are found."""
+    from ebv_ms.ebv.ebvset import validate_matrix
+    big = np.full((3, 70_000), np.finfo(np.float32).max, np.float32)
+    assert np.allclose(validate_matrix(big), 1 / np.sqrt(70_000))
+    with np.errstate(over="ignore"):
+        for w, count, first in [(np.array([[1.0, 0.0], [1.0, 1e300]]), 1, 1),
+                                (np.array([[1, 0], [np.inf, 0], [0, np.nan]], np.float16), 2, 1)]:
+            with pytest.raises(EBVError, match=rf"NaN/inf in {count} row\(s\), first row {first}"):
+                validate_matrix(w)
+
+
 def test_bad_file_contents(tmp_path, official_dir):
     cases = {
         "empty.npy": b"",

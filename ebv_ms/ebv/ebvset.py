@@ -81,13 +81,13 @@ def validate_matrix(w) -> np.ndarray:
     arr = arr.astype(np.float32, copy=False)
     # Row blocks of ~4M elements: temporaries stay a few MB even for 100k x 5000.
     step = max(1, (1 << 22) // arr.shape[1])
-    bad = np.zeros(arr.shape[0], dtype=bool)
     norms = np.empty(arr.shape[0], dtype=np.float64)
     for i in range(0, arr.shape[0], step):
         blk = arr[i:i + step]
-        bad[i:i + step] = ~np.isfinite(blk).all(axis=1)
         # float64 sums without a float64 copy of the block (einsum casts in small buffers)
         norms[i:i + step] = np.sqrt(np.einsum("ij,ij->i", blk, blk, dtype=np.float64))
+    # exact: float32 squares (< 1.2e77) summed in float64 cannot overflow; NaN, inf carry through
+    bad = ~np.isfinite(norms)
     if bad.any():
         raise EBVError(f"EBV matrix has NaN/inf in {int(bad.sum())} row(s), first row {int(np.argmax(bad))}")
     zero = norms < 1e-12
