@@ -15,9 +15,6 @@ from mindspore.common.initializer import initializer
 from .. import config
 from ..ebv.ebvset import matrix_checksum
 
-__all__ = ["FrozenVectorHead", "EBVHead", "ScaledL2Normalize", "FixedRandomHead", "FCHead",
-           "random_unit_vectors"]
-
 
 def random_unit_vectors(num_classes: int, dim: int, seed: int = 0) -> np.ndarray:
     """N x d Gaussian vectors with unit rows (the fixed-random baseline's class vectors)."""
