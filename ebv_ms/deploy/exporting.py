@@ -171,7 +171,7 @@ def export_network(network, cfg, class_names, file_format: str, out: str, batch:
         swapped = make_onnx_exportable(network)
         # MindSpore 2.10 writes an invalid graph when the output is renamed and the last op is a
         # Cast (fp16-stored heads end in one): those keep MindSpore's own name for it
-        output_name = None if getattr(network.head, "low_precision_storage", False) else "logits"
+        output_name = "logits" if getattr(network.head, "keep_fp32", True) else None
         onnx_file = base + ".onnx"
         # MindSpore's own test (onnx_export.py): parameters over PROTO_LIMIT_SIZE KiB, each as
         # sys.getsizeof(bytes), with a 1% margin; then each goes to a file beside the .onnx

@@ -81,7 +81,6 @@ class FrozenVectorHead(_Fp32Cell):
         self.num_classes, self.dim = int(vectors.shape[0]), int(vectors.shape[1])
         self.storage_dtype = storage_dtype
         self.keep_fp32 = storage_dtype == "float32"
-        self.low_precision_storage = not self.keep_fp32
         data = np.ascontiguousarray(vectors, dtype=np.dtype(storage_dtype))
         setattr(self, self.param_name, _shared_parameter(data, self.param_name))
         self.matmul_nt = ops.MatMul(transpose_b=True)
@@ -98,7 +97,7 @@ class FrozenVectorHead(_Fp32Cell):
         v, w = ops.cast(v, ms.float32), self.matrix
         # (v / ||v|| * S) @ W^T == S cos(v, w_k): the rows of W are unit vectors
         v = self.normalize(v) if self.cosine else v
-        if self.low_precision_storage:  # W itself is never cast or copied
+        if not self.keep_fp32:  # fp16 storage: W itself is never cast or copied
             out = ops.cast(self.matmul_nt(ops.cast(v, w.dtype), w), ms.float32)
         else:
             out = self.matmul_nt(v, w)
@@ -122,7 +121,7 @@ class EBVHead(FrozenVectorHead):
         # an EBVSet's checksum is cached: hashing 2 GB again here would cost 1-2 s
         self.checksum = ebv.checksum() if hasattr(ebv, "checksum") else matrix_checksum(vectors)
         self.tau = float(tau)
-        if self.low_precision_storage and self.tau < 0.05:
+        if not self.keep_fp32 and self.tau < 0.05:
             logging.getLogger(__name__).warning(
                 "model.ebv_dtype=%s at tau %g: the logits (up to %.0f) come out of the matmul "
                 "rounded to fp16, off by up to %.3f (measured 0.031 at tau 0.007, docs/models.md); "
