@@ -69,11 +69,8 @@ class SkippedStepGuard:
 
     def __call__(self, finite: bool, scale) -> None:
         """After each step; ``scale`` (float or scalar Tensor) is read only for a skipped one."""
-        if finite:
-            self.count = 0
-            return
-        scale = float(scale.asnumpy()) if hasattr(scale, "asnumpy") else float(scale)
-        self.count = self.count + 1 if scale <= self.min_scale else 0
+        at_floor = not finite and float(scale) <= self.min_scale
+        self.count = self.count + 1 if at_floor else 0
         if self.max_steps and self.count >= self.max_steps:
             raise DivergenceError(
                 f"training stalled: {self.count} consecutive steps had non-finite gradients with "
