@@ -325,13 +325,12 @@ def check_ebv_matches(state: CheckpointState, ebv: EBVSet) -> Optional[str]:
 
 
 def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = None,
-                   rank: int = 0, progress: bool = False,
-                   logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
+                   rank: int = 0, progress: bool = False) -> Optional[EBVSet]:
     """The set ``state`` was trained with, verified, from: ``ebv_file`` or ``ebv.path``; inside;
     next to it; the cache; a closed-form rebuild (no set recorded: ``resolve_ebv(cfg)``)."""
-    log, info = logger or _log, state.ebv_info
+    info = state.ebv_info
     if info is None:
-        return resolve_ebv(cfg, rank, progress=progress, logger=log) if cfg is not None else None
+        return resolve_ebv(cfg, rank, progress=progress) if cfg is not None else None
     given = ebv_file or (str(cfg.ebv.path) if cfg is not None and cfg.ebv.path else None)
     if given is not None and not os.path.isfile(given):
         raise CheckpointError(f"EBV file not found: {given}; {state.path} needs its "
@@ -345,10 +344,10 @@ def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = N
         if path == given:
             check_ebv_matches(state, ebv)
         elif ebv.checksum() != state.ebv_checksum:
-            log.warning("%s holds EBV set %s, not the checkpoint's %s; not used", path,
-                        ebv.checksum(), state.ebv_checksum)
+            _log.warning("%s holds EBV set %s, not the checkpoint's %s; not used", path,
+                         ebv.checksum(), state.ebv_checksum)
             continue
-        log.info("EBV set for %s loaded from %s", state.path, path)
+        _log.info("EBV set for %s loaded from %s", state.path, path)
         return ebv
     method, seed = info.get("method"), info.get("seed")
     kind, _, recipe = str(method).partition(":")
@@ -373,8 +372,8 @@ def checkpoint_ebv(state: CheckpointState, cfg=None, ebv_file: Optional[str] = N
     t0 = time.time()
     ebv = create_ebv(n, d, alpha=info.get("alpha"), method=recipe, seed=seed, progress=False)
     check_ebv_matches(state, ebv)
-    log.info("EBV set for %s rebuilt from its recipe (%s, seed %s) in %.1f s", state.path, method,
-             seed, time.time() - t0)
+    _log.info("EBV set for %s rebuilt from its recipe (%s, seed %s) in %.1f s", state.path,
+              method, seed, time.time() - t0)
     return ebv
 
 
@@ -396,11 +395,10 @@ def checkpoint_config(state: CheckpointState, config: Optional[str] = None,
 
 
 def network_from_checkpoint(state: CheckpointState, cfg, ebv_file: Optional[str] = None,
-                            rank: int = 0, progress: bool = False, amp_level: str = "O0",
-                            logger: Optional[logging.Logger] = None):
+                            rank: int = 0, progress: bool = False):
     from .builders import build_network
-    ebv = checkpoint_ebv(state, cfg, ebv_file, rank=rank, progress=progress, logger=logger)
-    network = build_network(cfg, ebv, amp_level)
+    ebv = checkpoint_ebv(state, cfg, ebv_file, rank=rank, progress=progress)
+    network = build_network(cfg, ebv)
     restore(state, network)
     return network, ebv
 

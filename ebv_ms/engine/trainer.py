@@ -92,8 +92,8 @@ class Trainer:
                 raise CheckpointError(f"{state.path} was trained with {was} but this run sets "
                                       f"{now}; resume with the same 'ebv' settings as the original "
                                       "run (or start a new output_dir)")
-            self.ebv = checkpoint_ebv(state, cfg, rank=self.rank, progress=self.rank == 0,
-                                      logger=self.log)  # found or rebuilt, verified
+            # found or rebuilt, verified
+            self.ebv = checkpoint_ebv(state, cfg, rank=self.rank, progress=self.rank == 0)
         amp_level = resolve_amp_level(cfg.train.amp_level, cfg.device_target)
         self.network = build_network(cfg, self.ebv, amp_level)
         self.lrs, self.optimizer, self.scaler, self.step_fn = build_training(cfg, self.network,
