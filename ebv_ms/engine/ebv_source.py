@@ -64,14 +64,14 @@ def _mapped(path: str, checksum: str) -> EBVSet:
     return ebv
 
 
-def _local_ebv(cfg, rank: int, progress: bool, log) -> Optional[EBVSet]:
+def _local_ebv(cfg, rank: int, progress: bool) -> Optional[EBVSet]:
     """The set from this rank's disk (``ebv.path``, else the cache) or a local build; None: a rank
     > 0 that needs rank 0's (``ebv.path`` not here, or an iterative set not cached here)."""
     e, n, d = cfg.ebv, int(cfg.model.num_classes), int(cfg.model.embed_dim)
     path = str(e.path) if e.path else ebv_cache_path(cfg)
     if not os.path.isfile(path):
         if e.path and rank > 0:
-            log.info("rank %d: %s not found here; receiving rank 0's set", rank, path)
+            _log.info("rank %d: %s not found here; receiving rank 0's set", rank, path)
             return None
         if e.path:
             raise ebv_path_missing(path)
@@ -81,35 +81,33 @@ def _local_ebv(cfg, rank: int, progress: bool, log) -> Optional[EBVSet]:
         t0 = time.time()
         if os.path.isfile(path):
             ebv = _check_shape(load_ebv(path), n, d, path)
-            log.info("EBV set %s %s in %.1f s: %r", "loaded from" if e.path else
-                     "reused from cache", path, time.time() - t0, ebv)
+            _log.info("EBV set %s %s in %.1f s: %r", "loaded from" if e.path else
+                      "reused from cache", path, time.time() - t0, ebv)
             return ebv
-        log.info("generating the EBV set (N=%d, d=%d, alpha=%s, method=%s, seed=%s); cached at %s",
-                 n, d, e.alpha, e.method, e.seed, path)
+        _log.info("generating the EBV set (N=%d, d=%d, alpha=%s, method=%s, seed=%s); cached at %s",
+                  n, d, e.alpha, e.method, e.seed, path)
         ebv = create_ebv(n, d, alpha=e.alpha, method=e.method, seed=int(e.seed),
                          max_steps=e.max_steps, progress=progress, device_target=cfg.device_target)
         checksum = _check_shape(ebv, n, d, "create_ebv").checksum()
         save_ebv(ebv, path)  # atomic (temporary sibling + rename): no reader sees half a file
         del ebv
         ebv = _mapped(path, checksum)
-        log.info("EBV set generated in %.1f s: %r", time.time() - t0, ebv)
+        _log.info("EBV set generated in %.1f s: %r", time.time() - t0, ebv)
         return ebv
 
 
-def resolve_ebv(cfg, rank: int = 0, progress: bool = True,
-                logger: Optional[logging.Logger] = None) -> Optional[EBVSet]:
+def resolve_ebv(cfg, rank: int = 0, progress: bool = True) -> Optional[EBVSet]:
     """EBVSet for ``cfg`` (None unless ``model.head`` is "ebv"); the same set on every rank."""
-    log = logger or _log
     if cfg.model.head != "ebv":
         return None
-    ebv = _local_ebv(cfg, rank, progress, log)
+    ebv = _local_ebv(cfg, rank, progress)
     if get_rank_info()[1] == 1:
         return ebv
     name = None if cfg.ebv.path else os.path.basename(ebv_cache_path(cfg))
-    return share_ebv(ebv, rank, str(cfg.ebv.cache_dir), name, log)
+    return share_ebv(ebv, rank, str(cfg.ebv.cache_dir), name)
 
 
-def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str], log) -> EBVSet:
+def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str]) -> EBVSet:
     """Rank 0's set on every rank (a collective; ``ebv`` None: this rank has none); a different
     set stops every rank. In each host's ``folder`` one receiver saves it, the others map it."""
     # each rank's row: has-set, N, d, checksum (4 x 16 bits), metadata size, folder key (2 x 16)
@@ -167,16 +165,16 @@ def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str]
                 save_ebv(got_set, path)
             del got_set
             ebv = _mapped(path, checksum)
-            log.info("rank %d: EBV set received from rank 0 in %.1f s and saved to %s", rank,
-                     time.time() - t0, path)
+            _log.info("rank %d: EBV set received from rank 0 in %.1f s and saved to %s", rank,
+                      time.time() - t0, path)
     done = all_gather_counts([int(not error)])
     if error or not done.all():
         raise EBVError(error or f"ranks {[r for r in range(len(done)) if not done[r][0]]} did not "
                        "receive rank 0's EBV set intact; see their logs")
     if rank in lacking and not keeps:
         ebv = _mapped(path, checksum)
-        log.info("rank %d: EBV set mapped from %s, saved by rank %d", rank, path,
-                 keeper[tuple(rows[rank][8:])])
+        _log.info("rank %d: EBV set mapped from %s, saved by rank %d", rank, path,
+                  keeper[tuple(rows[rank][8:])])
     return ebv
 
 

@@ -79,7 +79,7 @@ class Trainer:
         # create_dataset has refused another number of classes, and a shard under one batch
         self.steps_per_epoch = spe = int(self.train_ds.get_dataset_size())
         if state is None:
-            self.ebv = resolve_ebv(cfg, self.rank, progress=self.rank == 0, logger=self.log)
+            self.ebv = resolve_ebv(cfg, self.rank, progress=self.rank == 0)
         else:  # the classes of the checkpoint and of both folders' classes.json; its EBV set
             for folder in dict.fromkeys([self.out, os.path.dirname(os.path.abspath(state.path))]):
                 check_class_names(folder, self.train_info.class_names)
