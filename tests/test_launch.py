@@ -90,6 +90,21 @@ def test_the_rank_wrapper_alone_prints_usage_not_a_traceback():
     assert r.returncode == 2 and r.stderr.startswith("usage: ") and "Traceback" not in r.stderr
 
 
+def test_the_rank_wrapper_names_a_missing_program_and_exits_127(tmp_path):
+    """It raised FileNotFoundError with a traceback, and left no exit file and no report."""
+    logs = tmp_path / "logs"
+    env = dict(os.environ, OMPI_COMM_WORLD_RANK="1")
+    r = subprocess.run([sys.executable, "-m", "ebv_ms.tools.launch", "rank", str(logs),
+                        str(tmp_path / "no-such-program"), "--flag"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 127 and "Traceback" not in r.stderr, r.stderr
+    assert f"{tmp_path / 'no-such-program'}: program not found" in r.stderr
+    assert (logs / "rank_1.exit").read_text() == "127"  # 127, as a shell gives it
+    assert L.first_failed_rank(str(logs))[:2] == (1, "127")
+    assert r.stderr.startswith("[launch rank 1] failed with exit status 127 at ")
+    assert r.stderr.rstrip().endswith("[launch rank end]")  # the report mpirun passes on
+
+
 # ---------------------------------------------------------------- what the entry receives
 
 def test_eval_test_size_as_eval_py_spells_it_and_the_device_environment(run_dir):

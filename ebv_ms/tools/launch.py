@@ -422,8 +422,13 @@ def run_rank(argv: List[str]) -> int:
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(s, stop)
-    rc = tee(cmd, env, log, echo=rank == "0", header=f"[launch rank] rank {rank} (local {local}) on "
-             f"{socket.gethostname()}: {shlex.join(cmd)}", started=procs.append)
+    try:
+        rc = tee(cmd, env, log, echo=rank == "0", header=f"[launch rank] rank {rank} (local "
+                 f"{local}) on {socket.gethostname()}: {shlex.join(cmd)}", started=procs.append)
+    except FileNotFoundError:  # as a shell says it, with its status; the report below shows it
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"launch rank: {cmd[0]}: program not found\n")
+        rc = 127
     rc = rc if rc >= 0 else 128 - rc
     exit_file.write_text(str(rc))
     if rc:  # through mpirun to the launcher, which may be on another host than this log
