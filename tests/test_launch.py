@@ -332,6 +332,26 @@ def test_msrun_command_line_one_and_several_machines(monkeypatch):
             L.msrun_command(_launch("msrun", **bad), 1, "/o", ["t.py"])
 
 
+def test_msrun_beside_a_bare_interpreter_is_looked_up_on_path_not_here(tmp_path, monkeypatch):
+    """PYTHON=python3 (no folder): msrun was looked up as ./msrun, in the current directory."""
+    monkeypatch.delenv("MSRUN_ARGS", raising=False)
+    bin_dir, here = tmp_path / "bin", tmp_path / "here"
+    for d in (bin_dir, here):
+        d.mkdir()
+    for exe in (bin_dir / "python3", bin_dir / "msrun", here / "msrun"):
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    launch = _launch("msrun")
+    launch.python = "python3"
+    assert L.msrun_command(launch, 2, "/o", ["python3", "t.py"])[0] == str(bin_dir / "msrun")
+    (bin_dir / "msrun").unlink()  # none beside it nor on PATH: not the one in this directory
+    assert L.msrun_command(launch, 2, "/o", ["python3", "t.py"])[0] == "msrun"
+    with pytest.raises(L.LaunchError, match="msrun not found"):
+        L.run_msrun(launch, 2, "/o")
+
+
 def test_first_failed_rank_is_the_earliest_exit_that_is_an_error(tmp_path):
     for rank, status, t in ((0, "killed", 100), (1, "1", 200), (2, "134", 150), (3, "0", 50)):
         f = tmp_path / f"rank_{rank}.exit"

@@ -469,8 +469,8 @@ def msrun_command(launch: Launch, local: int, log_dir: str, cmd: List[str]) -> L
     # Every machine must name the same port: a free one is picked only on a single machine.
     port = o.get("master-port") or os.environ.get("MASTER_PORT") or (
         "8118" if multi else str(free_port()))
-    msrun = os.path.join(os.path.dirname(launch.python), "msrun")
-    msrun = msrun if os.access(msrun, os.X_OK) else shutil.which("msrun") or "msrun"
+    here = os.path.dirname(shutil.which(launch.python) or launch.python)  # a bare name: on PATH
+    msrun = (here and shutil.which("msrun", path=here)) or shutil.which("msrun") or "msrun"
     out = [msrun, f"--worker_num={local * nodes}", f"--local_worker_num={local}",
            f"--master_port={port}", f"--log_dir={log_dir}", "--join=True",
            f"--cluster_time_out={os.environ.get('CLUSTER_TIMEOUT', '600')}", "--tail_worker_log=0"]
