@@ -38,3 +38,37 @@ def test_quick_start_cpu_reaches_90_percent_and_eval_reproduces(tmp_path):
     assert ev["top5"] == pytest.approx(best["top5"], abs=1e-9)
     assert ev["params_frozen"] > 0 and ev["params_trainable"] > 0
     assert "quick start: done on CPU" in log
+
+
+def test_a_config_is_relative_to_where_the_script_was_run(tmp_path, monkeypatch, capsys):
+    """CONFIG was looked up after a chdir to the repository: a path relative to the caller's
+    folder failed, or picked the repository's file of that name. The default stays the demo."""
+    from ebv_ms.tools import launch as L
+    record, python = tmp_path / "steps.txt", tmp_path / "python"
+    python.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')  # records each step's arguments
+    python.chmod(0o755)
+    mine = tmp_path / "configs" / "demo_cpu.yaml"  # the repository's demo config's name
+    mine.parent.mkdir()
+    mine.write_text(f"output_dir: {tmp_path / 'out'}\ndata: {{path: {tmp_path}}}\n")
+    (tmp_path / "c.yaml").write_text(mine.read_text())
+    monkeypatch.setenv("EBV_FORCE_CPU", "1")
+    monkeypatch.delenv("EBV_PYTHON", raising=False)
+
+    def quick_start(*args):
+        monkeypatch.chdir(tmp_path)
+        record.unlink(missing_ok=True)
+        a = L.parse_args(L.SPECS["quick-start"], list(args), "run_with_gpu/run_quick_start.sh",
+                         "train.py")
+        launch = L.Launch("quick-start", a, "GPU", str(python), "train.py", dict(os.environ),
+                          dry_run=False)
+        assert L.launch_quick_start(launch) == 0
+        return [line.split() for line in record.read_text().splitlines()], capsys.readouterr().out
+
+    for given, want in (("configs/demo_cpu.yaml", mine), ("c.yaml", tmp_path / "c.yaml"),
+                        (str(tmp_path / "c.yaml"), tmp_path / "c.yaml")):
+        steps, out = quick_start(given)
+        assert [s[s.index("--config") + 1] for s in steps[:2]] == [str(want)] * 2, steps
+        assert f"running {want} on CPU" in out
+    steps, out = quick_start(f"data.path={tmp_path}", f"output_dir={tmp_path / 'out'}")
+    assert steps[0][steps[0].index("--config") + 1] == "configs/demo_cpu.yaml"
+    assert "with the demo config (configs/demo_cpu.yaml)" in out

@@ -604,23 +604,22 @@ def launch_quick_start(launch: Launch) -> int:
     best checkpoint: on a GPU that passes the doctor's probe, else on CPU."""
     from ebv_ms.config import load_config
     demo = "configs/demo_cpu.yaml"
-    config = launch.args.first or demo
-    os.chdir(ROOT)
+    given = os.path.abspath(launch.args.first) if launch.args.first else ""  # the caller's cwd
+    os.chdir(ROOT)  # the steps, and the demo config's paths, are relative to the repository
+    config = demo if given in ("", os.path.abspath(demo)) else given
     if not os.path.isfile(config):
         raise LaunchError(f"config not found: {config}")
     t0, py = time.time(), launch.python
     say = lambda text: print(f"quick start: {text}", flush=True)  # noqa: E731
     if os.environ.get("EBV_PYTHON"):
         say(f"using {py} (EBV_PYTHON set; scripts/setup_env.sh skipped)")
-    device = "CPU"
-    if os.environ.get("EBV_FORCE_CPU", "0") != "1" and visible_gpus():
-        res = check_device("GPU", timeout=600.0)
-        if res["ok"]:
-            device = "GPU"
-            say(f"GPU found; running on GPU with {config}")
-        else:
-            say(f"nvidia-smi lists a GPU but MindSpore cannot run on it ({res['detail'][:200]}); "
-                "falling back to CPU")
+    device, gpu = "CPU", os.environ.get("EBV_FORCE_CPU", "0") != "1" and visible_gpus()
+    if gpu and (res := check_device("GPU", timeout=600.0))["ok"]:
+        device = "GPU"
+        say(f"GPU found; running on GPU with {config}")
+    elif gpu:
+        say(f"nvidia-smi lists a GPU but MindSpore cannot run on it ({res['detail'][:200]}); "
+            "falling back to CPU")
     if device == "CPU":
         say("no usable GPU found: running the same flow on CPU with the demo config "
             f"({config})" if config == demo else
