@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from ebv_ms.errors import EBVMSError, run_cli
-from ebv_ms.tools.doctor import bounded_run, check_device
+from ebv_ms.tools.doctor import ROOT, bounded_run, check_device
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEVICES = ("CPU", "GPU", "Ascend")
 # The dynamic-cluster variables a single process must not inherit (it would wait for a scheduler).
 CLUSTER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_NODE_ID",
