@@ -181,9 +181,8 @@ def format_report(rep: Dict) -> str:
     for cuda, found in (rep.get("gpu_libraries") or {}).items():
         lines.append(f"GPU plugin for CUDA {cuda} ({GPU_PLUGINS[cuda]}) needs:")
         lines += [f"    {name:<28} {path or 'MISSING'}" for name, path in sorted(found.items())]
-    for k in ("nvidia_smi", "npu_smi", "mpirun", "msrun"):
-        if k in rep:
-            lines.append(f"{k.replace('_', '-'):<10} {(rep[k] or 'not found').splitlines()[0]}")
+    lines += [f"{k.replace('_', '-'):<10} {(rep[k] or 'not found').splitlines()[0]}"
+              for k in ("nvidia_smi", "npu_smi", "mpirun", "msrun") if k in rep]
     if n:
         lines.append(f"\n{n} problem(s):")
         lines += [f"{i}. {p['what']}\n   remedy: {p['remedy']}"

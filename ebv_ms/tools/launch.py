@@ -502,8 +502,7 @@ def run_msrun(launch: Launch, local: int, log_dir: str) -> int:
         return 0
     logs = [p for p in glob.glob(os.path.join(log_dir, "worker_*.log"))
             if re.search(r"Traceback|error:|Error", _tail(p, 400))]
-    if logs:
-        log = min(logs, key=os.path.getmtime)
+    if log := min(logs, key=os.path.getmtime, default=""):
         print(f"[launch] FAILED: the first rank to fail logged to {log}\n"
               f"---- last lines of {log} ----\n{_tail(log)}\n----\n"
               "[launch] msrun stopped the other ranks", file=sys.stderr)
