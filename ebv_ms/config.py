@@ -37,7 +37,7 @@ def _short(text: str) -> str:
 _TYPE_TEXT = {"map": "mapping", "splits": "mapping split name -> path",
               "columns": "[path column, label column] (index >= 0 or header name)",
               "bool|str": "bool or a local checkpoint path",
-              "pair": "two numbers [a, b], a <= b, each {}"}  # {}: the range
+              "pair": "two numbers [a, b], a <= b, each {range}"}
 _CMP = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
@@ -53,7 +53,8 @@ class Key:
         self.range = allowed if isinstance(allowed, str) else ""
 
     def describe(self) -> str:
-        text = (_TYPE_TEXT.get(self.type) or f"{self.type} {self.range}".strip()).format(self.range)
+        kind = _TYPE_TEXT.get(self.type)  # "{range}" replaced: str.format misreads braces in a range
+        text = kind.replace("{range}", self.range) if kind else f"{self.type} {self.range}".strip()
         if self.choices is not None:
             text = "one of " + ", ".join(self.choices)
         return text + (" or null" if self.default is None else "")

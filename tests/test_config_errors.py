@@ -135,6 +135,18 @@ def test_schema_covers_every_key_and_the_docs_table_is_current():
     assert schema_table() in doc, "docs/training.md: paste `python -m ebv_ms.tools.schema` output"
 
 
+def test_describe_shows_a_range_with_braces_as_written():
+    """The range is put into the type text as is (str.format read its braces: KeyError for
+    "{x}", "int >= >= {0}" for "{0}")."""
+    from ebv_ms.config import Key
+    for rng in (">= {0}", "> 0 and < {x}", "{}", "{", "}", "a{range}b"):
+        assert Key(0, "int", allowed=rng).describe() == f"int {rng}"
+        assert Key(0.0, "float", allowed=rng).describe() == f"float {rng}"
+        pair = Key([0, 1], "pair", allowed=rng).describe()
+        assert pair == f"two numbers [a, b], a <= b, each {rng}"
+        assert Key(None, "int", allowed=rng).describe() == f"int {rng} or null"
+
+
 # --------------------------------------------------------------------------- files
 def test_bad_config_files(capsys, tmp_path):
     bad_utf8 = tmp_path / "bad.yaml"
