@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Predict the top-k classes of images, from a checkpoint or from an exported model.
 
-    python predict.py --ckpt runs/demo_cpu/best.ckpt PATH... [--topk 5] [--json]
+    python predict.py --ckpt runs/demo_cpu/best.ckpt PATH... [--topk 5] [--json] [--config X.yaml]
     python predict.py --model runs/demo_cpu/best.mindir PATH...     # or best.onnx (onnxruntime)
 
 PATH is an image file, a folder (searched recursively) or a .zip archive (read in place).
@@ -31,6 +31,9 @@ def parse_args(argv=None):
                    help="--ckpt only: input side (resize side/0.875, centre crop), as eval.py")
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU", "Ascend"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--config", "-c", default=None,
+                   help="--ckpt only: YAML applied on top of the checkpoint's (a plain weights "
+                        "file records none: give the model settings it was trained with)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value",
                    help="--ckpt only: config override on top of the checkpoint's (repeatable)")
     p.add_argument("--debug", action="store_true", help="print the traceback of an error too")
@@ -60,7 +63,7 @@ def _main(args) -> int:
         overrides = [f"device_target={args.device}"] + list(args.overrides)
         if args.test_size:
             overrides.append(f"eval.test_size={args.test_size}")
-        cfg, network, names = load_network(args.ckpt, overrides)
+        cfg, network, names = load_network(args.ckpt, overrides, args.config)
         runner, transform = cell_runner(network, args.batch_size), eval_transform(*eval_sizes(cfg))
     for rec in predict(runner, transform, names, lists, args.topk, progress=not args.no_progress):
         if "error" in rec:

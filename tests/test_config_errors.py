@@ -276,6 +276,38 @@ def test_eval_bad_arguments(capsys, tmp_path):
     _fails(capsys, eval_cli.main, ["--ckpt", ck], "checkpoint not found")
 
 
+def test_predict_on_plain_weights_takes_the_config_its_error_names(capsys, tmp_path):
+    """A plain ``ms.save_checkpoint(net)`` records no config: predict.py says "pass --config" (as
+    eval.py and export.py do), and with --config it predicts what the network computes."""
+    import mindspore as ms
+    import predict as predict_cli
+    from PIL import Image
+    from ebv_ms.deploy.predicting import eval_transform
+    from ebv_ms.ebv import EBVSet
+    from ebv_ms.models import create_classifier
+    ebv = EBVSet(np.eye(4, 8, dtype=np.float32))
+    net = create_classifier("small_cnn", "ebv", 4, ebv=ebv, tau=0.1)
+    ms.save_checkpoint(net, str(tmp_path / "plain.ckpt"))
+    rng = np.random.default_rng(0)
+    imgs = [str(tmp_path / f"{i}.png") for i in range(3)]
+    for p in imgs:
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), np.uint8)).save(p)
+    (tmp_path / "model.yaml").write_text(
+        "model: {backbone: small_cnn, num_classes: 4, embed_dim: 8, tau: 0.1}\n"
+        "data: {image_size: 16}\n")
+    argv = ["--ckpt", str(tmp_path / "plain.ckpt"), *imgs, "--set", "mode=pynative",
+            "--no-progress", "--json", "--topk", "1"]
+    _fails(capsys, predict_cli.main, argv, "predict.py: error:", "records no config",
+           "pass --config")
+    assert predict_cli.main(argv + ["--config", str(tmp_path / "model.yaml")]) == 0
+    out = capsys.readouterr().out
+    got = [json.loads(line)["topk"][0]["index"] for line in out.splitlines()]
+    transform = eval_transform(int(16 / 0.875), 16)
+    x = np.stack([transform(np.fromfile(p, np.uint8)) for p in imgs])
+    net.set_train(False)
+    assert got == net(ms.Tensor(x)).asnumpy().argmax(1).tolist()
+
+
 @pytest.mark.parametrize("meta,config,needle", CRAFTED, ids=[c[2][:40] for c in CRAFTED])
 def test_eval_on_damaged_or_crafted_metadata(capsys, tmp_path, meta, config, needle):
     ck = _ckpt(tmp_path / "c.ckpt", meta, config)
