@@ -30,10 +30,6 @@ def _show(value) -> str:
     return text if len(text) <= 80 else f"{text[:60]}... ({len(text):,} characters)"
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= 80 else text[:60] + "..."
-
-
 _TYPE_TEXT = {"map": "mapping", "splits": "mapping split name -> path",
               "columns": "[path column, label column] (index >= 0 or header name)",
               "bool|str": "bool or a local checkpoint path",
@@ -53,7 +49,7 @@ class Key:
         self.range = allowed if isinstance(allowed, str) else ""
 
     def describe(self) -> str:
-        kind = _TYPE_TEXT.get(self.type)  # "{range}" replaced: str.format misreads braces in a range
+        kind = _TYPE_TEXT.get(self.type)  # "{range}" by replace: str.format reads braces
         text = kind.replace("{range}", self.range) if kind else f"{self.type} {self.range}".strip()
         if self.choices is not None:
             text = "one of " + ", ".join(self.choices)
@@ -328,8 +324,8 @@ def _merge(base: dict, update: Any, schema: Mapping, where: str, origins: Dict[s
             origins[path] = where
 
 
-def parse_override(text: str) -> dict:
-    """``model.head=fc`` -> {"model": {"head": "fc"}}; the value is parsed as YAML."""
+def parse_override(text: str, where: str) -> dict:
+    """``model.head=fc`` -> {"model": {"head": "fc"}}, value as YAML; errors name ``where``."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key.sub=value")
     key, raw = text.split("=", 1)
@@ -337,7 +333,7 @@ def parse_override(text: str) -> dict:
     if not all(parts):
         raise ConfigError(f"override '{text}': the key must look like key.sub (no empty parts)")
     try:
-        value = parse_yaml(raw, f"override '{_short(text)}'", "the value is ") if raw.strip() else None
+        value = parse_yaml(raw, where, "the value is ") if raw.strip() else None
     except ConfigError as exc:
         raise ConfigError(f"{exc}; quote the value, e.g. {key}='...'") from None
     for p in reversed(parts):
@@ -449,7 +445,8 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
     if path:
         _merge(cfg, load_yaml(path), SCHEMA, str(path), origins)
     for text in overrides:
-        _merge(cfg, parse_override(text), SCHEMA, f"override '{_short(text)}'", origins)
+        where = f"override '{text if len(text) <= 80 else text[:60] + '...'}'"
+        _merge(cfg, parse_override(text, where), SCHEMA, where, origins)
     return validate(cfg, origins)
 
 
