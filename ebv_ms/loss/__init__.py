@@ -37,6 +37,4 @@ class EBVLoss(nn.Cell):
         return ops.mean(loss) if self.reduction == "mean" else ops.sum(loss)
 
 
-def create_loss(label_smoothing: float = 0.0, reduction: str = "mean") -> EBVLoss:
-    """The training loss of every head kind (EBV, FC, fixed random)."""
-    return EBVLoss(label_smoothing=label_smoothing, reduction=reduction)
+create_loss = EBVLoss  # the training loss of every head kind (EBV, FC, fixed random)
