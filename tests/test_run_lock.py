@@ -87,3 +87,14 @@ def test_temporaries_named_with_impossible_pids_are_stale(tmp_path):
     assert run_folder._pid_alive(os.getpid())
     for pid in (0, -1, -os.getpid(), -2 ** 31, -2 ** 70, 2 ** 31, 2 ** 63, 10 ** 30):
         assert not run_folder._pid_alive(pid), pid
+
+
+def test_only_names_atomic_path_writes_are_temporaries(tmp_path):
+    """Was \\d and $: Unicode digits (int() reads '١٢٣' as 123) and a name ending in a newline
+    matched, so files atomic_path never writes were removed as dead writers' temporaries."""
+    foreign = [".a.tmp\u0661\u0662\u0663", ".b.tmp\u0967\u0968", ".c.tmp12\n", ".d.tmp12.npz\n",
+               ".e.tmp\uff11\uff12", ".f.tmp1\u0662.ckpt"]
+    for name in foreign + [".g.tmp0"]:
+        (tmp_path / name).write_bytes(b"x")
+    remove_stale_temps([str(tmp_path)])
+    assert sorted(os.listdir(tmp_path)) == sorted(foreign)

@@ -20,8 +20,8 @@ from ebv_ms.errors import EBVMSError
 
 LOCK_NAME = ".run.lock"
 CLASSES_NAME = "classes.json"
-# atomic_path's temporary name: "." + target name + ".tmp" + writer pid + optional suffix
-_TEMP = re.compile(r"^\..+\.tmp(?P<pid>\d+)(\.[A-Za-z0-9]+)?$")
+# atomic_path's temporary name, in full: "." + target + ".tmp" + pid (ASCII) + optional suffix
+_TEMP = re.compile(r"\..+\.tmp(?P<pid>[0-9]+)(\.[A-Za-z0-9]+)?")
 
 _log = logging.getLogger("ebv_ms")
 
@@ -112,7 +112,7 @@ def remove_stale_temps(folders: Sequence[str]) -> None:
     checkpoint-sized) in ``folders`` whose writer is gone; run under the lock."""
     for folder in filter(os.path.isdir, folders):
         for name in sorted(os.listdir(folder)):
-            m = _TEMP.match(name)
+            m = _TEMP.fullmatch(name)
             path = os.path.join(folder, name)
             if m is None or not os.path.isfile(path) or _pid_alive(int(m.group("pid"))):
                 continue
