@@ -437,7 +437,7 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
     cfg = copy.deepcopy(DEFAULTS)
     origins: Dict[str, str] = {}
     if base is not None:
-        base = copy.deepcopy(dict(base))
+        base = _plain(base)  # fresh dicts (a validated Config is read-only); _merge copies values
         # a retired key older checkpoints record (now a test callback, tests/probes.py)
         if isinstance(base.get("train"), dict):
             base["train"].pop("debug_kill_at_step", None)

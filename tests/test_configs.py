@@ -143,3 +143,13 @@ def test_overrides_apply_on_top_of_a_config():
     cfg = load_config(str(ROOT / "configs" / "10w_classes.yaml"),
                       ["device_target=CPU", "train.batch_size=4", "data.path=/tmp/x.zip"])
     assert (cfg.device_target, cfg.train.batch_size, cfg.data.path) == ("CPU", 4, "/tmp/x.zip")
+
+
+def test_a_validated_config_can_be_the_base():
+    """Was a TypeError: the retired-key pop ran on the read-only Config (deepcopy returns it)."""
+    done = load_config(str(ROOT / "configs" / "demo_cpu.yaml"), ["train.epochs=3"])
+    cfg = load_config(None, ["optim.lr=0.5"], base=done)
+    assert cfg.to_dict() == {**done.to_dict(), "optim": {**done.optim, "lr": 0.5}}
+    assert load_config(base=done) == done and done.optim.lr != 0.5  # the base is left as it was
+    plain = {**done.to_dict(), "train": {**done.train, "debug_kill_at_step": 3}}
+    assert load_config(base=plain) == done and "debug_kill_at_step" in plain["train"]
