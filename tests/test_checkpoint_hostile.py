@@ -201,6 +201,37 @@ def test_non_finite_weights_are_refused_on_load_and_resume(base, tmp_path, capsy
     assert "holds NaN or inf" in capsys.readouterr().err
 
 
+def test_an_empty_checkpoint_is_named_empty_by_every_tool(base, tmp_path, capsys):
+    """Was "records no config (not written by train.py); pass --config" (eval, predict, export)
+    and "a plain weights file" (train.py --resume-from) for a file that holds nothing."""
+    import eval as eval_cli
+    import export as export_cli
+    import predict as predict_cli
+    import train as train_cli
+    tools = {"eval": eval_cli, "predict": predict_cli, "export": export_cli, "train": train_cli}
+    meta_only = Checkpoint(value=[dict(tag="ebv_ms_meta", tensor=dict(
+        tensor_type="str", dims=[0], tensor_content=np.array("{}").tobytes()))])
+    bodies = {"zero": b"", "no_values": Checkpoint().SerializeToString(),
+              "crc_only": b"crc_num" + b"0" * 10,
+              "strings_only": meta_only.SerializeToString()}
+    for kind, body in bodies.items():
+        ck = tmp_path / f"{kind}.ckpt"
+        ck.write_bytes(body)
+        for tool, cli in tools.items():
+            argv = [a.replace("{ckpt}", str(ck)) for a in TOOLS[tool](base)]
+            assert cli.main(argv) == 2, (kind, tool)
+            err = capsys.readouterr().err
+            assert "Traceback" not in err and "config" not in err, (kind, tool, err)
+            assert err.strip().splitlines()[-1] == (
+                f"{tool}.py: error: {ck}: not a usable checkpoint (empty: it holds no weight "
+                "tensors); use another checkpoint (last.ckpt / best.ckpt of the run)"), err
+    run = tmp_path / "run"  # train.py --resume finding an empty last.ckpt
+    run.mkdir()
+    (run / "last.ckpt").write_bytes(b"")
+    assert train_cli.main([*base["common"], f"output_dir={run}", "--resume"]) == 2
+    assert "last.ckpt: not a usable checkpoint (empty" in capsys.readouterr().err
+
+
 def test_a_replaced_or_permuted_classes_json_is_refused(base, tmp_path):
     """The class names travel in the checkpoint: a classes.json beside it must repeat them."""
     from ebv_ms.deploy import load_network

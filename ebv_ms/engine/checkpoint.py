@@ -138,6 +138,8 @@ def read_entries(path: str) -> Dict[str, Entry]:
             raise bad(f"tensor {what} declares {list(dims)} x {label} = {size} bytes but holds "
                       f"{len(data)}")
         out[name] = np.frombuffer(data, _DTYPES[label]).reshape(dims)
+    if not any(isinstance(v, np.ndarray) for v in out.values()):  # 0 bytes, say: not "no config"
+        raise bad("empty: it holds no weight tensors")
     return out
 
 
