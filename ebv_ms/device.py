@@ -11,8 +11,5 @@ def set_device(target: Optional[str] = None) -> None:
     (set by msrun, and by `ebv_ms.tools.launch rank` under mpirun); calling it again is harmless."""
     import mindspore as ms
     target = target or ms.get_context("device_target")
-    dev_id = os.environ.get("DEVICE_ID", "")
-    if target != "CPU" and dev_id.isdigit():
-        ms.set_device(target, int(dev_id))
-    else:
-        ms.set_device(target)
+    dev_id = os.environ.get("DEVICE_ID", "")  # device_id None: MindSpore's default
+    ms.set_device(target, int(dev_id) if target != "CPU" and dev_id.isdigit() else None)
