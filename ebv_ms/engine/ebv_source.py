@@ -118,9 +118,7 @@ def share_ebv(ebv: Optional[EBVSet], rank: int, folder: str, name: Optional[str]
     row = [0] * 8 if ebv is None else [1, ebv.num_classes, ebv.dim, *(
         int(ebv.checksum()[i:i + 4], 16) for i in range(0, 16, 4)), len(meta)]
     rows = all_gather_counts(row + [key >> 16, key & 0xFFFF])
-    ref = rows[0]
-    if not ref[0]:
-        raise EBVError("rank 0 has no EBV set to share")
+    ref = rows[0]  # rank 0 always has one: _local_ebv returns None on ranks > 0 only
     n, d, checksum = int(ref[1]), int(ref[2]), "".join(f"{int(v):04x}" for v in ref[3:7])
     differ = [r for r, row in enumerate(rows) if row[0] and list(row[1:7]) != list(ref[1:7])]
     if differ:
