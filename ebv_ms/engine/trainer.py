@@ -133,9 +133,8 @@ class Trainer:
             self.log.info("resumed from %s: epoch %d/%d done, best top-1 %.2f%% (epoch %d)",
                           resumed, self.start_epoch, t.epochs, self.best_top1, self.best_epoch)
             if self.rank == 0 and t.keep_best and self.best_epoch == self.start_epoch > 0:
-                try:  # a kill between writing last.ckpt and copying it to best.ckpt
-                    ok = (os.path.isfile(self.best_path)
-                          and load_checkpoint(self.best_path).epoch == self.start_epoch)
+                try:  # a kill between writing last.ckpt and copying it to best.ckpt (or none)
+                    ok = load_checkpoint(self.best_path).epoch == self.start_epoch
                 except CheckpointError:
                     ok = False
                 if not ok:
@@ -154,7 +153,7 @@ class Trainer:
             epochs = int(self.cfg.train.epochs)
             for cb in self.callbacks:
                 cb.on_train_begin(self)
-            record = {}
+            record = {"best_top1": self.best_top1, "best_epoch": self.best_epoch}  # no epoch left
             it = self.train_ds.create_dict_iterator(num_epochs=max(epochs - self.start_epoch, 1),
                                                     output_numpy=False)
             for epoch in range(self.start_epoch + 1, epochs + 1):
@@ -166,10 +165,9 @@ class Trainer:
                 self.log.info("nothing to do: the checkpoint already covers all %d epochs", epochs)
             self.log.info("done: best top-1 %.2f%% at epoch %d; checkpoints in %s",
                           self.best_top1, self.best_epoch, self.out)
-            result = {**record, "best_top1": self.best_top1, "best_epoch": self.best_epoch}
             for cb in self.callbacks:
-                cb.on_train_end(self, result)
-            return result
+                cb.on_train_end(self, record)
+            return record
         finally:
             if self.lock is not None:
                 self.lock.release()
