@@ -45,28 +45,25 @@ class RunLock:
         self._new = not os.path.isdir(self.folder) or not os.listdir(self.folder)
         os.makedirs(self.folder, exist_ok=True)
         info = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = None
         try:  # every descriptor is closed on every way out but success (fd then holds the lock)
             fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if isinstance(exc, BlockingIOError):
-                    raise
-                fd = os.dup(info)  # no flock on directories here: lock the file
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    os.close(fd)
-                    raise
-            try:
-                os.ftruncate(info, 0)
-                os.write(info, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
-            except BaseException:
-                os.close(fd)
+            except BlockingIOError:
                 raise
-        except BlockingIOError:
+            except OSError:  # no flock on directories here: lock the file
+                fd, folder_fd = os.dup(info), fd
+                os.close(folder_fd)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(info, 0)
+            os.write(info, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        except BaseException as exc:
+            if fd is not None:
+                os.close(fd)
+            if not isinstance(exc, BlockingIOError):
+                raise
             try:
                 rec = json.loads(os.pread(info, 4096, 0).decode() or "{}")
                 holder = f"pid {rec['pid']} on {rec['host']}, started {rec['started']}"
