@@ -71,13 +71,8 @@ def run(args) -> dict:
     # read and checked without making a Tensor: the device is set up (and init() called on
     # several ranks) before any Tensor exists, as MindSpore asks on Ascend
     state = load_checkpoint(args.ckpt)  # damaged or crafted: a CheckpointError naming the file
-    overrides = list(args.overrides)
-    if args.batch_size is not None:
-        overrides.append(f"eval.batch_size={args.batch_size}")
-    if args.split is not None:
-        overrides.append(f"eval.split={args.split}")
-    if args.test_size is not None:
-        overrides.append(f"eval.test_size={args.test_size}")
+    options = {"batch_size": args.batch_size, "split": args.split, "test_size": args.test_size}
+    overrides = [*args.overrides, *(f"eval.{k}={v}" for k, v in options.items() if v is not None)]
     cfg = check_run(checkpoint_config(state, args.config, overrides), training=False,
                     ebv_needed=state.ebv_info is None)
     setup_context(cfg)
@@ -95,16 +90,15 @@ def run(args) -> dict:
         check_class_names(args.ckpt, parts.info.class_names, names)
     t0 = time.time()
     m = evaluate(network, parts, progress=progress, desc=f"eval {cfg.eval.split}")
-    result = {"ckpt": args.ckpt, "epoch": epoch, "split": cfg.eval.split,
-              "top1": m["top1"], "top5": m["top5"], "correct1": m["correct1"],
-              "correct5": m["correct5"], "num_samples": m["num_samples"],
-              "num_samples_per_rank": m["samples_per_rank"], "bad_samples": m["bad_samples"],
-              "images_per_s": m["images_per_s"], "seconds": time.time() - t0,
-              "params_total": counts["total"], "params_trainable": counts["trainable"],
-              "params_frozen": counts["frozen"], "model": cfg.model.backbone,
-              "head": cfg.model.head, "ebv_checksum": ebv.checksum() if ebv is not None else None,
-              "logged_top1": logged_top1, "rank": rank, "world_size": world}
-    return result
+    return {"ckpt": args.ckpt, "epoch": epoch, "split": cfg.eval.split,
+            "top1": m["top1"], "top5": m["top5"], "correct1": m["correct1"],
+            "correct5": m["correct5"], "num_samples": m["num_samples"],
+            "num_samples_per_rank": m["samples_per_rank"], "bad_samples": m["bad_samples"],
+            "images_per_s": m["images_per_s"], "seconds": time.time() - t0,
+            "params_total": counts["total"], "params_trainable": counts["trainable"],
+            "params_frozen": counts["frozen"], "model": cfg.model.backbone,
+            "head": cfg.model.head, "ebv_checksum": ebv.checksum() if ebv is not None else None,
+            "logged_top1": logged_top1, "rank": rank, "world_size": world}
 
 
 def main(argv=None) -> int:
