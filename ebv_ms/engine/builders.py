@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Tuple
 
-import numpy as np
-
 import mindspore as ms
 
 from .train_step import build_eval_step, build_train_step, create_loss_scaler
@@ -18,8 +16,7 @@ def setup_context(cfg) -> None:
     from ebv_ms.device import set_device
     set_device(cfg.device_target)
     ms.set_context(mode={"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}[cfg.mode])
-    ms.set_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    ms.set_seed(cfg.seed)  # numpy's global seed too
 
 
 def eval_sizes(cfg) -> Tuple[int, int]:
