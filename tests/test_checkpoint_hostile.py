@@ -293,6 +293,21 @@ def test_crafted_metadata_is_one_line(base, tmp_path, capsys, edit, needle):
     assert err.startswith(f"eval.py: error: {ck}: damaged checkpoint metadata") and needle in err, err
 
 
+@pytest.mark.parametrize("ebv", ["[path, seed]", "seed", "'alpha path'"])
+def test_a_crafted_ebv_section_is_one_line_on_resume(base, tmp_path, capsys, ebv):
+    """Was a TypeError traceback: 'seed' in a list or string, then recorded['seed']."""
+    import yaml
+    import train as train_cli
+    ck = _signed(tmp_path / "c.ckpt", _entries(base["ckpt"]), config=lambda text: yaml.safe_dump(
+        {**yaml.safe_load(text), "ebv": yaml.safe_load(ebv)}, sort_keys=False))
+    assert train_cli.main([*base["common"], f"output_dir={tmp_path / 'r'}", "--resume-from",
+                           ck]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.splitlines()[-1] == (
+        f"train.py: error: {ck}: damaged checkpoint metadata (its config's 'ebv' is a "
+        f"{'list' if ebv.startswith('[') else 'str'}, not a mapping)"), err
+
+
 @pytest.mark.parametrize("n,d,method,cfg_nd,needle", [
     (20000, 20000, "closed_form:orthonormal", (20000, 20000),  # the 9.8 GB case
      "its EBV recipe (N=20000, d=20000) does not fit the network it holds (no weight in it "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from mindspore import ops
 
@@ -85,6 +85,9 @@ class Trainer:
                 check_class_names(folder, self.train_info.class_names)
             check_class_names(state.path, self.train_info.class_names, state.class_names)
             recorded = (state.config or {}).get("ebv") or {}
+            if not isinstance(recorded, Mapping):  # a crafted record ("seed" in it: a TypeError)
+                raise CheckpointError(f"{state.path}: damaged checkpoint metadata (its config's "
+                                      f"'ebv' is a {type(recorded).__name__}, not a mapping)")
             changed = [k for k in _EBV_RECIPE_KEYS if k in recorded and recorded[k] != cfg.ebv[k]]
             if changed:
                 was, now = (", ".join(f"ebv.{k}={c[k]!r}" for k in changed)
