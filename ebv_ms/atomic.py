@@ -28,9 +28,9 @@ def atomic_path(target: str | os.PathLike, suffix: str = "", fsync: bool = True)
                 with open(tmp, "rb") as f:
                     os.fsync(f.fileno())
             os.replace(tmp, target)
-        finally:  # and what the writer made beside it (ms.save_checkpoint: STEM.tmp, disk full)
-            for name in os.listdir(folder):
-                if name.startswith(stem):
+        finally:  # and what the writer made beside it (ms.save_checkpoint: STEM.tmp, disk full),
+            for name in os.listdir(folder):  # not another pid's: .X.tmp12 starts .X.tmp1234
+                if name == stem or name.startswith(stem + "."):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(folder, name))
     except WriteError:

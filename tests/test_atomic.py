@@ -37,3 +37,14 @@ def test_suffix_for_writers_that_add_an_extension(tmp_path):
     atomic_copy(target, tmp_path / "copy.bin")
     assert (tmp_path / "copy.bin").read_bytes() == target.read_bytes()
     assert sorted(os.listdir(tmp_path)) == ["cache.bin", "copy.bin"]
+
+
+def test_another_pids_temporary_for_the_same_target_is_left_alone(tmp_path):
+    """Was any name starting .T.tmp<pid>: a rank with pid 12 removed pid 1234's temporary."""
+    target = tmp_path / "cache.npz"
+    others = [f".cache.npz.tmp{os.getpid()}{d}{s}" for d in "07" for s in ("", ".npz")]
+    for name in others:
+        (tmp_path / name).write_bytes(b"another writer's")
+    with atomic_path(target, suffix=".npz") as tmp:
+        np.savez(tmp, a=np.arange(3))
+    assert sorted(os.listdir(tmp_path)) == sorted(others + ["cache.npz"])
