@@ -60,7 +60,7 @@ class Trainer:
         self.out = str(cfg.output_dir)
         self.last_path = os.path.join(self.out, "last.ckpt")
         self.best_path = os.path.join(self.out, "best.ckpt")
-        self.lock = RunLock(self.out) if rank == 0 else None  # only rank 0 writes here
+        self.lock = RunLock(self.out)  # taken by rank 0 only, which alone writes here
         self.jsonl: Optional[JsonlLog] = None                    # rank 0's metrics.jsonl
         self.start_epoch, self.best_top1, self.best_epoch = 0, -1.0, 0
         self.inline_ebv_bytes = int(float(cfg.train.ckpt_inline_ebv_mb) * 2**20)
@@ -68,7 +68,7 @@ class Trainer:
     def setup(self) -> None:
         """Build the run and check a resumed checkpoint; the run folder changes only at the end."""
         cfg, t = self.cfg, self.cfg.train
-        if self.lock is not None:
+        if self.rank == 0:
             self.lock.acquire()  # before anything else: a second run into this folder stops here
         self.log = setup_logger(self.out, self.rank)
         state = find_resume(self.resume_arg, self.last_path, self.log)
@@ -150,8 +150,7 @@ class Trainer:
             try:
                 self.setup()
             except BaseException:  # nothing written yet: leave no empty run folder behind
-                if self.lock is not None:
-                    self.lock.release(undo=True)
+                self.lock.release(undo=True)  # (a lock never taken, on ranks > 0: nothing to do)
                 raise
             epochs = int(self.cfg.train.epochs)
             for cb in self.callbacks:
@@ -172,8 +171,7 @@ class Trainer:
                 cb.on_train_end(self, record)
             return record
         finally:
-            if self.lock is not None:
-                self.lock.release()
+            self.lock.release()
 
     def train_one_epoch(self, epoch: int, iterator) -> dict:
         """One pass over this rank's shard. Losses stay on the device (a read per step makes the
