@@ -32,8 +32,9 @@ def launch_env() -> Optional[str]:
 
 def init_distributed(cfg: Optional[Mapping] = None) -> Tuple[int, int]:
     """Join the data-parallel job (mean-reduced gradients) if launched as one; (rank, world)."""
+    from mindspore.communication import GlobalComm
     how, device_target = launch_env(), (cfg or {}).get("device_target")
-    if how is None or _comm_initialized():
+    if how is None or GlobalComm.INITED:
         return get_rank_info()
     import mindspore as ms
     from mindspore.communication import init
@@ -63,15 +64,10 @@ def init_distributed(cfg: Optional[Mapping] = None) -> Tuple[int, int]:
     return rank, world
 
 
-def _comm_initialized() -> bool:
-    from mindspore.communication.management import GlobalComm
-    return bool(GlobalComm.INITED)
-
-
 def get_rank_info() -> Tuple[int, int]:
-    if not _comm_initialized():
+    from mindspore.communication import GlobalComm, get_group_size, get_rank
+    if not GlobalComm.INITED:
         return 0, 1
-    from mindspore.communication import get_group_size, get_rank
     return int(get_rank()), int(get_group_size())
 
 
