@@ -125,7 +125,7 @@ def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = 1e-
 
     t0 = time.perf_counter()
     best, best_w, history = math.inf, None, []
-    step, reached = 0, False
+    step = 0
     while True:
         true_max, total = -math.inf, None
         for k, rows in enumerate(rows_t):
@@ -137,10 +137,8 @@ def run_official(init: np.ndarray, alpha: float, max_steps: int, lr: float = 1e-
         if true_max < best:
             best, best_w = true_max, weight.asnumpy().copy()
         callback(step, true_max)
-        if true_max <= alpha + OFFICIAL_TOL:  # the authors' max starts at alpha: the same test
-            reached = True
-            break
-        if step >= max_steps or (time_limit is not None and elapsed >= time_limit):
+        reached = bool(true_max <= alpha + OFFICIAL_TOL)  # authors' max starts at alpha: same test
+        if reached or step >= max_steps or (time_limit is not None and elapsed >= time_limit):
             break
         opt((total,))
         step += 1
@@ -198,12 +196,10 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
         # with several slices the epoch's coherence belongs (approximately) to its start
         w_epoch = weight.asnumpy().copy() if len(rows_t) > 1 else None
         beta_t = Tensor(beta, ms.float32)
-        for k in order:
+        for k in order[:max_steps - step]:
             m = train_step(rows_t[k], beta_t)
             epoch_max = max(epoch_max, float(m.asnumpy()))
             step += 1
-            if step >= max_steps:
-                break
         elapsed = time.perf_counter() - t0
         history.append((elapsed, step, epoch_max))
         callback(step, min(best, epoch_max))
@@ -219,10 +215,8 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
                 load_state(Tensor(best_w.astype(np.float32)), Tensor(cur_lr, ms.float32))
                 since_best = 0
         beta = min(beta_max, beta * beta_growth)
-        if alpha is not None and best <= alpha:
-            reached = True
-            break
-        if time_limit is not None and elapsed >= time_limit:
+        reached = alpha is not None and bool(best <= alpha)
+        if reached or (time_limit is not None and elapsed >= time_limit):
             break
     return RunResult(best_w.astype(np.float32), best, step, reached,
                      time.perf_counter() - t0, history)
