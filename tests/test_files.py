@@ -217,6 +217,26 @@ def test_bad_matrices_in_files_are_named(tmp_path, arr, msg):
     assert str(p) in str(ei.value)
 
 
+def test_npz_matrix_not_2d_is_refused_by_the_set_after_its_metadata(tmp_path):
+    """A native file whose vectors are not N x d: EBVSet names it (one check of the matrix), once
+    the metadata is read; a file also damaged in its metadata is refused for that first."""
+    p = save_ebv(_some_set(), tmp_path / "set.npz")
+    with np.load(p, allow_pickle=False) as z:
+        meta = z["metadata"]
+    for i, arr in enumerate([np.ones(5, np.float32), np.ones((2, 3, 4), np.float32),
+                             np.float32(1.0)]):
+        bad = tmp_path / f"bad{i}.npz"
+        np.savez(bad, vectors=arr, metadata=meta)
+        with pytest.raises(EBVError, match=rf"^{bad}: not an EBV set: EBV matrix must be 2-D "
+                                           rf"\(num_classes x dim\), got shape"):
+            load_ebv(bad)
+    newer = np.frombuffer(meta.tobytes().replace(b'"format_version": 1', b'"format_version": 2'),
+                          np.uint8)
+    np.savez(tmp_path / "newer.npz", vectors=np.ones(5, np.float32), metadata=newer)
+    with pytest.raises(EBVError, match="written by a newer ebv-ms"):
+        load_ebv(tmp_path / "newer.npz")
+
+
 def test_nan_inf_rows_are_found_exactly_from_the_norms():
     """float32's largest value in 70,000 columns is a finite row (squares summed in float64 do
     not overflow); float64 past float32 is inf; float16 inf and NaN are found."""

@@ -170,9 +170,6 @@ def _read_npz(path: Path):
             raise ValueError("metadata is not a JSON object")
     except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
         raise EBVError(f"{path}: metadata entry is not valid JSON ({str(exc)[:200]})") from None
-    if vectors.ndim != 2:
-        raise EBVError(f"{path}: not an EBV set: EBV matrix must be 2-D (num_classes x dim), got "
-                       f"shape {vectors.shape}")
     if meta.get("format") != NATIVE_FORMAT:
         raise EBVError(f"{path}: metadata format {str(meta.get('format'))[:60]!r}, "
                        f"expected {NATIVE_FORMAT!r}")
@@ -190,7 +187,7 @@ def _read_npz(path: Path):
         if not ok(meta.get(key)):
             raise EBVError(f"{path}: metadata key '{key}' must be {want}, got "
                            f"{str(meta.get(key, '(missing)'))[:60]!r}: file edited or corrupt")
-    if (meta["num_classes"], meta["dim"]) != vectors.shape:
+    if vectors.ndim == 2 and (meta["num_classes"], meta["dim"]) != vectors.shape:  # EBVSet: not 2-D
         raise EBVError(f"{path}: metadata says N={meta['num_classes']}, d={meta['dim']} "
                        f"but the matrix is {' x '.join(map(str, vectors.shape))}: file corrupt or edited")
     return vectors, {"alpha": meta.get("alpha"), "method": meta["method"], "seed": meta.get("seed"),
@@ -283,7 +280,6 @@ def save_ebv(ebv: EBVSet, path: PathLike) -> Path:
         ebv = EBVSet(ebv)
     path = Path(path)
     ext = _ext(path)
-    vectors = np.ascontiguousarray(ebv.vectors, dtype=np.float32)
     if ext == ".npz":
         try:
             meta = json.dumps(_metadata(ebv), sort_keys=True).encode("utf-8")
@@ -291,9 +287,9 @@ def save_ebv(ebv: EBVSet, path: PathLike) -> Path:
             raise EBVError(f"{path}: EBVSet.extra must be JSON-serialisable ({exc})") from None
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a crash leaves no half-written set
         if ext == ".npy":
-            np.save(f, vectors, allow_pickle=False)
+            np.save(f, ebv.vectors, allow_pickle=False)
         elif ext == ".npz":
-            _write_npz(f, {"vectors": vectors, "metadata": np.frombuffer(meta, dtype=np.uint8)})
+            _write_npz(f, {"vectors": ebv.vectors, "metadata": np.frombuffer(meta, dtype=np.uint8)})
         else:  # .pkl / .pickle: numpy array pickle, as in the authors' MindSpore repository
-            pickle.dump(vectors, f, protocol=4)
+            pickle.dump(ebv.vectors, f, protocol=4)
     return path
