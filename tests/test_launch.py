@@ -352,6 +352,18 @@ def test_msrun_beside_a_bare_interpreter_is_looked_up_on_path_not_here(tmp_path,
         L.run_msrun(launch, 2, "/o")
 
 
+def test_earlier_logs_are_moved_aside_in_a_folder_named_like_a_pattern(tmp_path, capsys):
+    """glob.glob read 'run[1]' as a pattern: the earlier logs stayed, to be overwritten."""
+    logs = tmp_path / "run[1]" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "rank_0.log").write_text("earlier")
+    (logs / "notes.txt").write_text("not a launch log")
+    L.get_ready("CPU", str(logs))
+    assert not (logs / "rank_0.log").exists() and (logs / "notes.txt").is_file()
+    assert [p.read_text() for p in (logs / "previous").glob("*/rank_0.log")] == ["earlier"]
+    assert "earlier logs moved to" in capsys.readouterr().out
+
+
 def test_first_failed_rank_is_the_earliest_exit_that_is_an_error(tmp_path):
     for rank, status, t in ((0, "killed", 100), (1, "1", 200), (2, "134", 150), (3, "0", 50)):
         f = tmp_path / f"rank_{rank}.exit"

@@ -6,7 +6,6 @@ status 2); after the start the first rank that fails ends the job, and its error
 """
 from __future__ import annotations
 
-import glob
 import itertools
 import os
 import re
@@ -240,12 +239,12 @@ def get_ready(device: str, log_dir: Optional[str]) -> None:
     if log_dir is None:
         return
     os.makedirs(log_dir, exist_ok=True)
-    old = sorted({p for pat in LOG_PATTERNS for p in glob.glob(os.path.join(log_dir, pat))})
+    old = sorted({p for pat in LOG_PATTERNS for p in Path(log_dir).glob(pat)})
     if old:
         dest = os.path.join(log_dir, "previous", time.strftime("%Y%m%d-%H%M%S"))
         os.makedirs(dest, exist_ok=True)
         for p in old:
-            os.replace(p, os.path.join(dest, os.path.basename(p)))
+            os.replace(p, os.path.join(dest, p.name))
         print(f"[launch] earlier logs moved to {dest}", flush=True)
 
 
@@ -500,7 +499,7 @@ def run_msrun(launch: Launch, local: int, log_dir: str) -> int:
     if rc == 0:
         print(f"[launch] done; logs in {log_dir}", flush=True)
         return 0
-    logs = [p for p in glob.glob(os.path.join(log_dir, "worker_*.log"))
+    logs = [os.path.join(log_dir, p.name) for p in Path(log_dir).glob("worker_*.log")
             if re.search(r"Traceback|error:|Error", _tail(p, 400))]
     if log := min(logs, key=os.path.getmtime, default=""):
         print(f"[launch] FAILED: the first rank to fail logged to {log}\n"
