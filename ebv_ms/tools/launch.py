@@ -23,7 +23,6 @@ from typing import Callable, Dict, List, Optional
 from ebv_ms.errors import EBVMSError, run_cli
 from ebv_ms.tools.doctor import ROOT, bounded_run, check_device
 
-DEVICES = ("CPU", "GPU", "Ascend")
 # The dynamic-cluster variables a single process must not inherit (it would wait for a scheduler).
 CLUSTER_ENV = ("MS_ROLE", "MS_WORKER_NUM", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_NODE_ID",
                "RANK_ID")
@@ -674,7 +673,7 @@ def main(argv=None) -> int:
                 lambda ln: ln.startswith("#"), lines)), file=sys.stderr if u.args[0] else sys.stdout)
             return 2 if u.args[0] else 0
         device = os.environ.get("DEVICE_TARGET") or SPECS[kind].device
-        if device not in DEVICES:
+        if device not in ("CPU", "GPU", "Ascend"):
             raise LaunchError(f"DEVICE_TARGET must be CPU, GPU or Ascend, got '{device}'")
         if not os.path.isfile(entry):
             raise LaunchError(f"{'evaluation' if kind == 'eval' else 'training'} script not "
