@@ -22,7 +22,8 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 
 from mindspore.train.checkpoint_pb2 import Checkpoint  # noqa: E402
 
-from ebv_ms.engine.checkpoint import read_entries, write_entries  # noqa: E402
+from ebv_ms.ckpt_file import read_entries  # noqa: E402
+from ebv_ms.engine.checkpoint import write_entries  # noqa: E402
 
 LABELS = ["Float32", "Float16", "Float64", "Int8", "Int32", "Int64", "UInt8", "Bool", "str",
           "BFloat16", "Int4", "Float33", "", "float32", "U" * 300]

@@ -130,7 +130,7 @@ def test_crafted_and_mutated_checkpoints_never_crash_a_tool(base, tool, mutants)
 
 
 def _entries(path):
-    from ebv_ms.engine.checkpoint import read_entries
+    from ebv_ms.ckpt_file import read_entries
     e = read_entries(str(path))
     e.pop("ebv_ms_sha256")
     return e

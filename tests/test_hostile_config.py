@@ -107,3 +107,38 @@ def test_bad_backbone_checkpoints_are_user_errors(tmp_path):
         with pytest.raises(EBVMSError, match=needle) as e:
             create_backbone("small_mlp", 4, checkpoint_path=str(tmp_path / path))
         assert "'model.backbone_checkpoint'" in str(e.value)
+
+
+_CRAFTED_BACKBONES = """
+import sys
+from mindspore.train.checkpoint_pb2 import Checkpoint
+from ebv_ms.errors import EBVMSError
+from ebv_ms.models import create_backbone
+good = open(sys.argv[1], "rb").read()
+CRAFTED = ([0, 27], [0], [-1], [-5, 3], [3, 0, 4], [1], [1] * 201, [2 ** 40, 2 ** 40], [1 << 20] * 2)
+for dims in CRAFTED:
+    for entry in (0, 1):  # a conv weight, a BatchNorm statistic
+        msg = Checkpoint.FromString(good)
+        del msg.value[entry].tensor.dims[:]
+        msg.value[entry].tensor.dims.extend(dims)
+        open(sys.argv[2], "wb").write(msg.SerializeToString())
+        try:
+            create_backbone("small_cnn", 4, checkpoint_path=sys.argv[2])
+            print("LOADED", dims, flush=True)
+        except EBVMSError as exc:
+            print(type(exc).__name__, "'model.backbone_checkpoint'" in str(exc), flush=True)
+"""
+
+
+def test_crafted_backbone_checkpoints_are_refused_not_crashes(tmp_path):
+    """Tensor dims that disagree with the bytes (a file from the internet) once crashed train.py
+    in MindSpore's loader (SIGSEGV, SIGABRT) or raised its ValueError; 18 crafted files, one
+    process: each a ModelError naming the key (a crash fails the run)."""
+    import mindspore as ms
+    from ebv_ms.models import create_backbone
+    ms.save_checkpoint(create_backbone("small_cnn", 4)[0], str(tmp_path / "good.ckpt"))
+    r = subprocess.run([sys.executable, "-c", _CRAFTED_BACKBONES, str(tmp_path / "good.ckpt"),
+                        str(tmp_path / "bad.ckpt")], capture_output=True, text=True, timeout=600,
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == ["ModelError True"] * 18, r.stdout

@@ -11,7 +11,8 @@ PKG = ROOT / "ebv_ms"
 # Lowest first. A module may import its own layer and the ones below. ``ebv_ms`` itself (the
 # package's __init__) holds only __version__ and imports nothing (test below), so it is layer 0.
 LAYERS = [
-    ("", "errors", "atomic", "progress", "device"),  # __version__; errors; atomic writes; progress; set_device
+    ("", "errors", "atomic", "progress", "device", "ckpt_file"),  # __version__; errors; atomic writes;
+    # progress; set_device; reading a .ckpt safely
     ("ebv",),                        # the EBV set: identity, metrics, files (numpy only)
     ("config",),                     # YAML -> one validated config (reads ebv's Welch bound)
     ("generation",),                 # making sets

@@ -1,8 +1,7 @@
 """The checkpoint, written, read and loaded into a network here only: MindSpore's ``.ckpt``
-protobuf, parsed with checks first (MindSpore's loader trusts a tensor's dims: a crafted file
-crashed eval.py with SIGSEGV). It holds the parameters but the frozen EBV matrix, ``optimizer/``
-and ``loss_scale/`` state, the config, a JSON record and a sha256 of all of it; an EBV set over
-64 MiB (100k x 5000 = 2 GB) is written once next to it instead."""
+protobuf, parsed with checks first (``ebv_ms.ckpt_file``). It holds the parameters but the frozen
+EBV matrix, ``optimizer/`` and ``loss_scale/`` state, the config, a JSON record and a sha256 of all
+of it; an EBV set over 64 MiB (100k x 5000 = 2 GB) is written once next to it instead."""
 from __future__ import annotations
 
 import hashlib
@@ -12,16 +11,16 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Sequence, Union
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import yaml
 
 from ebv_ms.atomic import atomic_copy, atomic_path
+from ebv_ms.ckpt_file import DTYPES, CheckpointError, Entry, read_entries
 from ebv_ms.config import METHODS, Config, ConfigError, load_config, parse_yaml
 from ebv_ms.ebv import EBVError, EBVSet, load_ebv
 from ebv_ms.ebv.identity import describe, identity, matches, safe_file_name
-from ebv_ms.errors import EBVMSError
 from ebv_ms.generation import create_ebv
 from .ebv_source import ebv_cache_path, resolve_ebv, run_ebv_file
 
@@ -31,21 +30,12 @@ FORMAT = "ebv-ms/3"                 # 3: weights checksum and class names record
 EBV_INLINE_MAX_BYTES = 64 << 20     # larger sets go to a file next to the checkpoints
 _META, _CONFIG, _EBV, _SUM = "ebv_ms_meta", "ebv_ms_config", "ebv_ms_ebv_vectors", "ebv_ms_sha256"
 _OPT, _EXTRA = "optimizer/", "loss_scale/"
-_MAX_DIMS = 8                       # MindSpore's own limit on a tensor's rank
 _CHUNK = 1 << 28                    # bytes per protobuf Value (a message must stay < 2 GiB)
-_DTYPES = {k: np.dtype(k.lower()) for k in (  # MindSpore's labels
-    "Float16 Float32 Float64 Int8 UInt8 Int16 UInt16 Int32 UInt32 Int64 UInt64 Bool".split())}
-_LABELS = {v: k for k, v in _DTYPES.items()}
+_LABELS = {v: k for k, v in DTYPES.items()}
 # a recipe from a file is rebuilt only up to this many float32 elements (N x d): the 100k x 5000
 # set is 5e8; a crafted N = d = 20,000 orthonormal recipe grew eval.py to 9.8 GB
 MAX_RECIPE_ELEMENTS = 2_000_000_000
 _ANOTHER = "use another checkpoint (last.ckpt / best.ckpt of the run)"
-
-Entry = Union[np.ndarray, str]
-
-
-class CheckpointError(EBVMSError, RuntimeError):
-    """A checkpoint that cannot be used here (missing, damaged, crafted, or another model's)."""
 
 
 def _digest(entries: Mapping[str, Entry]) -> str:
@@ -78,69 +68,6 @@ def write_entries(path: str, entries: Mapping[str, Entry]) -> str:
                     tensor_type=label, dims=dims, tensor_content=bytes(raw[i:i + _CHUNK])))]
                 ).SerializeToString())
     return path
-
-
-def read_entries(path: str) -> Dict[str, Entry]:
-    """A ``.ckpt`` as name -> read-only array or string; anything else is a ``CheckpointError``."""
-    from google.protobuf import unknown_fields
-    from mindspore.train.checkpoint_pb2 import Checkpoint
-
-    def bad(why: str) -> CheckpointError:
-        return CheckpointError(f"{path}: not a usable checkpoint ({why}); {_ANOTHER}")
-
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: not a regular file (a checkpoint is a .ckpt file)")
-    with open(path, "rb") as f:
-        content = f.read()
-    if content[-17:-10] == b"crc_num":  # MindSpore's optional CRC trailer (save crc_check=True)
-        content = content[:-17]
-    try:
-        msg = Checkpoint.FromString(content)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others
-        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({exc})") from None
-    del content
-    if len(unknown_fields.UnknownFieldSet(msg)):
-        raise bad("fields a MindSpore checkpoint does not have")
-    parts: Dict[str, tuple] = {}
-    for v in msg.value:
-        if not v.HasField("tensor") or len(unknown_fields.UnknownFieldSet(v)) \
-                or len(unknown_fields.UnknownFieldSet(v.tensor)):
-            raise bad(f"entry {v.tag[:80]!r} is not a plain tensor")
-        key = (v.tensor.tensor_type, tuple(v.tensor.dims))
-        seen = parts.get(v.tag)  # a large tensor is written in consecutive chunks
-        if seen is not None and v.tag != next(reversed(parts)):
-            raise bad(f"{v.tag[:80]!r} appears twice")
-        if seen is not None and seen[0] != key:
-            raise bad(f"the chunks of {v.tag[:80]!r} disagree on dtype or shape")
-        parts.setdefault(v.tag, (key, []))[1].append(v.tensor.tensor_content)
-    del msg
-    out: Dict[str, Entry] = {}
-    for name in list(parts):
-        (label, dims), chunks = parts.pop(name)
-        data, what = b"".join(chunks), f"{name[:80]!r}"
-        if label == "str":
-            if dims != (0,) or len(data) % 4:
-                raise bad(f"string {what} has dims {list(dims)[:10]} and {len(data)} bytes")
-            try:
-                out[name] = data.decode("utf-32-le").rstrip("\0")
-            except UnicodeDecodeError:
-                raise bad(f"string {what} is not UTF-32") from None
-            continue
-        if label not in _DTYPES:
-            raise bad(f"tensor {what} has dtype label {label[:40]!r}")
-        if len(dims) > _MAX_DIMS or any(d < 1 for d in dims):
-            raise bad(f"tensor {what} has {len(dims)} dims {list(dims)[:10]} (1..{_MAX_DIMS} "
-                      "dims, each >= 1)")
-        size = math.prod(dims) * _DTYPES[label].itemsize
-        if size != len(data):
-            raise bad(f"tensor {what} declares {list(dims)} x {label} = {size} bytes but holds "
-                      f"{len(data)}")
-        out[name] = np.frombuffer(data, _DTYPES[label]).reshape(dims)
-    if not any(isinstance(v, np.ndarray) for v in out.values()):  # 0 bytes, say: not "no config"
-        raise bad("empty: it holds no weight tensors")
-    return out
 
 
 @dataclass
@@ -196,7 +123,7 @@ def save_checkpoint(path: str, network, optimizer=None, *, epoch: int, global_st
 
 def load_checkpoint(path: str) -> CheckpointState:
     """A checkpoint or plain weights file, checked; no Tensor is made (eval.py, before init())."""
-    raw = read_entries(path)
+    raw = read_entries(path, _ANOTHER)
     state = CheckpointState(path=path)
     recorded = raw.pop(_SUM, None)
     ours = {k: raw.pop(k) for k in (_EBV, _META, _CONFIG) if k in raw}
@@ -439,7 +366,7 @@ def _assign(state: CheckpointState, pairs, what: str, hint: str, in_place: bool 
         arr = state.params[key]
         if arr.size == 1 == math.prod(p.shape):  # a scalar state is () or (1,) by MindSpore's mood
             arr = arr.reshape(p.shape)
-        want = _DTYPES[str(p.dtype)]
+        want = DTYPES[str(p.dtype)]
         if tuple(arr.shape) != tuple(p.shape) or (arr.dtype != want and p.requires_grad):
             raise CheckpointError(f"{state.path}: {key} is {arr.dtype} {list(arr.shape)} there "
                                   f"but {want} {list(p.shape)} in this network; "
