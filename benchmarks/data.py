@@ -294,8 +294,19 @@ os._exit(0)
 """
 
 
+def write_tiny_archive(path: str, num_members: int, progress: bool = True) -> str:
+    """An archive of ``num_members`` tiny images in ``10w_classes/train|val/<class>/<n>.jpg``,
+    12 train + 6 val per class of 100,000 like the 100k-class archive. For index benchmarks."""
+    from ebv_ms.progress import progress_bar
+    from ebv_ms.tools.make_synthetic import encode, write_zip
+    payload = encode(np.zeros((8, 8, 3), np.uint8))
+    it = progress_bar(range(num_members), desc="writing tiny archive", unit="member",
+                      mininterval=2.0, disable=not progress)
+    return write_zip(path, ((f"10w_classes/{'train' if i % 18 < 12 else 'val'}/"
+                             f"{i // 18 % 100_000:06d}/{i:07d}.jpg", payload) for i in it))
+
+
 def index_bench(tmp: str, members: int):
-    from ebv_ms.tools.make_synthetic import write_tiny_archive
     path = os.path.join(tmp, "tiny_10w.zip")
     t = time.perf_counter()
     write_tiny_archive(path, members, progress=True)

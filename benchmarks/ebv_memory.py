@@ -31,7 +31,7 @@ ISSUE = {"train_peak_gb": 8.35, "eval_peak_gb": 6.4, "ckpt_mb": 2.0 * 1024}  # i
 def make_archive(path: str, num_classes: int, n_train: int = 32, n_val: int = 16) -> str:
     """A list-file zip: a few real JPEGs whose labels include ``num_classes - 1``."""
     import numpy as np
-    from ebv_ms.tools.make_synthetic import flat_jpeg, write_zip
+    from ebv_ms.tools.make_synthetic import encode, write_zip
     rng = np.random.default_rng(0)
     members, lists = {}, {}
     for split, n in (("train", n_train), ("val", n_val)):
@@ -39,7 +39,7 @@ def make_archive(path: str, num_classes: int, n_train: int = 32, n_val: int = 16
         labels[0] = num_classes - 1
         rows = []
         for i, y in enumerate(labels):
-            members[f"{split}/{i:05d}.jpg"] = flat_jpeg(int(y), 32)
+            members[f"{split}/{i:05d}.jpg"] = encode(np.full((32, 32, 3), 20 + 20 * (int(y) % 12), np.uint8))
             rows.append(f"{split}/{i:05d}.jpg {int(y)}")
         lists[f"{split}.txt"] = ("\n".join(rows) + "\n").encode()
     members.update(lists)

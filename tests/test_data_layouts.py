@@ -4,7 +4,8 @@ import pytest
 
 from ebv_ms.data.dataset import archive_layout
 from ebv_ms.data.layouts import LayoutError, parse_list
-from ebv_ms.tools.make_synthetic import flat_jpeg, write_zip
+from ebv_ms.tools.make_synthetic import write_zip
+from tagged_images import flat_jpeg
 from ebv_ms.data.zip_index import load_zip_index
 
 CLASSES = ["n02", "n10", "n01"]  # sorted: n01 -> 0, n02 -> 1, n10 -> 2

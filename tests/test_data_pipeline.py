@@ -9,8 +9,8 @@ from ebv_ms.data import DataError, DatasetInfo, LayoutError, create_dataset, sha
 from ebv_ms.tools import inspect_data as inspect_cli
 from ebv_ms.tools.make_demo import write_demo_archive
 from ebv_ms.data.presets import IMAGENET_MEAN, IMAGENET_STD, erase_batch, mixup_cutmix
-from ebv_ms.tools.make_synthetic import encode, flat_jpeg, write_zip
-from tagged_images import read_tag, tagged_image
+from ebv_ms.tools.make_synthetic import encode, write_zip
+from tagged_images import flat_jpeg, read_tag, tagged_image
 from ebv_ms.data.zip_index import ArchiveError
 
 TAG = {"image_size": 8, "eval_resize": 8, "eval_crop": 8}  # no resampling: tags survive exactly

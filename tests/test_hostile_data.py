@@ -13,7 +13,8 @@ from ebv_ms.tools import inspect_data as inspect_cli
 from ebv_ms.data.dataset import archive_layout, open_split
 from ebv_ms.data.readers import ZipMemberReader
 from ebv_ms.data.source import precheck, validate
-from ebv_ms.tools.make_synthetic import encode, flat_jpeg, write_zip
+from ebv_ms.tools.make_synthetic import encode, write_zip
+from tagged_images import flat_jpeg
 from ebv_ms.data.zip_index import ArchiveError, load_zip_index
 
 

@@ -16,7 +16,8 @@ from conftest import ROOT, run_script
 from ebv_ms.data import LayoutError
 from ebv_ms.data.dataset import open_split
 from ebv_ms.data.layouts import parse_list
-from ebv_ms.tools.make_synthetic import flat_jpeg, write_zip
+from ebv_ms.tools.make_synthetic import write_zip
+from tagged_images import flat_jpeg
 from ebv_ms.data.zip_index import ArchiveError
 
 GIB = 1 << 30

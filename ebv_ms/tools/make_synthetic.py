@@ -1,5 +1,5 @@
-"""Small real images and archives made on the fly, and the one zip writer (``write_zip``, also
-for make_demo and make_glyphs)."""
+"""The image encoder and the one zip writer (``write_zip``) of make_demo and make_glyphs (and the
+tests' archives)."""
 from __future__ import annotations
 
 import zipfile
@@ -21,11 +21,6 @@ def encode(img_rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
-def flat_jpeg(label: int, size: int = 32) -> bytes:
-    """A real JPEG of one flat grey level, 20 + 20 * label (survives JPEG and resizing)."""
-    return encode(np.full((size, size, 3), 20 + 20 * (label % 12), np.uint8), ".jpg")
-
-
 def write_zip(path: str, members: Union[Dict[str, bytes], Iterable[Tuple[str, bytes]]],
               deflate: Iterable[str] = ()) -> str:
     """Write ``members`` (name -> bytes, or pairs) into the zip ``path`` atomically and return
@@ -37,14 +32,3 @@ def write_zip(path: str, members: Union[Dict[str, bytes], Iterable[Tuple[str, by
             info.external_attr = 0o644 << 16
             z.writestr(info, data, zipfile.ZIP_DEFLATED if name in deflate else zipfile.ZIP_STORED)
     return path
-
-
-def write_tiny_archive(path: str, num_members: int, progress: bool = True) -> str:
-    """An archive of ``num_members`` tiny images in ``10w_classes/train|val/<class>/<n>.jpg``,
-    12 train + 6 val per class of 100,000 like the 100k-class archive. For index benchmarks."""
-    from ebv_ms.progress import progress_bar
-    payload = encode(np.zeros((8, 8, 3), np.uint8))
-    it = progress_bar(range(num_members), desc="writing tiny archive", unit="member",
-                      mininterval=2.0, disable=not progress)
-    return write_zip(path, ((f"10w_classes/{'train' if i % 18 < 12 else 'val'}/"
-                             f"{i // 18 % 100_000:06d}/{i:07d}.jpg", payload) for i in it))
