@@ -163,6 +163,23 @@ def test_dot_dot_and_empty_components_are_refused(tmp_path, name):
         archive_layout(p, {})
 
 
+@pytest.mark.parametrize("folder", ["/", "//", "/etc", "..", "../x", "d/../../x", "./d/train", "d//train"])
+def test_split_dirs_outside_the_data_are_refused_before_any_walk(tmp_path, folder, monkeypatch):
+    """data.split_dirs '/' walked the filesystem from its root; archive and folder refuse alike."""
+    members = {f"d/train/c{k}/{i}.jpg": _jpeg(k) for k in range(2) for i in range(2)}
+    for name, data in members.items():
+        os.makedirs(tmp_path / "disk" / os.path.dirname(name), exist_ok=True)
+        (tmp_path / "disk" / name).write_bytes(data)
+    zipped = write_zip(str(tmp_path / "s.zip"), members)
+    monkeypatch.setattr(os, "scandir", lambda *a: pytest.fail("walked"))
+    for path in (str(tmp_path / "disk"), zipped):
+        with pytest.raises(LayoutError, match=r"data\.split_dirs\.val = .* inside data\.path"):
+            open_split({"path": path, "split_dirs": {"train": "d/train", "val": folder}}, "train")
+    monkeypatch.undo()
+    for path in (str(tmp_path / "disk"), zipped):  # a relative folder, with a trailing '/': fine
+        assert len(open_split({"path": path, "split_dirs": {"train": "d/train/"}}, "train").source) == 4
+
+
 # ----------------------------------------------------------------------------- empty classes
 def test_empty_class_folder_keeps_its_index_with_a_warning(tmp_path, caplog):
     members = {f"d/{s}/c{k}/{i}.jpg": _jpeg(k) for s in ("train", "val") for k in (0, 2, 3)

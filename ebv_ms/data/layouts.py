@@ -77,7 +77,7 @@ def folder_layout(names: Sequence[str], is_img: np.ndarray, root: Optional[str],
                   class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
     """Images grouped by (split folder, class folder). A class folder without images keeps its
     index (with a warning); ``class_names`` (a resumed run's classes.json) fixes the class list."""
-    wanted = {str(folder).strip("/"): str(split) for split, folder in split_dirs.items()}
+    wanted = _split_folders(split_dirs)
     aliases = SPLIT_ALIASES["train"] + SPLIT_ALIASES["val"]
     groups: Dict[Tuple[str, str], List[int]] = defaultdict(list)  # (split dir, class) -> ids
     folders = set()  # (split dir, class) of every class folder, with images or not
@@ -142,6 +142,16 @@ def _bad_component(name: str) -> str:
         if part == "":
             return "an empty path component"
     return "a backslash" if "\\" in name else ""
+
+
+def _split_folders(split_dirs: Mapping[str, str]) -> Dict[str, str]:
+    """{folder: split} of data.split_dirs, folders inside the data, checked before any walk ('/'
+    and '..' took a dataset folder's walk out of data.path; in an archive they matched nothing)."""
+    for split, folder in split_dirs.items():
+        if bad := _bad_component(str(folder).rstrip("/")):  # '/x': an empty first component
+            raise LayoutError(f"data.split_dirs.{split} = {str(folder)[:200]!r} has {bad}: a split "
+                              f"folder is a relative path inside data.path, e.g. top/train")
+    return {str(folder).rstrip("/"): str(split) for split, folder in split_dirs.items()}
 
 
 def _split_key(folder: str, all_folders) -> str:
@@ -375,7 +385,7 @@ def _walk(root: str, split_dirs: Mapping[str, str]) -> List[str]:
             elif e.is_file():
                 out.append(rel + e.name)
 
-    for top in dict.fromkeys(str(v).strip("/") + "/" for v in split_dirs.values()) if split_dirs else [""]:
+    for top in [f + "/" for f in _split_folders(split_dirs)] if split_dirs else [""]:
         out += [top] if split_dirs else []
         walk(top, 2 if split_dirs else 3)
     return out
