@@ -94,6 +94,17 @@ def test_yaml_overrides_split_dirs_and_lists(tmp_path):
     assert layout.split("train").labels.tolist() == [3, 2, 1, 0]
 
 
+def test_list_strip_prefix_applies_to_lists_inside_an_archive(tmp_path):
+    """data.list_strip_prefix was ignored for lists in a zip, though the error suggested it."""
+    members = {f"ds/images/{i}.jpg": flat_jpeg(i) for i in range(4)}
+    members["ds/lists/train.txt"] = b"".join(f"../images/{i}.jpg {i % 2}\n".encode() for i in range(4))
+    with pytest.raises(LayoutError, match="names 4 of 4 files.*data.list_strip_prefix"):
+        _layout(tmp_path, members, layout="lists")
+    index, layout = _layout(tmp_path, members, layout="lists", list_strip_prefix="../")
+    assert [index.name(m) for m in layout.split("train").members] == [f"ds/images/{i}.jpg" for i in range(4)]
+    assert layout.split("train").labels.tolist() == [0, 1, 0, 1]
+
+
 def test_folder_layout_forced_over_lists(tmp_path):
     members = _folder_members("", ("train", "val"))
     members["train.txt"] = b"train/n01/n01_0.JPEG 7\n"

@@ -28,7 +28,8 @@ from .zip_index import ArchiveError, ZipIndex, load_zip_index
 
 logger = logging.getLogger(__name__)
 
-_LAYOUT_KEYS = ("layout", "root", "split_dirs", "split_lists", "list_columns", "list_delimiter")  # detect_layout's
+_LAYOUT_KEYS = ("layout", "root", "split_dirs", "split_lists", "list_columns", "list_delimiter",
+                "list_strip_prefix")  # detect_layout's
 
 
 class BadSampleLog:

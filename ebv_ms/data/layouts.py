@@ -232,7 +232,7 @@ def _is_int(s: str) -> bool:  # header detection: anything int() reads is a labe
 
 def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Callable[[str], int],
                 prefixes: Callable[[str], Sequence[str]], missing_where: str, strict: bool, columns=None,
-                delimiter: Optional[str] = None, strip_prefix: str = "",
+                delimiter: Optional[str] = None, strip_prefix: Optional[str] = "",
                 num_classes: Optional[int] = None,
                 class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
     """The ``lists`` layout of (split, list name, text reader) ``lists``; each path is looked up
@@ -247,7 +247,7 @@ def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Cal
                 raise LayoutError(str(exc)) from None
             logger.warning("ignoring %s as a list file: %s", lname, exc)
             continue
-        paths = [p.removeprefix(strip_prefix) for p in paths]
+        paths = [p.removeprefix(str(strip_prefix or "")) for p in paths]
         clean = [re.sub(r"^(\./)*", "", p).lstrip("/") for p in paths]
         # under the prefix that finds most of the first 200
         best = max(dict.fromkeys(prefixes(lname)),
@@ -275,8 +275,8 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
                   root: Optional[str] = None, split_dirs: Optional[Mapping[str, str]] = None,
                   split_lists: Optional[Mapping[str, str]] = None, list_columns=None,
                   list_delimiter: Optional[str] = None, where: str = "archive",
-                  num_classes: Optional[int] = None,
-                  class_names: Optional[Sequence[str]] = None) -> Layout:
+                  num_classes: Optional[int] = None, class_names: Optional[Sequence[str]] = None,
+                  list_strip_prefix: Optional[str] = "") -> Layout:
     """The layout of an archive from its member names (``read(member)`` reads list files), or a
     LayoutError saying what was found; also for image names with ``..`` / ``.`` / empty parts."""
     table = {n: i for i, n in enumerate(names)}
@@ -312,7 +312,7 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
         lists = [(s, names[m], lambda m=m: bytes(read(m)).decode("utf-8-sig"))
                  for s, m in sorted(chosen.items())]
         result = list_layout(lists, lookup, prefixes, "that are not in the archive", layout == "lists",
-                             list_columns, list_delimiter, num_classes=num_classes, class_names=class_names)
+                             list_columns, list_delimiter, list_strip_prefix, num_classes, class_names)
         if result is not None:
             result.root = root or ""
     if layout == "auto" and result is not None and folder_layout(names, is_img, root, {}) is not None:
@@ -348,7 +348,7 @@ def disk_layout(root: str, cfg: Mapping, lists: bool, num_classes: Optional[int]
             path = lf if os.path.isabs(lf) or os.path.exists(lf) else os.path.join(root, lf)
             found.append((str(split), path, lambda path=path: _read_list(path)))
         layout = list_layout(found, lookup, lambda _: [""], f"missing under {root}", True, cfg["list_columns"],
-                             cfg["list_delimiter"], str(cfg["list_strip_prefix"] or ""), num_classes, class_names)
+                             cfg["list_delimiter"], cfg["list_strip_prefix"], num_classes, class_names)
         return FileReader(root, paths), layout
     names = _walk(root, cfg["split_dirs"])
     is_img = np.fromiter(map(is_image, names), bool, len(names))
