@@ -10,6 +10,7 @@ import pytest
 
 from ebv_ms.data import LayoutError, create_dataset
 from ebv_ms.tools import inspect_data as inspect_cli
+from ebv_ms.data import dataset as dataset_mod
 from ebv_ms.data.dataset import archive_layout, open_split
 from ebv_ms.data.readers import ZipMemberReader
 from ebv_ms.data.source import precheck, validate
@@ -178,6 +179,27 @@ def test_split_dirs_outside_the_data_are_refused_before_any_walk(tmp_path, folde
     monkeypatch.undo()
     for path in (str(tmp_path / "disk"), zipped):  # a relative folder, with a trailing '/': fine
         assert len(open_split({"path": path, "split_dirs": {"train": "d/train/"}}, "train").source) == 4
+
+
+def test_inspect_warns_the_same_with_the_index_cached(tmp_path, caplog, monkeypatch):
+    """The warnings of indexing and layout detection went out only on the run that built the
+    index: the next run read the cached layout silently."""
+    members = {f"d/{s}/c{k}X/{i}.jpg": _jpeg(i) for s in ("train", "val") for k in "AB" for i in range(2)}
+    members["d/train/cE/"] = b""  # an empty class folder
+    members["d/train.txt"] = b"no list\n"  # ignored as a list file
+    p = write_zip(str(tmp_path / "w.zip"), members)
+    _patch_names(p, {b"d/train/cAX/0.jpg": b"d/train/cA\xff/0.jpg"})  # flagged UTF-8, is not
+    runs = []
+    for _ in range(3):
+        caplog.clear()
+        monkeypatch.setattr(dataset_mod, "_WARNED", set(), raising=False)  # as in a new process
+        with caplog.at_level(logging.WARNING):
+            assert inspect_cli.main([p]) == 0
+        runs.append([(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING])
+    assert [len(r) for r in runs] == [5, 5, 5] and runs[0] == runs[1] == runs[2]
+    for k, text in enumerate(["not valid UTF-8", "ignoring d/train.txt", "have no images",
+                              "no images in any split", "different class folders"]):
+        assert text in runs[0][k][1]
 
 
 # ----------------------------------------------------------------------------- empty classes

@@ -28,6 +28,7 @@ from .zip_index import ArchiveError, ZipIndex, load_zip_index
 
 logger = logging.getLogger(__name__)
 
+_WARNED = set()  # layout caches whose warnings this process has shown
 _LAYOUT_KEYS = ("layout", "root", "split_dirs", "split_lists", "list_columns", "list_delimiter",
                 "list_strip_prefix")  # detect_layout's
 
@@ -114,37 +115,55 @@ def _cfg(data_cfg: Optional[Mapping]) -> Dict[str, object]:
 def archive_layout(path: str, cfg: Mapping, index: Optional[ZipIndex] = None,
                    num_classes: Optional[int] = None,
                    class_names: Optional[List[str]] = None) -> Tuple[ZipIndex, Layout]:
-    """The archive's index and layout; the layout is cached next to the index (keyed by options)."""
-    cfg = _cfg(cfg)
-    index = index or load_zip_index(path, cache_dir=cfg["index_cache_dir"])
-    opts = json.dumps(dict({k: cfg[k] for k in _LAYOUT_KEYS}, class_names=class_names), sort_keys=True, default=str)
-    tag = hashlib.sha1(opts.encode()).hexdigest()[:12]
-    cache = os.path.join(index.cache_dir, f"layout-{tag}.npz") if index.cache_dir else None
-    if cache and os.path.exists(cache) and not index.built:
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                splits = {s: SplitSamples(z[f"{s}.members"], z[f"{s}.labels"], o)
-                          for s, o in meta["splits"].items()}
-            top = max(int(v.labels.max()) for v in splits.values() if len(v.labels))
-            if num_classes is None or top < int(num_classes):  # else: detect again, naming the line
-                return index, Layout(meta["kind"], meta["class_names"], splits, meta["root"])
-        except (OSError, ValueError, KeyError):
-            logger.warning("ignoring unreadable layout cache %s", cache)
-    reader = ZipMemberReader(index)
-    layout = detect_layout(index.all_names(), lambda m: reader.read(m, MAX_LIST_BYTES), where=path,
-                           num_classes=num_classes, class_names=class_names, **{k: cfg[k] for k in _LAYOUT_KEYS})
-    reader.close()
-    if cache:
-        arrays = {f"{s}.{k}": getattr(v, k) for s, v in layout.splits.items() for k in ("members", "labels")}
-        meta = {"kind": layout.kind, "class_names": layout.class_names, "root": layout.root,
-                "splits": {s: v.origin for s, v in layout.splits.items()}}
-        try:
-            with atomic_path(cache, suffix=".npz", fsync=False) as tmp:
-                np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
-        except OSError as exc:
-            logger.warning("could not cache the layout at %s (%s)", cache, exc)
-    return index, layout
+    """The archive's index and layout; the layout is cached next to the index (keyed by options)
+    with the warnings of indexing and detection, shown again (once a process) when it is used."""
+    caught = []  # (logger, message) of each warning
+    loggers = [logging.getLogger(f"{__package__}.{m}") for m in ("zip_index", "layouts")]
+
+    def catch(record: logging.LogRecord) -> bool:  # a filter that only notes the warnings
+        if record.levelno >= logging.WARNING:
+            caught.append((record.name, record.getMessage()))
+        return True
+    for log in loggers:
+        log.addFilter(catch)
+    try:
+        cfg = _cfg(cfg)
+        index = index or load_zip_index(path, cache_dir=cfg["index_cache_dir"])
+        opts = json.dumps(dict({k: cfg[k] for k in _LAYOUT_KEYS}, class_names=class_names), sort_keys=True, default=str)
+        tag = hashlib.sha1(opts.encode()).hexdigest()[:12]
+        cache = os.path.join(index.cache_dir, f"layout-{tag}.npz") if index.cache_dir else None
+        if cache and os.path.exists(cache) and not index.built:
+            try:
+                with np.load(cache, allow_pickle=False) as z:
+                    meta = json.loads(str(z["meta"]))
+                    splits = {s: SplitSamples(z[f"{s}.members"], z[f"{s}.labels"], o)
+                              for s, o in meta["splits"].items()}
+                top = max(int(v.labels.max()) for v in splits.values() if len(v.labels))
+                if num_classes is None or top < int(num_classes):  # else: detect to name the line
+                    for name, message in [] if cache in _WARNED else meta["warnings"]:
+                        logging.getLogger(name).warning("%s", message)
+                    _WARNED.add(cache)
+                    return index, Layout(meta["kind"], meta["class_names"], splits, meta["root"])
+            except (OSError, ValueError, KeyError):
+                logger.warning("ignoring unreadable layout cache %s", cache)
+        reader = ZipMemberReader(index)
+        layout = detect_layout(index.all_names(), lambda m: reader.read(m, MAX_LIST_BYTES), where=path,
+                               num_classes=num_classes, class_names=class_names, **{k: cfg[k] for k in _LAYOUT_KEYS})
+        reader.close()
+        if cache:
+            _WARNED.add(cache)
+            arrays = {f"{s}.{k}": getattr(v, k) for s, v in layout.splits.items() for k in ("members", "labels")}
+            meta = {"kind": layout.kind, "class_names": layout.class_names, "root": layout.root,
+                    "splits": {s: v.origin for s, v in layout.splits.items()}, "warnings": caught}
+            try:
+                with atomic_path(cache, suffix=".npz", fsync=False) as tmp:
+                    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+            except OSError as exc:
+                logger.warning("could not cache the layout at %s (%s)", cache, exc)
+        return index, layout
+    finally:
+        for log in loggers:
+            log.removeFilter(catch)
 
 
 # One split of a dataset, ready to read: what ``create_dataset`` and ``inspect`` both use.
