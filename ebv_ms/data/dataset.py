@@ -102,11 +102,9 @@ class DatasetInfo:
 
 
 def _cfg(data_cfg: Optional[Mapping]) -> Dict[str, object]:
-    cfg = dict(DEFAULTS["data"])  # (read only: the two mappings are copied below)
-    for k, v in (data_cfg or {}).items():
-        if k not in cfg:
-            raise ValueError(f"unknown data config key '{k}' (known: {', '.join(sorted(DEFAULTS['data']))})")
-        cfg[k] = v
+    cfg = {**DEFAULTS["data"], **(data_cfg or {})}  # (the two mappings are copied below)
+    if unknown := [k for k in cfg if k not in DEFAULTS["data"]]:
+        raise ValueError(f"unknown data config key '{unknown[0]}' (known: {', '.join(sorted(DEFAULTS['data']))})")
     cfg["split_dirs"] = dict(cfg["split_dirs"] or {})
     cfg["split_lists"] = dict(cfg["split_lists"] or {})
     return cfg

@@ -82,17 +82,14 @@ def folder_layout(names: Sequence[str], is_img: np.ndarray, root: Optional[str],
     groups: Dict[Tuple[str, str], List[int]] = defaultdict(list)  # (split dir, class) -> ids
     folders = set()  # (split dir, class) of every class folder, with images or not
     for m, name in enumerate(names):
-        parts = name.split("/")
-        if len(parts) < 3:
-            continue
-        d = "/".join(parts[:-2])
-        if ((d not in wanted) if wanted else (parts[-3].lower() not in aliases)) or (
-                root is not None and posixpath.dirname(d) != root.strip("/")):
+        d, sep, c = name.rpartition("/")[0].rpartition("/")  # [top/]split folder, class folder
+        if not sep or (root is not None and posixpath.dirname(d) != root.strip("/")) or (
+                d not in wanted if wanted else posixpath.basename(d).lower() not in aliases):
             continue
         if is_img[m]:
-            groups[(d, parts[-2])].append(m)
-        elif not name.startswith("__MACOSX/") and parts[-2] and not parts[-2].startswith("."):
-            folders.add((d, parts[-2]))
+            groups[(d, c)].append(m)
+        elif not name.startswith("__MACOSX/") and c and not c.startswith("."):
+            folders.add((d, c))
     if not groups:
         return None
     prefix = None
@@ -234,7 +231,7 @@ def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Cal
                 prefixes: Callable[[str], Sequence[str]], missing_where: str, strict: bool, columns=None,
                 delimiter: Optional[str] = None, strip_prefix: Optional[str] = "",
                 num_classes: Optional[int] = None,
-                class_names: Optional[Sequence[str]] = None) -> Optional[Layout]:
+                class_names: Optional[Sequence[str]] = None, root: str = "") -> Optional[Layout]:
     """The ``lists`` layout of (split, list name, text reader) ``lists``; each path is looked up
     under the one of ``prefixes(list name)`` that finds most. Not ``strict`` (auto-detection): a
     list that cannot be parsed or names none of the files is ignored, with a warning."""
@@ -267,7 +264,7 @@ def list_layout(lists: Sequence[Tuple[str, str, Callable[[], str]]], lookup: Cal
     n = int(max(int(s.labels.max()) for s in splits.values())) + 1
     names_out = list(class_names) if class_names is not None and len(class_names) >= n \
         else [str(i) for i in range(n)]
-    return Layout("lists", names_out, splits)
+    return Layout("lists", names_out, splits, root)
 
 
 # ------------------------------------------------------------------------------------------ drivers
@@ -291,10 +288,8 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
     result = None
     if layout in ("auto", "lists"):
         tops = ([root] if root else []) + sorted({n.split("/")[0] for n in names[:1000] if "/" in n})
-
-        def prefixes(lname: str) -> List[str]:  # the list's folder, the root, a top folder
-            base = posixpath.dirname(lname)
-            return [base + "/" if base else "", ""] + [t.strip("/") + "/" for t in tops if t]
+        tops = [""] + [t.strip("/") + "/" for t in tops if t]  # after the list's folder: root, tops
+        prefixes = lambda n: [posixpath.dirname(n) + "/" if "/" in n else ""] + tops  # noqa: E731
         if split_lists:
             for split, lname in split_lists.items():
                 if lookup(str(lname).strip("/")) < 0:
@@ -312,9 +307,8 @@ def detect_layout(names: Sequence[str], read: Callable[[int], bytes], layout: st
         lists = [(s, names[m], lambda m=m: bytes(read(m)).decode("utf-8-sig"))
                  for s, m in sorted(chosen.items())]
         result = list_layout(lists, lookup, prefixes, "that are not in the archive", layout == "lists",
-                             list_columns, list_delimiter, list_strip_prefix, num_classes, class_names)
-        if result is not None:
-            result.root = root or ""
+                             list_columns, list_delimiter, list_strip_prefix, num_classes, class_names,
+                             root or "")
     if layout == "auto" and result is not None and folder_layout(names, is_img, root, {}) is not None:
         logger.warning("%s holds both list files and class folders; using the lists (%s). Set "
                        "data.layout: folders to use the folders instead", where,
@@ -334,22 +328,21 @@ def disk_layout(root: str, cfg: Mapping, lists: bool, num_classes: Optional[int]
     if lists:
         if not cfg["split_lists"]:
             raise LayoutError("data.format: list needs data.split_lists ({split: list file})")
-        paths, ids, found = [], {}, []
+        ids, found = {}, []  # listed name -> (number, path under the root or absolute)
 
         def lookup(name: str) -> int:  # a file under the root (or absolute) gets the next number
             if name not in ids:
                 path = next((p for p in (name, "/" + name) if os.path.isfile(os.path.join(root, p))), None)
                 if path is None:
                     return -1
-                ids[name] = len(paths)
-                paths.append(path)
-            return ids[name]
+                ids[name] = (len(ids), path)
+            return ids[name][0]
         for split, lf in cfg["split_lists"].items():
             path = lf if os.path.isabs(lf) or os.path.exists(lf) else os.path.join(root, lf)
             found.append((str(split), path, lambda path=path: _read_list(path)))
         layout = list_layout(found, lookup, lambda _: [""], f"missing under {root}", True, cfg["list_columns"],
                              cfg["list_delimiter"], cfg["list_strip_prefix"], num_classes, class_names)
-        return FileReader(root, paths), layout
+        return FileReader(root, [path for _, path in ids.values()]), layout
     names = _walk(root, cfg["split_dirs"])
     is_img = np.fromiter(map(is_image, names), bool, len(names))
     layout = folder_layout(names, is_img, None, cfg["split_dirs"], class_names)
