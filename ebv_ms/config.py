@@ -198,7 +198,7 @@ SCHEMA: Dict[str, Any] = {
         "split_lists": _k({}, "splits", "{split: list file}: a member of the archive, or a CSV on disk"),
         "list_columns": _k(None, "columns", "list columns by index or header name (null: detect)"),
         "list_delimiter": _k(None, "str", "list field separator (null: comma, tab or whitespace)"),
-        "list_strip_prefix": _k("", "str", "removed from listed paths before joining to data.path",
+        "list_strip_prefix": _k("", "str", "removed from listed paths before they are looked up",
                                 empty=True),
         "index_cache_dir": _k(None, "str", "zip index cache (null: next to the archive, else "
                               "~/.cache/ebv_ms)"),
