@@ -42,8 +42,7 @@ def write_demo_archive(out: str, size: int = 32, val_fraction: float = 0.2, seed
     rng = np.random.default_rng(seed)
     is_val = np.zeros(len(labels), bool)
     for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
+        idx = rng.permutation(np.flatnonzero(labels == c))
         is_val[idx[: max(1, int(round(len(idx) * val_fraction)))]] = True
     members = {f"digits/{'val' if is_val[i] else 'train'}/{y}/{i:06d}.jpg": encode(img, ".jpg", 95)
                for i, (img, y) in enumerate(zip(imgs, labels))}
