@@ -76,11 +76,10 @@ def check_device(target: str, timeout: float = 120.0) -> Dict:
 def gpu_libraries(ms_dir: str, timeout: float, problems: list) -> Dict[str, Dict]:
     """{CUDA version: {soname: path or None}} for each GPU plugin (and its bundled NCCL) from
     ``ldd``, which resolves like the loader. A hung ``ldd`` is asked once, then left alone."""
-    out: Dict[str, Dict[str, Optional[str]]] = {}
+    out: Dict[str, Dict[str, Optional[str]]] = {cuda: {} for cuda in GPU_PLUGINS}
     plugin = os.path.join(ms_dir, "lib", "plugin")
     ldd = shutil.which("ldd")
-    for cuda in GPU_PLUGINS:
-        out[cuda] = {}
+    for cuda, found in out.items():
         for so in (os.path.join(plugin, f"libmindspore_gpu.so.{cuda}"),
                    os.path.join(plugin, f"gpu{cuda}", "libnvidia_collective.so")):
             r = bounded_run([ldd, so], timeout, problems) if ldd and os.path.isfile(so) else None
@@ -88,7 +87,7 @@ def gpu_libraries(ms_dir: str, timeout: float, problems: list) -> Dict[str, Dict
             for line in (r.stdout.splitlines() if r else []):
                 m = re.match(r"\s*(\S+)\s+=>\s+(not found|\S+)", line)
                 if m and _CUDA_LIB.match(m.group(1)):
-                    out[cuda][m.group(1)] = None if m.group(2) == "not found" else m.group(2)
+                    found[m.group(1)] = None if m.group(2) == "not found" else m.group(2)
     return out
 
 
