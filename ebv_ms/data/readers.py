@@ -136,9 +136,8 @@ class FileReader:
     def __init__(self, root: str, paths: Sequence[str]):
         self.root = os.path.abspath(root)
         enc = [p.encode("utf-8", "surrogateescape") for p in paths]  # undecodable file names too
-        self._starts = np.zeros(len(enc) + 1, np.int64)
-        np.cumsum([len(e) for e in enc], out=self._starts[1:])
-        self._blob = np.frombuffer(b"".join(enc), np.uint8) if enc else np.zeros(0, np.uint8)
+        self._starts = np.cumsum([0, *map(len, enc)], dtype=np.int64)
+        self._blob = np.frombuffer(b"".join(enc), np.uint8)
 
     def name(self, member: int) -> str:
         a, b = int(self._starts[member]), int(self._starts[member + 1])

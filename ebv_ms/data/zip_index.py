@@ -53,8 +53,7 @@ def _read_central_directory(path: str):
     with f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise _fail(path, _NOT_REGULAR)
-        f.seek(0, os.SEEK_END)
-        file_size = f.tell()
+        file_size = f.seek(0, os.SEEK_END)
         if file_size < 22:
             raise _fail(path, f"is not a zip archive (only {file_size} bytes)")
         tail_len = min(file_size, 22 + 65535 + 20 + 56)
@@ -128,8 +127,7 @@ def _parse_central_directory(path: str, cd: bytes, n: int, progress: bool):
         logger.warning("%s: %d member name(s) are flagged UTF-8 but are not valid UTF-8 (e.g. %r); "
                        "read as cp437 instead, so each keeps a distinct name", path,
                        len(bad_utf8), name_chunks[bad_utf8[0]].decode("utf-8")[:120])
-    name_start = np.zeros(n + 1, np.int64)
-    np.cumsum([len(c) for c in name_chunks], out=name_start[1:])
+    name_start = np.cumsum([0, *map(len, name_chunks)], dtype=np.int64)
     names = np.frombuffer(b"".join(name_chunks), dtype=np.uint8)
     if n and max(int(comp_size.max()), int(size.max())) < 2 ** 32:  # the usual case: halve them
         comp_size, size = comp_size.astype(np.uint32), size.astype(np.uint32)
