@@ -153,15 +153,14 @@ def _image_size(raw, fmt: str):
 def _png_problem(b: bytes) -> str:
     """Walk the PNG chunks (lengths, critical CRCs, IHDR first, IEND last): OpenCV takes seconds
     and allocates the declared length of a chunk whose length field is garbage."""
-    p, n, first = 8, len(b), True
+    p, n = 8, len(b)
     while p + 12 <= n:
         length = int.from_bytes(b[p:p + 4], "big")
         kind = b[p + 4:p + 8]
         if length > n - p - 12:
             return "truncated PNG (a chunk runs past the end of the file)"
-        if first and (kind != b"IHDR" or length != 13):
+        if p == 8 and (kind != b"IHDR" or length != 13):  # the first chunk
             return "corrupt PNG header (IHDR chunk expected first)"
-        first = False
         if kind[:1].isupper() and zlib.crc32(b[p + 4:p + 8 + length]) != \
                 int.from_bytes(b[p + 8 + length:p + 12 + length], "big"):
             return f"corrupt PNG ({kind.decode('latin1')!r} chunk fails its CRC)"
@@ -279,11 +278,9 @@ class ImageSource:
         try:
             member = int(self.members[i])
             raw = self.reader.read(member, self.max_bytes)
-            if decode:
-                return decode_image(raw, self.max_pixels)
-            if image_format(raw) in ("webp", "gif"):  # vision.Decode needs PIL for these
+            if decode or image_format(raw) in ("webp", "gif"):  # vision.Decode needs PIL for these
                 img = decode_image(raw, self.max_pixels)
-                return np.frombuffer(cv2.imencode(".bmp", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1], np.uint8)
+                return img if decode else cv2.imencode(".bmp", img[..., ::-1])[1].reshape(-1)
             crc = self.reader.crc(member, raw) + 1
             if self._validated[i] != crc:
                 if why := validate(raw, self.max_pixels):
