@@ -84,10 +84,7 @@ def _read_array(f, where: str, have: int, mmap_path: Optional[Path] = None,
     else:
         arr = np.empty(shape, dtype=dtype)
         view, got = memoryview(arr.reshape(-1)).cast("B"), 0
-        while got < need:
-            n = f.readinto(view[got:got + _CHUNK])
-            if not n:
-                break
+        while got < need and (n := f.readinto(view[got:got + _CHUNK])):
             got += n
         if got != need:
             raise EBVError(f"{where}: data truncated ({got} of {need} bytes)")
@@ -112,9 +109,8 @@ def _read_npz_member(z: zipfile.ZipFile, path: Path, name: str, archive_size: in
         raise EBVError(f"{where}: encrypted or patched zip member (flags 0x{info.flag_bits:04x}) "
                        "not supported")
     stored = info.compress_type == zipfile.ZIP_STORED
-    limit = info.compress_size * (1 if stored else _DEFLATE_MAX_RATIO)
-    if info.compress_size > archive_size or info.file_size > limit + 1024 or \
-            (stored and info.file_size != info.compress_size):
+    if info.compress_size > archive_size or (stored and info.file_size != info.compress_size) \
+            or info.file_size > info.compress_size * _DEFLATE_MAX_RATIO + 1024:
         raise EBVError(f"{where}: zip directory declares {info.file_size} bytes in "
                        f"{info.compress_size} stored bytes of a {archive_size}-byte file: corrupt")
     if stored and max_bytes is None:  # its bytes start after its local header
