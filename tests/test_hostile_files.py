@@ -301,6 +301,19 @@ def test_native_metadata_of_the_wrong_kind_is_refused(tmp_path, edit, msg):
         load_ebv(p)
 
 
+@pytest.mark.parametrize("alpha", [10 ** 20, -10 ** 400, 10 ** 400],
+                         ids=["1e20", "-1e400", "1e400"])
+def test_native_metadata_alpha_integer_beyond_int64_is_refused_as_the_others(tmp_path, alpha):
+    """np.isfinite raised a bare TypeError (no file name) on integers beyond int64."""
+    p = save_ebv(EBVSet(np.eye(10, dtype=np.float32), alpha=0.1, seed=1), tmp_path / "s.npz")
+    with zipfile.ZipFile(p) as z:
+        vec, meta = z.read("vectors.npy"), json.loads(np.load(p)["metadata"].tobytes())
+    meta["alpha"] = alpha
+    _write_npz(p, {"vectors.npy": vec, "metadata.npy": _meta_npy(meta)})
+    with pytest.raises(EBVError, match="s.npz: metadata key 'alpha' must be null or a number"):
+        load_ebv(p)
+
+
 def test_native_metadata_round_trip_still_loads(tmp_path):
     ebv = EBVSet(np.eye(10, dtype=np.float32)[:, ::-1].copy(order="F"), alpha=0.1, seed=1)
     b = load_ebv(save_ebv(ebv, tmp_path / "s.npz"))

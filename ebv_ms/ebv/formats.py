@@ -138,7 +138,7 @@ def _is_int(v) -> bool:
 _META_KEYS = {
     "num_classes": (_is_int, "an integer"), "dim": (_is_int, "an integer"),
     "alpha": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                      and np.isfinite(v) and 0 <= v <= 1), "null or a number in [0, 1]"),
+                                      and 0 <= v <= 1), "null or a number in [0, 1]"),
     "method": (lambda v: isinstance(v, str), "a string"),
     "seed": (lambda v: v is None or _is_int(v), "null or an integer"),
     "checksum": (lambda v: isinstance(v, str) and len(v) == 16
