@@ -187,7 +187,7 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
 
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    best, best_w, history = math.inf, init.astype(np.float32).copy(), []
+    best, best_w, history = math.inf, init.astype(np.float32, order="C"), []
     beta, since_best, cur_lr = beta0, 0, lr
     step, reached = 0, False
     while step < max_steps:
@@ -218,5 +218,4 @@ def run_smoothmax(init: np.ndarray, alpha: Optional[float], max_steps: int,
         reached = alpha is not None and bool(best <= alpha)
         if reached or (time_limit is not None and elapsed >= time_limit):
             break
-    return RunResult(best_w.astype(np.float32), best, step, reached,
-                     time.perf_counter() - t0, history)
+    return RunResult(best_w, best, step, reached, time.perf_counter() - t0, history)
