@@ -142,8 +142,7 @@ class Trainer:
                     ok = False
                 if not ok:
                     atomic_copy(resumed, self.best_path)
-            if self.start_epoch:  # the shuffle order and randomness the uninterrupted run uses
-                self.train_info.set_start_epoch(self.start_epoch)
+            self.train_info.set_start_epoch(self.start_epoch)  # the uninterrupted run's data order
 
     def fit(self) -> dict:
         try:
