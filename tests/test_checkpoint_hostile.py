@@ -160,6 +160,19 @@ def test_a_checksum_entry_of_numbers_is_refused(tmp_path):
         load_checkpoint(str(path))
 
 
+def test_the_checksum_is_of_the_entries_as_written(tmp_path):
+    """write_entries signs its entries in their order; load_checkpoint re-sorted them (the record
+    and config last), so a file written with a weight after the record was 'damaged'."""
+    from ebv_ms.engine.checkpoint import load_checkpoint, write_entries
+    meta = {"format": "ebv-ms/3", "epoch": 1, "global_step": 1, "best_top1": 1.0,
+            "best_epoch": 1, "metrics": {}}
+    path = write_entries(str(tmp_path / "c.ckpt"), {"a": np.ones(2, np.float32),
+                                                    "ebv_ms_meta": json.dumps(meta),
+                                                    "b": np.zeros(3, np.int32)})
+    state = load_checkpoint(path)
+    assert (state.epoch, sorted(state.params)) == (1, ["a", "b"])
+
+
 def test_random_bit_flips_in_the_weights_are_all_refused(base, tmp_path):
     """Before: 6 of 48 random flips loaded silently and scored 10-66% instead of 65%."""
     from ebv_ms.engine.checkpoint import CheckpointError, load_checkpoint

@@ -126,15 +126,13 @@ def load_checkpoint(path: str) -> CheckpointState:
     raw = read_entries(path, _ANOTHER)
     state = CheckpointState(path=path)
     recorded = raw.pop(_SUM, None)
-    ours = {k: raw.pop(k) for k in (_EBV, _META, _CONFIG) if k in raw}
-    meta_s, cfg_s, vec = ours.get(_META), ours.get(_CONFIG), ours.get(_EBV)
-    every = {**raw, **ours}
-    if recorded is not None and not (isinstance(recorded, str) and recorded == _digest(every)):
+    if recorded is not None and not (isinstance(recorded, str) and recorded == _digest(raw)):
         raise CheckpointError(f"{path}: checksum mismatch: the file is damaged (changed since it "
                               "was written); use another copy or the run's other checkpoint")
-    if any(not isinstance(v, np.ndarray) for k, v in every.items() if k not in (_META, _CONFIG)):
+    if any(not isinstance(v, np.ndarray) for k, v in raw.items() if k not in (_META, _CONFIG)):
         raise CheckpointError(f"{path}: holds strings where weights belong; not a checkpoint of "
                               "this project")
+    meta_s, cfg_s, vec = raw.pop(_META, None), raw.pop(_CONFIG, None), raw.pop(_EBV, None)
     if meta_s is None:
         if recorded is not None:
             raise CheckpointError(f"{path}: checksummed but holds no record; damaged")
