@@ -61,8 +61,7 @@ def write_entries(path: str, entries: Mapping[str, Entry]) -> str:
             if isinstance(value, str):
                 label, dims, raw = "str", [0], np.array(value).tobytes()  # as MindSpore: UTF-32
             else:  # a view: each chunk is copied once, into the message
-                label, dims, raw = _LABELS[value.dtype], list(value.shape), memoryview(
-                    value.reshape(-1).view(np.uint8))
+                label, dims, raw = _LABELS[value.dtype], value.shape, memoryview(value).cast("B")
             for i in range(0, max(len(raw), 1), _CHUNK):
                 f.write(Checkpoint(value=[dict(tag=name, tensor=dict(
                     tensor_type=label, dims=dims, tensor_content=bytes(raw[i:i + _CHUNK])))]
