@@ -212,3 +212,23 @@ def test_onnx_over_the_protobuf_limit_gets_its_own_folder(demo_run, demo_export,
     img = sorted((tmp / "val").rglob("*.jpg"))[0]
     r = run_script("predict.py", ["--model", tmp / "big.onnx", img], tmp)
     assert r.returncode == 0 and r.stdout.startswith(f"{img}: "), r.stderr[-2000:]
+
+
+def test_onnx_rewrite_keeps_the_normalisations_fp32_under_amp():
+    """make_onnx_exportable swaps the same function in: under O2 with an fp16-stored head the
+    normalisation stays pinned to fp32, so the rewritten network's logits are the original's."""
+    from ebv_ms.deploy.exporting import make_onnx_exportable
+    from ebv_ms.models import create_classifier
+    from ebv_ms.models.amp import apply_mixed_precision
+    x = ms.Tensor(np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32))
+    logits = []
+    for rewrite in (False, True):
+        ms.set_seed(3)
+        net = apply_mixed_precision(create_classifier(
+            "small_mlp", "fixed_random_cos", 5, embed_dim=6, tau=0.1, ebv_dtype="float16",
+            backbone_kwargs={"image_size": 8, "widths": [4]}, head_seed=3), "O2")
+        net.set_train(False)
+        if rewrite:
+            assert make_onnx_exportable(net) == ["_backbone.head.normalize: Rsqrt -> Sqrt, RealDiv"]
+        logits.append(net(x).asnumpy())
+    np.testing.assert_array_equal(logits[1], logits[0])

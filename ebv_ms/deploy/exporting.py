@@ -95,11 +95,7 @@ def read_sidecar(model_file: str) -> dict:
 # (`out += identity` in mindcv 0.3.0's ResNet blocks): make_onnx_exportable swaps in the same
 # functions with ops it has, for export only (training keeps rsqrt and the hand-written backward).
 class PortableL2Normalize(nn.Cell):
-    """y = v / sqrt(sum v^2 + 1e-24) * scale row-wise: ``ScaledL2Normalize`` in Sqrt, RealDiv."""
-
-    def __init__(self, scale: float = 1.0):
-        super().__init__()
-        self.scale = float(scale)
+    """A ``ScaledL2Normalize``'s class for ONNX (its scale, fp32 kept): Sqrt, RealDiv, not Rsqrt."""
 
     def construct(self, v):
         return v / ops.sqrt(ops.sum(v * v, -1, keepdim=True) + 1e-24) * self.scale
@@ -125,10 +121,9 @@ def make_onnx_exportable(network: nn.Cell) -> List[str]:
         if type(cell) in blocks:
             cell.__class__ = blocks[type(cell)]
             n_blocks += 1
-        for child_name, child in list(cell.name_cells().items()):
-            if isinstance(child, ScaledL2Normalize):
-                setattr(cell, child_name, PortableL2Normalize(child.scale))
-                done.append(f"{name + '.' if name else ''}{child_name}: Rsqrt -> Sqrt, RealDiv")
+        elif type(cell) is ScaledL2Normalize:
+            cell.__class__ = PortableL2Normalize
+            done.append(f"{name}: Rsqrt -> Sqrt, RealDiv")
     if n_blocks:
         done.append(f"{n_blocks} mindcv residual blocks: InplaceAddExt -> Add")
     return done
