@@ -232,3 +232,24 @@ def test_onnx_rewrite_keeps_the_normalisations_fp32_under_amp():
             assert make_onnx_exportable(net) == ["_backbone.head.normalize: Rsqrt -> Sqrt, RealDiv"]
         logits.append(net(x).asnumpy())
     np.testing.assert_array_equal(logits[1], logits[0])
+
+
+def test_predict_takes_the_onnx_file_inside_its_folder(tmp_path, monkeypatch):
+    """An ONNX over the protobuf limit is <name>_onnx/<name>.onnx, its sidecar <name>.onnx.json
+    beside the folder: --model may name that file (the sidecar's 'model' is relative to it)."""
+    pytest.importorskip("onnxruntime", reason="pip install -r requirements-dev.txt")
+    from mindspore.onnx import onnx_export
+    from ebv_ms.config import load_config
+    from ebv_ms.deploy.exporting import export_network
+    from ebv_ms.deploy.predicting import open_model
+    from ebv_ms.engine.builders import build_network
+    cfg = load_config(None, ["model.backbone=small_cnn", "model.head=fc", "model.num_classes=3",
+                             "data.image_size=16", *PYNATIVE])
+    net = build_network(cfg)
+    monkeypatch.setattr(onnx_export, "PROTO_LIMIT_SIZE", 1)  # KiB
+    meta, _ = export_network(net, cfg, ["a", "b", "c"], "ONNX", str(tmp_path / "big"), batch=2)
+    assert meta["model"] == "big_onnx/big.onnx"
+    x = np.zeros(meta["input"]["shape"], np.float32)
+    for model in (tmp_path / "big.onnx", tmp_path / "big_onnx" / "big.onnx"):
+        runner, names, _ = open_model(str(model))
+        assert names == ["a", "b", "c"] and runner.run(x).shape == (2, 3)

@@ -89,8 +89,8 @@ def open_model(path: str, device: str = "CPU"):
         raise PredictError(f"--model {path}: file not found")
     meta = read_sidecar(path)
     spec, batch = meta["input"], int(meta["input"]["shape"][0])
-    # the file to load: a large MindIR is split into <name>_graph.mindir + <name>_variables/
-    model_file = os.path.join(os.path.dirname(os.path.abspath(path)), meta["model"])
+    # named from the sidecar's folder: <name>_graph.mindir (split MindIR), <name>_onnx/<name>.onnx
+    model_file = os.path.join(os.path.dirname(os.path.abspath(sidecar_path(path))), meta["model"])
     if not os.path.isfile(model_file):
         raise PredictError(f"--model {path}: {model_file} (named in {sidecar_path(path)}) not found")
     if path.endswith(".onnx"):  # run by onnxruntime (CPU)
