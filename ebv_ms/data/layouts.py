@@ -331,12 +331,10 @@ def disk_layout(root: str, cfg: Mapping, lists: bool, num_classes: Optional[int]
         ids, found = {}, []  # listed name -> (number, path under the root or absolute)
 
         def lookup(name: str) -> int:  # a file under the root (or absolute) gets the next number
-            if name not in ids:
-                path = next((p for p in (name, "/" + name) if os.path.isfile(os.path.join(root, p))), None)
-                if path is None:
-                    return -1
+            if name not in ids and (path := next((p for p in (name, "/" + name)
+                                                  if os.path.isfile(os.path.join(root, p))), None)):
                 ids[name] = (len(ids), path)
-            return ids[name][0]
+            return ids[name][0] if name in ids else -1
         for split, lf in cfg["split_lists"].items():
             path = lf if os.path.isabs(lf) or os.path.exists(lf) else os.path.join(root, lf)
             found.append((str(split), path, lambda path=path: _read_list(path)))
@@ -365,21 +363,19 @@ def _walk(root: str, split_dirs: Mapping[str, str]) -> List[str]:
     files and folders only (a FIFO or a link to a device is not listed)."""
     out: List[str] = []
 
-    def walk(rel: str, depth: int) -> None:
-        try:
-            entries = list(os.scandir(os.path.join(root, rel)))  # (order: folder_layout sorts)
+    def walk(rel: str, depth: int) -> None:  # the folder rel ('' the root), then depth levels below
+        out.extend([rel] if rel else [])
+        try:  # (in any order: folder_layout sorts)
+            entries = list(os.scandir(os.path.join(root, rel))) if depth else []
         except (NotADirectoryError, FileNotFoundError):
             return
         for e in entries:
             if e.is_dir():
-                out.append(rel + e.name + "/")
-                if depth > 1:
-                    walk(rel + e.name + "/", depth - 1)
+                walk(rel + e.name + "/", depth - 1)
             elif e.is_file():
                 out.append(rel + e.name)
 
     for top in [f + "/" for f in _split_folders(split_dirs)] if split_dirs else [""]:
-        out += [top] if split_dirs else []
         walk(top, 2 if split_dirs else 3)
     return out
 
