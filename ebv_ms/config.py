@@ -127,7 +127,6 @@ RECIPES = ("eval", "A0", "A1", "A2")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("warmup_cosine", "constant")
 AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
-LOSS_SCALES = ("auto", "dynamic", "static", "none")
 # Documented backbones, ours (no pretrained weights) and aliases; other mindcv models work too.
 BACKBONES = ("resnet50", "swin_tiny", "small_cnn", "small_mlp")
 BACKBONE_ALIASES = {"tiny_cnn": "small_cnn"}
@@ -242,7 +241,7 @@ SCHEMA: Dict[str, Any] = {
         "batch_size": _k(256, "int", "per device (global batch = batch_size x number of ranks)", ">= 1"),
         "amp_level": _k("auto", "str", "auto: O2 on GPU/Ascend, O0 on CPU", AMP_LEVELS),
         "loss_scale": _k("auto", "str", "auto: dynamic under fp16 amp, none otherwise",
-                         LOSS_SCALES),
+                         ("auto", "dynamic", "static", "none")),
         "loss_scale_value": _k(65536.0, "float", "initial (dynamic) or fixed (static) loss scale",
                                "> 0"),
         "clip_grad_norm": _k(0.0, "float", "clip gradients to this global norm; 0 disables", ">= 0"),
