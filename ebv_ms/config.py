@@ -574,9 +574,8 @@ def schema_table() -> str:
     """The schema as a markdown table (docs/training.md)."""
     rows = ["| key | default | allowed | what |", "|---|---|---|---|"]
     for key, spec in _walk(SCHEMA):
-        default = "null" if spec.default is None else yaml.safe_dump(
-            spec.default, default_flow_style=True).strip().removesuffix("...").strip()
+        value = yaml.safe_dump(spec.default, default_flow_style=True).removesuffix("...\n").strip()
         allowed = (spec.describe() + (f" ({spec.hint})" if spec.hint else "")).replace("|", "\\|")
         doc = spec.doc.replace("|", "\\|")
-        rows.append(f"| `{key}` | `{default}` | {allowed} | {doc} |")
+        rows.append(f"| `{key}` | `{value}` | {allowed} | {doc} |")
     return "\n".join(rows)
