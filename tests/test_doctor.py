@@ -69,3 +69,36 @@ def test_hung_ldd_is_a_problem_line_and_910a_is_reported(tmp_path):
     assert "Ascend     : FAILS although the hardware is there" in text
     assert re.search(r"^\d\. Ascend target fails: ", text, re.M)  # its hardware is there
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("spec", [None, "namespace"])
+def test_a_broken_mindspore_install_exits_1(monkeypatch, capsys, spec):
+    """MindSpore's metadata is there but no importable module (deleted files; a leftover folder,
+    a namespace package): the doctor reported it, yet exited 0 as if the CPU flow worked."""
+    import importlib.machinery
+    import importlib.util
+    from ebv_ms.tools import doctor
+    real = importlib.util.find_spec
+    broken = None if spec is None else importlib.machinery.ModuleSpec("mindspore", None)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: broken if name == "mindspore" else real(name, *a))
+    assert doctor.main(["--targets", "CPU"]) == 1
+    assert "1. MindSpore is not installed in this Python" in capsys.readouterr().out
+
+
+def test_an_unknown_target_is_refused_naming_the_targets(monkeypatch, capsys):
+    """--targets foo ended in a KeyError traceback after probing 'foo'; empty items stay allowed."""
+    from ebv_ms.tools import doctor
+    for targets in ("foo", "CPU,gpu", "CPU, GPU", "Ascend,foo,"):
+        with pytest.raises(SystemExit) as exc:
+            doctor.main(["--targets", targets])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].startswith("python -m ebv_ms.tools.doctor: error: --targets")
+        assert "CPU, GPU, Ascend" in err and "Traceback" not in err
+    asked = []  # the targets diagnose is given, without probing them
+    monkeypatch.setattr(doctor, "diagnose", lambda timeout, targets, tool_timeout: asked.append(
+        targets) or {"problems": [], "python": "3", "executable": "py", "venv": None,
+                     "mindspore": "2.10.0", "devices": {}})
+    assert doctor.main(["--targets", "CPU,,GPU"]) == 0 and doctor.main(["--targets", ""]) == 0
+    assert asked == [("CPU", "GPU"), ()]

@@ -198,12 +198,16 @@ def main(argv=None) -> int:
                     help="seconds for each tool asked (ldd, nvidia-smi, npu-smi, mpirun, msrun)")
     ap.add_argument("--targets", default="CPU,GPU,Ascend", help="device targets to try")
     a = ap.parse_args(argv)
+    targets = tuple(t for t in a.targets.split(",") if t)  # empty items ("CPU,,GPU") are skipped
+    unknown = ", ".join(repr(t) for t in targets if t not in NEEDS)
+    if unknown:
+        ap.error(f"--targets: unknown {unknown}; the targets are CPU, GPU, Ascend")
 
     def report() -> int:
-        rep = diagnose(a.timeout, tuple(t for t in a.targets.split(",") if t), a.tool_timeout)
+        rep = diagnose(a.timeout, targets, a.tool_timeout)
         print(json.dumps(rep, indent=1) if a.json else format_report(rep))
-        cpu = (rep.get("devices") or {}).get("CPU")
-        return 0 if rep.get("mindspore") and (cpu is None or cpu["ok"]) else 1
+        cpu = rep.get("devices", {}).get("CPU")  # no "devices": MindSpore is missing or broken
+        return 0 if "devices" in rep and (cpu is None or cpu["ok"]) else 1
 
     return run_cli("doctor", report)
 
