@@ -29,7 +29,8 @@ for recipe, training in (("A0", True), ("eval", False)):
                               "train", 50, training, recipe=recipe, num_workers=2,
                               drop_remainder=False)
     rows = sum(b["label"].shape[0] for b in ds.create_dict_iterator(num_epochs=1, output_numpy=True))
-    out[recipe] = {"rows": rows, "n": info.num_samples, "bad": info.bad_names(0),
+    out[recipe] = {"rows": rows, "n": info.num_samples,
+                   "bad": [info.source.name(i) for i in info.bad.indices(0)],
                    "report": info.bad_report(0, limit=10 ** 6)}
 print(json.dumps(out))
 """

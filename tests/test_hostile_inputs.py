@@ -191,7 +191,7 @@ from ebv_ms.data import create_dataset
 ds, info = create_dataset({{"path": {path!r}, "image_size": 8}}, "train", 2, True, num_workers=2)
 for _ in ds.create_dict_iterator(num_epochs=1, output_numpy=True):
     pass
-out["bad"] = sorted(info.bad_names(0))
+out["bad"] = sorted([info.source.name(i) for i in info.bad.indices(0)])
 out["report"] = info.bad_report(0)
 """
 

@@ -75,9 +75,6 @@ class DatasetInfo:
         """Bad (skipped) samples seen in ``epoch`` (0-based), or in all epochs so far."""
         return len(self.bad.indices(epoch))
 
-    def bad_names(self, epoch: Optional[int] = None) -> List[str]:
-        return [self.source.name(i) for i in self.bad.indices(epoch)]
-
     def bad_report(self, epoch: Optional[int] = None, limit: int = 20) -> str:
         """'' if none, else a line per bad sample with the reason (re-read here, cheaply)."""
         idx = self.bad.indices(epoch)

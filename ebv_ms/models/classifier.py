@@ -28,10 +28,6 @@ class Classifier(nn.Cell):
     def ebv_checksum(self) -> Optional[str]:  # None for the heads without an EBV set
         return self.head.checksum if isinstance(self.head, EBVHead) else None
 
-    def embed(self, x):
-        """The embedding the head sees (B, d); backbone features for the FC head."""
-        return self.projection(self.backbone(x))
-
     def construct(self, x):
         return self.head(self.projection(self.backbone(x)))
 
